@@ -1,0 +1,156 @@
+// One open /dev/iommu: its object table, its options, and the ioctl dispatcher
+// (size rule, E2BIG tail, copy-back) -- the analogue of the kernel's main.c.
+import { fail, IommufdError, isErrno, type ErrnoName } from '../uapi/errno.js';
+import { decode, encodeInto, type StructDef } from '../uapi/layout.js';
+import type { Profile } from '../uapi/profiles.js';
+import type { ProfileIoctl } from '../uapi/ioctls.js';
+import type { FdTable } from './file.js';
+import { IommufdObject, ObjectTable, ObjType } from './object.js';
+import type { UserMemory } from './usermem.js';
+import type { Emulator } from './emulator.js';
+import { decodeTestUnion, encodeTestUnion } from './selftest.js';
+
+/** Who is calling: the analogue of `current` (memory, fd table). */
+export interface Caller {
+  readonly mem: UserMemory;
+  readonly fds: FdTable;
+}
+
+/**
+ * One ioctl in flight: the decoded struct (`cmd`), the caller, and copy-back.
+ * Handlers mutate `cmd` and call respond() to copy the whole struct back.
+ */
+export class Ucmd<T extends object = Record<string, unknown>> {
+  constructor(
+    readonly ctx: IommufdCtx,
+    readonly cmd: T,
+    readonly caller: Caller,
+    /** Copies the (re-encoded) struct back to user space; null for the typed API. */
+    private readonly sink: ((cmd: T) => void) | null,
+    /** The caller's struct size (the kernel's for the typed API). */
+    readonly userSize: number,
+  ) {}
+  get mem(): UserMemory {
+    return this.caller.mem;
+  }
+  get emu(): Emulator {
+    return this.ctx.emu;
+  }
+  respond(): void {
+    this.sink?.(this.cmd);
+  }
+}
+
+export type Handler = (ucmd: Ucmd<any>) => number | void;
+
+/** Bytes of a user struct the kernel would read: `size` first, then the whole struct. */
+export function copyStructFromUser(mem: UserMemory, arg: bigint, userSize: number, knownSize: number): Uint8Array {
+  const kbuf = new Uint8Array(knownSize);
+  if (userSize > knownSize) {
+    const tail = mem.read(arg + BigInt(knownSize), userSize - knownSize);
+    if (tail.some((b) => b !== 0)) fail('E2BIG');
+  }
+  kbuf.set(mem.read(arg, Math.min(userSize, knownSize)));
+  return kbuf;
+}
+
+export class IommufdCtx {
+  readonly objects = new ObjectTable();
+  /** IOMMU_OPTION_RLIMIT_MODE: 0 = per-user, 1 = per-process accounting. */
+  accountMode = 0;
+  /** IOMMU_VFIO_IOAS: the compat IOAS (no reference held). */
+  vfioIoas: IommufdObject | null = null;
+  /** References keeping the context alive: the fd(s), event files, mmaps, bound devices. */
+  private refs = 1;
+  closed = false;
+  /** Extension state owned by feature modules (vfio compat mode, mmap regions...). */
+  readonly ext = new Map<string, unknown>();
+
+  constructor(readonly emu: Emulator, readonly owner: UserMemory) {}
+
+  get profile(): Profile {
+    return this.emu.profile;
+  }
+
+  // ---- object helpers used by every handler module ---------------------------
+
+  /** Reserve an ID for a new object; an allocation failure point. */
+  allocObj<T extends IommufdObject>(obj: T): T {
+    this.emu.failPoint('ENOMEM');
+    return this.objects.alloc(obj);
+  }
+
+  get<T extends IommufdObject>(id: number, type: ObjType): T {
+    return this.objects.get(id, type) as T;
+  }
+
+  // ---- dispatch ---------------------------------------------------------------
+
+  /** The raw entry: ioctl(fd, request, arg). Returns the ioctl's value or throws the errno. */
+  ioctl(request: number, arg: bigint, caller: Caller): number {
+    if (this.closed) fail('EBADF');
+    const nr = request & 0xff;
+    const table = this.emu.table;
+    if (nr < 0x80 || nr > this.emu.lastNr) return this.emu.compatIoctl(this, request, arg, caller);
+    const userSize = new DataView(caller.mem.read(arg, 4).buffer).getUint32(0, true);
+    const op = table.get(nr);
+    if (!op || op.request !== (request >>> 0)) fail('ENOTTY');
+    if (userSize < op.minSize) fail('EINVAL');
+    const kbuf = copyStructFromUser(caller.mem, arg, userSize, op.knownSize);
+    return this.run(op, kbuf, caller, userSize, (cmd) => {
+      encodeInto(op.struct, cmd as Record<string, unknown>, kbuf, this.profile.version);
+      if (op.name === 'TEST_CMD') encodeTestUnion(cmd, kbuf);
+      this.emu.failPoint('EFAULT');
+      caller.mem.write(arg, kbuf.subarray(0, Math.min(userSize, op.knownSize)));
+    }, arg);
+  }
+
+  /** The typed entry: the decoded struct goes straight to the same handler. */
+  call<T extends object>(opName: string, cmd: T, caller: Caller): number {
+    if (this.closed) fail('EBADF');
+    const op = this.emu.byName.get(opName);
+    if (!op) fail('ENOTTY');
+    return this.run(op, null, caller, op.knownSize, null, 0n, cmd);
+  }
+
+  private run(op: ProfileIoctl, kbuf: Uint8Array | null, caller: Caller, userSize: number,
+    sink: ((cmd: any) => void) | null, arg: bigint, typed?: object): number {
+    const handler = this.emu.handlers.get(op.name);
+    if (!handler) fail('ENOTTY');
+    const cmd = typed ?? decode(op.struct, kbuf!, this.profile.version);
+    if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
+    const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize);
+    (ucmd as { arg?: bigint }).arg = arg;
+    const r = handler(ucmd);
+    return typeof r === 'number' ? r : 0;
+  }
+
+  // ---- lifetime ---------------------------------------------------------------
+
+  ref(): void {
+    this.refs++;
+  }
+
+  /** Drop one reference; the last one tears the context down (01 §5.7). */
+  put(): void {
+    if (--this.refs > 0) return;
+    this.release();
+  }
+
+  private release(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const hook of this.emu.releaseHooks) hook(this);
+    this.objects.destroyAll();
+    this.vfioIoas = null;
+  }
+}
+
+/** Convert any thrown value of a handler into an errno name; non-errno errors are emulator bugs. */
+export function errnoOf(e: unknown): ErrnoName {
+  if (isErrno(e)) return e.code;
+  throw e;
+}
+
+export { IommufdError };
+export type { StructDef };

@@ -1,0 +1,55 @@
+// Anonymous files that ioctls hand out (fault queue, vEVENTQ, selftest access).
+// The core exposes read/write/poll/release on them; an fd table of the caller's
+// process (in-process or in the shim's client) maps numbers to them.
+import { fail } from '../uapi/errno.js';
+import type { UserMemory } from './usermem.js';
+
+export const POLLIN = 0x001;
+export const POLLOUT = 0x004;
+export const POLLRDNORM = 0x040;
+export const POLLWRNORM = 0x100;
+
+export interface IommufdFile {
+  /** "[iommufd-pgfault]", "[iommufd-viommu-event]", "[iommufd_test_staccess]". */
+  readonly name: string;
+  read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number;
+  write(mem: UserMemory, buf: bigint, count: number, pos: bigint): number;
+  poll(): number;
+  /** Last reference to the file dropped. */
+  release(): void;
+  /** Readiness may have changed (set by whoever exposes the file as a real fd). */
+  onReadiness?: () => void;
+}
+
+/** A process's file-descriptor table, as far as emulated files are concerned. */
+export interface FdTable {
+  /** Install `file` and return its fd number (close-on-exec). */
+  install(file: IommufdFile): number;
+  /** The emulated file behind `fd`, if any. */
+  lookup(fd: number): IommufdFile | undefined;
+  /** Close `fd` (drops the file's reference if it was the last). */
+  close(fd: number): void;
+}
+
+/** A plain in-process fd table: numbers from 1000 up, one reference per fd. */
+export class SimpleFdTable implements FdTable {
+  private readonly files = new Map<number, IommufdFile>();
+  private next = 1000;
+  install(file: IommufdFile): number {
+    const fd = this.next++;
+    this.files.set(fd, file);
+    return fd;
+  }
+  lookup(fd: number): IommufdFile | undefined {
+    return this.files.get(fd);
+  }
+  close(fd: number): void {
+    const f = this.files.get(fd);
+    if (!f) fail('EBADF');
+    this.files.delete(fd);
+    f.release();
+  }
+  get open(): number {
+    return this.files.size;
+  }
+}

@@ -1,0 +1,112 @@
+// The IOMMU driver interface: what the core asks of a driver (domains, attach,
+// hw_info, vIOMMU ops). The selftest mock driver (drivers/mock) and, later,
+// emulated hardware implement it.
+import type { UserMemory } from '../core/usermem.js';
+
+/** Driver data passed from user space (HWPT_ALLOC / VIOMMU_ALLOC data_uptr). */
+export interface UserData {
+  readonly type: number;
+  readonly uptr: bigint;
+  readonly len: number;
+  readonly mem: UserMemory;
+}
+
+/** A physically contiguous run to map: phys is a byte address. */
+export interface PhysRun {
+  readonly phys: number;
+  readonly length: number;
+}
+
+export const IOMMU_READ = 1;
+export const IOMMU_WRITE = 2;
+export const IOMMU_CACHE = 4;
+
+export interface IommuDomainBase {
+  readonly driver: IommuDriver;
+  /** Set when the domain can deliver I/O page faults (HWPT allocated with a FAULT). */
+  faultCapable?: boolean;
+}
+
+/** A kernel-managed IO page table (HWPT_PAGING / auto-domain). */
+export interface PagingDomain extends IommuDomainBase {
+  readonly kind: 'paging';
+  /** Supported IOPTE sizes, a bitmap of powers of two. */
+  readonly pgsizeBitmap: bigint;
+  readonly apertureStart: bigint;
+  readonly apertureLast: bigint;
+  /** Has dirty-tracking ops (allocated with DIRTY_TRACKING). */
+  readonly dirtyOps: boolean;
+  readonly enforceCacheCoherency: boolean;
+  /** Map contiguous physical runs at iova..; throws an errno (ENOMEM...) leaving nothing mapped. */
+  map(iova: bigint, runs: readonly PhysRun[], prot: number): void;
+  /** Unmap exactly [iova, iova+length); returns bytes unmapped. */
+  unmap(iova: bigint, length: bigint): bigint;
+  /** Physical address held for iova (undefined if not mapped). */
+  iovaToPhys(iova: bigint): number | undefined;
+  setDirtyTracking(enable: boolean): void;
+  /**
+   * Report dirty IOVA ranges within [iova, iova+length) through `mark`, clearing
+   * the hardware state unless noClear.
+   */
+  readAndClearDirty(iova: bigint, length: bigint, noClear: boolean, mark: (iova: bigint, length: bigint) => void): void;
+  free(): void;
+}
+
+/** A user-managed stage-1 table on a nesting parent (HWPT_NESTED). */
+export interface NestedDomain extends IommuDomainBase {
+  readonly kind: 'nested';
+  readonly parent: PagingDomain;
+  /** Set when allocated through a vIOMMU. */
+  readonly viommu?: unknown;
+  /** HWPT_INVALIDATE on this nested HWPT; returns entries handled, throws with handled count via InvalidateError. */
+  cacheInvalidateUser?(req: InvalidateArray): void;
+  free(): void;
+}
+
+export type IommuDomain = PagingDomain | NestedDomain;
+
+/** The user array of an HWPT_INVALIDATE; the driver sets `handled`. */
+export interface InvalidateArray {
+  readonly mem: UserMemory;
+  readonly type: number;
+  readonly uptr: bigint;
+  readonly entryLen: number;
+  readonly entryNum: number;
+  handled: number;
+}
+
+/** The "struct device" the core binds: a driver-side device. */
+export interface DriverDevice {
+  readonly driver: IommuDriver;
+  /** Physical IOMMU instance the device sits behind (vIOMMU/vDEVICE checks compare these). */
+  readonly iommuInstance: object;
+  /** Number of PASIDs supported (0 = none). */
+  readonly maxPasids: number;
+  /** Reserved IOVA regions (direct-mapped, MSI...): [start, last] inclusive. */
+  reservedRegions(): readonly [bigint, bigint][];
+  /** Cache-coherent DMA (bind fails with EINVAL otherwise). */
+  readonly coherent: boolean;
+}
+
+export interface HwInfo {
+  readonly type: number;
+  readonly data: Uint8Array;
+}
+
+export interface IommuDriver {
+  readonly name: string;
+  /** GET_HW_INFO: throws EOPNOTSUPP for a type it cannot provide; undefined when the driver has no hw_info. */
+  hwInfo?(dev: DriverDevice, type: number): HwInfo;
+  /** Device capabilities (IOMMU_CAP_DIRTY_TRACKING...). */
+  capDirtyTracking(dev: DriverDevice): boolean;
+  capEnforceCacheCoherency(dev: DriverDevice): boolean;
+  /** Allocate a paging domain (flags = HWPT alloc flags; data = driver data or null). */
+  domainAllocPaging(dev: DriverDevice, flags: number, data: UserData | null): PagingDomain;
+  /** Allocate a nested domain on `parent`; undefined op = no nesting support. */
+  domainAllocNested?(dev: DriverDevice, parent: PagingDomain, flags: number, data: UserData): NestedDomain;
+  /**
+   * Attach `dev` (at `pasid`, undefined = RID) to `domain` (null = blocked).
+   * Driver rules throw (EINVAL / ENOENT ...).
+   */
+  attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void;
+}

@@ -1,0 +1,114 @@
+// Enum and flag values of the uAPI, as data (name -> value, with the version each
+// member appeared in). Handlers use the constant objects; trace printing and the
+// C header generator walk ENUMS.
+import { V } from './profiles.js';
+
+export interface EnumMember { readonly name: string; readonly value: number; readonly since?: number }
+export interface EnumDef { readonly name: string; readonly flags: boolean; readonly members: readonly EnumMember[]; readonly test?: boolean }
+
+function def(name: string, flags: boolean, members: [string, number, number?][], test = false): EnumDef {
+  return { name, flags, test, members: members.map(([n, value, since]) => ({ name: n, value, since })) };
+}
+
+export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
+  def('iommufd_ioas_map_flags', true, [
+    ['IOMMU_IOAS_MAP_FIXED_IOVA', 1], ['IOMMU_IOAS_MAP_WRITEABLE', 2], ['IOMMU_IOAS_MAP_READABLE', 4]]),
+  def('iommufd_option', false, [['IOMMU_OPTION_RLIMIT_MODE', 0], ['IOMMU_OPTION_HUGE_PAGES', 1]]),
+  def('iommufd_option_ops', false, [['IOMMU_OPTION_OP_SET', 0], ['IOMMU_OPTION_OP_GET', 1]]),
+  def('iommufd_vfio_ioas_op', false, [['IOMMU_VFIO_IOAS_GET', 0], ['IOMMU_VFIO_IOAS_SET', 1], ['IOMMU_VFIO_IOAS_CLEAR', 2]]),
+  def('iommufd_hwpt_alloc_flags', true, [
+    ['IOMMU_HWPT_ALLOC_NEST_PARENT', 1], ['IOMMU_HWPT_ALLOC_DIRTY_TRACKING', 2, V.V6_7],
+    ['IOMMU_HWPT_FAULT_ID_VALID', 4, V.V6_11], ['IOMMU_HWPT_ALLOC_PASID', 8, V.V6_15]]),
+  def('iommu_hwpt_vtd_s1_flags', true, [
+    ['IOMMU_VTD_S1_SRE', 1], ['IOMMU_VTD_S1_EAFE', 2], ['IOMMU_VTD_S1_WPE', 4]]),
+  def('iommu_hwpt_data_type', false, [
+    ['IOMMU_HWPT_DATA_NONE', 0], ['IOMMU_HWPT_DATA_VTD_S1', 1], ['IOMMU_HWPT_DATA_ARM_SMMUV3', 2, V.V6_13],
+    ['IOMMU_HWPT_DATA_AMD_GUEST', 3, V.MAINLINE]]),
+  def('iommu_hw_info_vtd_flags', true, [['IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17', 1]]),
+  def('iommu_hw_info_type', false, [
+    ['IOMMU_HW_INFO_TYPE_NONE', 0], ['IOMMU_HW_INFO_TYPE_DEFAULT', 0, V.V6_12], ['IOMMU_HW_INFO_TYPE_INTEL_VTD', 1],
+    ['IOMMU_HW_INFO_TYPE_ARM_SMMUV3', 2, V.V6_13], ['IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV', 3, V.V6_17],
+    ['IOMMU_HW_INFO_TYPE_AMD', 4, V.MAINLINE]]),
+  def('iommufd_hw_capabilities', true, [
+    ['IOMMU_HW_CAP_DIRTY_TRACKING', 1, V.V6_8], ['IOMMU_HW_CAP_PCI_PASID_EXEC', 2, V.V6_15],
+    ['IOMMU_HW_CAP_PCI_PASID_PRIV', 4, V.V6_15], ['IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED', 8, V.MAINLINE]]),
+  def('iommufd_hw_info_flags', true, [['IOMMU_HW_INFO_FLAG_INPUT_TYPE', 1, V.V6_12]]),
+  def('iommufd_hwpt_set_dirty_tracking_flags', true, [['IOMMU_HWPT_DIRTY_TRACKING_ENABLE', 1]]),
+  def('iommufd_hwpt_get_dirty_bitmap_flags', true, [['IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR', 1]]),
+  def('iommu_hwpt_invalidate_data_type', false, [
+    ['IOMMU_HWPT_INVALIDATE_DATA_VTD_S1', 0], ['IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3', 1, V.V6_13]]),
+  def('iommu_hwpt_vtd_s1_invalidate_flags', true, [['IOMMU_VTD_INV_FLAGS_LEAF', 1]]),
+  def('iommu_hwpt_pgfault_flags', true, [['IOMMU_PGFAULT_FLAGS_PASID_VALID', 1], ['IOMMU_PGFAULT_FLAGS_LAST_PAGE', 2]]),
+  def('iommu_hwpt_pgfault_perm', true, [
+    ['IOMMU_PGFAULT_PERM_READ', 1], ['IOMMU_PGFAULT_PERM_WRITE', 2], ['IOMMU_PGFAULT_PERM_EXEC', 4],
+    ['IOMMU_PGFAULT_PERM_PRIV', 8]]),
+  def('iommufd_page_response_code', false, [['IOMMUFD_PAGE_RESP_SUCCESS', 0], ['IOMMUFD_PAGE_RESP_INVALID', 1]]),
+  def('iommu_viommu_type', false, [
+    ['IOMMU_VIOMMU_TYPE_DEFAULT', 0], ['IOMMU_VIOMMU_TYPE_ARM_SMMUV3', 1, V.V6_13],
+    ['IOMMU_VIOMMU_TYPE_TEGRA241_CMDQV', 2, V.V6_17]]),
+  def('iommu_veventq_flag', true, [['IOMMU_VEVENTQ_FLAG_LOST_EVENTS', 1]]),
+  def('iommu_veventq_type', false, [
+    ['IOMMU_VEVENTQ_TYPE_DEFAULT', 0], ['IOMMU_VEVENTQ_TYPE_ARM_SMMUV3', 1], ['IOMMU_VEVENTQ_TYPE_TEGRA241_CMDQV', 2, V.V6_17]]),
+  def('iommu_hw_queue_type', false, [['IOMMU_HW_QUEUE_TYPE_DEFAULT', 0], ['IOMMU_HW_QUEUE_TYPE_TEGRA241_CMDQV', 1]]),
+  def('iommu_test_op', false, [
+    ['IOMMU_TEST_OP_ADD_RESERVED', 1], ['IOMMU_TEST_OP_MOCK_DOMAIN', 2], ['IOMMU_TEST_OP_MD_CHECK_MAP', 3],
+    ['IOMMU_TEST_OP_MD_CHECK_REFS', 4], ['IOMMU_TEST_OP_CREATE_ACCESS', 5], ['IOMMU_TEST_OP_DESTROY_ACCESS_PAGES', 6],
+    ['IOMMU_TEST_OP_ACCESS_PAGES', 7], ['IOMMU_TEST_OP_ACCESS_RW', 8], ['IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT', 9],
+    ['IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE', 10, V.V6_6], ['IOMMU_TEST_OP_ACCESS_REPLACE_IOAS', 11, V.V6_6],
+    ['IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS', 12, V.V6_7], ['IOMMU_TEST_OP_DIRTY', 13, V.V6_7],
+    ['IOMMU_TEST_OP_MD_CHECK_IOTLB', 14, V.V6_7], ['IOMMU_TEST_OP_TRIGGER_IOPF', 15, V.V6_11],
+    ['IOMMU_TEST_OP_DEV_CHECK_CACHE', 16, V.V6_13], ['IOMMU_TEST_OP_TRIGGER_VEVENT', 17, V.V6_15],
+    ['IOMMU_TEST_OP_PASID_ATTACH', 18, V.V6_15], ['IOMMU_TEST_OP_PASID_REPLACE', 19, V.V6_15],
+    ['IOMMU_TEST_OP_PASID_DETACH', 20, V.V6_15], ['IOMMU_TEST_OP_PASID_CHECK_HWPT', 21, V.V6_15]], true),
+].map((e) => [e.name, e]));
+
+// Constants used by handlers (names shortened from the C ones).
+export const MAP_FLAGS = { FIXED_IOVA: 1, WRITEABLE: 2, READABLE: 4 } as const;
+export const HWPT_ALLOC = { NEST_PARENT: 1, DIRTY_TRACKING: 2, FAULT_ID_VALID: 4, PASID: 8 } as const;
+export const HW_CAP = { DIRTY_TRACKING: 1, PCI_PASID_EXEC: 2, PCI_PASID_PRIV: 4, PCI_ATS_NOT_SUPPORTED: 8 } as const;
+export const OPTION = { RLIMIT_MODE: 0, HUGE_PAGES: 1, OP_SET: 0, OP_GET: 1 } as const;
+export const VFIO_IOAS_OP = { GET: 0, SET: 1, CLEAR: 2 } as const;
+export const PGFAULT_FLAGS = { PASID_VALID: 1, LAST_PAGE: 2 } as const;
+export const PAGE_RESP = { SUCCESS: 0, INVALID: 1 } as const;
+export const VEVENTQ_FLAG_LOST_EVENTS = 1;
+
+export const TEST_OP = {
+  ADD_RESERVED: 1, MOCK_DOMAIN: 2, MD_CHECK_MAP: 3, MD_CHECK_REFS: 4, CREATE_ACCESS: 5, DESTROY_ACCESS_PAGES: 6,
+  ACCESS_PAGES: 7, ACCESS_RW: 8, SET_TEMP_MEMORY_LIMIT: 9, MOCK_DOMAIN_REPLACE: 10, ACCESS_REPLACE_IOAS: 11,
+  MOCK_DOMAIN_FLAGS: 12, DIRTY: 13, MD_CHECK_IOTLB: 14, TRIGGER_IOPF: 15, DEV_CHECK_CACHE: 16, TRIGGER_VEVENT: 17,
+  PASID_ATTACH: 18, PASID_REPLACE: 19, PASID_DETACH: 20, PASID_CHECK_HWPT: 21,
+} as const;
+
+/** Selftest constants (spec 03 §6). */
+export const MOCK = {
+  APERTURE_START: 1n << 24n,
+  APERTURE_LAST: (1n << 31n) - 1n,
+  PAGE_SIZE: 2048,
+  HUGE_PAGE_SIZE: 512 * 2048,
+  FLAGS_ACCESS_WRITE: 1,
+  FLAGS_ACCESS_SYZ: 1 << 16,
+  ACCESS_RW_WRITE: 1,
+  ACCESS_RW_SLOW_PATH: 4,
+  FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES: 1,
+  FLAGS_DEVICE_NO_DIRTY: 1,
+  FLAGS_DEVICE_HUGE_IOVA: 2,
+  FLAGS_DEVICE_PASID: 4,
+  NESTED_DOMAIN_IOTLB_NUM: 4,
+  DEV_CACHE_NUM: 4,
+  PASID_WIDTH: 20,
+  TEST_PASID_RESERVED: 1024,
+  HW_INFO_TYPE_SELFTEST: 0xfeedbeef,
+  HW_INFO_SELFTEST_REGVAL: 0xdeadbeef,
+  HWPT_DATA_SELFTEST: 0xdead,
+  IOTLB_DEFAULT: 0x0badbeef,
+  DEV_CACHE_DEFAULT: 0x00baddad,
+  HWPT_INVALIDATE_DATA_SELFTEST: 0xdeadbeef,
+  HWPT_INVALIDATE_DATA_SELFTEST_INVALID: 0x0dadbeef,
+  INVALIDATE_FLAG_ALL: 1,
+  VIOMMU_TYPE_SELFTEST: 0xdeadbeef,
+  VIOMMU_INVALIDATE_DATA_SELFTEST: 0xdeadbeef,
+  VEVENTQ_TYPE_SELFTEST: 0xbeefbeef,
+  HW_QUEUE_TYPE_SELFTEST: 0xdeadbeef,
+  HW_QUEUE_MAX: 2,
+  ACCESS_LENGTH_MAX: 16 * 1024 * 1024,
+} as const;

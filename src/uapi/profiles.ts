@@ -1,0 +1,72 @@
+// ABI profiles: which kernel the emulator impersonates. A profile is a version
+// number (gating ioctls, struct tails and enum values in the uAPI table) plus a
+// few named behaviour switches for differences that are not plain additions.
+
+/** Versions are major*100+minor; mainline is the post-6.19 tree the specs were read from. */
+export const V = {
+  V6_2: 602,
+  V6_6: 606,
+  V6_7: 607,
+  V6_8: 608,
+  V6_11: 611,
+  V6_12: 612,
+  V6_13: 613,
+  V6_14: 614,
+  V6_15: 615,
+  V6_16: 616,
+  V6_17: 617,
+  V6_19: 619,
+  MAINLINE: 620,
+} as const;
+
+export type ProfileName = '6.12' | '6.13' | '6.15' | '6.17' | 'mainline' | 'viommu-v1';
+
+export interface Profile {
+  readonly name: ProfileName;
+  readonly version: number;
+  /** The original vIOMMU series' ABI (VIOMMU_ALLOC = 0x8f, SET/UNSET_VDEV_ID, VIOMMU_INVALIDATE). */
+  readonly viommuV1: boolean;
+  /** HWPT_INVALIDATE looks up only HWPT_NESTED (6.12): a paging HWPT gives ENOENT, not EINVAL. */
+  readonly invalidateNestedLookupOnly: boolean;
+  /** Backported test features the 6.12 selftests need (PASID mock devices, hw_info INPUT_TYPE). */
+  readonly selftestBackports: boolean;
+  /** Mock driver generation: 'A' = xarray mock (<= 6.18, HUGE_IOVA flag), 'B' = generic page table. */
+  readonly mockGen: 'A' | 'B';
+  /** VIOMMU_ALLOC checks the type against the driver before the HWPT lookup (6.17+). */
+  readonly viommuTypeCheckFirst: boolean;
+  /** vDEVICE is tied to its device: one per device, tombstoned on unbind (6.17+). */
+  readonly vdeviceTombstone: boolean;
+  /** vIOMMU invalidation is driven one entry per call by the core (iommufd for-next). */
+  readonly invalidateCoreLoop: boolean;
+  /** GET_HW_INFO reports IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED. */
+  readonly atsNotSupportedCap: boolean;
+}
+
+const base = {
+  viommuV1: false,
+  invalidateNestedLookupOnly: false,
+  selftestBackports: false,
+  mockGen: 'A' as const,
+  viommuTypeCheckFirst: false,
+  vdeviceTombstone: false,
+  invalidateCoreLoop: false,
+  atsNotSupportedCap: false,
+};
+
+export const PROFILES: Record<ProfileName, Profile> = {
+  '6.12': { ...base, name: '6.12', version: V.V6_12, invalidateNestedLookupOnly: true, selftestBackports: true },
+  'viommu-v1': { ...base, name: 'viommu-v1', version: V.V6_12, viommuV1: true },
+  '6.13': { ...base, name: '6.13', version: V.V6_13 },
+  '6.15': { ...base, name: '6.15', version: V.V6_15 },
+  '6.17': { ...base, name: '6.17', version: V.V6_17, viommuTypeCheckFirst: true, vdeviceTombstone: true },
+  mainline: {
+    ...base, name: 'mainline', version: V.MAINLINE, mockGen: 'B', viommuTypeCheckFirst: true,
+    vdeviceTombstone: true, atsNotSupportedCap: true,
+  },
+};
+
+export function getProfile(name: string): Profile {
+  const p = (PROFILES as Record<string, Profile>)[name];
+  if (!p) throw new Error(`unknown ABI profile '${name}' (known: ${Object.keys(PROFILES).join(', ')})`);
+  return p;
+}
