@@ -117,7 +117,7 @@ export class IommufdCtx {
     sink: ((cmd: any) => void) | null, arg: bigint, typed?: object): number {
     const handler = this.emu.handlers.get(op.name);
     if (!handler) fail('ENOTTY');
-    const cmd = typed ?? decode(op.struct, kbuf!, this.profile.version);
+    const cmd = (typed ?? decode(op.struct, kbuf!, this.profile.version)) as Record<string, unknown>;
     if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
     const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize);
     (ucmd as { arg?: bigint }).arg = arg;

@@ -1,6 +1,6 @@
 // The object table: IDs, users (long-term references), publication, abort,
 // destroy and tombstones -- the analogue of the kernel's main.c object core.
-import BTree from 'sorted-btree';
+import { BTree } from './btree.js';
 import { fail } from '../uapi/errno.js';
 
 export enum ObjType {

@@ -1,0 +1,166 @@
+// The typed TypeScript API: methods that build the decoded struct and call the
+// same handlers as the raw ioctl entry (IommufdCtx.call), returning outputs or
+// throwing the errno error (IommufdError).
+import { IommufdCtx, type Caller } from './core/context.js';
+import { Emulator, type EmulatorOptions } from './core/emulator.js';
+import { SimpleFdTable, type FdTable } from './core/file.js';
+import { SimMemory } from './core/simmem.js';
+import type { UserMemory } from './core/usermem.js';
+import { MAP_FLAGS, TEST_OP } from './uapi/enums.js';
+import { structSize, type Decoded, type StructDef } from './uapi/layout.js';
+import * as S from './uapi/structs.js';
+import { TEST_OP_VIEWS } from './core/selftest.js';
+import './core/main.js';
+
+/** A full decoded struct with every field zero, then `over` applied. */
+export function zeroed<T extends StructDef>(s: T, over: Partial<Decoded<T>> = {}): Decoded<T> {
+  const out: Record<string, unknown> = {};
+  for (const [name, f] of Object.entries(s.fields)) {
+    const z = f.type === 'u64' ? 0n : 0;
+    out[name] = f.count ? new Array(f.count).fill(z) : z;
+  }
+  out.size = structSize(s);
+  return Object.assign(out, over) as Decoded<T>;
+}
+
+export interface MapArgs {
+  ioasId: number;
+  userVa: bigint;
+  length: bigint;
+  /** Fixed IOVA; omit for automatic placement. */
+  iova?: bigint;
+  /** Defaults to READABLE|WRITEABLE (FIXED_IOVA is added when iova is given). */
+  flags?: number;
+}
+
+/** One open /dev/iommu, typed. */
+export class IommuFd {
+  readonly caller: Caller;
+  constructor(readonly ctx: IommufdCtx, mem: UserMemory, fds: FdTable = new SimpleFdTable()) {
+    this.caller = { mem, fds };
+  }
+
+  get mem(): UserMemory {
+    return this.caller.mem;
+  }
+
+  private call<T extends StructDef>(name: string, s: T, over: Partial<Decoded<T>>): Decoded<T> {
+    const cmd = zeroed(s, over);
+    this.ctx.call(name, cmd, this.caller);
+    return cmd;
+  }
+
+  close(): void {
+    this.ctx.put();
+  }
+
+  destroy(id: number): void {
+    this.call('DESTROY', S.iommu_destroy, { id });
+  }
+
+  ioasAlloc(): number {
+    return this.call('IOAS_ALLOC', S.iommu_ioas_alloc, {}).out_ioas_id;
+  }
+
+  ioasMap(a: MapArgs): bigint {
+    const flags = (a.flags ?? MAP_FLAGS.READABLE | MAP_FLAGS.WRITEABLE) | (a.iova !== undefined ? MAP_FLAGS.FIXED_IOVA : 0);
+    return this.call('IOAS_MAP', S.iommu_ioas_map, {
+      flags, ioas_id: a.ioasId, user_va: a.userVa, length: a.length, iova: a.iova ?? 0n,
+    }).iova;
+  }
+
+  ioasUnmap(ioasId: number, iova: bigint, length: bigint): bigint {
+    return this.call('IOAS_UNMAP', S.iommu_ioas_unmap, { ioas_id: ioasId, iova, length }).length;
+  }
+
+  ioasCopy(a: { dstIoasId: number; srcIoasId: number; srcIova: bigint; length: bigint; dstIova?: bigint; flags?: number }): bigint {
+    const flags = (a.flags ?? MAP_FLAGS.READABLE | MAP_FLAGS.WRITEABLE) | (a.dstIova !== undefined ? MAP_FLAGS.FIXED_IOVA : 0);
+    return this.call('IOAS_COPY', S.iommu_ioas_copy, {
+      flags, dst_ioas_id: a.dstIoasId, src_ioas_id: a.srcIoasId, length: a.length, dst_iova: a.dstIova ?? 0n,
+      src_iova: a.srcIova,
+    }).dst_iova;
+  }
+
+  /** IOAS_IOVA_RANGES with the probe-then-fetch pattern; returns the ranges and the alignment. */
+  ioasIovaRanges(ioasId: number): { ranges: [bigint, bigint][]; alignment: bigint } {
+    let cap = 8;
+    for (;;) {
+      const buf = this.scratch(cap * 16);
+      try {
+        const r = this.call('IOAS_IOVA_RANGES', S.iommu_ioas_iova_ranges, { ioas_id: ioasId, num_iovas: cap, allowed_iovas: buf });
+        const bytes = this.mem.read(buf, r.num_iovas * 16);
+        const dv = new DataView(bytes.buffer);
+        const ranges: [bigint, bigint][] = [];
+        for (let i = 0; i < r.num_iovas; i++) ranges.push([dv.getBigUint64(i * 16, true), dv.getBigUint64(i * 16 + 8, true)]);
+        return { ranges, alignment: r.out_iova_alignment };
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'EMSGSIZE') throw e;
+        cap *= 2;
+      }
+    }
+  }
+
+  ioasAllowIovas(ioasId: number, ranges: [bigint, bigint][]): void {
+    const buf = this.scratch(Math.max(1, ranges.length) * 16);
+    const bytes = new Uint8Array(ranges.length * 16);
+    const dv = new DataView(bytes.buffer);
+    ranges.forEach(([s, l], i) => { dv.setBigUint64(i * 16, s, true); dv.setBigUint64(i * 16 + 8, l, true); });
+    this.mem.write(buf, bytes);
+    this.call('IOAS_ALLOW_IOVAS', S.iommu_ioas_allow_iovas, { ioas_id: ioasId, num_iovas: ranges.length, allowed_iovas: buf });
+  }
+
+  option(optionId: number, op: number, objectId: number, val64 = 0n): bigint {
+    return this.call('OPTION', S.iommu_option, { option_id: optionId, op, object_id: objectId, val64 }).val64;
+  }
+
+  hwptAlloc(a: { devId: number; ptId: number; flags?: number; dataType?: number; data?: Uint8Array; faultId?: number }): number {
+    let uptr = 0n;
+    if (a.data) {
+      uptr = this.scratch(a.data.length);
+      this.mem.write(uptr, a.data);
+    }
+    return this.call('HWPT_ALLOC', S.iommu_hwpt_alloc, {
+      flags: a.flags ?? 0, dev_id: a.devId, pt_id: a.ptId, data_type: a.dataType ?? 0, data_len: a.data?.length ?? 0,
+      data_uptr: uptr, fault_id: a.faultId ?? 0,
+    }).out_hwpt_id;
+  }
+
+  faultQueueAlloc(): { faultId: number; faultFd: number } {
+    const r = this.call('FAULT_QUEUE_ALLOC', S.iommu_fault_alloc, {});
+    return { faultId: r.out_fault_id, faultFd: r.out_fault_fd };
+  }
+
+  /** IOMMU_TEST_CMD: `u` is the op's union member (fields by name). Returns the struct after the call. */
+  testCmd(op: number, id: number, u: Record<string, unknown> = {}): Record<string, any> {
+    const view = TEST_OP_VIEWS[op];
+    const cmd = { size: S.IOMMU_TEST_CMD_SIZE, op, id, __reserved: 0, last: 0, u: view ? { ...zeroed(view), ...u } : {} };
+    this.ctx.call('TEST_CMD', cmd, this.caller);
+    return cmd.u;
+  }
+
+  /** Create a mock device attached to `ptId` (IOAS or HWPT). */
+  mockDomain(ptId: number, devFlags?: number): { stdevId: number; hwptId: number; idevId: number } {
+    const u = devFlags === undefined
+      ? this.testCmd(TEST_OP.MOCK_DOMAIN, ptId)
+      : this.testCmd(TEST_OP.MOCK_DOMAIN_FLAGS, ptId, { dev_flags: devFlags });
+    return { stdevId: u.out_stdev_id, hwptId: u.out_hwpt_id, idevId: u.out_idev_id };
+  }
+
+  private scratchBuf: { addr: bigint; len: number } | null = null;
+  /** A reusable buffer in the caller's memory for arrays the typed API passes by pointer. */
+  private scratch(len: number): bigint {
+    if (!this.scratchBuf || this.scratchBuf.len < len) {
+      const sim = this.mem as SimMemory;
+      if (typeof sim.alloc !== 'function') throw new Error('typed API array arguments need a SimMemory caller');
+      this.scratchBuf = { addr: sim.alloc(len), len: Math.ceil(len / 4096) * 4096 };
+    }
+    return this.scratchBuf.addr;
+  }
+}
+
+/** Open a context in a fresh emulator (or a given one), with in-process memory. */
+export function openIommufd(opts: { emu?: Emulator; mem?: SimMemory } & EmulatorOptions = {}): IommuFd {
+  const emu = opts.emu ?? new Emulator(opts);
+  const mem = opts.mem ?? new SimMemory();
+  return new IommuFd(emu.open(mem), mem);
+}
