@@ -1,0 +1,108 @@
+// `npm run bench`: in-process throughput and scaling of the typed API, printed
+// as a table (record results in bench/RESULTS.md). Targets are reported, not asserted.
+import { openIommufd, type IommuFd } from '../api.js';
+import { SimMemory } from '../core/simmem.js';
+import { MAP_FLAGS } from '../uapi/enums.js';
+
+const PAGE = 4096n;
+
+function rate(ops: number, ms: number): string {
+  return `${Math.round((ops / ms) * 1000).toLocaleString('en-US')}/s`;
+}
+
+function time(fn: () => void): number {
+  const t0 = performance.now();
+  fn();
+  return performance.now() - t0;
+}
+
+interface Row { bench: string; result: string; target: string }
+const rows: Row[] = [];
+
+function allocDestroy(): void {
+  const fd = openIommufd();
+  const n = 300_000;
+  for (let i = 0; i < 10_000; i++) fd.destroy(fd.ioasAlloc());
+  const ms = time(() => { for (let i = 0; i < n; i++) fd.destroy(fd.ioasAlloc()); });
+  rows.push({ bench: 'IOAS_ALLOC+DESTROY', result: rate(n, ms), target: '>= 300,000/s' });
+  fd.close();
+}
+
+/** Map `count` 4 KiB areas at fixed IOVAs (a hole between each so none merge). */
+function populate(fd: IommuFd, ioas: number, va: bigint, count: number): void {
+  for (let i = 0; i < count; i++) {
+    fd.ioasMap({ ioasId: ioas, userVa: va, length: PAGE, iova: BigInt(i) * 2n * PAGE + (1n << 32n), flags: MAP_FLAGS.READABLE });
+  }
+}
+
+function mapUnmapAt(live: number): number {
+  const mem = new SimMemory();
+  const fd = openIommufd({ mem });
+  const ioas = fd.ioasAlloc();
+  const va = mem.mmap(4096);
+  populate(fd, ioas, va, live);
+  const n = 100_000;
+  const base = (1n << 40n);
+  const ms = time(() => {
+    for (let i = 0; i < n; i++) {
+      const iova = base + BigInt(i % 64) * PAGE;
+      fd.ioasMap({ ioasId: ioas, userVa: va, length: PAGE, iova, flags: MAP_FLAGS.READABLE });
+      fd.ioasUnmap(ioas, iova, PAGE);
+    }
+  });
+  fd.close();
+  return ms / n;
+}
+
+function memoryFor(count: number): number {
+  (globalThis as { gc?: () => void }).gc?.();
+  const before = process.memoryUsage();
+  const mem = new SimMemory();
+  const fd = openIommufd({ mem });
+  const ioas = fd.ioasAlloc();
+  populate(fd, ioas, mem.mmap(4096), count);
+  (globalThis as { gc?: () => void }).gc?.();
+  const after = process.memoryUsage();
+  const heapDelta = (after.heapUsed - before.heapUsed) / 2 ** 20;
+  rows.push({
+    bench: `memory, ${count.toLocaleString('en-US')} live 4 KiB areas`,
+    result: `RSS ${(after.rss / 2 ** 20).toFixed(0)} MiB (heap +${heapDelta.toFixed(0)} MiB)`,
+    target: '<= 300 MiB RSS',
+  });
+  fd.close();
+  return after.rss;
+}
+
+function main(): void {
+  allocDestroy();
+  const mem = new SimMemory();
+  const fd = openIommufd({ mem });
+  const ioas = fd.ioasAlloc();
+  const va = mem.mmap(4096);
+  const n = 200_000;
+  for (let i = 0; i < 10_000; i++) { fd.ioasMap({ ioasId: ioas, userVa: va, length: PAGE, iova: 1n << 30n }); fd.ioasUnmap(ioas, 1n << 30n, PAGE); }
+  const ms = time(() => {
+    for (let i = 0; i < n; i++) {
+      const iova = fd.ioasMap({ ioasId: ioas, userVa: va, length: PAGE });
+      fd.ioasUnmap(ioas, iova, PAGE);
+    }
+  });
+  rows.push({ bench: 'IOAS_MAP+UNMAP 4 KiB (auto IOVA)', result: rate(n, ms), target: '>= 200,000/s' });
+  fd.close();
+
+  const costs: number[] = [];
+  for (const live of [1e3, 1e4, 1e5, 1e6]) {
+    const us = mapUnmapAt(live) * 1000;
+    costs.push(us);
+    rows.push({ bench: `MAP+UNMAP pair with ${live.toLocaleString('en-US')} live areas`, result: `${us.toFixed(2)} us/pair`, target: 'flat (O(log n))' });
+  }
+  rows.push({ bench: 'cost ratio 10^6 / 10^3 live areas', result: `${(costs[3]! / costs[0]!).toFixed(2)}x`, target: 'small (log growth)' });
+  memoryFor(1e6);
+
+  const w = [Math.max(...rows.map((r) => r.bench.length)), Math.max(...rows.map((r) => r.result.length))];
+  console.log(`| ${'benchmark'.padEnd(w[0]!)} | ${'result'.padEnd(w[1]!)} | target |`);
+  console.log(`|${'-'.repeat(w[0]! + 2)}|${'-'.repeat(w[1]! + 2)}|--------|`);
+  for (const r of rows) console.log(`| ${r.bench.padEnd(w[0]!)} | ${r.result.padEnd(w[1]!)} | ${r.target} |`);
+}
+
+main();
