@@ -109,4 +109,51 @@ export interface IommuDriver {
    * Driver rules throw (EINVAL / ENOENT ...).
    */
   attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void;
+  /** vIOMMU support (02); undefined = the driver has none (VIOMMU_ALLOC -> EOPNOTSUPP). */
+  readonly viommu?: ViommuDriver;
+}
+
+// ---- vIOMMU (02) ----------------------------------------------------------------
+
+/** What a driver sees of a vIOMMU object. */
+export interface ViommuCore {
+  readonly id: number;
+  readonly type: number;
+  readonly parent: PagingDomain;
+  readonly iommuInstance: object;
+  /** virt_id -> the DriverDevice of the vDEVICE holding it. */
+  vdevDevice(virtId: bigint): DriverDevice | undefined;
+  /** Report an event to the vEVENTQ of `type`: EOPNOTSUPP when there is none. */
+  reportEvent(type: number, payload: Uint8Array): void;
+  /** Register an mmap region of `pages` on the context; returns its offset. */
+  registerMmap(pages: import('../core/usermem.js').PhysPage[]): bigint;
+}
+
+/** What a driver sees of a HW queue object. */
+export interface HwQueueCore {
+  readonly id: number;
+  readonly viommu: ViommuCore;
+  readonly type: number;
+  readonly index: number;
+  /** Take a dependency reference on another queue of the same vIOMMU (released by the core on destroy). */
+  dependOn(other: HwQueueCore): void;
+}
+
+export interface ViommuOps {
+  /** HWPT_ALLOC with pt_id = this vIOMMU. */
+  allocDomainNested?(viommu: ViommuCore, dev: DriverDevice, flags: number, data: UserData): NestedDomain;
+  /** HWPT_INVALIDATE with hwpt_id = this vIOMMU; sets req.handled, throws on the first bad entry. */
+  cacheInvalidate?(viommu: ViommuCore, req: InvalidateArray): void;
+  /** Non-zero when `type` of HW queue is supported. */
+  hwQueueSupported?(type: number): boolean;
+  hwQueueInit?(q: HwQueueCore, index: number, physBase: number, length: bigint): void;
+  hwQueueDestroy?(q: HwQueueCore): void;
+  destroy?(): void;
+}
+
+export interface ViommuDriver {
+  /** Does the driver support vIOMMU `type` for this device ("viommu size" non-zero)? */
+  viommuSupported(dev: DriverDevice, type: number): boolean;
+  /** Initialise a vIOMMU of a supported type; data is null when data_len is 0. */
+  viommuInit(viommu: ViommuCore, data: UserData | null): ViommuOps;
 }

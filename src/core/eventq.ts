@@ -1,0 +1,134 @@
+// vEVENTQ: per-vIOMMU event queues and their fds (02 §8), the analogue of the
+// vEVENTQ half of the kernel's eventq.c.
+import { fail } from '../uapi/errno.js';
+import { VEVENTQ_FLAG_LOST_EVENTS } from '../uapi/enums.js';
+import { encode, type Decoded } from '../uapi/layout.js';
+import * as S from '../uapi/structs.js';
+import type { Ucmd } from './context.js';
+import { POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
+import { IommufdObject, ObjType, refget, refput } from './object.js';
+import type { UserMemory } from './usermem.js';
+import type { Viommu } from './viommu.js';
+
+const HEADER_SIZE = 8;
+const SEQ_MASK = 0x7fffffff;
+
+interface VeventRecord {
+  flags: number;
+  sequence: number;
+  payload: Uint8Array | null;
+}
+
+export class Veventq extends IommufdObject {
+  readonly type = ObjType.VEVENTQ;
+  readonly records: VeventRecord[] = [];
+  /** Normal (non-marker) records queued. */
+  numEvents = 0;
+  /** Next sequence number. */
+  sequence = 0;
+  /** The one lost-events marker; it only ever sits at the tail. */
+  readonly lost: VeventRecord = { flags: VEVENTQ_FLAG_LOST_EVENTS, sequence: 0, payload: null };
+  file: VeventqFile | null = null;
+
+  constructor(readonly viommu: Viommu, readonly eventType: number, readonly depth: number) {
+    super();
+  }
+
+  private enqueue(r: VeventRecord): void {
+    if (this.records[this.records.length - 1] === this.lost) this.records.pop();
+    this.records.push(r);
+    r.sequence = this.sequence;
+    this.sequence = (this.sequence + 1) & SEQ_MASK;
+    this.file?.onReadiness?.();
+  }
+
+  /** A driver reports an event of this queue's type (02 §8.2). */
+  report(payload: Uint8Array): void {
+    if (this.numEvents >= this.depth) {
+      this.enqueue(this.lost);
+      return;
+    }
+    this.numEvents++;
+    this.enqueue({ flags: 0, sequence: 0, payload: payload.slice() });
+  }
+
+  /** read(2) on the queue's fd. */
+  read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
+    if (pos !== 0n) fail('ESPIPE');
+    let done = 0;
+    while (this.records.length > 0) {
+      const r = this.records[0]!;
+      const len = HEADER_SIZE + (r.payload?.length ?? 0);
+      if (done + len > count) break;
+      const bytes = new Uint8Array(len);
+      bytes.set(encode(S.iommufd_vevent_header, { flags: r.flags, sequence: r.sequence }));
+      if (r.payload) bytes.set(r.payload, HEADER_SIZE);
+      try {
+        mem.write(buf + BigInt(done), bytes);
+      } catch (e) {
+        if (done === 0) throw e;
+        break;
+      }
+      this.records.shift();
+      if (r !== this.lost) this.numEvents--;
+      done += len;
+    }
+    return done;
+  }
+
+  destroy(): void {
+    this.records.length = 0;
+    this.numEvents = 0;
+    this.viommu.veventqs.delete(this.eventType);
+    refput(this.viommu);
+  }
+}
+
+class VeventqFile implements IommufdFile {
+  readonly name = '[iommufd-viommu-event]';
+  onReadiness?: () => void;
+  constructor(readonly q: Veventq, private readonly release_: () => void) {}
+  read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
+    return this.q.read(mem, buf, count, pos);
+  }
+  write(): number {
+    return fail('EINVAL'); // the kernel's vEVENTQ file has no write method
+  }
+  poll(): number {
+    return this.q.records.length > 0 ? POLLIN | POLLRDNORM : 0;
+  }
+  release(): void {
+    this.release_();
+  }
+}
+
+/** IOMMU_VEVENTQ_ALLOC (02 §8.1). */
+export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_alloc>>): void {
+  const cmd = ucmd.cmd;
+  const ctx = ucmd.ctx;
+  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP');
+  if (cmd.veventq_depth === 0) fail('EINVAL');
+  const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
+  if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
+  const q = ctx.allocObj(new Veventq(viommu, cmd.type, cmd.veventq_depth));
+  refget(viommu);
+  viommu.veventqs.set(cmd.type, q);
+  let fd = -1;
+  try {
+    ucmd.emu.failPoint('ENOMEM'); // anonymous file
+    const file = new VeventqFile(q, () => { q.file = null; refput(q); ctx.put(); });
+    refget(q);
+    ctx.ref();
+    q.file = file;
+    fd = ucmd.caller.fds.install(file);
+    cmd.out_veventq_id = q.id;
+    cmd.out_veventq_fd = fd;
+    ucmd.respond();
+  } catch (e) {
+    if (fd >= 0) ucmd.caller.fds.close(fd);
+    else if (q.file) q.file.release();
+    ctx.objects.abort(q);
+    throw e;
+  }
+  ctx.objects.finalize(q);
+}
