@@ -2,6 +2,7 @@
 // hw_info, vIOMMU ops). The selftest mock driver (drivers/mock) and, later,
 // emulated hardware implement it.
 import type { UserMemory } from '../core/usermem.js';
+import { fail } from '../uapi/errno.js';
 
 /** Driver data passed from user space (HWPT_ALLOC / VIOMMU_ALLOC data_uptr). */
 export interface UserData {
@@ -46,9 +47,10 @@ export interface PagingDomain extends IommuDomainBase {
   setDirtyTracking(enable: boolean): void;
   /**
    * Report dirty IOVA ranges within [iova, iova+length) through `mark`, clearing
-   * the hardware state unless noClear.
+   * the hardware state unless noClear. `mark` null = clear only (the core's
+   * clean snapshot when tracking is switched on; allowed while tracking is off).
    */
-  readAndClearDirty(iova: bigint, length: bigint, noClear: boolean, mark: (iova: bigint, length: bigint) => void): void;
+  readAndClearDirty(iova: bigint, length: bigint, noClear: boolean, mark: ((iova: bigint, length: bigint) => void) | null): void;
   free(): void;
 }
 
@@ -109,6 +111,12 @@ export interface IommuDriver {
    * Driver rules throw (EINVAL / ENOENT ...).
    */
   attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void;
+  /** A PRI page-request group was answered (by user space or automatically). */
+  pageResponse?(dev: DriverDevice, grpid: number, pasid: number, code: number): void;
+  /** The driver keeps PASID tables in user-managed (nested) stage-1 tables: a PASID fault with no PASID attachment falls back to a nested RID attachment. */
+  readonly userPasidTable?: boolean;
+  /** IOMMU_CAP_PCI_ATS_SUPPORTED; absent = false. */
+  capPciAtsSupported?(dev: DriverDevice): boolean;
   /** vIOMMU support (02); undefined = the driver has none (VIOMMU_ALLOC -> EOPNOTSUPP). */
   readonly viommu?: ViommuDriver;
 }
@@ -156,4 +164,29 @@ export interface ViommuDriver {
   viommuSupported(dev: DriverDevice, type: number): boolean;
   /** Initialise a vIOMMU of a supported type; data is null when data_len is 0. */
   viommuInit(viommu: ViommuCore, data: UserData | null): ViommuOps;
+}
+
+// ---- Driver-data copy helpers (the kernel's iommu_copy_struct_* family) ----------
+
+/**
+ * Copy a driver-data struct from user space: wrong type, shorter than `minLen`
+ * or longer than the kernel's struct (`kernelLen`, whatever the extra bytes
+ * hold) -> EINVAL; unreadable -> EFAULT. The result is zero-extended to kernelLen.
+ */
+export function copyUserData(data: UserData, type: number, minLen: number, kernelLen: number): Uint8Array {
+  if (data.type !== type) fail('EINVAL');
+  if (data.len < minLen || data.len > kernelLen) fail('EINVAL');
+  const out = new Uint8Array(kernelLen);
+  out.set(data.mem.read(data.uptr, data.len));
+  return out;
+}
+
+/** Copy entry `index` of an invalidation array with the per-entry rules (same errnos as copyUserData). */
+export function copyUserArrayEntry(req: InvalidateArray, type: number, index: number, minLen: number, kernelLen: number): Uint8Array {
+  if (req.type !== type) fail('EINVAL');
+  if (index >= req.entryNum || !req.entryLen) fail('EINVAL');
+  if (req.entryLen < minLen || req.entryLen > kernelLen) fail('EINVAL');
+  const out = new Uint8Array(kernelLen);
+  out.set(req.mem.read(req.uptr + BigInt(index) * BigInt(req.entryLen), req.entryLen));
+  return out;
 }

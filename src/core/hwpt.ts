@@ -1,0 +1,381 @@
+// HW page tables: HWPT_PAGING (a kernel-managed IO page table filled from an
+// IOAS) and HWPT_NESTED (a user-managed stage-1 table on a nesting parent), and
+// the ioctls on them: HWPT_ALLOC, SET_DIRTY_TRACKING, GET_DIRTY_BITMAP,
+// HWPT_INVALIDATE (01 §4.12, §4.14-4.16). The analogue of hw_pagetable.c.
+import {
+  type InvalidateArray, type IommuDomain, type NestedDomain, type PagingDomain, type UserData,
+} from '../drivers/driver.js';
+import { fail, isErrno, type IommufdError } from '../uapi/errno.js';
+import { ENUMS, HWPT_ALLOC } from '../uapi/enums.js';
+import type { Decoded } from '../uapi/layout.js';
+import * as S from '../uapi/structs.js';
+import type { IommufdCtx, Ucmd } from './context.js';
+import { hwptAttach, hwptDetach, NO_PASID, type Device } from './device.js';
+import type { FaultObj } from './fault.js';
+import type { IoPagetable } from './io_pagetable.js';
+import { IommufdObject, ObjType, refget, refput } from './object.js';
+import { PAGE_SIZE } from './usermem.js';
+
+export const U64_MAX = (1n << 64n) - 1n;
+
+/** What this module needs of an IOAS (ioas.ts): its address space and its HWPT list. */
+export interface IoasLike extends IommufdObject {
+  readonly iopt: IoPagetable;
+  /** HWPT_PAGINGs on this IOAS, in creation order (auto-domain search order). */
+  readonly hwptList: unknown[];
+}
+
+/** Common part of HWPT_PAGING and HWPT_NESTED. */
+export abstract class Hwpt extends IommufdObject {
+  abstract override readonly type: ObjType.HWPT_PAGING | ObjType.HWPT_NESTED;
+  abstract readonly domain: IommuDomain;
+  /** FAULT object I/O page faults are routed to (HWPT_ALLOC with FAULT_ID_VALID). */
+  fault: FaultObj | null = null;
+  /** Allocated with IOMMU_HWPT_ALLOC_PASID: may be attached to PASIDs. */
+  pasidCompat = false;
+
+  protected releaseCommon(): void {
+    if (this.domain) this.domain.free();
+    if (this.fault) {
+      refput(this.fault);
+      this.fault = null;
+    }
+  }
+}
+
+export class HwptPaging extends Hwpt {
+  readonly type = ObjType.HWPT_PAGING;
+  domain!: PagingDomain;
+  /** Created by an attach to an IOAS: found by later attaches, destroyed with its last attachment. */
+  autoDomain = false;
+  nestParent = false;
+  enforceCacheCoherency = false;
+  /** The domain has been added to the IOAS's iopt and this HWPT is on its hwptList. */
+  inIoas = false;
+  private holdsIoas = false;
+
+  constructor(readonly ioas: IoasLike) {
+    super();
+  }
+
+  holdIoas(): void {
+    refget(this.ioas);
+    this.holdsIoas = true;
+  }
+
+  destroy(): void {
+    if (this.inIoas) {
+      this.inIoas = false;
+      const i = this.ioas.hwptList.indexOf(this);
+      if (i >= 0) this.ioas.hwptList.splice(i, 1);
+      this.ioas.iopt.removeDomain(this.domain);
+    }
+    this.releaseCommon();
+    if (this.holdsIoas) {
+      this.holdsIoas = false;
+      refput(this.ioas);
+    }
+  }
+}
+
+export class HwptNested extends Hwpt {
+  readonly type = ObjType.HWPT_NESTED;
+  domain!: NestedDomain;
+  private holds: IommufdObject | null = null;
+
+  /**
+   * `viommu` set: allocated on that vIOMMU (the HWPT holds the vIOMMU, whose
+   * nesting parent is `parent`); otherwise it holds `parent` directly.
+   */
+  constructor(readonly parent: HwptPaging, readonly viommu: IommufdObject | null = null) {
+    super();
+  }
+
+  /** Take the reference this HWPT keeps (on the vIOMMU or the parent). */
+  hold(): void {
+    this.holds = this.viommu ?? this.parent;
+    refget(this.holds);
+  }
+
+  destroy(): void {
+    this.releaseCommon();
+    if (this.holds) {
+      refput(this.holds);
+      this.holds = null;
+    }
+  }
+}
+
+/** The paging HWPT whose IOAS an attachment of `hwpt` reserves regions in. */
+export function findHwptPaging(hwpt: Hwpt): HwptPaging | null {
+  if (hwpt instanceof HwptPaging) return hwpt;
+  if (hwpt instanceof HwptNested) return hwpt.parent;
+  return null;
+}
+
+/** Flags valid in HWPT_ALLOC on this ABI. */
+function knownAllocFlags(version: number): number {
+  let m = 0;
+  for (const f of ENUMS.iommufd_hwpt_alloc_flags!.members) if ((f.since ?? 0) <= version) m |= f.value;
+  return m;
+}
+
+/**
+ * Drop an attachment's (or a lookup's) user reference on a HWPT. An
+ * auto-domain that only the table still holds is destroyed.
+ */
+export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt): void {
+  refput(hwpt);
+  if (hwpt instanceof HwptPaging && hwpt.autoDomain && hwpt.users === 1 &&
+    ctx.objects.find(hwpt.id, ObjType.ANY) === hwpt) {
+    ctx.objects.removeOwned(hwpt);
+  }
+}
+
+/**
+ * Allocate a HWPT_PAGING on `ioas` for `idev` (iommufd_hwpt_paging_alloc).
+ * Returns the unpublished object; the caller finalizes or aborts it. With
+ * `immediateAttach` the device is attached at `pasid` before the domain is
+ * filled (the auto-domain path).
+ */
+export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, pasid: number, flags: number,
+  immediateAttach: boolean, data: UserData | null): HwptPaging {
+  const dev = idev.dev;
+  if (flags & ~knownAllocFlags(ctx.profile.version)) fail('EOPNOTSUPP');
+  if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) fail('EOPNOTSUPP');
+  if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) fail('EOPNOTSUPP');
+
+  const hwpt = ctx.allocObj(new HwptPaging(ioas));
+  try {
+    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
+    hwpt.holdIoas();
+    hwpt.nestParent = !!(flags & HWPT_ALLOC.NEST_PARENT);
+    hwpt.domain = dev.driver.domainAllocPaging(dev, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
+    // The coherency mode is fixed before anything is mapped.
+    if (idev.enforceCacheCoherency) {
+      if (!hwpt.domain.enforceCacheCoherency) fail('EINVAL');
+      hwpt.enforceCacheCoherency = true;
+    }
+    if (immediateAttach) hwptAttach(hwpt, idev, pasid);
+    try {
+      ioas.iopt.addDomain(hwpt.domain);
+    } catch (e) {
+      if (immediateAttach) hwptDetach(idev, pasid);
+      throw e;
+    }
+    ioas.hwptList.push(hwpt);
+    hwpt.inIoas = true;
+  } catch (e) {
+    ctx.objects.abort(hwpt);
+    throw e;
+  }
+  return hwpt;
+}
+
+/** Allocate a HWPT_NESTED on a paging parent (iommufd_hwpt_nested_alloc); unpublished. */
+export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Device, flags: number,
+  data: UserData): HwptNested {
+  const dev = idev.dev;
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP');
+  if (parent.autoDomain || !parent.nestParent || parent.domain.driver !== dev.driver) fail('EINVAL');
+  const hwpt = ctx.allocObj(new HwptNested(parent));
+  try {
+    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
+    hwpt.hold();
+    hwpt.domain = dev.driver.domainAllocNested(dev, parent.domain, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
+    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
+  } catch (e) {
+    ctx.objects.abort(hwpt);
+    throw e;
+  }
+  return hwpt;
+}
+
+// ---- pt_id / hwpt_id type switches, open for the vIOMMU branch -------------------
+
+/** HWPT_ALLOC with pt_id of another type (vIOMMU): returns an unpublished HWPT. */
+export type PtAllocFn = (ctx: IommufdCtx, idev: Device, pt: IommufdObject, flags: number, data: UserData) => Hwpt;
+const PT_ALLOC = new Map<ObjType, PtAllocFn>();
+export function registerHwptAllocTarget(type: ObjType, fn: PtAllocFn): void {
+  PT_ALLOC.set(type, fn);
+}
+
+/** HWPT_INVALIDATE with hwpt_id of another type (vIOMMU): sets req.handled; throws on error. */
+export type InvalidateFn = (ctx: IommufdCtx, obj: IommufdObject, req: InvalidateArray) => void;
+const INVALIDATE = new Map<ObjType, InvalidateFn>();
+export function registerInvalidateTarget(type: ObjType, fn: InvalidateFn): void {
+  INVALIDATE.set(type, fn);
+}
+
+// ---- ioctl handlers ------------------------------------------------------------------
+
+/** IOMMU_HWPT_ALLOC (01 §4.12). */
+export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>): void {
+  const { cmd, ctx } = ucmd;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if ((cmd.data_type === 0 && cmd.data_len) || (cmd.data_type !== 0 && !cmd.data_len)) fail('EINVAL');
+  const idev = ctx.get<Device>(cmd.dev_id, ObjType.DEVICE);
+  const pt = ctx.objects.find(cmd.pt_id, ObjType.ANY);
+  if (!pt) fail('EINVAL');
+  const data: UserData = { type: cmd.data_type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem };
+
+  let hwpt: Hwpt;
+  switch (pt.type) {
+    case ObjType.IOAS:
+      hwpt = hwptPagingAlloc(ctx, pt as IoasLike, idev, NO_PASID, cmd.flags, false, cmd.data_len ? data : null);
+      break;
+    case ObjType.HWPT_PAGING:
+      hwpt = hwptNestedAlloc(ctx, pt as HwptPaging, idev, cmd.flags, data);
+      break;
+    default: {
+      const fn = PT_ALLOC.get(pt.type);
+      if (!fn) fail('EINVAL');
+      hwpt = fn(ctx, idev, pt, cmd.flags, data);
+    }
+  }
+
+  try {
+    if (cmd.flags & HWPT_ALLOC.FAULT_ID_VALID) {
+      const fault = ctx.get<FaultObj>(cmd.fault_id, ObjType.FAULT);
+      hwpt.fault = fault;
+      refget(fault);
+      hwpt.domain.faultCapable = true;
+    }
+    cmd.out_hwpt_id = hwpt.id;
+    ucmd.respond();
+  } catch (e) {
+    ctx.objects.abort(hwpt);
+    throw e;
+  }
+  ctx.objects.finalize(hwpt);
+}
+
+/** IOMMU_HWPT_SET_DIRTY_TRACKING (01 §4.14). `__reserved` is not checked. */
+export function iommufdHwptSetDirtyTracking(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_set_dirty_tracking>>): void {
+  const { cmd, ctx } = ucmd;
+  const ENABLE = 1;
+  if (cmd.flags & ~ENABLE) fail('EOPNOTSUPP');
+  const hwpt = ctx.get<HwptPaging>(cmd.hwpt_id, ObjType.HWPT_PAGING);
+  const domain = hwpt.domain;
+  if (!domain.dirtyOps) fail('EOPNOTSUPP');
+  const enable = !!(cmd.flags & ENABLE);
+  if (enable) {
+    // A clean snapshot: clear what the IO page table already has marked.
+    for (const a of hwpt.ioas.iopt.areasIn(0n, U64_MAX)) domain.readAndClearDirty(a.iova, a.last - a.iova + 1n, false, null);
+  }
+  domain.setDirtyTracking(enable);
+}
+
+/** IOMMU_HWPT_GET_DIRTY_BITMAP (01 §4.15). No copy-back. */
+export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_get_dirty_bitmap>>): void {
+  const { cmd, ctx } = ucmd;
+  const NO_CLEAR = 1;
+  if (cmd.flags & ~NO_CLEAR || cmd.__reserved) fail('EOPNOTSUPP');
+  const hwpt = ctx.get<HwptPaging>(cmd.hwpt_id, ObjType.HWPT_PAGING);
+  const iopt = hwpt.ioas.iopt;
+
+  // Range checks against the IOAS.
+  const lenMinus1 = (cmd.length - 1n) & U64_MAX;
+  if (cmd.iova + lenMinus1 > U64_MAX) fail('EOVERFLOW');
+  const last = cmd.iova + lenMinus1;
+  const end = (last + 1n) & U64_MAX;
+  const align = iopt.iovaAlignment;
+  if (cmd.iova % align || end % align) fail('EINVAL');
+  const ps = cmd.page_size;
+  if (!ps) fail('EINVAL');
+  if (cmd.iova & (ps - 1n) || end & (ps - 1n)) fail('EINVAL');
+
+  const domain = hwpt.domain;
+  if (!domain.dirtyOps) fail('EOPNOTSUPP');
+
+  // The bitmap's user pages are pinned up front; a bad buffer fails the allocation.
+  const base = cmd.iova;
+  const nbits = (last - base) / ps + 1n;
+  const words = new Map<bigint, bigint>();
+  try {
+    ucmd.emu.failPoint('ENOMEM');
+    const firstLen = Math.min(Number((nbits + 63n) / 64n) * 8, PAGE_SIZE - Number(cmd.data % BigInt(PAGE_SIZE)));
+    ucmd.mem.write(cmd.data, ucmd.mem.read(cmd.data, firstLen));
+  } catch (e) {
+    if (isErrno(e)) fail('ENOMEM');
+    throw e;
+  }
+  const mark = (iova: bigint, length: bigint): void => {
+    const s = iova < base ? base : iova;
+    const l = iova + length - 1n > last ? last : iova + length - 1n;
+    if (s > l) return;
+    for (let bit = (s - base) / ps; bit <= (l - base) / ps; bit++) {
+      const w = bit / 64n;
+      words.set(w, (words.get(w) ?? 0n) | (1n << (bit % 64n)));
+    }
+  };
+  // Walk the areas contiguous from `iova`; the walk stops at the first hole and
+  // its errors are not reported (kernel behaviour: the call still returns 0).
+  let cur = base;
+  try {
+    for (const a of iopt.areasIn(base, last)) {
+      if (a.iova > cur) break;
+      const stop = a.last < last ? a.last : last;
+      domain.readAndClearDirty(cur, stop - cur + 1n, !!(cmd.flags & NO_CLEAR), mark);
+      if (stop === last) break;
+      cur = stop + 1n;
+    }
+  } catch (e) {
+    if (!isErrno(e)) throw e;
+  }
+  // Only ever set bits in the user's bitmap.
+  for (const [w, bits] of [...words].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    const addr = cmd.data + w * 8n;
+    try {
+      const dv = new DataView(ucmd.mem.read(addr, 8).buffer);
+      const out = new Uint8Array(8);
+      new DataView(out.buffer).setBigUint64(0, dv.getBigUint64(0, true) | bits, true);
+      ucmd.mem.write(addr, out);
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      break;
+    }
+  }
+}
+
+/** Upper bound on HWPT_INVALIDATE entry_num (01 §4.16). */
+const INVALIDATE_MAX_ENTRIES = 1 << 19;
+
+/** IOMMU_HWPT_INVALIDATE (01 §4.16): always copies back entry_num. */
+export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_invalidate>>): void {
+  const { cmd, ctx } = ucmd;
+  let done = 0;
+  let err: IommufdError | null = null;
+  try {
+    if (cmd.__reserved) fail('EOPNOTSUPP');
+    if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len || cmd.entry_len > PAGE_SIZE ||
+      cmd.entry_num > INVALIDATE_MAX_ENTRIES)) fail('EINVAL');
+    const req: InvalidateArray = {
+      mem: ucmd.mem, type: cmd.data_type, uptr: cmd.data_uptr, entryLen: cmd.entry_len, entryNum: cmd.entry_num,
+      handled: 0,
+    };
+    const obj = ctx.profile.invalidateNestedLookupOnly
+      ? ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.HWPT_NESTED)
+      : ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.ANY);
+    try {
+      if (obj.type === ObjType.HWPT_NESTED) {
+        const domain = (obj as HwptNested).domain;
+        if (!domain.cacheInvalidateUser) fail('EOPNOTSUPP');
+        domain.cacheInvalidateUser(req);
+      } else {
+        const fn = INVALIDATE.get(obj.type);
+        if (!fn) fail('EINVAL');
+        fn(ctx, obj, req);
+      }
+    } finally {
+      done = req.handled;
+    }
+  } catch (e) {
+    if (!isErrno(e)) throw e;
+    err = e;
+  }
+  cmd.entry_num = done;
+  ucmd.respond();
+  if (err) throw err;
+}

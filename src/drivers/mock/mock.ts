@@ -1,0 +1,343 @@
+// The selftest mock IOMMU driver (03 §5): one mock IOMMU instance, mock
+// devices (NO_DIRTY / HUGE_IOVA / PASID), paging domains that record one entry
+// per MOCK_PAGE_SIZE slot, nested domains with a 4-entry IOTLB, dirty tracking,
+// the PASID-1024 one-shot failure and a 4 x u32 per-device cache.
+// Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
+// flags, driver data and the HUGE variant; the profile picks one.
+import type { Emulator } from '../../core/emulator.js';
+import { PAGE_SIZE } from '../../core/usermem.js';
+import { fail } from '../../uapi/errno.js';
+import { HWPT_ALLOC, MOCK } from '../../uapi/enums.js';
+import { decode, encode } from '../../uapi/layout.js';
+import { V } from '../../uapi/profiles.js';
+import * as S from '../../uapi/structs.js';
+import {
+  copyUserArrayEntry, copyUserData, type DriverDevice, type HwInfo, type InvalidateArray, type IommuDomain,
+  type IommuDriver, type NestedDomain, type PagingDomain, type PhysRun, type UserData,
+} from '../driver.js';
+
+export const MOCK_PAGE_SIZE = PAGE_SIZE / 2;
+export const MOCK_HUGE_PAGE_SIZE = 512 * MOCK_PAGE_SIZE;
+const SLOT = BigInt(MOCK_PAGE_SIZE);
+
+/** pagetable_type of gen B paging data. */
+export const MOCK_IOMMUPT = { DEFAULT: 0, HUGE: 1 } as const;
+
+/** Per-slot metadata bits (the xarray entry's high bits in the kernel). */
+export const SLOT_FLAGS = { START: 1, LAST: 2, DIRTY: 4, HUGE: 8 } as const;
+
+interface Slot {
+  /** Physical byte address of the slot. */
+  phys: number;
+  flags: number;
+}
+
+export class MockDevice implements DriverDevice {
+  readonly coherent = true;
+  /** Per-device cache (vIOMMU invalidation target). */
+  readonly cache = new Uint32Array(MOCK.DEV_CACHE_NUM).fill(MOCK.DEV_CACHE_DEFAULT);
+  /** PASID 1024: the next non-blocking attach fails once. */
+  pasid1024FakeError = false;
+  /** Page responses the "hardware" received, oldest first. */
+  readonly responses: { grpid: number; pasid: number; code: number }[] = [];
+  /** vIOMMU the device is attached through (nested domain on a vIOMMU) and its virtual ID. */
+  viommu: unknown = null;
+  vdevId = 0n;
+  destroyed = false;
+
+  constructor(readonly driver: MockDriver, readonly flags: number) {}
+
+  get iommuInstance(): object {
+    return this.driver.instance;
+  }
+  get maxPasids(): number {
+    return this.flags & MOCK.FLAGS_DEVICE_PASID ? 1 << MOCK.PASID_WIDTH : 0;
+  }
+  get noDirty(): boolean {
+    return !!(this.flags & MOCK.FLAGS_DEVICE_NO_DIRTY);
+  }
+  reservedRegions(): readonly [bigint, bigint][] {
+    return [];
+  }
+}
+
+export class MockPagingDomain implements PagingDomain {
+  readonly kind = 'paging';
+  faultCapable?: boolean;
+  readonly enforceCacheCoherency = false;
+  /** slot index (iova / MOCK_PAGE_SIZE) -> entry. */
+  readonly slots = new Map<number, Slot>();
+  /** Dirty tracking switched on (SET_DIRTY_TRACKING). */
+  tracking = false;
+  /** Supported IOPTE sizes, descending. */
+  private readonly sizes: bigint[];
+
+  constructor(readonly driver: MockDriver, readonly pgsizeBitmap: bigint, readonly apertureStart: bigint,
+    readonly apertureLast: bigint, readonly dirtyOps: boolean) {
+    const sizes: bigint[] = [];
+    for (let b = 63n; b >= 0n; b--) if (pgsizeBitmap & (1n << b)) sizes.push(1n << b);
+    this.sizes = sizes;
+  }
+
+  get minPageSize(): bigint {
+    return this.sizes[this.sizes.length - 1]!;
+  }
+
+  map(iova: bigint, runs: readonly PhysRun[], _prot: number): void {
+    this.driver.emu.failPoint('ENOENT'); // the mock's own map failure point
+    const added: number[] = [];
+    let cur = iova;
+    try {
+      runs.forEach((run, ri) => {
+        let phys = BigInt(run.phys);
+        let left = BigInt(run.length);
+        if (cur % SLOT || phys % SLOT || left % SLOT) fail('EINVAL');
+        while (left > 0n) {
+          const pg = this.sizes.find((s) => cur % s === 0n && phys % s === 0n && left >= s);
+          if (pg === undefined) fail('EINVAL');
+          for (let off = 0n; off < pg; off += SLOT) {
+            let flags = pg !== SLOT ? SLOT_FLAGS.HUGE : 0;
+            if (added.length === 0) flags |= SLOT_FLAGS.START;
+            if (ri === runs.length - 1 && left - off === SLOT) flags |= SLOT_FLAGS.LAST;
+            const key = Number((cur + off) / SLOT);
+            this.slots.set(key, { phys: Number(phys + off), flags });
+            added.push(key);
+          }
+          cur += pg;
+          phys += pg;
+          left -= pg;
+        }
+      });
+    } catch (e) {
+      for (const k of added) this.slots.delete(k);
+      throw e;
+    }
+  }
+
+  unmap(iova: bigint, length: bigint): bigint {
+    for (let off = 0n; off < length; off += SLOT) this.slots.delete(Number((iova + off) / SLOT));
+    return length;
+  }
+
+  iovaToPhys(iova: bigint): number | undefined {
+    const s = this.slots.get(Number(iova / SLOT));
+    return s ? s.phys + Number(iova % SLOT) : undefined;
+  }
+
+  setDirtyTracking(enable: boolean): void {
+    if (enable && !this.dirtyOps) fail('EINVAL');
+    this.tracking = enable;
+  }
+
+  /** Any slot of the IOPTE at `head` marked dirty? Clears the marks unless noClear. */
+  private testAndClearDirty(head: bigint, pgsize: bigint, noClear: boolean): boolean {
+    let dirty = false;
+    for (let cur = head; cur < head + pgsize; cur += SLOT) {
+      const s = this.slots.get(Number(cur / SLOT));
+      if (!s || !(s.flags & SLOT_FLAGS.DIRTY)) continue;
+      dirty = true;
+      if (!noClear) s.flags &= ~SLOT_FLAGS.DIRTY;
+    }
+    return dirty;
+  }
+
+  readAndClearDirty(iova: bigint, length: bigint, noClear: boolean,
+    mark: ((iova: bigint, length: bigint) => void) | null): void {
+    if (!this.tracking && mark) fail('EINVAL');
+    const end = iova + length;
+    let cur = iova;
+    do {
+      const s = this.slots.get(Number(cur / SLOT));
+      if (!s) {
+        cur += SLOT;
+        continue;
+      }
+      const pgsize = s.flags & SLOT_FLAGS.HUGE ? BigInt(MOCK_HUGE_PAGE_SIZE) : SLOT;
+      const head = cur & ~(pgsize - 1n);
+      if (this.testAndClearDirty(head, pgsize, noClear)) mark?.(cur, pgsize);
+      cur += pgsize;
+    } while (cur < end);
+  }
+
+  /** DIRTY test op: mark the entry holding `iova`; false if nothing is mapped there. */
+  markDirty(iova: bigint): boolean {
+    const s = this.slots.get(Number(iova / SLOT));
+    if (!s) return false;
+    s.flags |= SLOT_FLAGS.DIRTY;
+    return true;
+  }
+
+  free(): void {
+    this.slots.clear();
+  }
+}
+
+export class MockNestedDomain implements NestedDomain {
+  readonly kind = 'nested';
+  faultCapable?: boolean;
+  readonly iotlb = new Uint32Array(MOCK.NESTED_DOMAIN_IOTLB_NUM);
+
+  constructor(readonly driver: MockDriver, readonly parent: PagingDomain, iotlb: number, readonly viommu?: unknown) {
+    this.iotlb.fill(iotlb);
+  }
+
+  /** HWPT_INVALIDATE with IOMMU_HWPT_INVALIDATE_DATA_SELFTEST entries (03 §5.6). */
+  cacheInvalidateUser(req: InvalidateArray): void {
+    req.handled = 0;
+    if (req.type !== MOCK.HWPT_INVALIDATE_DATA_SELFTEST) fail('EINVAL');
+    for (let i = 0; i < req.entryNum; i++) {
+      const inv = decode(S.iommu_hwpt_invalidate_selftest,
+        copyUserArrayEntry(req, MOCK.HWPT_INVALIDATE_DATA_SELFTEST, i, 8, 8));
+      if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP');
+      if (inv.iotlb_id > MOCK.NESTED_DOMAIN_IOTLB_NUM - 1) fail('EINVAL');
+      if (inv.flags & MOCK.INVALIDATE_FLAG_ALL) this.iotlb.fill(0);
+      else this.iotlb[inv.iotlb_id] = 0;
+      req.handled++;
+    }
+  }
+
+  free(): void {}
+}
+
+/** Looks up the virtual ID of `dev` on a vIOMMU (set by the vIOMMU layer); undefined = none. */
+export type VdevIdLookup = (viommu: unknown, dev: DriverDevice) => bigint | undefined;
+
+export class MockDriver implements IommuDriver {
+  readonly name = 'mock';
+  /** The single mock physical IOMMU. */
+  readonly instance = { name: 'iommufd_selftest_iommu' };
+  readonly userPasidTable = true;
+  /** vIOMMU hook: virtual ID of a device on a vIOMMU (attach to a vIOMMU-owned nested domain needs one). */
+  vdevIdOf: VdevIdLookup | null = null;
+
+  constructor(readonly emu: Emulator) {}
+
+  get gen(): 'A' | 'B' {
+    return this.emu.profile.mockGen;
+  }
+
+  /** Device flags MOCK_DOMAIN_FLAGS accepts on this profile. */
+  get validDeviceFlags(): number {
+    const p = this.emu.profile;
+    const pasid = p.version >= V.V6_15 || p.selftestBackports ? MOCK.FLAGS_DEVICE_PASID : 0;
+    return this.gen === 'A'
+      ? MOCK.FLAGS_DEVICE_NO_DIRTY | MOCK.FLAGS_DEVICE_HUGE_IOVA | pasid
+      : MOCK.FLAGS_DEVICE_NO_DIRTY | pasid;
+  }
+
+  /** mock_dev_create: unknown flags -> EINVAL. */
+  createDevice(flags: number): MockDevice {
+    if (flags & ~this.validDeviceFlags) fail('EINVAL');
+    this.emu.failPoint('ENOMEM');
+    return new MockDevice(this, flags);
+  }
+
+  hwInfo(_dev: DriverDevice, type: number): HwInfo {
+    if (type !== 0 && type !== MOCK.HW_INFO_TYPE_SELFTEST) fail('EOPNOTSUPP');
+    this.emu.failPoint('ENOMEM');
+    return {
+      type: MOCK.HW_INFO_TYPE_SELFTEST,
+      data: encode(S.iommu_test_hw_info, { flags: 0, test_reg: MOCK.HW_INFO_SELFTEST_REGVAL }),
+    };
+  }
+
+  capDirtyTracking(dev: DriverDevice): boolean {
+    return !(dev as MockDevice).noDirty;
+  }
+
+  capEnforceCacheCoherency(): boolean {
+    return false;
+  }
+
+  domainAllocPaging(dev: DriverDevice, flags: number, data: UserData | null): PagingDomain {
+    const mdev = dev as MockDevice;
+    const pasidFlag = this.emu.profile.version >= V.V6_15 ? HWPT_ALLOC.PASID : 0;
+    const PAGING_FLAGS = HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.NEST_PARENT | pasidFlag;
+    const dirty = !!(flags & HWPT_ALLOC.DIRTY_TRACKING);
+    let pagetableType: number = MOCK_IOMMUPT.DEFAULT;
+    if (this.gen === 'A') {
+      if (data) fail('EOPNOTSUPP');
+      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP');
+    } else {
+      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP');
+      if (data && data.type !== MOCK.HWPT_DATA_SELFTEST && data.type !== 0) fail('EOPNOTSUPP');
+      if (data) pagetableType = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, 8)).pagetable_type;
+    }
+    this.emu.failPoint('ENOMEM');
+    if (this.gen === 'A') {
+      let pgsize = BigInt(MOCK_PAGE_SIZE);
+      if (mdev.flags & MOCK.FLAGS_DEVICE_HUGE_IOVA) pgsize |= BigInt(MOCK_HUGE_PAGE_SIZE);
+      return new MockPagingDomain(this, pgsize, MOCK.APERTURE_START, MOCK.APERTURE_LAST, dirty);
+    }
+    switch (pagetableType) {
+      case MOCK_IOMMUPT.DEFAULT:
+        return new MockPagingDomain(this, BigInt(MOCK_PAGE_SIZE), MOCK.APERTURE_START, MOCK.APERTURE_LAST, dirty);
+      case MOCK_IOMMUPT.HUGE:
+        // Huge mode: 1 MiB entries, plus PAGE_SIZE so iommufd accepts the domain; natural 56-bit geometry.
+        return new MockPagingDomain(this, BigInt(MOCK_HUGE_PAGE_SIZE) | BigInt(PAGE_SIZE), 0n, (1n << 56n) - 1n, dirty);
+      default:
+        fail('EOPNOTSUPP');
+    }
+  }
+
+  domainAllocNested(_dev: DriverDevice, parent: PagingDomain, flags: number, data: UserData): NestedDomain {
+    const allowed = this.emu.profile.version >= V.V6_15 ? HWPT_ALLOC.PASID : 0;
+    if (flags & ~allowed) fail('EOPNOTSUPP');
+    if (!(parent instanceof MockPagingDomain)) fail('EINVAL');
+    return this.allocNested(parent, data);
+  }
+
+  /** The common part of nested allocation (direct parent or vIOMMU). */
+  allocNested(parent: PagingDomain, data: UserData, viommu?: unknown): MockNestedDomain {
+    if (data.type !== MOCK.HWPT_DATA_SELFTEST) fail('EOPNOTSUPP');
+    const kernelLen = this.gen === 'A' ? 4 : 8;
+    const cfg = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, kernelLen));
+    this.emu.failPoint('ENOMEM');
+    return new MockNestedDomain(this, parent, cfg.iotlb, viommu);
+  }
+
+  attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void {
+    const mdev = dev as MockDevice;
+    if (pasid === undefined) {
+      if (domain && domain.kind === 'paging' && domain.dirtyOps && mdev.noDirty) fail('EINVAL');
+      let viommu: unknown = null;
+      let vdevId = 0n;
+      if (domain && domain.kind === 'nested' && domain.viommu && this.emu.profile.version >= V.V6_15) {
+        viommu = domain.viommu;
+        const id = this.vdevIdOf?.(viommu, dev);
+        if (id === undefined) fail('ENOENT');
+        vdevId = id;
+      }
+      mdev.viommu = viommu;
+      mdev.vdevId = vdevId;
+      return;
+    }
+    // PASID 1024: the first non-blocking attach arms a one-shot failure of the next one.
+    if (pasid === MOCK.TEST_PASID_RESERVED) {
+      if (!domain) {
+        mdev.pasid1024FakeError = false;
+      } else if (mdev.pasid1024FakeError) {
+        mdev.pasid1024FakeError = false;
+        fail('ENOMEM');
+      } else {
+        mdev.pasid1024FakeError = true;
+      }
+    }
+  }
+
+  pageResponse(dev: DriverDevice, grpid: number, pasid: number, code: number): void {
+    (dev as MockDevice).responses.push({ grpid, pasid, code });
+  }
+}
+
+const EXT_KEY = 'mock.driver';
+
+/** The emulator's single mock driver / mock IOMMU. */
+export function mockDriverOf(emu: Emulator): MockDriver {
+  let d = emu.ext.get(EXT_KEY) as MockDriver | undefined;
+  if (!d) {
+    d = new MockDriver(emu);
+    emu.ext.set(EXT_KEY, d);
+  }
+  return d;
+}
