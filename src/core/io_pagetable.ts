@@ -1,17 +1,549 @@
-// The IOVA address space of one IOAS: areas, reserved and allowed ranges,
-// automatic IOVA allocation, attached domains and accesses (01 §6).
-// INTERFACE STUB: the method signatures below are the contract other modules
-// (hwpt.ts, device.ts, access) rely on; the bodies are being written.
-import type { PagingDomain } from '../drivers/driver.js';
+// The IOVA address space of one IOAS (the kernel's io_pagetable): areas,
+// reserved and allowed ranges, IOVA alignment, automatic IOVA allocation, the
+// attached paging domains and in-kernel accesses (01 §6, 05 §4).
+//
+// Areas live in a B+ tree keyed by their first IOVA (areas never overlap), so
+// lookups, inserts and removals are O(log n). Reserved ranges may overlap each
+// other and are few (per device/domain/test); they are kept in a small array.
+// Allowed ranges never overlap and sit in their own B+ tree.
+import { fail, type ErrnoName } from '../uapi/errno.js';
+import { IOMMU_READ, IOMMU_WRITE, type PagingDomain, type PhysRun } from '../drivers/driver.js';
+import { BTree } from './btree.js';
+import type { Emulator } from './emulator.js';
+import type { Pages } from './pages.js';
+import { HPAGE_SIZE, PAGE_SIZE, type PhysPage, type UserMemory } from './usermem.js';
+
+export const U64_MAX = (1n << 64n) - 1n;
+const PS = BigInt(PAGE_SIZE);
+/** Cap of the automatic-IOVA alignment (THP host: the PMD size). */
+const MAX_AUTO_ALIGN = BigInt(HPAGE_SIZE);
+/** The unmap walk gives up on accessors that do not unpin after this many notifications. */
+const UNMAP_NOTIFY_TRIES = 100;
+
+const cmp = (a: bigint, b: bigint): number => (a < b ? -1 : a > b ? 1 : 0);
+const lowBit = (x: bigint): bigint => x & -x;
+function roundupPow2(x: bigint): bigint {
+  let p = 1n;
+  while (p < x) p <<= 1n;
+  return p;
+}
+const maxB = (a: bigint, b: bigint): bigint => (a > b ? a : b);
+const minB = (a: bigint, b: bigint): bigint => (a < b ? a : b);
+
+/** What the address space needs of an in-kernel access (access.ts). */
+export interface IoptAccess {
+  /** PAGE_SIZE for accesses that pin pages, 1 otherwise. */
+  readonly iovaAlignment: bigint;
+  /** The IOAS is unmapping [iova, iova+length): drop every pin inside it. */
+  notifyUnmap(iova: bigint, length: bigint): void;
+}
+
+/** One IOVA interval bound to a slice of a pages object (01 §6.5). */
+export class Area {
+  /** Still being established by MAP/COPY: UNMAP sees EBUSY, accesses and COPY see a hole. */
+  busy = true;
+  /** Stored in the attached domains: holds one user on its page range of `pages`. */
+  filled = false;
+  /** In-kernel access pins inside the area (each pin call counts once). */
+  numAccesses = 0;
+  /** Pins that also lock the area (HW queue memory): UNMAP → EBUSY. */
+  numLocks = 0;
+  /** Set while an unmap waits for accessors to let go: new accesses → EINVAL. */
+  preventAccess = false;
+
+  constructor(
+    readonly iova: bigint,
+    readonly last: bigint,
+    readonly pages: Pages,
+    /** Byte of `pages` (from its first page's start) that `iova` maps. */
+    readonly startByte: bigint,
+    /** IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE. */
+    readonly prot: number,
+  ) {}
+
+  get length(): bigint {
+    return this.last - this.iova + 1n;
+  }
+  get pageOffset(): bigint {
+    return this.startByte % PS;
+  }
+  byteAt(iova: bigint): bigint {
+    return this.startByte + (iova - this.iova);
+  }
+  indexAt(iova: bigint): number {
+    return Number(this.byteAt(iova) / PS);
+  }
+  get firstIndex(): number {
+    return Number(this.startByte / PS);
+  }
+  get lastIndex(): number {
+    return this.indexAt(this.last);
+  }
+}
+
+interface Reserved {
+  readonly start: bigint;
+  readonly last: bigint;
+  readonly owner: object;
+}
+
+/** One piece of memory to place: a slice of a pages object. */
+export interface PagesSeg {
+  readonly pages: Pages;
+  readonly startByte: bigint;
+  readonly length: bigint;
+}
+
+/** Result of an unmap walk: bytes removed, and the error that stopped it (after those bytes were gone). */
+export interface UnmapResult {
+  unmapped: bigint;
+  error?: ErrnoName;
+}
 
 export class IoPagetable {
-  /** Domains (HWPT_PAGING) currently attached to this address space. */
+  /** Domains (HWPT_PAGING) currently attached to this address space, in attach order. */
   readonly domains: PagingDomain[] = [];
+  /** In-kernel accesses attached to this address space. */
+  readonly accesses = new Set<IoptAccess>();
+  private readonly areas = new BTree<bigint, Area>(undefined, cmp);
+  private reserved: Reserved[] = [];
+  private allowed = new BTree<bigint, bigint>(undefined, cmp);
+  private align = 1n;
+  /** IOMMU_OPTION_HUGE_PAGES = 0 / VFIO type1 v1: map page by page, alignment ≥ PAGE_SIZE. */
+  private largePagesDisabled = false;
+
+  constructor(readonly emu: Emulator) {}
 
   /** Current IOVA alignment (01 §6.1). */
   get iovaAlignment(): bigint {
-    throw new Error('TODO');
+    return this.align;
   }
+
+  get hugePagesDisabled(): boolean {
+    return this.largePagesDisabled;
+  }
+
+  /** Number of areas (established or not). */
+  get areaCount(): number {
+    return this.areas.size;
+  }
+
+  // ---- area lookups -------------------------------------------------------------
+
+  /** The first area (lowest IOVA) intersecting [start, last]. */
+  private areaFirst(start: bigint, last: bigint): Area | undefined {
+    const lower = this.areas.getPairOrNextLower(start);
+    if (lower && lower[1].last >= start) return lower[1];
+    const higher = this.areas.nextHigherPair(start);
+    if (higher && higher[0] <= last) return higher[1];
+    return undefined;
+  }
+
+  private areaNext(area: Area, last: bigint): Area | undefined {
+    const n = this.areas.nextHigherPair(area.iova);
+    return n && n[0] <= last ? n[1] : undefined;
+  }
+
+  /** Every area intersecting [start, last], ascending (a snapshot). */
+  private areasOverlapping(start: bigint, last: bigint): Area[] {
+    const out: Area[] = [];
+    for (let a = this.areaFirst(start, last); a; a = this.areaNext(a, last)) out.push(a);
+    return out;
+  }
+
+  /** Areas (fully established) overlapping [start, last], ascending. */
+  areasIn(start: bigint, last: bigint): Area[] {
+    return this.areasOverlapping(start, last).filter((a) => !a.busy);
+  }
+
+  /** All areas, ascending (established ones only). */
+  allAreas(): Area[] {
+    const out: Area[] = [];
+    for (const [, a] of this.areas.entries()) if (!a.busy) out.push(a);
+    return out;
+  }
+
+  /** Every area, including ones still being established, ascending. */
+  allAreasIncludingBusy(): Area[] {
+    return [...this.areas.entries()].map(([, a]) => a);
+  }
+
+  /** The n-th established area in ascending order (selftest SYZ IOVA conversion). */
+  nthArea(n: number): Area | undefined {
+    for (const [, a] of this.areas.entries()) {
+      if (n === 0) return a;
+      n--;
+    }
+    return undefined;
+  }
+
+  private reservedHit(start: bigint, last: bigint): boolean {
+    return this.reserved.some((r) => r.start <= last && r.last >= start);
+  }
+
+  private allowedHit(start: bigint, last: bigint): boolean {
+    const p = this.allowed.getPairOrNextLower(last);
+    return !!p && p[1] >= start;
+  }
+
+  // ---- reserved and allowed ranges ------------------------------------------------
+
+  /** Reserve [start, last] for `owner`: EADDRINUSE if it intersects an area or an allowed range. */
+  reserve(start: bigint, last: bigint, owner: object): void {
+    if (this.areaFirst(start, last) || this.allowedHit(start, last)) fail('EADDRINUSE');
+    this.emu.failPoint('ENOMEM');
+    this.reserved.push({ start, last, owner });
+  }
+
+  /** Drop every reserved range of `owner`. */
+  unreserve(owner: object): void {
+    this.reserved = this.reserved.filter((r) => r.owner !== owner);
+  }
+
+  /** Reserved ranges of `owner` (or all), for diagnostics. */
+  reservedRanges(owner?: object): [bigint, bigint][] {
+    return this.reserved.filter((r) => owner === undefined || r.owner === owner).map((r) => [r.start, r.last]);
+  }
+
+  /** The union of the reserved ranges, ascending, overlapping/adjacent ones merged. */
+  private reservedUnion(): [bigint, bigint][] {
+    const sorted = [...this.reserved].sort((a, b) => cmp(a.start, b.start));
+    const out: [bigint, bigint][] = [];
+    for (const r of sorted) {
+      const top = out[out.length - 1];
+      if (top && (top[1] === U64_MAX || r.start <= top[1] + 1n)) top[1] = maxB(top[1], r.last);
+      else out.push([r.start, r.last]);
+    }
+    return out;
+  }
+
+  /** IOAS_IOVA_RANGES: the gaps between reserved ranges over [0, U64_MAX], ascending. */
+  usableRanges(): [bigint, bigint][] {
+    const out: [bigint, bigint][] = [];
+    let cur = 0n;
+    let done = false;
+    for (const [s, l] of this.reservedUnion()) {
+      if (s > cur) out.push([cur, s - 1n]);
+      if (l === U64_MAX) {
+        done = true;
+        break;
+      }
+      cur = maxB(cur, l + 1n);
+    }
+    if (!done) out.push([cur, U64_MAX]);
+    return out;
+  }
+
+  /** The allowed ranges, ascending. */
+  allowedRanges(): [bigint, bigint][] {
+    return [...this.allowed.entries()].map(([s, l]) => [s, l]);
+  }
+
+  /**
+   * Build an allowed-range set, entry by entry as IOAS_ALLOW_IOVAS reads them:
+   * `start >= last` or an overlap with an earlier entry → EINVAL.
+   */
+  static allowedBuilder(emu: Emulator): { add(start: bigint, last: bigint): void; tree: BTree<bigint, bigint> } {
+    const tree = new BTree<bigint, bigint>(undefined, cmp);
+    return {
+      tree,
+      add(start: bigint, last: bigint): void {
+        if (start >= last) fail('EINVAL');
+        const p = tree.getPairOrNextLower(last);
+        if (p && p[1] >= start) fail('EINVAL');
+        emu.failPoint('ENOMEM');
+        tree.set(start, last);
+      },
+    };
+  }
+
+  /** Replace the allowed ranges atomically: EADDRINUSE (old set kept) if one intersects a reserved range. */
+  setAllowed(tree: BTree<bigint, bigint>): void {
+    for (const [s, l] of tree.entries()) if (this.reservedHit(s, l)) fail('EADDRINUSE');
+    this.allowed = tree;
+  }
+
+  // ---- alignment --------------------------------------------------------------------
+
+  /** EADDRINUSE unless every area's IOVA, length and page offset respect `align`. */
+  private checkAlignment(align: bigint): void {
+    const mask = align - 1n;
+    for (const [, a] of this.areas.entries()) {
+      if ((a.iova & mask) || (a.length & mask) || (a.pageOffset & mask)) fail('EADDRINUSE');
+    }
+  }
+
+  /** Recompute the alignment from huge-page setting, domains and accesses; raising it may fail (EADDRINUSE). */
+  private recalcAlignment(): void {
+    let a = this.largePagesDisabled ? PS : 1n;
+    for (const d of this.domains) a = maxB(a, lowBit(d.pgsizeBitmap));
+    for (const acc of this.accesses) a = maxB(a, acc.iovaAlignment);
+    if (a > this.align) this.checkAlignment(a);
+    this.align = a;
+  }
+
+  /** IOMMU_OPTION_HUGE_PAGES = 0: EINVAL with domains and areas present; EADDRINUSE if an area is not page aligned. */
+  disableLargePages(): void {
+    if (this.largePagesDisabled) return;
+    if (this.domains.length > 0 && this.areas.size > 0) fail('EINVAL');
+    this.largePagesDisabled = true;
+    try {
+      this.recalcAlignment();
+    } catch (e) {
+      this.largePagesDisabled = false;
+      throw e;
+    }
+  }
+
+  enableLargePages(): void {
+    this.largePagesDisabled = false;
+    this.recalcAlignment();
+  }
+
+  /** Attach an in-kernel access: its alignment joins the IOAS's (EADDRINUSE). */
+  addAccess(access: IoptAccess): void {
+    this.emu.failPoint('ENOMEM');
+    this.accesses.add(access);
+    try {
+      this.recalcAlignment();
+    } catch (e) {
+      this.accesses.delete(access);
+      throw e;
+    }
+  }
+
+  removeAccess(access: IoptAccess): void {
+    this.accesses.delete(access);
+    this.recalcAlignment();
+  }
+
+  // ---- automatic IOVA allocation (01 §6.4) ---------------------------------------------
+
+  /** Used intervals (reserved ∪ areas) meeting [start, last], ascending, possibly overlapping. */
+  private *usedIn(start: bigint, last: bigint, reserved: [bigint, bigint][]): Generator<[bigint, bigint]> {
+    let ri = 0;
+    while (ri < reserved.length && reserved[ri]![1] < start) ri++;
+    let area = this.areaFirst(start, last);
+    for (;;) {
+      const r = ri < reserved.length && reserved[ri]![0] <= last ? reserved[ri] : undefined;
+      if (!r && !area) return;
+      if (r && (!area || r[0] <= area.iova)) {
+        ri++;
+        yield r;
+      } else {
+        const a = area!;
+        area = this.areaNext(a, last);
+        yield [a.iova, a.last];
+      }
+    }
+  }
+
+  /** Align `start` up to `align` and add the page offset; accept if the result leaves `length` bytes before `last`. */
+  private static fit(start: bigint, last: bigint, length: bigint, align: bigint, pageOffset: bigint): bigint | undefined {
+    const up = start + align - 1n;
+    if (up > U64_MAX) return undefined;
+    const cand = (up & ~(align - 1n)) | pageOffset;
+    if (cand >= last || last - cand < length - 1n) return undefined;
+    return cand;
+  }
+
+  /** Pick an IOVA for `length` bytes whose source starts at `addr` (VA, file offset): EOVERFLOW, EINVAL, ENOSPC. */
+  allocIova(addr: bigint, length: bigint): bigint {
+    const pageOffset = addr % PS;
+    if (length === 0n || length >= U64_MAX >> 1n) fail('EOVERFLOW');
+    let align = roundupPow2(length);
+    if (addr !== 0n) align = minB(align, lowBit(addr));
+    if (align >= MAX_AUTO_ALIGN) align = MAX_AUTO_ALIGN;
+    if (align < this.align) fail('EINVAL');
+
+    const lo = PS;
+    const hi = U64_MAX - PS;
+    const windows: [bigint, bigint][] = [];
+    if (this.allowed.size === 0) {
+      windows.push([lo, hi]);
+    } else {
+      for (const [s, l] of this.allowed.entries()) {
+        const ws = maxB(s, lo);
+        const we = minB(l, hi);
+        if (ws > we) continue;
+        const top = windows[windows.length - 1];
+        if (top && ws <= top[1] + 1n) top[1] = maxB(top[1], we);
+        else windows.push([ws, we]);
+      }
+    }
+    const reserved = this.reservedUnion();
+    for (const [ws0, we] of windows) {
+      if (we - ws0 < length - 1n) continue;
+      const ws = IoPagetable.fit(ws0, we, length, align, pageOffset);
+      if (ws === undefined) continue;
+      let cur = ws;
+      let open = true;
+      for (const [us, ul] of this.usedIn(ws, we, reserved)) {
+        if (us > cur) {
+          const cand = IoPagetable.fitHole(cur, us - 1n, length, align, pageOffset);
+          if (cand !== undefined) return cand;
+        }
+        if (ul >= we) {
+          open = false;
+          break;
+        }
+        cur = maxB(cur, ul + 1n);
+      }
+      if (open && cur <= we) {
+        const cand = IoPagetable.fitHole(cur, we, length, align, pageOffset);
+        if (cand !== undefined) return cand;
+      }
+    }
+    fail('ENOSPC');
+  }
+
+  private static fitHole(s: bigint, e: bigint, length: bigint, align: bigint, pageOffset: bigint): bigint | undefined {
+    if (e - s < length - 1n) return undefined;
+    return IoPagetable.fit(s, e, length, align, pageOffset);
+  }
+
+  /** Fixed-IOVA checks: EINVAL (alignment / reserved), EOVERFLOW, EEXIST (existing area). */
+  private checkIova(iova: bigint, length: bigint): void {
+    if (iova & (this.align - 1n)) fail('EINVAL');
+    const last = iova + length - 1n;
+    if (last > U64_MAX) fail('EOVERFLOW');
+    if (this.reservedHit(iova, last)) fail('EINVAL');
+    if (this.areaFirst(iova, last)) fail('EEXIST');
+  }
+
+  // ---- mapping -------------------------------------------------------------------------
+
+  /**
+   * Place `segs` (total `length` bytes) back to back at `iova` (fixed) or at
+   * an automatically chosen IOVA (iova === null), then pin and map them into
+   * every attached domain. Returns the IOVA. On error nothing is left behind.
+   */
+  mapPages(segs: readonly PagesSeg[], length: bigint, iova: bigint | null, prot: number): bigint {
+    for (let i = 0; i < segs.length; i++) this.emu.failPoint('ENOMEM');
+    if (length === 0n || (length & (this.align - 1n))) fail('EINVAL');
+    let dst: bigint;
+    if (iova === null) {
+      const first = segs[0]!;
+      dst = this.allocIova(first.pages.base + first.startByte, length);
+    } else {
+      this.checkIova(iova, length);
+      dst = iova;
+    }
+    const created: Area[] = [];
+    try {
+      let cur = dst;
+      for (const seg of segs) {
+        if ((prot & IOMMU_WRITE) && !seg.pages.writable) fail('EPERM');
+        if ((seg.startByte % PS) & (this.align - 1n)) fail('EINVAL');
+        const last = cur + seg.length - 1n;
+        if (last > U64_MAX) fail('EOVERFLOW');
+        const area = new Area(cur, last, seg.pages, seg.startByte, prot);
+        this.areas.set(cur, area);
+        seg.pages.refs++;
+        created.push(area);
+        cur = last + 1n;
+      }
+      this.fillAreas(created);
+    } catch (e) {
+      for (const a of created) this.dropArea(a);
+      throw e;
+    }
+    for (const a of created) a.busy = false;
+    return dst;
+  }
+
+  /** Pin and map new areas into every domain; all or nothing. */
+  private fillAreas(areas: Area[]): void {
+    if (this.domains.length === 0) return;
+    const done: Area[] = [];
+    try {
+      for (const a of areas) {
+        this.fillArea(a);
+        done.push(a);
+      }
+    } catch (e) {
+      for (const a of done) this.unfillArea(a);
+      throw e;
+    }
+  }
+
+  private fillArea(area: Area): void {
+    area.pages.pin(area.firstIndex, area.lastIndex);
+    area.filled = true;
+    const mapped: PagingDomain[] = [];
+    try {
+      for (const d of this.domains) {
+        this.mapArea(d, area);
+        mapped.push(d);
+      }
+    } catch (e) {
+      for (const d of mapped) d.unmap(area.iova, area.length);
+      area.pages.unpin(area.firstIndex, area.lastIndex);
+      area.filled = false;
+      throw e;
+    }
+  }
+
+  private unfillArea(area: Area): void {
+    if (!area.filled) return;
+    for (const d of this.domains) d.unmap(area.iova, area.length);
+    area.pages.unpin(area.firstIndex, area.lastIndex);
+    area.filled = false;
+  }
+
+  /** Remove an area from the tree and drop its reference on the pages (no domain work). */
+  private dropArea(area: Area): void {
+    if (this.areas.get(area.iova) === area) this.areas.delete(area.iova);
+    area.pages.refs--;
+  }
+
+  /** Physically contiguous runs behind an area (its pages must be pinned). */
+  runsOf(area: Area): PhysRun[] {
+    const runs: { phys: number; length: number }[] = [];
+    let byte = area.startByte;
+    let remaining = area.length;
+    while (remaining > 0n) {
+      const index = Number(byte / PS);
+      const off = Number(byte % PS);
+      const n = Math.min(PAGE_SIZE - off, Number(minB(remaining, PS)));
+      const page = area.pages.pinned(index);
+      if (!page) throw new Error(`io_pagetable: page ${index} of a filled area is not pinned`);
+      const phys = page.pfn * PAGE_SIZE + off;
+      const top = runs[runs.length - 1];
+      if (top && top.phys + top.length === phys) top.length += n;
+      else runs.push({ phys, length: n });
+      byte += BigInt(n);
+      remaining -= BigInt(n);
+    }
+    return runs;
+  }
+
+  /** Map one (pinned) area into `d`: in one call, or page by page with huge pages disabled. */
+  private mapArea(d: PagingDomain, area: Area): void {
+    if (!this.largePagesDisabled) {
+      d.map(area.iova, this.runsOf(area), area.prot);
+      return;
+    }
+    let iova = area.iova;
+    try {
+      for (const run of this.runsOf(area)) {
+        let phys = run.phys;
+        let left = run.length;
+        while (left > 0) {
+          const n = Math.min(left, PAGE_SIZE - (phys % PAGE_SIZE));
+          d.map(iova, [{ phys, length: n }], area.prot);
+          iova += BigInt(n);
+          phys += n;
+          left -= n;
+        }
+      }
+    } catch (e) {
+      if (iova > area.iova) d.unmap(area.iova, iova - area.iova);
+      throw e;
+    }
+  }
+
+  // ---- domains ----------------------------------------------------------------------------
 
   /**
    * Add a domain: check its smallest page size (EINVAL), raise the alignment
@@ -20,31 +552,281 @@ export class IoPagetable {
    * EFAULT). Fully unwound on failure.
    */
   addDomain(domain: PagingDomain): void {
-    void domain;
-    throw new Error('TODO');
+    if (this.domains.includes(domain)) fail('EEXIST');
+    const newAlign = maxB(lowBit(domain.pgsizeBitmap), this.align);
+    if (newAlign > PS) fail('EINVAL');
+    if (newAlign !== this.align) this.checkAlignment(newAlign);
+    try {
+      if (domain.apertureStart !== 0n) this.reserve(0n, domain.apertureStart - 1n, domain);
+      if (domain.apertureLast !== U64_MAX) this.reserve(domain.apertureLast + 1n, U64_MAX, domain);
+      this.emu.failPoint('ENOMEM');
+      this.fillDomain(domain);
+    } catch (e) {
+      this.unreserve(domain);
+      throw e;
+    }
+    this.align = newAlign;
+    this.domains.push(domain);
+  }
+
+  /** Map every established area into a new domain, pinning what no other domain holds yet. */
+  private fillDomain(d: PagingDomain): void {
+    const done: { area: Area; pinned: boolean }[] = [];
+    try {
+      for (const [, area] of this.areas.entries()) {
+        if (area.busy) continue;
+        let pinned = false;
+        if (!area.filled) {
+          area.pages.pin(area.firstIndex, area.lastIndex);
+          area.filled = true;
+          pinned = true;
+        }
+        try {
+          this.mapArea(d, area);
+        } catch (e) {
+          if (pinned) {
+            area.pages.unpin(area.firstIndex, area.lastIndex);
+            area.filled = false;
+          }
+          throw e;
+        }
+        done.push({ area, pinned });
+      }
+    } catch (e) {
+      for (const { area, pinned } of done) {
+        d.unmap(area.iova, area.length);
+        if (pinned) {
+          area.pages.unpin(area.firstIndex, area.lastIndex);
+          area.filled = false;
+        }
+      }
+      throw e;
+    }
   }
 
   /** Remove a domain: unmap all areas from it, unpin what nothing else needs, drop its reservations, recompute alignment. */
   removeDomain(domain: PagingDomain): void {
-    void domain;
-    throw new Error('TODO');
+    const i = this.domains.indexOf(domain);
+    if (i < 0) return;
+    this.domains.splice(i, 1);
+    const last = this.domains.length === 0;
+    for (const [, area] of this.areas.entries()) {
+      if (!area.filled) continue;
+      domain.unmap(area.iova, area.length);
+      if (last) {
+        area.pages.unpin(area.firstIndex, area.lastIndex);
+        area.filled = false;
+      }
+    }
+    this.unreserve(domain);
+    this.recalcAlignment();
   }
 
-  /** Reserve [start, last] for `owner`: EADDRINUSE if it intersects an area or an allowed range. */
-  reserve(start: bigint, last: bigint, owner: object): void {
-    void start; void last; void owner;
-    throw new Error('TODO');
+  // ---- unmapping -----------------------------------------------------------------------------
+
+  /**
+   * Remove every area inside [start, last] (01 §4.8): each intersecting area
+   * must lie entirely inside (ENOENT), not be in flight or locked (EBUSY);
+   * accessors holding pins are told to unpin (EDEADLK if they never do).
+   * Stops at the first error; areas removed before it stay removed.
+   */
+  unmapRange(start: bigint, last: bigint): UnmapResult {
+    let unmapped = 0n;
+    let tries = 0;
+    for (;;) {
+      const area = this.areaFirst(start, last);
+      if (!area) break;
+      if (area.busy || area.numLocks > 0) return { unmapped, error: 'EBUSY' };
+      if (area.iova < start || area.last > last) return { unmapped, error: 'ENOENT' };
+      if (area.iova !== start) tries = 0;
+      if (area.numAccesses > 0) {
+        start = area.iova;
+        area.preventAccess = true;
+        this.notifyUnmap(area.iova, area.length);
+        if (++tries > UNMAP_NOTIFY_TRIES) return { unmapped, error: 'EDEADLK' };
+        continue;
+      }
+      this.unfillArea(area);
+      this.dropArea(area);
+      unmapped += area.length;
+    }
+    return { unmapped };
   }
 
-  /** Drop every reserved range of `owner`. */
-  unreserve(owner: object): void {
-    void owner;
-    throw new Error('TODO');
+  /** Remove every area; an empty IOAS succeeds with 0. */
+  unmapAll(): UnmapResult {
+    return this.unmapRange(0n, U64_MAX);
   }
 
-  /** Areas (fully established) overlapping [start, last], ascending. */
-  areasIn(start: bigint, last: bigint): { iova: bigint; last: bigint }[] {
-    void start; void last;
-    throw new Error('TODO');
+  private notifyUnmap(iova: bigint, length: bigint): void {
+    for (const acc of [...this.accesses]) acc.notifyUnmap(iova, length);
+  }
+
+  /**
+   * VFIO type1 v1: split the areas containing each IOVA so that the IOVA ends
+   * an area (01 §6.5). EBUSY (in flight), EINVAL (misaligned, accessed, or
+   * mapped with large pages possible).
+   */
+  cut(iovas: readonly bigint[]): void {
+    for (const iova of iovas) {
+      const area = this.areaFirst(iova, iova);
+      if (area) this.split(area, iova);
+    }
+  }
+
+  private split(area: Area, iova: bigint): void {
+    if (iova === area.iova || iova === area.last) return;
+    if (area.busy || area.preventAccess) fail('EBUSY');
+    const newStart = iova + 1n;
+    const mask = this.align - 1n;
+    if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL');
+    this.emu.failPoint('ENOMEM');
+    this.emu.failPoint('ENOMEM');
+    if (area.numAccesses > 0 || area.numLocks > 0) fail('EINVAL');
+    if (area.filled && !this.largePagesDisabled) fail('EINVAL');
+    const lhs = new Area(area.iova, iova, area.pages, area.startByte, area.prot);
+    const rhs = new Area(newStart, area.last, area.pages, area.byteAt(newStart), area.prot);
+    lhs.busy = rhs.busy = false;
+    if (area.filled) {
+      lhs.filled = rhs.filled = true;
+      area.pages.addUsers(lhs.firstIndex, lhs.lastIndex);
+      area.pages.addUsers(rhs.firstIndex, rhs.lastIndex);
+      area.pages.unpin(area.firstIndex, area.lastIndex);
+    }
+    area.pages.refs++;
+    this.areas.set(lhs.iova, lhs);
+    this.areas.set(rhs.iova, rhs);
+  }
+
+  // ---- contiguous walks (COPY source, accesses) -----------------------------------------------
+
+  /**
+   * Walk the established areas covering [iova, last] back to back, calling
+   * `fn(area, from, to)` for each piece; returns false if a hole (or an area in
+   * flight) interrupted the walk before `last`.
+   */
+  private walkContig(iova: bigint, last: bigint, fn: (area: Area, from: bigint, to: bigint, first: boolean) => void): boolean {
+    let cur = iova;
+    let area = this.areaFirst(cur, cur);
+    let first = true;
+    while (area && !area.busy) {
+      const to = minB(last, area.last);
+      fn(area, cur, to, first);
+      first = false;
+      if (area.last >= last) return true;
+      cur = area.last + 1n;
+      area = this.areas.get(cur);
+    }
+    return false;
+  }
+
+  /** IOAS_COPY source: the slices covering [iova, iova+length) (EINVAL, EOVERFLOW, ENOENT on a hole). */
+  getPages(iova: bigint, length: bigint): PagesSeg[] {
+    if (length === 0n) fail('EINVAL');
+    const last = iova + length - 1n;
+    if (last > U64_MAX) fail('EOVERFLOW');
+    const segs: PagesSeg[] = [];
+    const ok = this.walkContig(iova, last, (area, from, to) => {
+      this.emu.failPoint('ENOMEM');
+      segs.push({ pages: area.pages, startByte: area.byteAt(from), length: to - from + 1n });
+    });
+    if (!ok) fail('ENOENT');
+    return segs;
+  }
+
+  /**
+   * Pin [iova, last] for an access (caller checked length/overflow): EINVAL
+   * (unmap in progress, area boundaries inside a page), EPERM (write to a
+   * read-only mapping), ENOENT (not fully mapped), EFAULT/ENOMEM from pinning.
+   * `lock` also locks the areas against UNMAP. All or nothing.
+   */
+  accessPin(iova: bigint, last: bigint, write: boolean, lock: boolean): PhysPage[] {
+    const done: { area: Area; first: number; lastIdx: number }[] = [];
+    const out: PhysPage[] = [];
+    try {
+      const ok = this.walkContig(iova, last, (area, from, to, firstArea) => {
+        if (area.preventAccess || !this.contigAligned(area, from, to, firstArea, last)) fail('EINVAL');
+        if (!IoPagetable.protAllows(area, write)) fail('EPERM');
+        if (write && !area.pages.writable) fail('EPERM');
+        const first = area.indexAt(from);
+        const lastIdx = area.indexAt(to);
+        for (const p of area.pages.pin(first, lastIdx)) out.push(p);
+        area.numAccesses++;
+        if (lock) area.numLocks++;
+        done.push({ area, first, lastIdx });
+      });
+      if (!ok) fail('ENOENT');
+    } catch (e) {
+      for (const d of done) {
+        d.area.pages.unpin(d.first, d.lastIdx);
+        d.area.numAccesses--;
+        if (lock) d.area.numLocks--;
+      }
+      throw e;
+    }
+    return out;
+  }
+
+  /** Undo an accessPin of exactly the same range. */
+  accessUnpin(iova: bigint, last: bigint, lock: boolean): void {
+    const ok = this.walkContig(iova, last, (area, from, to) => {
+      area.pages.unpin(area.indexAt(from), area.indexAt(to));
+      area.numAccesses--;
+      if (lock) area.numLocks--;
+    });
+    if (!ok) throw new Error('io_pagetable: access unpin of a range that is not mapped');
+  }
+
+  /**
+   * CPU read/write of [iova, iova+data.length) for an access: EINVAL (unmap in
+   * progress), EPERM (protection), ENOENT (hole; bytes before it were moved),
+   * EFAULT from the source memory.
+   */
+  accessRw(iova: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null,
+    slowPath: boolean): void {
+    const last = iova + BigInt(data.length) - 1n;
+    let pos = 0;
+    const ok = this.walkContig(iova, last, (area, from, to) => {
+      if (area.preventAccess) fail('EINVAL');
+      if (!IoPagetable.protAllows(area, write)) fail('EPERM');
+      const n = Number(to - from + 1n);
+      const chunk = data.subarray(pos, pos + n);
+      area.pages.rw(area.byteAt(from), chunk, write, caller, slowPath);
+      pos += n;
+    });
+    if (!ok) fail('ENOENT');
+  }
+
+  private static protAllows(area: Area, write: boolean): boolean {
+    return write ? (area.prot & IOMMU_WRITE) !== 0 : (area.prot & IOMMU_READ) !== 0;
+  }
+
+  /** Pieces after the first must start on a page boundary, pieces before the last must end on one. */
+  private contigAligned(area: Area, from: bigint, to: bigint, firstArea: boolean, last: bigint): boolean {
+    if (!firstArea && area.byteAt(from) % PS !== 0n) return false;
+    if (to < last && (area.byteAt(to) + 1n) % PS !== 0n) return false;
+    return true;
+  }
+
+  // ---- lifetime ---------------------------------------------------------------------------------
+
+  /** IOAS destruction: unmap everything and drop all ranges. */
+  destroy(): void {
+    // Nothing can lock or pin an area of an IOAS being destroyed (they hold the IOAS).
+    this.unmapAll();
+    this.reserved = [];
+    this.allowed = new BTree<bigint, bigint>(undefined, cmp);
+  }
+
+  /** Invariant check for tests: areas ordered and disjoint, filled state consistent. */
+  checkInvariants(): void {
+    let prevLast: bigint | undefined;
+    for (const [k, a] of this.areas.entries()) {
+      if (k !== a.iova) throw new Error('area key mismatch');
+      if (a.last < a.iova) throw new Error('area inverted');
+      if (prevLast !== undefined && a.iova <= prevLast) throw new Error('areas overlap');
+      prevLast = a.last;
+      if (a.filled !== (this.domains.length > 0 && !a.busy)) throw new Error('area fill state inconsistent');
+    }
   }
 }

@@ -1,0 +1,332 @@
+// The IOAS object and the IOAS_* ioctls, IOMMU_OPTION and IOMMU_VFIO_IOAS
+// (01 §4.2-4.11). Check orders follow the kernel of the selected profile.
+import { fail } from '../uapi/errno.js';
+import { MAP_FLAGS, MOCK, OPTION, VFIO_IOAS_OP } from '../uapi/enums.js';
+import type { Decoded } from '../uapi/layout.js';
+import type * as S from '../uapi/structs.js';
+import { IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE } from '../drivers/driver.js';
+import type { IommufdCtx, Ucmd } from './context.js';
+import { IoPagetable, U64_MAX } from './io_pagetable.js';
+import { IommufdObject, ObjType } from './object.js';
+import { AccountMode, chargeLocked, Pages, unchargeLocked } from './pages.js';
+
+const MAP_ALL = MAP_FLAGS.FIXED_IOVA | MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE;
+
+export class Ioas extends IommufdObject {
+  readonly type = ObjType.IOAS;
+  readonly iopt: IoPagetable;
+  /**
+   * The HWPT_PAGING objects built on this IOAS, in creation order (owned by
+   * hwpt.ts: it adds/removes entries and walks the list to find a compatible
+   * auto-domain on attach, 01 §5.4). Typed loosely to avoid an import cycle.
+   */
+  hwptList: any[] = [];
+
+  constructor(readonly ctx: IommufdCtx) {
+    super();
+    this.iopt = new IoPagetable(ctx.emu);
+  }
+
+  /** Destroying an IOAS unmaps everything it still has (nothing else can hold it by then). */
+  destroy(): void {
+    this.iopt.destroy();
+  }
+}
+
+/** Look up an IOAS by ID (ENOENT). */
+export function getIoas(ctx: IommufdCtx, id: number): Ioas {
+  return ctx.get<Ioas>(id, ObjType.IOAS);
+}
+
+/** IOMMU_IOAS_MAP_* flags → IOMMU_READ/WRITE, always cache-coherent. */
+export function convIommuProt(flags: number): number {
+  let prot = IOMMU_CACHE;
+  if (flags & MAP_FLAGS.READABLE) prot |= IOMMU_READ;
+  if (flags & MAP_FLAGS.WRITEABLE) prot |= IOMMU_WRITE;
+  return prot;
+}
+
+/** New pages objects follow the context's RLIMIT_MODE (CAP_IPC_LOCK callers stay uncharged). */
+export function applyAccountMode(ctx: IommufdCtx, pages: Pages): void {
+  if (ctx.accountMode === 1 && pages.accountMode === AccountMode.USER) pages.accountMode = AccountMode.MM;
+}
+
+/** Map `length` bytes of the caller's memory at `uptr` (IOAS_MAP, VFIO MAP_DMA). */
+export function mapUserPages(ucmd: Ucmd<any>, ioas: Ioas, uptr: bigint, length: bigint, iova: bigint | null,
+  prot: number): bigint {
+  const pages = Pages.user(ucmd.emu, ucmd.mem, uptr, length, (prot & IOMMU_WRITE) !== 0);
+  applyAccountMode(ucmd.ctx, pages);
+  return ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length }], length, iova, prot);
+}
+
+/** Selftest syzkaller IOVA form: low u32 = n-th area, high u32 = offset (0 when there is no such area). */
+export function syzConvIova(ioas: Ioas | null, iova: bigint): bigint {
+  if (!ioas) return 0n;
+  const nth = Number(iova & 0xffffffffn);
+  const offset = (iova >> 32n) & 0xffffffffn;
+  const area = ioas.iopt.nthArea(nth);
+  return area ? area.iova + offset : 0n;
+}
+
+/** Copy a u64 back into the caller's struct at byte `off` (raw entry only). */
+function putU64(ucmd: Ucmd<any>, off: number, v: bigint): void {
+  const arg = (ucmd as { arg?: bigint }).arg ?? 0n;
+  if (!arg) return;
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v, true);
+  ucmd.emu.failPoint('EFAULT');
+  ucmd.mem.write(arg + BigInt(off), b);
+}
+
+// ---- IOMMU_IOAS_ALLOC (01 §4.2) ---------------------------------------------------------
+
+export function iommufdIoasAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_alloc>>): void {
+  const cmd = ucmd.cmd;
+  if (cmd.flags) fail('EOPNOTSUPP');
+  const ctx = ucmd.ctx;
+  const ioas = ctx.allocObj(new Ioas(ctx));
+  cmd.out_ioas_id = ioas.id;
+  try {
+    ucmd.respond();
+  } catch (e) {
+    ctx.objects.abort(ioas);
+    throw e;
+  }
+  ctx.objects.finalize(ioas);
+}
+
+// ---- IOMMU_IOAS_ALLOW_IOVAS (01 §4.3) ----------------------------------------------------
+
+export function iommufdIoasAllowIovas(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_allow_iovas>>): void {
+  const cmd = ucmd.cmd;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  const b = IoPagetable.allowedBuilder(ucmd.emu);
+  for (let i = 0; i < cmd.num_iovas; i++) {
+    ucmd.emu.failPoint('EFAULT');
+    const raw = ucmd.mem.read(cmd.allowed_iovas + 16n * BigInt(i), 16);
+    const dv = new DataView(raw.buffer, raw.byteOffset, 16);
+    b.add(dv.getBigUint64(0, true), dv.getBigUint64(8, true));
+  }
+  ioas.iopt.setAllowed(b.tree);
+}
+
+// ---- IOMMU_IOAS_COPY (01 §4.4) -------------------------------------------------------------
+
+export function iommufdIoasCopy(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_copy>>): void {
+  const cmd = ucmd.cmd;
+  const ctx = ucmd.ctx;
+  if (ucmd.emu.selftest && (cmd.flags & MOCK.FLAGS_ACCESS_SYZ)) {
+    cmd.flags = (cmd.flags & ~MOCK.FLAGS_ACCESS_SYZ) >>> 0;
+    cmd.src_iova = syzConvIova(ctx.objects.find(cmd.src_ioas_id, ObjType.IOAS) as Ioas | undefined ?? null, cmd.src_iova);
+  }
+  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP');
+  if (cmd.length >= U64_MAX || cmd.src_iova >= U64_MAX || cmd.dst_iova >= U64_MAX) fail('EOVERFLOW');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  const src = getIoas(ctx, cmd.src_ioas_id);
+  const segs = src.iopt.getPages(cmd.src_iova, cmd.length);
+  const dst = getIoas(ctx, cmd.dst_ioas_id);
+  const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
+  cmd.dst_iova = dst.iopt.mapPages(segs, cmd.length, fixed ? cmd.dst_iova : null, convIommuProt(cmd.flags));
+  ucmd.respond();
+}
+
+// ---- IOMMU_IOAS_IOVA_RANGES (01 §4.5) ----------------------------------------------------------
+
+export function iommufdIoasIovaRanges(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_iova_ranges>>): void {
+  const cmd = ucmd.cmd;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  const max = cmd.num_iovas;
+  cmd.num_iovas = 0;
+  cmd.out_iova_alignment = ioas.iopt.iovaAlignment;
+  for (const [start, last] of ioas.iopt.usableRanges()) {
+    if (cmd.num_iovas < max) {
+      const b = new Uint8Array(16);
+      const dv = new DataView(b.buffer);
+      dv.setBigUint64(0, start, true);
+      dv.setBigUint64(8, last, true);
+      ucmd.emu.failPoint('EFAULT');
+      ucmd.mem.write(cmd.allowed_iovas + 16n * BigInt(cmd.num_iovas), b);
+    }
+    cmd.num_iovas++;
+  }
+  ucmd.respond();
+  if (cmd.num_iovas > max) fail('EMSGSIZE');
+}
+
+// ---- IOMMU_IOAS_MAP (01 §4.6) -------------------------------------------------------------------
+
+export function iommufdIoasMap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map>>): void {
+  const cmd = ucmd.cmd;
+  if ((cmd.flags & ~MAP_ALL) || cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
+  cmd.iova = mapUserPages(ucmd, ioas, cmd.user_va, cmd.length, fixed ? cmd.iova : null, convIommuProt(cmd.flags));
+  // A failing copy-back leaves the mapping in place (the kernel does not undo it).
+  ucmd.respond();
+}
+
+// ---- IOMMU_IOAS_MAP_FILE (01 §4.7) ----------------------------------------------------------------
+
+export function iommufdIoasMapFile(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map_file>>): void {
+  const cmd = ucmd.cmd;
+  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP');
+  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  if (cmd.length === 0n) fail('EINVAL');
+  if (cmd.start + cmd.length - 1n > U64_MAX) fail('EOVERFLOW');
+  const mem = ucmd.mem;
+  if (!mem.getFile || cmd.fd < 0) fail('EBADF');
+  const file = mem.getFile(cmd.fd);
+  const prot = convIommuProt(cmd.flags);
+  const pages = Pages.file(ucmd.emu, file, cmd.start, cmd.length, (prot & IOMMU_WRITE) !== 0, mem.process);
+  applyAccountMode(ucmd.ctx, pages);
+  const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
+  cmd.iova = ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length: cmd.length }], cmd.length,
+    fixed ? cmd.iova : null, prot);
+  ucmd.respond();
+}
+
+// ---- IOMMU_IOAS_UNMAP (01 §4.8) -----------------------------------------------------------------------
+
+export function iommufdIoasUnmap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_unmap>>): void {
+  const cmd = ucmd.cmd;
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  let unmapped: bigint;
+  if (cmd.iova === 0n && cmd.length === U64_MAX) {
+    const r = ioas.iopt.unmapAll();
+    if (r.error) fail(r.error);
+    unmapped = r.unmapped;
+  } else {
+    if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
+    if (cmd.length === 0n) fail('EINVAL');
+    const last = cmd.iova + cmd.length - 1n;
+    if (last > U64_MAX) fail('EOVERFLOW');
+    const r = ioas.iopt.unmapRange(cmd.iova, last);
+    if (r.error) fail(r.error);
+    if (r.unmapped === 0n) fail('ENOENT');
+    unmapped = r.unmapped;
+  }
+  cmd.length = unmapped;
+  ucmd.respond();
+}
+
+// ---- IOMMU_IOAS_CHANGE_PROCESS (01 §4.9) ----------------------------------------------------------------
+
+export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_change_process>>): void {
+  const cmd = ucmd.cmd;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  const ctx = ucmd.ctx;
+  const me = ucmd.mem.process;
+  const ioases = ctx.objects.all().filter((o): o is Ioas => o instanceof Ioas && o.published);
+  ctx.emu.failPoint('ENOMEM');
+  const pagesSet = new Set<Pages>();
+  for (const ioas of ioases) {
+    for (const area of ioas.iopt.allAreasIncludingBusy()) {
+      if (area.busy) fail('EBUSY');
+      if (!area.pages.isFile) fail('EINVAL');
+      pagesSet.add(area.pages);
+    }
+  }
+  const needsUpdate = (p: Pages): boolean => {
+    switch (p.accountMode) {
+      case AccountMode.NONE: return false;
+      // A different source process (USER mode also tracks the process-wide pinned count).
+      case AccountMode.MM:
+      case AccountMode.USER:
+        return p.owner !== me;
+    }
+  };
+  const total = new Map<AccountMode, number>();
+  for (const p of pagesSet) if (needsUpdate(p)) total.set(p.accountMode, (total.get(p.accountMode) ?? 0) + p.npinned);
+  const charged: [AccountMode, number][] = [];
+  try {
+    for (const mode of [AccountMode.NONE, AccountMode.USER, AccountMode.MM]) {
+      const n = total.get(mode) ?? 0;
+      if (!n) continue;
+      chargeLocked(ctx.emu, me, mode, n);
+      charged.push([mode, n]);
+    }
+  } catch (e) {
+    for (const [mode, n] of charged) unchargeLocked(ctx.emu, me, mode, n);
+    throw e;
+  }
+  for (const p of pagesSet) {
+    if (needsUpdate(p)) unchargeLocked(ctx.emu, p.owner, p.accountMode, p.npinned);
+    p.owner = me;
+  }
+}
+
+// ---- IOMMU_OPTION (01 §4.10) --------------------------------------------------------------------------------
+
+export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void {
+  const cmd = ucmd.cmd;
+  const ctx = ucmd.ctx;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  switch (cmd.option_id) {
+    case OPTION.RLIMIT_MODE:
+      if (cmd.object_id) fail('EOPNOTSUPP');
+      if (cmd.op === OPTION.OP_GET) {
+        cmd.val64 = ctx.accountMode === 1 ? 1n : 0n;
+      } else if (cmd.op === OPTION.OP_SET) {
+        if (!ucmd.mem.process.capSysResource) fail('EPERM');
+        if (!ctx.objects.empty) fail('EBUSY');
+        if (cmd.val64 === 0n) ctx.accountMode = 0;
+        else if (cmd.val64 === 1n) ctx.accountMode = 1;
+        else fail('EINVAL');
+      } else {
+        fail('EOPNOTSUPP');
+      }
+      break;
+    case OPTION.HUGE_PAGES: {
+      const ioas = getIoas(ctx, cmd.object_id);
+      if (cmd.op === OPTION.OP_GET) {
+        cmd.val64 = ioas.iopt.hugePagesDisabled ? 0n : 1n;
+      } else if (cmd.op === OPTION.OP_SET) {
+        if (cmd.val64 === 0n) ioas.iopt.disableLargePages();
+        else if (cmd.val64 === 1n) ioas.iopt.enableLargePages();
+        else fail('EINVAL');
+      } else {
+        fail('EOPNOTSUPP');
+      }
+      break;
+    }
+    default:
+      fail('EOPNOTSUPP');
+  }
+  // Only val64 goes back (offset 16), not the whole struct.
+  putU64(ucmd, 16, cmd.val64);
+}
+
+// ---- IOMMU_VFIO_IOAS (01 §4.11) ---------------------------------------------------------------------------------
+
+/** The VFIO-compat IOAS of a context: ENODEV when none is set. */
+export function getCompatIoas(ctx: IommufdCtx): Ioas {
+  const ioas = ctx.vfioIoas;
+  if (!ioas || !(ioas instanceof Ioas) || ctx.objects.find(ioas.id, ObjType.IOAS) !== ioas) fail('ENODEV');
+  return ioas;
+}
+
+export function iommufdVfioIoas(ucmd: Ucmd<Decoded<typeof S.iommu_vfio_ioas>>): void {
+  const cmd = ucmd.cmd;
+  const ctx = ucmd.ctx;
+  if (cmd.__reserved) fail('EOPNOTSUPP');
+  switch (cmd.op) {
+    case VFIO_IOAS_OP.GET:
+      cmd.ioas_id = getCompatIoas(ctx).id;
+      ucmd.respond();
+      return;
+    case VFIO_IOAS_OP.SET:
+      ctx.vfioIoas = getIoas(ctx, cmd.ioas_id);
+      return;
+    case VFIO_IOAS_OP.CLEAR:
+      ctx.vfioIoas = null;
+      return;
+    default:
+      fail('EOPNOTSUPP');
+  }
+}

@@ -1,0 +1,251 @@
+// Pages objects (the kernel's iopt_pages): the memory one MAP / MAP_FILE
+// describes, shared by every area cut from it (IOAS_COPY, VFIO v1 splits).
+//
+// Pinning is lazy: nothing is pinned, or even looked at, until a domain or an
+// in-kernel access needs the pages. A pinned page carries exactly one long-term
+// pin per pages object however many users (area fills, access pins) need it;
+// users are counted per page inside the pages object and the pin is dropped
+// with the last one. Pinned pages are charged to the owner's memlock budget
+// (per user or per process, 05 §4) when pinned and uncharged when unpinned.
+import { fail } from '../uapi/errno.js';
+import type { Emulator } from './emulator.js';
+import { PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
+
+const PS = BigInt(PAGE_SIZE);
+
+export enum AccountMode {
+  /** Created by a CAP_IPC_LOCK caller: never charged. */
+  NONE = 0,
+  /** Charged to the owner's uid (IOMMU_OPTION_RLIMIT_MODE 0). */
+  USER = 1,
+  /** Charged to the owner process (RLIMIT_MODE 1). */
+  MM = 2,
+}
+
+/** Where the bytes come from: a range of a process's address space, or of a file. */
+export type PagesSource =
+  | { readonly kind: 'user'; readonly mem: UserMemory; /** page-aligned */ readonly va: bigint }
+  | { readonly kind: 'file'; readonly file: FileBacking; /** page-aligned file offset */ readonly offset: bigint };
+
+interface Slot {
+  page: PhysPage;
+  users: number;
+}
+
+/** Pages the memlock limit (bytes) allows. */
+function limitPages(limit: number): number {
+  return limit === Infinity ? Infinity : Math.floor(limit / PAGE_SIZE);
+}
+
+export class Pages {
+  /** Areas (and in-flight copy lists) referencing this object. */
+  refs = 0;
+  /** Pinned page slots by index; allocated on first pin. */
+  private slots: Map<number, Slot> | null = null;
+  /** Number of pages this object currently pins (and has charged). */
+  npinned = 0;
+  /** Accounting target: the process (MM) or its uid (USER). */
+  owner: ProcessInfo;
+  accountMode: AccountMode;
+  /** Total pages spanned (the first may be partial). */
+  readonly npages: number;
+
+  constructor(
+    readonly emu: Emulator,
+    readonly source: PagesSource,
+    /** Offset of the mapping's first byte inside the first page. */
+    readonly startByte: number,
+    readonly length: bigint,
+    readonly writable: boolean,
+    owner: ProcessInfo,
+  ) {
+    this.owner = owner;
+    this.accountMode = owner.capIpcLock ? AccountMode.NONE : AccountMode.USER;
+    this.npages = Number((length + BigInt(startByte) + PS - 1n) / PS);
+  }
+
+  /**
+   * Describe `length` bytes of user memory at `uptr` (nothing is read yet):
+   * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length.
+   */
+  static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
+    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW');
+    return Pages.alloc(emu, { kind: 'user', mem, va: uptr - (uptr % PS) }, Number(uptr % PS), length, writable, mem.process);
+  }
+
+  /** Describe `length` bytes of `file` from byte `start`. */
+  static file(emu: Emulator, file: FileBacking, start: bigint, length: bigint, writable: boolean, owner: ProcessInfo): Pages {
+    return Pages.alloc(emu, { kind: 'file', file, offset: start - (start % PS) }, Number(start % PS), length, writable, owner);
+  }
+
+  private static alloc(emu: Emulator, src: PagesSource, startByte: number, length: bigint, writable: boolean,
+    owner: ProcessInfo): Pages {
+    if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL');
+    emu.failPoint('ENOMEM');
+    return new Pages(emu, src, startByte, length, writable, owner);
+  }
+
+  /** The page-aligned address (user VA or file offset) the object starts at, plus startByte: the placement hint base. */
+  get base(): bigint {
+    return this.source.kind === 'user' ? this.source.va : this.source.offset;
+  }
+
+  get isFile(): boolean {
+    return this.source.kind === 'file';
+  }
+
+  /** The page pinned at `index`, if any. */
+  pinned(index: number): PhysPage | undefined {
+    return this.slots?.get(index)?.page;
+  }
+
+  /** Read the current backing of pages [index, index+n) from the source, without pinning. */
+  private fetch(index: number, n: number, forWrite: boolean): PhysPage[] {
+    const src = this.source;
+    if (src.kind === 'user') {
+      if (!src.mem.process.alive) fail('EFAULT', 'source process is gone');
+      return src.mem.getPages(src.va + BigInt(index) * PS, n, forWrite);
+    }
+    if (!src.file.pinnable) fail('EINVAL', 'file cannot be pinned');
+    return src.file.getPages(Number(src.offset / PS) + index, n);
+  }
+
+  /**
+   * Add one user to every page of [first, last], pinning (and charging) the
+   * ones not pinned yet. Returns the pages. On error nothing changed:
+   * EFAULT (bad or gone source memory), EINVAL (unpinnable file), ENOMEM (memlock limit).
+   */
+  pin(first: number, last: number): PhysPage[] {
+    this.emu.failPoint('ENOMEM');
+    const slots = (this.slots ??= new Map());
+    const n = last - first + 1;
+    const out: PhysPage[] = new Array(n);
+    // Fetch every missing run first; nothing is committed until all succeeded.
+    const fresh: [number, PhysPage[]][] = [];
+    let missing = 0;
+    for (let i = first; i <= last;) {
+      const s = slots.get(i);
+      if (s) {
+        out[i - first] = s.page;
+        i++;
+        continue;
+      }
+      let j = i;
+      while (j < last && !slots.has(j + 1)) j++;
+      const pages = this.fetch(i, j - i + 1, this.writable);
+      fresh.push([i, pages]);
+      missing += pages.length;
+      i = j + 1;
+    }
+    this.charge(missing);
+    for (let i = first; i <= last; i++) {
+      const s = slots.get(i);
+      if (s) s.users++;
+    }
+    for (const [start, pages] of fresh) {
+      for (let k = 0; k < pages.length; k++) {
+        const page = pages[k]!;
+        slots.set(start + k, { page, users: 1 });
+        page.pins++;
+        out[start + k - first] = page;
+      }
+    }
+    this.npinned += missing;
+    return out;
+  }
+
+  /** Add one user to pages that are already pinned (never fails). */
+  addUsers(first: number, last: number): void {
+    for (let i = first; i <= last; i++) {
+      const s = this.slots?.get(i);
+      if (!s) throw new Error(`pages: addUsers on unpinned index ${i}`);
+      s.users++;
+    }
+  }
+
+  /** Drop one user from every page of [first, last]; the last user unpins and uncharges. */
+  unpin(first: number, last: number): void {
+    const slots = this.slots;
+    if (!slots) throw new Error('pages: unpin of nothing pinned');
+    let freed = 0;
+    for (let i = first; i <= last; i++) {
+      const s = slots.get(i);
+      if (!s) throw new Error(`pages: unpin of unpinned index ${i}`);
+      if (--s.users === 0) {
+        slots.delete(i);
+        s.page.pins--;
+        freed++;
+      }
+    }
+    this.npinned -= freed;
+    this.uncharge(freed);
+    if (slots.size === 0) this.slots = null;
+  }
+
+  /** Users of page `index` (tests and invariants). */
+  usersOf(index: number): number {
+    return this.slots?.get(index)?.users ?? 0;
+  }
+
+  private charge(n: number): void {
+    chargeLocked(this.emu, this.owner, this.accountMode, n);
+  }
+
+  private uncharge(n: number): void {
+    unchargeLocked(this.emu, this.owner, this.accountMode, n);
+  }
+
+  /**
+   * CPU access to `data.length` bytes at byte `offset` of the object (offset 0
+   * = first byte of the first page). Pinned pages are used as they are; others
+   * are looked up in the source now (EFAULT when gone). `caller` is the process
+   * doing the access: when it is the source process and `slowPath` is off, the
+   * bytes are copied through its address space directly (as copy_to/from_user).
+   */
+  rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
+    if (write && !this.writable) fail('EPERM');
+    const src = this.source;
+    if (src.kind === 'user' && !slowPath && caller && caller.process === src.mem.process) {
+      const va = src.va + offset;
+      if (write) src.mem.write(va, data);
+      else data.set(src.mem.read(va, data.length));
+      return;
+    }
+    let done = 0;
+    while (done < data.length) {
+      const byte = offset + BigInt(done);
+      const index = Number(byte / PS);
+      const off = Number(byte % PS);
+      const n = Math.min(PAGE_SIZE - off, data.length - done);
+      const page = this.pinned(index) ?? this.fetch(index, 1, write)[0]!;
+      if (write) page.write(off, data.subarray(done, done + n));
+      else data.set(page.read(off, n), done);
+      done += n;
+    }
+  }
+}
+
+/** Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed. */
+export function chargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
+  if (n === 0) return;
+  switch (mode) {
+    case AccountMode.NONE:
+      return;
+    case AccountMode.USER: {
+      const cur = emu.userAccounting.get(owner.uid);
+      if (cur + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      emu.userAccounting.add(owner.uid, n);
+      return;
+    }
+    case AccountMode.MM:
+      if (!owner.capIpcLock && owner.lockedPages + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      owner.lockedPages += n;
+      return;
+  }
+}
+
+export function unchargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
+  if (n === 0) return;
+  if (mode === AccountMode.USER) emu.userAccounting.add(owner.uid, -n);
+  else if (mode === AccountMode.MM) owner.lockedPages -= n;
+}
