@@ -2,35 +2,13 @@
 // op is decoded with its own layout from the uAPI table; op handlers register
 // themselves by op number (selftest_*.ts, drivers/mock).
 import { fail } from '../uapi/errno.js';
-import { ENUMS, TEST_OP } from '../uapi/enums.js';
-import { decode, encodeInto, type StructDef } from '../uapi/layout.js';
-import * as S from '../uapi/structs.js';
+import { ENUMS } from '../uapi/enums.js';
+import { decode, encodeInto } from '../uapi/layout.js';
+import { TEST_OP_VIEWS } from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
 
-/** The union view each op reads and writes (spec 03 §2). */
-export const TEST_OP_VIEWS: Record<number, StructDef | undefined> = {
-  [TEST_OP.ADD_RESERVED]: S.test_add_reserved,
-  [TEST_OP.MOCK_DOMAIN]: S.test_mock_domain,
-  [TEST_OP.MD_CHECK_MAP]: S.test_check_map,
-  [TEST_OP.MD_CHECK_REFS]: S.test_check_refs,
-  [TEST_OP.CREATE_ACCESS]: S.test_create_access,
-  [TEST_OP.DESTROY_ACCESS_PAGES]: S.test_destroy_access_pages,
-  [TEST_OP.ACCESS_PAGES]: S.test_access_pages,
-  [TEST_OP.ACCESS_RW]: S.test_access_rw,
-  [TEST_OP.SET_TEMP_MEMORY_LIMIT]: S.test_memory_limit,
-  [TEST_OP.MOCK_DOMAIN_REPLACE]: S.test_mock_domain_replace,
-  [TEST_OP.ACCESS_REPLACE_IOAS]: S.test_access_replace_ioas,
-  [TEST_OP.MOCK_DOMAIN_FLAGS]: S.test_mock_domain_flags,
-  [TEST_OP.DIRTY]: S.test_dirty,
-  [TEST_OP.MD_CHECK_IOTLB]: S.test_check_iotlb,
-  [TEST_OP.TRIGGER_IOPF]: S.test_trigger_iopf,
-  [TEST_OP.DEV_CHECK_CACHE]: S.test_check_dev_cache,
-  [TEST_OP.TRIGGER_VEVENT]: S.test_trigger_vevent,
-  [TEST_OP.PASID_ATTACH]: S.test_pasid_attach,
-  [TEST_OP.PASID_REPLACE]: S.test_pasid_attach,
-  [TEST_OP.PASID_DETACH]: S.test_pasid_detach,
-  [TEST_OP.PASID_CHECK_HWPT]: S.test_pasid_check,
-};
+// The op -> union-member mapping is ABI data and lives in the uAPI table.
+export { TEST_OP_VIEWS } from '../uapi/structs.js';
 
 /** What a test op handler sees: the header (`id`) and its union member (`u`). */
 export interface TestCmd<U = any> {

@@ -2,6 +2,8 @@
 // interfaces it carries), as data: field name, type, offset and the version the
 // field appeared in. This file is the only place offsets live.
 import { arr, struct, u16, u32, s32, u64, u8 } from './layout.js';
+import { TEST_OP } from './enums.js';
+import type { StructDef } from './layout.js';
 import { V } from './profiles.js';
 
 const R = { reserved: true } as const;
@@ -224,25 +226,55 @@ export const test_trigger_iopf = struct('trigger_iopf', {
 export const test_check_dev_cache = struct('check_dev_cache', { id: u32(16), cache: u32(20) });
 export const test_trigger_vevent = struct('trigger_vevent', { dev_id: u32(16) });
 export const test_pasid_attach = struct('pasid_attach', { pasid: u32(16), pt_id: u32(20, O) });
+/** PASID_REPLACE has its own (identically laid out) union member in C. */
+export const test_pasid_replace = struct('pasid_replace', { pasid: u32(16), pt_id: u32(20, O) });
 export const test_pasid_detach = struct('pasid_detach', { pasid: u32(16) });
 export const test_pasid_check = struct('pasid_check', { pasid: u32(16), hwpt_id: u32(20) });
 
+/**
+ * The union view (= C union member of iommu_test_cmd) each op reads and writes
+ * (spec 03 §2). An op exists from the `since` of its iommu_test_op enum member.
+ */
+export const TEST_OP_VIEWS: Record<number, StructDef | undefined> = {
+  [TEST_OP.ADD_RESERVED]: test_add_reserved,
+  [TEST_OP.MOCK_DOMAIN]: test_mock_domain,
+  [TEST_OP.MD_CHECK_MAP]: test_check_map,
+  [TEST_OP.MD_CHECK_REFS]: test_check_refs,
+  [TEST_OP.CREATE_ACCESS]: test_create_access,
+  [TEST_OP.DESTROY_ACCESS_PAGES]: test_destroy_access_pages,
+  [TEST_OP.ACCESS_PAGES]: test_access_pages,
+  [TEST_OP.ACCESS_RW]: test_access_rw,
+  [TEST_OP.SET_TEMP_MEMORY_LIMIT]: test_memory_limit,
+  [TEST_OP.MOCK_DOMAIN_REPLACE]: test_mock_domain_replace,
+  [TEST_OP.ACCESS_REPLACE_IOAS]: test_access_replace_ioas,
+  [TEST_OP.MOCK_DOMAIN_FLAGS]: test_mock_domain_flags,
+  [TEST_OP.DIRTY]: test_dirty,
+  [TEST_OP.MD_CHECK_IOTLB]: test_check_iotlb,
+  [TEST_OP.TRIGGER_IOPF]: test_trigger_iopf,
+  [TEST_OP.DEV_CHECK_CACHE]: test_check_dev_cache,
+  [TEST_OP.TRIGGER_VEVENT]: test_trigger_vevent,
+  [TEST_OP.PASID_ATTACH]: test_pasid_attach,
+  [TEST_OP.PASID_REPLACE]: test_pasid_replace,
+  [TEST_OP.PASID_DETACH]: test_pasid_detach,
+  [TEST_OP.PASID_CHECK_HWPT]: test_pasid_check,
+};
+
 // Selftest driver payloads.
-export const iommu_test_hw_info = struct('iommu_test_hw_info', { flags: u32(0), test_reg: u32(4) });
+export const iommu_test_hw_info = struct('iommu_test_hw_info', { flags: u32(0), test_reg: u32(4) }, V.V6_7);
 export const iommu_hwpt_selftest = struct('iommu_hwpt_selftest', {
   iotlb: u32(0), pagetable_type: u32(4, { since: V.MAINLINE }),
-});
+}, V.V6_7);
 export const iommu_hwpt_invalidate_selftest = struct('iommu_hwpt_invalidate_selftest', {
   flags: u32(0), iotlb_id: u32(4),
-});
+}, V.V6_8);
 export const iommu_viommu_selftest = struct('iommu_viommu_selftest', {
   in_data: u32(0), out_data: u32(4, O), out_mmap_offset: u64(8, { out: true, since: V.V6_17 }),
   out_mmap_length: u64(16, { out: true, since: V.V6_17 }),
 }, V.V6_17);
 export const iommu_viommu_invalidate_selftest = struct('iommu_viommu_invalidate_selftest', {
   flags: u32(0), vdev_id: u32(4), cache_id: u32(8),
-});
-export const iommu_viommu_event_selftest = struct('iommu_viommu_event_selftest', { virt_id: u32(0) });
+}, V.V6_13);
+export const iommu_viommu_event_selftest = struct('iommu_viommu_event_selftest', { virt_id: u32(0) }, V.V6_15);
 
 // ---- VFIO type1 container compatibility ----------------------------------------
 
