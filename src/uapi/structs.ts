@@ -203,17 +203,23 @@ export const test_mock_domain = struct('mock_domain', {
   out_stdev_id: u32(16, O), out_hwpt_id: u32(20, O), out_idev_id: u32(24, O),
 });
 export const test_mock_domain_flags = struct('mock_domain_flags', {
-  out_stdev_id: u32(16, O), out_hwpt_id: u32(20, O), out_idev_id: u32(24, O), dev_flags: u32(28),
+  out_stdev_id: u32(16, O), out_hwpt_id: u32(20, O), out_idev_id: u32(24, O),
+  dev_flags: u32(28, { enumName: 'mock_device_flags' }),
 });
 export const test_mock_domain_replace = struct('mock_domain_replace', { pt_id: u32(16, O) });
 export const test_check_map = struct('check_map', { iova: u64(16), length: u64(24), uptr: u64(32, P) });
 export const test_check_refs = struct('check_refs', { length: u64(16), uptr: u64(24, P), refs: u32(32) });
-export const test_create_access = struct('create_access', { out_access_fd: u32(16, O), flags: u32(20) });
+export const test_create_access = struct('create_access', {
+  out_access_fd: u32(16, O), flags: u32(20, { enumName: 'mock_create_access_flags' }),
+});
 export const test_destroy_access_pages = struct('destroy_access_pages', { access_pages_id: u32(16) });
 export const test_access_pages = struct('access_pages', {
-  flags: u32(16), out_access_pages_id: u32(20, O), iova: u64(24), length: u64(32), uptr: u64(40, P),
+  flags: u32(16, { enumName: 'mock_access_pages_flags' }), out_access_pages_id: u32(20, O), iova: u64(24),
+  length: u64(32), uptr: u64(40, P),
 });
-export const test_access_rw = struct('access_rw', { iova: u64(16), length: u64(24), uptr: u64(32, P), flags: u32(40) });
+export const test_access_rw = struct('access_rw', {
+  iova: u64(16), length: u64(24), uptr: u64(32, P), flags: u32(40, { enumName: 'mock_access_rw_flags' }),
+});
 export const test_memory_limit = struct('memory_limit', { limit: u32(16) });
 export const test_access_replace_ioas = struct('access_replace_ioas', { ioas_id: u32(16) });
 export const test_dirty = struct('dirty', {
@@ -221,7 +227,8 @@ export const test_dirty = struct('dirty', {
 });
 export const test_check_iotlb = struct('check_iotlb', { id: u32(16), iotlb: u32(20) });
 export const test_trigger_iopf = struct('trigger_iopf', {
-  dev_id: u32(16), pasid: u32(20), grpid: u32(24), perm: u32(28), addr: u64(32),
+  dev_id: u32(16), pasid: u32(20), grpid: u32(24), perm: u32(28, { enumName: 'iommu_hwpt_pgfault_perm' }),
+  addr: u64(32),
 });
 export const test_check_dev_cache = struct('check_dev_cache', { id: u32(16), cache: u32(20) });
 export const test_trigger_vevent = struct('trigger_vevent', { dev_id: u32(16) });

@@ -1,0 +1,205 @@
+// Generic, table-driven formatting of ioctl traces: one line per call, e.g.
+//
+//   IOMMU_IOAS_MAP {flags=FIXED_IOVA|READABLE ioas_id=1 user_va=0x7f00 length=0x1000 iova=0x1000000} = 0 -> {iova=0x1000000}
+//
+// Inputs are the struct as the caller passed it, the result is 0 (or a positive
+// return value) or an errno name, outputs are the fields the kernel writes
+// (`out` in structs.ts) as copied back. Nothing here knows a particular ioctl:
+// names, layouts and enum tables all come from the uAPI table.
+import { ENUMS, memberPresent, TEST_DEFINES, type EnumDef } from './enums.js';
+import { errnoName } from './errno.js';
+import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
+import { decode, fieldPresent, fieldSize, type FieldDef, type StructDef } from './layout.js';
+import type { Profile } from './profiles.js';
+import * as S from './structs.js';
+
+type Value = number | bigint | (number | bigint)[];
+
+/** Selftest type values that are not enum members but are valid in these enum-typed fields. */
+const TEST_VALUES: Record<string, string[]> = {
+  iommu_hw_info_type: ['IOMMU_HW_INFO_TYPE_SELFTEST'],
+  iommu_hwpt_data_type: ['IOMMU_HWPT_DATA_SELFTEST'],
+  iommu_hwpt_invalidate_data_type: ['IOMMU_HWPT_INVALIDATE_DATA_SELFTEST', 'IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID'],
+  iommu_viommu_type: ['IOMMU_VIOMMU_TYPE_SELFTEST'],
+  iommu_veventq_type: ['IOMMU_VEVENTQ_TYPE_SELFTEST'],
+  iommu_hw_queue_type: ['IOMMU_HW_QUEUE_TYPE_SELFTEST'],
+};
+
+/** Longest common prefix of the member names, cut after an underscore. */
+function commonPrefix(names: string[]): string {
+  if (names.length === 0) return '';
+  let p = names[0]!;
+  for (const n of names) while (!n.startsWith(p)) p = p.slice(0, -1);
+  const cut = p.lastIndexOf('_');
+  return cut < 0 ? '' : p.slice(0, cut + 1);
+}
+
+/** For one-member enums, the conventional family prefix to strip (no common prefix to compute). */
+const SINGLE_MEMBER_PREFIXES = [
+  'IOMMU_HW_INFO_FLAG_', 'IOMMU_HW_INFO_VTD_', 'IOMMU_HWPT_DIRTY_', 'IOMMU_HWPT_GET_DIRTY_BITMAP_',
+  'IOMMU_VTD_INV_FLAGS_', 'IOMMU_VEVENTQ_FLAG_', 'MOCK_FLAGS_ACCESS_CREATE_',
+];
+
+const prefixCache = new Map<EnumDef, string>();
+/** The prefix trace lines strip from member names (IOMMU_IOAS_MAP_FIXED_IOVA -> FIXED_IOVA). */
+function enumPrefix(e: EnumDef): string {
+  let p = prefixCache.get(e);
+  if (p === undefined) {
+    const names = e.members.map((m) => m.name);
+    p = names.length > 1 ? commonPrefix(names) : SINGLE_MEMBER_PREFIXES.find((k) => names[0]!.startsWith(k)) ?? '';
+    prefixCache.set(e, p);
+  }
+  return p;
+}
+
+function hex(v: number | bigint): string {
+  return '0x' + v.toString(16);
+}
+
+/** Symbolic form of `value` for the enum/flags table `enumName` in `profile`. */
+export function enumText(enumName: string, value: number, profile: Profile): string {
+  const e = ENUMS[enumName];
+  if (!e) return hex(value);
+  const members = e.members.filter((m) => memberPresent(m, profile.version, profile.selftestBackports));
+  const pre = enumPrefix(e);
+  const short = (n: string): string => (n.startsWith(pre) ? n.slice(pre.length) : n);
+  if (e.flags) {
+    if (value === 0) return '0';
+    const parts: string[] = [];
+    let rest = value >>> 0;
+    for (const m of members) {
+      if (m.value !== 0 && (rest & m.value) === m.value) {
+        parts.push(short(m.name));
+        rest = (rest & ~m.value) >>> 0;
+      }
+    }
+    if (rest) parts.push(hex(rest));
+    return parts.join('|');
+  }
+  const m = members.find((x) => x.value === value);
+  if (m) return short(m.name);
+  for (const name of TEST_VALUES[enumName] ?? []) {
+    const d = TEST_DEFINES.find((t) => t.name === name);
+    if (d && d.value === value >>> 0) return short(name);
+  }
+  return value > 9 ? hex(value) : String(value);
+}
+
+function isZero(v: Value): boolean {
+  return Array.isArray(v) ? v.every((x) => x === 0 || x === 0n) : v === 0 || v === 0n;
+}
+
+function valueText(name: string, f: FieldDef, v: Value, profile: Profile): string {
+  if (Array.isArray(v)) return '[' + v.map((x) => (typeof x === 'bigint' ? hex(x) : String(x))).join(',') + ']';
+  if (f.enumName && (typeof v === 'number' || v <= 0xffffffffn)) return enumText(f.enumName, Number(v), profile);
+  if (typeof v === 'bigint') return hex(v);
+  if (f.type === 's32') return String(v);
+  if (/flags/.test(name) && v !== 0) return hex(v);
+  return String(v);
+}
+
+interface FieldSel {
+  /** Printing the caller's struct (true) or the copied-back one (false). */
+  input: boolean;
+  /** Hide this field name (e.g. size when it equals the kernel's size). */
+  hide?: (name: string, v: Value) => boolean;
+}
+
+function fieldsText(s: StructDef, bytes: Uint8Array, profile: Profile, sel: FieldSel): string[] {
+  const v = profile.version;
+  const dec = decode(s, bytes, v) as Record<string, Value>;
+  const out: string[] = [];
+  const entries = Object.entries(s.fields)
+    .filter(([, f]) => fieldPresent(f, v) && f.offset + fieldSize(f) <= bytes.length)
+    .sort((a, b) => a[1].offset - b[1].offset);
+  for (const [name, f] of entries) {
+    const val = dec[name]!;
+    if (sel.hide?.(name, val)) continue;
+    if (f.reserved && isZero(val)) continue;
+    if (sel.input) {
+      // Output-only words and union aliases are shown on input only when the caller set them;
+      // where an input alias shares the word (in_data_type/out_data_type), the input name wins.
+      if ((f.out || f.alias) && isZero(val)) continue;
+      if (f.out && entries.some(([n, g]) => n !== name && g.offset === f.offset && !g.out)) continue;
+    } else if (!f.out) {
+      continue;
+    }
+    out.push(`${name}=${valueText(name, f, val, profile)}`);
+  }
+  return out;
+}
+
+function resultText(result: number | string): string {
+  if (typeof result === 'string') return result;
+  if (result < 0) return errnoName(-result) ?? String(result);
+  return String(result);
+}
+
+const VFIO_NAMES: [number, string, StructDef | undefined][] = [
+  [VFIO.GET_API_VERSION, 'VFIO_GET_API_VERSION', undefined],
+  [VFIO.CHECK_EXTENSION, 'VFIO_CHECK_EXTENSION', undefined],
+  [VFIO.SET_IOMMU, 'VFIO_SET_IOMMU', undefined],
+  [VFIO.IOMMU_GET_INFO, 'VFIO_IOMMU_GET_INFO', S.vfio_iommu_type1_info],
+  [VFIO.IOMMU_MAP_DMA, 'VFIO_IOMMU_MAP_DMA', S.vfio_iommu_type1_dma_map],
+  [VFIO.IOMMU_UNMAP_DMA, 'VFIO_IOMMU_UNMAP_DMA', S.vfio_iommu_type1_dma_unmap],
+  [VFIO.IOMMU_DIRTY_PAGES, 'VFIO_IOMMU_DIRTY_PAGES', undefined],
+];
+
+const tables = new WeakMap<Profile, Map<number, ProfileIoctl>>();
+function table(profile: Profile): Map<number, ProfileIoctl> {
+  let t = tables.get(profile);
+  if (!t) tables.set(profile, (t = ioctlTable(profile, true)));
+  return t;
+}
+
+function u32At(b: Uint8Array, off: number): number {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(off, true);
+}
+
+function braces(parts: string[]): string {
+  return `{${parts.join(' ')}}`;
+}
+
+/**
+ * One trace line for an ioctl on an iommufd: request name, decoded input, the
+ * result (0, a positive return value, or an errno name / negative errno) and
+ * the decoded output. `inBytes` is what the caller passed (null if unreadable),
+ * `outBytes` what was copied back (null if nothing was).
+ */
+export function formatIoctl(profile: Profile, request: number, inBytes: Uint8Array | null,
+  outBytes: Uint8Array | null, result: number | string): string {
+  const res = resultText(result);
+  const nr = request & 0xff;
+  const def = table(profile).get(nr);
+  if (!def || def.request !== request) {
+    const vfio = ((request >>> 8) & 0xff) === IOMMUFD_TYPE ? VFIO_NAMES.find(([r]) => r === request) : undefined;
+    if (!vfio) return `ioctl(${hex(request >>> 0)}) = ${res}`;
+    const [, name, st] = vfio;
+    if (!st || !inBytes) return `${name} = ${res}`;
+    let line = `${name} ${braces(fieldsText(st, inBytes, profile, { input: true }))} = ${res}`;
+    if (outBytes) line += ` -> ${braces(fieldsText(st, outBytes, profile, { input: false }))}`;
+    return line;
+  }
+  if (!inBytes) return `${def.cname} {?} = ${res}`;
+  const hideSize = (name: string, v: Value): boolean => name === 'size' && v === def.knownSize;
+  if (def.name === 'TEST_CMD') return formatTestCmd(profile, def, inBytes, outBytes, res, hideSize);
+  let line = `${def.cname} ${braces(fieldsText(def.struct, inBytes, profile, { input: true, hide: hideSize }))} = ${res}`;
+  if (outBytes) line += ` -> ${braces(fieldsText(def.struct, outBytes, profile, { input: false }))}`;
+  return line;
+}
+
+function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array, outBytes: Uint8Array | null,
+  res: string, hideSize: (name: string, v: Value) => boolean): string {
+  const hide = (name: string, v: Value): boolean => hideSize(name, v) || (name === 'last' && isZero(v));
+  const head = fieldsText(def.struct, inBytes, profile, { input: true, hide });
+  const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
+  const view = S.TEST_OP_VIEWS[op];
+  const inParts = view ? [...head, ...fieldsText(view, inBytes, profile, { input: true })] : head;
+  let line = `${def.cname} ${braces(inParts)} = ${res}`;
+  if (outBytes) {
+    const outParts = [...fieldsText(def.struct, outBytes, profile, { input: false })];
+    if (view) outParts.push(...fieldsText(view, outBytes, profile, { input: false }));
+    line += ` -> ${braces(outParts)}`;
+  }
+  return line;
+}
