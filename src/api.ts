@@ -11,6 +11,8 @@ import { structSize, type Decoded, type StructDef } from './uapi/layout.js';
 import * as S from './uapi/structs.js';
 import { TEST_OP_VIEWS } from './core/selftest.js';
 import './core/main.js';
+import { iommufdMmap, MAP_SHARED, type MmapHandle } from './core/mmap.js';
+import { IommufdError } from './uapi/errno.js';
 
 /** A full decoded struct with every field zero, then `over` applied. */
 export function zeroed<T extends StructDef>(s: T, over: Partial<Decoded<T>> = {}): Decoded<T> {
@@ -128,6 +130,95 @@ export class IommuFd {
   faultQueueAlloc(): { faultId: number; faultFd: number } {
     const r = this.call('FAULT_QUEUE_ALLOC', S.iommu_fault_alloc, {});
     return { faultId: r.out_fault_id, faultFd: r.out_fault_fd };
+  }
+
+  /** GET_HW_INFO: returns the driver data (up to `dataLen` bytes) and the outputs. */
+  getHwInfo(devId: number, a: { dataLen?: number; inDataType?: number; flags?: number } = {}) {
+    const len = a.dataLen ?? 64;
+    const uptr = len ? this.scratch(len) : 0n;
+    const r = this.call('GET_HW_INFO', S.iommu_hw_info, {
+      flags: a.flags ?? 0, dev_id: devId, data_len: len, data_uptr: uptr, out_data_type: a.inDataType ?? 0,
+    });
+    return {
+      dataType: r.out_data_type, dataLen: r.data_len, capabilities: r.out_capabilities,
+      maxPasidLog2: r.out_max_pasid_log2, data: len ? this.mem.read(uptr, Math.min(len, r.data_len)) : new Uint8Array(),
+    };
+  }
+
+  /** HWPT_INVALIDATE on a nested HWPT or a vIOMMU: returns entries handled; on error the IommufdError carries `.handled`. */
+  hwptInvalidate(hwptId: number, dataType: number, entryLen: number, entries: Uint8Array[]): number {
+    const uptr = entries.length ? this.scratch(entryLen * entries.length) : 0n;
+    entries.forEach((e, i) => this.mem.write(uptr + BigInt(i * entryLen), e));
+    const cmd = zeroed(S.iommu_hwpt_invalidate, {
+      hwpt_id: hwptId, data_uptr: uptr, data_type: dataType, entry_len: entryLen, entry_num: entries.length,
+    });
+    try {
+      this.ctx.call('HWPT_INVALIDATE', cmd, this.caller);
+    } catch (e) {
+      (e as { handled?: number }).handled = cmd.entry_num;
+      throw e;
+    }
+    return cmd.entry_num;
+  }
+
+  viommuAlloc(a: { devId: number; hwptId: number; type: number; data?: Uint8Array; flags?: number }): { viommuId: number; data?: Uint8Array } {
+    let uptr = 0n;
+    if (a.data) {
+      uptr = this.scratch(a.data.length);
+      this.mem.write(uptr, a.data);
+    }
+    const r = this.call('VIOMMU_ALLOC', S.iommu_viommu_alloc, {
+      flags: a.flags ?? 0, type: a.type, dev_id: a.devId, hwpt_id: a.hwptId, data_len: a.data?.length ?? 0, data_uptr: uptr,
+    });
+    return { viommuId: r.out_viommu_id, data: a.data ? this.mem.read(uptr, a.data.length) : undefined };
+  }
+
+  vdeviceAlloc(viommuId: number, devId: number, virtId: bigint): number {
+    return this.call('VDEVICE_ALLOC', S.iommu_vdevice_alloc, { viommu_id: viommuId, dev_id: devId, virt_id: virtId }).out_vdevice_id;
+  }
+
+  veventqAlloc(viommuId: number, type: number, depth: number): { veventqId: number; veventqFd: number } {
+    const r = this.call('VEVENTQ_ALLOC', S.iommu_veventq_alloc, { viommu_id: viommuId, type, veventq_depth: depth });
+    return { veventqId: r.out_veventq_id, veventqFd: r.out_veventq_fd };
+  }
+
+  hwQueueAlloc(a: { viommuId: number; type: number; index: number; iova: bigint; length: bigint }): number {
+    return this.call('HW_QUEUE_ALLOC', S.iommu_hw_queue_alloc, {
+      viommu_id: a.viommuId, type: a.type, index: a.index, nesting_parent_iova: a.iova, length: a.length,
+    }).out_hw_queue_id;
+  }
+
+  /** read(2) on an fd this context handed out (fault queue, vEVENTQ): returns the bytes read. */
+  readFd(fd: number, count: number): Uint8Array {
+    const file = this.caller.fds.lookup(fd);
+    if (!file) throw new IommufdError('EBADF');
+    const buf = this.scratch(Math.max(count, 1));
+    const n = file.read(this.mem, buf, count, 0n);
+    return this.mem.read(buf, n);
+  }
+
+  /** write(2) on an fd this context handed out (fault responses). */
+  writeFd(fd: number, data: Uint8Array): number {
+    const file = this.caller.fds.lookup(fd);
+    if (!file) throw new IommufdError('EBADF');
+    const buf = this.scratch(Math.max(data.length, 1));
+    this.mem.write(buf, data);
+    return file.write(this.mem, buf, data.length, 0n);
+  }
+
+  pollFd(fd: number): number {
+    const file = this.caller.fds.lookup(fd);
+    if (!file) throw new IommufdError('EBADF');
+    return file.poll();
+  }
+
+  closeFd(fd: number): void {
+    this.caller.fds.close(fd);
+  }
+
+  /** mmap(fd, offset, length) of a driver region (MAP_SHARED, read/write). */
+  mmap(offset: bigint, length: bigint, flags = MAP_SHARED, prot = 3): MmapHandle {
+    return iommufdMmap(this.ctx, offset, length, flags, prot);
   }
 
   /** IOMMU_TEST_CMD: `u` is the op's union member (fields by name). Returns the struct after the call. */

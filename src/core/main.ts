@@ -8,10 +8,14 @@ import * as ioas from './ioas.js';
 import * as hwpt from './hwpt.js';
 import * as device from './device.js';
 import * as fault from './fault.js';
+import * as viommu from './viommu.js';
+import { iommufdVeventqAlloc } from './eventq.js';
+import { iommufdHwQueueAlloc } from './hw_queue.js';
 import { vfioCompatIoctl } from './vfio_compat.js';
 import { iommufdTestCmd } from './selftest.js';
 import './selftest_access.js';
 import '../drivers/mock/selftest_mock.js';
+import '../drivers/mock/viommu.js';
 
 /** IOMMU_DESTROY (01 §4.1). */
 export function iommufdDestroy(ucmd: Ucmd<{ id: number }>): void {
@@ -39,6 +43,14 @@ export const IOCTL_HANDLERS: Partial<Record<IoctlName, Handler>> = {
   HWPT_GET_DIRTY_BITMAP: hwpt.iommufdHwptGetDirtyBitmap,
   HWPT_INVALIDATE: hwpt.iommufdHwptInvalidate,
   FAULT_QUEUE_ALLOC: fault.iommufdFaultAlloc,
+  VIOMMU_ALLOC: viommu.iommufdViommuAlloc,
+  VDEVICE_ALLOC: viommu.iommufdVdeviceAlloc,
+  VEVENTQ_ALLOC: iommufdVeventqAlloc,
+  HW_QUEUE_ALLOC: iommufdHwQueueAlloc,
+  VIOMMU_ALLOC_V1: viommu.iommufdViommuAllocV1,
+  VIOMMU_SET_VDEV_ID: viommu.iommufdViommuSetVdevIdV1,
+  VIOMMU_UNSET_VDEV_ID: viommu.iommufdViommuUnsetVdevIdV1,
+  VIOMMU_INVALIDATE: viommu.iommufdViommuInvalidateV1,
   TEST_CMD: iommufdTestCmd,
 };
 

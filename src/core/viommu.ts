@@ -6,26 +6,18 @@ import type { Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
 import type { Veventq } from './eventq.js';
+import { attachedHwpt, UNBIND_HOOKS, type Device } from './device.js';
+import { HwptNested, registerHwptAllocTarget, registerInvalidateTarget, type HwptPaging } from './hwpt.js';
+import { HWPT_ALLOC } from '../uapi/enums.js';
+import { ENUMS } from '../uapi/enums.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import { registerMmap, unregisterMmaps } from './mmap.js';
 import type { PhysPage } from './usermem.js';
 
 const ULONG_MAX = (1n << 64n) - 1n;
 
-/** What this module needs of a HWPT_PAGING (hwpt.ts). */
-export interface ParentHwpt extends IommufdObject {
-  readonly domain: PagingDomain;
-  readonly nestParent: boolean;
-}
-
-/** What this module needs of a DEVICE object (device.ts). */
-export interface IdevLike extends IommufdObject {
-  readonly dev: DriverDevice;
-  /** The vDEVICE of this device (6.17+: at most one). */
-  vdev: Vdevice | null;
-  /** Set while the device is being unbound. */
-  readonly unbinding?: boolean;
-}
+type ParentHwpt = HwptPaging;
+type IdevLike = Device;
 
 export class Viommu extends IommufdObject implements ViommuCore {
   readonly type = ObjType.VIOMMU;
@@ -61,6 +53,12 @@ export class Viommu extends IommufdObject implements ViommuCore {
     return this.vdevs.get(virtId)?.idev.dev ?? this.v1VdevIds.get(virtId)?.dev;
   }
 
+  virtIdOf(dev: DriverDevice): bigint | undefined {
+    for (const [id, v] of this.vdevs) if (v.idev.dev === dev) return id;
+    for (const [id, idev] of this.v1VdevIds) if (idev.dev === dev) return id;
+    return undefined;
+  }
+
   reportEvent(type: number, payload: Uint8Array): void {
     const q = this.veventqs.get(type);
     if (!q) fail('EOPNOTSUPP');
@@ -82,18 +80,27 @@ export class Viommu extends IommufdObject implements ViommuCore {
 export class Vdevice extends IommufdObject {
   readonly type = ObjType.VDEVICE;
   private linked = false;
+  private holdsIdev = false;
   constructor(readonly viommu: Viommu, readonly idev: IdevLike, readonly virtId: bigint) {
     super();
   }
-  link(): void {
+  /** +1 on the vIOMMU; 6.17+ also keeps the DEVICE lookup reference and marks the device. */
+  link(perDevice: boolean): void {
     refget(this.viommu);
     this.linked = true;
+    if (perDevice) {
+      refget(this.idev);
+      this.holdsIdev = true;
+      this.idev.vdev = this;
+    }
   }
   destroy(): void {
     if (!this.linked) return;
     if (this.viommu.vdevs.get(this.virtId) === this) this.viommu.vdevs.delete(this.virtId);
     if (this.idev.vdev === this) this.idev.vdev = null;
     refput(this.viommu);
+    if (this.holdsIdev) refput(this.idev);
+    this.holdsIdev = false;
     this.linked = false;
   }
 }
@@ -144,8 +151,7 @@ export function iommufdVdeviceAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_vdevice_al
   }
   const vdev = ctx.allocObj(new Vdevice(viommu, idev, cmd.virt_id));
   try {
-    vdev.link();
-    if (perDevice) idev.vdev = vdev;
+    vdev.link(perDevice);
     if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST');
     viommu.vdevs.set(cmd.virt_id, vdev);
     cmd.out_vdevice_id = vdev.id;
@@ -165,7 +171,7 @@ export function vdeviceOnUnbind(ctx: IommufdCtx, idev: IdevLike): void {
   const vdev = idev.vdev;
   if (!vdev || !ctx.profile.vdeviceTombstone) return;
   if (vdev.users !== 1) throw new Error(`vDEVICE ${vdev.id} has unexpected users at unbind`);
-  ctx.objects.tombstone(vdev);
+  if (vdev.published) ctx.objects.tombstone(vdev);
 }
 
 // ---- The original vIOMMU series (profile viommu-v1) -----------------------------
@@ -197,21 +203,14 @@ export function iommufdViommuAllocV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_al
   ctx.objects.finalize(viommu);
 }
 
-/** What v1 SET_VDEV_ID needs of the device's current attachment (device.ts). */
-export type AttachedHwptOf = (idev: IdevLike) => IommufdObject | null;
-let attachedHwptOf: AttachedHwptOf = () => null;
-export function setAttachedHwptLookup(f: AttachedHwptOf): void {
-  attachedHwptOf = f;
-}
-
 /** v1 IOMMU_VIOMMU_SET_VDEV_ID (0x90): a table entry, not an object. */
 export function iommufdViommuSetVdevIdV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_vdev_id_v1>>): void {
   const { cmd, ctx } = ucmd;
   if (cmd.vdev_id > ULONG_MAX) fail('EINVAL');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
-  const hwpt = attachedHwptOf(idev) as (IommufdObject & { viommu?: unknown }) | null;
-  if (!hwpt || hwpt.type !== ObjType.HWPT_NESTED || hwpt.viommu !== viommu) fail('EINVAL');
+  const hwpt = attachedHwpt(idev);
+  if (!(hwpt instanceof HwptNested) || hwpt.viommu !== viommu) fail('EINVAL');
   if (viommu.v1VdevIds.has(cmd.vdev_id)) fail('EBUSY');
   ucmd.emu.failPoint('ENOMEM');
   viommu.v1VdevIds.set(cmd.vdev_id, idev);
@@ -234,3 +233,60 @@ export function v1ForgetDevice(ctx: IommufdCtx, idev: IdevLike): void {
   }
 }
 
+
+// ---- HWPT_ALLOC / HWPT_INVALIDATE on a vIOMMU (02 §6, §7) -----------------------
+
+function knownAllocFlags(version: number): number {
+  let m = 0;
+  for (const f of ENUMS.iommufd_hwpt_alloc_flags!.members) if ((f.since ?? 0) <= version) m |= f.value;
+  return m;
+}
+
+registerHwptAllocTarget(ObjType.VIOMMU, (ctx, idev, pt, flags, data) => {
+  const viommu = pt as Viommu;
+  if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL');
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  if (flags & ~valid) fail('EOPNOTSUPP');
+  if (!data.len) fail('EOPNOTSUPP');
+  const alloc = viommu.ops.allocDomainNested;
+  if (!alloc) fail('EOPNOTSUPP');
+  const hwpt = ctx.allocObj(new HwptNested(viommu.hwpt, viommu));
+  try {
+    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
+    hwpt.hold();
+    hwpt.domain = alloc(viommu, idev.dev, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
+    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
+  } catch (e) {
+    ctx.objects.abort(hwpt);
+    throw e;
+  }
+  return hwpt;
+});
+
+registerInvalidateTarget(ObjType.VIOMMU, (_ctx, obj, req) => {
+  const viommu = obj as Viommu;
+  if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
+  viommu.ops.cacheInvalidate(viommu, req);
+});
+
+UNBIND_HOOKS.push(vdeviceOnUnbind, v1ForgetDevice);
+
+/** v1 IOMMU_VIOMMU_INVALIDATE (0x92): HWPT_INVALIDATE's shape, on a vIOMMU only; entry_num always copied back. */
+export function iommufdViommuInvalidateV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_invalidate_v1>>): void {
+  const { cmd, ctx } = ucmd;
+  const req = { mem: ucmd.mem, type: cmd.data_type, uptr: cmd.data_uptr, entryLen: cmd.entry_len,
+    entryNum: cmd.entry_num, handled: 0 };
+  let err: unknown = null;
+  try {
+    if (cmd.__reserved) fail('EOPNOTSUPP');
+    if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len)) fail('EINVAL');
+    const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
+    if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
+    viommu.ops.cacheInvalidate(viommu, req);
+  } catch (e) {
+    err = e;
+  }
+  cmd.entry_num = req.handled;
+  ucmd.respond();
+  if (err) throw err;
+}

@@ -126,11 +126,13 @@ export interface IommuDriver {
 /** What a driver sees of a vIOMMU object. */
 export interface ViommuCore {
   readonly id: number;
-  readonly type: number;
+  readonly viommuType: number;
   readonly parent: PagingDomain;
   readonly iommuInstance: object;
   /** virt_id -> the DriverDevice of the vDEVICE holding it. */
   vdevDevice(virtId: bigint): DriverDevice | undefined;
+  /** The virt_id `dev` has on this vIOMMU, if any. */
+  virtIdOf(dev: DriverDevice): bigint | undefined;
   /** Report an event to the vEVENTQ of `type`: EOPNOTSUPP when there is none. */
   reportEvent(type: number, payload: Uint8Array): void;
   /** Register an mmap region of `pages` on the context; returns its offset. */
@@ -141,8 +143,10 @@ export interface ViommuCore {
 export interface HwQueueCore {
   readonly id: number;
   readonly viommu: ViommuCore;
-  readonly type: number;
+  readonly queueType: number;
   readonly index: number;
+  /** The queue's base as the guest gave it (an IOVA of the nesting parent). */
+  readonly baseIova: bigint;
   /** Take a dependency reference on another queue of the same vIOMMU (released by the core on destroy). */
   dependOn(other: HwQueueCore): void;
 }

@@ -4,6 +4,8 @@
 // the PASID-1024 one-shot failure and a 4 x u32 per-device cache.
 // Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
 // flags, driver data and the HUGE variant; the profile picks one.
+import { MockViommuDriver } from './viommu.js';
+import type { ViommuCore } from '../driver.js';
 import type { Emulator } from '../../core/emulator.js';
 import { PAGE_SIZE } from '../../core/usermem.js';
 import { fail } from '../../uapi/errno.js';
@@ -208,7 +210,8 @@ export class MockDriver implements IommuDriver {
   readonly instance = { name: 'iommufd_selftest_iommu' };
   readonly userPasidTable = true;
   /** vIOMMU hook: virtual ID of a device on a vIOMMU (attach to a vIOMMU-owned nested domain needs one). */
-  vdevIdOf: VdevIdLookup | null = null;
+  vdevIdOf: VdevIdLookup | null = (viommu, dev) => (viommu as ViommuCore).virtIdOf(dev);
+  readonly viommu: MockViommuDriver = new MockViommuDriver(this);
 
   constructor(readonly emu: Emulator) {}
 
