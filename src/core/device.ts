@@ -141,8 +141,14 @@ function driverAttach(hwpt: Hwpt, idev: Device, pasid: number): AttachHandle {
   checkPasidCompat(hwpt, idev, pasid);
   idev.ctx.emu.failPoint('ENOMEM'); // the attach handle
   const dev = idev.dev;
-  if (pasid !== NO_PASID && (!dev.maxPasids || pasid >= dev.maxPasids)) fail('EINVAL');
-  dev.driver.attach(dev, hwpt.domain, pasid === NO_PASID ? undefined : pasid);
+  if (pasid === NO_PASID) {
+    dev.driver.attach(dev, hwpt.domain, undefined);
+  } else {
+    // Devices without PASID support are skipped by the core's PASID
+    // validation and never see the PASID attach (6.15+ core behaviour).
+    if (dev.maxPasids > 0 && pasid >= dev.maxPasids) fail('EINVAL');
+    if (dev.maxPasids > 0) dev.driver.attach(dev, hwpt.domain, pasid);
+  }
   return { device: idev, pasid, hwpt };
 }
 
@@ -184,7 +190,8 @@ export function hwptDetach(idev: Device, pasid: number): Hwpt | null {
   idev.attachments.delete(pasid);
   const dev = idev.dev;
   try {
-    dev.driver.attach(dev, null, pasid === NO_PASID ? undefined : pasid);
+    if (pasid === NO_PASID) dev.driver.attach(dev, null, undefined);
+    else if (dev.maxPasids > 0) dev.driver.attach(dev, null, pasid);
   } catch (e) {
     if (!isErrno(e)) throw e; // attaching the blocked domain does not fail
   }
