@@ -14,14 +14,24 @@ import './core/main.js';
 import { iommufdMmap, MAP_SHARED, type MmapHandle } from './core/mmap.js';
 import { IommufdError } from './uapi/errno.js';
 
-/** A full decoded struct with every field zero, then `over` applied. */
+const templates = new WeakMap<StructDef, { base: Record<string, unknown>; arrays: string[] }>();
+
+/** A full decoded struct with every field zero (size = sizeof), then `over` applied. */
 export function zeroed<T extends StructDef>(s: T, over: Partial<Decoded<T>> = {}): Decoded<T> {
-  const out: Record<string, unknown> = {};
-  for (const [name, f] of Object.entries(s.fields)) {
-    const z = f.type === 'u64' ? 0n : 0;
-    out[name] = f.count ? new Array(f.count).fill(z) : z;
+  let t = templates.get(s);
+  if (!t) {
+    const base: Record<string, unknown> = {};
+    const arrays: string[] = [];
+    for (const [name, f] of Object.entries(s.fields)) {
+      const z = f.type === 'u64' ? 0n : 0;
+      base[name] = f.count ? new Array(f.count).fill(z) : z;
+      if (f.count) arrays.push(name);
+    }
+    base.size = structSize(s);
+    templates.set(s, (t = { base, arrays }));
   }
-  out.size = structSize(s);
+  const out: Record<string, unknown> = { ...t.base };
+  for (const a of t.arrays) out[a] = (t.base[a] as unknown[]).slice();
   return Object.assign(out, over) as Decoded<T>;
 }
 
