@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+// The iommufd-emu command line: run a program against a private emulator, serve
+// a shared one, print the environment, generate headers, run the demo.
+import { Command, Option } from 'commander';
+import * as path from 'node:path';
+import { Emulator } from '../core/emulator.js';
+import { PROFILES, type ProfileName } from '../uapi/profiles.js';
+import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT } from '../server/native.js';
+import { runProgram, shimEnv, traceWriter } from '../server/run.js';
+import { defaultSocketPath, IommufdServer, loadHandlers } from '../server/server.js';
+import { Tracer } from '../server/trace.js';
+
+const abiOption = () =>
+  new Option('--abi <profile>', 'ABI profile the emulator impersonates')
+    .choices(Object.keys(PROFILES))
+    .default('mainline');
+
+const program = new Command();
+program
+  .name('iommufd-emu')
+  .description('A user-space /dev/iommu (IOMMUFD) emulator: run unmodified programs against it')
+  .enablePositionalOptions();
+
+program
+  .command('run')
+  .description('run PROG with /dev/iommu routed to a private emulator; exits with PROG\'s status')
+  .addOption(abiOption())
+  .option('--trace [file]', 'print one decoded line per ioctl (to stderr, or append to FILE)')
+  .argument('<prog...>', 'program and its arguments (after --)')
+  .passThroughOptions()
+  .action(async (prog: string[], opts: { abi: ProfileName; trace?: boolean | string }) => {
+    await loadHandlers();
+    process.exitCode = await runProgram(prog, { profile: opts.abi, trace: opts.trace });
+  });
+
+program
+  .command('serve')
+  .description('serve /dev/iommu to every client of a socket (the shim connects via IOMMUFD_EMU_SOCKET)')
+  .option('--socket <path>', 'socket path', defaultSocketPath())
+  .addOption(abiOption())
+  .option('--trace [file]', 'print one decoded line per ioctl')
+  .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string }) => {
+    await loadHandlers();
+    const write = traceWriter(opts.trace);
+    const server = new IommufdServer({
+      socketPath: path.resolve(opts.socket),
+      emulator: new Emulator({ profile: opts.abi }),
+      tracer: write ? new Tracer(write) : undefined,
+    });
+    await server.listen();
+    process.stderr.write(`iommufd-emu: serving ABI ${opts.abi} on ${server.socketPath}\n`);
+    const stop = () => void server.close().then(() => process.exit(0));
+    process.on('SIGINT', stop);
+    process.on('SIGTERM', stop);
+  });
+
+program
+  .command('env')
+  .description('print the environment lines that route a program to a server (eval "$(iommufd-emu env)")')
+  .option('--socket <path>', 'socket path', defaultSocketPath())
+  .action((opts: { socket: string }) => {
+    const env = shimEnv(ensureShim(), path.resolve(opts.socket), undefined, {});
+    for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET']) process.stdout.write(`export ${k}='${env[k]}'\n`);
+  });
+
+program
+  .command('build-shim')
+  .description('build the LD_PRELOAD shim (if needed) and print its path')
+  .action(() => {
+    process.stdout.write(`${ensureShim()}\n`);
+  });
+
+program
+  .command('headers')
+  .description('write C headers (linux/iommufd.h, iommufd_test.h) generated for a profile into DIR')
+  .addOption(abiOption())
+  .argument('<dir>')
+  .action(async (dir: string, opts: { abi: ProfileName }) => {
+    const { writeHeaders } = await import('../uapi/cheader.js');
+    const r = writeHeaders(path.resolve(dir), opts.abi);
+    process.stdout.write(`${r.iommufd}\n${r.test}\n`);
+  });
+
+program
+  .command('demo')
+  .description('build examples/demo.c and run it with --trace')
+  .addOption(abiOption())
+  .action(async (opts: { abi: ProfileName }) => {
+    await loadHandlers();
+    const exe = await buildDemo(opts.abi);
+    process.stderr.write(`iommufd-emu demo: running ${path.relative(process.cwd(), exe) || exe} (ABI ${opts.abi})\n`);
+    process.exitCode = await runProgram([exe], { profile: opts.abi, trace: true });
+  });
+
+/** Build the demo against C headers generated from the uAPI table for `profile`. */
+async function buildDemo(profile: ProfileName): Promise<string> {
+  const { writeHeaders } = await import('../uapi/cheader.js');
+  const inc = path.join(cacheDir(), 'include', profile);
+  writeHeaders(inc, profile);
+  const src = path.join(PACKAGE_ROOT, 'examples', 'demo.c');
+  return buildProgram([src], { includeDirs: [inc], cflags: ['-isystem', inc], name: `iommufd-demo-${profile}` });
+}
+
+program.parseAsync(process.argv).catch((e: Error) => {
+  process.stderr.write(`iommufd-emu: ${e.message}\n`);
+  process.exit(2);
+});

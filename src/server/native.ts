@@ -1,0 +1,87 @@
+// Building the C side with the system compiler: the LD_PRELOAD shim (into a
+// cache directory, rebuilt when native/shim.c changes) and small C programs
+// (the demo, test helpers). Nothing prebuilt is shipped.
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+/** The package root (holds native/ and examples/), from dist/server/ or src/server/. */
+export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+export const SHIM_SOURCE = path.join(PACKAGE_ROOT, 'native', 'shim.c');
+
+export function cacheDir(): string {
+  const base = process.env.XDG_CACHE_HOME || (os.homedir() ? path.join(os.homedir(), '.cache') : os.tmpdir());
+  const dir = path.join(base, 'iommufd-emu');
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    fs.accessSync(dir, fs.constants.W_OK);
+    return dir;
+  } catch {
+    const t = path.join(os.tmpdir(), `iommufd-emu-cache-${process.getuid?.() ?? 0}`);
+    fs.mkdirSync(t, { recursive: true, mode: 0o700 });
+    return t;
+  }
+}
+
+/** The C compiler to use ($CC or cc), or null if there is none. */
+export function findCompiler(): string | null {
+  const cc = process.env.CC || 'cc';
+  const r = spawnSync(cc, ['--version'], { stdio: 'ignore' });
+  return r.status === 0 ? cc : null;
+}
+
+function digest(files: string[], extra: string): string {
+  const h = createHash('sha256');
+  for (const f of files) h.update(fs.readFileSync(f));
+  h.update(extra);
+  return h.digest('hex').slice(0, 16);
+}
+
+/** Compile into `out` atomically (temp file + rename), so concurrent builders never see half a file. */
+function compile(cc: string, args: string[], out: string): void {
+  const tmp = `${out}.${process.pid}.tmp`;
+  try {
+    execFileSync(cc, [...args, '-o', tmp], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    const stderr = (e as { stderr?: Buffer }).stderr?.toString() ?? '';
+    try {
+      fs.unlinkSync(tmp);
+    } catch { /* none */ }
+    throw new Error(`${cc} ${args.join(' ')} failed:\n${stderr}`);
+  }
+  fs.renameSync(tmp, out);
+}
+
+/** Path of the shim library, building it when missing or outdated. */
+export function ensureShim(): string {
+  const cc = findCompiler();
+  const key = digest([SHIM_SOURCE], cc ?? '');
+  const out = path.join(cacheDir(), `libiommufd-emu-${key}.so`);
+  if (fs.existsSync(out)) return out;
+  if (!cc) throw new Error('no C compiler found (install gcc or set CC): the LD_PRELOAD shim is built from native/shim.c');
+  compile(cc, ['-shared', '-fPIC', '-O2', SHIM_SOURCE, '-ldl', '-lpthread'], out);
+  return out;
+}
+
+/** Build a C program (cached by content); returns the executable's path. */
+export function buildProgram(sources: string[], opts: { includeDirs?: string[]; cflags?: string[]; name?: string } = {}): string {
+  const cc = findCompiler();
+  if (!cc) throw new Error('no C compiler found (install gcc or set CC)');
+  const inc = (opts.includeDirs ?? []).flatMap((d) => ['-I', d]);
+  const flags = [...(opts.cflags ?? []), ...inc];
+  const headers = (opts.includeDirs ?? []).flatMap((d) => {
+    try {
+      return fs.readdirSync(d, { recursive: true }).map(String).filter((f) => f.endsWith('.h')).map((f) => path.join(d, f));
+    } catch {
+      return [];
+    }
+  });
+  const key = digest([...sources, ...headers], cc + flags.join(' '));
+  const out = path.join(cacheDir(), `${opts.name ?? path.basename(sources[0]!, '.c')}-${key}`);
+  if (fs.existsSync(out)) return out;
+  compile(cc, ['-O2', '-Wall', ...flags, ...sources, '-lpthread'], out);
+  return out;
+}

@@ -1,0 +1,394 @@
+// User memory of a real client process, reached through /proc/<pid>/mem, and
+// the server's physical-page model (spec 05 §4): shared memory is identified by
+// the memfd the shim turned it into (object, page index), private memory by
+// (pid, page VA). Each identity gets a stable synthetic pfn; hugetlb memory gets
+// 512-aligned contiguous runs marked compound.
+import * as fs from 'node:fs';
+import { fail } from '../uapi/errno.js';
+import { HPAGE_SIZE, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from '../core/usermem.js';
+
+const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
+/** fs positions are JS numbers: exact up to 2^53, beyond every user address. */
+const POS_MAX = 1n << 53n;
+const PAGE = BigInt(PAGE_SIZE);
+const HPAGE = BigInt(HPAGE_SIZE);
+
+/** Synthetic page frame numbers, never reused. */
+export class PfnAllocator {
+  private next = 0x100000;
+  one(): number {
+    return this.next++;
+  }
+  /** A naturally aligned run of 512 pfns (one 2 MiB page). */
+  huge(): number {
+    this.next = Math.ceil(this.next / PAGES_PER_HUGE) * PAGES_PER_HUGE;
+    const base = this.next;
+    this.next += PAGES_PER_HUGE;
+    return base;
+  }
+}
+
+/** A page of private memory: (pid, VA). Content lives in the process while it is alive. */
+class PrivatePage implements PhysPage {
+  pins = 0;
+  /** Last content seen, used once the process is gone. */
+  private snapshot: Uint8Array | null = null;
+  constructor(readonly pfn: number, readonly compound: boolean, private readonly mem: ProcMemory, private readonly va: bigint) {}
+  read(offset: number, length: number): Uint8Array {
+    if (this.mem.process.alive) {
+      try {
+        const d = this.mem.read(this.va + BigInt(offset), length);
+        return d;
+      } catch { /* fall through */ }
+    }
+    return this.snapshot ? this.snapshot.slice(offset, offset + length) : new Uint8Array(length);
+  }
+  write(offset: number, data: Uint8Array): void {
+    if (this.mem.process.alive) {
+      try {
+        this.mem.write(this.va + BigInt(offset), data);
+        return;
+      } catch { /* fall through */ }
+    }
+    (this.snapshot ??= new Uint8Array(PAGE_SIZE)).set(data, offset);
+  }
+}
+
+/** A page of a shared object (memfd): content in the file the server keeps open. */
+class SharedPage implements PhysPage {
+  pins = 0;
+  constructor(readonly pfn: number, readonly compound: boolean, private readonly obj: SharedObject, private readonly index: number) {}
+  read(offset: number, length: number): Uint8Array {
+    return this.obj.readAt(BigInt(this.index) * PAGE + BigInt(offset), length);
+  }
+  write(offset: number, data: Uint8Array): void {
+    this.obj.writeAt(BigInt(this.index) * PAGE + BigInt(offset), data);
+  }
+}
+
+/** A memfd (or other shared file) the server holds open: data outlives every mapping. */
+export class SharedObject implements FileBacking {
+  private readonly pages = new Map<number, SharedPage>();
+  /** Mappings (process regions) using it. */
+  mappings = 0;
+  closed = false;
+  constructor(readonly key: string, readonly fd: number, readonly huge: boolean, readonly pinnable: boolean,
+    private readonly pfns: PfnAllocator, private readonly registry: PageRegistry) {}
+
+  get size(): bigint {
+    try {
+      return BigInt(fs.fstatSync(this.fd).size);
+    } catch {
+      return 0n;
+    }
+  }
+
+  page(index: number): SharedPage {
+    let p = this.pages.get(index);
+    if (p) return p;
+    if (this.huge) {
+      const first = index - (index % PAGES_PER_HUGE);
+      const base = this.pfns.huge();
+      for (let i = 0; i < PAGES_PER_HUGE; i++) this.pages.set(first + i, new SharedPage(base + i, true, this, first + i));
+      p = this.pages.get(index)!;
+    } else {
+      p = new SharedPage(this.pfns.one(), false, this, index);
+      this.pages.set(index, p);
+    }
+    return p;
+  }
+
+  getPages(index: number, npages: number): PhysPage[] {
+    const size = this.size;
+    if (BigInt(index + npages) * PAGE > size + PAGE - 1n) fail('EFAULT');
+    const out: PhysPage[] = [];
+    for (let i = 0; i < npages; i++) out.push(this.page(index + i));
+    return out;
+  }
+
+  readAt(pos: bigint, length: number): Uint8Array {
+    const buf = new Uint8Array(length);
+    if (this.closed) return buf;
+    try {
+      let done = 0;
+      while (done < length) {
+        const n = fs.readSync(this.fd, buf, done, length - done, Number(pos) + done);
+        if (n <= 0) break;
+        done += n;
+      }
+    } catch { /* unreadable: zeros */ }
+    return buf;
+  }
+
+  writeAt(pos: bigint, data: Uint8Array): void {
+    if (this.closed) return;
+    // hugetlbfs has no write(2): go through a live process mapping it.
+    if (this.huge) {
+      if (this.registry.writeViaMapping(this, pos, data)) return;
+      return;
+    }
+    try {
+      let done = 0;
+      while (done < data.length) done += fs.writeSync(this.fd, data, done, data.length - done, Number(pos) + done);
+    } catch { /* ignore */ }
+  }
+
+  /** Still needed: mapped somewhere, or a page pinned. */
+  get busy(): boolean {
+    if (this.mappings > 0) return true;
+    for (const p of this.pages.values()) if (p.pins > 0) return true;
+    return false;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd);
+    } catch { /* ignore */ }
+  }
+}
+
+interface Region {
+  start: bigint;
+  end: bigint;
+  obj: SharedObject;
+  /** File offset of `start`. */
+  off: bigint;
+}
+
+interface Vma {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  path: string;
+}
+
+/** Every shared object and private page identity the server knows. */
+export class PageRegistry {
+  readonly pfns = new PfnAllocator();
+  private readonly objects = new Map<string, SharedObject>();
+  readonly procs = new Set<ProcMemory>();
+
+  /** Open `/proc/<pid>/fd/<fd>` and return the shared object it is (deduplicated by device+inode). */
+  openShared(pid: number, fd: number, huge: boolean): SharedObject {
+    const path = `/proc/${pid}/fd/${fd}`;
+    let f: number;
+    try {
+      f = fs.openSync(path, 'r+');
+    } catch {
+      try {
+        f = fs.openSync(path, 'r');
+      } catch {
+        fail('EBADF');
+      }
+    }
+    const st = fs.fstatSync(f, { bigint: true });
+    const key = `${st.dev}:${st.ino}`;
+    const known = this.objects.get(key);
+    if (known && !known.closed) {
+      fs.closeSync(f);
+      return known;
+    }
+    let link = '';
+    try {
+      link = fs.readlinkSync(path);
+    } catch { /* ignore */ }
+    const isMemfd = link.startsWith('/memfd:');
+    const obj = new SharedObject(key, f, huge || link.includes('hugetlb'), isMemfd, this.pfns, this);
+    this.objects.set(key, obj);
+    return obj;
+  }
+
+  /** Close shared objects nobody maps and nothing pins. */
+  collect(): void {
+    for (const [k, o] of this.objects) {
+      if (!o.busy) {
+        o.close();
+        this.objects.delete(k);
+      }
+    }
+  }
+
+  writeViaMapping(obj: SharedObject, pos: bigint, data: Uint8Array): boolean {
+    for (const pm of this.procs) {
+      if (!pm.process.alive) continue;
+      const va = pm.vaOf(obj, pos, data.length);
+      if (va === null) continue;
+      try {
+        pm.write(va, data);
+        return true;
+      } catch { /* try next */ }
+    }
+    return false;
+  }
+}
+
+function parseMaps(text: string): Vma[] {
+  const out: Vma[] = [];
+  for (const line of text.split('\n')) {
+    if (!line) continue;
+    const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({ start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), perms: m[3]!, path: m[4] ?? '' });
+  }
+  return out;
+}
+
+/** UserMemory of a live client process (one process image: a new one after exec). */
+export class ProcMemory implements UserMemory {
+  private fd: number;
+  private readonly regions: Region[] = [];
+  private readonly privatePages = new Map<bigint, PrivatePage>();
+
+  constructor(readonly process: ProcessInfo, private readonly registry: PageRegistry) {
+    this.fd = fs.openSync(`/proc/${process.pid}/mem`, 'r+');
+    registry.procs.add(this);
+  }
+
+  get pid(): number {
+    return this.process.pid;
+  }
+
+  read(addr: bigint, length: number): Uint8Array {
+    const buf = new Uint8Array(length);
+    if (length === 0) return buf;
+    if (addr < 0n || addr + BigInt(length) > POS_MAX || this.fd < 0) fail('EFAULT');
+    let done = 0;
+    try {
+      while (done < length) {
+        const n = fs.readSync(this.fd, buf, done, length - done, Number(addr) + done);
+        if (n <= 0) break;
+        done += n;
+      }
+    } catch {
+      /* EIO: unmapped */
+    }
+    if (done !== length) fail('EFAULT');
+    return buf;
+  }
+
+  write(addr: bigint, data: Uint8Array): void {
+    if (data.length === 0) return;
+    if (addr < 0n || addr + BigInt(data.length) > POS_MAX || this.fd < 0) fail('EFAULT');
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const n = fs.writeSync(this.fd, data, done, data.length - done, Number(addr) + done);
+        if (n <= 0) break;
+        done += n;
+      }
+    } catch {
+      /* unmapped */
+    }
+    if (done !== data.length) fail('EFAULT');
+  }
+
+  private maps(): Vma[] {
+    try {
+      return parseMaps(fs.readFileSync(`/proc/${this.pid}/maps`, 'utf8'));
+    } catch {
+      return [];
+    }
+  }
+
+  getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
+    if (!this.process.alive) fail('EFAULT');
+    const vmas = this.maps();
+    if (vmas.length === 0) fail('EFAULT'); // gone (zombie or reaped)
+    const out: PhysPage[] = [];
+    let vi = 0;
+    for (let i = 0; i < npages; i++) {
+      const va = addr + BigInt(i) * PAGE;
+      while (vi < vmas.length && vmas[vi]!.end <= va) vi++;
+      const v = vmas[vi];
+      if (!v || v.start > va) fail('EFAULT');
+      if (v.perms[0] !== 'r' || (write && v.perms[1] !== 'w')) fail('EFAULT');
+      const r = this.regionAt(va);
+      if (r) {
+        out.push(r.obj.page(Number((va - r.start + r.off) / PAGE)));
+        continue;
+      }
+      out.push(this.privatePage(va, v.path.includes('anon_hugepage') || v.path.includes('hugetlb')));
+    }
+    return out;
+  }
+
+  private privatePage(va: bigint, huge: boolean): PrivatePage {
+    let p = this.privatePages.get(va);
+    if (p) return p;
+    if (huge) {
+      const base = va - (va % HPAGE);
+      const pfn = this.registry.pfns.huge();
+      for (let i = 0; i < PAGES_PER_HUGE; i++) {
+        const a = base + BigInt(i) * PAGE;
+        if (!this.privatePages.has(a)) this.privatePages.set(a, new PrivatePage(pfn + i, true, this, a));
+      }
+      return this.privatePages.get(va)!;
+    }
+    p = new PrivatePage(this.registry.pfns.one(), false, this, va);
+    this.privatePages.set(va, p);
+    return p;
+  }
+
+  getFile(fd: number): FileBacking {
+    if (fd < 0) fail('EBADF');
+    const obj = this.registry.openShared(this.pid, fd, false);
+    obj.mappings++; // held for the IOAS's lifetime (never collected)
+    return obj;
+  }
+
+  // ---- shared regions (the shim's memfd-backed MAP_SHARED mappings) ----------
+
+  private regionAt(va: bigint): Region | undefined {
+    for (const r of this.regions) if (r.start <= va && va < r.end) return r;
+    return undefined;
+  }
+
+  vaOf(obj: SharedObject, pos: bigint, length: number): bigint | null {
+    for (const r of this.regions) {
+      if (r.obj !== obj) continue;
+      const va = r.start + (pos - r.off);
+      if (va >= r.start && va + BigInt(length) <= r.end) return va;
+    }
+    return null;
+  }
+
+  addRegion(start: bigint, length: bigint, obj: SharedObject, off = 0n): void {
+    this.removeRange(start, length);
+    this.regions.push({ start, end: start + length, obj, off });
+    obj.mappings++;
+  }
+
+  /** munmap: drop (or trim) regions overlapping [start, start+length). */
+  removeRange(start: bigint, length: bigint): void {
+    const end = start + length;
+    for (let i = this.regions.length - 1; i >= 0; i--) {
+      const r = this.regions[i]!;
+      if (r.end <= start || r.start >= end) continue;
+      this.regions.splice(i, 1);
+      r.obj.mappings--;
+      if (r.start < start) this.regions.push({ ...r, end: start }), r.obj.mappings++;
+      if (r.end > end) this.regions.push({ ...r, start: end, off: r.off + (end - r.start) }), r.obj.mappings++;
+    }
+    for (const va of [...this.privatePages.keys()]) {
+      if (va >= start && va < end && this.privatePages.get(va)!.pins === 0) this.privatePages.delete(va);
+    }
+  }
+
+  /** The process image is gone (exit or exec): pinned pages stay, the rest is dropped. */
+  exit(): void {
+    this.process.alive = false;
+    for (const r of this.regions) r.obj.mappings--;
+    this.regions.length = 0;
+    for (const [va, p] of this.privatePages) if (p.pins === 0) this.privatePages.delete(va);
+    this.registry.procs.delete(this);
+    if (this.fd >= 0) {
+      try {
+        fs.closeSync(this.fd);
+      } catch { /* ignore */ }
+      this.fd = -1;
+    }
+    this.registry.collect();
+  }
+}

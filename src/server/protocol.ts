@@ -1,0 +1,69 @@
+// Wire protocol between the LD_PRELOAD shim (native/shim.c) and the server.
+// Every frame, both directions, starts with a u32 total length (header
+// included); requests then carry a u32 type. All integers little-endian. The
+// layouts below are mirrored by native/shim.c (keep the two in step).
+//
+// Connection kinds (decided by the first frame):
+//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP   (one per process image)
+//   anchor   OPEN, nothing else                                  (one per open("/dev/iommu"): the fd)
+//   event    EVPREP, nothing else                                (one per fd an ioctl returns)
+// The anchor and event sockets ARE the client's fds, so dup/fork/exit/close
+// semantics come from the kernel; the server sees EOF when the last holder is gone.
+
+export const T_HELLO = 1;
+export const T_OPEN = 2;
+export const T_IOCTL = 3;
+export const T_SYNC = 4;
+export const T_REGION = 5;
+export const T_UNMAP = 6;
+export const T_EVPREP = 7;
+export const T_FILEOP = 8;
+
+/** Exact request sizes (header included). */
+export const REQ_SIZE: Record<number, number> = {
+  // len type pid ppid uid caps memlock(u64)
+  [T_HELLO]: 8 + 4 * 4 + 8,
+  // len type pid tid failnth pad
+  [T_OPEN]: 8 + 4 * 4,
+  // len type token pid tid request arg(u64) failnth evfd evtoken pad memlock(u64)
+  [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8,
+  [T_SYNC]: 8,
+  // len type va len off memfd flags
+  [T_REGION]: 8 + 8 + 8 + 8 + 4 + 4,
+  // len type va len
+  [T_UNMAP]: 8 + 8 + 8,
+  // len type ino(u64)
+  [T_EVPREP]: 8 + 8,
+  // len type evtoken op buf count pos failnth pad
+  [T_FILEOP]: 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4,
+};
+
+/** Reply sizes (u32 length first). */
+export const REP_SIZE = {
+  status: 8, // len, s32 status
+  open: 16, // len, s32 err, u32 token, s32 failnth
+  ioctl: 24, // len, pad, s64 ret, s32 failnth, u32 evUsed
+  evprep: 8, // len, u32 token
+  fileop: 24, // len, pad, s64 ret, s32 failnth, u32 drain
+} as const;
+
+export const REGION_HUGE = 1;
+export const FILEOP_READ = 0;
+export const FILEOP_WRITE = 1;
+
+export const CAP_BIT = { SYS_RESOURCE: 1, IPC_LOCK: 2, SYS_RAWIO: 4 } as const;
+
+/** Largest frame a peer may announce; anything else is malformed. */
+export const MAX_FRAME = 4096;
+
+export const NAMES: Record<number, string> = {
+  [T_HELLO]: 'HELLO', [T_OPEN]: 'OPEN', [T_IOCTL]: 'IOCTL', [T_SYNC]: 'SYNC', [T_REGION]: 'REGION',
+  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP',
+};
+
+export function statusReply(status: number): Buffer {
+  const b = Buffer.alloc(REP_SIZE.status);
+  b.writeUInt32LE(b.length, 0);
+  b.writeInt32LE(status, 4);
+  return b;
+}

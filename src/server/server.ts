@@ -1,0 +1,529 @@
+// The socket server: one process serving many shim clients (see protocol.ts).
+// Each open("/dev/iommu") in a client is one IommufdCtx whose lifetime is its
+// anchor connection; ioctls arrive on the calling process's control connection
+// and reach memory through /proc/<pid>/mem (procmem.ts). Handlers run
+// synchronously, so one frame is one complete kernel call.
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as path from 'node:path';
+import type { IommufdCtx } from '../core/context.js';
+import { Emulator } from '../core/emulator.js';
+import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
+import type { ProcessInfo } from '../core/usermem.js';
+import { fail, isErrno, ERRNO } from '../uapi/errno.js';
+import type { ProfileName } from '../uapi/profiles.js';
+import { PageRegistry, ProcMemory } from './procmem.js';
+import * as P from './protocol.js';
+
+export interface ServerOptions {
+  socketPath: string;
+  profile?: ProfileName;
+  /** Use this emulator instead of making one (tests). */
+  emulator?: Emulator;
+  /** Diagnostics (malformed frames, emulator bugs). Default: stderr. */
+  log?: (msg: string) => void;
+  /** Called around every forwarded ioctl (the CLI's --trace). */
+  tracer?: IoctlTracer;
+}
+
+export interface IoctlTracer {
+  /** Before the handler runs; the returned value is handed to after(). */
+  before(ctx: IommufdCtx, request: number, arg: bigint, mem: ProcMemory): unknown;
+  after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void;
+}
+
+const U64_MAX = (1n << 64n) - 1n;
+
+type ConnKind = 'new' | 'control' | 'anchor' | 'event';
+
+interface ProcState {
+  pid: number;
+  conn: Conn;
+  mem: ProcMemory;
+}
+
+interface CtxEntry {
+  token: number;
+  ctx: IommufdCtx;
+  conn: Conn;
+}
+
+interface EventBinding {
+  token: number;
+  ino: bigint;
+  conn: Conn;
+  file: IommufdFile | null;
+  /** The file's reference was dropped (fd closed everywhere, or rolled back). */
+  released: boolean;
+  /** One readiness byte is sitting in the client's socket buffer. */
+  signalled: boolean;
+}
+
+let connSeq = 0;
+
+class Conn {
+  readonly id = ++connSeq;
+  kind: ConnKind = 'new';
+  pid = 0;
+  private pending: Buffer | null = null;
+  private ended = false;
+  onEnd: (() => void) | null = null;
+
+  constructor(readonly server: IommufdServer, readonly socket: net.Socket) {
+    socket.on('data', (d: Buffer) => this.onData(d));
+    socket.on('end', () => this.finish(null));
+    socket.on('error', () => this.finish(null));
+    socket.on('close', () => this.finish(null));
+  }
+
+  send(b: Buffer): void {
+    if (!this.socket.destroyed) this.socket.write(b);
+  }
+
+  /** Close this connection only, with a logged reason. */
+  reject(reason: string): void {
+    this.server.log(`connection ${this.id} (${this.kind}${this.pid ? `, pid ${this.pid}` : ''}): ${reason}; closing it`);
+    this.finish(reason);
+    this.socket.destroy();
+  }
+
+  private finish(reason: string | null): void {
+    if (this.ended) return;
+    this.ended = true;
+    if (reason === null && this.pending && this.pending.length > 0) {
+      this.server.log(`connection ${this.id} (${this.kind}): truncated frame (${this.pending.length} bytes) at EOF`);
+    }
+    this.pending = null;
+    const cb = this.onEnd;
+    this.onEnd = null;
+    try {
+      cb?.();
+    } catch (e) {
+      this.server.log(`connection ${this.id}: teardown failed: ${(e as Error).stack ?? e}`);
+    }
+  }
+
+  private onData(d: Buffer): void {
+    if (this.ended) return;
+    let buf = this.pending && this.pending.length ? Buffer.concat([this.pending, d]) : d;
+    let off = 0;
+    while (buf.length - off >= 8) {
+      const len = buf.readUInt32LE(off);
+      const type = buf.readUInt32LE(off + 4);
+      if (len < 8 || len > P.MAX_FRAME) return this.reject(`malformed frame: length ${len}`);
+      const want = P.REQ_SIZE[type];
+      if (want === undefined) return this.reject(`malformed frame: unknown type ${type}`);
+      if (len !== want) return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes (expected ${want})`);
+      if (buf.length - off < len) break;
+      const frame = buf.subarray(off, off + len);
+      off += len;
+      try {
+        this.server.handle(this, type, frame);
+      } catch (e) {
+        this.server.log(`connection ${this.id}: internal error: ${(e as Error).stack ?? e}`);
+        return this.reject('internal error');
+      }
+      if (this.ended) return;
+    }
+    this.pending = off < buf.length ? Buffer.from(buf.subarray(off)) : null;
+  }
+}
+
+/** The FdTable of one call: install() hands out the event fd the shim prepared. */
+class CallFdTable implements FdTable {
+  installed = false;
+  constructor(private readonly server: IommufdServer, private readonly pid: number,
+    private readonly evfd: number, private readonly evtoken: number) {}
+
+  install(file: IommufdFile): number {
+    const b = this.server.events.get(this.evtoken);
+    if (this.installed || this.evfd < 0 || !b || b.file || b.released) fail('ENOMEM', 'no event fd prepared by the shim');
+    this.server.bindFile(b, file);
+    this.installed = true;
+    return this.evfd;
+  }
+
+  lookup(fd: number): IommufdFile | undefined {
+    if (this.installed && fd === this.evfd) return this.server.events.get(this.evtoken)?.file ?? undefined;
+    const b = this.server.bindingOfFd(this.pid, fd);
+    return b && !b.released ? b.file ?? undefined : undefined;
+  }
+
+  close(fd: number): void {
+    let b: EventBinding | undefined;
+    if (this.installed && fd === this.evfd) {
+      b = this.server.events.get(this.evtoken);
+      this.installed = false;
+    } else {
+      b = this.server.bindingOfFd(this.pid, fd);
+    }
+    if (!b || !b.file || b.released) fail('EBADF');
+    this.server.releaseBinding(b);
+  }
+}
+
+export class IommufdServer {
+  readonly emu: Emulator;
+  readonly registry = new PageRegistry();
+  readonly procs = new Map<number, ProcState>();
+  readonly ctxs = new Map<number, CtxEntry>();
+  readonly events = new Map<number, EventBinding>();
+  private readonly eventsByIno = new Map<bigint, EventBinding>();
+  private readonly conns = new Set<Conn>();
+  private nextToken = 1;
+  private netServer: net.Server | null = null;
+  readonly socketPath: string;
+  readonly log: (msg: string) => void;
+  tracer: IoctlTracer | undefined;
+
+  constructor(opts: ServerOptions) {
+    this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
+    this.socketPath = opts.socketPath;
+    this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
+    this.tracer = opts.tracer;
+  }
+
+  /** Listen on the socket path (mode 0600; a stale socket file is replaced). */
+  async listen(): Promise<void> {
+    fs.mkdirSync(path.dirname(this.socketPath), { recursive: true, mode: 0o700 });
+    try {
+      if (fs.statSync(this.socketPath).isSocket()) fs.unlinkSync(this.socketPath);
+    } catch { /* absent */ }
+    const srv = net.createServer({ allowHalfOpen: false }, (s) => {
+      const c = new Conn(this, s);
+      this.conns.add(c);
+      s.on('close', () => this.conns.delete(c));
+    });
+    this.netServer = srv;
+    const oldMask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(this.socketPath, () => resolve());
+      });
+    } finally {
+      process.umask(oldMask);
+    }
+    fs.chmodSync(this.socketPath, 0o600);
+  }
+
+  /** Stop listening and drop every connection (contexts are torn down). */
+  async close(): Promise<void> {
+    for (const c of [...this.conns]) c.socket.destroy();
+    await new Promise<void>((r) => (this.netServer ? this.netServer.close(() => r()) : r()));
+    try {
+      fs.unlinkSync(this.socketPath);
+    } catch { /* gone */ }
+  }
+
+  /** Number of live contexts (tests). */
+  get liveContexts(): number {
+    return this.ctxs.size;
+  }
+
+  // ---- frames -------------------------------------------------------------------
+
+  handle(c: Conn, type: number, f: Buffer): void {
+    if (c.kind === 'new') {
+      if (type === P.T_HELLO) return this.hello(c, f);
+      if (type === P.T_OPEN) return this.open(c, f);
+      if (type === P.T_EVPREP) return this.evprep(c, f);
+      return c.reject(`${P.NAMES[type]} before HELLO/OPEN/EVPREP`);
+    }
+    if (c.kind !== 'control') return c.reject(`unexpected ${P.NAMES[type]} on ${c.kind} connection`);
+    switch (type) {
+      case P.T_IOCTL: return this.ioctl(c, f);
+      case P.T_SYNC: return this.sync(c);
+      case P.T_REGION: return this.region(c, f);
+      case P.T_UNMAP: return this.unmap(c, f);
+      case P.T_FILEOP: return this.fileop(c, f);
+      default: return c.reject(`unexpected ${P.NAMES[type]} on control connection`);
+    }
+  }
+
+  private hello(c: Conn, f: Buffer): void {
+    const pid = f.readUInt32LE(8);
+    const uid = f.readUInt32LE(16);
+    const caps = f.readUInt32LE(20);
+    const memlock = f.readBigUInt64LE(24);
+    const info: ProcessInfo = {
+      pid, uid,
+      capSysResource: !!(caps & P.CAP_BIT.SYS_RESOURCE),
+      capIpcLock: !!(caps & P.CAP_BIT.IPC_LOCK),
+      capSysRawio: !!(caps & P.CAP_BIT.SYS_RAWIO),
+      memlockLimit: memlock === U64_MAX ? Infinity : Number(memlock),
+      lockedPages: 0,
+      alive: true,
+    };
+    let mem: ProcMemory;
+    try {
+      mem = new ProcMemory(info, this.registry);
+    } catch (e) {
+      c.send(P.statusReply(-ERRNO.EPERM));
+      return c.reject(`cannot open /proc/${pid}/mem: ${(e as Error).message}`);
+    }
+    c.kind = 'control';
+    c.pid = pid;
+    const old = this.procs.get(pid);
+    if (old) old.mem.exit(); // exec: the previous image is gone
+    const st: ProcState = { pid, conn: c, mem };
+    this.procs.set(pid, st);
+    c.onEnd = () => {
+      if (this.procs.get(pid) === st) this.procs.delete(pid);
+      mem.exit();
+    };
+    c.send(P.statusReply(0));
+  }
+
+  private open(c: Conn, f: Buffer): void {
+    const pid = f.readUInt32LE(8);
+    const failnth = f.readInt32LE(16);
+    const reply = Buffer.alloc(P.REP_SIZE.open);
+    reply.writeUInt32LE(reply.length, 0);
+    const st = this.procs.get(pid);
+    if (!st) {
+      reply.writeInt32LE(-ERRNO.ENXIO, 4);
+      c.send(reply);
+      return c.reject(`OPEN from pid ${pid} without a control connection`);
+    }
+    c.pid = pid;
+    let ctx: IommufdCtx | null = null;
+    let err = 0;
+    this.emu.failNth = failnth > 0 ? failnth : 0;
+    try {
+      ctx = this.emu.open(st.mem);
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      err = -e.errno;
+    } finally {
+      reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 12);
+      this.emu.failNth = 0;
+    }
+    if (!ctx) {
+      reply.writeInt32LE(err, 4);
+      c.send(reply);
+      c.kind = 'anchor';
+      return;
+    }
+    const token = this.nextToken++;
+    const entry: CtxEntry = { token, ctx, conn: c };
+    this.ctxs.set(token, entry);
+    c.kind = 'anchor';
+    c.onEnd = () => {
+      this.ctxs.delete(token);
+      ctx!.put();
+    };
+    reply.writeUInt32LE(token, 8);
+    c.send(reply);
+  }
+
+  private evprep(c: Conn, f: Buffer): void {
+    const ino = f.readBigUInt64LE(8);
+    const token = this.nextToken++;
+    const b: EventBinding = { token, ino, conn: c, file: null, released: false, signalled: false };
+    this.events.set(token, b);
+    if (ino) this.eventsByIno.set(ino, b);
+    c.kind = 'event';
+    c.onEnd = () => {
+      this.events.delete(token);
+      if (this.eventsByIno.get(ino) === b) this.eventsByIno.delete(ino);
+      if (b.file && !b.released) this.releaseBinding(b);
+    };
+    const r = Buffer.alloc(P.REP_SIZE.evprep);
+    r.writeUInt32LE(r.length, 0);
+    r.writeUInt32LE(token, 4);
+    c.send(r);
+  }
+
+  bindFile(b: EventBinding, file: IommufdFile): void {
+    b.file = file;
+    file.onReadiness = () => this.signal(b);
+  }
+
+  releaseBinding(b: EventBinding): void {
+    if (b.released) return;
+    b.released = true;
+    const f = b.file;
+    if (f) {
+      f.onReadiness = undefined;
+      f.release();
+    }
+  }
+
+  /** The event binding behind the client's fd `fd` (socket inode via /proc). */
+  bindingOfFd(pid: number, fd: number): EventBinding | undefined {
+    if (fd < 0) return undefined;
+    let link: string;
+    try {
+      link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+    } catch {
+      return undefined;
+    }
+    const m = /^socket:\[(\d+)\]$/.exec(link);
+    return m ? this.eventsByIno.get(BigInt(m[1]!)) : undefined;
+  }
+
+  /** Put one readiness byte in the client's socket while the file is readable. */
+  private signal(b: EventBinding): void {
+    if (!b.file || b.released || b.signalled) return;
+    if (b.file.poll() & POLLIN) {
+      b.signalled = true;
+      b.conn.send(Buffer.from([1]));
+    }
+  }
+
+  private ioctl(c: Conn, f: Buffer): void {
+    const token = f.readUInt32LE(8);
+    const pid = f.readUInt32LE(12);
+    const tid = f.readUInt32LE(16);
+    const request = f.readUInt32LE(20);
+    const arg = f.readBigUInt64LE(24);
+    const failnth = f.readInt32LE(32);
+    const evfd = f.readInt32LE(36);
+    const evtoken = f.readUInt32LE(40);
+    const memlock = f.readBigUInt64LE(48);
+    const st = this.procs.get(c.pid);
+    const reply = Buffer.alloc(P.REP_SIZE.ioctl);
+    reply.writeUInt32LE(reply.length, 0);
+    const entry = this.ctxs.get(token);
+    let ret: number;
+    let fdt: CallFdTable | null = null;
+    if (!st || st.conn !== c) {
+      ret = -ERRNO.EBADF;
+    } else if (!entry) {
+      ret = -ERRNO.EBADF;
+    } else {
+      st.mem.process.memlockLimit = memlock === U64_MAX ? Infinity : Number(memlock);
+      fdt = new CallFdTable(this, pid, evfd, evtoken);
+      const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
+      this.emu.failNth = failnth > 0 ? failnth : 0;
+      try {
+        ret = entry.ctx.ioctl(request, arg, { mem: st.mem, fds: fdt });
+      } catch (e) {
+        if (isErrno(e)) ret = -e.errno;
+        else {
+          this.log(`ioctl 0x${request.toString(16)} from pid ${pid}: emulator bug: ${(e as Error).stack ?? e}`);
+          ret = -ERRNO.EIO;
+        }
+      } finally {
+        reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 16);
+        this.emu.failNth = 0;
+      }
+      if (this.tracer) {
+        try {
+          this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
+        } catch (e) {
+          this.log(`trace failed: ${(e as Error).message}`);
+        }
+      }
+    }
+    if (ret! < 0 && fdt?.installed) {
+      // The handler installed the fd and then failed without closing it: roll back.
+      const b = this.events.get(evtoken);
+      if (b) this.releaseBinding(b);
+      fdt.installed = false;
+    }
+    reply.writeBigInt64LE(BigInt(ret!), 8);
+    reply.writeUInt32LE(fdt?.installed ? 1 : 0, 20);
+    for (const b of this.events.values()) this.signal(b);
+    c.send(reply);
+  }
+
+  private fileop(c: Conn, f: Buffer): void {
+    const evtoken = f.readUInt32LE(8);
+    const op = f.readUInt32LE(12);
+    const buf = f.readBigUInt64LE(16);
+    const count = f.readBigUInt64LE(24);
+    const pos = f.readBigUInt64LE(32);
+    const failnth = f.readInt32LE(40);
+    const st = this.procs.get(c.pid);
+    const b = this.events.get(evtoken);
+    const reply = Buffer.alloc(P.REP_SIZE.fileop);
+    reply.writeUInt32LE(reply.length, 0);
+    let ret: number;
+    if (!st || !b || !b.file || b.released) {
+      ret = -ERRNO.EBADF;
+    } else {
+      this.emu.failNth = failnth > 0 ? failnth : 0;
+      const n = Number(count > 0x7ffff000n ? 0x7ffff000n : count);
+      try {
+        ret = op === P.FILEOP_WRITE ? b.file.write(st.mem, buf, n, pos) : b.file.read(st.mem, buf, n, pos);
+      } catch (e) {
+        if (isErrno(e)) ret = -e.errno;
+        else {
+          this.log(`file op on ${b.file.name}: emulator bug: ${(e as Error).stack ?? e}`);
+          ret = -ERRNO.EIO;
+        }
+      } finally {
+        reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 16);
+        this.emu.failNth = 0;
+      }
+      if (b.signalled && !(b.file.poll() & POLLIN)) {
+        b.signalled = false;
+        reply.writeUInt32LE(1, 20); // the client takes the readiness byte back
+      }
+    }
+    reply.writeBigInt64LE(BigInt(ret), 8);
+    for (const e of this.events.values()) this.signal(e);
+    c.send(reply);
+  }
+
+  /**
+   * Reply once every hang-up that happened before this request was processed:
+   * the shim closes the fd first, then syncs, so teardown is done on return.
+   */
+  private sync(c: Conn): void {
+    setImmediate(() => setImmediate(() => {
+      this.registry.collect();
+      c.send(P.statusReply(0));
+    }));
+  }
+
+  private region(c: Conn, f: Buffer): void {
+    const va = f.readBigUInt64LE(8);
+    const len = f.readBigUInt64LE(16);
+    const off = f.readBigUInt64LE(24);
+    const memfd = f.readInt32LE(32);
+    const flags = f.readUInt32LE(36);
+    const st = this.procs.get(c.pid);
+    let status = 0;
+    try {
+      if (!st) fail('EBADF');
+      const obj = this.registry.openShared(c.pid, memfd, !!(flags & P.REGION_HUGE));
+      st.mem.addRegion(va, len, obj, off);
+    } catch (e) {
+      status = isErrno(e) ? -e.errno : -ERRNO.EINVAL;
+      this.log(`REGION from pid ${c.pid}: ${(e as Error).message}`);
+    }
+    c.send(P.statusReply(status));
+  }
+
+  private unmap(c: Conn, f: Buffer): void {
+    const va = f.readBigUInt64LE(8);
+    const len = f.readBigUInt64LE(16);
+    this.procs.get(c.pid)?.mem.removeRange(va, len);
+    this.registry.collect();
+    c.send(P.statusReply(0));
+  }
+}
+
+/**
+ * Register the core's ioctl handlers (src/core/main.ts). Loaded dynamically so
+ * that a core still under construction degrades to ENOTTY instead of failing
+ * to start; the reason is logged.
+ */
+export async function loadHandlers(log: (m: string) => void = (m) => process.stderr.write(`[iommufd-emu] ${m}\n`)): Promise<boolean> {
+  try {
+    await import('../core/main.js');
+    return true;
+  } catch (e) {
+    log(`warning: core handlers not loaded (${(e as Error).message}); ioctls will fail with ENOTTY`);
+    return false;
+  }
+}
+
+/** The default socket path: $XDG_RUNTIME_DIR/iommufd-emu.sock (or /tmp/iommufd-emu-<uid>/). */
+export function defaultSocketPath(): string {
+  const dir = process.env.XDG_RUNTIME_DIR || path.join('/tmp', `iommufd-emu-${process.getuid?.() ?? 0}`);
+  return path.join(dir, 'iommufd-emu.sock');
+}
