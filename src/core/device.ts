@@ -14,6 +14,7 @@ import {
   findHwptPaging, hwptPagingAlloc, hwptPut, HwptPaging, type Hwpt, type IoasLike,
 } from './hwpt.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
+import type { Vdevice } from './viommu.js';
 
 /** The RID (no PASID): the kernel's IOMMU_NO_PASID. */
 export const NO_PASID = 0;
@@ -45,7 +46,7 @@ export class Device extends IommufdObject {
   /** Per-device unbind hooks (run after the global ones). */
   readonly unbindHooks: UnbindHook[] = [];
   /** The vDEVICE of this device (6.17+: at most one), set by viommu.ts. */
-  vdev: IommufdObject | null = null;
+  vdev: Vdevice | null = null;
   /** Set while the device is being unbound: no new vDEVICE may refer to it. */
   unbinding = false;
   /** IOMMU_CAP_ENFORCE_CACHE_COHERENCY of the device. */
@@ -75,6 +76,7 @@ export class Device extends IommufdObject {
   }
 
   destroy(): void {
+    this.partialFaults = [];
     if (this.holdsCtx) {
       this.holdsCtx = false;
       this.ctx.put();

@@ -192,6 +192,31 @@ export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Devic
   return hwpt;
 }
 
+/**
+ * Allocate a HWPT_NESTED owned by a vIOMMU (iommufd_viommu_alloc_hwpt_nested):
+ * the core's flag/data checks, then `allocDomain` (the vIOMMU driver op) with
+ * FAULT_ID_VALID stripped. The HWPT holds the vIOMMU; `parent` is the vIOMMU's
+ * nesting parent. Returns the unpublished object.
+ */
+export function hwptNestedAllocOnViommu(ctx: IommufdCtx, viommu: IommufdObject, parent: HwptPaging, flags: number,
+  data: UserData, allocDomain: ((flags: number, data: UserData) => NestedDomain) | undefined): HwptNested {
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  if (flags & ~valid) fail('EOPNOTSUPP');
+  if (!data.len) fail('EOPNOTSUPP');
+  if (!allocDomain) fail('EOPNOTSUPP');
+  const hwpt = ctx.allocObj(new HwptNested(parent, viommu));
+  try {
+    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
+    hwpt.hold();
+    hwpt.domain = allocDomain(flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
+    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
+  } catch (e) {
+    ctx.objects.abort(hwpt);
+    throw e;
+  }
+  return hwpt;
+}
+
 // ---- pt_id / hwpt_id type switches, open for the vIOMMU branch -------------------
 
 /** HWPT_ALLOC with pt_id of another type (vIOMMU): returns an unpublished HWPT. */
