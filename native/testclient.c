@@ -1,0 +1,223 @@
+/*
+ * Test client for the server/shim tests (src/server/server.test.ts): an
+ * ordinary program using /dev/iommu, built with the system cc against headers
+ * generated from the uAPI table. Each mode prints "OK ..." lines on success
+ * and exits non-zero on the first unexpected result.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <linux/iommufd.h>
+#include "iommufd_test.h"
+
+#define DIE(...) do { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf(" (errno %d %s)\n", errno, strerror(errno)); exit(1); } while (0)
+
+static int xopen(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	if (fd < 0)
+		DIE("open /dev/iommu");
+	return fd;
+}
+
+static __u32 ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		DIE("IOAS_ALLOC");
+	return a.out_ioas_id;
+}
+
+static int destroy(int fd, __u32 id)
+{
+	struct iommu_destroy d = { .size = sizeof(d), .id = id };
+	return ioctl(fd, IOMMU_DESTROY, &d);
+}
+
+static void *worker(void *p)
+{
+	int fd = *(int *)p;
+	for (int i = 0; i < 300; i++) {
+		__u32 id = ioas_alloc(fd);
+		if (destroy(fd, id))
+			DIE("DESTROY %u", id);
+	}
+	return NULL;
+}
+
+static int mode_basic(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	size_t len = 16384;
+	char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	memset(buf, 1, len);
+	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+		DIE("MOCK_DOMAIN");
+	struct iommu_ioas_map map = { .size = sizeof(map), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+				      .ioas_id = ioas, .user_va = (__u64)(unsigned long)buf, .length = len };
+	if (ioctl(fd, IOMMU_IOAS_MAP, &map))
+		DIE("MAP");
+	struct iommu_test_cmd chk = { .size = sizeof(chk), .op = IOMMU_TEST_OP_MD_CHECK_MAP, .id = mock.mock_domain.out_hwpt_id };
+	chk.check_map.iova = map.iova;
+	chk.check_map.length = len;
+	chk.check_map.uptr = (__u64)(unsigned long)buf;
+	if (ioctl(fd, IOMMU_TEST_CMD, &chk))
+		DIE("MD_CHECK_MAP");
+	/* a pointer the kernel cannot read: EFAULT */
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, (void *)8) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC(bad pointer) should be EFAULT");
+	if (close(fd))
+		DIE("close");
+	/* pins are gone once close returned */
+	fd = xopen();
+	struct iommu_test_cmd refs = { .size = sizeof(refs), .op = IOMMU_TEST_OP_MD_CHECK_REFS };
+	refs.check_refs.length = len;
+	refs.check_refs.uptr = (__u64)(unsigned long)buf;
+	refs.check_refs.refs = 0;
+	if (ioctl(fd, IOMMU_TEST_CMD, &refs))
+		DIE("MD_CHECK_REFS after close");
+	close(fd);
+	printf("OK basic ioas=%u\n", ioas);
+	return 0;
+}
+
+static int mode_hold(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	printf("READY ioas=%u\n", ioas);
+	fflush(stdout);
+	for (;;)
+		pause();
+	return 0;
+}
+
+static int mode_fork(void)
+{
+	int fd = xopen();
+	__u32 a = ioas_alloc(fd);
+	char *buf = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	pid_t pid = fork();
+	if (pid == 0) {
+		/* the child shares the context: the next ID continues the parent's */
+		__u32 b = ioas_alloc(fd);
+		buf[0] = (char)b;
+		_exit(b == a + 1 ? 0 : 3);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("child status %d", st);
+	__u32 c = ioas_alloc(fd);
+	if (c != a + 2 || buf[0] != (char)(a + 1))
+		DIE("after fork: c=%u", c);
+	/* the context outlives the child's exit and our dup+close */
+	int fd2 = dup(fd);
+	close(fd);
+	if (destroy(fd2, a))
+		DIE("DESTROY on dup");
+	close(fd2);
+	printf("OK fork ids=%u,%u,%u\n", a, a + 1, c);
+	return 0;
+}
+
+static int mode_threads(void)
+{
+	int fd = xopen();
+	pthread_t t[8];
+	for (int i = 0; i < 8; i++)
+		pthread_create(&t[i], NULL, worker, &fd);
+	for (int i = 0; i < 8; i++)
+		pthread_join(t[i], NULL);
+	close(fd);
+	printf("OK threads\n");
+	return 0;
+}
+
+static int mode_event(void)
+{
+	int fd = xopen();
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	int ffd = (int)fa.out_fault_fd;
+	if (fcntl(ffd, F_GETFD) < 0)
+		DIE("fault fd %d is not a real fd", ffd);
+	if (!(fcntl(ffd, F_GETFD) & FD_CLOEXEC))
+		DIE("fault fd not close-on-exec");
+	struct pollfd p = { .fd = ffd, .events = POLLIN };
+	if (poll(&p, 1, 0) != 0)
+		DIE("fault fd readable while empty");
+	struct iommu_hwpt_pgfault rec[2];
+	if (read(ffd, rec, sizeof(rec)) != 0)
+		DIE("read of an empty queue");
+	if (read(ffd, rec, 7) != -1 || errno != ESPIPE)
+		DIE("read of 7 bytes should be ESPIPE");
+	/* while the fd is open the object is busy */
+	if (destroy(fd, fa.out_fault_id) != -1 || errno != EBUSY)
+		DIE("DESTROY with open fd should be EBUSY");
+	if (close(ffd))
+		DIE("close fault fd");
+	/* close is synchronous: the object can go right away */
+	if (destroy(fd, fa.out_fault_id))
+		DIE("DESTROY after close");
+	close(fd);
+	printf("OK event\n");
+	return 0;
+}
+
+static int mode_failnth(void)
+{
+	char path[64];
+	snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", getpid());
+	int f = open(path, O_RDWR);
+	if (f < 0)
+		DIE("open %s", path);
+	if (pwrite(f, "1", 1, 0) != 1)
+		DIE("arm");
+	int fd = open("/dev/iommu", O_RDWR);
+	if (fd != -1 || errno != ENOMEM)
+		DIE("open with fail-nth=1 should fail ENOMEM (fd %d)", fd);
+	char b[8] = { 0 };
+	if (pread(f, b, sizeof(b), 0) < 2 || strcmp(b, "0\n"))
+		DIE("fail-nth should read 0 after firing, got '%s'", b);
+	fd = xopen();
+	if (pwrite(f, "1000", 4, 0) != 4)
+		DIE("arm 1000");
+	ioas_alloc(fd);
+	memset(b, 0, sizeof(b));
+	if (pread(f, b, sizeof(b), 0) < 2 || !strcmp(b, "0\n") || !strcmp(b, "1000\n"))
+		DIE("fail-nth should have counted down, got '%s'", b);
+	if (pwrite(f, "0", 1, 0) != 1)
+		DIE("disarm");
+	close(fd);
+	close(f);
+	printf("OK failnth\n");
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	const char *m = argc > 1 ? argv[1] : "basic";
+	if (!strcmp(m, "basic")) return mode_basic();
+	if (!strcmp(m, "hold")) return mode_hold();
+	if (!strcmp(m, "fork")) return mode_fork();
+	if (!strcmp(m, "threads")) return mode_threads();
+	if (!strcmp(m, "event")) return mode_event();
+	if (!strcmp(m, "failnth")) return mode_failnth();
+	fprintf(stderr, "unknown mode %s\n", m);
+	return 2;
+}

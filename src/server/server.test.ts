@@ -1,0 +1,167 @@
+// Server + shim robustness, end to end: real C clients (native/testclient.c,
+// built with the system cc) talk to an in-process server through the shim.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Emulator } from '../core/emulator.js';
+import { writeHeaders } from '../uapi/cheader.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT } from './native.js';
+import { shimEnv } from './run.js';
+import { IommufdServer, loadHandlers } from './server.js';
+
+const cc = findCompiler();
+const skip = cc ? false : 'no C compiler (cc) on this machine: the shim and the test client cannot be built';
+
+let server: IommufdServer;
+let dir: string;
+let shim: string;
+let client: string;
+const logs: string[] = [];
+
+function env(): NodeJS.ProcessEnv {
+  return shimEnv(shim, server.socketPath, path.join(dir, 'debugfs'));
+}
+
+function runClient(mode: string): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(client, [mode], { env: env() });
+    let out = '';
+    let err = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (err += d));
+    p.on('exit', (code) => resolve({ code, out, err }));
+  });
+}
+
+/** Start a client that stays alive after printing READY. */
+function startHolder(): Promise<{ p: ChildProcess; line: string }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(client, ['hold'], { env: env() });
+    let out = '';
+    p.stdout!.on('data', (d) => {
+      out += d;
+      if (out.includes('\n')) resolve({ p, line: out.trim() });
+    });
+    p.on('exit', (code) => reject(new Error(`holder exited ${code}: ${out}`)));
+  });
+}
+
+async function until(cond: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('server and shim (C clients)', { skip }, () => {
+  before(async () => {
+    assert.ok(await loadHandlers());
+    shim = ensureShim();
+    const inc = path.join(cacheDir(), 'include', 'mainline');
+    writeHeaders(inc, 'mainline');
+    client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
+      includeDirs: [inc], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+    });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-test-'));
+    server = new IommufdServer({
+      socketPath: path.join(dir, 'sock'),
+      emulator: new Emulator({ profile: 'mainline' }),
+      log: (m) => logs.push(m),
+    });
+    await server.listen();
+  });
+
+  after(async () => {
+    await server?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('the socket is private (mode 0600)', () => {
+    assert.equal(fs.statSync(server.socketPath).mode & 0o777, 0o600);
+  });
+
+  test('open, ioctl, map shared memory, check the mock domain, close drops pins', async () => {
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK basic ioas=1/);
+    await until(() => server.liveContexts === 0);
+  });
+
+  test('two clients are isolated: each gets its own context and IDs', async () => {
+    const [a, b] = await Promise.all([runClient('basic'), runClient('basic')]);
+    assert.equal(a.code, 0, a.out);
+    assert.equal(b.code, 0, b.out);
+    assert.match(a.out, /ioas=1\b/);
+    assert.match(b.out, /ioas=1\b/);
+  });
+
+  test('a malformed frame closes only that connection, with a logged reason', async () => {
+    const { p, line } = await startHolder();
+    assert.match(line, /READY ioas=1/);
+    assert.equal(server.liveContexts, 1);
+    const sock = net.connect(server.socketPath);
+    await new Promise<void>((r) => sock.on('connect', () => r()));
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    const bad = Buffer.alloc(8);
+    bad.writeUInt32LE(3, 0); // a length shorter than the header
+    bad.writeUInt32LE(1, 4);
+    sock.write(bad);
+    await closed;
+    assert.ok(logs.some((l) => /malformed frame: length 3/.test(l)), logs.join('\n'));
+    // unknown type and a truncated frame too
+    const sock2 = net.connect(server.socketPath);
+    await new Promise<void>((r) => sock2.on('connect', () => r()));
+    const closed2 = new Promise<void>((r) => sock2.on('close', () => r()));
+    sock2.write(Buffer.from([16, 0, 0, 0, 99, 0, 0, 0]));
+    await closed2;
+    assert.ok(logs.some((l) => /unknown type 99/.test(l)));
+    const sock3 = net.connect(server.socketPath);
+    await new Promise<void>((r) => sock3.on('connect', () => r()));
+    sock3.end(Buffer.from([32, 0, 0, 0, 1, 0, 0, 0, 1, 2]));
+    await until(() => logs.some((l) => /truncated frame/.test(l)));
+    // the other client is undisturbed
+    assert.equal(server.liveContexts, 1);
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
+    p.kill('SIGKILL');
+    await until(() => server.liveContexts === 0);
+  });
+
+  test('a killed client has its context torn down', async () => {
+    const { p } = await startHolder();
+    assert.equal(server.liveContexts, 1);
+    p.kill('SIGKILL');
+    await until(() => server.liveContexts === 0);
+    assert.equal(server.procs.size, 0);
+  });
+
+  test('fork shares the context; dup keeps it alive; child memory writes are seen', async () => {
+    const r = await runClient('fork');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK fork ids=1,2,3/);
+    await until(() => server.liveContexts === 0);
+  });
+
+  test('concurrent threads on one fd', async () => {
+    const r = await runClient('threads');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK threads/);
+  });
+
+  test('fault queue fd is a real fd: poll, read, ESPIPE, EBUSY while open, synchronous close', async () => {
+    const r = await runClient('event');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK event/);
+  });
+
+  test('fail-nth file arms the next emulated call of the thread', async () => {
+    const r = await runClient('failnth');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK failnth/);
+  });
+});
