@@ -82,7 +82,7 @@ export function enumText(enumName: string, value: number, profile: Profile): str
     const d = TEST_DEFINES.find((t) => t.name === name);
     if (d && d.value === value >>> 0) return short(name);
   }
-  return value > 9 ? hex(value) : String(value);
+  return value < 0x100 ? String(value) : hex(value);
 }
 
 function isZero(v: Value): boolean {
@@ -193,7 +193,10 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   const hide = (name: string, v: Value): boolean => hideSize(name, v) || (name === 'last' && isZero(v));
   const head = fieldsText(def.struct, inBytes, profile, { input: true, hide });
   const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
-  const view = S.TEST_OP_VIEWS[op];
+  // Only ops this profile's kernel knows have a union member to decode.
+  const known = ENUMS.iommu_test_op!.members.some((m) => m.value === op &&
+    memberPresent(m, profile.version, profile.selftestBackports));
+  const view = known ? S.TEST_OP_VIEWS[op] : undefined;
   const inParts = view ? [...head, ...fieldsText(view, inBytes, profile, { input: true })] : head;
   let line = `${def.cname} ${braces(inParts)} = ${res}`;
   if (outBytes) {
