@@ -284,3 +284,14 @@ test('nested HWPT attach reserves regions in the parent IOAS; context close tear
   assert.equal(t.ctx.closed, true);
   assert.equal(t.ctx.objects.empty, true);
 });
+
+test('GET_HW_INFO with a huge data_len zeroes up to the first unwritable byte and fails with EFAULT', () => {
+  const t = setup();
+  const md = mockDomain(t, ioasAlloc(t));
+  const buf = t.mem.mmap(8192);
+  t.mem.write(buf, new Uint8Array(8192).fill(0xaa));
+  const r = rawTry(t, 'GET_HW_INFO', S.iommu_hw_info, { dev_id: md.idevId, data_len: 0xffffffff, data_uptr: buf });
+  assert.equal(r.err?.code, 'EFAULT');
+  assert.equal(new DataView(t.mem.read(buf, 8).buffer).getUint32(4, true), MOCK.HW_INFO_SELFTEST_REGVAL);
+  assert.deepEqual([...t.mem.read(buf + 8n, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
+});

@@ -14,6 +14,7 @@ import {
   findHwptPaging, hwptPagingAlloc, hwptPut, HwptPaging, type Hwpt, type IoasLike,
 } from './hwpt.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
+import { PAGE_SIZE } from './usermem.js';
 import type { Vdevice } from './viommu.js';
 
 /** The RID (no PASID): the kernel's IOMMU_NO_PASID. */
@@ -346,11 +347,16 @@ export function iommufdGetHwInfo(ucmd: Ucmd<Decoded<typeof S.iommu_hw_info>>): v
     cmd.out_data_type = 0;
   }
   const copyLen = Math.min(cmd.data_len, data.length);
-  if (cmd.data_len) {
+  if (copyLen) {
     ucmd.emu.failPoint('EFAULT');
-    const out = new Uint8Array(cmd.data_len);
-    out.set(data.subarray(0, copyLen));
-    ucmd.mem.write(cmd.data_uptr, out);
+    ucmd.mem.write(cmd.data_uptr, data.subarray(0, copyLen));
+  }
+  // Zero the rest of a larger user buffer page by page: a fault stops it part way, like clear_user.
+  for (let off = copyLen; off < cmd.data_len;) {
+    const addr = cmd.data_uptr + BigInt(off);
+    const n = Math.min(PAGE_SIZE - Number(addr % BigInt(PAGE_SIZE)), cmd.data_len - off);
+    ucmd.mem.write(addr, new Uint8Array(n));
+    off += n;
   }
   cmd.data_len = data.length;
 

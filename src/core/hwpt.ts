@@ -330,9 +330,13 @@ export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt
     const s = iova < base ? base : iova;
     const l = iova + length - 1n > last ? last : iova + length - 1n;
     if (s > l) return;
-    for (let bit = (s - base) / ps; bit <= (l - base) / ps; bit++) {
-      const w = bit / 64n;
-      words.set(w, (words.get(w) ?? 0n) | (1n << (bit % 64n)));
+    const first = (s - base) / ps;
+    const lastBit = (l - base) / ps;
+    for (let w = first / 64n; w <= lastBit / 64n; w++) {
+      const lo = w === first / 64n ? first % 64n : 0n;
+      const hi = w === lastBit / 64n ? lastBit % 64n : 63n;
+      const mask = ((1n << (hi - lo + 1n)) - 1n) << lo;
+      words.set(w, (words.get(w) ?? 0n) | mask);
     }
   };
   // Walk the areas contiguous from `iova`; the walk stops at the first hole and

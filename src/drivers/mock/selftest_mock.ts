@@ -135,10 +135,16 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
   const bits = ucmd.mem.read(u.uptr, Number((max + 7n) / 8n));
   const countAll = mockDriverOf(ucmd.emu).gen === 'B';
   let count = 0n;
-  for (let i = 0; i < Number(max); i++) {
-    if (!(bits[i >> 3]! & (1 << (i & 7)))) continue;
-    const marked = domain.markDirty(u.iova + BigInt(i) * ps);
-    if (marked || countAll) count++;
+  const n = Number(max);
+  for (let byte = 0; byte < bits.length; byte++) {
+    const b = bits[byte]!;
+    if (!b) continue;
+    for (let j = 0; j < 8; j++) {
+      const i = byte * 8 + j;
+      if (i >= n || !(b & (1 << j))) continue;
+      const marked = domain.markDirty(u.iova + BigInt(i) * ps);
+      if (marked || countAll) count++;
+    }
   }
   u.out_nr_dirty = count;
   ucmd.respond();
