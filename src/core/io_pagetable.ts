@@ -38,18 +38,47 @@ export interface IoptAccess {
   notifyUnmap(iova: bigint, length: bigint): void;
 }
 
+/** BigInt(0..PAGE_SIZE-1), shared: every MAP area's start byte is one of these. */
+const SMALL = Array.from({ length: PAGE_SIZE }, (_, i) => BigInt(i));
+/** A bigint equal to `v`, shared when small (saves an allocation per area). */
+export function shareSmall(v: bigint): bigint {
+  return v >= 0n && v < PS ? SMALL[Number(v)]! : v;
+}
+
+const BUSY = 1;
+const FILLED = 2;
+const PREVENT_ACCESS = 4;
+
 /** One IOVA interval bound to a slice of a pages object (01 §6.5). */
 export class Area {
-  /** Still being established by MAP/COPY: UNMAP sees EBUSY, accesses and COPY see a hole. */
-  busy = true;
-  /** Stored in the attached domains: holds one user on its page range of `pages`. */
-  filled = false;
+  /** busy / filled / preventAccess bits (one field: there may be millions of areas). */
+  private bits = BUSY;
   /** In-kernel access pins inside the area (each pin call counts once). */
   numAccesses = 0;
   /** Pins that also lock the area (HW queue memory): UNMAP → EBUSY. */
   numLocks = 0;
+
+  /** Still being established by MAP/COPY: UNMAP sees EBUSY, accesses and COPY see a hole. */
+  get busy(): boolean {
+    return (this.bits & BUSY) !== 0;
+  }
+  set busy(v: boolean) {
+    this.bits = v ? this.bits | BUSY : this.bits & ~BUSY;
+  }
+  /** Stored in the attached domains: holds one user on its page range of `pages`. */
+  get filled(): boolean {
+    return (this.bits & FILLED) !== 0;
+  }
+  set filled(v: boolean) {
+    this.bits = v ? this.bits | FILLED : this.bits & ~FILLED;
+  }
   /** Set while an unmap waits for accessors to let go: new accesses → EINVAL. */
-  preventAccess = false;
+  get preventAccess(): boolean {
+    return (this.bits & PREVENT_ACCESS) !== 0;
+  }
+  set preventAccess(v: boolean) {
+    this.bits = v ? this.bits | PREVENT_ACCESS : this.bits & ~PREVENT_ACCESS;
+  }
 
   constructor(
     readonly iova: bigint,
@@ -437,9 +466,8 @@ export class IoPagetable {
         if ((seg.startByte % PS) & (this.align - 1n)) fail('EINVAL');
         const last = cur + seg.length - 1n;
         if (last > U64_MAX) fail('EOVERFLOW');
-        const area = new Area(cur, last, seg.pages, seg.startByte, prot);
+        const area = new Area(cur, last, seg.pages, shareSmall(seg.startByte), prot);
         this.areas.set(cur, area);
-        seg.pages.refs++;
         created.push(area);
         cur = last + 1n;
       }
@@ -491,10 +519,9 @@ export class IoPagetable {
     area.filled = false;
   }
 
-  /** Remove an area from the tree and drop its reference on the pages (no domain work). */
+  /** Remove an area from the tree (no domain work). */
   private dropArea(area: Area): void {
     if (this.areas.get(area.iova) === area) this.areas.delete(area.iova);
-    area.pages.refs--;
   }
 
   /** Physically contiguous runs behind an area (its pages must be pinned). */
@@ -693,7 +720,6 @@ export class IoPagetable {
       area.pages.addUsers(rhs.firstIndex, rhs.lastIndex);
       area.pages.unpin(area.firstIndex, area.lastIndex);
     }
-    area.pages.refs++;
     this.areas.set(lhs.iova, lhs);
     this.areas.set(rhs.iova, rhs);
   }

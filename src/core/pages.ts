@@ -38,27 +38,34 @@ function limitPages(limit: number): number {
 }
 
 export class Pages {
-  /** Areas (and in-flight copy lists) referencing this object. */
-  refs = 0;
   /** Pinned page slots by index; allocated on first pin. */
   private slots: Map<number, Slot> | null = null;
-  /** Number of pages this object currently pins (and has charged). */
-  npinned = 0;
   /** Accounting target: the process (MM) or its uid (USER). */
   owner: ProcessInfo;
   accountMode: AccountMode;
   /** Total pages spanned (the first may be partial). */
   readonly npages: number;
 
+  /** User memory the pages come from (null for a file). */
+  readonly mem: UserMemory | null;
+  /** File the pages come from (null for user memory). */
+  readonly file: FileBacking | null;
+  /** Page-aligned user VA or file offset of the first page. */
+  readonly base: bigint;
+
   constructor(
     readonly emu: Emulator,
-    readonly source: PagesSource,
+    source: PagesSource,
     /** Offset of the mapping's first byte inside the first page. */
     readonly startByte: number,
-    readonly length: bigint,
+    length: bigint,
     readonly writable: boolean,
     owner: ProcessInfo,
   ) {
+    // Flattened on purpose: one pages object per MAP, up to millions of them.
+    this.mem = source.kind === 'user' ? source.mem : null;
+    this.file = source.kind === 'file' ? source.file : null;
+    this.base = source.kind === 'user' ? source.va : source.offset;
     this.owner = owner;
     this.accountMode = owner.capIpcLock ? AccountMode.NONE : AccountMode.USER;
     this.npages = Number((length + BigInt(startByte) + PS - 1n) / PS);
@@ -85,13 +92,13 @@ export class Pages {
     return new Pages(emu, src, startByte, length, writable, owner);
   }
 
-  /** The page-aligned address (user VA or file offset) the object starts at, plus startByte: the placement hint base. */
-  get base(): bigint {
-    return this.source.kind === 'user' ? this.source.va : this.source.offset;
+  get isFile(): boolean {
+    return this.file !== null;
   }
 
-  get isFile(): boolean {
-    return this.source.kind === 'file';
+  /** Number of pages this object currently pins (and has charged). */
+  get npinned(): number {
+    return this.slots?.size ?? 0;
   }
 
   /** The page pinned at `index`, if any. */
@@ -101,13 +108,13 @@ export class Pages {
 
   /** Read the current backing of pages [index, index+n) from the source, without pinning. */
   private fetch(index: number, n: number, forWrite: boolean): PhysPage[] {
-    const src = this.source;
-    if (src.kind === 'user') {
-      if (!src.mem.process.alive) fail('EFAULT', 'source process is gone');
-      return src.mem.getPages(src.va + BigInt(index) * PS, n, forWrite);
+    if (this.mem) {
+      if (!this.mem.process.alive) fail('EFAULT', 'source process is gone');
+      return this.mem.getPages(this.base + BigInt(index) * PS, n, forWrite);
     }
-    if (!src.file.pinnable) fail('EINVAL', 'file cannot be pinned');
-    return src.file.getPages(Number(src.offset / PS) + index, n);
+    const file = this.file!;
+    if (!file.pinnable) fail('EINVAL', 'file cannot be pinned');
+    return file.getPages(Number(this.base / PS) + index, n);
   }
 
   /**
@@ -150,7 +157,6 @@ export class Pages {
         out[start + k - first] = page;
       }
     }
-    this.npinned += missing;
     return out;
   }
 
@@ -177,7 +183,6 @@ export class Pages {
         freed++;
       }
     }
-    this.npinned -= freed;
     this.uncharge(freed);
     if (slots.size === 0) this.slots = null;
   }
@@ -204,11 +209,11 @@ export class Pages {
    */
   rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
     if (write && !this.writable) fail('EPERM');
-    const src = this.source;
-    if (src.kind === 'user' && !slowPath && caller && caller.process === src.mem.process) {
-      const va = src.va + offset;
-      if (write) src.mem.write(va, data);
-      else data.set(src.mem.read(va, data.length));
+    const mem = this.mem;
+    if (mem && !slowPath && caller && caller.process === mem.process) {
+      const va = this.base + offset;
+      if (write) mem.write(va, data);
+      else data.set(mem.read(va, data.length));
       return;
     }
     let done = 0;
