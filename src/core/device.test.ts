@@ -295,3 +295,73 @@ test('GET_HW_INFO with a huge data_len zeroes up to the first unwritable byte an
   assert.equal(new DataView(t.mem.read(buf, 8).buffer).getUint32(4, true), MOCK.HW_INFO_SELFTEST_REGVAL);
   assert.deepEqual([...t.mem.read(buf + 8n, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
 });
+
+test('profile matrix: PASID devices, INPUT_TYPE and capabilities per ABI', () => {
+  const cases = [
+    { p: '6.13', pasid: false, input: false, caps: 0x1n },
+    { p: '6.15', pasid: true, input: false, caps: 0x1n },
+    { p: '6.17', pasid: true, input: true, caps: 0x1n },
+    { p: 'viommu-v1', pasid: false, input: false, caps: 0x1n },
+    { p: '6.12', pasid: true, input: true, caps: 0x1n },
+    { p: 'mainline', pasid: true, input: true, caps: 0x9n },
+  ] as const;
+  for (const c of cases) {
+    const t = setup(c.p);
+    const ioas = ioasAlloc(t);
+    const md = mockDomain(t, ioas);
+    const r = testCmdTry(t, TEST_OP.MOCK_DOMAIN_FLAGS, ioas, { dev_flags: MOCK.FLAGS_DEVICE_PASID });
+    assert.equal(r.err?.code ?? null, c.pasid ? null : 'EINVAL', c.p);
+    assert.equal(hwInfo(t, md.idevId, { flags: 1, inType: MOCK.HW_INFO_TYPE_SELFTEST }).err, c.input ? null : 'EOPNOTSUPP', c.p);
+    assert.equal(hwInfo(t, md.idevId).out.out_capabilities, c.caps, c.p);
+    const pasidFlag = rawTry(t, 'HWPT_ALLOC', S.iommu_hwpt_alloc, { dev_id: md.idevId, pt_id: ioas, flags: HWPT_ALLOC.PASID });
+    const hasPasidFlag = c.p === '6.15' || c.p === '6.17' || c.p === 'mainline';
+    assert.equal(pasidFlag.err?.code ?? null, hasPasidFlag ? null : 'EOPNOTSUPP', c.p);
+  }
+});
+
+// ---- devices with reserved regions / non-coherent devices (no uAPI to create them: bound directly) ----
+
+test('bind: a non-coherent device -> EINVAL and no ID used; a real device holds the context until unbind', async () => {
+  const { mockDriverOf, MockDevice } = await import('../drivers/mock/mock.js');
+  const { deviceBind, deviceUnbind } = await import('./device.js');
+  const t = setup();
+  const drv = mockDriverOf(t.emu);
+  const nc = Object.assign(new MockDevice(drv, 0), { coherent: false });
+  assert.throws(() => deviceBind(t.ctx, nc), errno('EINVAL'));
+  const idev = deviceBind(t.ctx, new MockDevice(drv, 0));
+  assert.equal(idev.id, 1);
+  t.ctx.put(); // the binding keeps the context open
+  assert.equal(t.ctx.closed, false);
+  deviceUnbind(idev);
+  assert.equal(t.ctx.closed, true);
+});
+
+test('reserved regions: inserted on RID attach (EADDRINUSE on conflict), moved by replace, dropped on detach', async () => {
+  const { mockDriverOf, MockDevice } = await import('../drivers/mock/mock.js');
+  const { deviceAttach, deviceBind, deviceDetach, deviceReplace, deviceUnbind } = await import('./device.js');
+  const t = setup();
+  const drv = mockDriverOf(t.emu);
+  class ResvDevice extends MockDevice {
+    override reservedRegions(): readonly [bigint, bigint][] {
+      return [[0x1000_0000n, 0x100f_ffffn]];
+    }
+  }
+  const ioas = ioasAlloc(t);
+  const ioas2 = ioasAlloc(t);
+  const busy = ioasAlloc(t);
+  mapFixed(t, busy, 0x1000_0000n, 4096);
+  const idev = deviceBind(t.ctx, new ResvDevice(drv, 0), { mock: true });
+  assert.throws(() => deviceAttach(idev, undefined, busy), errno('EADDRINUSE'));
+  assert.equal(deviceAttach(idev, undefined, ioas), 5);
+  const holes: [bigint, bigint][] = [[MOCK.APERTURE_START, 0x0fff_ffffn], [0x1010_0000n, MOCK.APERTURE_LAST]];
+  assert.deepEqual(iovaRanges(t, ioas).ranges, holes);
+  assert.throws(() => deviceReplace(idev, undefined, busy), errno('EADDRINUSE'));
+  assert.deepEqual(iovaRanges(t, ioas).ranges, holes, 'a failed replace keeps the old reservations');
+  assert.equal(deviceReplace(idev, undefined, ioas2), 6); // allocated before the old auto-domain goes
+  assert.deepEqual(iovaRanges(t, ioas).ranges, [FULL]);
+  assert.deepEqual(iovaRanges(t, ioas2).ranges, holes);
+  deviceDetach(idev, undefined);
+  assert.deepEqual(iovaRanges(t, ioas2).ranges, [FULL]);
+  deviceUnbind(idev);
+  assert.deepEqual(t.ctx.objects.all().map((o) => o.id), [1, 2, 3]);
+});
