@@ -178,6 +178,65 @@ static int mode_event(void)
 	return 0;
 }
 
+#ifdef IOMMU_VEVENTQ_ALLOC
+/* vIOMMU + vDEVICE + vEVENTQ: readiness of the event fd follows the queue */
+static int mode_vevent(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+		DIE("MOCK_DOMAIN");
+	__u32 idev = mock.mock_domain.out_idev_id;
+	struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = idev, .pt_id = ioas };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
+		DIE("HWPT_ALLOC");
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev, .hwpt_id = hw.out_hwpt_id };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+		DIE("VIOMMU_ALLOC");
+	struct iommu_vdevice_alloc vd = { .size = sizeof(vd), .viommu_id = va.out_viommu_id, .dev_id = idev, .virt_id = 0x99 };
+	if (ioctl(fd, IOMMU_VDEVICE_ALLOC, &vd))
+		DIE("VDEVICE_ALLOC");
+	/* attach the device to a nested HWPT on the vIOMMU */
+	struct iommu_hwpt_selftest data = { .iotlb = IOMMU_TEST_IOTLB_DEFAULT };
+	struct iommu_hwpt_alloc nest = { .size = sizeof(nest), .dev_id = idev, .pt_id = va.out_viommu_id,
+					 .data_type = IOMMU_HWPT_DATA_SELFTEST, .data_len = sizeof(data),
+					 .data_uptr = (__u64)(unsigned long)&data };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &nest))
+		DIE("HWPT_ALLOC nested");
+	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, .id = mock.mock_domain.out_stdev_id };
+	rep.mock_domain_replace.pt_id = nest.out_hwpt_id;
+	if (ioctl(fd, IOMMU_TEST_CMD, &rep))
+		DIE("MOCK_DOMAIN_REPLACE");
+	struct iommu_veventq_alloc vq = { .size = sizeof(vq), .viommu_id = va.out_viommu_id, .type = IOMMU_VEVENTQ_TYPE_SELFTEST, .veventq_depth = 4 };
+	if (ioctl(fd, IOMMU_VEVENTQ_ALLOC, &vq))
+		DIE("VEVENTQ_ALLOC");
+	int qfd = (int)vq.out_veventq_fd;
+	struct pollfd p = { .fd = qfd, .events = POLLIN };
+	if (poll(&p, 1, 0) != 0)
+		DIE("empty vEVENTQ readable");
+	struct iommu_test_cmd trig = { .size = sizeof(trig), .op = IOMMU_TEST_OP_TRIGGER_VEVENT };
+	trig.trigger_vevent.dev_id = idev;
+	if (ioctl(fd, IOMMU_TEST_CMD, &trig))
+		DIE("TRIGGER_VEVENT");
+	if (poll(&p, 1, 1000) != 1 || !(p.revents & POLLIN))
+		DIE("vEVENTQ not readable after an event");
+	struct { struct iommufd_vevent_header h; __u32 virt_id; } ev;
+	if (read(qfd, &ev, sizeof(ev)) != sizeof(ev))
+		DIE("read event");
+	if (ev.virt_id != 0x99 || ev.h.sequence != 0)
+		DIE("event virt_id %x seq %u", ev.virt_id, ev.h.sequence);
+	p.revents = 0;
+	if (poll(&p, 1, 0) != 0)
+		DIE("vEVENTQ still readable after draining");
+	if (close(qfd) || destroy(fd, vq.out_veventq_id))
+		DIE("close/destroy vEVENTQ");
+	close(fd);
+	printf("OK vevent\n");
+	return 0;
+}
+#endif
+
 static int mode_failnth(void)
 {
 	char path[64];
@@ -218,6 +277,9 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "threads")) return mode_threads();
 	if (!strcmp(m, "event")) return mode_event();
 	if (!strcmp(m, "failnth")) return mode_failnth();
+#ifdef IOMMU_VEVENTQ_ALLOC
+	if (!strcmp(m, "vevent")) return mode_vevent();
+#endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;
 }

@@ -159,6 +159,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK event/);
   });
 
+  test('vEVENTQ fd: poll readable after an event, not after reading it; close then DESTROY', async () => {
+    const r = await runClient('vevent');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK vevent/);
+  });
+
   test('fail-nth file arms the next emulated call of the thread', async () => {
     const r = await runClient('failnth');
     assert.equal(r.code, 0, r.out + r.err);
