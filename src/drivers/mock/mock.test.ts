@@ -197,3 +197,58 @@ test('a 1 MiB-aligned HWPT_INVALIDATE entry array crossing into unmapped memory 
   destroy(t, nested);
   assert.throws(() => testCmd(t, TEST_OP.MD_CHECK_IOTLB, nested, { id: 0, iotlb: 0 }), errno('ENOENT'));
 });
+
+test('copy-back faults: MOCK_DOMAIN undoes everything, PASID_ATTACH detaches again', () => {
+  const t = setup();
+  const ioas = ioasAlloc(t);
+  const roCmd = (op: number, id: number, u: Record<string, unknown>) => {
+    const addr = t.mem.alloc(S.IOMMU_TEST_CMD_SIZE);
+    const buf = encode(S.iommu_test_cmd, { size: S.IOMMU_TEST_CMD_SIZE, op, id }, Infinity, S.IOMMU_TEST_CMD_SIZE);
+    const view = { [TEST_OP.MOCK_DOMAIN]: S.test_mock_domain, [TEST_OP.PASID_ATTACH]: S.test_pasid_attach }[op]!;
+    const full = new Uint8Array(buf);
+    full.set(encode(view, u, Infinity, S.IOMMU_TEST_CMD_SIZE).subarray(16, 64), 16);
+    t.mem.write(addr, full);
+    t.mem.mprotect(addr, 4096, 1);
+    return () => t.ctx.ioctl((0x3b << 8) | 0xa0, addr, t.caller);
+  };
+  assert.throws(roCmd(TEST_OP.MOCK_DOMAIN, ioas, {}), errno('EFAULT'));
+  assert.deepEqual(t.ctx.objects.all().map((o) => [o.id, o.users]), [[1, 1]]);
+  const md = mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID);
+  const h = hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.PASID });
+  testCmd(t, TEST_OP.MOCK_DOMAIN_REPLACE, md.stdevId, { pt_id: h });
+  assert.throws(roCmd(TEST_OP.PASID_ATTACH, md.stdevId, { pasid: 7, pt_id: h }), errno('EFAULT'));
+  testCmd(t, TEST_OP.PASID_CHECK_HWPT, md.stdevId, { pasid: 7, hwpt_id: 0 });
+});
+
+test('fault injection: FAULT_QUEUE_ALLOC and HWPT_ALLOC with a FAULT leave nothing behind', () => {
+  for (let k = 1; k < 50; k++) {
+    const t = setup();
+    const ioas = ioasAlloc(t);
+    const md = mockDomain(t, ioas);
+    const before = t.ctx.objects.all().length;
+    t.emu.failNth = k;
+    let done = false;
+    try {
+      const r = raw(t, 'FAULT_QUEUE_ALLOC', S.iommu_fault_alloc, {});
+      hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.FAULT_ID_VALID, faultId: r.out_fault_id });
+      done = true;
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+    }
+    const left = t.emu.failNth;
+    t.emu.failNth = 0;
+    if (done) {
+      assert.ok(left > 0 && k > 2);
+      return;
+    }
+    const objs = t.ctx.objects.all();
+    if (objs.length > before) {
+      // The FAULT was made; only the HWPT failed.
+      assert.equal(objs.length, before + 1);
+      assert.equal(objs[objs.length - 1]!.users, 2); // table + its fd
+    } else {
+      assert.equal(t.caller.fds.open, 0, `k=${k}`);
+    }
+  }
+  assert.fail('no success within 50 failure points');
+});
