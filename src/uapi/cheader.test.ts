@@ -17,6 +17,7 @@ import * as S from './structs.js';
 const PROFILE_NAMES = Object.keys(PROFILES) as ProfileName[];
 
 const CC = process.env.CC ?? 'cc';
+const CXX = process.env.CXX ?? 'c++';
 const ccMissing = spawnSync(CC, ['--version']).error !== undefined;
 const NO_CC = ccMissing ? `no C compiler ('${CC}' not found): the generated headers are not compiled` : false;
 
@@ -88,6 +89,10 @@ for (const name of PROFILE_NAMES) {
         const alone = join(dir, 'alone.c');
         writeFileSync(alone, '#include "iommufd_test.h"\n#include <linux/iommufd.h>\nint x;\n');
         compile(dir, alone, ['-pedantic', '-Wno-pedantic']);
+        // ... and from C++ (the size checks switch to static_assert).
+        const r = spawnSync(CXX, ['-fsyntax-only', '-std=c++11', '-Wall', '-Werror', '-x', 'c++', '-isystem', dir, '-I', dir, alone],
+          { encoding: 'utf8' });
+        if (!r.error) assert.equal(r.status, 0, `c++ failed:\n${r.stderr}`);
       } finally {
         rmSync(dir, { recursive: true, force: true });
       }

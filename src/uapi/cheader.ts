@@ -148,7 +148,7 @@ function cStruct(s: StructDef, version: number): string {
     `struct ${s.name} {`,
     ...fieldLines(presentFields(s, version), '\t'),
     '};',
-    `_Static_assert(sizeof(struct ${s.name}) == ${size}, "struct ${s.name} must be ${size} bytes");`,
+    `${ASSERT_MACRO}(sizeof(struct ${s.name}) == ${size}, "struct ${s.name} must be ${size} bytes");`,
   ].join('\n');
 }
 
@@ -173,6 +173,18 @@ function cmdMacroName(d: IoctlDef): string {
   return 'IOMMUFD_CMD_' + d.cname.replace(/^IOMMU_/, '');
 }
 
+/** Size checks as a macro so the headers also work from C++ (static_assert) and C11 (_Static_assert). */
+const ASSERT_MACRO = '__IOMMUFD_EMU_LAYOUT_CHECK';
+const ASSERT_PRELUDE = [
+  `#ifndef ${ASSERT_MACRO}`,
+  '#ifdef __cplusplus',
+  `#define ${ASSERT_MACRO}(cond, msg) static_assert(cond, msg)`,
+  '#else',
+  `#define ${ASSERT_MACRO}(cond, msg) _Static_assert(cond, msg)`,
+  '#endif',
+  '#endif',
+].join('\n');
+
 function banner(profile: Profile, what: string): string {
   return [
     '/* SPDX-License-Identifier: MIT */',
@@ -194,6 +206,7 @@ function generateCore(profile: Profile): string {
     banner(profile, 'IOMMUFD user API: ioctl numbers, argument structs, enums.'),
     '#ifndef _UAPI_IOMMUFD_H\n#define _UAPI_IOMMUFD_H',
     '#include <linux/ioctl.h>\n#include <linux/types.h>',
+    ASSERT_PRELUDE,
     '#define IOMMUFD_TYPE (\';\')',
   ];
   const cmds = ioctls.map((d, i) => i === 0 && d.nr === IOMMUFD_CMD_BASE
@@ -230,9 +243,9 @@ function cTestCmd(profile: Profile): string {
   for (const [name, f] of tail) lines.push(`\t${C_TYPE[f.type]} ${name};`);
   lines.push('};');
   const last = S.iommu_test_cmd.fields.last.offset;
-  lines.push(`_Static_assert(__builtin_offsetof(struct iommu_test_cmd, last) == ${last}, ` +
+  lines.push(`${ASSERT_MACRO}(__builtin_offsetof(struct iommu_test_cmd, last) == ${last}, ` +
     `"iommu_test_cmd.last must sit at ${last}");`);
-  lines.push(`_Static_assert(sizeof(struct iommu_test_cmd) == ${S.IOMMU_TEST_CMD_SIZE}, ` +
+  lines.push(`${ASSERT_MACRO}(sizeof(struct iommu_test_cmd) == ${S.IOMMU_TEST_CMD_SIZE}, ` +
     `"struct iommu_test_cmd must be ${S.IOMMU_TEST_CMD_SIZE} bytes");`);
   const test = IOCTLS.find((d) => d.test)!;
   lines.push(`#define ${test.cname} _IO(IOMMUFD_TYPE, IOMMUFD_CMD_BASE + ${test.nr - IOMMUFD_CMD_BASE})`);
@@ -246,6 +259,7 @@ function generateTest(profile: Profile): string {
     banner(profile, 'IOMMUFD selftest interface (IOMMU_TEST_CMD and the mock driver\'s constants and payloads).'),
     '#ifndef _UAPI_IOMMUFD_TEST_H\n#define _UAPI_IOMMUFD_TEST_H',
     '#include <linux/iommufd.h>\n#include <linux/types.h>',
+    ASSERT_PRELUDE,
   ];
   for (const e of headerEnums(profile, true, structs)) {
     const t = cEnum(e, profile);
