@@ -340,3 +340,71 @@ test('Access errors: detached ENOENT, double attach EINVAL, pinning by a non-pin
   acc.destroyByOwner();
   assert.equal(e.ctx.objects.size, 1);
 });
+
+// ---- fault injection (05 §6): every failure point unwinds completely ------------------------------
+
+/**
+ * Run `armed` with the k-th failure point armed, for k = 1, 2, ... until a run
+ * passes every point; after each run close everything and require no object,
+ * pin or charge to be left. Returns the number of failure points seen.
+ */
+function failNthSweep(prep: (e: Env) => { va: bigint; fds: number[] }, armed: (e: Env, st: { va: bigint; fds: number[] }) => void): number {
+  for (let k = 1; k < 400; k++) {
+    const e = env('mainline', { capIpcLock: false, memlockLimit: Infinity, uid: 777 });
+    const st = prep(e);
+    e.emu.failNth = k;
+    armed(e, st);
+    const fired = e.emu.failNth === 0;
+    e.emu.failNth = 0;
+    for (const fd of [...st.fds]) if (e.fds.lookup(fd)) e.fds.close(fd);
+    for (let fd = 1000; fd < 1100; fd++) if (e.fds.lookup(fd)) e.fds.close(fd);
+    e.ctx.put();
+    assert.equal(e.ctx.closed, true, `k=${k}: context still open`);
+    assert.equal(e.ctx.objects.size, 0);
+    assert.ok(pins(e, st.va, 0x200000n).every((p) => p === 0), `k=${k}: pins left`);
+    assert.equal(e.emu.userAccounting.get(777), 0, `k=${k}: charge left`);
+    if (!fired) return k;
+  }
+  assert.fail('400 or more failure points');
+}
+
+/** Run an op whose failure is expected and ignored (only errnos may come out). */
+function tryOp(fn: () => unknown): void {
+  try {
+    fn();
+  } catch (e) {
+    if (!isErrno(e)) throw e;
+  }
+}
+
+test('fail-nth: basic IOAS sequence (alloc, ranges, allow, map, copy, unmap) unwinds at every point', () => {
+  const n = failNthSweep((e) => ({ va: e.mem.mmap(0x200000, { shared: true }), fds: [] }), (e, st) => {
+    let id = 0;
+    tryOp(() => { id = ioasAlloc(e); });
+    tryOp(() => iovaRanges(e, id));
+    tryOp(() => testCmd(e, TEST_OP.ADD_RESERVED, id, { start: 0x100000000n, length: 0x1000n }));
+    tryOp(() => map(e, id, st.va, 0x200000n));
+    tryOp(() => unmap(e, id, 0n, U64_MAX));
+  });
+  assert.ok(n > 3);
+});
+
+test('fail-nth: map with a domain, access pin and rw unwind at every point', () => {
+  const n = failNthSweep((e) => ({ va: e.mem.mmap(0x200000, { shared: true }), fds: [] }), (e, st) => {
+    let id = 0;
+    tryOp(() => { id = ioasAlloc(e); });
+    let stdev = 0;
+    tryOp(() => { stdev = mockDomain(e, id).stdev; });
+    tryOp(() => map(e, id, st.va, 0x40000n, { iova: 0x1000000n }));
+    let fd = -1;
+    tryOp(() => { fd = createAccess(e, id); st.fds.push(fd); });
+    tryOp(() => accessPages(e, fd, 0x1000000n, 0x40000n, { uptr: st.va }));
+    const ubuf = e.mem.mmap(0x1000);
+    tryOp(() => accessRw(e, fd, 0x1000000n, ubuf, 64, MOCK.ACCESS_RW_WRITE));
+    tryOp(() => accessRw(e, fd, 0x1000000n, ubuf, 64, MOCK.ACCESS_RW_SLOW_PATH));
+    tryOp(() => testCmd(e, TEST_OP.DESTROY_ACCESS_PAGES, fd, { access_pages_id: 0 }));
+    tryOp(() => destroy(e, stdev));
+    tryOp(() => mockDomain(e, id));
+  });
+  assert.ok(n > 5);
+});
