@@ -665,9 +665,17 @@ EXPORT DIR *opendir(const char *path)
 /* ---- close / dup ------------------------------------------------------------------- */
 static int needs_sync(uint8_t kind) { return kind == K_IOMMUFD || kind == K_EVENT; }
 
+/* The program closes (or dup2s over) our control connection: forget it. */
+static void ctl_forget(int fd)
+{
+	if (fd >= 0 && fd == ctl_fd)
+		ctl_fd = -1;
+}
+
 EXPORT int close(int fd)
 {
 	RESOLVE(close);
+	ctl_forget(fd);
 	if (!emulated(fd))
 		return real_close(fd);
 	pthread_mutex_lock(&tab_mu);
@@ -720,12 +728,15 @@ static int dup_onto(int fd, int newfd, int r)
 EXPORT int dup2(int fd, int newfd)
 {
 	RESOLVE(dup2);
+	if (fd != newfd)
+		ctl_forget(newfd);
 	return dup_onto(fd, newfd, real_dup2(fd, newfd));
 }
 
 EXPORT int dup3(int fd, int newfd, int flags)
 {
 	RESOLVE(dup3);
+	ctl_forget(newfd);
 	return dup_onto(fd, newfd, real_dup3(fd, newfd, flags));
 }
 
