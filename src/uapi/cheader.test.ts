@@ -182,6 +182,42 @@ test('the 6.12 iommufd selftests compile against the generated 6.12 headers', { 
   }
 });
 
+// Cross-check of the table against the real 6.12.117 uAPI headers from the same package:
+// every offset, size, value and ioctl number must agree, except the five identifiers the
+// 6.12 profile adds on top of 6.12.117 for the backported tests (spec 05 §1.3).
+const BACKPORT_ONLY = ['in_data_type', 'IOMMU_HW_INFO_TYPE_DEFAULT', 'IOMMU_HW_INFO_FLAG_INPUT_TYPE',
+  'MOCK_FLAGS_DEVICE_PASID', 'MOCK_PASID_WIDTH'];
+
+test('the 6.12 table matches the real linux-source-6.12 uAPI headers (but for the backport identifiers)',
+  { skip: NO_SRC, timeout: 300_000 }, () => {
+    const dir = mkdtempSync(join(tmpdir(), 'iommufd-real612-'));
+    try {
+      const top = 'linux-source-6.12';
+      execFileSync('tar', ['-xJf', TARBALL, '-C', dir, `${top}/include/uapi/linux/iommufd.h`,
+        `${top}/drivers/iommu/iommufd/iommufd_test.h`]);
+      const inc = join(dir, 'inc');
+      execFileSync('mkdir', ['-p', join(inc, 'linux')]);
+      execFileSync('cp', [join(dir, top, 'include/uapi/linux/iommufd.h'), join(inc, 'linux')]);
+      execFileSync('cp', [join(dir, top, 'drivers/iommu/iommufd/iommufd_test.h'), inc]);
+      const lines = generateLayoutCheck(PROFILES['6.12']).split('\n');
+      const backport = new RegExp(`\\b(${BACKPORT_ONLY.join('|')})\\b`);
+      const common = lines.filter((l) => !backport.test(l));
+      assert.ok(lines.length - common.length >= BACKPORT_ONLY.length);
+      const f = join(dir, 'check.c');
+      writeFileSync(f, common.join('\n'));
+      compile(inc, f);
+      // And each backport identifier really is missing from 6.12.117 (else it should not be special).
+      for (const id of BACKPORT_ONLY) {
+        const one = join(dir, `${id}.c`);
+        writeFileSync(one, [...lines.slice(0, 5), ...lines.filter((l) => new RegExp(`\\b${id}\\b`).test(l))].join('\n'));
+        const r = spawnSync(CC, ['-fsyntax-only', '-isystem', inc, '-I', inc, one], { encoding: 'utf8' });
+        assert.notEqual(r.status, 0, `${id} unexpectedly present in the real 6.12 headers`);
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
 test('user code written against the 6.12 identifiers compiles', { skip: NO_CC }, () => {
   const dir = mkdtempSync(join(tmpdir(), 'iommufd-user-'));
   try {
