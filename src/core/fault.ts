@@ -128,6 +128,7 @@ export class FaultObj extends IommufdObject {
 
   /** Answer INVALID to every queued or awaiting group that came through `handle`. */
   autoRespond(handle: AttachHandle): void {
+    const queued = this.deliver.length;
     for (let i = 0; i < this.deliver.length;) {
       const g = this.deliver[i]!;
       if (g.handle === handle) {
@@ -142,6 +143,7 @@ export class FaultObj extends IommufdObject {
       this.response.delete(cookie);
       respondGroup(g, PAGE_RESP.INVALID);
     }
+    if (this.deliver.length !== queued) this.file?.onReadiness?.();
   }
 
   destroy(): void {
