@@ -57,6 +57,8 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
     ['IOMMU_HWPT_DATA_NONE', 0], ['IOMMU_HWPT_DATA_VTD_S1', 1], ['IOMMU_HWPT_DATA_ARM_SMMUV3', 2, V.V6_13],
     ['IOMMU_HWPT_DATA_AMD_GUEST', 3, V.MAINLINE]], { since: V.V6_7 }),
   def('iommu_hw_info_vtd_flags', true, [['IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17', 1]], { since: V.V6_7 }),
+  def('iommu_hw_info_arm_smmuv3_flags', true, [['IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI', 1]],
+    { since: V.MAINLINE }),
   def('iommu_hw_info_type', false, [
     ['IOMMU_HW_INFO_TYPE_NONE', 0], ['IOMMU_HW_INFO_TYPE_DEFAULT', 0, V.V6_12], ['IOMMU_HW_INFO_TYPE_INTEL_VTD', 1],
     ['IOMMU_HW_INFO_TYPE_ARM_SMMUV3', 2, V.V6_13], ['IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV', 3, V.V6_17],

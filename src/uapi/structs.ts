@@ -85,11 +85,12 @@ export const iommu_hw_info = struct('iommu_hw_info', {
 }, V.V6_7);
 
 export const iommu_hwpt_set_dirty_tracking = struct('iommu_hwpt_set_dirty_tracking', {
-  size: u32(0), flags: u32(4), hwpt_id: u32(8), __reserved: u32(12, R),
+  size: u32(0), flags: u32(4, { enumName: 'iommufd_hwpt_set_dirty_tracking_flags' }), hwpt_id: u32(8), __reserved: u32(12, R),
 }, V.V6_7);
 
 export const iommu_hwpt_get_dirty_bitmap = struct('iommu_hwpt_get_dirty_bitmap', {
-  size: u32(0), hwpt_id: u32(4), flags: u32(8), __reserved: u32(12, R), iova: u64(16), length: u64(24),
+  size: u32(0), hwpt_id: u32(4), flags: u32(8, { enumName: 'iommufd_hwpt_get_dirty_bitmap_flags' }),
+  __reserved: u32(12, R), iova: u64(16), length: u64(24),
   page_size: u64(32), data: u64(40, P),
 }, V.V6_7);
 
@@ -159,22 +160,25 @@ export const iommufd_vevent_header = struct('iommufd_vevent_header', {
 // ---- Driver payloads (layouts only) --------------------------------------------
 
 export const iommu_hwpt_vtd_s1 = struct('iommu_hwpt_vtd_s1', {
-  flags: u64(0), pgtbl_addr: u64(8), addr_width: u32(16), __reserved: u32(20, R),
+  flags: u64(0, { enumName: 'iommu_hwpt_vtd_s1_flags' }), pgtbl_addr: u64(8), addr_width: u32(16),
+  __reserved: u32(20, R),
 }, V.V6_7);
 export const iommu_hwpt_arm_smmuv3 = struct('iommu_hwpt_arm_smmuv3', { ste: arr('u64', 0, 2) }, V.V6_13);
 export const iommu_hwpt_amd_guest = struct('iommu_hwpt_amd_guest', { dte: arr('u64', 0, 4) }, V.MAINLINE);
 export const iommu_hw_info_vtd = struct('iommu_hw_info_vtd', {
-  flags: u32(0), __reserved: u32(4, R), cap_reg: u64(8), ecap_reg: u64(16),
+  flags: u32(0, { enumName: 'iommu_hw_info_vtd_flags' }), __reserved: u32(4, R), cap_reg: u64(8), ecap_reg: u64(16),
 }, V.V6_7);
 export const iommu_hw_info_arm_smmuv3 = struct('iommu_hw_info_arm_smmuv3', {
-  flags: u32(0), __reserved: u32(4, R), idr: arr('u32', 8, 6), iidr: u32(32), aidr: u32(36),
+  flags: u32(0, { enumName: 'iommu_hw_info_arm_smmuv3_flags' }), __reserved: u32(4, R), idr: arr('u32', 8, 6),
+  iidr: u32(32), aidr: u32(36),
 }, V.V6_13);
 export const iommu_hw_info_tegra241_cmdqv = struct('iommu_hw_info_tegra241_cmdqv', {
   flags: u32(0), version: u8(4), log2vcmdqs: u8(5), log2vsids: u8(6), __reserved: u8(7, R),
 }, V.V6_17);
 export const iommu_hw_info_amd = struct('iommu_hw_info_amd', { efr: u64(0), efr2: u64(8) }, V.MAINLINE);
 export const iommu_hwpt_vtd_s1_invalidate = struct('iommu_hwpt_vtd_s1_invalidate', {
-  addr: u64(0), npages: u64(8), flags: u32(16), __reserved: u32(20, R),
+  addr: u64(0), npages: u64(8), flags: u32(16, { enumName: 'iommu_hwpt_vtd_s1_invalidate_flags' }),
+  __reserved: u32(20, R),
 }, V.V6_8);
 export const iommu_viommu_arm_smmuv3_invalidate = struct('iommu_viommu_arm_smmuv3_invalidate', {
   cmd: arr('u64', 0, 2),

@@ -37,7 +37,7 @@ function commonPrefix(names: string[]): string {
 /** For one-member enums, the conventional family prefix to strip (no common prefix to compute). */
 const SINGLE_MEMBER_PREFIXES = [
   'IOMMU_HW_INFO_FLAG_', 'IOMMU_HW_INFO_VTD_', 'IOMMU_HWPT_DIRTY_', 'IOMMU_HWPT_GET_DIRTY_BITMAP_',
-  'IOMMU_VTD_INV_FLAGS_', 'IOMMU_VEVENTQ_FLAG_', 'MOCK_FLAGS_ACCESS_CREATE_',
+  'IOMMU_VTD_INV_FLAGS_', 'IOMMU_VEVENTQ_FLAG_', 'MOCK_FLAGS_ACCESS_CREATE_', 'IOMMU_HW_INFO_ARM_SMMUV3_',
 ];
 
 const prefixCache = new Map<EnumDef, string>();
