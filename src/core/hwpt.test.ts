@@ -291,3 +291,31 @@ for (const profile of ['6.12', 'mainline'] as const) {
     assert.deepEqual(invalidate(t, t.nested, [], { uptr: 0x10n, entryNum: 1 }), { err: 'EFAULT', num: 0 });
   });
 }
+
+test('the pt_id / hwpt_id type switches are open for other object types (the vIOMMU branch)', async () => {
+  const { IommufdObject, ObjType: OT } = await import('./object.js');
+  const { registerHwptAllocTarget, registerInvalidateTarget, hwptNestedAllocOnViommu } = await import('./hwpt.js');
+  const { mockDriverOf } = await import('../drivers/mock/mock.js');
+  const t = nestedFixture('mainline');
+  // A stand-in object type nothing else registers.
+  class Fake extends IommufdObject {
+    readonly type = OT.VEVENTQ;
+    destroy(): void {}
+  }
+  const v = t.ctx.allocObj(new Fake());
+  t.ctx.objects.finalize(v);
+  const d = selftestData(t);
+  assert.equal(allocErr(t, { devId: t.dev, ptId: v.id, dataType: MOCK.HWPT_DATA_SELFTEST, data: d }), 'EINVAL');
+  assert.deepEqual(invalidate(t, v.id, []), { err: 'EINVAL', num: 0 });
+  const parentObj = t.ctx.objects.find(t.parent, OT.HWPT_PAGING) as import('./hwpt.js').HwptPaging;
+  registerHwptAllocTarget(OT.VEVENTQ, (ctx, _idev, pt, flags, data) =>
+    hwptNestedAllocOnViommu(ctx, pt, parentObj, flags, data, (_f, dd) => mockDriverOf(ctx.emu).allocNested(parentObj.domain, dd, pt)));
+  registerInvalidateTarget(OT.VEVENTQ, (_ctx, _obj, req) => { req.handled = req.entryNum; });
+  assert.equal(allocErr(t, { devId: t.dev, ptId: v.id, flags: HWPT_ALLOC.NEST_PARENT, dataType: MOCK.HWPT_DATA_SELFTEST, data: d }), 'EOPNOTSUPP');
+  assert.equal(allocErr(t, { devId: t.dev, ptId: v.id }), 'EOPNOTSUPP'); // no data
+  const id = hwptAlloc(t, { devId: t.dev, ptId: v.id, dataType: MOCK.HWPT_DATA_SELFTEST, data: d });
+  assert.equal(v.users, 2, 'the nested HWPT holds its owner');
+  assert.deepEqual(invalidate(t, v.id, [{ flags: 0, iotlb_id: 0 }, { flags: 0, iotlb_id: 1 }]), { err: null, num: 2 });
+  destroy(t, id);
+  assert.equal(v.users, 1);
+});
