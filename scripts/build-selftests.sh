@@ -53,7 +53,9 @@ src=$work/$top
 # extracted one, because the tests reach it by a relative path.
 [[ -f $repo/dist/uapi/cheader.js ]] || (cd "$repo" && npx tsc -p . >/dev/null || true)
 inc=$work/include
-node "$repo/dist/uapi/cheader.js" "$inc" "$profile" >/dev/null
+node "$repo/dist/uapi/cheader.js" "$inc" "$profile" --check >/dev/null
+# Re-check every offset/size/value of the table with the compiler before using the headers.
+"$cc" -fsyntax-only -isystem "$inc" -I "$inc" "$inc/iommufd_layout_check.c"
 cp "$inc/iommufd_test.h" "$src/drivers/iommu/iommufd/iommufd_test.h"
 # The raw uAPI vfio.h still carries __user annotations; the export step would strip them.
 sed -e 's/\b__user\b//g' "$src/include/uapi/linux/vfio.h" > "$inc/linux/vfio.h"

@@ -344,11 +344,20 @@ export function generateLayoutCheck(profile: Profile): string {
 // ---- CLI ---------------------------------------------------------------------------
 
 if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const [dir, profileName = '6.12'] = process.argv.slice(2);
+  const args = process.argv.slice(2);
+  const withCheck = args.includes('--check');
+  const [dir, profileName = '6.12'] = args.filter((a) => a !== '--check');
   if (!dir) {
-    process.stderr.write('usage: node dist/uapi/cheader.js <out-dir> [profile]\n');
+    process.stderr.write('usage: node dist/uapi/cheader.js <out-dir> [profile] [--check]\n' +
+      '  writes <out-dir>/linux/iommufd.h, <out-dir>/iommufd_test.h\n' +
+      '  --check: also <out-dir>/iommufd_layout_check.c (compile it with -isystem <out-dir> -I <out-dir>)\n');
     process.exit(2);
   }
   const p = writeHeaders(dir, profileName);
   process.stdout.write(`${p.iommufd}\n${p.test}\n`);
+  if (withCheck) {
+    const c = join(dir, 'iommufd_layout_check.c');
+    writeFileSync(c, generateLayoutCheck(getProfile(profileName)));
+    process.stdout.write(`${c}\n`);
+  }
 }
