@@ -70,13 +70,13 @@ struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, c
 struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t pad; };
 struct __attribute__((packed)) req_ioctl {
 	uint32_t len, type, token, pid, tid, request; uint64_t arg;
-	int32_t failnth, evfd; uint32_t evtoken, pad; uint64_t memlock;
+	int32_t failnth, evfd; uint32_t evtoken, mapgen; uint64_t memlock;
 };
 struct __attribute__((packed)) req_region { uint32_t len, type; uint64_t va, length, off; int32_t memfd; uint32_t flags; };
 struct __attribute__((packed)) req_unmap { uint32_t len, type; uint64_t va, length; };
 struct __attribute__((packed)) req_evprep { uint32_t len, type; uint64_t ino; };
 struct __attribute__((packed)) req_fileop {
-	uint32_t len, type, evtoken, op; uint64_t buf, count, pos; int32_t failnth; uint32_t pad;
+	uint32_t len, type, evtoken, op; uint64_t buf, count, pos; int32_t failnth; uint32_t mapgen;
 };
 struct __attribute__((packed)) rep_status { uint32_t len; int32_t status; };
 struct __attribute__((packed)) rep_open { uint32_t len; int32_t err; uint32_t token; int32_t failnth; };
@@ -120,6 +120,9 @@ static int (*real_fcntl64)(int, int, ...);
 static DIR *(*real_opendir)(const char *);
 
 static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
+
+/* Bumped on every mapping change we see, so the server re-reads our VMAs. */
+static volatile uint32_t map_gen;
 
 /* ---- fail-nth counters (per thread, like task->fail_nth) --------------------- */
 #define NTHREADS 1024
@@ -864,7 +867,7 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 		}
 	}
 	struct req_ioctl q = { sizeof(q), T_IOCTL, ent.token, (uint32_t)getpid(), (uint32_t)tid, (uint32_t)req,
-			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, 0, memlock_limit() };
+			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit() };
 	struct rep_ioctl r;
 	pthread_mutex_lock(&ctl_mu);
 	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
@@ -916,7 +919,7 @@ static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
 	struct fdent ent = fdtab[fd];
 	pid_t tid = my_tid();
 	struct req_fileop q = { sizeof(q), T_FILEOP, ent.token, (uint32_t)op, (uint64_t)(uintptr_t)buf, count,
-				(uint64_t)pos, failnth_get(tid), 0 };
+				(uint64_t)pos, failnth_get(tid), map_gen };
 	struct rep_fileop r;
 	pthread_mutex_lock(&ctl_mu);
 	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
@@ -1159,6 +1162,7 @@ static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
+	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
 	int type = flags & MAP_SHARED_VALIDATE;
 	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {
 		void *p = shared_anon_mmap(addr, len, prot, flags);
@@ -1181,8 +1185,28 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 	return mmap(addr, len, prot, flags, fd, off);
 }
 
+EXPORT int mprotect(void *addr, size_t len, int prot)
+{
+	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
+	return (int)syscall(SYS_mprotect, addr, len, prot);
+}
+
+EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
+{
+	void *new_addr = NULL;
+	if (flags & MREMAP_FIXED) {
+		va_list ap;
+		va_start(ap, flags);
+		new_addr = va_arg(ap, void *);
+		va_end(ap);
+	}
+	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
+	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+}
+
 EXPORT int munmap(void *addr, size_t len)
 {
+	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
 	int r = (int)syscall(SYS_munmap, addr, len);
 	if (r == 0 && nregions) {
 		int e = errno;

@@ -78,6 +78,18 @@ static int mode_basic(void)
 	/* a pointer the kernel cannot read: EFAULT */
 	if (ioctl(fd, IOMMU_IOAS_ALLOC, (void *)8) != -1 || errno != EFAULT)
 		DIE("IOAS_ALLOC(bad pointer) should be EFAULT");
+	/* protections hold although the server writes through /proc/pid/mem */
+	struct iommu_ioas_alloc *ro = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ro->size = sizeof(*ro);
+	mprotect(ro, 4096, PROT_READ);
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, ro) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC into read-only memory should be EFAULT");
+	mprotect(ro, 4096, PROT_NONE);
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, ro) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC from PROT_NONE memory should be EFAULT");
+	mprotect(ro, 4096, PROT_READ | PROT_WRITE);
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, ro) || ro->out_ioas_id == 0)
+		DIE("IOAS_ALLOC after mprotect back: id %u", ro->out_ioas_id);
 	if (close(fd))
 		DIE("close");
 	/* pins are gone once close returned */

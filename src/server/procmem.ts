@@ -235,11 +235,37 @@ function parseMaps(text: string): Vma[] {
   return out;
 }
 
+/** Index of the first VMA ending above `va` (VMAs are sorted and disjoint). */
+function vmaIndex(vmas: Vma[], va: bigint): number {
+  let lo = 0;
+  let hi = vmas.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    if (vmas[mid]!.end <= va) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo;
+}
+
+/** [start, end) is mapped without holes, readable (perm 0) or writable (perm 1) throughout. */
+function covered(vmas: Vma[], start: bigint, end: bigint, perm: 0 | 1): boolean {
+  let i = vmaIndex(vmas, start);
+  let va = start;
+  while (va < end) {
+    const v = vmas[i++];
+    if (!v || v.start > va || v.perms[perm] === '-') return false;
+    va = v.end;
+  }
+  return true;
+}
+
 /** UserMemory of a live client process (one process image: a new one after exec). */
 export class ProcMemory implements UserMemory {
   private fd: number;
   private readonly regions: Region[] = [];
   private readonly privatePages = new Map<bigint, PrivatePage>();
+  private vmaCache: Vma[] | null = null;
+  private gen = 0;
 
   constructor(readonly process: ProcessInfo, private readonly registry: PageRegistry) {
     this.fd = fs.openSync(`/proc/${process.pid}/mem`, 'r+');
@@ -250,10 +276,37 @@ export class ProcMemory implements UserMemory {
     return this.process.pid;
   }
 
+  /** The shim's mapping generation (bumped by its mmap/munmap/mprotect/mremap). */
+  setGeneration(gen: number): void {
+    if (gen !== this.gen) {
+      this.gen = gen;
+      this.vmaCache = null;
+    }
+  }
+
+  /**
+   * /proc/<pid>/mem ignores protections (it may write read-only and read
+   * PROT_NONE memory); copy_{from,to}_user do not. Check [addr, addr+length)
+   * against the VMAs: cached while the shim reports no mapping change, re-read
+   * on a miss.
+   */
+  private checkAccess(addr: bigint, length: number, perm: 0 | 1): void {
+    const end = addr + BigInt(length);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      const fresh = this.vmaCache === null;
+      const vmas = (this.vmaCache ??= this.maps());
+      if (covered(vmas, addr, end, perm)) return;
+      if (fresh) break;
+      this.vmaCache = null;
+    }
+    fail('EFAULT');
+  }
+
   read(addr: bigint, length: number): Uint8Array {
     const buf = new Uint8Array(length);
     if (length === 0) return buf;
     if (addr < 0n || addr + BigInt(length) > POS_MAX || this.fd < 0) fail('EFAULT');
+    this.checkAccess(addr, length, 0);
     let done = 0;
     try {
       while (done < length) {
@@ -271,6 +324,7 @@ export class ProcMemory implements UserMemory {
   write(addr: bigint, data: Uint8Array): void {
     if (data.length === 0) return;
     if (addr < 0n || addr + BigInt(data.length) > POS_MAX || this.fd < 0) fail('EFAULT');
+    this.checkAccess(addr, data.length, 1);
     let done = 0;
     try {
       while (done < data.length) {
@@ -295,6 +349,7 @@ export class ProcMemory implements UserMemory {
   getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
     if (!this.process.alive) fail('EFAULT');
     const vmas = this.maps();
+    this.vmaCache = vmas;
     if (vmas.length === 0) fail('EFAULT'); // gone (zombie or reaped)
     const out: PhysPage[] = [];
     let vi = 0;

@@ -25,7 +25,7 @@ export const REQ_SIZE: Record<number, number> = {
   [T_HELLO]: 8 + 4 * 4 + 8,
   // len type pid tid failnth pad
   [T_OPEN]: 8 + 4 * 4,
-  // len type token pid tid request arg(u64) failnth evfd evtoken pad memlock(u64)
+  // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64)
   [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8,
   [T_SYNC]: 8,
   // len type va len off memfd flags
@@ -34,7 +34,7 @@ export const REQ_SIZE: Record<number, number> = {
   [T_UNMAP]: 8 + 8 + 8,
   // len type ino(u64)
   [T_EVPREP]: 8 + 8,
-  // len type evtoken op buf count pos failnth pad
+  // len type evtoken op buf count pos failnth mapgen
   [T_FILEOP]: 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4,
 };
 

@@ -102,6 +102,15 @@ describe('server and shim (C clients)', { skip }, () => {
 
   test('a malformed frame closes only that connection, with a logged reason', async () => {
     const { p, line } = await startHolder();
+    try {
+      await malformedFrames(line);
+    } finally {
+      p.kill('SIGKILL');
+    }
+    await until(() => server.liveContexts === 0);
+  });
+
+  async function malformedFrames(line: string): Promise<void> {
     assert.match(line, /READY ioas=1/);
     assert.equal(server.liveContexts, 1);
     const sock = net.connect(server.socketPath);
@@ -128,9 +137,7 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.equal(server.liveContexts, 1);
     const r = await runClient('basic');
     assert.equal(r.code, 0, r.out);
-    p.kill('SIGKILL');
-    await until(() => server.liveContexts === 0);
-  });
+  }
 
   test('a killed client has its context torn down', async () => {
     const { p } = await startHolder();

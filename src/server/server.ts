@@ -381,6 +381,7 @@ export class IommufdServer {
     const failnth = f.readInt32LE(32);
     const evfd = f.readInt32LE(36);
     const evtoken = f.readUInt32LE(40);
+    const gen = f.readUInt32LE(44);
     const memlock = f.readBigUInt64LE(48);
     const st = this.procs.get(c.pid);
     const reply = Buffer.alloc(P.REP_SIZE.ioctl);
@@ -394,6 +395,7 @@ export class IommufdServer {
       ret = -ERRNO.EBADF;
     } else {
       st.mem.process.memlockLimit = memlock === U64_MAX ? Infinity : Number(memlock);
+      st.mem.setGeneration(gen);
       fdt = new CallFdTable(this, pid, evfd, evtoken);
       const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
       this.emu.failNth = failnth > 0 ? failnth : 0;
@@ -436,7 +438,9 @@ export class IommufdServer {
     const count = f.readBigUInt64LE(24);
     const pos = f.readBigUInt64LE(32);
     const failnth = f.readInt32LE(40);
+    const gen = f.readUInt32LE(44);
     const st = this.procs.get(c.pid);
+    st?.mem.setGeneration(gen);
     const b = this.events.get(evtoken);
     const reply = Buffer.alloc(P.REP_SIZE.fileop);
     reply.writeUInt32LE(reply.length, 0);
