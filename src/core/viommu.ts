@@ -53,10 +53,13 @@ export class Viommu extends IommufdObject implements ViommuCore {
     return this.vdevs.get(virtId)?.idev.dev ?? this.v1VdevIds.get(virtId)?.dev;
   }
 
+  /** The lowest virt_id `dev` has here (the kernel walks its vDEVICE xarray in index order). */
   virtIdOf(dev: DriverDevice): bigint | undefined {
-    for (const [id, v] of this.vdevs) if (v.idev.dev === dev) return id;
-    for (const [id, idev] of this.v1VdevIds) if (idev.dev === dev) return id;
-    return undefined;
+    let best: bigint | undefined;
+    for (const [id, v] of this.vdevs) if (v.idev.dev === dev && (best === undefined || id < best)) best = id;
+    if (best !== undefined) return best;
+    for (const [id, idev] of this.v1VdevIds) if (idev.dev === dev && (best === undefined || id < best)) best = id;
+    return best;
   }
 
   reportEvent(type: number, payload: Uint8Array): void {

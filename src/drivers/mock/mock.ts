@@ -311,8 +311,11 @@ export class MockDriver implements IommuDriver {
         if (id === undefined) fail('ENOENT');
         vdevId = id;
       }
-      mdev.viommu = viommu;
-      mdev.vdevId = vdevId;
+      // The captured (vIOMMU, virt_id) only changes when the vIOMMU does.
+      if (viommu !== mdev.viommu) {
+        mdev.viommu = viommu;
+        mdev.vdevId = vdevId;
+      }
       return;
     }
     // PASID 1024: the first non-blocking attach arms a one-shot failure of the next one.
