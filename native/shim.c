@@ -63,11 +63,13 @@
 #define EXPORT __attribute__((visibility("default")))
 
 /* ---- protocol (mirrors src/server/protocol.ts) ---------------------------- */
-enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP };
+enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP };
 enum { CAP_B_SYS_RESOURCE = 1, CAP_B_IPC_LOCK = 2, CAP_B_SYS_RAWIO = 4 };
 
 struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, caps; uint64_t memlock; };
-struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t pad; };
+struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t pad; uint64_t ino; };
+struct __attribute__((packed)) req_lookup { uint32_t len, type; uint64_t ino; };
+struct __attribute__((packed)) rep_lookup { uint32_t len, kind, token, pad; };
 struct __attribute__((packed)) req_ioctl {
 	uint32_t len, type, token, pid, tid, request; uint64_t arg;
 	int32_t failnth, evfd; uint32_t evtoken, mapgen; uint64_t memlock;
@@ -464,7 +466,9 @@ static int emu_open_iommu(int flags)
 		errno = e;
 		return -1;
 	}
-	struct req_open q = { sizeof(q), T_OPEN, (uint32_t)getpid(), (uint32_t)tid, failnth_get(tid), 0 };
+	struct stat sst;
+	fstat(s, &sst);
+	struct req_open q = { sizeof(q), T_OPEN, (uint32_t)getpid(), (uint32_t)tid, failnth_get(tid), 0, (uint64_t)sst.st_ino };
 	struct rep_open r;
 	if (send_all(s, &q, sizeof(q)) < 0 || recv_all(s, &r, sizeof(r)) < 0 || r.len != sizeof(r)) {
 		syscall(SYS_close, s);
@@ -897,6 +901,62 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 	return (int)r.ret;
 }
 
+/*
+ * An fd we did not open ourselves (inherited across exec, received over
+ * SCM_RIGHTS): if it is a socket connected to the server, ask the server
+ * which emulated fd it is.
+ */
+static int adopt(int fd)
+{
+	struct stat st;
+	if (fd < 0 || fd >= FD_MAX || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+		return 0;
+	struct sockaddr_un peer;
+	socklen_t len = sizeof(peer);
+	memset(&peer, 0, sizeof(peer));
+	if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0 || peer.sun_family != AF_UNIX ||
+	    strcmp(peer.sun_path, socket_path()) != 0)
+		return 0;
+	struct req_lookup q = { sizeof(q), T_LOOKUP, (uint64_t)st.st_ino };
+	struct rep_lookup r;
+	pthread_mutex_lock(&ctl_mu);
+	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
+	pthread_mutex_unlock(&ctl_mu);
+	if (rc < 0 || (r.kind != K_IOMMUFD && r.kind != K_EVENT))
+		return 0;
+	pthread_mutex_lock(&tab_mu);
+	fdtab[fd] = (struct fdent){ (uint8_t)r.kind, r.token, 0, 0 };
+	pthread_mutex_unlock(&tab_mu);
+	return 1;
+}
+
+/* After exec, find the emulated fds we inherited. */
+static void adopt_inherited(void)
+{
+	if (!getenv("IOMMUFD_EMU_SOCKET"))
+		return;
+	RESOLVE(opendir);
+	DIR *d = real_opendir("/proc/self/fd");
+	if (!d)
+		return;
+	int self = dirfd(d);
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		int fd = atoi(e->d_name);
+		if (e->d_name[0] < '0' || e->d_name[0] > '9' || fd == self)
+			continue;
+		char link[64], path[64];
+		snprintf(path, sizeof(path), "/proc/self/fd/%d", fd);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (strncmp(link, "socket:", 7) == 0)
+			adopt(fd);
+	}
+	closedir(d);
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
 	va_list ap;
@@ -904,7 +964,7 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	RESOLVE(ioctl);
-	if (!emulated(fd))
+	if (!emulated(fd) && !(((req >> 8) & 0xff) == IOMMUFD_TYPE && adopt(fd)))
 		return real_ioctl(fd, req, arg);
 	switch (req) {
 	case FIOCLEX: case FIONCLEX: case FIONBIO: case FIOASYNC:
@@ -1237,4 +1297,5 @@ __attribute__((constructor)) static void shim_init(void)
 	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
 	pthread_atfork(NULL, NULL, atfork_child);
 	state_pid = 0;
+	adopt_inherited();
 }

@@ -279,6 +279,42 @@ static int mode_failnth(void)
 	return 0;
 }
 
+/* an iommufd inherited across exec is still the same context */
+static int mode_exec(char **argv)
+{
+	int fd = open("/dev/iommu", O_RDWR); /* no O_CLOEXEC */
+	if (fd < 0)
+		DIE("open");
+	__u32 a = ioas_alloc(fd);
+	char num[16];
+	snprintf(num, sizeof(num), "%d", fd);
+	pid_t pid = fork();
+	if (pid == 0) {
+		execl("/proc/self/exe", argv[0], "exec-child", num, (char *)NULL);
+		_exit(5);
+	}
+	int st;
+	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("exec child status %d", st);
+	__u32 c = ioas_alloc(fd);
+	if (c != a + 2)
+		DIE("ids after exec child: %u", c);
+	close(fd);
+	printf("OK exec\n");
+	return 0;
+}
+
+static int mode_exec_child(const char *num)
+{
+	int fd = atoi(num);
+	__u32 b = ioas_alloc(fd);
+	if (b != 2)
+		DIE("exec child got id %u", b);
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -289,6 +325,8 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "threads")) return mode_threads();
 	if (!strcmp(m, "event")) return mode_event();
 	if (!strcmp(m, "failnth")) return mode_failnth();
+	if (!strcmp(m, "exec")) return mode_exec(argv);
+	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 #endif

@@ -4,7 +4,7 @@
 // layouts below are mirrored by native/shim.c (keep the two in step).
 //
 // Connection kinds (decided by the first frame):
-//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP   (one per process image)
+//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP / LOOKUP   (one per process image)
 //   anchor   OPEN, nothing else                                  (one per open("/dev/iommu"): the fd)
 //   event    EVPREP, nothing else                                (one per fd an ioctl returns)
 // The anchor and event sockets ARE the client's fds, so dup/fork/exit/close
@@ -18,13 +18,14 @@ export const T_REGION = 5;
 export const T_UNMAP = 6;
 export const T_EVPREP = 7;
 export const T_FILEOP = 8;
+export const T_LOOKUP = 9;
 
 /** Exact request sizes (header included). */
 export const REQ_SIZE: Record<number, number> = {
   // len type pid ppid uid caps memlock(u64)
   [T_HELLO]: 8 + 4 * 4 + 8,
-  // len type pid tid failnth pad
-  [T_OPEN]: 8 + 4 * 4,
+  // len type pid tid failnth pad ino(u64: the client's socket inode)
+  [T_OPEN]: 8 + 4 * 4 + 8,
   // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64)
   [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8,
   [T_SYNC]: 8,
@@ -36,6 +37,8 @@ export const REQ_SIZE: Record<number, number> = {
   [T_EVPREP]: 8 + 8,
   // len type evtoken op buf count pos failnth mapgen
   [T_FILEOP]: 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4,
+  // len type ino(u64): which emulated fd is this socket (fds inherited across exec or passed over SCM_RIGHTS)
+  [T_LOOKUP]: 8 + 8,
 };
 
 /** Reply sizes (u32 length first). */
@@ -45,7 +48,12 @@ export const REP_SIZE = {
   ioctl: 24, // len, pad, s64 ret, s32 failnth, u32 evUsed
   evprep: 8, // len, u32 token
   fileop: 24, // len, pad, s64 ret, s32 failnth, u32 drain
+  lookup: 16, // len, u32 kind (0 none, 1 iommufd, 2 event), u32 token, pad
 } as const;
+
+export const LOOKUP_NONE = 0;
+export const LOOKUP_IOMMUFD = 1;
+export const LOOKUP_EVENT = 2;
 
 export const REGION_HUGE = 1;
 export const FILEOP_READ = 0;
@@ -58,7 +66,7 @@ export const MAX_FRAME = 4096;
 
 export const NAMES: Record<number, string> = {
   [T_HELLO]: 'HELLO', [T_OPEN]: 'OPEN', [T_IOCTL]: 'IOCTL', [T_SYNC]: 'SYNC', [T_REGION]: 'REGION',
-  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP',
+  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP', [T_LOOKUP]: 'LOOKUP',
 };
 
 export function statusReply(status: number): Buffer {

@@ -154,6 +154,13 @@ describe('server and shim (C clients)', { skip }, () => {
     await until(() => server.liveContexts === 0);
   });
 
+  test('an iommufd inherited across exec keeps its context', async () => {
+    const r = await runClient('exec');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK exec/);
+    await until(() => server.liveContexts === 0);
+  });
+
   test('concurrent threads on one fd', async () => {
     const r = await runClient('threads');
     assert.equal(r.code, 0, r.out + r.err);

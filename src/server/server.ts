@@ -169,6 +169,7 @@ export class IommufdServer {
   readonly ctxs = new Map<number, CtxEntry>();
   readonly events = new Map<number, EventBinding>();
   private readonly eventsByIno = new Map<bigint, EventBinding>();
+  private readonly anchorsByIno = new Map<bigint, number>();
   private readonly conns = new Set<Conn>();
   private nextToken = 1;
   private netServer: net.Server | null = null;
@@ -237,6 +238,7 @@ export class IommufdServer {
       case P.T_REGION: return this.region(c, f);
       case P.T_UNMAP: return this.unmap(c, f);
       case P.T_FILEOP: return this.fileop(c, f);
+      case P.T_LOOKUP: return this.lookup(c, f);
       default: return c.reject(`unexpected ${P.NAMES[type]} on control connection`);
     }
   }
@@ -278,6 +280,7 @@ export class IommufdServer {
   private open(c: Conn, f: Buffer): void {
     const pid = f.readUInt32LE(8);
     const failnth = f.readInt32LE(16);
+    const ino = f.readBigUInt64LE(24);
     const reply = Buffer.alloc(P.REP_SIZE.open);
     reply.writeUInt32LE(reply.length, 0);
     const st = this.procs.get(pid);
@@ -308,13 +311,31 @@ export class IommufdServer {
     const token = this.nextToken++;
     const entry: CtxEntry = { token, ctx, conn: c };
     this.ctxs.set(token, entry);
+    if (ino) this.anchorsByIno.set(ino, token);
     c.kind = 'anchor';
     c.onEnd = () => {
       this.ctxs.delete(token);
+      if (this.anchorsByIno.get(ino) === token) this.anchorsByIno.delete(ino);
       ctx!.put();
     };
     reply.writeUInt32LE(token, 8);
     c.send(reply);
+  }
+
+  private lookup(c: Conn, f: Buffer): void {
+    const ino = f.readBigUInt64LE(8);
+    const r = Buffer.alloc(P.REP_SIZE.lookup);
+    r.writeUInt32LE(r.length, 0);
+    const anchor = this.anchorsByIno.get(ino);
+    const ev = this.eventsByIno.get(ino);
+    if (anchor !== undefined && this.ctxs.has(anchor)) {
+      r.writeUInt32LE(P.LOOKUP_IOMMUFD, 4);
+      r.writeUInt32LE(anchor, 8);
+    } else if (ev && ev.file && !ev.released) {
+      r.writeUInt32LE(P.LOOKUP_EVENT, 4);
+      r.writeUInt32LE(ev.token, 8);
+    }
+    c.send(r);
   }
 
   private evprep(c: Conn, f: Buffer): void {
