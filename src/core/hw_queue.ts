@@ -81,9 +81,11 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
   const q = ctx.allocObj(new HwQueue(viommu, cmd.type, cmd.index, cmd.nesting_parent_iova, cmd.length));
   try {
     // The page-aligned span of the queue memory; its end rounding up past 2^64 is a page-count overflow.
+    // offset-in-page + length + PAGE_SIZE - 1 must fit in 64 bits (else ERANGE).
     const start = cmd.nesting_parent_iova & ~(PS - 1n);
-    const end = ((cmd.nesting_parent_iova + cmd.length + PS - 1n) / PS) * PS;
-    if (end > U64_MAX + 1n) fail('ERANGE');
+    const span = cmd.nesting_parent_iova - start + cmd.length + PS - 1n;
+    if (span > U64_MAX) fail('ERANGE');
+    const end = start + (span / PS) * PS;
     q.access = Access.createInternal(ctx);
     q.access.attachIoas(viommu.hwpt.ioas as Ioas);
     const pages = q.access.pinPages(start, end - start, false, { lock: true });
