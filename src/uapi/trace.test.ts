@@ -6,7 +6,7 @@ import { IO, VFIO } from './ioctls.js';
 import { encode } from './layout.js';
 import { PROFILES, type ProfileName } from './profiles.js';
 import * as S from './structs.js';
-import { enumText, formatIoctl } from './trace.js';
+import { enumText, formatIoctl, formatStruct } from './trace.js';
 
 const P612 = PROFILES['6.12'];
 const MAIN = PROFILES.mainline;
@@ -119,4 +119,12 @@ test('formatIoctl never throws and yields one line for arbitrary input (property
       assert.ok(line.length > 0);
       assert.ok(!line.includes('\n'));
     }), { numRuns: 2000 });
+});
+
+test('formatStruct: records read from the event fds', () => {
+  const rec = encode(S.iommu_hwpt_pgfault, { flags: 1, dev_id: 2, pasid: 3, grpid: 4, perm: 3, addr: 0x1000n, cookie: 9 });
+  assert.equal(formatStruct(MAIN, S.iommu_hwpt_pgfault, rec),
+    '{flags=PASID_VALID dev_id=2 pasid=3 grpid=4 perm=READ|WRITE addr=0x1000 length=0 cookie=9}');
+  const hdr = encode(S.iommufd_vevent_header, { flags: 1, sequence: 5 });
+  assert.equal(formatStruct(MAIN, S.iommufd_vevent_header, hdr), '{flags=LOST_EVENTS sequence=5}');
 });

@@ -206,3 +206,19 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   }
   return line;
 }
+
+/**
+ * `{field=value ...}` for any table struct (records read from FAULT / vEVENTQ fds,
+ * driver payloads): every present field that fits in `bytes`, reserved words only
+ * when non-zero.
+ */
+export function formatStruct(profile: Profile, s: StructDef, bytes: Uint8Array): string {
+  const v = profile.version;
+  const dec = decode(s, bytes, v) as Record<string, Value>;
+  const parts = Object.entries(s.fields)
+    .filter(([, f]) => fieldPresent(f, v) && !f.alias && f.offset + fieldSize(f) <= bytes.length)
+    .sort((a, b) => a[1].offset - b[1].offset)
+    .filter(([name, f]) => !(f.reserved && isZero(dec[name]!)))
+    .map(([name, f]) => `${name}=${valueText(name, f, dec[name]!, profile)}`);
+  return braces(parts);
+}
