@@ -10,6 +10,7 @@
 #   PROFILE         ABI profile for the generated headers (default 6.12)
 #   LINUX_TARBALL   kernel source tarball (default /usr/src/linux-source-6.12.tar.xz,
 #                   from `apt-get install linux-source-6.12 xz-utils`)
+#   LINUX_SRC       alternatively, an unpacked kernel tree to copy the same files from
 #   WORK            scratch directory (default: a fresh mktemp -d, removed on exit)
 #   LINUX_TOP       top directory inside the tarball (default: tarball name without .tar.xz)
 #   CC              compiler (default cc)
@@ -22,8 +23,8 @@ tarball=${LINUX_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
 cc=${CC:-cc}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
-if [[ ! -f $tarball ]]; then
-  echo "build-selftests: $tarball not found (apt-get install linux-source-6.12 xz-utils)" >&2
+if [[ -z ${LINUX_SRC:-} && ! -f $tarball ]]; then
+  echo "build-selftests: $tarball not found (apt-get install linux-source-6.12 xz-utils, or set LINUX_SRC)" >&2
   exit 2
 fi
 command -v "$cc" >/dev/null || { echo "build-selftests: no C compiler '$cc'" >&2; exit 2; }
@@ -46,7 +47,15 @@ members=(
   drivers/iommu/iommufd/iommufd_test.h
   include/uapi/linux/vfio.h
 )
-tar -xJf "$tarball" -C "$work" "${members[@]/#/$top/}"
+if [[ -n ${LINUX_SRC:-} ]]; then
+  top=linux
+  for m in "${members[@]}"; do
+    mkdir -p "$work/$top/$(dirname "$m")"
+    cp "$LINUX_SRC/$m" "$work/$top/$m"
+  done
+else
+  tar -xJf "$tarball" -C "$work" "${members[@]/#/$top/}"
+fi
 src=$work/$top
 
 # Generated headers: linux/iommufd.h into our include dir; iommufd_test.h over the
