@@ -15,6 +15,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <linux/iommufd.h>
@@ -142,6 +143,50 @@ static int mode_fork(void)
 		DIE("DESTROY on dup");
 	close(fd2);
 	printf("OK fork ids=%u,%u,%u\n", a, a + 1, c);
+	return 0;
+}
+
+/* issue ioctls from 4 threads until killed */
+static void *spinner(void *p)
+{
+	int fd = *(int *)p;
+	for (;;) {
+		__u32 id = ioas_alloc(fd);
+		destroy(fd, id);
+	}
+	return NULL;
+}
+
+static int mode_spin(void)
+{
+	static int fd;
+	fd = xopen();
+	ioas_alloc(fd);
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++)
+		pthread_create(&t[i], NULL, spinner, &fd);
+	printf("READY spinning\n");
+	fflush(stdout);
+	for (;;)
+		pause();
+	return 0;
+}
+
+/* round-trip latency of a minimal ioctl */
+static int mode_latency(void)
+{
+	int fd = xopen();
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	int n = 20000;
+	for (int i = 0; i < n; i++) {
+		struct iommu_destroy d = { .size = sizeof(d), .id = 12345 };
+		ioctl(fd, IOMMU_DESTROY, &d);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	double us = ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / 1e3 / n;
+	close(fd);
+	printf("OK latency %.1f us\n", us);
 	return 0;
 }
 
@@ -321,6 +366,8 @@ int main(int argc, char **argv)
 	const char *m = argc > 1 ? argv[1] : "basic";
 	if (!strcmp(m, "basic")) return mode_basic();
 	if (!strcmp(m, "hold")) return mode_hold();
+	if (!strcmp(m, "spin")) return mode_spin();
+	if (!strcmp(m, "latency")) return mode_latency();
 	if (!strcmp(m, "fork")) return mode_fork();
 	if (!strcmp(m, "threads")) return mode_threads();
 	if (!strcmp(m, "event")) return mode_event();

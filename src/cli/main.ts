@@ -59,8 +59,11 @@ program
   .description('print the environment lines that route a program to a server (eval "$(iommufd-emu env)")')
   .option('--socket <path>', 'socket path', defaultSocketPath())
   .action((opts: { socket: string }) => {
-    const env = shimEnv(ensureShim(), path.resolve(opts.socket), undefined, {});
-    for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET']) process.stdout.write(`export ${k}='${env[k]}'\n`);
+    const socket = path.resolve(opts.socket);
+    const env = shimEnv(ensureShim(), socket, path.join(path.dirname(socket), 'iommufd-emu-debugfs'), {});
+    for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET', 'IOMMUFD_EMU_DEBUGFS']) {
+      process.stdout.write(`export ${k}='${env[k]}'\n`);
+    }
   });
 
 program

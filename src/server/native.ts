@@ -53,6 +53,16 @@ function compile(cc: string, args: string[], out: string): void {
     throw new Error(`${cc} ${args.join(' ')} failed:\n${stderr}`);
   }
   fs.renameSync(tmp, out);
+  // Drop older builds of the same thing (same name, other content hash).
+  const dir = path.dirname(out);
+  const stem = path.basename(out).replace(/-[0-9a-f]{16}(\.so)?$/, '-');
+  for (const f of fs.readdirSync(dir)) {
+    if (f !== path.basename(out) && f.startsWith(stem) && /^[0-9a-f]{16}(\.so)?$/.test(f.slice(stem.length))) {
+      try {
+        fs.unlinkSync(path.join(dir, f));
+      } catch { /* in use elsewhere: fine */ }
+    }
+  }
 }
 
 /** Path of the shim library, building it when missing or outdated. */

@@ -38,9 +38,9 @@ function runClient(mode: string): Promise<{ code: number | null; out: string; er
 }
 
 /** Start a client that stays alive after printing READY. */
-function startHolder(): Promise<{ p: ChildProcess; line: string }> {
+function startHolder(mode = 'hold'): Promise<{ p: ChildProcess; line: string }> {
   return new Promise((resolve, reject) => {
-    const p = spawn(client, ['hold'], { env: env() });
+    const p = spawn(client, [mode], { env: env() });
     let out = '';
     p.stdout!.on('data', (d) => {
       out += d;
@@ -145,6 +145,22 @@ describe('server and shim (C clients)', { skip }, () => {
     p.kill('SIGKILL');
     await until(() => server.liveContexts === 0);
     assert.equal(server.procs.size, 0);
+  });
+
+  test('a client killed while its threads are in ioctls is torn down; the server keeps serving', async () => {
+    const { p } = await startHolder('spin');
+    await new Promise((r) => setTimeout(r, 100));
+    p.kill('SIGKILL');
+    await until(() => server.liveContexts === 0 && server.procs.size === 0);
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
+  });
+
+  test('round trip of a minimal ioctl stays well under 1 ms', async () => {
+    const r = await runClient('latency');
+    assert.equal(r.code, 0, r.out + r.err);
+    const us = Number(/latency ([\d.]+) us/.exec(r.out)?.[1]);
+    assert.ok(us < 1000, `${us} us per ioctl`);
   });
 
   test('fork shares the context; dup keeps it alive; child memory writes are seen', async () => {
