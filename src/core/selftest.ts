@@ -43,7 +43,8 @@ export function encodeTestUnion(cmd: Record<string, unknown>, kbuf: Uint8Array):
 
 export function iommufdTestCmd(ucmd: Ucmd<TestCmd>): number | void {
   const { op } = ucmd.cmd;
-  const since = opSince.get(op);
+  // The original vIOMMU series (profile viommu-v1) added DEV_CHECK_CACHE before its 6.13 release.
+  const since = ucmd.ctx.profile.viommuV1 && op === 16 /* DEV_CHECK_CACHE */ ? 0 : opSince.get(op);
   const h = TEST_OPS.get(op);
   if (since === undefined || since > ucmd.ctx.profile.version || !h) fail('EOPNOTSUPP');
   return h(ucmd);

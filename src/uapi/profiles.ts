@@ -55,7 +55,8 @@ const base = {
 
 export const PROFILES: Record<ProfileName, Profile> = {
   '6.12': { ...base, name: '6.12', version: V.V6_12, invalidateNestedLookupOnly: true, selftestBackports: true },
-  'viommu-v1': { ...base, name: 'viommu-v1', version: V.V6_12, viommuV1: true },
+  // HWPT_INVALIDATE of that series still looked up HWPT_NESTED only (vIOMMUs had their own VIOMMU_INVALIDATE).
+  'viommu-v1': { ...base, name: 'viommu-v1', version: V.V6_12, viommuV1: true, invalidateNestedLookupOnly: true },
   '6.13': { ...base, name: '6.13', version: V.V6_13 },
   '6.15': { ...base, name: '6.15', version: V.V6_15 },
   '6.17': { ...base, name: '6.17', version: V.V6_17, viommuTypeCheckFirst: true, vdeviceTombstone: true },
