@@ -128,3 +128,18 @@ test('formatStruct: records read from the event fds', () => {
   const hdr = encode(S.iommufd_vevent_header, { flags: 1, sequence: 5 });
   assert.equal(formatStruct(MAIN, S.iommufd_vevent_header, hdr), '{flags=LOST_EVENTS sequence=5}');
 });
+
+test('the output part is left out when there is nothing to show (tracers that always re-read the struct)', () => {
+  const d = encode(S.iommu_destroy, { size: 8, id: 3 });
+  assert.equal(formatIoctl(MAIN, IO(0x80), d, d, 0), 'IOMMU_DESTROY {id=3} = 0', 'no output fields');
+  const m = encode(S.iommu_ioas_map, { size: 40, flags: 6, ioas_id: 1, user_va: 0x1000n, length: 0x1000n });
+  assert.equal(formatIoctl(MAIN, IO(0x85), m, m.slice(), 'EINVAL'),
+    'IOMMU_IOAS_MAP {flags=WRITEABLE|READABLE ioas_id=1 user_va=0x1000 length=0x1000} = EINVAL', 'failure, untouched');
+  const inv = encode(S.iommu_hwpt_invalidate, { size: 32, hwpt_id: 2, data_uptr: 0x1000n, data_type: 0xdeadbeef, entry_len: 8, entry_num: 4 });
+  const back = encode(S.iommu_hwpt_invalidate, { size: 32, hwpt_id: 2, data_uptr: 0x1000n, data_type: 0xdeadbeef, entry_len: 8, entry_num: 1 });
+  assert.equal(formatIoctl(MAIN, IO(0x8d), inv, back, 'EINVAL'),
+    'IOMMU_HWPT_INVALIDATE {hwpt_id=2 data_uptr=0x1000 data_type=HWPT_INVALIDATE_DATA_SELFTEST entry_len=8 entry_num=4}' +
+    ' = EINVAL -> {entry_num=1}', 'failure with a copy-back');
+  const tc = testCmd(1, 1, { start: 0n, length: 0n });
+  assert.equal(formatIoctl(MAIN, IO(0xa0), tc, tc.slice(), 'EINVAL'), 'IOMMU_TEST_CMD {op=ADD_RESERVED id=1 start=0x0 length=0x0} = EINVAL');
+});

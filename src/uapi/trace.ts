@@ -164,7 +164,9 @@ function braces(parts: string[]): string {
  * One trace line for an ioctl on an iommufd: request name, decoded input, the
  * result (0, a positive return value, or an errno name / negative errno) and
  * the decoded output. `inBytes` is what the caller passed (null if unreadable),
- * `outBytes` what was copied back (null if nothing was).
+ * `outBytes` the struct as read back afterwards (null if nothing was copied back).
+ * The `-> {...}` part lists the kernel-written fields; it is left out when the
+ * struct has none, and after a failure when the bytes did not change (no copy-back).
  */
 export function formatIoctl(profile: Profile, request: number, inBytes: Uint8Array | null,
   outBytes: Uint8Array | null, result: number | string): string {
@@ -177,15 +179,30 @@ export function formatIoctl(profile: Profile, request: number, inBytes: Uint8Arr
     const [, name, st] = vfio;
     if (!st || !inBytes) return `${name} = ${res}`;
     let line = `${name} ${braces(fieldsText(st, inBytes, profile, { input: true }))} = ${res}`;
-    if (outBytes) line += ` -> ${braces(fieldsText(st, outBytes, profile, { input: false }))}`;
+    line += arrow(fieldsText(st, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result);
     return line;
   }
   if (!inBytes) return `${def.cname} {?} = ${res}`;
   const hideSize = (name: string, v: Value): boolean => name === 'size' && v === def.knownSize;
   if (def.name === 'TEST_CMD') return formatTestCmd(profile, def, inBytes, outBytes, res, hideSize);
   let line = `${def.cname} ${braces(fieldsText(def.struct, inBytes, profile, { input: true, hide: hideSize }))} = ${res}`;
-  if (outBytes) line += ` -> ${braces(fieldsText(def.struct, outBytes, profile, { input: false }))}`;
+  line += arrow(fieldsText(def.struct, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result);
   return line;
+}
+
+function isFailure(result: number | string): boolean {
+  return typeof result === 'string' ? result !== '0' && !/^\d+$/.test(result) : result < 0;
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && a.every((x, i) => x === b[i]);
+}
+
+/** ` -> {...}`, or nothing: no outputs, nothing copied back, or a failure that left the struct untouched. */
+function arrow(parts: string[], inBytes: Uint8Array, outBytes: Uint8Array | null, result: number | string): string {
+  if (!outBytes || parts.length === 0) return '';
+  if (isFailure(result) && sameBytes(inBytes, outBytes)) return '';
+  return ` -> ${braces(parts)}`;
 }
 
 function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array, outBytes: Uint8Array | null,
@@ -202,7 +219,7 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   if (outBytes) {
     const outParts = [...fieldsText(def.struct, outBytes, profile, { input: false })];
     if (view) outParts.push(...fieldsText(view, outBytes, profile, { input: false }));
-    line += ` -> ${braces(outParts)}`;
+    line += arrow(outParts, inBytes, outBytes, res);
   }
   return line;
 }
