@@ -63,11 +63,14 @@
 #define EXPORT __attribute__((visibility("default")))
 
 /* ---- protocol (mirrors src/server/protocol.ts) ---------------------------- */
-enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP };
+enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP, T_MMAP, T_MRELEASE };
 enum { CAP_B_SYS_RESOURCE = 1, CAP_B_IPC_LOCK = 2, CAP_B_SYS_RAWIO = 4 };
 
 struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, caps; uint64_t memlock; };
 struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t pad; uint64_t ino; };
+struct __attribute__((packed)) req_mmap { uint32_t len, type, token, prot; uint64_t offset, length; uint32_t flags; int32_t memfd; };
+struct __attribute__((packed)) rep_mmap { uint32_t len; int32_t err; uint32_t handle, pad; };
+struct __attribute__((packed)) req_mrelease { uint32_t len, type, handle, pad; };
 struct __attribute__((packed)) req_lookup { uint32_t len, type; uint64_t ino; };
 struct __attribute__((packed)) rep_lookup { uint32_t len, kind, token, pad; };
 struct __attribute__((packed)) req_ioctl {
@@ -1220,9 +1223,71 @@ static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
 	return p;
 }
 
+/* mmaps of the iommufd (driver regions): each holds a reference in the server until unmapped */
+#define NFDMAPS 64
+static struct { uint64_t va, len; uint32_t handle; } fdmaps[NFDMAPS];
+static int nfdmaps;
+
+static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+{
+	int mfd = (int)syscall(SYS_memfd_create, "iommufd-emu-region", MFD_CLOEXEC);
+	if (mfd < 0)
+		return MAP_FAILED;
+	if (len == 0 || syscall(SYS_ftruncate, mfd, (off_t)len) != 0) {
+		syscall(SYS_close, mfd);
+		errno = EINVAL;
+		return MAP_FAILED;
+	}
+	struct req_mmap q = { sizeof(q), T_MMAP, fdtab[fd].token, (uint32_t)prot, (uint64_t)off, (uint64_t)len,
+			      (uint32_t)flags, mfd };
+	struct rep_mmap r;
+	pthread_mutex_lock(&ctl_mu);
+	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
+	pthread_mutex_unlock(&ctl_mu);
+	if (rc < 0 || r.err < 0) {
+		syscall(SYS_close, mfd);
+		errno = rc < 0 ? EIO : -r.err;
+		return MAP_FAILED;
+	}
+	void *p = raw_mmap(addr, len, prot, flags, mfd, 0);
+	int e = errno;
+	syscall(SYS_close, mfd);
+	pthread_mutex_lock(&ctl_mu);
+	if (p == MAP_FAILED || nfdmaps == NFDMAPS) {
+		struct req_mrelease m = { sizeof(m), T_MRELEASE, r.handle, 0 };
+		struct rep_status s;
+		ctl_rpc_locked(&m, sizeof(m), &s, sizeof(s));
+	} else {
+		fdmaps[nfdmaps].va = (uint64_t)(uintptr_t)p;
+		fdmaps[nfdmaps].len = (len + 4095) / 4096 * 4096;
+		fdmaps[nfdmaps].handle = r.handle;
+		nfdmaps++;
+	}
+	pthread_mutex_unlock(&ctl_mu);
+	errno = e;
+	return p;
+}
+
+/* Unmapping the whole of an iommufd mapping drops its reference (ctl_mu held). */
+static void fdmaps_unmap_locked(uint64_t va, uint64_t len)
+{
+	for (int i = 0; i < nfdmaps; i++) {
+		if (fdmaps[i].va < va || fdmaps[i].va + fdmaps[i].len > va + len)
+			continue;
+		if (ctl_fd >= 0 && ctl_pid == getpid()) {
+			struct req_mrelease m = { sizeof(m), T_MRELEASE, fdmaps[i].handle, 0 };
+			struct rep_status s;
+			ctl_rpc_locked(&m, sizeof(m), &s, sizeof(s));
+		}
+		fdmaps[i--] = fdmaps[--nfdmaps];
+	}
+}
+
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
+	if (emulated(fd) && fdtab[fd].kind == K_IOMMUFD)
+		return iommufd_mmap(addr, len, prot, flags, fd, off);
 	int type = flags & MAP_SHARED_VALIDATE;
 	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {
 		void *p = shared_anon_mmap(addr, len, prot, flags);
@@ -1268,6 +1333,13 @@ EXPORT int munmap(void *addr, size_t len)
 {
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
 	int r = (int)syscall(SYS_munmap, addr, len);
+	if (r == 0 && nfdmaps) {
+		int e = errno;
+		pthread_mutex_lock(&ctl_mu);
+		fdmaps_unmap_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096);
+		pthread_mutex_unlock(&ctl_mu);
+		errno = e;
+	}
 	if (r == 0 && nregions) {
 		int e = errno;
 		pthread_mutex_lock(&ctl_mu);
@@ -1289,6 +1361,7 @@ static void atfork_child(void)
 		syscall(SYS_close, ctl_fd); /* the parent's; we make our own */
 	ctl_fd = -1;
 	memset(failnth_tab, 0, sizeof(failnth_tab));
+	nfdmaps = 0; /* the parent's references, not ours */
 }
 
 __attribute__((constructor)) static void shim_init(void)

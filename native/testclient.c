@@ -292,6 +292,44 @@ static int mode_vevent(void)
 	printf("OK vevent\n");
 	return 0;
 }
+
+/* mmap of the iommufd: a driver region; the mapping holds its owner */
+static int mode_mmap(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+		DIE("MOCK_DOMAIN");
+	__u32 idev = mock.mock_domain.out_idev_id;
+	struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = idev, .pt_id = ioas };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
+		DIE("HWPT_ALLOC");
+	struct iommu_viommu_selftest data = { .in_data = 0xbadbeef };
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev,
+					 .hwpt_id = hw.out_hwpt_id, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+		DIE("VIOMMU_ALLOC");
+	if (!data.out_mmap_offset || !data.out_mmap_length)
+		DIE("no mmap region reported");
+	if (mmap(NULL, data.out_mmap_length, PROT_READ, MAP_SHARED, fd, (off_t)data.out_mmap_offset + 4096) != MAP_FAILED || errno != ENXIO)
+		DIE("mmap at a wrong offset should be ENXIO");
+	if (mmap(NULL, data.out_mmap_length, PROT_READ, MAP_PRIVATE, fd, (off_t)data.out_mmap_offset) != MAP_FAILED || errno != EINVAL)
+		DIE("MAP_PRIVATE should be EINVAL");
+	__u32 *page = mmap(NULL, data.out_mmap_length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)data.out_mmap_offset);
+	if (page == MAP_FAILED)
+		DIE("mmap region");
+	if (page[0] != 0xbadbeef)
+		DIE("region content %x", page[0]);
+	if (destroy(fd, va.out_viommu_id) != -1 || errno != EBUSY)
+		DIE("DESTROY of a mapped vIOMMU should be EBUSY");
+	munmap(page, data.out_mmap_length);
+	if (destroy(fd, va.out_viommu_id))
+		DIE("DESTROY after munmap");
+	close(fd);
+	printf("OK mmap\n");
+	return 0;
+}
 #endif
 
 static int mode_failnth(void)
@@ -376,6 +414,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
+	if (!strcmp(m, "mmap")) return mode_mmap();
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

@@ -4,7 +4,7 @@
 // layouts below are mirrored by native/shim.c (keep the two in step).
 //
 // Connection kinds (decided by the first frame):
-//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP / LOOKUP   (one per process image)
+//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP / LOOKUP / MMAP / MRELEASE   (one per process image)
 //   anchor   OPEN, nothing else                                  (one per open("/dev/iommu"): the fd)
 //   event    EVPREP, nothing else                                (one per fd an ioctl returns)
 // The anchor and event sockets ARE the client's fds, so dup/fork/exit/close
@@ -19,6 +19,8 @@ export const T_UNMAP = 6;
 export const T_EVPREP = 7;
 export const T_FILEOP = 8;
 export const T_LOOKUP = 9;
+export const T_MMAP = 10;
+export const T_MRELEASE = 11;
 
 /** Exact request sizes (header included). */
 export const REQ_SIZE: Record<number, number> = {
@@ -39,6 +41,10 @@ export const REQ_SIZE: Record<number, number> = {
   [T_FILEOP]: 8 + 4 + 4 + 8 + 8 + 8 + 4 + 4,
   // len type ino(u64): which emulated fd is this socket (fds inherited across exec or passed over SCM_RIGHTS)
   [T_LOOKUP]: 8 + 8,
+  // len type token prot offset(u64) length(u64) flags memfd: mmap of the iommufd (01 §5.8)
+  [T_MMAP]: 8 + 4 + 4 + 8 + 8 + 4 + 4,
+  // len type handle pad: that mapping is gone (munmap)
+  [T_MRELEASE]: 8 + 4 + 4,
 };
 
 /** Reply sizes (u32 length first). */
@@ -49,6 +55,7 @@ export const REP_SIZE = {
   evprep: 8, // len, u32 token
   fileop: 24, // len, pad, s64 ret, s32 failnth, u32 drain
   lookup: 16, // len, u32 kind (0 none, 1 iommufd, 2 event), u32 token, pad
+  mmap: 16, // len, s32 err, u32 handle, pad
 } as const;
 
 export const LOOKUP_NONE = 0;
@@ -66,7 +73,7 @@ export const MAX_FRAME = 4096;
 
 export const NAMES: Record<number, string> = {
   [T_HELLO]: 'HELLO', [T_OPEN]: 'OPEN', [T_IOCTL]: 'IOCTL', [T_SYNC]: 'SYNC', [T_REGION]: 'REGION',
-  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP', [T_LOOKUP]: 'LOOKUP',
+  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP', [T_LOOKUP]: 'LOOKUP', [T_MMAP]: 'MMAP', [T_MRELEASE]: 'MRELEASE',
 };
 
 export function statusReply(status: number): Buffer {

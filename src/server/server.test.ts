@@ -195,6 +195,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK vevent/);
   });
 
+  test('mmap of the iommufd maps a driver region and holds its owner until munmap', async () => {
+    const r = await runClient('mmap');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK mmap/);
+  });
+
   test('fail-nth file arms the next emulated call of the thread', async () => {
     const r = await runClient('failnth');
     assert.equal(r.code, 0, r.out + r.err);

@@ -9,6 +9,8 @@ import * as path from 'node:path';
 import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
 import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
+import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
+import { PAGE_SIZE } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
 import { fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
@@ -40,6 +42,8 @@ interface ProcState {
   pid: number;
   conn: Conn;
   mem: ProcMemory;
+  /** Live mmaps of iommufd fds by this process image (each holds its owner and the context). */
+  mmaps: Map<number, MmapHandle>;
 }
 
 interface CtxEntry {
@@ -239,6 +243,8 @@ export class IommufdServer {
       case P.T_UNMAP: return this.unmap(c, f);
       case P.T_FILEOP: return this.fileop(c, f);
       case P.T_LOOKUP: return this.lookup(c, f);
+      case P.T_MMAP: return this.mmap(c, f);
+      case P.T_MRELEASE: return this.mrelease(c, f);
       default: return c.reject(`unexpected ${P.NAMES[type]} on control connection`);
     }
   }
@@ -268,10 +274,12 @@ export class IommufdServer {
     c.pid = pid;
     const old = this.procs.get(pid);
     if (old) old.mem.exit(); // exec: the previous image is gone
-    const st: ProcState = { pid, conn: c, mem };
+    const st: ProcState = { pid, conn: c, mem, mmaps: new Map() };
     this.procs.set(pid, st);
     c.onEnd = () => {
       if (this.procs.get(pid) === st) this.procs.delete(pid);
+      for (const h of st.mmaps.values()) h.close();
+      st.mmaps.clear();
       mem.exit();
     };
     c.send(P.statusReply(0));
@@ -320,6 +328,56 @@ export class IommufdServer {
     };
     reply.writeUInt32LE(token, 8);
     c.send(reply);
+  }
+
+  /**
+   * mmap of an iommufd: the core validates and takes the references; the
+   * region's current content is copied into the memfd the shim then maps.
+   */
+  private mmap(c: Conn, f: Buffer): void {
+    const token = f.readUInt32LE(8);
+    const prot = f.readUInt32LE(12);
+    const offset = f.readBigUInt64LE(16);
+    const length = f.readBigUInt64LE(24);
+    const flags = f.readUInt32LE(32);
+    const memfd = f.readInt32LE(36);
+    const r = Buffer.alloc(P.REP_SIZE.mmap);
+    r.writeUInt32LE(r.length, 0);
+    const st = this.procs.get(c.pid);
+    const entry = this.ctxs.get(token);
+    let err = 0;
+    if (!st || !entry) err = -ERRNO.EBADF;
+    else {
+      let h: MmapHandle | null = null;
+      try {
+        h = iommufdMmap(entry.ctx, offset, length, flags, prot);
+        const fd = fs.openSync(`/proc/${c.pid}/fd/${memfd}`, 'r+');
+        try {
+          h.pages.forEach((p, i) => fs.writeSync(fd, p.read(0, PAGE_SIZE), 0, PAGE_SIZE, i * PAGE_SIZE));
+        } finally {
+          fs.closeSync(fd);
+        }
+        const id = this.nextToken++;
+        st.mmaps.set(id, h);
+        r.writeUInt32LE(id, 8);
+      } catch (e) {
+        h?.close();
+        err = isErrno(e) ? -e.errno : -ERRNO.ENOMEM;
+      }
+    }
+    r.writeInt32LE(err, 4);
+    c.send(r);
+  }
+
+  private mrelease(c: Conn, f: Buffer): void {
+    const id = f.readUInt32LE(8);
+    const st = this.procs.get(c.pid);
+    const h = st?.mmaps.get(id);
+    if (h) {
+      st!.mmaps.delete(id);
+      h.close();
+    }
+    c.send(P.statusReply(h ? 0 : -ERRNO.EINVAL));
   }
 
   private lookup(c: Conn, f: Buffer): void {
