@@ -365,3 +365,20 @@ test('reserved regions: inserted on RID attach (EADDRINUSE on conflict), moved b
   deviceUnbind(idev);
   assert.deepEqual(t.ctx.objects.all().map((o) => o.id), [1, 2, 3]);
 });
+
+test('drivers without hw_info report type NONE; a coherency-enforcing device needs a coherent domain', async () => {
+  const { mockDriverOf, MockDevice } = await import('../drivers/mock/mock.js');
+  const { deviceBind } = await import('./device.js');
+  const t = setup();
+  const drv = mockDriverOf(t.emu);
+  const noInfo = Object.assign(Object.create(drv), { hwInfo: undefined, capEnforceCacheCoherency: () => true });
+  const ioas = ioasAlloc(t);
+  const idev = deviceBind(t.ctx, new MockDevice(noInfo, 0), { mock: true });
+  const r = hwInfo(t, idev.id, { flags: 1, inType: 0x1234, dataLen: 8 });
+  assert.equal(r.err, null);
+  assert.equal(r.out.out_data_type, 0);
+  assert.equal(r.out.data_len, 0);
+  assert.deepEqual([...r.data.subarray(0, 8)], [0, 0, 0, 0, 0, 0, 0, 0]);
+  assert.throws(() => hwptAlloc(t, { devId: idev.id, ptId: ioas }), errno('EINVAL'));
+  assert.deepEqual(ids(t).map((x) => x[0]), [1, 2]);
+});
