@@ -196,7 +196,7 @@ static int sock_connect(int cloexec)
 			continue;
 		int e = errno;
 		syscall(SYS_close, s);
-		errno = (e == ECONNREFUSED || e == ENOENT) ? ENODEV : e;
+		errno = (e == ECONNREFUSED || e == ENOENT) ? ENOENT : e; /* no server: as if there were no /dev/iommu */
 		return -1;
 	}
 	return s;
