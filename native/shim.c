@@ -960,6 +960,28 @@ static void adopt_inherited(void)
 	closedir(d);
 }
 
+/* fds received over SCM_RIGHTS may be emulated ones */
+static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
+EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
+{
+	RESOLVE(recvmsg);
+	ssize_t r = real_recvmsg(fd, msg, flags);
+	if (r < 0 || !msg || !msg->msg_control || !getenv("IOMMUFD_EMU_SOCKET"))
+		return r;
+	int e = errno;
+	for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c)) {
+		if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		int *fds = (int *)CMSG_DATA(c);
+		for (size_t i = 0; i < n; i++)
+			if (!emulated(fds[i]))
+				adopt(fds[i]);
+	}
+	errno = e;
+	return r;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
 	va_list ap;
@@ -1351,6 +1373,18 @@ EXPORT int munmap(void *addr, size_t len)
 }
 
 /* ---- process lifetime ------------------------------------------------------------------ */
+static void atfork_prepare(void)
+{
+	pthread_mutex_lock(&ctl_mu);
+	pthread_mutex_lock(&tab_mu);
+}
+
+static void atfork_parent(void)
+{
+	pthread_mutex_unlock(&tab_mu);
+	pthread_mutex_unlock(&ctl_mu);
+}
+
 static void atfork_child(void)
 {
 	pthread_mutex_init(&ctl_mu, NULL);
@@ -1368,7 +1402,7 @@ __attribute__((constructor)) static void shim_init(void)
 {
 	/* let the server (not necessarily our ancestor) read our memory under Yama */
 	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
-	pthread_atfork(NULL, NULL, atfork_child);
+	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	state_pid = 0;
 	adopt_inherited();
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -398,6 +399,88 @@ static int mode_exec_child(const char *num)
 	return 0;
 }
 
+/* an iommufd received over SCM_RIGHTS by an unrelated program image */
+static int send_fd(int sock, int fd)
+{
+	char c = 'x';
+	struct iovec iov = { &c, 1 };
+	char ctl[CMSG_SPACE(sizeof(int))];
+	memset(ctl, 0, sizeof(ctl));
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+	cm->cmsg_level = SOL_SOCKET;
+	cm->cmsg_type = SCM_RIGHTS;
+	cm->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
+	return sendmsg(sock, &m, 0) == 1 ? 0 : -1;
+}
+
+static int mode_scm(char **argv)
+{
+	int sv[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv))
+		DIE("socketpair");
+	char num[16];
+	snprintf(num, sizeof(num), "%d", sv[1]);
+	pid_t pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		execl("/proc/self/exe", argv[0], "scm-child", num, (char *)NULL);
+		_exit(5);
+	}
+	close(sv[1]);
+	/* opened after the child's exec: it can only learn of it from the message */
+	int fd = xopen();
+	__u32 a = ioas_alloc(fd);
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	if (send_fd(sv[0], fd) || send_fd(sv[0], (int)fa.out_fault_fd))
+		DIE("sendmsg");
+	int st;
+	waitpid(pid, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("scm child status %d", st);
+	if (ioas_alloc(fd) != a + 3)
+		DIE("ids after scm child");
+	close(fd);
+	printf("OK scm\n");
+	return 0;
+}
+
+static int recv_fd(int sock)
+{
+	char c;
+	struct iovec iov = { &c, 1 };
+	char ctl[CMSG_SPACE(sizeof(int))];
+	struct msghdr m = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl, .msg_controllen = sizeof(ctl) };
+	if (recvmsg(sock, &m, 0) != 1)
+		return -1;
+	int fd;
+	memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&m)), sizeof(int));
+	return fd;
+}
+
+static int mode_scm_child(const char *num)
+{
+	int sock = atoi(num);
+	int fd = recv_fd(sock);
+	int ffd = recv_fd(sock);
+	if (fd < 0 || ffd < 0)
+		DIE("recvmsg");
+	/* the fault fd reads through the emulator (0: empty), not from the socket */
+	struct iommu_hwpt_pgfault rec;
+	if (read(ffd, &rec, sizeof(rec)) != 0)
+		DIE("read of received fault fd");
+	if (read(ffd, &rec, 7) != -1 || errno != ESPIPE)
+		DIE("received fault fd is not emulated");
+	close(ffd);
+	if (ioas_alloc(fd) != 3)
+		DIE("scm child id");
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -411,6 +494,8 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "event")) return mode_event();
 	if (!strcmp(m, "failnth")) return mode_failnth();
 	if (!strcmp(m, "exec")) return mode_exec(argv);
+	if (!strcmp(m, "scm")) return mode_scm(argv);
+	if (!strcmp(m, "scm-child") && argc > 2) return mode_scm_child(argv[2]);
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();

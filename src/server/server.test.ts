@@ -177,6 +177,12 @@ describe('server and shim (C clients)', { skip }, () => {
     await until(() => server.liveContexts === 0);
   });
 
+  test('an iommufd and a fault fd received over SCM_RIGHTS are adopted', async () => {
+    const r = await runClient('scm');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK scm/);
+  });
+
   test('concurrent threads on one fd', async () => {
     const r = await runClient('threads');
     assert.equal(r.code, 0, r.out + r.err);
