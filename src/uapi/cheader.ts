@@ -104,7 +104,7 @@ function hex(v: number): string {
 function enumValueText(e: EnumDef, m: EnumMember): string {
   const v = m.value;
   if (e.flags && v > 0 && (v & (v - 1)) === 0) return `1 << ${Math.log2(v)}`;
-  return v < 16 ? String(v) : hex(v);
+  return v < 0x100 ? String(v) : hex(v);
 }
 
 /** Field lines of a struct body (fields at `base` and above), with padding and unions for aliases. */

@@ -241,6 +241,8 @@ export const test_pasid_attach = struct('pasid_attach', { pasid: u32(16), pt_id:
 export const test_pasid_replace = struct('pasid_replace', { pasid: u32(16), pt_id: u32(20, O) });
 export const test_pasid_detach = struct('pasid_detach', { pasid: u32(16) });
 export const test_pasid_check = struct('pasid_check', { pasid: u32(16), hwpt_id: u32(20) });
+export const test_dmabuf_get = struct('dmabuf_get', { length: u32(16), open_flags: u32(20) });
+export const test_dmabuf_revoke = struct('dmabuf_revoke', { dmabuf_fd: s32(16), revoked: u32(20) });
 
 /**
  * The union view (= C union member of iommu_test_cmd) each op reads and writes
@@ -268,6 +270,8 @@ export const TEST_OP_VIEWS: Record<number, StructDef | undefined> = {
   [TEST_OP.PASID_REPLACE]: test_pasid_replace,
   [TEST_OP.PASID_DETACH]: test_pasid_detach,
   [TEST_OP.PASID_CHECK_HWPT]: test_pasid_check,
+  [TEST_OP.DMABUF_GET]: test_dmabuf_get,
+  [TEST_OP.DMABUF_REVOKE]: test_dmabuf_revoke,
 };
 
 // Selftest driver payloads.
