@@ -193,3 +193,34 @@ test('every test op of this driver refuses a missing stdev/device with ENOENT', 
   assert.equal(testCmdTry(t, TEST_OP.DIRTY, 42, { iova: BASE, length: 2048n, page_size: 2048n, uptr: 0x10000n }).err?.code, 'ENOENT');
   void ({} as T);
 });
+
+test('size protocol on this module\'s ioctls: min-1 EINVAL, junk tail E2BIG, zero tail behaves like sizeof', async () => {
+  const { IO, IOCTL_BY_NAME } = await import('../../uapi/ioctls.js');
+  const { endOf, structSize } = await import('../../uapi/layout.js');
+  for (const profile of ['6.12', 'mainline'] as const) {
+    const t = setup(profile);
+    const names = ['HWPT_ALLOC', 'GET_HW_INFO', 'HWPT_SET_DIRTY_TRACKING', 'HWPT_GET_DIRTY_BITMAP', 'HWPT_INVALIDATE',
+      'FAULT_QUEUE_ALLOC'] as const;
+    for (const name of names) {
+      const def = IOCTL_BY_NAME.get(name)!;
+      const size = structSize(def.struct, t.emu.profile.version);
+      const call = (sz: number, extra: number) => {
+        const addr = t.mem.alloc(size + 8);
+        const buf = new Uint8Array(size + 1);
+        new DataView(buf.buffer).setUint32(0, sz, true);
+        buf[size] = extra;
+        t.mem.write(addr, buf);
+        try {
+          t.ctx.ioctl(IO(def.nr), addr, t.caller);
+          return null;
+        } catch (e) {
+          if (!isErrno(e)) throw e;
+          return e.code;
+        }
+      };
+      assert.equal(call(endOf(def.struct, def.last) - 1, 0xff), 'EINVAL', `${profile} ${name}`);
+      assert.equal(call(size + 1, 0xff), 'E2BIG', `${profile} ${name}`);
+      assert.equal(call(size + 1, 0), call(size, 0), `${profile} ${name}`);
+    }
+  }
+});
