@@ -481,6 +481,18 @@ static int mode_scm_child(const char *num)
 	return 0;
 }
 
+/* RLIMIT_MODE SET needs CAP_SYS_RESOURCE: report what the emulator decided */
+static int mode_rlimit(void)
+{
+	int fd = xopen();
+	struct iommu_option o = { .size = sizeof(o), .option_id = IOMMU_OPTION_RLIMIT_MODE,
+				  .op = IOMMU_OPTION_OP_SET, .val64 = 1 };
+	int rc = ioctl(fd, IOMMU_OPTION, &o);
+	printf("OK rlimit_set=%s\n", rc == 0 ? "0" : errno == EPERM ? "EPERM" : strerror(errno));
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -488,6 +500,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "basic")) return mode_basic();
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
+	if (!strcmp(m, "rlimit")) return mode_rlimit();
 	if (!strcmp(m, "latency")) return mode_latency();
 	if (!strcmp(m, "fork")) return mode_fork();
 	if (!strcmp(m, "threads")) return mode_threads();

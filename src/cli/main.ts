@@ -7,13 +7,17 @@ import { Emulator } from '../core/emulator.js';
 import { PROFILES, type ProfileName } from '../uapi/profiles.js';
 import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT } from '../server/native.js';
 import { runProgram, shimEnv, traceWriter } from '../server/run.js';
-import { defaultSocketPath, IommufdServer, loadHandlers } from '../server/server.js';
+import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
 import { Tracer } from '../server/trace.js';
 
 const abiOption = () =>
   new Option('--abi <profile>', 'ABI profile the emulator impersonates')
     .choices(Object.keys(PROFILES))
     .default('mainline');
+
+const grantOption = () =>
+  new Option('--grant-cap <cap...>', 'treat every client as also having these capabilities (default: its real ones)')
+    .choices(CAP_NAMES as string[]);
 
 const program = new Command();
 program
@@ -26,11 +30,12 @@ program
   .description('run PROG with /dev/iommu routed to a private emulator; exits with PROG\'s status')
   .addOption(abiOption())
   .option('--trace [file]', 'print one decoded line per ioctl (to stderr, or append to FILE)')
+  .addOption(grantOption())
   .argument('<prog...>', 'program and its arguments (after --)')
   .passThroughOptions()
-  .action(async (prog: string[], opts: { abi: ProfileName; trace?: boolean | string }) => {
+  .action(async (prog: string[], opts: { abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
     await loadHandlers();
-    process.exitCode = await runProgram(prog, { profile: opts.abi, trace: opts.trace });
+    process.exitCode = await runProgram(prog, { profile: opts.abi, trace: opts.trace, grantCaps: opts.grantCap });
   });
 
 program
@@ -39,13 +44,15 @@ program
   .option('--socket <path>', 'socket path', defaultSocketPath())
   .addOption(abiOption())
   .option('--trace [file]', 'print one decoded line per ioctl')
-  .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string }) => {
+  .addOption(grantOption())
+  .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
     await loadHandlers();
     const write = traceWriter(opts.trace);
     const server = new IommufdServer({
       socketPath: path.resolve(opts.socket),
       emulator: new Emulator({ profile: opts.abi }),
       tracer: write ? new Tracer(write) : undefined,
+      grantCaps: opts.grantCap,
     });
     await server.listen();
     process.stderr.write(`iommufd-emu: serving ABI ${opts.abi} on ${server.socketPath}\n`);

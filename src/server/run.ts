@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { ensureShim } from './native.js';
-import { IommufdServer } from './server.js';
+import { IommufdServer, type CapName } from './server.js';
 import { Tracer } from './trace.js';
 
 export interface RunOptions {
@@ -16,6 +16,8 @@ export interface RunOptions {
   trace?: boolean | string;
   /** Extra environment for the program. */
   env?: NodeJS.ProcessEnv;
+  /** Capabilities the emulator grants every client (see ServerOptions.grantCaps). */
+  grantCaps?: CapName[];
 }
 
 /** A private directory for the socket and the emulated debugfs. */
@@ -50,6 +52,7 @@ export async function runProgram(argv: string[], opts: RunOptions = {}): Promise
     socketPath: socket,
     emulator: new Emulator({ profile: opts.profile ?? 'mainline' }),
     tracer: write ? new Tracer(write) : undefined,
+    grantCaps: opts.grantCaps,
   });
   await server.listen();
   try {

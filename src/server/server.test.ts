@@ -207,6 +207,29 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK mmap/);
   });
 
+  test('capabilities are the caller\'s real ones unless the server grants more', async () => {
+    const real = (fs.readFileSync('/proc/self/status', 'utf8').match(/^CapEff:\s*([0-9a-f]+)/m) ?? [])[1];
+    const hasSysResource = real !== undefined && ((BigInt('0x' + real) >> 24n) & 1n) === 1n;
+    const r = await runClient('rlimit');
+    assert.match(r.out, hasSysResource ? /rlimit_set=0/ : /rlimit_set=EPERM/);
+    const granted = new IommufdServer({
+      socketPath: path.join(dir, 'sock2'), emulator: new Emulator({ profile: 'mainline' }),
+      grantCaps: ['sys_resource'], log: (m) => logs.push(m),
+    });
+    await granted.listen();
+    try {
+      const r2 = await new Promise<string>((resolve) => {
+        const p = spawn(client, ['rlimit'], { env: shimEnv(shim, granted.socketPath) });
+        let out = '';
+        p.stdout.on('data', (d) => (out += d));
+        p.on('exit', () => resolve(out));
+      });
+      assert.match(r2, /rlimit_set=0/);
+    } finally {
+      await granted.close();
+    }
+  });
+
   test('fail-nth file arms the next emulated call of the thread', async () => {
     const r = await runClient('failnth');
     assert.equal(r.code, 0, r.out + r.err);

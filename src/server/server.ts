@@ -26,7 +26,18 @@ export interface ServerOptions {
   log?: (msg: string) => void;
   /** Called around every forwarded ioctl (the CLI's --trace). */
   tracer?: IoctlTracer;
+  /**
+   * Capabilities every client is treated as having in addition to its real
+   * ones (opt-in, for containers that drop them; the default is faithful).
+   */
+  grantCaps?: readonly CapName[];
 }
+
+export type CapName = 'sys_resource' | 'ipc_lock' | 'sys_rawio';
+export const CAP_NAMES: readonly CapName[] = ['sys_resource', 'ipc_lock', 'sys_rawio'];
+const CAP_BITS: Record<CapName, number> = {
+  sys_resource: P.CAP_BIT.SYS_RESOURCE, ipc_lock: P.CAP_BIT.IPC_LOCK, sys_rawio: P.CAP_BIT.SYS_RAWIO,
+};
 
 export interface IoctlTracer {
   /** Before the handler runs; the returned value is handed to after(). */
@@ -180,8 +191,10 @@ export class IommufdServer {
   readonly socketPath: string;
   readonly log: (msg: string) => void;
   tracer: IoctlTracer | undefined;
+  private readonly grantCaps: readonly CapName[];
 
   constructor(opts: ServerOptions) {
+    this.grantCaps = opts.grantCaps ?? [];
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
@@ -252,7 +265,8 @@ export class IommufdServer {
   private hello(c: Conn, f: Buffer): void {
     const pid = f.readUInt32LE(8);
     const uid = f.readUInt32LE(16);
-    const caps = f.readUInt32LE(20);
+    let caps = f.readUInt32LE(20);
+    for (const c of this.grantCaps) caps |= CAP_BITS[c];
     const memlock = f.readBigUInt64LE(24);
     const info: ProcessInfo = {
       pid, uid,
