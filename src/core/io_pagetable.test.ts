@@ -3,6 +3,7 @@
 // handed to drivers, and scale (10^6 areas).
 import assert from 'node:assert/strict';
 import test from 'node:test';
+import fc from 'fast-check';
 import { fail, isErrno, type ErrnoName } from '../uapi/errno.js';
 import type { PagingDomain, PhysRun } from '../drivers/driver.js';
 import { Emulator } from './emulator.js';
@@ -256,4 +257,50 @@ test('Scale: 10^6 areas, O(log n) lookups and removals', { timeout: 120_000 }, (
   assert.ok(t1 - t0 < 60_000, `1e6 maps took ${t1 - t0} ms`);
   assert.ok(perArea < 300, `~${perArea.toFixed(0)} bytes per area`);
   console.log(`# 1e6 areas: ${(t1 - t0).toFixed(0)} ms to map, ~${perArea.toFixed(0)} bytes/area`);
+});
+
+test('Automatic IOVA resumes after the last fit only while nothing was freed (same result as a full search)', () => {
+  fc.assert(fc.property(fc.array(fc.oneof(
+    fc.record({ k: fc.constant('map' as const), pages: fc.integer({ min: 1, max: 6 }), off: fc.integer({ min: 0, max: 3 }) }),
+    fc.record({ k: fc.constant('unmap' as const), nth: fc.nat(40) }),
+    fc.record({ k: fc.constant('reserve' as const), at: fc.integer({ min: 1, max: 200 }), pages: fc.integer({ min: 1, max: 4 }) }),
+    fc.record({ k: fc.constant('unreserve' as const) }),
+  ), { maxLength: 60 }), (ops) => {
+    const t = setup();
+    const va = t.mem.mmap(0x10000);
+    const owner = {};
+    for (const op of ops) {
+      if (op.k === 'map') {
+        const addr = va + BigInt(op.off) * 0x400n;
+        const length = BigInt(op.pages) * PS;
+        const want = (() => { try { return t.iopt.allocIova(addr, length, false); } catch { return undefined; } })();
+        const got = (() => { try { return mapVa(t, addr, length, null); } catch { return undefined; } })();
+        assert.equal(got, want);
+      } else if (op.k === 'unmap') {
+        const areas = t.iopt.allAreas();
+        const a = areas[op.nth % Math.max(1, areas.length)];
+        if (a) t.iopt.unmapRange(a.iova, a.last);
+      } else if (op.k === 'reserve') {
+        const s = BigInt(op.at) * PS;
+        try { t.iopt.reserve(s, s + BigInt(op.pages) * PS - 1n, owner); } catch { /* EADDRINUSE */ }
+      } else {
+        t.iopt.unreserve(owner);
+      }
+    }
+  }), { numRuns: 300 });
+});
+
+test('Scale: 10^5 automatic placements packed from the bottom stay fast', { timeout: 60_000 }, () => {
+  const t = setup();
+  const va = t.mem.mmap(0x1000);
+  const p = t.pages(va, PS);
+  const t0 = performance.now();
+  let prev = 0n;
+  for (let i = 0; i < 100_000; i++) {
+    const iova = t.iopt.mapPages([{ pages: p, startByte: 0n, length: PS }], PS, null, PROT);
+    assert.ok(iova > prev);
+    prev = iova;
+  }
+  assert.equal(prev, PS * 100_000n);
+  assert.ok(performance.now() - t0 < 20_000, `${performance.now() - t0} ms`);
 });

@@ -226,6 +226,7 @@ export class IoPagetable {
 
   /** Drop every reserved range of `owner`. */
   unreserve(owner: object): void {
+    this.freeGen++;
     this.reserved = this.reserved.filter((r) => r.owner !== owner);
   }
 
@@ -289,6 +290,7 @@ export class IoPagetable {
   /** Replace the allowed ranges atomically: EADDRINUSE (old set kept) if one intersects a reserved range. */
   setAllowed(tree: BTree<bigint, bigint>): void {
     for (const [s, l] of tree.entries()) if (this.reservedHit(s, l)) fail('EADDRINUSE');
+    this.freeGen++;
     this.allowed = tree;
   }
 
@@ -377,7 +379,7 @@ export class IoPagetable {
   }
 
   /** Pick an IOVA for `length` bytes whose source starts at `addr` (VA, file offset): EOVERFLOW, EINVAL, ENOSPC. */
-  allocIova(addr: bigint, length: bigint): bigint {
+  allocIova(addr: bigint, length: bigint, useHints = true): bigint {
     const pageOffset = addr % PS;
     if (length === 0n || length >= U64_MAX >> 1n) fail('EOVERFLOW');
     let align = roundupPow2(length);
@@ -401,16 +403,24 @@ export class IoPagetable {
       }
     }
     const reserved = this.reservedUnion();
-    for (const [ws0, we] of windows) {
+    // Resume where the last identical request ended if nothing was freed since:
+    // every hole below that point was too small then and can only have shrunk.
+    const key = `${length}:${align}:${pageOffset}`;
+    const hint = this.allocHints.get(key);
+    const resume = useHints && hint && hint.gen === this.freeGen ? hint : undefined;
+    for (let wi = resume ? resume.window : 0; wi < windows.length; wi++) {
+      const [ws0, we] = windows[wi]!;
       if (we - ws0 < length - 1n) continue;
-      const ws = IoPagetable.fit(ws0, we, length, align, pageOffset);
+      let ws = IoPagetable.fit(ws0, we, length, align, pageOffset);
       if (ws === undefined) continue;
+      if (resume && wi === resume.window && resume.pos > ws) ws = resume.pos;
       let cur = ws;
       let open = true;
+      let found: bigint | undefined;
       for (const [us, ul] of this.usedIn(ws, we, reserved)) {
         if (us > cur) {
-          const cand = IoPagetable.fitHole(cur, us - 1n, length, align, pageOffset);
-          if (cand !== undefined) return cand;
+          found = IoPagetable.fitHole(cur, us - 1n, length, align, pageOffset);
+          if (found !== undefined) break;
         }
         if (ul >= we) {
           open = false;
@@ -418,13 +428,19 @@ export class IoPagetable {
         }
         cur = maxB(cur, ul + 1n);
       }
-      if (open && cur <= we) {
-        const cand = IoPagetable.fitHole(cur, we, length, align, pageOffset);
-        if (cand !== undefined) return cand;
+      if (found === undefined && open && cur <= we) found = IoPagetable.fitHole(cur, we, length, align, pageOffset);
+      if (found !== undefined) {
+        if (this.allocHints.size > 64) this.allocHints.clear();
+        this.allocHints.set(key, { gen: this.freeGen, window: wi, pos: found });
+        return found;
       }
     }
     fail('ENOSPC');
   }
+
+  /** Bumped whenever IOVA space is freed (area removed, reservation dropped, allowed set replaced). */
+  private freeGen = 0;
+  private readonly allocHints = new Map<string, { gen: number; window: number; pos: bigint }>();
 
   private static fitHole(s: bigint, e: bigint, length: bigint, align: bigint, pageOffset: bigint): bigint | undefined {
     if (e - s < length - 1n) return undefined;
@@ -521,6 +537,7 @@ export class IoPagetable {
 
   /** Remove an area from the tree (no domain work). */
   private dropArea(area: Area): void {
+    this.freeGen++;
     if (this.areas.get(area.iova) === area) this.areas.delete(area.iova);
   }
 
@@ -842,6 +859,7 @@ export class IoPagetable {
     this.unmapAll();
     this.reserved = [];
     this.allowed = new BTree<bigint, bigint>(undefined, cmp);
+    this.freeGen++;
   }
 
   /** Invariant check for tests: areas ordered and disjoint, filled state consistent. */
