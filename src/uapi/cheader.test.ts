@@ -131,6 +131,13 @@ test('viommu-v1 headers use the original series numbering; mainline has the newe
   assert.doesNotMatch(v1, /IOMMU_IOAS_MAP_FILE/);
   // Two ioctls share one struct: one definition, two macros.
   assert.equal(v1.match(/struct iommu_viommu_vdev_id \{/g)?.length, 1);
+  // The original series' mock already had DEV_CHECK_CACHE.
+  const v1t = generateHeaders(PROFILES['viommu-v1'])['iommufd_test.h'];
+  assert.match(v1t, /IOMMU_TEST_OP_DEV_CHECK_CACHE = 16,/);
+  assert.match(v1t, /\} check_dev_cache;/);
+  assert.match(v1t, /MOCK_DEV_CACHE_NUM = 4,/);
+  assert.match(v1t, /#define IOMMU_TEST_DEV_CACHE_DEFAULT 0xbaddad/);
+  assert.doesNotMatch(generateHeaders(PROFILES['6.12'])['iommufd_test.h'], /DEV_CACHE/);
 
   const main = generateHeaders(PROFILES.mainline);
   assert.match(main['iommufd_test.h'], /\bMOCK_PAGE_SIZE = 0x800,/);

@@ -9,7 +9,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ENUMS, memberPresent, TEST_DEFINES, type EnumDef, type EnumMember } from './enums.js';
+import { ENUMS, enumInProfile, inProfile, TEST_DEFINES, type EnumDef, type EnumMember } from './enums.js';
 import { IOCTLS, IOMMUFD_CMD_BASE, ioctlPresent, type IoctlDef } from './ioctls.js';
 import { fieldPresent, structSize, TYPE_SIZE, type FieldDef, type StructDef } from './layout.js';
 import { getProfile, type Profile } from './profiles.js';
@@ -82,7 +82,7 @@ export function testUnionMembers(profile: Profile): { name: string; view: Struct
   const seen = new Set<StructDef>();
   const out: { name: string; view: StructDef; op: number }[] = [];
   for (const m of ENUMS.iommu_test_op!.members) {
-    if (!memberPresent(m, profile.version, profile.selftestBackports)) continue;
+    if (!inProfile(m, profile)) continue;
     const view = S.TEST_OP_VIEWS[m.value];
     if (!view || seen.has(view)) continue;
     seen.add(view);
@@ -153,7 +153,7 @@ function cStruct(s: StructDef, version: number): string {
 }
 
 function cEnum(e: EnumDef, profile: Profile): string | undefined {
-  const members = e.members.filter((m) => memberPresent(m, profile.version, profile.selftestBackports));
+  const members = e.members.filter((m) => inProfile(m, profile));
   if (members.length === 0) return undefined;
   const body = members.map((m) => `\t${m.name} = ${enumValueText(e, m)},`);
   return [e.anon ? 'enum {' : `enum ${e.name} {`, ...body, '};'].join('\n');
@@ -166,7 +166,7 @@ function headerEnums(profile: Profile, test: boolean, structs: StructDef[]): Enu
     for (const f of Object.values(s.fields)) if (f.enumName && fieldPresent(f, profile.version)) named.add(f.enumName);
   }
   return Object.values(ENUMS).filter((e) =>
-    !!e.test === test && (e.since === undefined || e.since <= profile.version || named.has(e.name)));
+    !!e.test === test && (enumInProfile(e, profile) || named.has(e.name)));
 }
 
 function cmdMacroName(d: IoctlDef): string {
@@ -265,7 +265,7 @@ function generateTest(profile: Profile): string {
     const t = cEnum(e, profile);
     if (t) parts.push(t);
   }
-  const defines = TEST_DEFINES.filter((d) => memberPresent(d, v, profile.selftestBackports));
+  const defines = TEST_DEFINES.filter((d) => inProfile(d, profile));
   parts.push(defines.map((d) => `#define ${d.name} ${d.text ?? hex(d.value)}`).join('\n'));
   parts.push(cTestCmd(profile));
   for (const s of structs) parts.push(cStruct(s, v));
@@ -332,11 +332,11 @@ export function generateLayoutCheck(profile: Profile): string {
   const enums = [...headerEnums(profile, false, coreStructs(profile)), ...headerEnums(profile, true, testStructs(profile))];
   for (const e of enums) {
     for (const m of e.members) {
-      if (memberPresent(m, v, profile.selftestBackports)) A(`${m.name} == ${cNum(m.value)}`, `${m.name} value`);
+      if (inProfile(m, profile)) A(`${m.name} == ${cNum(m.value)}`, `${m.name} value`);
     }
   }
   for (const d of TEST_DEFINES) {
-    if (memberPresent(d, v, profile.selftestBackports)) A(`${d.name} == ${cNum(d.value)}`, `${d.name} value`);
+    if (inProfile(d, profile)) A(`${d.name} == ${cNum(d.value)}`, `${d.name} value`);
   }
   return out.join('\n') + '\n';
 }

@@ -1,6 +1,7 @@
 // Enum and flag values of the uAPI, as data (name -> value, with the version each
 // member appeared in). Handlers use the constant objects; trace printing and the
 // C header generator walk ENUMS.
+import type { Profile } from './profiles.js';
 import { V } from './profiles.js';
 
 export interface EnumMember {
@@ -11,6 +12,8 @@ export interface EnumMember {
   readonly until?: number;
   /** Present from this version on in profiles with `selftestBackports` (even if `since` is later). */
   readonly backport?: number;
+  /** Also present in the original vIOMMU series' ABI (profile viommu-v1), whatever `since` says. */
+  readonly v1?: boolean;
 }
 export interface EnumDef {
   readonly name: string;
@@ -22,24 +25,37 @@ export interface EnumDef {
   readonly anon?: boolean;
   /** Version the enum type appeared in (headers omit it before, unless a present struct field names it). */
   readonly since?: number;
+  /** Also present in the original vIOMMU series' ABI (profile viommu-v1). */
+  readonly v1?: boolean;
 }
 
-type MemberSpec = [string, number, number?, { until?: number; backport?: number }?];
-interface DefOpts { test?: boolean; anon?: boolean; since?: number }
+type MemberSpec = [string, number, number?, { until?: number; backport?: number; v1?: boolean }?];
+interface DefOpts { test?: boolean; anon?: boolean; since?: number; v1?: boolean }
 
 function def(name: string, flags: boolean, members: MemberSpec[], opts: boolean | DefOpts = {}): EnumDef {
   const o: DefOpts = typeof opts === 'boolean' ? { test: opts } : opts;
   return {
-    name, flags, test: o.test ?? false, anon: o.anon, since: o.since,
+    name, flags, test: o.test ?? false, anon: o.anon, since: o.since, v1: o.v1,
     members: members.map(([n, value, since, extra]) => ({ name: n, value, since, ...extra })),
   };
 }
 
-/** Profile-independent part of "is this member in the ABI of `version`". */
-export function memberPresent(m: EnumMember, version: number, selftestBackports = false): boolean {
+/** Is this member (or #define) in the ABI of `version` (with the given profile switches)? */
+export function memberPresent(m: EnumMember, version: number, selftestBackports = false, viommuV1 = false): boolean {
   if (m.until !== undefined && version >= m.until) return false;
   if (m.since === undefined || m.since <= version) return true;
+  if (viommuV1 && m.v1) return true;
   return selftestBackports && m.backport !== undefined && m.backport <= version;
+}
+
+/** memberPresent() for one ABI profile. */
+export function inProfile(m: EnumMember, profile: Profile): boolean {
+  return memberPresent(m, profile.version, profile.selftestBackports, profile.viommuV1);
+}
+
+/** Does the enum type itself exist in `profile` (its own `since`, or the v1 series)? */
+export function enumInProfile(e: EnumDef, profile: Profile): boolean {
+  return e.since === undefined || e.since <= profile.version || (profile.viommuV1 && !!e.v1);
 }
 
 export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
@@ -91,7 +107,7 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
     ['IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE', 10, V.V6_6], ['IOMMU_TEST_OP_ACCESS_REPLACE_IOAS', 11, V.V6_6],
     ['IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS', 12, V.V6_7], ['IOMMU_TEST_OP_DIRTY', 13, V.V6_7],
     ['IOMMU_TEST_OP_MD_CHECK_IOTLB', 14, V.V6_7], ['IOMMU_TEST_OP_TRIGGER_IOPF', 15, V.V6_11],
-    ['IOMMU_TEST_OP_DEV_CHECK_CACHE', 16, V.V6_13], ['IOMMU_TEST_OP_TRIGGER_VEVENT', 17, V.V6_15],
+    ['IOMMU_TEST_OP_DEV_CHECK_CACHE', 16, V.V6_13, { v1: true }], ['IOMMU_TEST_OP_TRIGGER_VEVENT', 17, V.V6_15],
     ['IOMMU_TEST_OP_PASID_ATTACH', 18, V.V6_15], ['IOMMU_TEST_OP_PASID_REPLACE', 19, V.V6_15],
     ['IOMMU_TEST_OP_PASID_DETACH', 20, V.V6_15], ['IOMMU_TEST_OP_PASID_CHECK_HWPT', 21, V.V6_15],
     ['IOMMU_TEST_OP_DMABUF_GET', 22, V.V6_19], ['IOMMU_TEST_OP_DMABUF_REVOKE', 23, V.V6_19]],
@@ -112,7 +128,7 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
   def('mock_nested_iotlb', false, [['MOCK_NESTED_DOMAIN_IOTLB_ID_MAX', 3], ['MOCK_NESTED_DOMAIN_IOTLB_NUM', 4]],
     { test: true, anon: true, since: V.V6_7 }),
   def('mock_dev_cache', false, [['MOCK_DEV_CACHE_ID_MAX', 3], ['MOCK_DEV_CACHE_NUM', 4]],
-    { test: true, anon: true, since: V.V6_13 }),
+    { test: true, anon: true, since: V.V6_13, v1: true }),
 ].map((e) => [e.name, e]));
 
 /** A selftest constant iommufd_test.h declares with #define (C text of the value kept as written there). */
@@ -124,6 +140,7 @@ export interface TestDefine {
   readonly since?: number;
   readonly until?: number;
   readonly backport?: number;
+  readonly v1?: boolean;
 }
 
 const tdef = (name: string, value: number, since?: number, extra: Partial<TestDefine> = {}): TestDefine =>
@@ -137,7 +154,7 @@ export const TEST_DEFINES: readonly TestDefine[] = [
   tdef('IOMMU_HW_INFO_SELFTEST_REGVAL', 0xdeadbeef, V.V6_7),
   tdef('IOMMU_HWPT_DATA_SELFTEST', 0xdead, V.V6_7),
   tdef('IOMMU_TEST_IOTLB_DEFAULT', 0xbadbeef, V.V6_7),
-  tdef('IOMMU_TEST_DEV_CACHE_DEFAULT', 0xbaddad, V.V6_13),
+  tdef('IOMMU_TEST_DEV_CACHE_DEFAULT', 0xbaddad, V.V6_13, { v1: true }),
   tdef('IOMMU_HWPT_INVALIDATE_DATA_SELFTEST', 0xdeadbeef, V.V6_8),
   tdef('IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID', 0xdadbeef, V.V6_8),
   tdef('IOMMU_TEST_INVALIDATE_FLAG_ALL', 1, V.V6_8, { text: '(1 << 0)' }),

@@ -94,6 +94,10 @@ test('IOMMU_TEST_CMD: the union is decoded with the view of the op', () => {
   const pa = testCmd(18, 1, { pasid: 5, pt_id: 2 });
   assert.equal(formatIoctl(P612, IO(0xa0), pa, null, 'EOPNOTSUPP'), 'IOMMU_TEST_CMD {op=18 id=1} = EOPNOTSUPP');
   assert.equal(formatIoctl(MAIN, IO(0xa0), pa, null, 0), 'IOMMU_TEST_CMD {op=PASID_ATTACH id=1 pasid=5 pt_id=2} = 0');
+  const dc = testCmd(16, 3, { id: 1, cache: 0xbaddad });
+  assert.equal(formatIoctl(PROFILES['viommu-v1'], IO(0xa0), dc, null, 0),
+    'IOMMU_TEST_CMD {op=DEV_CHECK_CACHE id=3 check_dev_cache.id=1 cache=0xbaddad} = 0', 'the v1 series had DEV_CHECK_CACHE');
+  assert.equal(formatIoctl(P612, IO(0xa0), dc, null, 'EOPNOTSUPP'), 'IOMMU_TEST_CMD {op=16 id=3} = EOPNOTSUPP');
   const rep = testCmd(19, 1, { pasid: 5, pt_id: 2 });
   assert.equal(formatIoctl(MAIN, IO(0xa0), rep, null, 0), 'IOMMU_TEST_CMD {op=PASID_REPLACE id=1 pasid=5 pt_id=2} = 0');
 });

@@ -6,7 +6,7 @@
 // return value) or an errno name, outputs are the fields the kernel writes
 // (`out` in structs.ts) as copied back. Nothing here knows a particular ioctl:
 // names, layouts and enum tables all come from the uAPI table.
-import { ENUMS, memberPresent, TEST_DEFINES, type EnumDef } from './enums.js';
+import { ENUMS, inProfile, TEST_DEFINES, type EnumDef } from './enums.js';
 import { errnoName } from './errno.js';
 import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
 import { decode, fieldPresent, fieldSize, type FieldDef, type StructDef } from './layout.js';
@@ -60,7 +60,7 @@ function hex(v: number | bigint): string {
 export function enumText(enumName: string, value: number, profile: Profile): string {
   const e = ENUMS[enumName];
   if (!e) return hex(value);
-  const members = e.members.filter((m) => memberPresent(m, profile.version, profile.selftestBackports));
+  const members = e.members.filter((m) => inProfile(m, profile));
   const pre = enumPrefix(e);
   const short = (n: string): string => (n.startsWith(pre) ? n.slice(pre.length) : n);
   if (e.flags) {
@@ -95,7 +95,8 @@ function valueText(name: string, f: FieldDef, v: Value, profile: Profile): strin
   if (typeof v === 'bigint') return hex(v);
   if (f.type === 's32') return String(v);
   if (/flags/.test(name) && v !== 0) return hex(v);
-  return String(v);
+  // Plain u32s this large are magic values or bit patterns (iotlb tags, type codes), not counts or IDs.
+  return v >= 0x10000 ? hex(v) : String(v);
 }
 
 interface FieldSel {
@@ -212,13 +213,17 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
   // Only ops this profile's kernel knows have a union member to decode.
   const known = ENUMS.iommu_test_op!.members.some((m) => m.value === op &&
-    memberPresent(m, profile.version, profile.selftestBackports));
+    inProfile(m, profile));
   const view = known ? S.TEST_OP_VIEWS[op] : undefined;
-  const inParts = view ? [...head, ...fieldsText(view, inBytes, profile, { input: true })] : head;
+  // Union fields named like a header field (check_iotlb.id, check_dev_cache.id) carry the member name.
+  const clash = new Set(Object.keys(def.struct.fields));
+  const qualify = (parts: string[]): string[] =>
+    parts.map((p) => (clash.has(p.slice(0, p.indexOf('='))) ? `${view!.name}.${p}` : p));
+  const inParts = view ? [...head, ...qualify(fieldsText(view, inBytes, profile, { input: true }))] : head;
   let line = `${def.cname} ${braces(inParts)} = ${res}`;
   if (outBytes) {
     const outParts = [...fieldsText(def.struct, outBytes, profile, { input: false })];
-    if (view) outParts.push(...fieldsText(view, outBytes, profile, { input: false }));
+    if (view) outParts.push(...qualify(fieldsText(view, outBytes, profile, { input: false })));
     line += arrow(outParts, inBytes, outBytes, res);
   }
   return line;
