@@ -1016,8 +1016,9 @@ static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
 	if (q.failnth)
 		failnth_set(tid, r.failnth);
 	if (r.drain) {
+		/* the server wrote the byte before replying: it is already queued */
 		char b;
-		while (recv(fd, &b, 1, 0) < 0 && errno == EINTR)
+		while (recv(fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EINTR)
 			;
 	}
 	if (r.ret < 0) {
