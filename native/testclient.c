@@ -207,6 +207,9 @@ static int mode_threads(void)
 static int mode_event(void)
 {
 	int fd = xopen();
+	struct pollfd pi = { .fd = fd, .events = POLLIN | POLLOUT };
+	if (poll(&pi, 1, 0) != 1 || (pi.revents & (POLLIN | POLLOUT)) != (POLLIN | POLLOUT))
+		DIE("/dev/iommu should poll readable and writable (revents %x)", pi.revents);
 	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
 	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
 		DIE("FAULT_QUEUE_ALLOC");

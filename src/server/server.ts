@@ -342,6 +342,9 @@ export class IommufdServer {
     };
     reply.writeUInt32LE(token, 8);
     c.send(reply);
+    // /dev/iommu has no poll method: the kernel reports it always readable and
+    // writable. One byte left unread in the socket gives the same answer.
+    c.send(Buffer.from([0]));
   }
 
   /**
