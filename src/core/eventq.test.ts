@@ -10,7 +10,7 @@ import { encode } from '../uapi/layout.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import {
   closeCtx, code, destroy, destroyTry, errOf, fixture, MOCK, mockDomain, nestedAlloc, nextId, parseEvents, readFd,
-  replace, S, trigger, vdevAlloc, veventqAlloc, veventqAllocTry, viommuAlloc, type Fx,
+  replace, S, trigger, vdevAlloc, veventqAlloc, veventqAllocTry, viommuAlloc, rawReadOnly, type Fx,
 } from './viommu_test_helpers.js';
 
 const PROFILES: ProfileName[] = ['6.15', '6.17', 'mainline'];
@@ -286,6 +286,49 @@ for (const p of PROFILES) {
     assert.equal(replace(t, d2.stdevId, t.nested), 0);
     assert.equal(trigger(t, d2.idevId), 0);
     assert.deepEqual(parseEvents(readFd(t, q.fd, 64)).map((e) => e.virtId), [0x33]);
+  });
+}
+
+for (const p of PROFILES) {
+  test(`VEVENTQ_ALLOC copy-back EFAULT: no fd installed, no object, the type is free again (${p})`, () => {
+    const t = attached(p);
+    const fds = t.caller.fds.open;
+    const id = nextId(t);
+    assert.equal(rawReadOnly(t, 'VEVENTQ_ALLOC', S.iommu_veventq_alloc, { viommu_id: t.viommu,
+      type: MOCK.VEVENTQ_TYPE_SELFTEST, veventq_depth: 2 }), 'EFAULT');
+    assert.equal(t.caller.fds.open, fds);
+    assert.equal(nextId(t), id);
+    assert.equal(t.ctx.objects.get(t.viommu, ObjType.VIOMMU).users, 3); // vDEVICE + nested HWPT only
+    assert.equal(trigger(t, t.idev), 'EOPNOTSUPP');
+    const q = veventqAlloc(t, t.viommu);
+    assert.equal(q.id, id);
+  });
+
+  test(`a failed read of the lone marker keeps it queued (${p})`, () => {
+    const t = attached(p);
+    const q = veventqAlloc(t, t.viommu, { depth: 1 });
+    trigger(t, t.idev);
+    trigger(t, t.idev);
+    readFd(t, q.fd, 12);
+    assert.equal(errOf(() => readFd(t, q.fd, 8, 0n, 0x10n)), 'EFAULT');
+    assert.equal(t.caller.fds.lookup(q.fd)!.poll() & POLLIN, POLLIN);
+    assert.deepEqual(parseEvents(readFd(t, q.fd, 8)), [{ flags: LOST, seq: 1 }]);
+  });
+
+  test(`a record that cannot be allocated: the marker is queued and the report fails with ENOMEM (${p})`, () => {
+    const t = attached(p);
+    const q = veventqAlloc(t, t.viommu, { depth: 4 });
+    assert.equal(trigger(t, t.idev), 0);
+    t.emu.failNth = 1;
+    assert.equal(trigger(t, t.idev), 'ENOMEM');
+    t.emu.failNth = 0;
+    assert.equal(trigger(t, t.idev), 0);
+    assert.deepEqual(parseEvents(readFd(t, q.fd, 64)), [
+      { flags: 0, seq: 0, virtId: 0x99 }, { flags: 0, seq: 2, virtId: 0x99 }]); // the marker (seq 1) was replaced
+    t.emu.failNth = 1;
+    assert.equal(trigger(t, t.idev), 'ENOMEM');
+    t.emu.failNth = 0;
+    assert.deepEqual(parseEvents(readFd(t, q.fd, 64)), [{ flags: LOST, seq: 3 }]);
   });
 }
 

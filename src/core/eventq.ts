@@ -48,6 +48,13 @@ export class Veventq extends IommufdObject {
       this.enqueue(this.lost);
       return;
     }
+    // The record's allocation: on failure the marker is queued and the report fails with ENOMEM.
+    try {
+      this.viommu.ctx.emu.failPoint('ENOMEM');
+    } catch (e) {
+      this.enqueue(this.lost);
+      throw e;
+    }
     this.numEvents++;
     this.enqueue({ flags: 0, sequence: 0, payload: payload.slice() });
   }

@@ -7,7 +7,7 @@ import { ObjType } from './object.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import {
   BASE_IOVA, closeCtx, code, destroy, destroyTry, fixture, hwQueueAlloc, hwQueueAllocTry, MOCK, nextId, pins, PS,
-  raw, rawTry, S, U64_MAX, unmapTry, viommuAlloc, type Fx,
+  raw, rawTry, S, U64_MAX, unmapTry, viommuAlloc, rawReadOnly, type Fx,
 } from './viommu_test_helpers.js';
 
 const NEW: ProfileName[] = ['6.17', 'mainline'];
@@ -150,6 +150,17 @@ for (const p of NEW) {
     assert.equal(alignment(t), BigInt(MOCK.PAGE_SIZE));
     assert.equal(t.ctx.objects.get(t.viommu, ObjType.VIOMMU).users, 1);
     assert.equal(code(unmapTry(t, t.ioas, BASE_IOVA, 2n * PS)), 0);
+  });
+
+  test(`HW_QUEUE_ALLOC copy-back EFAULT: queue, access, lock and the mock's index slot are released (${p})`, () => {
+    const t = withViommu(p);
+    const id = nextId(t);
+    assert.equal(rawReadOnly(t, 'HW_QUEUE_ALLOC', S.iommu_hw_queue_alloc, { viommu_id: t.viommu,
+      type: MOCK.HW_QUEUE_TYPE_SELFTEST, index: 0, nesting_parent_iova: BASE_IOVA, length: PS }), 'EFAULT');
+    assert.equal(nextId(t), id);
+    assert.equal(t.ctx.objects.get(t.viommu, ObjType.VIOMMU).users, 1);
+    assert.equal(alignment(t), BigInt(MOCK.PAGE_SIZE));
+    assert.equal(hwQueueAlloc(t, t.viommu, { index: 0 }), id);
   });
 
   test(`HW queue: 40 bytes are mandatory; queues of two vIOMMUs are independent (${p})`, () => {

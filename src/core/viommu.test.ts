@@ -14,7 +14,7 @@ import {
   devCacheAll, errOf, fixture, foreignDriver, hwptAlloc, hwptAllocTry, hwQueueAlloc, invalidate, invalidateEntries,
   invArray, iotlb, MOCK, mockDomain, NEST, nestedAlloc, nextId, parseEvents, pins, PS, raw, rawTry, readFd, replace,
   S, setup, trigger, U64_MAX, unmapTry, vdevAlloc, vdevAllocTry, veventqAlloc, viommuAlloc, viommuAllocData,
-  viommuAllocTry, HWPT_ALLOC, TEST_OP, testCmd, type Fx,
+  viommuAllocTry, HWPT_ALLOC, TEST_OP, testCmd, rawReadOnly, setupWith, hwptAllocArgs, type Fx,
 } from './viommu_test_helpers.js';
 
 const ALL: ProfileName[] = ['6.13', '6.15', '6.17', 'mainline'];
@@ -765,6 +765,57 @@ for (const p of ALL) {
     assert.ok(pins(t, va, 1n << 16n).every((n) => n === 0));
   });
 }
+
+// ---- copy-back faults roll creation back; HWPT_INVALIDATE's copy-back fault comes after the work ----------
+
+for (const p of ALL) {
+  test(`copy-back EFAULT: VDEVICE_ALLOC and HWPT_ALLOC(vIOMMU) leave no trace; HWPT_INVALIDATE has taken effect (${p})`, () => {
+    const t = withViommu(p);
+    const id = nextId(t);
+    assert.equal(rawReadOnly(t, 'VDEVICE_ALLOC', S.iommu_vdevice_alloc, { viommu_id: t.viommu, dev_id: t.idev, virt_id: 7n }), 'EFAULT');
+    assert.equal(t.ctx.objects.get(t.viommu, ObjType.VIOMMU).users, 1);
+    assert.equal(nextId(t), id);
+    // Device mark and virt_id were released with it.
+    const vd = vdevAlloc(t, t.viommu, t.idev, 7n);
+    assert.equal(vd, id);
+    const args = hwptAllocArgs(t, { devId: t.idev, ptId: t.viommu, dataType: MOCK.HWPT_DATA_SELFTEST, data: new Uint8Array(4) });
+    assert.equal(rawReadOnly(t, 'HWPT_ALLOC', S.iommu_hwpt_alloc, args as Record<string, unknown>), 'EFAULT');
+    assert.equal(t.ctx.objects.get(t.viommu, ObjType.VIOMMU).users, 2);
+    assert.equal(nextId(t), vd + 1);
+    // The invalidation ran; only the report of entry_num failed.
+    assert.equal(rawReadOnly(t, 'HWPT_INVALIDATE', S.iommu_hwpt_invalidate, { hwpt_id: t.viommu,
+      data_uptr: invArray(t, [{ vdev_id: 7, cache_id: 1 }]), data_type: MOCK.VIOMMU_INVALIDATE_DATA_SELFTEST, entry_len: 12,
+      entry_num: 1 }), 'EFAULT');
+    assert.ok(devCache(t, t.idev, 1, 0));
+    // An error and a faulting copy-back: EFAULT wins.
+    assert.equal(rawReadOnly(t, 'HWPT_INVALIDATE', S.iommu_hwpt_invalidate, { hwpt_id: 999 }), 'EFAULT');
+  });
+}
+
+// ---- the iommufd for-next invalidation loop (02 §7.4), behind the profile switch --------------------
+
+test('for-next invalidation loop: per-entry copy (entry_len exactly 12), entries run one by one', () => {
+  const t = setupWith('mainline', { invalidateCoreLoop: true });
+  const ioas = raw(t, 'IOAS_ALLOC', S.iommu_ioas_alloc, {}).out_ioas_id;
+  const md = mockDomain(t, ioas);
+  const parent = hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: NEST });
+  const v = viommuAlloc(t, { devId: md.idevId, hwptId: parent });
+  vdevAlloc(t, v, md.idevId, 0x99n);
+  const D = MOCK.DEV_CACHE_DEFAULT;
+  assert.deepEqual(invalidate(t, { hwptId: v, dataType: 0x0dadbeef }), { err: 'EINVAL', entryNum: 0 });
+  assert.deepEqual(invalidate(t, { hwptId: v }), { err: 0, entryNum: 0 });
+  // No zero-extension or zero-tail acceptance any more.
+  for (const len of [1, 8, 13, 16]) {
+    assert.deepEqual(invalidateEntries(t, v, [{ vdev_id: 0x99 }], len), { err: 'EINVAL', entryNum: 0 }, `len ${len}`);
+  }
+  // A fault in entry 1: entry 0 already ran.
+  const page = t.mem.alloc(4096);
+  t.mem.write(page + 4096n - 12n, encode(S.iommu_viommu_invalidate_selftest, { flags: 0, vdev_id: 0x99, cache_id: 2 }));
+  assert.deepEqual(invalidate(t, { hwptId: v, uptr: page + 4096n - 12n, entryNum: 2 }), { err: 'EFAULT', entryNum: 1 });
+  assert.deepEqual(devCacheAll(t, md.idevId), [D, D, 0, D]);
+  assert.deepEqual(invalidateEntries(t, v, [{ vdev_id: 0x99, cache_id: 0 }, { vdev_id: 0x98 }]), { err: 'EINVAL', entryNum: 1 });
+  assert.deepEqual(devCacheAll(t, md.idevId), [0, D, 0, D]);
+});
 
 // Silence unused-import lint for helpers only some profiles use.
 void testCmd; void TEST_OP; void BASE_IOVA;

@@ -11,13 +11,17 @@ import { mockDriverOf, type MockDevice } from '../drivers/mock/mock.js';
 import type { DriverDevice, IommuDriver, PagingDomain, ViommuDriver, ViommuOps } from '../drivers/driver.js';
 import { isErrno, type ErrnoName } from '../uapi/errno.js';
 import { HWPT_ALLOC, MOCK, TEST_OP } from '../uapi/enums.js';
-import { decode, encode } from '../uapi/layout.js';
-import type { ProfileName } from '../uapi/profiles.js';
+import { decode, encode, encodeInto, structSize } from '../uapi/layout.js';
+import type { Profile, ProfileName } from '../uapi/profiles.js';
+import { IO, IOCTL_BY_NAME } from '../uapi/ioctls.js';
+import { Emulator } from './emulator.js';
+import { SimpleFdTable } from './file.js';
+import { SimMemory } from './simmem.js';
 import * as S from '../uapi/structs.js';
 import { deviceBind, type Device } from './device.js';
 import { PAGE_SIZE } from './usermem.js';
 
-export { destroy, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry, type T };
+export { destroy, hwptAllocArgs, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry, type T };
 export { HWPT_ALLOC, MOCK, TEST_OP, S };
 
 export const PS = BigInt(PAGE_SIZE);
@@ -327,3 +331,25 @@ export function bindMockOtherInstance(t: T): Device {
 }
 
 export type { MockDevice };
+
+/** Issue ioctl `name` with the struct in read-only user memory (the copy-back faults); returns the errno or 0. */
+export function rawReadOnly<St extends import('../uapi/layout.js').StructDef>(t: T, name: import('../uapi/ioctls.js').IoctlName,
+  s: St, v: Record<string, unknown>): ErrnoName | 0 {
+  const def = IOCTL_BY_NAME.get(name)!;
+  const n = structSize(s, t.emu.profile.version);
+  const addr = t.mem.alloc(n);
+  const buf = new Uint8Array(n);
+  encodeInto(s, { ...v, size: n }, buf, t.emu.profile.version);
+  t.mem.write(addr, buf);
+  t.mem.mprotect(addr, 4096, 1);
+  return errOf(() => t.ctx.ioctl(IO(def.nr), addr, t.caller));
+}
+
+/** A context on an emulator whose profile has some switches changed (e.g. the for-next invalidation loop). */
+export function setupWith(profile: ProfileName, over: Partial<Profile>): T {
+  const emu = new Emulator({ profile });
+  Object.defineProperty(emu, 'profile', { value: { ...emu.profile, ...over } });
+  const mem = new SimMemory();
+  const caller = { mem, fds: new SimpleFdTable() };
+  return { emu, mem, caller, ctx: emu.open(mem), profile };
+}

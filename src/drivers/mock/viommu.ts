@@ -79,32 +79,39 @@ export class MockViommuDriver implements ViommuDriver {
   private cacheInvalidate(viommu: ViommuCore, req: InvalidateArray): void {
     if (req.type !== MOCK.VIOMMU_INVALIDATE_DATA_SELFTEST) fail('EINVAL');
     if (req.entryNum === 0) return;
-    const entries: Uint8Array[] = [];
     if (this.drv.emu.profile.invalidateCoreLoop) {
+      // One entry per call (for-next): each is copied with the per-entry rules and executed before the next.
       for (let i = 0; i < req.entryNum; i++) {
         if (req.entryLen !== ENTRY_LEN) fail('EINVAL');
-        entries.push(req.mem.read(req.uptr + BigInt(i * req.entryLen), ENTRY_LEN));
+        this.invalidateOne(viommu, req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), ENTRY_LEN));
+        req.handled++;
       }
-    } else {
-      this.drv.emu.failPoint('ENOMEM');
-      for (let i = 0; i < req.entryNum; i++) {
-        const raw = req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), req.entryLen);
-        if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG');
-        const e = new Uint8Array(ENTRY_LEN);
-        e.set(raw.subarray(0, ENTRY_LEN));
-        entries.push(e);
-      }
+      return;
+    }
+    const entries: Uint8Array[] = [];
+    this.drv.emu.failPoint('ENOMEM');
+    for (let i = 0; i < req.entryNum; i++) {
+      const raw = req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), req.entryLen);
+      if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG');
+      const e = new Uint8Array(ENTRY_LEN);
+      e.set(raw.subarray(0, ENTRY_LEN));
+      entries.push(e);
     }
     for (const bytes of entries) {
-      const inv = decode(S.iommu_viommu_invalidate_selftest, bytes);
-      if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP');
-      if (inv.cache_id > MOCK.DEV_CACHE_NUM - 1) fail('EINVAL');
-      const dev = viommu.vdevDevice(BigInt(inv.vdev_id)) as MockDevice | undefined;
-      if (!dev) fail('EINVAL');
-      if (inv.flags & MOCK.INVALIDATE_FLAG_ALL) dev.cache.fill(0);
-      else dev.cache[inv.cache_id] = 0;
+      this.invalidateOne(viommu, bytes);
       req.handled++;
     }
+  }
+
+  /** One iommu_viommu_invalidate_selftest entry: flags, cache_id, vdev_id checks, then the clear. */
+  private invalidateOne(viommu: ViommuCore, bytes: Uint8Array): void {
+    const inv = decode(S.iommu_viommu_invalidate_selftest, bytes);
+    if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP');
+    if (inv.cache_id > MOCK.DEV_CACHE_NUM - 1) fail('EINVAL');
+    const dev = viommu.vdevDevice(BigInt(inv.vdev_id)) as MockDevice | undefined;
+    if (!dev) fail('EINVAL');
+    if (inv.flags & MOCK.INVALIDATE_FLAG_ALL) dev.cache.fill(0);
+    else dev.cache[inv.cache_id] = 0;
   }
 }
 
