@@ -153,7 +153,9 @@ test('ACCESS_PAGES: checks in order (ENOMEM cap, flags, EBADFD, pin capability, 
     assert.throws(() => ap(fd, { uptr: va + 0x1000n }), is('EBADE'));
     assert.deepEqual(pins(e, va, 0x2000n), [0, 0]);
     assert.equal(ap(fd, { uptr: va, length: 0x5000n }).out_access_pages_id, 0);
-    assert.equal(ap(fd, { iova: 0x10800n, uptr: va + 0x800n, flags: MOCK.FLAGS_ACCESS_WRITE }).out_access_pages_id, 1);
+    // Pins are of whole pages: the IOVA must sit on a page boundary of the mapping.
+    assert.throws(() => ap(fd, { iova: 0x10800n, uptr: va + 0x800n }), is('EINVAL'));
+    assert.equal(ap(fd, { iova: 0x11000n, uptr: va + 0x1000n, flags: MOCK.FLAGS_ACCESS_WRITE }).out_access_pages_id, 1);
     assert.deepEqual(pins(e, va, 0x5000n), [1, 1, 1, 1, 1]);
     e.fds.close(fd);
     e.fds.close(nopin);
@@ -306,12 +308,13 @@ test('Internal accesses lock areas: UNMAP gives EBUSY until unpinned', () => {
   const acc = Access.createInternal(e.ctx);
   assert.equal(acc.id, 2);
   acc.attachIoas(getIoas(e.ctx, id));
-  const pages = acc.pinPages(0x10800n, 0x1000n, false, { lock: true });
+  assert.throws(() => acc.pinPages(0x10800n, 0x1000n, false, { lock: true }), is('EINVAL'));
+  const pages = acc.pinPages(0x11000n, 0x2000n, false, { lock: true });
   assert.equal(pages.length, 2);
   assert.equal(pages[1]!.pfn, pages[0]!.pfn + 1);
   assert.throws(() => unmap(e, id, 0x10000n, 0x4000n), is('EBUSY'));
   assert.throws(() => unmap(e, id, 0n, U64_MAX), is('EBUSY'));
-  acc.unpinPages(0x10800n, 0x1000n, { lock: true });
+  acc.unpinPages(0x11000n, 0x2000n, { lock: true });
   assert.equal(unmap(e, id, 0n, U64_MAX), 0x4000n);
   assert.throws(() => acc.pinPages(0x10000n, 0x1000n, false), is('ENOENT'));
   acc.destroyByOwner();

@@ -844,10 +844,14 @@ export class IoPagetable {
     return write ? (area.prot & IOMMU_WRITE) !== 0 : (area.prot & IOMMU_READ) !== 0;
   }
 
-  /** Pieces after the first must start on a page boundary, pieces before the last must end on one. */
-  private contigAligned(area: Area, from: bigint, to: bigint, firstArea: boolean, last: bigint): boolean {
-    if (!firstArea && area.byteAt(from) % PS !== 0n) return false;
-    if (to < last && (area.byteAt(to) + 1n) % PS !== 0n) return false;
+  /**
+   * Every piece must start on a page boundary of its pages object (an access
+   * pins whole pages: callers align the IOVA down), and a piece followed by
+   * another area must end on one.
+   */
+  private contigAligned(area: Area, from: bigint, _to: bigint, _firstArea: boolean, last: bigint): boolean {
+    if (area.byteAt(from) % PS !== 0n) return false;
+    if (area.last < last && area.byteAt(area.last) % PS !== PS - 1n) return false;
     return true;
   }
 
