@@ -607,3 +607,18 @@ test('Closing the context drops every pin before returning', () => {
   const again = env(undefined, {}, e.emu);
   void again;
 });
+
+test('Typed API path: the same handlers answer through IommufdCtx.call (no raw copy-back)', async () => {
+  const { openIommufd } = await import('../api.js');
+  const fd = openIommufd({ profile: 'mainline' });
+  const id = fd.ioasAlloc();
+  const mem = fd.mem as SimMemory;
+  const va = mem.mmap(0x10000);
+  assert.equal(fd.ioasMap({ ioasId: id, userVa: va, length: 0x1000n, iova: 0x4000n }), 0x4000n);
+  for (let i = 0; i < 20; i++) fd.testCmd(TEST_OP.ADD_RESERVED, id, { start: 0x100000n * BigInt(i + 1), length: 0x1000n });
+  assert.equal(fd.ioasIovaRanges(id).ranges.length, 21);
+  assert.equal(fd.option(OPTION.HUGE_PAGES, OPTION.OP_GET, id), 1n);
+  assert.equal(fd.ioasCopy({ dstIoasId: id, srcIoasId: id, srcIova: 0x4000n, length: 0x1000n, dstIova: 0x8000n }), 0x8000n);
+  assert.equal(fd.ioasUnmap(id, 0n, U64_MAX), 0x2000n);
+  fd.close();
+});
