@@ -24,6 +24,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -63,7 +64,7 @@
 #define EXPORT __attribute__((visibility("default")))
 
 /* ---- protocol (mirrors src/server/protocol.ts) ---------------------------- */
-enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP, T_MMAP, T_MRELEASE };
+enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP, T_MMAP, T_MRELEASE, T_PROVE };
 enum { CAP_B_SYS_RESOURCE = 1, CAP_B_IPC_LOCK = 2, CAP_B_SYS_RAWIO = 4 };
 
 struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, caps; uint64_t memlock; };
@@ -84,6 +85,8 @@ struct __attribute__((packed)) req_fileop {
 	uint32_t len, type, evtoken, op; uint64_t buf, count, pos; int32_t failnth; uint32_t mapgen;
 };
 struct __attribute__((packed)) rep_status { uint32_t len; int32_t status; };
+struct __attribute__((packed)) rep_hello { uint32_t len; int32_t status; uint8_t nonce[16]; };
+struct __attribute__((packed)) req_prove { uint32_t len, type; uint64_t addr; };
 struct __attribute__((packed)) rep_open { uint32_t len; int32_t err; uint32_t token; int32_t failnth; };
 struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t evused; };
 struct __attribute__((packed)) rep_evprep { uint32_t len, token; };
@@ -297,12 +300,17 @@ static int ctl_ensure_locked(void)
 	}
 	struct req_hello h = { sizeof(h), T_HELLO, (uint32_t)pid, (uint32_t)state_pid, (uint32_t)getuid(),
 			       cap_bits(), memlock_limit() };
+	/* the server serves our memory once we show its nonce in it */
+	static uint8_t proof[16];
+	struct rep_hello hr;
+	struct req_prove pr = { sizeof(pr), T_PROVE, (uint64_t)(uintptr_t)proof };
 	struct rep_status st;
-	if (send_all(s, &h, sizeof(h)) < 0 || recv_all(s, &st, sizeof(st)) < 0 || st.status != 0) {
-		syscall(SYS_close, s);
-		errno = EACCES;
-		return -1;
-	}
+	if (send_all(s, &h, sizeof(h)) < 0 || recv_all(s, &hr, sizeof(hr)) < 0 || hr.len != sizeof(hr) || hr.status != 0)
+		goto refused;
+	memcpy(proof, hr.nonce, sizeof(proof));
+	if (send_all(s, &pr, sizeof(pr)) < 0 || recv_all(s, &st, sizeof(st)) < 0 || st.status != 0)
+		goto refused;
+	memset(proof, 0, sizeof(proof));
 	ctl_fd = s;
 	ctl_pid = pid;
 	state_pid = pid;
@@ -310,6 +318,10 @@ static int ctl_ensure_locked(void)
 	for (int i = 0; i < nregions; i++)
 		send_region_locked(&regions[i]);
 	return 0;
+refused:
+	syscall(SYS_close, s);
+	errno = EACCES;
+	return -1;
 }
 
 static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
@@ -1018,8 +1030,14 @@ static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
 	if (r.drain) {
 		/* the server wrote the byte before replying: it is already queued */
 		char b;
-		while (recv(fd, &b, 1, MSG_DONTWAIT) < 0 && errno == EINTR)
+		ssize_t n;
+		while ((n = recv(fd, &b, 1, MSG_DONTWAIT)) < 0 && errno == EINTR)
 			;
+		if (n < 0 && errno == EAGAIN) {
+			struct pollfd p = { .fd = fd, .events = POLLIN };
+			if (poll(&p, 1, 100) == 1)
+				(void)!recv(fd, &b, 1, MSG_DONTWAIT);
+		}
 	}
 	if (r.ret < 0) {
 		errno = (int)-r.ret;

@@ -4,7 +4,8 @@
 // layouts below are mirrored by native/shim.c (keep the two in step).
 //
 // Connection kinds (decided by the first frame):
-//   control  HELLO, then IOCTL / SYNC / REGION / UNMAP / FILEOP / LOOKUP / MMAP / MRELEASE   (one per process image)
+//   control  HELLO + PROVE (the process shows it is the pid it claims by putting
+//            a server nonce in its memory), then IOCTL / SYNC / REGION / UNMAP / FILEOP / LOOKUP / MMAP / MRELEASE   (one per process image)
 //   anchor   OPEN, nothing else                                  (one per open("/dev/iommu"): the fd)
 //   event    EVPREP, nothing else                                (one per fd an ioctl returns)
 // The anchor and event sockets ARE the client's fds, so dup/fork/exit/close
@@ -21,6 +22,7 @@ export const T_FILEOP = 8;
 export const T_LOOKUP = 9;
 export const T_MMAP = 10;
 export const T_MRELEASE = 11;
+export const T_PROVE = 12;
 
 /** Exact request sizes (header included). */
 export const REQ_SIZE: Record<number, number> = {
@@ -45,11 +47,14 @@ export const REQ_SIZE: Record<number, number> = {
   [T_MMAP]: 8 + 4 + 4 + 8 + 8 + 4 + 4,
   // len type handle pad: that mapping is gone (munmap)
   [T_MRELEASE]: 8 + 4 + 4,
+  // len type addr(u64): where the client put the HELLO nonce in its own memory
+  [T_PROVE]: 8 + 8,
 };
 
 /** Reply sizes (u32 length first). */
 export const REP_SIZE = {
   status: 8, // len, s32 status
+  hello: 24, // len, s32 status, u64[2] nonce (to be placed in the client's memory, then PROVE)
   open: 16, // len, s32 err, u32 token, s32 failnth
   ioctl: 24, // len, pad, s64 ret, s32 failnth, u32 evUsed
   evprep: 8, // len, u32 token
@@ -73,7 +78,7 @@ export const MAX_FRAME = 4096;
 
 export const NAMES: Record<number, string> = {
   [T_HELLO]: 'HELLO', [T_OPEN]: 'OPEN', [T_IOCTL]: 'IOCTL', [T_SYNC]: 'SYNC', [T_REGION]: 'REGION',
-  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP', [T_LOOKUP]: 'LOOKUP', [T_MMAP]: 'MMAP', [T_MRELEASE]: 'MRELEASE',
+  [T_UNMAP]: 'UNMAP', [T_EVPREP]: 'EVPREP', [T_FILEOP]: 'FILEOP', [T_LOOKUP]: 'LOOKUP', [T_MMAP]: 'MMAP', [T_MRELEASE]: 'MRELEASE', [T_PROVE]: 'PROVE',
 };
 
 export function statusReply(status: number): Buffer {

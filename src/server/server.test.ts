@@ -139,6 +139,31 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.equal(r.code, 0, r.out);
   }
 
+  test('a client claiming another process\'s pid is refused (it cannot show the nonce in that memory)', async () => {
+    const sock = net.connect(server.socketPath);
+    await new Promise<void>((r) => sock.on('connect', () => r()));
+    const replies: Buffer[] = [];
+    sock.on('data', (d) => replies.push(d));
+    const closed = new Promise<void>((r) => sock.on('close', () => r()));
+    const hello = Buffer.alloc(32);
+    hello.writeUInt32LE(32, 0);
+    hello.writeUInt32LE(1, 4); // HELLO
+    hello.writeUInt32LE(process.pid, 8); // somebody else's pid (the server's own)
+    hello.writeBigUInt64LE((1n << 64n) - 1n, 24);
+    sock.write(hello);
+    await until(() => Buffer.concat(replies).length >= 24);
+    const prove = Buffer.alloc(16);
+    prove.writeUInt32LE(16, 0);
+    prove.writeUInt32LE(12, 4); // PROVE
+    prove.writeBigUInt64LE(0x400000n, 8);
+    sock.write(prove);
+    await closed;
+    const all = Buffer.concat(replies);
+    assert.equal(all.readInt32LE(28), -1); // EPERM
+    assert.ok(logs.some((l) => l.includes(`pid ${process.pid} did not prove its identity`)));
+    assert.equal(server.procs.has(process.pid), false);
+  });
+
   test('a killed client has its context torn down', async () => {
     const { p } = await startHolder();
     assert.equal(server.liveContexts, 1);

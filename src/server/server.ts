@@ -3,6 +3,7 @@
 // anchor connection; ioctls arrive on the calling process's control connection
 // and reach memory through /proc/<pid>/mem (procmem.ts). Handlers run
 // synchronously, so one frame is one complete kernel call.
+import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
@@ -47,7 +48,7 @@ export interface IoctlTracer {
 
 const U64_MAX = (1n << 64n) - 1n;
 
-type ConnKind = 'new' | 'control' | 'anchor' | 'event';
+type ConnKind = 'new' | 'hello' | 'control' | 'anchor' | 'event';
 
 interface ProcState {
   pid: number;
@@ -83,6 +84,8 @@ class Conn {
   private pending: Buffer | null = null;
   private ended = false;
   onEnd: (() => void) | null = null;
+  /** Between HELLO and PROVE: the state to publish and the nonce it must show. */
+  pendingHello: { st: ProcState; nonce: Buffer } | null = null;
 
   constructor(readonly server: IommufdServer, readonly socket: net.Socket) {
     socket.on('data', (d: Buffer) => this.onData(d));
@@ -248,6 +251,10 @@ export class IommufdServer {
       if (type === P.T_EVPREP) return this.evprep(c, f);
       return c.reject(`${P.NAMES[type]} before HELLO/OPEN/EVPREP`);
     }
+    if (c.kind === 'hello') {
+      if (type === P.T_PROVE) return this.prove(c, f);
+      return c.reject(`${P.NAMES[type]} before PROVE`);
+    }
     if (c.kind !== 'control') return c.reject(`unexpected ${P.NAMES[type]} on ${c.kind} connection`);
     switch (type) {
       case P.T_IOCTL: return this.ioctl(c, f);
@@ -284,11 +291,40 @@ export class IommufdServer {
       c.send(P.statusReply(-ERRNO.EPERM));
       return c.reject(`cannot open /proc/${pid}/mem: ${(e as Error).message}`);
     }
-    c.kind = 'control';
+    c.kind = 'hello';
     c.pid = pid;
+    const st: ProcState = { pid, conn: c, mem, mmaps: new Map() };
+    const nonce = randomBytes(16);
+    c.pendingHello = { st, nonce };
+    c.onEnd = () => mem.exit();
+    const r = Buffer.alloc(P.REP_SIZE.hello);
+    r.writeUInt32LE(r.length, 0);
+    nonce.copy(r, 8);
+    c.send(r);
+  }
+
+  /**
+   * The client claims a pid; before its memory is served it must show the
+   * nonce at an address of that process (only the process itself, or one
+   * that could ptrace it anyway, can).
+   */
+  private prove(c: Conn, f: Buffer): void {
+    const pending = c.pendingHello!;
+    const addr = f.readBigUInt64LE(8);
+    let seen: Uint8Array | null = null;
+    try {
+      seen = pending.st.mem.read(addr, 16);
+    } catch { /* unreadable */ }
+    if (!seen || !Buffer.from(seen).equals(pending.nonce)) {
+      c.send(P.statusReply(-ERRNO.EPERM));
+      return c.reject(`pid ${c.pid} did not prove its identity`);
+    }
+    c.pendingHello = null;
+    const { st } = pending;
+    const { pid, mem } = st;
+    c.kind = 'control';
     const old = this.procs.get(pid);
     if (old) old.mem.exit(); // exec: the previous image is gone
-    const st: ProcState = { pid, conn: c, mem, mmaps: new Map() };
     this.procs.set(pid, st);
     c.onEnd = () => {
       if (this.procs.get(pid) === st) this.procs.delete(pid);
@@ -341,10 +377,10 @@ export class IommufdServer {
       ctx!.put();
     };
     reply.writeUInt32LE(token, 8);
-    c.send(reply);
     // /dev/iommu has no poll method: the kernel reports it always readable and
-    // writable. One byte left unread in the socket gives the same answer.
-    c.send(Buffer.from([0]));
+    // writable. One byte left unread in the socket gives the same answer (sent
+    // in the same write as the reply, so it is there when open() returns).
+    c.send(Buffer.concat([reply, Buffer.from([0])]));
   }
 
   /**
