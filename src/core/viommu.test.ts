@@ -817,5 +817,50 @@ test('for-next invalidation loop: per-entry copy (entry_len exactly 12), entries
   assert.deepEqual(devCacheAll(t, md.idevId), [0, D, 0, D]);
 });
 
+// ---- fault injection: every failure point of every vIOMMU-family allocation leaves no trace -------------
+
+function snapshot(t: Fx): string {
+  const objs = t.ctx.objects.all().map((o) => `${o.id}:${o.type}:${o.users}`).join(',');
+  const regions = (t.ctx.ext.get('mmap') as unknown[] | undefined)?.length ?? 0;
+  return `${objs} fds=${t.caller.fds.open} mmap=${regions} pins=${pins(t, t.va, 2n * PS).join('/')}`;
+}
+
+for (const p of ['6.15', 'mainline'] as ProfileName[]) {
+  test(`fail-nth sweep over VIOMMU/VDEVICE/nested HWPT/VEVENTQ/HW_QUEUE allocation: rollback is complete (${p})`, () => {
+    const t = fixture(p);
+    const v = viommuAlloc(t, { devId: t.idev, hwptId: t.parent });
+    const d2 = mockDomain(t, t.ioas);
+    const calls: [string, () => void][] = [
+      ['VIOMMU_ALLOC', () => (p === 'mainline' ? viommuAllocData(t, t.idev, t.parent, 9, 24) : viommuAlloc(t, { devId: t.idev, hwptId: t.parent }))],
+      ['VDEVICE_ALLOC', () => vdevAlloc(t, v, d2.idevId, 0x44n)],
+      ['HWPT_ALLOC', () => nestedAlloc(t, d2.idevId, v)],
+      ['VEVENTQ_ALLOC', () => veventqAlloc(t, v)],
+    ];
+    if (p === 'mainline') calls.push(['HW_QUEUE_ALLOC', () => hwQueueAlloc(t, v, { length: 2n * PS })]);
+    for (const [name, call] of calls) {
+      let fired = 0;
+      for (let k = 1; k < 50; k++) {
+        const before = snapshot(t);
+        t.emu.failNth = k;
+        const err = errOf(call);
+        const hit = t.emu.failNth === 0;
+        t.emu.failNth = 0;
+        if (!hit) {
+          assert.equal(err, 0, `${name}: succeeds once no failure point fires`);
+          break;
+        }
+        fired++;
+        assert.notEqual(err, 0, `${name} fail-nth ${k}`);
+        assert.equal(snapshot(t), before, `${name} fail-nth ${k} (${err}) left a trace`);
+      }
+      assert.ok(fired > 0, `${name} has failure points`);
+    }
+    closeCtx(t);
+    for (const fd of [...Array(2000).keys()].filter((n) => t.caller.fds.lookup(n))) t.caller.fds.close(fd);
+    assert.equal(t.ctx.closed, true, 'no leaked context reference');
+    assert.equal(t.ctx.objects.size, 0);
+  });
+}
+
 // Silence unused-import lint for helpers only some profiles use.
 void testCmd; void TEST_OP; void BASE_IOVA;
