@@ -88,6 +88,11 @@ export class Access extends IommufdObject implements IoptAccess {
     this.changeIoas(getIoas(this.ctx, ioasId));
   }
 
+  /** Alias of replace() under the kernel's name. */
+  replaceIoas(ioasId: number): void {
+    this.replace(ioasId);
+  }
+
   detach(): void {
     this.changeIoas(null);
   }
@@ -146,12 +151,15 @@ export class Access extends IommufdObject implements IoptAccess {
   /**
    * CPU read (into `data`) or write (from `data`) of IOAS memory at `iova`:
    * EINVAL (empty), EOVERFLOW, ENOENT (detached or hole), EPERM, EFAULT.
+   * `data` may be a length: a fresh buffer is read into and returned.
    */
-  rw(iova: bigint, data: Uint8Array, write: boolean, opts: RwOptions = {}): void {
-    if (data.length === 0) fail('EINVAL');
-    if (iova + BigInt(data.length) - 1n > U64_MAX) fail('EOVERFLOW');
+  rw(iova: bigint, data: Uint8Array | number, write: boolean, opts: RwOptions = {}): Uint8Array {
+    const buf = typeof data === 'number' ? new Uint8Array(data) : data;
+    if (buf.length === 0) fail('EINVAL');
+    if (iova + BigInt(buf.length) - 1n > U64_MAX) fail('EOVERFLOW');
     if (!this.ioas) fail('ENOENT');
-    this.ioas.iopt.accessRw(iova, data, write, opts.caller ?? null, !!opts.slowPath);
+    this.ioas.iopt.accessRw(iova, buf, write, opts.caller ?? null, !!opts.slowPath);
+    return buf;
   }
 
   /** The creator drops its reference: the access is detached and destroyed. */
