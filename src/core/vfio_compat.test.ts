@@ -6,6 +6,7 @@ import { OPTION, VFIO_IOAS_OP } from '../uapi/enums.js';
 import { IO, VFIO } from '../uapi/ioctls.js';
 import { encode } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
+import { getIoas } from './ioas.js';
 import { env, errOf, ioasAlloc, map, mockDomain, option, pins, raw, unmap, U64_MAX, type Env } from './ioas_test_helpers.js';
 
 const is = (code: ErrnoName) => (e: unknown): boolean => isErrno(e, code);
@@ -48,9 +49,13 @@ test('GET_API_VERSION returns 0; CHECK_EXTENSION answers without a compat IOAS e
     const id = ioasAlloc(e);
     raw(e, 'VFIO_IOAS', S.iommu_vfio_ioas, { op: VFIO_IOAS_OP.SET, ioas_id: id });
     assert.equal(e.ctx.ioctl(VFIO.CHECK_EXTENSION, 4n, e.caller), 1);
-    mockDomain(e, id);
-    // The mock domain does not enforce cache coherency.
+    // DMA_CC is 1 only when every paging HWPT of the compat IOAS enforces coherency.
+    const ioas = getIoas(e.ctx, id);
+    ioas.hwptList.push({ enforceCacheCoherency: true });
+    assert.equal(e.ctx.ioctl(VFIO.CHECK_EXTENSION, 4n, e.caller), 1);
+    ioas.hwptList.push({ enforceCacheCoherency: false });
     assert.equal(e.ctx.ioctl(VFIO.CHECK_EXTENSION, 4n, e.caller), 0);
+    ioas.hwptList.length = 0;
   }
 });
 
