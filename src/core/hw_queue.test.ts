@@ -163,6 +163,19 @@ for (const p of NEW) {
     assert.equal(hwQueueAlloc(t, t.viommu, { index: 0 }), id);
   });
 
+  test(`HW queue: an IOAS holding a sub-page (2 KiB-aligned) area cannot take the internal access -> EADDRINUSE (${p})`, () => {
+    const t = withViommu(p);
+    const va = t.mem.mmap(PS, { shared: true });
+    const half = PS / 2n;
+    mapAt(t, va + half, BASE_IOVA + 64n * PS + half, half);
+    const id = nextId(t);
+    assert.equal(code(hwQueueAllocTry(t, t.viommu)), 'EADDRINUSE');
+    assert.equal(nextId(t), id);
+    assert.equal(alignment(t), BigInt(MOCK.PAGE_SIZE));
+    assert.equal(code(unmapTry(t, t.ioas, BASE_IOVA + 64n * PS + half, half)), 0);
+    assert.equal(hwQueueAlloc(t, t.viommu), id);
+  });
+
   test(`HW queue: 40 bytes are mandatory; queues of two vIOMMUs are independent (${p})`, () => {
     const t = withViommu(p);
     assert.equal(code(hwQueueAllocTry(t, t.viommu, {}, 39)), 'EINVAL');
