@@ -523,9 +523,11 @@ static int emu_open_failnth(pid_t task, int flags, int (*op)(const char *, int, 
 	return fd;
 }
 
+static int is_iommu_at(int dirfd, const char *path);
+
 static int do_open(const char *path, int flags, mode_t mode, int (*op)(const char *, int, ...))
 {
-	if (is_iommu(path))
+	if (is_iommu(path) || is_iommu_at(AT_FDCWD, path))
 		return emu_open_iommu(flags);
 	pid_t t = failnth_task(path);
 	if (t)
@@ -603,9 +605,26 @@ static int openat_plain(const char *p, int f, ...)
 	return real_openat(at_dirfd, p, f, m);
 }
 
+/* "iommu" relative to a directory that is /dev */
+static int is_iommu_at(int dirfd, const char *path)
+{
+	if (!path || strcmp(path, "iommu") != 0)
+		return 0;
+	char link[64], dir[16];
+	if (dirfd == AT_FDCWD)
+		snprintf(link, sizeof(link), "/proc/self/cwd");
+	else
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	ssize_t n = readlink(link, dir, sizeof(dir) - 1);
+	if (n <= 0)
+		return 0;
+	dir[n] = 0;
+	return strcmp(dir, "/dev") == 0;
+}
+
 static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*real)(int, const char *, int, ...))
 {
-	if (is_iommu(path))
+	if (is_iommu(path) || is_iommu_at(dirfd, path))
 		return emu_open_iommu(flags);
 	pid_t t = failnth_task(path);
 	if (t) {

@@ -191,6 +191,32 @@ static int mode_latency(void)
 	return 0;
 }
 
+/* other spellings of the same node */
+static int mode_paths(void)
+{
+	int d = open("/dev", O_RDONLY | O_DIRECTORY);
+	int a = openat(d, "iommu", O_RDWR);
+	if (a < 0)
+		DIE("openat(/dev, iommu)");
+	if (chdir("/dev"))
+		DIE("chdir");
+	int b = open("iommu", O_RDWR);
+	if (b < 0)
+		DIE("open(iommu) in /dev");
+	FILE *f = fopen("/dev/iommu", "r+");
+	if (!f)
+		DIE("fopen");
+	/* three independent contexts: each starts at ID 1 */
+	if (ioas_alloc(a) != 1 || ioas_alloc(b) != 1 || ioas_alloc(fileno(f)) != 1)
+		DIE("contexts not independent");
+	fclose(f);
+	close(a);
+	close(b);
+	close(d);
+	printf("OK paths\n");
+	return 0;
+}
+
 static int mode_threads(void)
 {
 	int fd = xopen();
@@ -503,6 +529,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "basic")) return mode_basic();
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
+	if (!strcmp(m, "paths")) return mode_paths();
 	if (!strcmp(m, "rlimit")) return mode_rlimit();
 	if (!strcmp(m, "latency")) return mode_latency();
 	if (!strcmp(m, "fork")) return mode_fork();

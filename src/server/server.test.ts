@@ -92,6 +92,12 @@ describe('server and shim (C clients)', { skip }, () => {
     await until(() => server.liveContexts === 0);
   });
 
+  test('openat(/dev, "iommu"), open("iommu") in /dev and fopen each open an independent context', async () => {
+    const r = await runClient('paths');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK paths/);
+  });
+
   test('two clients are isolated: each gets its own context and IDs', async () => {
     const [a, b] = await Promise.all([runClient('basic'), runClient('basic')]);
     assert.equal(a.code, 0, a.out);
