@@ -1,5 +1,5 @@
 // Property test: random MAP / UNMAP / COPY / ALLOW_IOVAS / ADD_RESERVED /
-// mock-domain attach+detach sequences on two IOASes, run through the raw entry
+// mock-domain attach+detach / access pin+unpin sequences on two IOASes, run through the raw entry
 // and checked against a small reference model. Invariants after every step:
 // areas never overlap and match the model, every page's pin count equals the
 // number of pages objects holding it, and the memlock charge equals the pinned
@@ -19,7 +19,10 @@ const AP_LAST = (1n << 31n) - 1n;
 const NPAGES = 48;
 
 interface MArea { iova: bigint; last: bigint; pagesId: number; first: number; lastPage: number }
-interface MIoas { id: number; areas: MArea[]; reserved: [bigint, bigint][]; allowed: [bigint, bigint][]; domains: number[] }
+interface MIoas {
+  id: number; areas: MArea[]; reserved: [bigint, bigint][]; allowed: [bigint, bigint][]; domains: number[];
+  fd: number; items: MItem[];
+}
 
 type Op =
   | { k: 'map'; io: number; page: number; n: number; slot: number | null }
@@ -29,7 +32,9 @@ type Op =
   | { k: 'allow'; io: number; ranges: [number, number][] }
   | { k: 'reserve'; io: number; slot: number; n: number }
   | { k: 'attach'; io: number }
-  | { k: 'detach'; io: number };
+  | { k: 'detach'; io: number }
+  | { k: 'pin'; io: number; slot: number; n: number }
+  | { k: 'unpin'; io: number; nth: number };
 
 const slotIova = (slot: number): bigint => BASE + BigInt(slot) * PS;
 const io = fc.integer({ min: 0, max: 1 });
@@ -44,7 +49,12 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ k: fc.constant('reserve' as const), io, slot: fc.integer({ min: -2, max: 70 }), n: len }) },
   { weight: 2, arbitrary: fc.record({ k: fc.constant('attach' as const), io }) },
   { weight: 1, arbitrary: fc.record({ k: fc.constant('detach' as const), io }) },
+  { weight: 3, arbitrary: fc.record({ k: fc.constant('pin' as const), io, slot, n: len }) },
+  { weight: 1, arbitrary: fc.record({ k: fc.constant('unpin' as const), io, nth: fc.nat(10) }) },
 );
+
+/** An ACCESS_PAGES item: its IOVA range and the (pages object, buffer page) pairs it holds. */
+interface MItem { id: number; iova: bigint; last: bigint; held: string[] }
 
 const overlaps = (s1: bigint, l1: bigint, s2: bigint, l2: bigint): boolean => s1 <= l2 && s2 <= l1;
 
@@ -52,7 +62,7 @@ class Model {
   readonly ioas: MIoas[];
   nextPagesId = 1;
   constructor(ids: number[]) {
-    this.ioas = ids.map((id) => ({ id, areas: [], reserved: [], allowed: [], domains: [] }));
+    this.ioas = ids.map((id) => ({ id, areas: [], reserved: [], allowed: [], domains: [], fd: -1, items: [] }));
   }
   reservedOf(m: MIoas): [bigint, bigint][] {
     return m.domains.length ? [...m.reserved, [0n, BASE - 1n], [AP_LAST + 1n, U64_MAX]] : m.reserved;
@@ -60,6 +70,7 @@ class Model {
   /** Expected pin count per buffer page. */
   expectedPins(): number[] {
     const held = new Set<string>();
+    for (const m of this.ioas) for (const it of m.items) for (const h of it.held) held.add(h);
     for (const m of this.ioas) {
       if (!m.domains.length) continue;
       for (const a of m.areas) for (let p = a.first; p <= a.lastPage; p++) held.add(`${a.pagesId}:${p}`);
@@ -67,6 +78,10 @@ class Model {
     const pins = new Array(NPAGES).fill(0);
     for (const k of held) pins[Number(k.split(':')[1])]++;
     return pins;
+  }
+  /** The unmap walk removing `a`: items overlapping it are dropped first (the access's unmap callback). */
+  dropItemsOver(m: MIoas, a: MArea): void {
+    m.items = m.items.filter((it) => !overlaps(it.iova, it.last, a.iova, a.last));
   }
   insert(m: MIoas, areas: MArea[]): void {
     m.areas.push(...areas);
@@ -78,6 +93,8 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
   const e: Env = env(profile, { capIpcLock: false, memlockLimit: Infinity, uid: 4242 });
   const buf = e.mem.mmap(NPAGES * 4096, { shared: true });
   const model = new Model([ioasAlloc(e), ioasAlloc(e)]);
+  // Each IOAS has a pinning selftest access (forces PAGE_SIZE alignment; maps here are page sized).
+  for (const m of model.ioas) m.fd = testCmd(e, TEST_OP.CREATE_ACCESS, m.id, { flags: 1 }).out_access_fd;
   const charged = (): number => e.emu.userAccounting.get(4242);
 
   for (const op of ops) {
@@ -122,6 +139,7 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
             want = 'ENOENT';
             break;
           }
+          model.dropItemsOver(m, a);
           m.areas.splice(m.areas.indexOf(a), 1);
           unmapped += a.last - a.iova + 1n;
         }
@@ -138,6 +156,7 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
         const m = model.ioas[op.io]!;
         const total = m.areas.reduce((n, a) => n + a.last - a.iova + 1n, 0n);
         m.areas = [];
+        m.items = [];
         assert.equal(raw(e, 'IOAS_UNMAP', S.iommu_ioas_unmap, { ioas_id: m.id, iova: 0n, length: U64_MAX }).out.length, total);
         break;
       }
@@ -231,6 +250,35 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
         if (!err) m.domains.push(stdev);
         break;
       }
+      case 'pin': {
+        const m = model.ioas[op.io]!;
+        const start = slotIova(op.slot);
+        const last = start + BigInt(op.n) * PS - 1n;
+        const held: string[] = [];
+        let cur = start;
+        while (cur <= last) {
+          const a = m.areas.find((x) => x.iova <= cur && x.last >= cur);
+          if (!a) break;
+          const to = a.last < last ? a.last : last;
+          for (let p = a.first + Number((cur - a.iova) / PS); p <= a.first + Number((to - a.iova) / PS); p++) held.push(`${a.pagesId}:${p}`);
+          cur = to + 1n;
+        }
+        let id = -1;
+        const err = errOf(() => {
+          id = testCmd(e, TEST_OP.ACCESS_PAGES, m.fd, { iova: start, length: last - start + 1n, uptr: 0n }).out_access_pages_id;
+        });
+        assert.equal(err, cur > last ? 0 : 'ENOENT', `pin ${JSON.stringify(op)}`);
+        if (!err) m.items.push({ id, iova: start, last, held });
+        break;
+      }
+      case 'unpin': {
+        const m = model.ioas[op.io]!;
+        const it = m.items[op.nth % Math.max(1, m.items.length)];
+        if (!it) break;
+        testCmd(e, TEST_OP.DESTROY_ACCESS_PAGES, m.fd, { access_pages_id: it.id });
+        m.items.splice(m.items.indexOf(it), 1);
+        break;
+      }
       case 'detach': {
         const m = model.ioas[op.io]!;
         const stdev = m.domains.pop();
@@ -248,6 +296,7 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
     assert.deepEqual(pins, model.expectedPins(), `pins after ${JSON.stringify(op)}`);
     assert.equal(charged(), pins.reduce((a, b) => a + b, 0));
   }
+  for (const m of model.ioas) e.fds.close(m.fd);
   e.ctx.put();
   assert.equal(e.ctx.objects.size, 0);
   assert.ok(e.mem.getPages(buf, NPAGES, false).every((p) => p.pins === 0));
