@@ -137,9 +137,13 @@ static volatile uint32_t map_gen;
 static struct { pid_t tid; int32_t val; } failnth_tab[NTHREADS];
 static pthread_mutex_t failnth_mu = PTHREAD_MUTEX_INITIALIZER;
 
+static volatile int failnth_used; /* any thread ever armed: else skip the lookup */
+
 static int32_t failnth_get(pid_t tid)
 {
 	int32_t v = 0;
+	if (!failnth_used)
+		return 0;
 	pthread_mutex_lock(&failnth_mu);
 	for (int i = 0; i < NTHREADS; i++)
 		if (failnth_tab[i].tid == tid) { v = failnth_tab[i].val; break; }
@@ -149,6 +153,8 @@ static int32_t failnth_get(pid_t tid)
 
 static void failnth_set(pid_t tid, int32_t v)
 {
+	if (v)
+		failnth_used = 1;
 	pthread_mutex_lock(&failnth_mu);
 	int slot = -1;
 	for (int i = 0; i < NTHREADS; i++) {
