@@ -305,6 +305,6 @@ function run(ops: Op[], profile: 'mainline' | '6.12'): void {
 
 for (const profile of ['mainline', '6.12'] as const) {
   test(`Random IOAS operation sequences agree with the reference model (${profile})`, { timeout: 120_000 }, () => {
-    fc.assert(fc.property(fc.array(opArb, { maxLength: 40 }), (ops) => run(ops, profile)), { numRuns: 150 });
+    fc.assert(fc.property(fc.array(opArb, { maxLength: 60, size: 'max' }), (ops) => run(ops, profile)), { numRuns: 300 });
   });
 }
