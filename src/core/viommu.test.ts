@@ -139,6 +139,15 @@ test('VIOMMU_ALLOC struct sizes: 24 is the minimum everywhere; 6.13 knows 24 byt
     // Copy-back: out_viommu_id is written, nothing beyond min(size, sizeof).
     const out = new DataView(t.mem.read(addr, 48).buffer);
     assert.ok(out.getUint32(20, true) > 0);
+    // A 24-byte caller: only its 24 bytes are written back.
+    const a24 = t.mem.alloc(64);
+    const b24 = new Uint8Array(64).fill(0xaa);
+    b24.set(encode(S.iommu_viommu_alloc, { size: 24, type: SELFTEST, dev_id: t.idev, hwpt_id: t.parent }, Infinity, 24));
+    t.mem.write(a24, b24);
+    assert.equal(errOf(() => t.ctx.ioctl(IO(0x90), a24, t.caller)), 0, p);
+    const back = t.mem.read(a24, 64);
+    assert.ok(new DataView(back.buffer).getUint32(20, true) > 0);
+    assert.ok(back.subarray(24).every((x) => x === 0xaa), `${p}: bytes past the caller's size untouched`);
   }
 });
 
