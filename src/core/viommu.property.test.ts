@@ -397,3 +397,74 @@ test('the model itself: a hand-written sequence with every kind of holder (mainl
   for (const q of m.veventq.values()) if (q.fd !== null) t.caller.fds.close(q.fd);
   assert.equal(t.ctx.objects.size, 0);
 });
+
+// ---- the vEVENTQ queue discipline (02 §8.3, §8.4) against a model ------------------------------------
+
+type QOp = { t: 'trigger' } | { t: 'nomem' } | { t: 'read'; count: number };
+const qOpArb: fc.Arbitrary<QOp> = fc.oneof(
+  { arbitrary: fc.constant({ t: 'trigger' as const }), weight: 5 },
+  { arbitrary: fc.constant({ t: 'nomem' as const }), weight: 1 },
+  { arbitrary: fc.nat(48).map((count) => ({ t: 'read' as const, count })), weight: 3 },
+);
+
+test('vEVENTQ: sequence numbers, the lost-events marker and whole-record reads follow the model', () => {
+  fc.assert(fc.property(fc.integer({ min: 1, max: 4 }), fc.array(qOpArb, { maxLength: 60 }), (depth, ops) => {
+    const t = setup('mainline');
+    const ioas = raw(t, 'IOAS_ALLOC', S.iommu_ioas_alloc, {}).out_ioas_id;
+    const md = testCmdTry(t, TEST_OP.MOCK_DOMAIN, ioas).u;
+    const parent = hwptAllocTry(t, { devId: md.out_idev_id, ptId: ioas, flags: NEST }).out.out_hwpt_id;
+    const v = viommuAllocTry(t, { devId: md.out_idev_id, hwptId: parent }).out.out_viommu_id;
+    assert.equal(code(vdevAllocTry(t, v, md.out_idev_id, 0x5en)), 0);
+    const nested = hwptAllocTry(t, { devId: md.out_idev_id, ptId: v, dataType: MOCK.HWPT_DATA_SELFTEST, data: selftestData(t) });
+    assert.equal(replace(t, md.out_stdev_id, nested.out.out_hwpt_id), 0);
+    const q = veventqAllocTry(t, v, { depth }).out;
+    const file = t.caller.fds.lookup(q.out_veventq_fd)!;
+    // Model.
+    const LOST = { lost: true, seq: 0 };
+    const list: { lost: boolean; seq: number }[] = [];
+    let seq = 0;
+    let num = 0;
+    const enqueue = (r: { lost: boolean; seq: number }) => {
+      if (list[list.length - 1] === LOST) list.pop();
+      list.push(r);
+      r.seq = seq;
+      seq = (seq + 1) & 0x7fffffff;
+    };
+    const buf = t.mem.alloc(64);
+    for (const op of ops) {
+      if (op.t === 'trigger' || op.t === 'nomem') {
+        let want: string | 0 = 0;
+        if (num >= depth) enqueue(LOST);
+        else if (op.t === 'nomem') { enqueue(LOST); want = 'ENOMEM'; }
+        else { num++; enqueue({ lost: false, seq: 0 }); }
+        if (op.t === 'nomem') t.emu.failNth = 1;
+        const r = testCmdTry(t, TEST_OP.TRIGGER_VEVENT, 0, { dev_id: md.out_idev_id });
+        t.emu.failNth = 0;
+        assert.equal(r.err ? r.err.code : 0, want); // a full queue never allocates, so never fails
+      } else {
+        const expect: number[] = [];
+        let used = 0;
+        while (list.length) {
+          const r = list[0]!;
+          const len = r.lost ? 8 : 12;
+          if (used + len > op.count) break;
+          list.shift();
+          if (!r.lost) num--;
+          used += len;
+          const b = new Uint8Array(len);
+          const dv = new DataView(b.buffer);
+          dv.setUint32(0, r.lost ? 1 : 0, true);
+          dv.setUint32(4, r.seq, true);
+          if (!r.lost) dv.setUint32(8, 0x5e, true);
+          expect.push(...b);
+        }
+        const n = file.read(t.mem, buf, op.count, 0n);
+        assert.deepEqual([...t.mem.read(buf, n)], expect);
+      }
+      assert.equal(file.poll() !== 0, list.length > 0);
+    }
+    t.caller.fds.close(q.out_veventq_fd);
+    closeCtx(t);
+    assert.equal(t.ctx.objects.size, 0);
+  }), { numRuns: 300 });
+});
