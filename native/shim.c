@@ -37,6 +37,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
@@ -1349,6 +1350,39 @@ static void fdmaps_unmap_locked(uint64_t va, uint64_t len)
 	}
 }
 
+/*
+ * A MAP_SHARED mapping of a shmem or hugetlbfs file (memfd, /dev/shm,
+ * hugetlbfs): its pages are the file's, as IOAS_MAP_FILE of the same file sees
+ * them. Announce it like the memfd-backed anonymous ones (on a private dup).
+ */
+#define TMPFS_MAGIC_ 0x01021994
+#define HUGETLBFS_MAGIC_ 0x958458f6
+static void shared_file_mapped(void *p, size_t len, int fd, off_t off)
+{
+	struct statfs sf;
+	if (fstatfs(fd, &sf) != 0 || (sf.f_type != TMPFS_MAGIC_ && sf.f_type != (typeof(sf.f_type))HUGETLBFS_MAGIC_))
+		return;
+	int e = errno;
+	int huge = sf.f_type == (typeof(sf.f_type))HUGETLBFS_MAGIC_;
+	int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 900);
+	if (dupfd < 0) {
+		errno = e;
+		return;
+	}
+	pthread_mutex_lock(&ctl_mu);
+	notify_unmap_locked((uint64_t)(uintptr_t)p, len);
+	if (nregions < NREGIONS) {
+		struct region r = { (uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096, (uint64_t)off, dupfd, huge ? 1u : 0u };
+		regions[nregions++] = r;
+		if (getenv("IOMMUFD_EMU_SOCKET") || ctl_fd >= 0)
+			send_region_locked(&r);
+	} else {
+		syscall(SYS_close, dupfd);
+	}
+	pthread_mutex_unlock(&ctl_mu);
+	errno = e;
+}
+
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
@@ -1361,6 +1395,10 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 			return p;
 	}
 	void *p = raw_mmap(addr, len, prot, flags, fd, off);
+	if (p != MAP_FAILED && (type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && !(flags & MAP_ANONYMOUS) && fd >= 0) {
+		shared_file_mapped(p, len, fd, off);
+		return p;
+	}
 	if (p != MAP_FAILED && (flags & MAP_FIXED) && nregions) {
 		int e = errno;
 		pthread_mutex_lock(&ctl_mu);

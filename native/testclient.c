@@ -191,6 +191,46 @@ static int mode_latency(void)
 	return 0;
 }
 
+#ifdef IOMMU_IOAS_MAP_FILE
+/* IOAS_MAP_FILE of a memfd: the domain maps the file's pages, which a MAP_SHARED mapping of it shows */
+static int mode_mapfile(void)
+{
+	size_t len = 65536;
+	int mfd = memfd_create("testclient", 0);
+	if (mfd < 0 || ftruncate(mfd, (off_t)len))
+		DIE("memfd");
+	char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+	if (buf == MAP_FAILED)
+		DIE("mmap memfd");
+	memset(buf, 0x77, len);
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+		DIE("MOCK_DOMAIN");
+	struct iommu_ioas_map_file mf = { .size = sizeof(mf), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+					  .ioas_id = ioas, .fd = mfd, .start = 0, .length = len };
+	if (ioctl(fd, IOMMU_IOAS_MAP_FILE, &mf))
+		DIE("IOAS_MAP_FILE");
+	close(mfd); /* the mapping and the IOAS keep the file */
+	struct iommu_test_cmd chk = { .size = sizeof(chk), .op = IOMMU_TEST_OP_MD_CHECK_MAP, .id = mock.mock_domain.out_hwpt_id };
+	chk.check_map.iova = mf.iova;
+	chk.check_map.length = len;
+	chk.check_map.uptr = (__u64)(unsigned long)buf;
+	if (ioctl(fd, IOMMU_TEST_CMD, &chk))
+		DIE("MD_CHECK_MAP of the file's pages through a shared mapping");
+	struct iommu_test_cmd refs = { .size = sizeof(refs), .op = IOMMU_TEST_OP_MD_CHECK_REFS };
+	refs.check_refs.length = len;
+	refs.check_refs.uptr = (__u64)(unsigned long)buf;
+	refs.check_refs.refs = 1;
+	if (ioctl(fd, IOMMU_TEST_CMD, &refs))
+		DIE("MD_CHECK_REFS 1");
+	close(fd);
+	printf("OK mapfile\n");
+	return 0;
+}
+#endif
+
 /* other spellings of the same node */
 static int mode_paths(void)
 {
@@ -530,6 +570,9 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
 	if (!strcmp(m, "paths")) return mode_paths();
+#ifdef IOMMU_IOAS_MAP_FILE
+	if (!strcmp(m, "mapfile")) return mode_mapfile();
+#endif
 	if (!strcmp(m, "rlimit")) return mode_rlimit();
 	if (!strcmp(m, "latency")) return mode_latency();
 	if (!strcmp(m, "fork")) return mode_fork();

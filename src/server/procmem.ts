@@ -8,6 +8,8 @@ import { fail } from '../uapi/errno.js';
 import { HPAGE_SIZE, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from '../core/usermem.js';
 
 const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
+const TMPFS_MAGIC = 0x01021994;
+const HUGETLBFS_MAGIC = 0x958458f6;
 /** fs positions are JS numbers: exact up to 2^53, beyond every user address. */
 const POS_MAX = 1n << 53n;
 const PAGE = BigInt(PAGE_SIZE);
@@ -194,8 +196,14 @@ export class PageRegistry {
     try {
       link = fs.readlinkSync(path);
     } catch { /* ignore */ }
-    const isMemfd = link.startsWith('/memfd:');
-    const obj = new SharedObject(key, f, huge || link.includes('hugetlb'), isMemfd, this.pfns, this);
+    // Only shmem (memfd, tmpfs) and hugetlbfs files can be pinned by IOAS_MAP_FILE.
+    let fsType = 0;
+    try {
+      fsType = fs.statfsSync(path).type;
+    } catch { /* unknown */ }
+    const hugetlbfs = fsType === HUGETLBFS_MAGIC || link.includes('hugetlb');
+    const pinnable = link.startsWith('/memfd:') || fsType === TMPFS_MAGIC || hugetlbfs;
+    const obj = new SharedObject(key, f, huge || hugetlbfs, pinnable, this.pfns, this);
     this.objects.set(key, obj);
     return obj;
   }

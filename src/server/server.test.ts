@@ -98,6 +98,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK paths/);
   });
 
+  test('IOAS_MAP_FILE of a memfd pins the pages a MAP_SHARED mapping of the file shows', async () => {
+    const r = await runClient('mapfile');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK mapfile/);
+  });
+
   test('two clients are isolated: each gets its own context and IDs', async () => {
     const [a, b] = await Promise.all([runClient('basic'), runClient('basic')]);
     assert.equal(a.code, 0, a.out);
