@@ -69,7 +69,7 @@ enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILE
 enum { CAP_B_SYS_RESOURCE = 1, CAP_B_IPC_LOCK = 2, CAP_B_SYS_RAWIO = 4 };
 
 struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, caps; uint64_t memlock; };
-struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t pad; uint64_t ino; };
+struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t fd; uint64_t ino; };
 struct __attribute__((packed)) req_mmap { uint32_t len, type, token, prot; uint64_t offset, length; uint32_t flags; int32_t memfd; };
 struct __attribute__((packed)) rep_mmap { uint32_t len; int32_t err; uint32_t handle, pad; };
 struct __attribute__((packed)) req_mrelease { uint32_t len, type, handle, pad; };
@@ -490,7 +490,7 @@ static int emu_open_iommu(int flags)
 	}
 	struct stat sst;
 	fstat(s, &sst);
-	struct req_open q = { sizeof(q), T_OPEN, (uint32_t)getpid(), (uint32_t)tid, failnth_get(tid), 0, (uint64_t)sst.st_ino };
+	struct req_open q = { sizeof(q), T_OPEN, (uint32_t)getpid(), (uint32_t)tid, failnth_get(tid), (uint32_t)s, (uint64_t)sst.st_ino };
 	struct rep_open r;
 	if (send_all(s, &q, sizeof(q)) < 0 || recv_all(s, &r, sizeof(r)) < 0 || r.len != sizeof(r)) {
 		syscall(SYS_close, s);

@@ -28,7 +28,7 @@ export const T_PROVE = 12;
 export const REQ_SIZE: Record<number, number> = {
   // len type pid ppid uid caps memlock(u64)
   [T_HELLO]: 8 + 4 * 4 + 8,
-  // len type pid tid failnth pad ino(u64: the client's socket inode)
+  // len type pid tid failnth fd (the number open() returns, for traces) ino(u64: the client's socket inode)
   [T_OPEN]: 8 + 4 * 4 + 8,
   // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64)
   [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8,

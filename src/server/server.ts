@@ -13,7 +13,7 @@ import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
 import { PAGE_SIZE } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
-import { fail, isErrno, ERRNO } from '../uapi/errno.js';
+import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { PageRegistry, ProcMemory } from './procmem.js';
 import * as P from './protocol.js';
@@ -44,6 +44,12 @@ export interface IoctlTracer {
   /** Before the handler runs; the returned value is handed to after(). */
   before(ctx: IommufdCtx, request: number, arg: bigint, mem: ProcMemory): unknown;
   after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void;
+  /** Other operations on emulated fds (open, read/write of event fds, mmap, teardown). */
+  note?(pid: number, tid: number, text: string): void;
+}
+
+function errText(neg: number): string {
+  return errnoName(-neg) ?? `errno ${-neg}`;
 }
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -338,6 +344,7 @@ export class IommufdServer {
   private open(c: Conn, f: Buffer): void {
     const pid = f.readUInt32LE(8);
     const failnth = f.readInt32LE(16);
+    const clientFd = f.readInt32LE(20);
     const ino = f.readBigUInt64LE(24);
     const reply = Buffer.alloc(P.REP_SIZE.open);
     reply.writeUInt32LE(reply.length, 0);
@@ -361,17 +368,20 @@ export class IommufdServer {
       this.emu.failNth = 0;
     }
     if (!ctx) {
+      this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${errText(err)}`);
       reply.writeInt32LE(err, 4);
       c.send(reply);
       c.kind = 'anchor';
       return;
     }
+    this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${clientFd}`);
     const token = this.nextToken++;
     const entry: CtxEntry = { token, ctx, conn: c };
     this.ctxs.set(token, entry);
     if (ino) this.anchorsByIno.set(ino, token);
     c.kind = 'anchor';
     c.onEnd = () => {
+      this.tracer?.note?.(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
       this.ctxs.delete(token);
       if (this.anchorsByIno.get(ino) === token) this.anchorsByIno.delete(ino);
       ctx!.put();
@@ -418,6 +428,8 @@ export class IommufdServer {
         err = isErrno(e) ? -e.errno : -ERRNO.ENOMEM;
       }
     }
+    this.tracer?.note?.(c.pid, c.pid,
+      `mmap(iommufd, offset=0x${offset.toString(16)}, length=0x${length.toString(16)}) = ${err ? errText(err) : 0}`);
     r.writeInt32LE(err, 4);
     c.send(r);
   }
@@ -594,6 +606,7 @@ export class IommufdServer {
         reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 16);
         this.emu.failNth = 0;
       }
+      this.tracer?.note?.(c.pid, c.pid, `${op === P.FILEOP_WRITE ? 'write' : 'read'}(${b.file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(b.file.poll() & POLLIN)) {
         b.signalled = false;
         reply.writeUInt32LE(1, 20); // the client takes the readiness byte back

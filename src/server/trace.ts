@@ -51,6 +51,10 @@ export class Tracer implements IoctlTracer {
     return st;
   }
 
+  note(pid: number, tid: number, text: string): void {
+    this.write(`[${pid}${tid !== pid ? `:${tid}` : ''}] ${text}`);
+  }
+
   after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void {
     const st = state as State | undefined;
     if (!st) return;
