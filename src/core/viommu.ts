@@ -210,10 +210,12 @@ export function iommufdViommuAllocV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_al
 export function iommufdViommuSetVdevIdV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_vdev_id_v1>>): void {
   const { cmd, ctx } = ucmd;
   if (cmd.vdev_id > ULONG_MAX) fail('EINVAL');
-  const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
+  // That series looked at the device's attachment before it looked up the vIOMMU.
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
   const hwpt = attachedHwpt(idev);
-  if (!(hwpt instanceof HwptNested) || hwpt.viommu !== viommu) fail('EINVAL');
+  if (!(hwpt instanceof HwptNested)) fail('EINVAL');
+  const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
+  if (hwpt.viommu !== viommu) fail('EINVAL');
   if (viommu.v1VdevIds.has(cmd.vdev_id)) fail('EBUSY');
   ucmd.emu.failPoint('ENOMEM');
   viommu.v1VdevIds.set(cmd.vdev_id, idev);
@@ -274,21 +276,28 @@ registerInvalidateTarget(ObjType.VIOMMU, (_ctx, obj, req) => {
 
 UNBIND_HOOKS.push(vdeviceOnUnbind, v1ForgetDevice);
 
-/** v1 IOMMU_VIOMMU_INVALIDATE (0x92): HWPT_INVALIDATE's shape, on a vIOMMU only; entry_num always copied back. */
+/**
+ * v1 IOMMU_VIOMMU_INVALIDATE (0x92): HWPT_INVALIDATE's shape, on a vIOMMU only.
+ * entry_num is copied back on every path except a failed vIOMMU lookup, which returned at once.
+ */
 export function iommufdViommuInvalidateV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_invalidate_v1>>): void {
   const { cmd, ctx } = ucmd;
   const req = { mem: ucmd.mem, type: cmd.data_type, uptr: cmd.data_uptr, entryLen: cmd.entry_len,
     entryNum: cmd.entry_num, handled: 0 };
   let err: unknown = null;
+  let viommu: Viommu | undefined;
   try {
     if (cmd.__reserved) fail('EOPNOTSUPP');
     if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len)) fail('EINVAL');
-    const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
-    if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
-    viommu.ops.cacheInvalidate(viommu, req);
+    viommu = ctx.objects.find(cmd.viommu_id, ObjType.VIOMMU) as Viommu | undefined;
+    if (viommu) {
+      if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
+      viommu.ops.cacheInvalidate(viommu, req);
+    }
   } catch (e) {
     err = e;
   }
+  if (!err && !viommu) fail('ENOENT'); // no copy-back on this path
   cmd.entry_num = req.handled;
   ucmd.respond();
   if (err) throw err;

@@ -65,8 +65,8 @@ test('viommu-v1 ioctl numbers: 0x8f is VIOMMU_ALLOC (no IOAS_MAP_FILE), 0x90-0x9
   assert.equal(errOf(() => t.ctx.ioctl(IO(0x8f), addr, t.caller)), 'EOPNOTSUPP');
   // No vEVENTQ / HW queue, and IOAS_CHANGE_PROCESS is not 0x92 here.
   for (const nr of [0x93, 0x94]) assert.equal(errOf(() => t.ctx.ioctl(IO(nr), addr, t.caller)), 'ENOTTY');
-  const c = invV1(t, { viommuId: 999 });
-  assert.equal(c.err, 'ENOENT');
+  const c = invV1(t, { viommuId: 999, entryNum: 0 });
+  assert.deepEqual(c, { err: 'ENOENT', entryNum: 0 });
   // On mainline the same numbers are the merged ioctls.
   const m = setup('mainline');
   // 0x90 is VIOMMU_ALLOC there: the v1 viommu_id word sits where `flags` is -> EOPNOTSUPP.
@@ -121,18 +121,22 @@ test('v1 SET_VDEV_ID: lookups, attachment to a nested HWPT of this vIOMMU, EBUSY
   const v = viommuV1(t, t.idev, t.parent);
   const v2 = viommuV1(t, t.idev, t.parent);
   assert.equal(code(rawTry(t, 'VIOMMU_SET_VDEV_ID', S.iommu_viommu_vdev_id_v1, { viommu_id: v, dev_id: t.idev }, 23)), 'EINVAL');
-  assert.equal(setId(t, 999, t.idev, 1n), 'ENOENT');
-  assert.equal(setId(t, t.parent, t.idev, 1n), 'ENOENT');
+  // Order: the device, its attachment (a nested HWPT), then the vIOMMU, then its ownership of that HWPT.
+  assert.equal(setId(t, 999, 999, 1n), 'ENOENT');
   assert.equal(setId(t, v, 999, 1n), 'ENOENT');
+  assert.equal(setId(t, 999, t.idev, 1n), 'EINVAL'); // attached to an IOAS: checked before the vIOMMU lookup
   // Attached to an IOAS (auto-domain) -> EINVAL.
   assert.equal(setId(t, v, t.idev, 1n), 'EINVAL');
   // Attached to a nested HWPT made directly on the parent -> EINVAL.
   const direct = nestedAlloc(t, t.idev, t.parent);
   assert.equal(replace(t, t.stdev, direct), 0);
   assert.equal(setId(t, v, t.idev, 1n), 'EINVAL');
+  assert.equal(setId(t, 999, t.idev, 1n), 'ENOENT'); // a nested HWPT: the vIOMMU lookup comes next
   // Attached to a nested HWPT of another vIOMMU -> EINVAL.
   const n2 = nestedAlloc(t, t.idev, v2);
   assert.equal(replace(t, t.stdev, n2), 0);
+  assert.equal(setId(t, 999, t.idev, 1n), 'ENOENT');
+  assert.equal(setId(t, t.parent, t.idev, 1n), 'ENOENT');
   assert.equal(setId(t, v, t.idev, 1n), 'EINVAL');
   // Attached to one of this vIOMMU: OK; the entry is no object (no ID consumed).
   const n = nestedAlloc(t, t.idev, v);
@@ -203,9 +207,10 @@ test('v1 VIOMMU_INVALIDATE: core checks, entry_num always copied back, mock sema
   assert.deepEqual(invV1(t, { viommuId: 999, reserved: 1, entryNum: 3 }), { err: 'EOPNOTSUPP', entryNum: 0 });
   assert.deepEqual(invV1(t, { viommuId: 999, uptr: 0n, entryNum: 1 }), { err: 'EINVAL', entryNum: 0 });
   assert.deepEqual(invV1(t, { viommuId: 999, uptr: arr, entryLen: 0, entryNum: 1 }), { err: 'EINVAL', entryNum: 0 });
-  assert.deepEqual(invV1(t, { viommuId: 999, uptr: arr, entryNum: 1 }), { err: 'ENOENT', entryNum: 0 });
+  // A failed vIOMMU lookup returned before the copy-back: entry_num keeps the caller's value.
+  assert.deepEqual(invV1(t, { viommuId: 999, uptr: arr, entryNum: 1 }), { err: 'ENOENT', entryNum: 1 });
   // Only a vIOMMU: the nested HWPT id is not found.
-  assert.deepEqual(invV1(t, { viommuId: t.nested, uptr: arr, entryNum: 1 }), { err: 'ENOENT', entryNum: 0 });
+  assert.deepEqual(invV1(t, { viommuId: t.nested, uptr: arr, entryNum: 1 }), { err: 'ENOENT', entryNum: 1 });
   assert.deepEqual(invV1(t, { viommuId: v, dataType: 0x0dadbeef }), { err: 'EINVAL', entryNum: 0 });
   assert.deepEqual(invV1(t, { viommuId: v }), { err: 0, entryNum: 0 });
   assert.deepEqual(invEntriesV1(t, v, [{ flags: 0xffffffff, vdev_id: 0x99 }]), { err: 'EOPNOTSUPP', entryNum: 0 });
