@@ -6,10 +6,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { findCompiler } from '../server/native.js';
+import { findCompiler, procMemAccessible } from '../server/native.js';
 
 const CLI = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.js');
-const skip = findCompiler() ? false : 'no C compiler (cc): the shim cannot be built';
+const skip = !findCompiler() ? 'no C compiler (cc): the shim cannot be built'
+  : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted)' : false;
 
 function cli(args: string[], input?: string) {
   return spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', input, timeout: 60_000 });

@@ -1,7 +1,7 @@
 // Building the C side with the system compiler: the LD_PRELOAD shim (into a
 // cache directory, rebuilt when native/shim.c changes) and small C programs
 // (the demo, test helpers). Nothing prebuilt is shipped.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -94,4 +94,22 @@ export function buildProgram(sources: string[], opts: { includeDirs?: string[]; 
   if (fs.existsSync(out)) return out;
   compile(cc, ['-O2', '-Wall', ...flags, ...sources, '-lpthread'], out);
   return out;
+}
+
+/**
+ * Whether this process may read a child's memory through /proc/<pid>/mem (the
+ * server's way to reach its clients): false under a ptrace-denying sandbox.
+ */
+export function procMemAccessible(): boolean {
+  const child = spawn('sleep', ['5'], { stdio: 'ignore' });
+  try {
+    if (child.pid === undefined) return false;
+    const fd = fs.openSync(`/proc/${child.pid}/mem`, 'r+');
+    fs.closeSync(fd);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    child.kill('SIGKILL');
+  }
 }

@@ -9,12 +9,13 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
 const cc = findCompiler();
-const skip = cc ? false : 'no C compiler (cc) on this machine: the shim and the test client cannot be built';
+const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
+  : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted): the server cannot reach clients' : false;
 
 let server: IommufdServer;
 let dir: string;
