@@ -5,6 +5,7 @@
  * and exits non-zero on the first unexpected result.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -230,6 +231,82 @@ static int mode_mapfile(void)
 	return 0;
 }
 #endif
+
+/* dup2/dup3/F_DUPFD_CLOEXEC copies are the same context; close_range closes them all */
+static int mode_dups(void)
+{
+	int fd = xopen();
+	if (dup2(fd, 50) != 50 || dup3(fd, 51, O_CLOEXEC) != 51 || fcntl(fd, F_DUPFD_CLOEXEC, 60) != 60)
+		DIE("dups");
+	if (!(fcntl(51, F_GETFD) & FD_CLOEXEC) || (fcntl(50, F_GETFD) & FD_CLOEXEC))
+		DIE("cloexec flags");
+	if (ioas_alloc(50) != 1 || ioas_alloc(51) != 2 || ioas_alloc(60) != 3)
+		DIE("dups are not one context");
+	close(fd);
+	if (ioas_alloc(50) != 4)
+		DIE("context lost with the original fd");
+	if (close_range(50, 70, 0))
+		DIE("close_range");
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(50, IOMMU_IOAS_ALLOC, &a) != -1 || errno != EBADF)
+		DIE("fd 50 still open after close_range");
+	/* everything was released when close_range returned: a new context starts at 1 */
+	fd = xopen();
+	if (ioas_alloc(fd) != 1)
+		DIE("fresh context");
+	close(fd);
+	printf("OK dups\n");
+	return 0;
+}
+
+/* fail-nth is per thread: arming another thread's file leaves ours alone */
+static int armed_result;
+static void *armed_thread(void *p)
+{
+	int fd = *(int *)p;
+	int f = open("/proc/thread-self/fail-nth", O_RDWR);
+	if (f < 0 || write(f, "1", 1) != 1)
+		return (void *)1;
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	armed_result = ioctl(fd, IOMMU_IOAS_ALLOC, &a) == -1 ? errno : 0;
+	close(f);
+	return NULL;
+}
+
+static int mode_failnth_threads(void)
+{
+	int fd = xopen();
+	pthread_t t;
+	pthread_create(&t, NULL, armed_thread, &fd);
+	void *rv;
+	pthread_join(t, &rv);
+	if (rv || armed_result != ENOMEM)
+		DIE("armed thread: ioctl should fail ENOMEM, got %d", armed_result);
+	if (ioas_alloc(fd) != 1) /* the failed call left nothing behind */
+		DIE("main thread affected");
+	close(fd);
+	printf("OK failnth-threads\n");
+	return 0;
+}
+
+/* the debugfs the fault-injection tests probe is a private prepared directory */
+static int mode_debugfs(void)
+{
+	DIR *d = opendir("/sys/kernel/debug/");
+	if (!d)
+		DIE("opendir debugfs");
+	int seen = 0;
+	struct dirent *e;
+	while ((e = readdir(d)))
+		seen |= !strcmp(e->d_name, "failslab") | (!strcmp(e->d_name, "fail_page_alloc") << 1);
+	int fd = openat(dirfd(d), "failslab/ignore-gfp-wait", O_WRONLY);
+	if (seen != 3 || fd < 0 || write(fd, "N", 1) != 1)
+		DIE("debugfs contents");
+	close(fd);
+	closedir(d);
+	printf("OK debugfs\n");
+	return 0;
+}
 
 /* other spellings of the same node */
 static int mode_paths(void)
@@ -570,6 +647,9 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
 	if (!strcmp(m, "paths")) return mode_paths();
+	if (!strcmp(m, "dups")) return mode_dups();
+	if (!strcmp(m, "failnth-threads")) return mode_failnth_threads();
+	if (!strcmp(m, "debugfs")) return mode_debugfs();
 #ifdef IOMMU_IOAS_MAP_FILE
 	if (!strcmp(m, "mapfile")) return mode_mapfile();
 #endif

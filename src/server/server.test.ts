@@ -268,6 +268,24 @@ describe('server and shim (C clients)', { skip }, () => {
     }
   });
 
+  test('dup2/dup3/F_DUPFD_CLOEXEC share the context; close_range releases it before returning', async () => {
+    const r = await runClient('dups');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK dups/);
+  });
+
+  test('fail-nth is per thread (/proc/thread-self/fail-nth)', async () => {
+    const r = await runClient('failnth-threads');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK failnth-threads/);
+  });
+
+  test('opendir("/sys/kernel/debug/") shows a private prepared fault-injection directory', async () => {
+    const r = await runClient('debugfs');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK debugfs/);
+  });
+
   test('fail-nth file arms the next emulated call of the thread', async () => {
     const r = await runClient('failnth');
     assert.equal(r.code, 0, r.out + r.err);
