@@ -93,6 +93,28 @@ struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32
 struct __attribute__((packed)) rep_evprep { uint32_t len, token; };
 struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t drain; };
 
+/* Frame sizes: src/server/protocol.ts has the same numbers (a test compares them). */
+#define SIZE_CHECK(s, n) _Static_assert(sizeof(struct s) == (n), #s " must be " #n " bytes")
+SIZE_CHECK(req_hello, 32);
+SIZE_CHECK(req_prove, 16);
+SIZE_CHECK(req_open, 32);
+SIZE_CHECK(req_ioctl, 56);
+SIZE_CHECK(req_region, 40);
+SIZE_CHECK(req_unmap, 24);
+SIZE_CHECK(req_evprep, 16);
+SIZE_CHECK(req_fileop, 48);
+SIZE_CHECK(req_lookup, 16);
+SIZE_CHECK(req_mmap, 40);
+SIZE_CHECK(req_mrelease, 16);
+SIZE_CHECK(rep_status, 8);
+SIZE_CHECK(rep_hello, 24);
+SIZE_CHECK(rep_open, 16);
+SIZE_CHECK(rep_ioctl, 24);
+SIZE_CHECK(rep_evprep, 8);
+SIZE_CHECK(rep_fileop, 24);
+SIZE_CHECK(rep_lookup, 16);
+SIZE_CHECK(rep_mmap, 16);
+
 /* ---- emulated fd table ------------------------------------------------------ */
 #define FD_MAX 65536
 enum { K_NONE = 0, K_IOMMUFD, K_EVENT, K_FAILNTH };
