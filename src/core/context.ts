@@ -29,6 +29,8 @@ export class Ucmd<T extends object = Record<string, unknown>> {
     private readonly sink: ((cmd: T) => void) | null,
     /** The caller's struct size (the kernel's for the typed API). */
     readonly userSize: number,
+    /** The user address of the struct (0 for the typed API). */
+    readonly arg: bigint = 0n,
   ) {}
   get mem(): UserMemory {
     return this.caller.mem;
@@ -80,6 +82,27 @@ export class IommufdCtx {
     return this.objects.alloc(obj);
   }
 
+  /**
+   * Run `build` on a reserved (unpublished) object; if it throws, the object is
+   * aborted -- destructor run, ID freed -- and the error propagates (01 §5.6).
+   */
+  buildObj<T extends IommufdObject>(obj: T, build: (obj: T) => void): T {
+    try {
+      build(obj);
+    } catch (e) {
+      this.objects.abort(obj);
+      throw e;
+    }
+    return obj;
+  }
+
+  /** The whole creation protocol: reserve the ID, build (copy-back included), publish; no trace on failure. */
+  createObj<T extends IommufdObject>(obj: T, build: (obj: T) => void): T {
+    this.buildObj(this.allocObj(obj), build);
+    this.objects.finalize(obj);
+    return obj;
+  }
+
   get<T extends IommufdObject>(id: number, type: ObjType): T {
     return this.objects.get(id, type) as T;
   }
@@ -119,8 +142,7 @@ export class IommufdCtx {
     if (!handler) fail('ENOTTY');
     const cmd = (typed ?? decode(op.struct, kbuf!, this.profile.version)) as Record<string, unknown>;
     if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
-    const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize);
-    (ucmd as { arg?: bigint }).arg = arg;
+    const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize, arg);
     const r = handler(ucmd);
     return typeof r === 'number' ? r : 0;
   }

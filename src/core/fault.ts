@@ -187,24 +187,22 @@ export class FaultFile implements IommufdFile {
 export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>>): void {
   const { cmd, ctx } = ucmd;
   if (cmd.flags) fail('EOPNOTSUPP');
-  const fault = ctx.allocObj(new FaultObj(ctx));
-  let file: FaultFile | null = null;
-  let fd = -1;
-  try {
+  ctx.createObj(new FaultObj(ctx), (fault) => {
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
-    file = new FaultFile(fault);
-    ucmd.emu.failPoint('ENOMEM'); // unused fd
-    fd = ucmd.caller.fds.install(file);
-    cmd.out_fault_id = fault.id;
-    cmd.out_fault_fd = fd;
-    ucmd.respond();
-  } catch (e) {
-    if (fd >= 0) ucmd.caller.fds.close(fd);
-    else file?.release();
-    ctx.objects.abort(fault);
-    throw e;
-  }
-  ctx.objects.finalize(fault);
+    const file = new FaultFile(fault);
+    let fd = -1;
+    try {
+      ucmd.emu.failPoint('ENOMEM'); // unused fd
+      fd = ucmd.caller.fds.install(file);
+      cmd.out_fault_id = fault.id;
+      cmd.out_fault_fd = fd;
+      ucmd.respond();
+    } catch (e) {
+      if (fd >= 0) ucmd.caller.fds.close(fd);
+      else file.release();
+      throw e;
+    }
+  });
 }
 
 /**

@@ -76,10 +76,10 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
   if (cmd.nesting_parent_iova + cmd.length - 1n > U64_MAX) fail('EOVERFLOW');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   const ops = viommu.ops;
-  if (!ops.hwQueueSupported?.(cmd.type) || !ops.hwQueueInit) fail('EOPNOTSUPP');
+  const init = ops.hwQueueInit;
+  if (!ops.hwQueueSupported?.(cmd.type) || !init) fail('EOPNOTSUPP');
 
-  const q = ctx.allocObj(new HwQueue(viommu, cmd.type, cmd.index, cmd.nesting_parent_iova, cmd.length));
-  try {
+  ctx.createObj(new HwQueue(viommu, cmd.type, cmd.index, cmd.nesting_parent_iova, cmd.length), (q) => {
     // The page-aligned span of the queue memory; its end rounding up past 2^64 is a page-count overflow.
     // offset-in-page + length + PAGE_SIZE - 1 must fit in 64 bits (else ERANGE).
     const start = cmd.nesting_parent_iova & ~(PS - 1n);
@@ -95,13 +95,9 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
     for (let i = 1; i < pages.length; i++) if (pages[i]!.pfn !== pages[0]!.pfn + i) fail('EFAULT');
     q.holdViommu();
     const physBase = pages[0]!.pfn * PAGE_SIZE + Number(cmd.nesting_parent_iova % PS);
-    ops.hwQueueInit(q, cmd.index, physBase, cmd.length);
+    init(q, cmd.index, physBase, cmd.length);
     q.markDriverInit();
     cmd.out_hw_queue_id = q.id;
     ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(q);
-    throw e;
-  }
-  ctx.objects.finalize(q);
+  });
 }

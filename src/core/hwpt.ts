@@ -145,8 +145,7 @@ export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, p
   if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) fail('EOPNOTSUPP');
   if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) fail('EOPNOTSUPP');
 
-  const hwpt = ctx.allocObj(new HwptPaging(ioas));
-  try {
+  return ctx.buildObj(ctx.allocObj(new HwptPaging(ioas)), (hwpt) => {
     hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
     hwpt.holdIoas();
     hwpt.nestParent = !!(flags & HWPT_ALLOC.NEST_PARENT);
@@ -165,11 +164,7 @@ export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, p
     }
     ioas.hwptList.push(hwpt);
     hwpt.inIoas = true;
-  } catch (e) {
-    ctx.objects.abort(hwpt);
-    throw e;
-  }
-  return hwpt;
+  });
 }
 
 /** Allocate a HWPT_NESTED on a paging parent (iommufd_hwpt_nested_alloc); unpublished. */
@@ -179,17 +174,18 @@ export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Devic
   const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
   if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP');
   if (parent.autoDomain || !parent.nestParent || parent.domain.driver !== dev.driver) fail('EINVAL');
-  const hwpt = ctx.allocObj(new HwptNested(parent));
-  try {
+  return buildNested(ctx, new HwptNested(parent), flags,
+    (f) => dev.driver.domainAllocNested!(dev, parent.domain, f, data));
+}
+
+/** The common tail of both nested allocations: reserve, hold, let the driver allocate (FAULT_ID_VALID stripped). */
+function buildNested(ctx: IommufdCtx, obj: HwptNested, flags: number, allocDomain: (flags: number) => NestedDomain): HwptNested {
+  return ctx.buildObj(ctx.allocObj(obj), (hwpt) => {
     hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
     hwpt.hold();
-    hwpt.domain = dev.driver.domainAllocNested(dev, parent.domain, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
+    hwpt.domain = allocDomain(flags & ~HWPT_ALLOC.FAULT_ID_VALID);
     if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
-  } catch (e) {
-    ctx.objects.abort(hwpt);
-    throw e;
-  }
-  return hwpt;
+  });
 }
 
 /**
@@ -204,17 +200,7 @@ export function hwptNestedAllocOnViommu(ctx: IommufdCtx, viommu: IommufdObject, 
   if (flags & ~valid) fail('EOPNOTSUPP');
   if (!data.len) fail('EOPNOTSUPP');
   if (!allocDomain) fail('EOPNOTSUPP');
-  const hwpt = ctx.allocObj(new HwptNested(parent, viommu));
-  try {
-    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
-    hwpt.hold();
-    hwpt.domain = allocDomain(flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
-    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
-  } catch (e) {
-    ctx.objects.abort(hwpt);
-    throw e;
-  }
-  return hwpt;
+  return buildNested(ctx, new HwptNested(parent, viommu), flags, (f) => allocDomain(f, data));
 }
 
 // ---- pt_id / hwpt_id type switches, open for the vIOMMU branch -------------------
@@ -260,7 +246,7 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
     }
   }
 
-  try {
+  ctx.buildObj(hwpt, () => {
     if (cmd.flags & HWPT_ALLOC.FAULT_ID_VALID) {
       const fault = ctx.get<FaultObj>(cmd.fault_id, ObjType.FAULT);
       hwpt.fault = fault;
@@ -269,10 +255,7 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
     }
     cmd.out_hwpt_id = hwpt.id;
     ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(hwpt);
-    throw e;
-  }
+  });
   ctx.objects.finalize(hwpt);
 }
 

@@ -70,7 +70,7 @@ export function syzConvIova(ioas: Ioas | null, iova: bigint): bigint {
 
 /** Copy a u64 back into the caller's struct at byte `off` (raw entry only). */
 function putU64(ucmd: Ucmd<any>, off: number, v: bigint): void {
-  const arg = (ucmd as { arg?: bigint }).arg ?? 0n;
+  const arg = ucmd.arg;
   if (!arg) return;
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, v, true);
@@ -84,15 +84,10 @@ export function iommufdIoasAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_alloc>>)
   const cmd = ucmd.cmd;
   if (cmd.flags) fail('EOPNOTSUPP');
   const ctx = ucmd.ctx;
-  const ioas = ctx.allocObj(new Ioas(ctx));
-  cmd.out_ioas_id = ioas.id;
-  try {
+  ctx.createObj(new Ioas(ctx), (ioas) => {
+    cmd.out_ioas_id = ioas.id;
     ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(ioas);
-    throw e;
-  }
-  ctx.objects.finalize(ioas);
+  });
 }
 
 // ---- IOMMU_IOAS_ALLOW_IOVAS (01 §4.3) ----------------------------------------------------

@@ -7,9 +7,9 @@ import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
 import type { Veventq } from './eventq.js';
 import { attachedHwpt, UNBIND_HOOKS, type Device } from './device.js';
-import { HwptNested, registerHwptAllocTarget, registerInvalidateTarget, type HwptPaging } from './hwpt.js';
-import { HWPT_ALLOC } from '../uapi/enums.js';
-import { ENUMS } from '../uapi/enums.js';
+import {
+  HwptNested, hwptNestedAllocOnViommu, registerHwptAllocTarget, registerInvalidateTarget, type HwptPaging,
+} from './hwpt.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import { registerMmap, unregisterMmaps } from './mmap.js';
 import type { PhysPage } from './usermem.js';
@@ -126,18 +126,19 @@ export function iommufdViommuAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_allo
   const hwpt = lookupParent(ctx, cmd.hwpt_id);
   // Before 6.17 the driver's allocation callback rejected unknown types after the HWPT checks.
   if (!typeFirst && !vdrv.viommuSupported(idev.dev, cmd.type)) fail('EOPNOTSUPP');
-  const viommu = ctx.allocObj(new Viommu(ctx, cmd.type, hwpt, idev.dev.iommuInstance, idev.dev));
-  try {
+  const data = cmd.data_len ? { type: cmd.type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem } : null;
+  createViommu(ucmd, cmd.type, idev, hwpt, (viommu) => vdrv.viommuInit(viommu, data));
+}
+
+/** Reserve, hold the parent, let `init` install the ops, copy back out_viommu_id, publish. */
+function createViommu<T extends { out_viommu_id: number }>(ucmd: Ucmd<T>, type: number, idev: IdevLike, hwpt: ParentHwpt,
+  init: (viommu: Viommu) => ViommuOps): void {
+  ucmd.ctx.createObj(new Viommu(ucmd.ctx, type, hwpt, idev.dev.iommuInstance, idev.dev), (viommu) => {
     viommu.holdParent();
-    const data = cmd.data_len ? { type: cmd.type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem } : null;
-    viommu.ops = vdrv.viommuInit(viommu, data);
-    cmd.out_viommu_id = viommu.id;
+    viommu.ops = init(viommu);
+    ucmd.cmd.out_viommu_id = viommu.id;
     ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(viommu);
-    throw e;
-  }
-  ctx.objects.finalize(viommu);
+  });
 }
 
 /** IOMMU_VDEVICE_ALLOC (02 §5.2; 6.13-6.16 rules without the one-per-device checks). */
@@ -152,18 +153,13 @@ export function iommufdVdeviceAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_vdevice_al
     if (idev.unbinding) fail('ENOENT');
     if (idev.vdev) fail('EEXIST');
   }
-  const vdev = ctx.allocObj(new Vdevice(viommu, idev, cmd.virt_id));
-  try {
+  ctx.createObj(new Vdevice(viommu, idev, cmd.virt_id), (vdev) => {
     vdev.link(perDevice);
     if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST');
     viommu.vdevs.set(cmd.virt_id, vdev);
     cmd.out_vdevice_id = vdev.id;
     ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(vdev);
-    throw e;
-  }
-  ctx.objects.finalize(vdev);
+  });
 }
 
 /**
@@ -186,24 +182,14 @@ export function iommufdViommuAllocV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_al
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
   const hwpt = lookupParent(ctx, cmd.hwpt_id);
   if (cmd.type !== 0) fail('EOPNOTSUPP');
-  const viommu = ctx.allocObj(new Viommu(ctx, 0, hwpt, idev.dev.iommuInstance, idev.dev));
-  try {
-    viommu.holdParent();
-    // Core-managed: nested domains come from the parent's driver; invalidation from its default hook.
-    const drv = idev.dev.driver;
-    viommu.ops = {
-      allocDomainNested: drv.domainAllocNested
-        ? (v, dev, flags, data) => drv.domainAllocNested!(dev, v.parent, flags, data)
-        : undefined,
-      cacheInvalidate: drv.viommu ? drv.viommu.viommuInit(viommu, null).cacheInvalidate : undefined,
-    };
-    cmd.out_viommu_id = viommu.id;
-    ucmd.respond();
-  } catch (e) {
-    ctx.objects.abort(viommu);
-    throw e;
-  }
-  ctx.objects.finalize(viommu);
+  // Core-managed: nested domains come from the parent's driver; invalidation from its default hook.
+  const drv = idev.dev.driver;
+  createViommu(ucmd, 0, idev, hwpt, (viommu) => ({
+    allocDomainNested: drv.domainAllocNested
+      ? (v, dev, flags, data) => drv.domainAllocNested!(dev, v.parent, flags, data)
+      : undefined,
+    cacheInvalidate: drv.viommu ? drv.viommu.viommuInit(viommu, null).cacheInvalidate : undefined,
+  }));
 }
 
 /** v1 IOMMU_VIOMMU_SET_VDEV_ID (0x90): a table entry, not an object. */
@@ -241,31 +227,12 @@ export function v1ForgetDevice(ctx: IommufdCtx, idev: IdevLike): void {
 
 // ---- HWPT_ALLOC / HWPT_INVALIDATE on a vIOMMU (02 §6, §7) -----------------------
 
-function knownAllocFlags(version: number): number {
-  let m = 0;
-  for (const f of ENUMS.iommufd_hwpt_alloc_flags!.members) if ((f.since ?? 0) <= version) m |= f.value;
-  return m;
-}
-
 registerHwptAllocTarget(ObjType.VIOMMU, (ctx, idev, pt, flags, data) => {
   const viommu = pt as Viommu;
   if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL');
-  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
-  if (flags & ~valid) fail('EOPNOTSUPP');
-  if (!data.len) fail('EOPNOTSUPP');
   const alloc = viommu.ops.allocDomainNested;
-  if (!alloc) fail('EOPNOTSUPP');
-  const hwpt = ctx.allocObj(new HwptNested(viommu.hwpt, viommu));
-  try {
-    hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
-    hwpt.hold();
-    hwpt.domain = alloc(viommu, idev.dev, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
-    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
-  } catch (e) {
-    ctx.objects.abort(hwpt);
-    throw e;
-  }
-  return hwpt;
+  return hwptNestedAllocOnViommu(ctx, viommu, viommu.hwpt, flags, data,
+    alloc && ((f, d) => alloc(viommu, idev.dev, f, d)));
 });
 
 registerInvalidateTarget(ObjType.VIOMMU, (_ctx, obj, req) => {
