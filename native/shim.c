@@ -732,6 +732,46 @@ EXPORT DIR *opendir(const char *path)
 	return real_opendir(redirect_debugfs(path, buf, sizeof(buf)));
 }
 
+/* Existence checks of /dev/iommu (libvirt-style probes): true while a server answers. */
+static int server_present(void)
+{
+	struct stat st;
+	return stat(socket_path(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+static int (*real_access)(const char *, int);
+static int (*real_faccessat)(int, const char *, int, int);
+static int (*real_euidaccess)(const char *, int);
+
+EXPORT int access(const char *path, int mode)
+{
+	if (is_iommu(path) && server_present())
+		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	RESOLVE(access);
+	return real_access(path, mode);
+}
+
+EXPORT int euidaccess(const char *path, int mode)
+{
+	if (is_iommu(path) && server_present())
+		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	RESOLVE(euidaccess);
+	return real_euidaccess(path, mode);
+}
+
+EXPORT int eaccess(const char *path, int mode)
+{
+	return euidaccess(path, mode);
+}
+
+EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
+{
+	if ((is_iommu(path) || is_iommu_at(dirfd, path)) && server_present())
+		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	RESOLVE(faccessat);
+	return real_faccessat(dirfd, path, mode, flags);
+}
+
 /* ---- close / dup ------------------------------------------------------------------- */
 static int needs_sync(uint8_t kind) { return kind == K_IOMMUFD || kind == K_EVENT; }
 

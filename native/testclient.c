@@ -311,6 +311,8 @@ static int mode_debugfs(void)
 /* other spellings of the same node */
 static int mode_paths(void)
 {
+	if (access("/dev/iommu", R_OK | W_OK) || faccessat(AT_FDCWD, "/dev/iommu", F_OK, 0))
+		DIE("access(/dev/iommu)");
 	int d = open("/dev", O_RDONLY | O_DIRECTORY);
 	int a = openat(d, "iommu", O_RDWR);
 	if (a < 0)
