@@ -2,7 +2,7 @@
 // op is decoded with its own layout from the uAPI table; op handlers register
 // themselves by op number (selftest_*.ts, drivers/mock).
 import { fail } from '../uapi/errno.js';
-import { ENUMS } from '../uapi/enums.js';
+import { ENUMS, inProfile } from '../uapi/enums.js';
 import { decode, encodeInto } from '../uapi/layout.js';
 import { TEST_OP_VIEWS } from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
@@ -28,7 +28,7 @@ export function registerTestOp(op: number, h: TestOpHandler): void {
   TEST_OPS.set(op, h);
 }
 
-const opSince = new Map(ENUMS.iommu_test_op!.members.map((m) => [m.value, m.since ?? 0]));
+const opMembers = new Map(ENUMS.iommu_test_op!.members.map((m) => [m.value, m]));
 
 /** Decode the union member for `op` from the raw struct bytes (raw entry) into `cmd.u`. */
 export function decodeTestUnion(cmd: Record<string, unknown>, kbuf: Uint8Array): void {
@@ -43,9 +43,9 @@ export function encodeTestUnion(cmd: Record<string, unknown>, kbuf: Uint8Array):
 
 export function iommufdTestCmd(ucmd: Ucmd<TestCmd>): number | void {
   const { op } = ucmd.cmd;
-  // The original vIOMMU series (profile viommu-v1) added DEV_CHECK_CACHE before its 6.13 release.
-  const since = ucmd.ctx.profile.viommuV1 && op === 16 /* DEV_CHECK_CACHE */ ? 0 : opSince.get(op);
+  // Ops of the profile's ABI (the v1 series already had DEV_CHECK_CACHE).
+  const member = opMembers.get(op);
   const h = TEST_OPS.get(op);
-  if (since === undefined || since > ucmd.ctx.profile.version || !h) fail('EOPNOTSUPP');
+  if (!member || !inProfile(member, ucmd.ctx.profile) || !h) fail('EOPNOTSUPP');
   return h(ucmd);
 }
