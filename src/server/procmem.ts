@@ -273,10 +273,19 @@ export class ProcMemory implements UserMemory {
   private readonly regions: Region[] = [];
   private readonly privatePages = new Map<bigint, PrivatePage>();
   private vmaCache: Vma[] | null = null;
+  private mapsFd = -1;
   private gen = 0;
 
   constructor(readonly process: ProcessInfo, private readonly registry: PageRegistry) {
     this.fd = fs.openSync(`/proc/${process.pid}/mem`, 'r+');
+    // Both files stay bound to this process image: after exit, exec or pid
+    // reuse they read as empty instead of describing somebody else.
+    try {
+      this.mapsFd = fs.openSync(`/proc/${process.pid}/maps`, 'r');
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
     registry.procs.add(this);
   }
 
@@ -347,11 +356,21 @@ export class ProcMemory implements UserMemory {
   }
 
   private maps(): Vma[] {
+    if (this.mapsFd < 0) return [];
+    const chunks: Buffer[] = [];
+    let pos = 0;
     try {
-      return parseMaps(fs.readFileSync(`/proc/${this.pid}/maps`, 'utf8'));
+      for (;;) {
+        const b = Buffer.allocUnsafe(65536);
+        const n = fs.readSync(this.mapsFd, b, 0, b.length, pos);
+        if (n <= 0) break;
+        chunks.push(b.subarray(0, n));
+        pos += n;
+      }
     } catch {
       return [];
     }
+    return parseMaps(Buffer.concat(chunks).toString('utf8'));
   }
 
   getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
@@ -446,12 +465,13 @@ export class ProcMemory implements UserMemory {
     this.regions.length = 0;
     for (const [va, p] of this.privatePages) if (p.pins === 0) this.privatePages.delete(va);
     this.registry.procs.delete(this);
-    if (this.fd >= 0) {
+    for (const fd of [this.fd, this.mapsFd]) {
       try {
-        fs.closeSync(this.fd);
+        if (fd >= 0) fs.closeSync(fd);
       } catch { /* ignore */ }
-      this.fd = -1;
     }
+    this.fd = -1;
+    this.mapsFd = -1;
     this.registry.collect();
   }
 }
