@@ -75,6 +75,7 @@ if [ -n "$capeff" ] && [ $(( 0x$capeff >> 24 & 1 )) = 0 ] && [[ " ${SELFTESTS_GR
   echo "note: this process lacks CAP_SYS_RESOURCE: iommufd.global_options (RLIMIT_MODE SET) fails with EPERM, as on a real kernel (SELFTESTS_GRANT_CAPS=sys_resource grants it in the emulator)"
 fi
 STATUS=0
+TOTAL_PASS=0; TOTAL_FAIL=0; TOTAL_SKIP=0
 for t in ${SELFTESTS_ONLY:-iommufd iommufd_fail_nth}; do
   echo "== running $t through iommufd-emu run --abi 6.12"
   LOG="$WORK/$t.log"
@@ -88,8 +89,10 @@ for t in ${SELFTESTS_ONLY:-iommufd iommufd_fail_nth}; do
   skip=$(grep -cE '^ok [0-9]+ .*# SKIP' "$LOG" | tr -d ' ' || true)
   fail=$(grep -cE '^not ok [0-9]+ ' "$LOG" | tr -d ' ' || true)
   echo "$t: pass $((pass - skip)), fail $fail, skip $skip (exit $rc)"
+  TOTAL_PASS=$((TOTAL_PASS + pass - skip)); TOTAL_FAIL=$((TOTAL_FAIL + fail)); TOTAL_SKIP=$((TOTAL_SKIP + skip))
   grep -E '^not ok [0-9]+ ' "$LOG" | sed 's/^/  /' || true
   [ "$KEEP" = 1 ] && echo "  log: $LOG"
   [ "$rc" = 0 ] || STATUS=1
 done
+echo "== total: pass $TOTAL_PASS, fail $TOTAL_FAIL, skip $TOTAL_SKIP"
 exit $STATUS
