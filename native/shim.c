@@ -118,11 +118,38 @@ SIZE_CHECK(rep_mmap, 16);
 /* ---- emulated fd table ------------------------------------------------------ */
 #define FD_MAX 65536
 enum { K_NONE = 0, K_IOMMUFD, K_EVENT, K_FAILNTH };
-struct fdent { uint8_t kind; uint32_t token; int32_t tid; int64_t pos; };
+/* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
+struct fdent { uint8_t kind; uint32_t token; int32_t tid; int64_t pos; uint64_t ino, dev; };
 static struct fdent fdtab[FD_MAX];
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static inline int emulated(int fd) { return fd >= 0 && fd < FD_MAX && fdtab[fd].kind != K_NONE; }
+
+static void set_ent(int fd, uint8_t kind, uint32_t token, int32_t tid);
+
+/*
+ * Emulated and still the same file: an fd closed behind our back (fclose,
+ * raw syscalls) and reused for something else must not be taken for ours.
+ */
+static int live(int fd)
+{
+	if (!emulated(fd))
+		return 0;
+	struct stat st;
+	if (fstat(fd, &st) == 0 && (uint64_t)st.st_ino == fdtab[fd].ino && (uint64_t)st.st_dev == fdtab[fd].dev)
+		return 1;
+	fdtab[fd] = (struct fdent){ 0 };
+	return 0;
+}
+
+/* Record fd as emulated (call with tab_mu held). */
+static void set_ent(int fd, uint8_t kind, uint32_t token, int32_t tid)
+{
+	struct stat st;
+	memset(&st, 0, sizeof(st));
+	fstat(fd, &st);
+	fdtab[fd] = (struct fdent){ kind, token, tid, 0, (uint64_t)st.st_ino, (uint64_t)st.st_dev };
+}
 
 /* ---- real functions ---------------------------------------------------------- */
 #define REAL(name) real_##name
@@ -534,7 +561,7 @@ static int emu_open_iommu(int flags)
 		return -1;
 	}
 	pthread_mutex_lock(&tab_mu);
-	fdtab[s] = (struct fdent){ K_IOMMUFD, r.token, 0, 0 };
+	set_ent(s, K_IOMMUFD, r.token, 0);
 	pthread_mutex_unlock(&tab_mu);
 	return s;
 }
@@ -547,7 +574,7 @@ static int emu_open_failnth(pid_t task, int flags, int (*op)(const char *, int, 
 	if (fd >= FD_MAX)
 		return fd;
 	pthread_mutex_lock(&tab_mu);
-	fdtab[fd] = (struct fdent){ K_FAILNTH, 0, task, 0 };
+	set_ent(fd, K_FAILNTH, 0, task);
 	pthread_mutex_unlock(&tab_mu);
 	return fd;
 }
@@ -786,7 +813,7 @@ EXPORT int close(int fd)
 {
 	RESOLVE(close);
 	ctl_forget(fd);
-	if (!emulated(fd))
+	if (!live(fd))
 		return real_close(fd);
 	pthread_mutex_lock(&tab_mu);
 	uint8_t kind = fdtab[fd].kind;
@@ -990,7 +1017,7 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 	if (evfd >= 0) {
 		if (r.evused && evfd < FD_MAX) {
 			pthread_mutex_lock(&tab_mu);
-			fdtab[evfd] = (struct fdent){ K_EVENT, evtoken, 0, 0 };
+			set_ent(evfd, K_EVENT, evtoken, 0);
 			pthread_mutex_unlock(&tab_mu);
 		} else {
 			syscall(SYS_close, evfd);
@@ -1028,7 +1055,7 @@ static int adopt(int fd)
 	if (rc < 0 || (r.kind != K_IOMMUFD && r.kind != K_EVENT))
 		return 0;
 	pthread_mutex_lock(&tab_mu);
-	fdtab[fd] = (struct fdent){ (uint8_t)r.kind, r.token, 0, 0 };
+	set_ent(fd, (uint8_t)r.kind, r.token, 0);
 	pthread_mutex_unlock(&tab_mu);
 	return 1;
 }
@@ -1089,7 +1116,7 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	RESOLVE(ioctl);
-	if (!emulated(fd) && !(((req >> 8) & 0xff) == IOMMUFD_TYPE && adopt(fd)))
+	if (!live(fd) && !(((req >> 8) & 0xff) == IOMMUFD_TYPE && adopt(fd)))
 		return real_ioctl(fd, req, arg);
 	switch (req) {
 	case FIOCLEX: case FIONCLEX: case FIONBIO: case FIOASYNC:
@@ -1174,7 +1201,7 @@ static ssize_t failnth_write(int fd, const void *buf, size_t count)
 EXPORT ssize_t read(int fd, void *buf, size_t count)
 {
 	RESOLVE(read);
-	if (!emulated(fd))
+	if (!live(fd))
 		return real_read(fd, buf, count);
 	if (fdtab[fd].kind == K_FAILNTH)
 		return failnth_read(fd, buf, count, fdtab[fd].pos, 1);
@@ -1187,7 +1214,7 @@ EXPORT ssize_t read(int fd, void *buf, size_t count)
 EXPORT ssize_t write(int fd, const void *buf, size_t count)
 {
 	RESOLVE(write);
-	if (!emulated(fd))
+	if (!live(fd))
 		return real_write(fd, buf, count);
 	if (fdtab[fd].kind == K_FAILNTH)
 		return failnth_write(fd, buf, count);
@@ -1220,27 +1247,27 @@ static ssize_t emu_pwrite(int fd, const void *buf, size_t count, off_t off)
 EXPORT ssize_t pread(int fd, void *buf, size_t count, off_t off)
 {
 	RESOLVE(pread);
-	return emulated(fd) ? emu_pread(fd, buf, count, off) : real_pread(fd, buf, count, off);
+	return live(fd) ? emu_pread(fd, buf, count, off) : real_pread(fd, buf, count, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *buf, size_t count, off_t off)
 {
 	RESOLVE(pread64);
 	if (!real_pread64) { RESOLVE(pread); real_pread64 = real_pread; }
-	return emulated(fd) ? emu_pread(fd, buf, count, off) : real_pread64(fd, buf, count, off);
+	return live(fd) ? emu_pread(fd, buf, count, off) : real_pread64(fd, buf, count, off);
 }
 
 EXPORT ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
 {
 	RESOLVE(pwrite);
-	return emulated(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite(fd, buf, count, off);
+	return live(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite(fd, buf, count, off);
 }
 
 EXPORT ssize_t pwrite64(int fd, const void *buf, size_t count, off_t off)
 {
 	RESOLVE(pwrite64);
 	if (!real_pwrite64) { RESOLVE(pwrite); real_pwrite64 = real_pwrite; }
-	return emulated(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite64(fd, buf, count, off);
+	return live(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite64(fd, buf, count, off);
 }
 
 /* ---- mmap: shared anonymous memory becomes memfd-backed ---------------------------------- */
@@ -1448,7 +1475,7 @@ static void shared_file_mapped(void *p, size_t len, int fd, off_t off)
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	if (emulated(fd) && fdtab[fd].kind == K_IOMMUFD)
+	if (live(fd) && fdtab[fd].kind == K_IOMMUFD)
 		return iommufd_mmap(addr, len, prot, flags, fd, off);
 	int type = flags & MAP_SHARED_VALIDATE;
 	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {

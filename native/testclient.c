@@ -328,7 +328,15 @@ static int mode_paths(void)
 	/* three independent contexts: each starts at ID 1 */
 	if (ioas_alloc(a) != 1 || ioas_alloc(b) != 1 || ioas_alloc(fileno(f)) != 1)
 		DIE("contexts not independent");
+	/* fclose closes the fd behind the shim's back: a new file on that number is not ours */
+	int num = fileno(f);
 	fclose(f);
+	int nul = open("/dev/null", O_WRONLY);
+	if (nul != num)
+		DIE("expected fd %d to be reused, got %d", num, nul);
+	if (write(nul, "x", 1) != 1)
+		DIE("write to /dev/null on a reused fd number");
+	close(nul);
 	close(a);
 	close(b);
 	close(d);
