@@ -752,6 +752,26 @@ EXPORT FILE *fopen64(const char *path, const char *mode)
 	return do_fopen(path, mode, real_fopen64);
 }
 
+/* glibc's fclose closes the fd internally, past close(): catch it here */
+static int (*real_fclose)(FILE *);
+static int needs_sync(uint8_t kind);
+EXPORT int fclose(FILE *f)
+{
+	RESOLVE(fclose);
+	int fd = f ? fileno(f) : -1;
+	uint8_t kind = 0;
+	if (live(fd)) {
+		pthread_mutex_lock(&tab_mu);
+		kind = fdtab[fd].kind;
+		fdtab[fd] = (struct fdent){ 0 };
+		pthread_mutex_unlock(&tab_mu);
+	}
+	int r = real_fclose(f);
+	if (needs_sync(kind))
+		emu_sync();
+	return r;
+}
+
 EXPORT DIR *opendir(const char *path)
 {
 	char buf[512];
