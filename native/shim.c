@@ -1539,7 +1539,34 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		va_end(ap);
 	}
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	return (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	void *p = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	if (p == MAP_FAILED || !nregions)
+		return p;
+	/* a shared region that moved or changed size: announce it at its new place */
+	int e = errno;
+	uint64_t o = (uint64_t)(uintptr_t)old;
+	uint64_t olen = (old_len + 4095) / 4096 * 4096, nlen = (new_len + 4095) / 4096 * 4096;
+	pthread_mutex_lock(&ctl_mu);
+	for (int i = 0; i < nregions; i++) {
+		struct region *r = &regions[i];
+		if (r->va != o || r->len != olen)
+			continue; /* only whole regions are followed */
+		struct region moved = *r;
+		moved.memfd = fcntl(r->memfd, F_DUPFD_CLOEXEC, 900);
+		notify_unmap_locked(o, olen); /* drops r (and closes its memfd) */
+		if (moved.memfd >= 0 && nregions < NREGIONS) {
+			moved.va = (uint64_t)(uintptr_t)p;
+			moved.len = nlen;
+			notify_unmap_locked(moved.va, moved.len);
+			regions[nregions++] = moved;
+			if (ctl_fd >= 0 && ctl_pid == getpid())
+				send_region_locked(&moved);
+		}
+		break;
+	}
+	pthread_mutex_unlock(&ctl_mu);
+	errno = e;
+	return p;
 }
 
 EXPORT int munmap(void *addr, size_t len)

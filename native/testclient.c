@@ -93,6 +93,22 @@ static int mode_basic(void)
 	mprotect(ro, 4096, PROT_READ | PROT_WRITE);
 	if (ioctl(fd, IOMMU_IOAS_ALLOC, ro) || ro->out_ioas_id == 0)
 		DIE("IOAS_ALLOC after mprotect back: id %u", ro->out_ioas_id);
+	/* a shared buffer moved with mremap keeps its pages' identity */
+	char *moved = mremap(buf, len, 2 * len, MREMAP_MAYMOVE);
+	if (moved == MAP_FAILED)
+		DIE("mremap");
+	struct iommu_ioas_map map2 = { .size = sizeof(map2), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+				       .ioas_id = ioas, .user_va = (__u64)(unsigned long)moved, .length = len };
+	if (ioctl(fd, IOMMU_IOAS_MAP, &map2))
+		DIE("MAP after mremap");
+	chk.check_map.uptr = (__u64)(unsigned long)moved;
+	chk.check_map.iova = map.iova; /* pinned before the move: still the same pages */
+	if (ioctl(fd, IOMMU_TEST_CMD, &chk))
+		DIE("MD_CHECK_MAP of the first mapping at the moved address");
+	chk.check_map.iova = map2.iova;
+	if (ioctl(fd, IOMMU_TEST_CMD, &chk))
+		DIE("MD_CHECK_MAP after mremap");
+	buf = moved;
 	if (close(fd))
 		DIE("close");
 	/* pins are gone once close returned */
