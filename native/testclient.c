@@ -324,6 +324,29 @@ static int mode_debugfs(void)
 	return 0;
 }
 
+/* hugetlb memory (shared and private) is made of compound pages: MD_CHECK_REFS skips them */
+static int mode_huge(void)
+{
+	size_t len = 2u << 20;
+	int fd = xopen();
+	for (int shared = 0; shared < 2; shared++) {
+		char *buf = mmap(NULL, len, PROT_READ | PROT_WRITE,
+				 (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS | MAP_HUGETLB | MAP_POPULATE, -1, 0);
+		if (buf == MAP_FAILED)
+			DIE("hugetlb mmap (shared %d)", shared);
+		struct iommu_test_cmd refs = { .size = sizeof(refs), .op = IOMMU_TEST_OP_MD_CHECK_REFS };
+		refs.check_refs.length = len;
+		refs.check_refs.uptr = (__u64)(unsigned long)buf;
+		refs.check_refs.refs = 12345; /* never true of an ordinary page */
+		if (ioctl(fd, IOMMU_TEST_CMD, &refs))
+			DIE("hugetlb pages not compound (shared %d)", shared);
+		munmap(buf, len);
+	}
+	close(fd);
+	printf("OK huge\n");
+	return 0;
+}
+
 /* other spellings of the same node */
 static int mode_paths(void)
 {
@@ -673,6 +696,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
 	if (!strcmp(m, "paths")) return mode_paths();
+	if (!strcmp(m, "huge")) return mode_huge();
 	if (!strcmp(m, "dups")) return mode_dups();
 	if (!strcmp(m, "failnth-threads")) return mode_failnth_threads();
 	if (!strcmp(m, "debugfs")) return mode_debugfs();

@@ -105,6 +105,14 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK mapfile/);
   });
 
+  const hugeFree = Number(/HugePages_Free:\s+(\d+)/.exec(fs.readFileSync('/proc/meminfo', 'utf8'))?.[1] ?? 0);
+  test('hugetlb memory, shared or private, is compound (MD_CHECK_REFS skips it)',
+    { skip: hugeFree < 2 ? 'fewer than 2 free huge pages (/proc/sys/vm/nr_hugepages)' : false }, async () => {
+      const r = await runClient('huge');
+      assert.equal(r.code, 0, r.out + r.err);
+      assert.match(r.out, /OK huge/);
+    });
+
   test('two clients are isolated: each gets its own context and IDs', async () => {
     const [a, b] = await Promise.all([runClient('basic'), runClient('basic')]);
     assert.equal(a.code, 0, a.out);
