@@ -517,8 +517,16 @@ static int mode_mmap(void)
 		DIE("mmap region");
 	if (page[0] != 0xbadbeef)
 		DIE("region content %x", page[0]);
+	/* the region's pages are shared: a second mapping sees the first one's write */
+	page[1] = 0x1234;
+	__u32 *page2 = mmap(NULL, data.out_mmap_length, PROT_READ, MAP_SHARED, fd, (off_t)data.out_mmap_offset);
+	if (page2 == MAP_FAILED || page2[1] != 0x1234 || page2[0] != 0xbadbeef)
+		DIE("second mapping does not share the region");
 	if (destroy(fd, va.out_viommu_id) != -1 || errno != EBUSY)
 		DIE("DESTROY of a mapped vIOMMU should be EBUSY");
+	munmap(page2, data.out_mmap_length);
+	if (destroy(fd, va.out_viommu_id) != -1 || errno != EBUSY)
+		DIE("DESTROY with one mapping left should be EBUSY");
 	munmap(page, data.out_mmap_length);
 	if (destroy(fd, va.out_viommu_id))
 		DIE("DESTROY after munmap");

@@ -11,7 +11,7 @@ import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
 import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
-import { PAGE_SIZE } from '../core/usermem.js';
+import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
@@ -415,11 +415,8 @@ export class IommufdServer {
       try {
         h = iommufdMmap(entry.ctx, offset, length, flags, prot);
         const fd = fs.openSync(`/proc/${c.pid}/fd/${memfd}`, 'r+');
-        try {
-          h.pages.forEach((p, i) => fs.writeSync(fd, p.read(0, PAGE_SIZE), 0, PAGE_SIZE, i * PAGE_SIZE));
-        } finally {
-          fs.closeSync(fd);
-        }
+        if (h.pages.length === 0) fs.closeSync(fd);
+        else shareRegion(h.pages, fd);
         const id = this.nextToken++;
         st.mmaps.set(id, h);
         r.writeUInt32LE(id, 8);
@@ -653,6 +650,43 @@ export class IommufdServer {
     this.procs.get(c.pid)?.mem.removeRange(va, len);
     this.registry.collect();
     c.send(P.statusReply(0));
+  }
+}
+
+/**
+ * Make the region's pages live in `fd` (the memfd the client maps): their
+ * current content is copied in, then the page objects read and write the
+ * memfd, so the driver and the client mapping see each other's writes. A page
+ * moved from an earlier mapping's memfd keeps that file's content as its own.
+ */
+const regionFdOf = new WeakMap<PhysPage, number>();
+const regionFdUsers = new Map<number, number>();
+
+function shareRegion(pages: readonly PhysPage[], fd: number): void {
+  for (const [i, p] of pages.entries()) {
+    const data = p.read(0, PAGE_SIZE);
+    fs.writeSync(fd, data, 0, PAGE_SIZE, i * PAGE_SIZE);
+    const old = regionFdOf.get(p);
+    if (old !== undefined) {
+      const n = (regionFdUsers.get(old) ?? 1) - 1;
+      if (n > 0) regionFdUsers.set(old, n);
+      else {
+        regionFdUsers.delete(old);
+        fs.closeSync(old);
+      }
+    }
+    regionFdOf.set(p, fd);
+    regionFdUsers.set(fd, (regionFdUsers.get(fd) ?? 0) + 1);
+    const base = i * PAGE_SIZE;
+    const page = p as PhysPage & { read: PhysPage['read']; write: PhysPage['write'] };
+    page.read = (offset: number, length: number): Uint8Array => {
+      const out = new Uint8Array(length);
+      fs.readSync(fd, out, 0, length, base + offset);
+      return out;
+    };
+    page.write = (offset: number, d: Uint8Array): void => {
+      fs.writeSync(fd, d, 0, d.length, base + offset);
+    };
   }
 }
 
