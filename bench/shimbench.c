@@ -1,0 +1,160 @@
+/*
+ * Latency probes for `npm run bench` (our own code):
+ *   shimbench echo SOCKET N   bare Unix-socket round trips with ioctl-sized frames (the floor)
+ *   shimbench ioas N          IOMMU_IOAS_ALLOC + IOMMU_DESTROY through the shim, timed per ioctl
+ *   shimbench rw N            IOMMU_TEST_CMD ACCESS_RW of 4 KiB through an IOAS-mapped buffer
+ * Each prints one JSON line: {"median_ns":…,"p99_ns":…,"n":…}.
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+#include <linux/iommufd.h>
+#include "iommufd_test.h"
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void report(uint64_t *t, int n)
+{
+	qsort(t, n, sizeof(*t), cmp_u64);
+	printf("{\"median_ns\":%llu,\"p99_ns\":%llu,\"n\":%d}\n", (unsigned long long)t[n / 2],
+	       (unsigned long long)t[(int)(n * 0.99)], n);
+}
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(1);
+}
+
+static int full_io(int fd, void *buf, size_t len, int wr)
+{
+	size_t done = 0;
+	while (done < len) {
+		ssize_t r = wr ? write(fd, (char *)buf + done, len - done) : read(fd, (char *)buf + done, len - done);
+		if (r <= 0)
+			return -1;
+		done += r;
+	}
+	return 0;
+}
+
+/* Frames the size of the shim's IOCTL request (48 bytes) and reply (24 bytes). */
+static void bench_echo(const char *path, int n)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int s = socket(AF_UNIX, SOCK_STREAM, 0);
+	uint8_t req[48] = { 48 }, rep[24];
+	uint64_t *t = calloc(n, sizeof(*t));
+
+	strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)))
+		die("connect");
+	for (int i = 0; i < n; i++) {
+		uint64_t t0 = now_ns();
+		if (full_io(s, req, sizeof(req), 1) || full_io(s, rep, sizeof(rep), 0))
+			die("echo");
+		t[i] = now_ns() - t0;
+	}
+	report(t, n);
+}
+
+static void bench_ioas(int n)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	uint64_t *t = calloc(2 * n, sizeof(*t));
+
+	if (fd < 0)
+		die("open /dev/iommu");
+	for (int i = 0; i < n; i++) {
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		struct iommu_destroy d = { .size = sizeof(d) };
+		uint64_t t0 = now_ns();
+
+		if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+			die("IOAS_ALLOC");
+		t[2 * i] = now_ns() - t0;
+		d.id = a.out_ioas_id;
+		t0 = now_ns();
+		if (ioctl(fd, IOMMU_DESTROY, &d))
+			die("DESTROY");
+		t[2 * i + 1] = now_ns() - t0;
+	}
+	report(t, 2 * n);
+}
+
+static void bench_rw(int n)
+{
+	const size_t len = 64 * 1024;
+	int fd = open("/dev/iommu", O_RDWR);
+	void *buf = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	char *out = malloc(4096);
+	uint64_t *t = calloc(n, sizeof(*t));
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	struct iommu_ioas_map m = { .size = sizeof(m) };
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS };
+
+	if (fd < 0 || buf == MAP_FAILED || !out)
+		die("setup");
+	memset(buf, 0x5a, len);
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		die("IOAS_ALLOC");
+	m.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+	m.ioas_id = a.out_ioas_id;
+	m.user_va = (uintptr_t)buf;
+	m.length = len;
+	m.iova = 1ull << 24;
+	if (ioctl(fd, IOMMU_IOAS_MAP, &m))
+		die("IOAS_MAP");
+	c.id = a.out_ioas_id;
+	if (ioctl(fd, IOMMU_TEST_CMD, &c))
+		die("CREATE_ACCESS");
+	int access_fd = c.create_access.out_access_fd;
+	for (int i = 0; i < n; i++) {
+		struct iommu_test_cmd rw = {
+			.size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW, .id = access_fd,
+			.access_rw = { .iova = m.iova + (i % 16) * 4096, .length = 4096, .uptr = (uintptr_t)out },
+		};
+		uint64_t t0 = now_ns();
+
+		if (ioctl(fd, IOMMU_TEST_CMD, &rw))
+			die("ACCESS_RW");
+		t[i] = now_ns() - t0;
+		if (out[0] != 0x5a)
+			die("ACCESS_RW content");
+	}
+	report(t, n);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && !strcmp(argv[1], "echo"))
+		bench_echo(argv[2], atoi(argv[3]));
+	else if (argc == 3 && !strcmp(argv[1], "ioas"))
+		bench_ioas(atoi(argv[2]));
+	else if (argc == 3 && !strcmp(argv[1], "rw"))
+		bench_rw(atoi(argv[2]));
+	else {
+		fprintf(stderr, "usage: %s echo SOCKET N | ioas N | rw N\n", argv[0]);
+		return 2;
+	}
+	return 0;
+}

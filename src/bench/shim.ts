@@ -1,0 +1,70 @@
+// Shim benchmarks (`npm run bench`): the bare C<->Node Unix-socket round trip
+// as the floor, then ioctls of a real C program through the LD_PRELOAD shim,
+// all measured in one run so the ratios are comparable.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { buildProgram } from '../server/native.js';
+import { writeHeaders } from '../uapi/cheader.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
+
+export interface Latency { median_ns: number; p99_ns: number; n: number }
+
+function run(cmd: string, args: string[]): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+    p.on('error', reject);
+    p.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}`))));
+  });
+}
+
+function lastJson(out: string): Latency {
+  const line = out.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  if (!line) throw new Error(`no result in output: ${out}`);
+  return JSON.parse(line) as Latency;
+}
+
+/** A Node server answering every 48-byte frame with a 24-byte one (the shim's ioctl frame sizes). */
+async function echoFloor(prog: string, n: number): Promise<Latency> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-echo-'));
+  const sock = path.join(dir, 'echo.sock');
+  const reply = Buffer.alloc(24);
+  reply.writeUInt32LE(24, 0);
+  const server = net.createServer((c) => {
+    let pending = 0;
+    c.on('data', (d: Buffer) => {
+      pending += d.length;
+      while (pending >= 48) {
+        pending -= 48;
+        c.write(reply);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(sock, r));
+  try {
+    return lastJson(await run(prog, ['echo', sock, String(n)]));
+  } finally {
+    server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export interface ShimResults { echo: Latency; ioas: Latency; rw: Latency }
+
+export async function shimBench(n = 20000): Promise<ShimResults> {
+  const inc = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-h-'));
+  writeHeaders(inc, 'mainline');
+  const prog = buildProgram([path.join(ROOT, 'bench', 'shimbench.c')], { includeDirs: [inc], name: 'shimbench' });
+  fs.rmSync(inc, { recursive: true, force: true });
+  const echo = await echoFloor(prog, n);
+  const ioas = lastJson(await run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, 'ioas', String(n / 2)]));
+  const rw = lastJson(await run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, 'rw', String(n / 4)]));
+  return { echo, ioas, rw };
+}
