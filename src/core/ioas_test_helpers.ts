@@ -1,53 +1,26 @@
 // Raw-entry helpers for the IOAS / access / VFIO-compat tests: every struct is
 // laid out with encode() from the uAPI table at a user address of a SimMemory
 // and passed to IommufdCtx.ioctl(request, addr, caller), as a C program would.
-import { isErrno, type ErrnoName } from '../uapi/errno.js';
+import type { ErrnoName } from '../uapi/errno.js';
 import { TEST_OP } from '../uapi/enums.js';
-import { IO, IOCTL_BY_NAME, type IoctlName } from '../uapi/ioctls.js';
-import { decode, encode, encodeInto, structSize, type Decoded, type StructDef } from '../uapi/layout.js';
-import type { ProfileName } from '../uapi/profiles.js';
+import type { IoctlName } from '../uapi/ioctls.js';
+import { decode, type Decoded, type StructDef } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
-import type { Caller, IommufdCtx } from './context.js';
-import { Emulator } from './emulator.js';
-import { SimpleFdTable } from './file.js';
-import { defaultProcess, SimMemory } from './simmem.js';
-import { TEST_OP_VIEWS } from './selftest.js';
-import { PAGE_SIZE, type ProcessInfo } from './usermem.js';
-import './main.js';
+import {
+  destroy, errOf, ioasAlloc, mockDomain as mockDomainIds, rawTry, setup, testCmd, type T,
+} from '../drivers/mock/test_helpers.js';
+import type { SimMemory } from './simmem.js';
+import { PAGE_SIZE } from './usermem.js';
 
 export const U64_MAX = (1n << 64n) - 1n;
 export const PS = BigInt(PAGE_SIZE);
 export const MAP_RW = 2 | 4;
 export const FIXED = 1;
 
-export interface Env {
-  emu: Emulator;
-  mem: SimMemory;
-  fds: SimpleFdTable;
-  caller: Caller;
-  ctx: IommufdCtx;
-  profile: ProfileName;
-}
-
-export function env(profile: ProfileName = 'mainline', proc: Partial<ProcessInfo> = {}, emu?: Emulator): Env {
-  const e = emu ?? new Emulator({ profile });
-  const mem = new SimMemory(defaultProcess(proc));
-  const fds = new SimpleFdTable();
-  const caller = { mem, fds };
-  const ctx = e.open(mem);
-  return { emu: e, mem, fds, caller, ctx, profile };
-}
-
-/** Run `fn`; the errno name it threw, or 0. Non-errno exceptions propagate (emulator bugs). */
-export function errOf(fn: () => unknown): ErrnoName | 0 {
-  try {
-    fn();
-    return 0;
-  } catch (e) {
-    if (isErrno(e)) return e.code;
-    throw e;
-  }
-}
+/** The IOAS tests' name for the shared raw-entry fixture (drivers/mock/test_helpers.ts). */
+export type Env = T;
+export const env = setup;
+export { errOf };
 
 export interface RawOut<T> {
   out: T;
@@ -55,50 +28,24 @@ export interface RawOut<T> {
   addr: bigint;
 }
 
-/** Issue ioctl `name` with `v` laid out as struct `s` (size = the profile's sizeof unless given). */
-export function raw<T extends StructDef>(e: Env, name: IoctlName, s: T, v: Partial<Decoded<T>>, size?: number,
-  fill = 0): RawOut<Decoded<T>> {
-  const def = IOCTL_BY_NAME.get(name)!;
-  const n = size ?? structSize(s, e.emu.profile.version);
-  const addr = e.mem.alloc(Math.max(n, 64));
-  const buf = new Uint8Array(Math.max(n, 64)).fill(fill);
-  buf.fill(0, 0, n);
-  encodeInto(s, { ...v, size: v.size ?? n } as Record<string, unknown>, buf.subarray(0, Math.max(n, 4)), e.emu.profile.version);
-  e.mem.write(addr, buf);
-  const ret = e.ctx.ioctl(IO(def.nr), addr, e.caller);
-  const back = new Uint8Array(Math.max(structSize(s), n));
-  back.set(e.mem.read(addr, back.length));
-  return { out: decode(s, back, e.emu.profile.version), ret, addr };
+/** Issue ioctl `name` with `v` laid out as struct `s`; throws the errno. Bytes past `size` hold `fill`. */
+export function raw<S extends StructDef>(e: Env, name: IoctlName, s: S, v: Partial<Decoded<S>>, size?: number,
+  fill = 0): RawOut<Decoded<S>> {
+  const r = rawTry(e, name, s, v, size, fill);
+  if (r.err) throw r.err;
+  return { out: decode(s, r.bytes, e.emu.profile.version), ret: r.ret, addr: r.addr };
 }
 
 /** The struct bytes as user memory holds them after a call that may have failed. */
-export function rawErr<T extends StructDef>(e: Env, name: IoctlName, s: T, v: Partial<Decoded<T>>, size?: number):
-  { err: ErrnoName | 0; out: Decoded<T>; bytes: Uint8Array } {
-  const def = IOCTL_BY_NAME.get(name)!;
-  const n = size ?? structSize(s, e.emu.profile.version);
-  const addr = e.mem.alloc(Math.max(n, 64));
-  const buf = new Uint8Array(Math.max(n, 64));
-  encodeInto(s, { ...v, size: v.size ?? n } as Record<string, unknown>, buf.subarray(0, Math.max(n, 4)), e.emu.profile.version);
-  e.mem.write(addr, buf);
-  const err = errOf(() => e.ctx.ioctl(IO(def.nr), addr, e.caller));
-  const bytes = e.mem.read(addr, buf.length);
-  return { err, out: decode(s, bytes, e.emu.profile.version), bytes };
+export function rawErr<S extends StructDef>(e: Env, name: IoctlName, s: S, v: Partial<Decoded<S>>, size?: number):
+  { err: ErrnoName | 0; out: Decoded<S>; bytes: Uint8Array } {
+  const r = rawTry(e, name, s, v, size);
+  return { err: r.err ? r.err.code : 0, out: decode(s, r.bytes, e.emu.profile.version), bytes: r.bytes };
 }
 
-/** IOMMU_TEST_CMD with the op's union member; returns the union after the call (throws the errno). */
-export function testCmd(e: Env, op: number, id: number, u: Record<string, unknown> = {}): any {
-  const view = TEST_OP_VIEWS[op];
-  const addr = e.mem.alloc(S.IOMMU_TEST_CMD_SIZE);
-  const buf = encode(S.iommu_test_cmd, { size: S.IOMMU_TEST_CMD_SIZE, op, id }, Infinity, S.IOMMU_TEST_CMD_SIZE);
-  if (view) encodeInto(view, u, buf);
-  e.mem.write(addr, buf);
-  e.ctx.ioctl(IO(0xa0), addr, e.caller);
-  return view ? decode(view, e.mem.read(addr, S.IOMMU_TEST_CMD_SIZE)) : {};
-}
+export { testCmd };
 
-export function ioasAlloc(e: Env): number {
-  return raw(e, 'IOAS_ALLOC', S.iommu_ioas_alloc, {}).out.out_ioas_id;
-}
+export { ioasAlloc, destroy };
 
 export function map(e: Env, ioasId: number, va: bigint, length: bigint, o: { iova?: bigint; flags?: number } = {}): bigint {
   const flags = (o.flags ?? MAP_RW) | (o.iova !== undefined ? FIXED : 0);
@@ -151,12 +98,8 @@ export function option(e: Env, optionId: number, op: number, objectId: number, v
 
 /** A mock device attached to `ptId` (selftest MOCK_DOMAIN). */
 export function mockDomain(e: Env, ptId: number): { stdev: number; hwpt: number; idev: number } {
-  const u = testCmd(e, TEST_OP.MOCK_DOMAIN, ptId);
-  return { stdev: u.out_stdev_id, hwpt: u.out_hwpt_id, idev: u.out_idev_id };
-}
-
-export function destroy(e: Env, id: number): void {
-  raw(e, 'DESTROY', S.iommu_destroy, { id });
+  const d = mockDomainIds(e, ptId);
+  return { stdev: d.stdevId, hwpt: d.hwptId, idev: d.idevId };
 }
 
 /** Long-term pin counts of the pages backing [va, va+len). */

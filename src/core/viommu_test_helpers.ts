@@ -4,24 +4,22 @@
 // struct laid out by encode() from the uAPI table (test_helpers.rawTry).
 import assert from 'node:assert/strict';
 import {
-  destroy, hwptAllocArgs, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry,
+  destroy, errOf, hwptAllocArgs, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry,
   type T,
 } from '../drivers/mock/test_helpers.js';
 import { mockDriverOf, type MockDevice } from '../drivers/mock/mock.js';
 import type { DriverDevice, IommuDriver, PagingDomain, ViommuDriver, ViommuOps } from '../drivers/driver.js';
-import { isErrno, type ErrnoName } from '../uapi/errno.js';
+import type { ErrnoName } from '../uapi/errno.js';
 import { HWPT_ALLOC, MOCK, TEST_OP } from '../uapi/enums.js';
 import { decode, encode, encodeInto, structSize } from '../uapi/layout.js';
 import type { Profile, ProfileName } from '../uapi/profiles.js';
 import { IO, IOCTL_BY_NAME } from '../uapi/ioctls.js';
 import { Emulator } from './emulator.js';
-import { SimpleFdTable } from './file.js';
-import { SimMemory } from './simmem.js';
 import * as S from '../uapi/structs.js';
 import { deviceBind, type Device } from './device.js';
 import { PAGE_SIZE } from './usermem.js';
 
-export { destroy, hwptAllocArgs, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry, type T };
+export { destroy, errOf, hwptAllocArgs, ioasAlloc, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd, testCmdTry, type T };
 export { HWPT_ALLOC, MOCK, TEST_OP, S };
 
 export const PS = BigInt(PAGE_SIZE);
@@ -35,16 +33,6 @@ export function code(r: { err: { code: ErrnoName } | null }): ErrnoName | 0 {
   return r.err ? r.err.code : 0;
 }
 
-/** Run `fn` and return the errno it threw (0 on success); non-errno exceptions propagate. */
-export function errOf(fn: () => unknown): ErrnoName | 0 {
-  try {
-    fn();
-    return 0;
-  } catch (e) {
-    if (isErrno(e)) return e.code;
-    throw e;
-  }
-}
 
 export interface Fx extends T {
   ioas: number;
@@ -349,7 +337,5 @@ export function rawReadOnly<St extends import('../uapi/layout.js').StructDef>(t:
 export function setupWith(profile: ProfileName, over: Partial<Profile>): T {
   const emu = new Emulator({ profile });
   Object.defineProperty(emu, 'profile', { value: { ...emu.profile, ...over } });
-  const mem = new SimMemory();
-  const caller = { mem, fds: new SimpleFdTable() };
-  return { emu, mem, caller, ctx: emu.open(mem), profile };
+  return setup(profile, {}, emu);
 }

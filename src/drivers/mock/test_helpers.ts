@@ -3,7 +3,8 @@
 // to IommufdCtx.ioctl(IO(nr), addr, caller), exactly like a C program would.
 import { Emulator } from '../../core/emulator.js';
 import { SimpleFdTable } from '../../core/file.js';
-import { SimMemory } from '../../core/simmem.js';
+import { defaultProcess, SimMemory } from '../../core/simmem.js';
+import type { ProcessInfo } from '../../core/usermem.js';
 import { TEST_OP_VIEWS } from '../../core/selftest.js';
 import '../../core/main.js';
 import type { IommufdCtx, Caller } from '../../core/context.js';
@@ -17,17 +18,31 @@ import { MOCK, TEST_OP } from '../../uapi/enums.js';
 export interface T {
   emu: Emulator;
   mem: SimMemory;
+  fds: SimpleFdTable;
   caller: Caller & { fds: SimpleFdTable };
   ctx: IommufdCtx;
   profile: ProfileName;
 }
 
-export function setup(profile: ProfileName = 'mainline'): T {
-  const emu = new Emulator({ profile });
-  const mem = new SimMemory();
-  const caller = { mem, fds: new SimpleFdTable() };
-  const ctx = emu.open(mem);
-  return { emu, mem, caller, ctx, profile };
+/** A fresh context (in `emu`, or a new emulator of `profile`) owned by a process with `proc`'s traits. */
+export function setup(profile: ProfileName = 'mainline', proc: Partial<ProcessInfo> = {}, emu?: Emulator): T {
+  const e = emu ?? new Emulator({ profile });
+  const mem = new SimMemory(defaultProcess(proc));
+  const fds = new SimpleFdTable();
+  const caller = { mem, fds };
+  const ctx = e.open(mem);
+  return { emu: e, mem, fds, caller, ctx, profile };
+}
+
+/** Run `fn`; the errno name it threw, or 0. Non-errno exceptions propagate (emulator bugs). */
+export function errOf(fn: () => unknown): ErrnoName | 0 {
+  try {
+    fn();
+    return 0;
+  } catch (e) {
+    if (isErrno(e)) return e.code;
+    throw e;
+  }
 }
 
 export interface RawResult<S extends StructDef> {
@@ -36,16 +51,25 @@ export interface RawResult<S extends StructDef> {
   err: IommufdError | null;
   ret: number;
   addr: bigint;
+  /** The user buffer after the call: max(size, sizeof) bytes (tails included). */
+  bytes: Uint8Array;
 }
 
-/** Issue ioctl `name` with `v` encoded as struct `s` (size = the profile's sizeof unless given). */
-export function rawTry<S extends StructDef>(t: T, name: IoctlName, s: S, v: Partial<Decoded<S>>, size?: number): RawResult<S> {
+/**
+ * Issue ioctl `name` with `v` encoded as struct `s` (size = the profile's
+ * sizeof unless given; `v.size` overrides the size field only). Bytes past
+ * `size` in the user buffer hold `fill`.
+ */
+export function rawTry<S extends StructDef>(t: T, name: IoctlName, s: S, v: Partial<Decoded<S>>, size?: number,
+  fill = 0): RawResult<S> {
   const def = IOCTL_BY_NAME.get(name)!;
   const n = size ?? structSize(s, t.emu.profile.version);
-  const addr = t.mem.alloc(Math.max(n, 8));
-  const buf = new Uint8Array(Math.max(n, 4));
-  encodeInto(s, { ...v, size: n } as Record<string, unknown>, buf, t.emu.profile.version);
-  t.mem.write(addr, buf.subarray(0, Math.max(n, 4)));
+  const span = Math.max(n, structSize(s), 64);
+  const addr = t.mem.alloc(span);
+  const buf = new Uint8Array(span).fill(fill);
+  buf.fill(0, 0, n);
+  encodeInto(s, { ...v, size: v.size ?? n } as Record<string, unknown>, buf.subarray(0, Math.max(n, 4)), t.emu.profile.version);
+  t.mem.write(addr, buf);
   let err: IommufdError | null = null;
   let ret = 0;
   try {
@@ -54,9 +78,10 @@ export function rawTry<S extends StructDef>(t: T, name: IoctlName, s: S, v: Part
     if (!isErrno(e)) throw e;
     err = e;
   }
+  const bytes = t.mem.read(addr, span);
   const back = new Uint8Array(structSize(s));
-  back.set(t.mem.read(addr, Math.min(n, back.length)));
-  return { out: decode(s, back, t.emu.profile.version), err, ret, addr };
+  back.set(bytes.subarray(0, Math.min(n, back.length)));
+  return { out: decode(s, back, t.emu.profile.version), err, ret, addr, bytes };
 }
 
 /** Like rawTry but throws the errno. */
