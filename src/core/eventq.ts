@@ -5,7 +5,7 @@ import { VEVENTQ_FLAG_LOST_EVENTS } from '../uapi/enums.js';
 import { encode, type Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
-import { POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
+import { installFile, POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import type { UserMemory } from './usermem.js';
 import type { Viommu } from './viommu.js';
@@ -91,10 +91,16 @@ export class Veventq extends IommufdObject {
   }
 }
 
+/** "[iommufd-viommu-event]": holds a user reference on the vEVENTQ and a context reference. */
 class VeventqFile implements IommufdFile {
   readonly name = '[iommufd-viommu-event]';
   onReadiness?: () => void;
-  constructor(readonly q: Veventq, private readonly release_: () => void) {}
+  private released = false;
+  constructor(readonly q: Veventq) {
+    refget(q);
+    q.viommu.ctx.ref();
+    q.file = this;
+  }
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
     return this.q.read(mem, buf, count, pos);
   }
@@ -105,7 +111,11 @@ class VeventqFile implements IommufdFile {
     return this.q.records.length > 0 ? POLLIN | POLLRDNORM : 0;
   }
   release(): void {
-    this.release_();
+    if (this.released) return;
+    this.released = true;
+    if (this.q.file === this) this.q.file = null;
+    refput(this.q);
+    this.q.viommu.ctx.put();
   }
 }
 
@@ -117,25 +127,14 @@ export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_al
   if (cmd.veventq_depth === 0) fail('EINVAL');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
-  const q = ctx.allocObj(new Veventq(viommu, cmd.type, cmd.veventq_depth));
-  refget(viommu);
-  viommu.veventqs.set(cmd.type, q);
-  let fd = -1;
-  try {
+  ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
+    refget(viommu);
+    viommu.veventqs.set(cmd.type, q);
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
-    const file = new VeventqFile(q, () => { q.file = null; refput(q); ctx.put(); });
-    refget(q);
-    ctx.ref();
-    q.file = file;
-    fd = ucmd.caller.fds.install(file);
-    cmd.out_veventq_id = q.id;
-    cmd.out_veventq_fd = fd;
-    ucmd.respond();
-  } catch (e) {
-    if (fd >= 0) ucmd.caller.fds.close(fd);
-    else if (q.file) q.file.release();
-    ctx.objects.abort(q);
-    throw e;
-  }
-  ctx.objects.finalize(q);
+    installFile(ucmd, new VeventqFile(q), (fd) => {
+      cmd.out_veventq_id = q.id;
+      cmd.out_veventq_fd = fd;
+      ucmd.respond();
+    });
+  });
 }

@@ -7,7 +7,7 @@ import { PAGE_RESP, PGFAULT_FLAGS } from '../uapi/enums.js';
 import { decode, encode, type Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
-import { POLLIN, POLLOUT, POLLRDNORM, type IommufdFile } from './file.js';
+import { installFile, POLLIN, POLLOUT, POLLRDNORM, type IommufdFile } from './file.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import type { UserMemory } from './usermem.js';
 import type { AttachHandle, Device } from './device.js';
@@ -189,19 +189,11 @@ export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>
   if (cmd.flags) fail('EOPNOTSUPP');
   ctx.createObj(new FaultObj(ctx), (fault) => {
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
-    const file = new FaultFile(fault);
-    let fd = -1;
-    try {
-      ucmd.emu.failPoint('ENOMEM'); // unused fd
-      fd = ucmd.caller.fds.install(file);
+    installFile(ucmd, new FaultFile(fault), (fd) => {
       cmd.out_fault_id = fault.id;
       cmd.out_fault_fd = fd;
       ucmd.respond();
-    } catch (e) {
-      if (fd >= 0) ucmd.caller.fds.close(fd);
-      else file.release();
-      throw e;
-    }
+    });
   });
 }
 

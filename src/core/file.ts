@@ -3,6 +3,7 @@
 // process (in-process or in the shim's client) maps numbers to them.
 import { fail } from '../uapi/errno.js';
 import type { UserMemory } from './usermem.js';
+import type { Ucmd } from './context.js';
 
 export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
@@ -51,5 +52,23 @@ export class SimpleFdTable implements FdTable {
   }
   get open(): number {
     return this.files.size;
+  }
+}
+
+/**
+ * Give `file` to the caller as a new fd and let `publish` fill the outputs and
+ * copy back; if anything fails the fd is closed again (or the file released)
+ * before the error propagates, so a failed ioctl leaves no fd behind.
+ */
+export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, publish: (fd: number) => void): void {
+  let fd = -1;
+  try {
+    ucmd.emu.failPoint('ENOMEM'); // unused fd
+    fd = ucmd.caller.fds.install(file);
+    publish(fd);
+  } catch (e) {
+    if (fd >= 0) ucmd.caller.fds.close(fd);
+    else file.release();
+    throw e;
   }
 }
