@@ -9,7 +9,7 @@
 // (per user or per process, 05 §4) when pinned and uncharged when unpinned.
 import { fail } from '../uapi/errno.js';
 import type { Emulator } from './emulator.js';
-import { PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
+import { PAGE_SHIFT, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
 
 const PS = BigInt(PAGE_SIZE);
 
@@ -22,10 +22,11 @@ export enum AccountMode {
   MM = 2,
 }
 
-/** Where the bytes come from: a range of a process's address space, or of a file. */
-export type PagesSource =
-  | { readonly kind: 'user'; readonly mem: UserMemory; /** page-aligned */ readonly va: bigint }
-  | { readonly kind: 'file'; readonly file: FileBacking; /** page-aligned file offset */ readonly offset: bigint };
+/** A file source, with the process its pins are charged to (IOAS_CHANGE_PROCESS may change it). */
+interface FileSource {
+  readonly file: FileBacking;
+  owner: ProcessInfo;
+}
 
 interface Slot {
   page: PhysPage;
@@ -37,38 +38,88 @@ function limitPages(limit: number): number {
   return limit === Infinity ? Infinity : Math.floor(limit / PAGE_SIZE);
 }
 
+// There is a pages object per MAP, and there may be millions of them, so a
+// pages object keeps few fields: no Emulator reference (the callers that pin
+// pass theirs), no length (its areas bound every index used), one source field,
+// and Pages.bits: the first page's start byte in the low PAGE_SHIFT bits, then
+// the flags and the accounting mode.
+const START_BYTE_MASK = PAGE_SIZE - 1;
+const WRITABLE = 1 << PAGE_SHIFT;
+/** The source is a FileSource (else a UserMemory). */
+const FILE = WRITABLE << 1;
+const ACCOUNT_SHIFT = PAGE_SHIFT + 2;
+
 export class Pages {
   /** Pinned page slots by index; allocated on first pin. */
   private slots: Map<number, Slot> | null = null;
+  /**
+   * The user memory or the file the pages come from (the FILE bit tells
+   * which). User memory pages are charged to the memory's own process, so only
+   * a file source needs to carry an owner.
+   */
+  private readonly source: UserMemory | FileSource;
+  /**
+   * Page number of the first page: user VA / PAGE_SIZE or file offset / PAGE_SIZE.
+   * A number, not a bigint: it is below 2^52, and a (boxed) number is smaller.
+   */
+  private readonly basePage: number;
+  /** Start byte, WRITABLE, FILE and AccountMode (layout above). */
+  private bits: number;
+
+  private constructor(
+    source: UserMemory | FileSource,
+    isFile: boolean,
+    /** Byte address (user VA or file offset) of the mapping's first byte. */
+    start: bigint,
+    writable: boolean,
+  ) {
+    this.source = source;
+    this.basePage = Number(start / PS);
+    const startByte = Number(start % PS);
+    const owner = isFile ? (source as FileSource).owner : (source as UserMemory).process;
+    const mode = owner.capIpcLock ? AccountMode.NONE : AccountMode.USER;
+    this.bits = startByte | (writable ? WRITABLE : 0) | (isFile ? FILE : 0) | (mode << ACCOUNT_SHIFT);
+  }
+
+  /** Offset of the mapping's first byte inside the first page. */
+  get startByte(): number {
+    return this.bits & START_BYTE_MASK;
+  }
+
+  get writable(): boolean {
+    return (this.bits & WRITABLE) !== 0;
+  }
+
+  get accountMode(): AccountMode {
+    return this.bits >>> ACCOUNT_SHIFT;
+  }
+  set accountMode(mode: AccountMode) {
+    this.bits = (this.bits & ((1 << ACCOUNT_SHIFT) - 1)) | (mode << ACCOUNT_SHIFT);
+  }
+
   /** Accounting target: the process (MM) or its uid (USER). */
-  owner: ProcessInfo;
-  accountMode: AccountMode;
-  /** Total pages spanned (the first may be partial). */
-  readonly npages: number;
+  get owner(): ProcessInfo {
+    return this.bits & FILE ? (this.source as FileSource).owner : (this.source as UserMemory).process;
+  }
+  set owner(owner: ProcessInfo) {
+    // IOAS_CHANGE_PROCESS refuses user memory pages (EINVAL) before moving any.
+    if (!(this.bits & FILE)) throw new Error('pages: user memory pages cannot change owner');
+    (this.source as FileSource).owner = owner;
+  }
+
+  /** Page-aligned user VA or file offset of the first page. */
+  get base(): bigint {
+    return BigInt(this.basePage) * PS;
+  }
 
   /** User memory the pages come from (null for a file). */
-  readonly mem: UserMemory | null;
-  /** File the pages come from (null for user memory). */
-  readonly file: FileBacking | null;
-  /** Page-aligned user VA or file offset of the first page. */
-  readonly base: bigint;
+  get mem(): UserMemory | null {
+    return this.bits & FILE ? null : (this.source as UserMemory);
+  }
 
-  constructor(
-    readonly emu: Emulator,
-    source: PagesSource,
-    /** Offset of the mapping's first byte inside the first page. */
-    readonly startByte: number,
-    length: bigint,
-    readonly writable: boolean,
-    owner: ProcessInfo,
-  ) {
-    // Flattened on purpose: one pages object per MAP, up to millions of them.
-    this.mem = source.kind === 'user' ? source.mem : null;
-    this.file = source.kind === 'file' ? source.file : null;
-    this.base = source.kind === 'user' ? source.va : source.offset;
-    this.owner = owner;
-    this.accountMode = owner.capIpcLock ? AccountMode.NONE : AccountMode.USER;
-    this.npages = Number((length + BigInt(startByte) + PS - 1n) / PS);
+  /** File the pages come from (null for user memory). */
+  get file(): FileBacking | null {
+    return this.bits & FILE ? (this.source as FileSource).file : null;
   }
 
   /**
@@ -77,23 +128,23 @@ export class Pages {
    */
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
     if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW');
-    return Pages.alloc(emu, { kind: 'user', mem, va: uptr - (uptr % PS) }, Number(uptr % PS), length, writable, mem.process);
+    Pages.checkAlloc(emu, length);
+    return new Pages(mem, false, uptr, writable);
   }
 
   /** Describe `length` bytes of `file` from byte `start`. */
   static file(emu: Emulator, file: FileBacking, start: bigint, length: bigint, writable: boolean, owner: ProcessInfo): Pages {
-    return Pages.alloc(emu, { kind: 'file', file, offset: start - (start % PS) }, Number(start % PS), length, writable, owner);
+    Pages.checkAlloc(emu, length);
+    return new Pages({ file, owner }, true, start, writable);
   }
 
-  private static alloc(emu: Emulator, src: PagesSource, startByte: number, length: bigint, writable: boolean,
-    owner: ProcessInfo): Pages {
+  private static checkAlloc(emu: Emulator, length: bigint): void {
     if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL');
     emu.failPoint('ENOMEM');
-    return new Pages(emu, src, startByte, length, writable, owner);
   }
 
   get isFile(): boolean {
-    return this.file !== null;
+    return (this.bits & FILE) !== 0;
   }
 
   /** Number of pages this object currently pins (and has charged). */
@@ -108,22 +159,24 @@ export class Pages {
 
   /** Read the current backing of pages [index, index+n) from the source, without pinning. */
   private fetch(index: number, n: number, forWrite: boolean): PhysPage[] {
-    if (this.mem) {
-      if (!this.mem.process.alive) fail('EFAULT', 'source process is gone');
-      return this.mem.getPages(this.base + BigInt(index) * PS, n, forWrite);
+    const mem = this.mem;
+    if (mem) {
+      if (!mem.process.alive) fail('EFAULT', 'source process is gone');
+      return mem.getPages(BigInt(this.basePage + index) * PS, n, forWrite);
     }
     const file = this.file!;
     if (!file.pinnable) fail('EINVAL', 'file cannot be pinned');
-    return file.getPages(Number(this.base / PS) + index, n);
+    return file.getPages(this.basePage + index, n);
   }
 
   /**
    * Add one user to every page of [first, last], pinning (and charging) the
    * ones not pinned yet. Returns the pages. On error nothing changed:
    * EFAULT (bad or gone source memory), EINVAL (unpinnable file), ENOMEM (memlock limit).
+   * `emu` is the pinning IOAS's emulator (fault injection, per-user accounting).
    */
-  pin(first: number, last: number): PhysPage[] {
-    this.emu.failPoint('ENOMEM');
+  pin(emu: Emulator, first: number, last: number): PhysPage[] {
+    emu.failPoint('ENOMEM');
     const slots = (this.slots ??= new Map());
     const n = last - first + 1;
     const out: PhysPage[] = new Array(n);
@@ -144,7 +197,7 @@ export class Pages {
       missing += pages.length;
       i = j + 1;
     }
-    this.charge(missing);
+    chargeLocked(emu, this.owner, this.accountMode, missing);
     for (let i = first; i <= last; i++) {
       const s = slots.get(i);
       if (s) s.users++;
@@ -170,7 +223,7 @@ export class Pages {
   }
 
   /** Drop one user from every page of [first, last]; the last user unpins and uncharges. */
-  unpin(first: number, last: number): void {
+  unpin(emu: Emulator, first: number, last: number): void {
     const slots = this.slots;
     if (!slots) throw new Error('pages: unpin of nothing pinned');
     let freed = 0;
@@ -183,21 +236,13 @@ export class Pages {
         freed++;
       }
     }
-    this.uncharge(freed);
+    unchargeLocked(emu, this.owner, this.accountMode, freed);
     if (slots.size === 0) this.slots = null;
   }
 
   /** Users of page `index` (tests and invariants). */
   usersOf(index: number): number {
     return this.slots?.get(index)?.users ?? 0;
-  }
-
-  private charge(n: number): void {
-    chargeLocked(this.emu, this.owner, this.accountMode, n);
-  }
-
-  private uncharge(n: number): void {
-    unchargeLocked(this.emu, this.owner, this.accountMode, n);
   }
 
   /**
