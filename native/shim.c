@@ -75,10 +75,13 @@ struct __attribute__((packed)) rep_mmap { uint32_t len; int32_t err; uint32_t ha
 struct __attribute__((packed)) req_mrelease { uint32_t len, type, handle, pad; };
 struct __attribute__((packed)) req_lookup { uint32_t len, type; uint64_t ino; };
 struct __attribute__((packed)) rep_lookup { uint32_t len, kind, token, pad; };
+/* followed by inl bytes: our memory from arg on (the struct), read just before the call */
 struct __attribute__((packed)) req_ioctl {
 	uint32_t len, type, token, pid, tid, request; uint64_t arg;
 	int32_t failnth, evfd; uint32_t evtoken, mapgen; uint64_t memlock;
+	uint32_t inl, pad;
 };
+#define IOCTL_INLINE_MAX 256
 struct __attribute__((packed)) req_region { uint32_t len, type; uint64_t va, length, off; int32_t memfd; uint32_t flags; };
 struct __attribute__((packed)) req_unmap { uint32_t len, type; uint64_t va, length; };
 struct __attribute__((packed)) req_evprep { uint32_t len, type; uint64_t ino; };
@@ -89,7 +92,8 @@ struct __attribute__((packed)) rep_status { uint32_t len; int32_t status; };
 struct __attribute__((packed)) rep_hello { uint32_t len; int32_t status; uint8_t nonce[16]; };
 struct __attribute__((packed)) req_prove { uint32_t len, type; uint64_t addr; };
 struct __attribute__((packed)) rep_open { uint32_t len; int32_t err; uint32_t token; int32_t failnth; };
-struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t evused; };
+/* followed by wlen bytes the call wrote at arg+woff (within the inline bytes): we store them */
+struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t evused, woff, wlen; };
 struct __attribute__((packed)) rep_evprep { uint32_t len, token; };
 struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t drain; };
 
@@ -98,7 +102,7 @@ struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int3
 SIZE_CHECK(req_hello, 32);
 SIZE_CHECK(req_prove, 16);
 SIZE_CHECK(req_open, 32);
-SIZE_CHECK(req_ioctl, 56);
+SIZE_CHECK(req_ioctl, 64);
 SIZE_CHECK(req_region, 40);
 SIZE_CHECK(req_unmap, 24);
 SIZE_CHECK(req_evprep, 16);
@@ -109,7 +113,7 @@ SIZE_CHECK(req_mrelease, 16);
 SIZE_CHECK(rep_status, 8);
 SIZE_CHECK(rep_hello, 24);
 SIZE_CHECK(rep_open, 16);
-SIZE_CHECK(rep_ioctl, 24);
+SIZE_CHECK(rep_ioctl, 32);
 SIZE_CHECK(rep_evprep, 8);
 SIZE_CHECK(rep_fileop, 24);
 SIZE_CHECK(rep_lookup, 16);
@@ -337,10 +341,9 @@ static int send_region_locked(const struct region *r)
 	return ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
 }
 
-/* Make sure this process has its control connection (call with ctl_mu held). */
-static int ctl_ensure_locked(void)
+/* Make sure this process (pid = getpid()) has its control connection (call with ctl_mu held). */
+static int ctl_ensure_pid_locked(pid_t pid)
 {
-	pid_t pid = getpid();
 	if (ctl_fd >= 0 && ctl_pid == pid)
 		return 0;
 	if (ctl_fd >= 0)
@@ -378,6 +381,11 @@ refused:
 	syscall(SYS_close, s);
 	errno = EACCES;
 	return -1;
+}
+
+static int ctl_ensure_locked(void)
+{
+	return ctl_ensure_pid_locked(getpid());
 }
 
 static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
@@ -1003,6 +1011,43 @@ static int prepare_event_fd(uint32_t *token)
 	return s;
 }
 
+static int shared_at_locked(uint64_t va, uint64_t len);
+
+/*
+ * Send the IOCTL frame with the caller's struct inline, copied by the kernel
+ * straight from arg (sendmsg: unreadable memory is EFAULT, never a signal; a
+ * frame this small is one skb, so a fault sends nothing). We take at most
+ * IOCTL_INLINE_MAX bytes and stay in arg's page, which the call reads anyway;
+ * whatever is not inline (a fault, a struct going on into the next page,
+ * shared memory whose copy-back must not wait for us) the server reads through
+ * /proc/<pid>/mem as before, with the same EFAULT rules.
+ */
+static int send_ioctl_locked(struct req_ioctl *q, void *arg)
+{
+	uintptr_t a = (uintptr_t)arg;
+	size_t n = 4096 - (a & 4095);
+	if (n > IOCTL_INLINE_MAX)
+		n = IOCTL_INLINE_MAX;
+	if (!a || shared_at_locked(a, n))
+		n = 0;
+	for (;;) {
+		q->inl = (uint32_t)n;
+		q->len = (uint32_t)(sizeof(*q) + n);
+		struct iovec iov[2] = { { q, sizeof(*q) }, { arg, n } };
+		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = n ? 2 : 1 };
+		ssize_t r = sendmsg(ctl_fd, &mh, MSG_NOSIGNAL);
+		if (r == (ssize_t)q->len)
+			return 0;
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0 && errno == EFAULT && n) {
+			n = 0; /* the struct is not readable (here): the server finds out */
+			continue;
+		}
+		return -1; /* a partial frame cannot be repaired */
+	}
+}
+
 static int emu_ioctl(int fd, unsigned long req, void *arg)
 {
 	struct fdent ent = fdtab[fd];
@@ -1020,11 +1065,40 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 			return -1;
 		}
 	}
-	struct req_ioctl q = { sizeof(q), T_IOCTL, ent.token, (uint32_t)getpid(), (uint32_t)tid, (uint32_t)req,
-			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit() };
-	struct rep_ioctl r;
+	pid_t pid = getpid();
+	struct req_ioctl q = { sizeof(q), T_IOCTL, ent.token, (uint32_t)pid, (uint32_t)tid, (uint32_t)req,
+			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit(), 0, 0 };
+	struct rep_ioctl rep, *r = &rep;
+	int rc = -1, wfault = 0;
 	pthread_mutex_lock(&ctl_mu);
-	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
+	if (ctl_ensure_pid_locked(pid) == 0 && send_ioctl_locked(&q, arg) == 0 && recv_all(ctl_fd, r, sizeof(*r)) == 0 &&
+	    r->len == sizeof(*r) + r->wlen && r->wlen <= q.inl && r->woff <= q.inl - r->wlen) {
+		/*
+		 * What the call wrote to our struct (the server checked that it is
+		 * writable): received straight into place, the kernel copying as
+		 * copy_to_user would (EFAULT, never a signal, if it is not writable
+		 * after all; the bytes are then drained and the call fails).
+		 */
+		char *dst = (char *)arg + r->woff, scratch[IOCTL_INLINE_MAX];
+		size_t done = 0;
+		rc = 0;
+		while (done < r->wlen) {
+			ssize_t n = recv(ctl_fd, wfault ? scratch : dst + done, r->wlen - done, 0);
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0 && errno == EFAULT && !wfault) {
+				wfault = 1;
+				continue;
+			}
+			if (n <= 0) {
+				rc = -1;
+				break;
+			}
+			done += (size_t)n;
+		}
+	}
+	if (rc < 0)
+		ctl_drop();
 	pthread_mutex_unlock(&ctl_mu);
 	if (rc < 0) {
 		if (evfd >= 0)
@@ -1032,10 +1106,14 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 		errno = EIO;
 		return -1;
 	}
+	if (wfault && r->ret >= 0) {
+		r->ret = -EFAULT; /* as a failed copy_to_user: no fd handed out either */
+		r->evused = 0;
+	}
 	if (q.failnth)
-		failnth_set(tid, r.failnth);
+		failnth_set(tid, r->failnth);
 	if (evfd >= 0) {
-		if (r.evused && evfd < FD_MAX) {
+		if (r->evused && evfd < FD_MAX) {
 			pthread_mutex_lock(&tab_mu);
 			set_ent(evfd, K_EVENT, evtoken, 0);
 			pthread_mutex_unlock(&tab_mu);
@@ -1044,11 +1122,11 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 			emu_sync();
 		}
 	}
-	if (r.ret < 0) {
-		errno = (int)-r.ret;
+	if (r->ret < 0) {
+		errno = (int)-r->ret;
 		return -1;
 	}
-	return (int)r.ret;
+	return (int)r->ret;
 }
 
 /*
@@ -1442,6 +1520,15 @@ static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, o
 	pthread_mutex_unlock(&ctl_mu);
 	errno = e;
 	return p;
+}
+
+/* [va, va+len) overlaps memory other processes may see: a shared region or an iommufd mapping (ctl_mu held). */
+static int shared_at_locked(uint64_t va, uint64_t len)
+{
+	for (int i = 0; i < nfdmaps; i++)
+		if (fdmaps[i].va < va + len && va < fdmaps[i].va + fdmaps[i].len)
+			return 1;
+	return overlaps_locked(va, len);
 }
 
 /* Unmapping the whole of an iommufd mapping drops its reference (ctl_mu held). */

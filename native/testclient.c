@@ -696,6 +696,71 @@ static int mode_rlimit(void)
 	return 0;
 }
 
+/*
+ * Where the struct lives: the shim sends its first bytes inline and stores what
+ * the call wrote; the kernel's copy_{from,to}_user rules must hold wherever it is.
+ */
+static int mode_structmem(void)
+{
+	int fd = xopen();
+	long pg = sysconf(_SC_PAGESIZE);
+	char *m = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED)
+		DIE("mmap");
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+
+	/* straddling into the next (writable) page: part inline, part not */
+	struct iommu_ioas_alloc *s = (void *)(m + pg - 4);
+	memcpy(s, &a, sizeof(a));
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, s) || !s->out_ioas_id || destroy(fd, s->out_ioas_id))
+		DIE("IOAS_ALLOC straddling a page boundary");
+
+	/* the size readable, the rest in a PROT_NONE page: EFAULT */
+	if (mprotect(m + pg, pg, PROT_NONE))
+		DIE("mprotect");
+	s = (void *)(m + pg - 8);
+	memcpy(s, &a, 8);
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, s) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC running into PROT_NONE");
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, m + pg) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC in PROT_NONE");
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, NULL) != -1 || errno != EFAULT)
+		DIE("IOAS_ALLOC of NULL");
+
+	/* read-only struct: read fine, copy-back EFAULT, memory unchanged, no object left */
+	s = (void *)(m + 2 * pg);
+	memcpy(s, &a, sizeof(a));
+	if (mprotect(m + 2 * pg, pg, PROT_READ))
+		DIE("mprotect");
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, s) != -1 || errno != EFAULT || s->out_ioas_id)
+		DIE("IOAS_ALLOC of a read-only struct");
+	__u32 id = ioas_alloc(fd);
+
+	/* two writes apart in one call (ranges array after the struct, a gap between) */
+	char *w = m + 3 * pg;
+	struct iommu_ioas_iova_ranges *r = (void *)w;
+	struct iommu_iova_range *ranges = (void *)(w + 64);
+	memset(w, 0x5a, 256);
+	*r = (struct iommu_ioas_iova_ranges){ .size = sizeof(*r), .ioas_id = id, .num_iovas = 4,
+					       .allowed_iovas = (unsigned long)ranges };
+	if (ioctl(fd, IOMMU_IOAS_IOVA_RANGES, r) || r->num_iovas < 1 || ranges[0].last == 0x5a5a5a5a5a5a5a5aull)
+		DIE("IOVA_RANGES");
+	for (int i = sizeof(*r); i < 64; i++)
+		if (w[i] != 0x5a)
+			DIE("IOVA_RANGES wrote byte %d between the struct and the ranges", i);
+
+	/* in shared memory (sent without the inline copy) */
+	struct iommu_ioas_alloc *sh = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (sh == MAP_FAILED)
+		DIE("mmap shared");
+	*sh = a;
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, sh) || !sh->out_ioas_id || sh->out_ioas_id == id)
+		DIE("IOAS_ALLOC in shared memory");
+	printf("OK structmem\n");
+	close(fd);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -712,6 +777,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "mapfile")) return mode_mapfile();
 #endif
 	if (!strcmp(m, "rlimit")) return mode_rlimit();
+	if (!strcmp(m, "structmem")) return mode_structmem();
 	if (!strcmp(m, "latency")) return mode_latency();
 	if (!strcmp(m, "fork")) return mode_fork();
 	if (!strcmp(m, "threads")) return mode_threads();

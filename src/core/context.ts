@@ -115,7 +115,8 @@ export class IommufdCtx {
     const nr = request & 0xff;
     const table = this.emu.table;
     if (nr < 0x80 || nr > this.emu.lastNr) return this.emu.compatIoctl(this, request, arg, caller);
-    const userSize = new DataView(caller.mem.read(arg, 4).buffer).getUint32(0, true);
+    const h = caller.mem.read(arg, 4);
+    const userSize = (h[0]! | (h[1]! << 8) | (h[2]! << 16) | (h[3]! << 24)) >>> 0;
     const op = table.get(nr);
     if (!op || op.request !== (request >>> 0)) fail('ENOTTY');
     if (userSize < op.minSize) fail('EINVAL');

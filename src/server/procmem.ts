@@ -109,6 +109,7 @@ export class SharedObject implements FileBacking {
   }
 
   readAt(pos: bigint, length: number): Uint8Array {
+    this.registry.flushInline();
     const buf = new Uint8Array(length);
     if (this.closed) return buf;
     try {
@@ -123,6 +124,7 @@ export class SharedObject implements FileBacking {
   }
 
   writeAt(pos: bigint, data: Uint8Array): void {
+    this.registry.flushInline();
     if (this.closed) return;
     // hugetlbfs has no write(2): go through a live process mapping it.
     if (this.huge) {
@@ -162,6 +164,9 @@ interface Region {
 interface Vma {
   start: bigint;
   end: bigint;
+  /** start and end as numbers (exact below 2^53, beyond every address served) */
+  s: number;
+  e: number;
   perms: string;
   path: string;
 }
@@ -171,6 +176,17 @@ export class PageRegistry {
   readonly pfns = new PfnAllocator();
   private readonly objects = new Map<string, SharedObject>();
   readonly procs = new Set<ProcMemory>();
+  /** The process whose ioctl struct is being served from its inline copy (at most one call runs at a time). */
+  inline: ProcMemory | null = null;
+
+  /**
+   * Any memory access that the inline copy does not serve goes to the real
+   * memory: bytes written to the copy so far are stored there first and the
+   * copy is dropped for the rest of the call, so every path sees one memory.
+   */
+  flushInline(): void {
+    this.inline?.flushInline();
+  }
 
   /** Open `/proc/<pid>/fd/<fd>` and return the shared object it is (deduplicated by device+inode). */
   openShared(pid: number, fd: number, huge: boolean): SharedObject {
@@ -238,33 +254,59 @@ function parseMaps(text: string): Vma[] {
     if (!line) continue;
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
     if (!m) continue;
-    out.push({ start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), perms: m[3]!, path: m[4] ?? '' });
+    out.push({
+      start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), s: parseInt(m[1]!, 16), e: parseInt(m[2]!, 16),
+      perms: m[3]!, path: m[4] ?? '',
+    });
   }
   return out;
 }
 
 /** Index of the first VMA ending above `va` (VMAs are sorted and disjoint). */
-function vmaIndex(vmas: Vma[], va: bigint): number {
+function vmaIndex(vmas: Vma[], va: number): number {
   let lo = 0;
   let hi = vmas.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
-    if (vmas[mid]!.end <= va) lo = mid + 1;
+    if (vmas[mid]!.e <= va) lo = mid + 1;
     else hi = mid;
   }
   return lo;
 }
 
-/** [start, end) is mapped without holes, readable (perm 0) or writable (perm 1) throughout. */
-function covered(vmas: Vma[], start: bigint, end: bigint, perm: 0 | 1): boolean {
+/**
+ * [start, end) (below 2^53) is mapped without holes, readable (perm 0) or
+ * writable (perm 1) throughout. Returns the VMA holding all of it, true when
+ * it spans several, false when not covered.
+ */
+function covered(vmas: Vma[], start: number, end: number, perm: 0 | 1): Vma | boolean {
   let i = vmaIndex(vmas, start);
+  const first = vmas[i];
   let va = start;
   while (va < end) {
     const v = vmas[i++];
-    if (!v || v.start > va || v.perms[perm] === '-') return false;
-    va = v.end;
+    if (!v || v.s > va || v.perms[perm] === '-') return false;
+    va = v.e;
   }
-  return true;
+  return first && first.e >= end ? first : true;
+}
+
+/**
+ * The first bytes of an ioctl's struct as the shim read them from its own
+ * memory (process_vm_readv, which honours protections) just before the call:
+ * reads inside it are served from the copy, writes inside it (checked against
+ * the VMAs like any write) are collected and returned with the reply, which
+ * the shim applies to its memory before ioctl() returns.
+ */
+export interface InlineWindow {
+  /** Address of data[0] (a number: user addresses are far below 2^53). */
+  start: number;
+  /** The copy: data[0, length) (the buffer is reused by the next call). */
+  data: Uint8Array;
+  length: number;
+  /** Written span [lo, hi) of data (lo >= hi: nothing written). */
+  lo: number;
+  hi: number;
 }
 
 /** UserMemory of a live client process (one process image: a new one after exec). */
@@ -273,8 +315,12 @@ export class ProcMemory implements UserMemory {
   private readonly regions: Region[] = [];
   private readonly privatePages = new Map<bigint, PrivatePage>();
   private vmaCache: Vma[] | null = null;
+  /** The VMA that last held a whole checked access (of vmaCache). */
+  private lastVma: Vma | null = null;
   private mapsFd = -1;
   private gen = 0;
+  private win: InlineWindow | null = null;
+  private winBuf = new Uint8Array(256);
 
   constructor(readonly process: ProcessInfo, private readonly registry: PageRegistry) {
     this.fd = fs.openSync(`/proc/${process.pid}/mem`, 'r+');
@@ -297,8 +343,13 @@ export class ProcMemory implements UserMemory {
   setGeneration(gen: number): void {
     if (gen !== this.gen) {
       this.gen = gen;
-      this.vmaCache = null;
+      this.setVmas(null);
     }
+  }
+
+  private setVmas(vmas: Vma[] | null): void {
+    this.vmaCache = vmas;
+    this.lastVma = null;
   }
 
   /**
@@ -308,20 +359,72 @@ export class ProcMemory implements UserMemory {
    * on a miss.
    */
   private checkAccess(addr: bigint, length: number, perm: 0 | 1): void {
-    const end = addr + BigInt(length);
+    const start = Number(addr); // the callers checked addr + length <= 2^53
+    const end = start + length;
+    const last = this.lastVma;
+    if (last && last.s <= start && end <= last.e && last.perms[perm] !== '-') return;
     for (let attempt = 0; attempt < 2; attempt++) {
       const fresh = this.vmaCache === null;
-      const vmas = (this.vmaCache ??= this.maps());
-      if (covered(vmas, addr, end, perm)) return;
+      if (fresh) this.setVmas(this.maps());
+      const c = covered(this.vmaCache!, start, end, perm);
+      if (c) {
+        if (c !== true) this.lastVma = c;
+        return;
+      }
       if (fresh) break;
-      this.vmaCache = null;
+      this.setVmas(null);
     }
     fail('EFAULT');
   }
 
+  // ---- the inline copy of the current ioctl's struct ----------------------------
+
+  /** Serve [addr, addr+length) from a copy of src[from, from+length) (the shim's) until endInline(). */
+  beginInline(addr: bigint, src: Uint8Array, from: number, length: number): void {
+    this.registry.flushInline();
+    const start = Number(addr);
+    if (length === 0 || start + length > Number(POS_MAX)) return;
+    if (this.winBuf.length < length) this.winBuf = new Uint8Array(length);
+    const data = this.winBuf; // read() hands out fresh slices of it
+    data.set(src.subarray(from, from + length));
+    this.win = { start, data, length, lo: length, hi: 0 };
+    this.registry.inline = this;
+  }
+
+  /** End of the call: the copy, with the span the call wrote to it ([lo, hi)), or null. */
+  endInline(): InlineWindow | null {
+    const w = this.win;
+    if (!w) return null;
+    this.win = null;
+    if (this.registry.inline === this) this.registry.inline = null;
+    return w.lo < w.hi ? w : null;
+  }
+
+  /** Store what was written to the copy in the real memory; reads and writes go there from now on. */
+  flushInline(): void {
+    const w = this.win;
+    if (!w) return;
+    this.win = null;
+    if (this.registry.inline === this) this.registry.inline = null;
+    if (w.lo < w.hi) this.pwrite(BigInt(w.start + w.lo), w.data.subarray(w.lo, w.hi));
+  }
+
+  /** Offset of [addr, addr+length) in the inline copy, or -1 (and any copy flushed) if it is not inside. */
+  private inWindow(addr: bigint, length: number): number {
+    const w = this.win;
+    if (w) {
+      const at = Number(addr) - w.start; // exact: addresses inside are far below 2^53
+      if (at >= 0 && at + length <= w.length) return at;
+    }
+    if (this.registry.inline) this.registry.flushInline();
+    return -1;
+  }
+
   read(addr: bigint, length: number): Uint8Array {
+    if (length === 0) return new Uint8Array(0);
+    const at = this.inWindow(addr, length);
+    if (at >= 0) return this.win!.data.slice(at, at + length);
     const buf = new Uint8Array(length);
-    if (length === 0) return buf;
     if (addr < 0n || addr + BigInt(length) > POS_MAX || this.fd < 0) fail('EFAULT');
     this.checkAccess(addr, length, 0);
     let done = 0;
@@ -340,8 +443,30 @@ export class ProcMemory implements UserMemory {
 
   write(addr: bigint, data: Uint8Array): void {
     if (data.length === 0) return;
+    const at = this.inWindow(addr, data.length);
+    if (at >= 0) {
+      this.checkAccess(addr, data.length, 1);
+      const w = this.win!;
+      if (w.lo < w.hi && (at > w.hi || at + data.length < w.lo)) {
+        // Apart from what was written so far: store that now, so the reply
+        // carries written bytes only (never a stale copy of the gap between).
+        this.pwrite(BigInt(w.start + w.lo), w.data.subarray(w.lo, w.hi));
+        w.lo = w.length;
+        w.hi = 0;
+      }
+      w.data.set(data, at);
+      if (at < w.lo) w.lo = at;
+      if (at + data.length > w.hi) w.hi = at + data.length;
+      return;
+    }
     if (addr < 0n || addr + BigInt(data.length) > POS_MAX || this.fd < 0) fail('EFAULT');
     this.checkAccess(addr, data.length, 1);
+    if (!this.pwrite(addr, data)) fail('EFAULT');
+  }
+
+  /** Write through /proc/<pid>/mem (access already checked); false if not every byte was stored. */
+  private pwrite(addr: bigint, data: Uint8Array): boolean {
+    if (this.fd < 0) return false;
     let done = 0;
     try {
       while (done < data.length) {
@@ -352,7 +477,7 @@ export class ProcMemory implements UserMemory {
     } catch {
       /* unmapped */
     }
-    if (done !== data.length) fail('EFAULT');
+    return done === data.length;
   }
 
   private maps(): Vma[] {
@@ -376,7 +501,7 @@ export class ProcMemory implements UserMemory {
   getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
     if (!this.process.alive) fail('EFAULT');
     const vmas = this.maps();
-    this.vmaCache = vmas;
+    this.setVmas(vmas);
     if (vmas.length === 0) fail('EFAULT'); // gone (zombie or reaped)
     const out: PhysPage[] = [];
     let vi = 0;
@@ -460,6 +585,7 @@ export class ProcMemory implements UserMemory {
 
   /** The process image is gone (exit or exec): pinned pages stay, the rest is dropped. */
   exit(): void {
+    this.flushInline();
     this.process.alive = false;
     for (const r of this.regions) r.obj.mappings--;
     this.regions.length = 0;

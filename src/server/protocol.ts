@@ -30,8 +30,9 @@ export const REQ_SIZE: Record<number, number> = {
   [T_HELLO]: 8 + 4 * 4 + 8,
   // len type pid tid failnth fd (the number open() returns, for traces) ino(u64: the client's socket inode)
   [T_OPEN]: 8 + 4 * 4 + 8,
-  // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64)
-  [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8,
+  // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64) inl pad,
+  // then inl (<= IOCTL_INLINE_MAX) bytes: the caller's memory from arg on, as the shim read it
+  [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8 + 4 + 4,
   [T_SYNC]: 8,
   // len type va len off memfd flags
   [T_REGION]: 8 + 8 + 8 + 8 + 4 + 4,
@@ -51,12 +52,25 @@ export const REQ_SIZE: Record<number, number> = {
   [T_PROVE]: 8 + 8,
 };
 
+/** Most bytes of the caller's struct an IOCTL frame carries inline. */
+export const IOCTL_INLINE_MAX = 256;
+
+/**
+ * Requests followed by a variable tail: the u32 at offset `at` is its length
+ * (at most `max`); the frame is exactly REQ_SIZE + that length.
+ */
+export const REQ_TAIL: Record<number, { at: number; max: number }> = {
+  [T_IOCTL]: { at: 56, max: IOCTL_INLINE_MAX },
+};
+
 /** Reply sizes (u32 length first). */
 export const REP_SIZE = {
   status: 8, // len, s32 status
   hello: 24, // len, s32 status, u64[2] nonce (to be placed in the client's memory, then PROVE)
   open: 16, // len, s32 err, u32 token, s32 failnth
-  ioctl: 24, // len, pad, s64 ret, s32 failnth, u32 evUsed
+  // len, pad, s64 ret, s32 failnth, u32 evUsed, u32 woff, u32 wlen; then wlen bytes the
+  // call wrote at arg+woff (inside the inline copy), for the shim to store before returning
+  ioctl: 32,
   evprep: 8, // len, u32 token
   fileop: 24, // len, pad, s64 ret, s32 failnth, u32 drain
   lookup: 16, // len, u32 kind (0 none, 1 iommufd, 2 event), u32 token, pad

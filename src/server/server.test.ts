@@ -209,6 +209,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.ok(us < 1000, `${us} us per ioctl`);
   });
 
+  test('the struct inline in the IOCTL frame: page-straddling, PROT_NONE, read-only, NULL and shared structs behave as copy_{from,to}_user', async () => {
+    const r = await runClient('structmem');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK structmem/);
+  });
+
   test('fork shares the context; dup keeps it alive; child memory writes are seen', async () => {
     const r = await runClient('fork');
     assert.equal(r.code, 0, r.out + r.err);

@@ -15,7 +15,7 @@ import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
-import { PageRegistry, ProcMemory } from './procmem.js';
+import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import * as P from './protocol.js';
 
 export interface ServerOptions {
@@ -137,9 +137,16 @@ class Conn {
       if (len < 8 || len > P.MAX_FRAME) return this.reject(`malformed frame: length ${len}`);
       const want = P.REQ_SIZE[type];
       if (want === undefined) return this.reject(`malformed frame: unknown type ${type}`);
-      if (len !== want) return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes (expected ${want})`);
+      const tail = P.REQ_TAIL[type];
+      if (tail ? len < want || len > want + tail.max : len !== want) {
+        const expected = tail ? `${want} to ${want + tail.max}` : `${want}`;
+        return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes (expected ${expected})`);
+      }
       if (buf.length - off < len) break;
       const frame = buf.subarray(off, off + len);
+      if (tail && frame.readUInt32LE(tail.at) !== len - want) {
+        return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes announces a ${frame.readUInt32LE(tail.at)}-byte tail`);
+      }
       off += len;
       try {
         this.server.handle(this, type, frame);
@@ -416,7 +423,7 @@ export class IommufdServer {
         h = iommufdMmap(entry.ctx, offset, length, flags, prot);
         const fd = fs.openSync(`/proc/${c.pid}/fd/${memfd}`, 'r+');
         if (h.pages.length === 0) fs.closeSync(fd);
-        else shareRegion(h.pages, fd);
+        else shareRegion(h.pages, fd, this.registry);
         const id = this.nextToken++;
         st.mmaps.set(id, h);
         r.writeUInt32LE(id, 8);
@@ -523,41 +530,51 @@ export class IommufdServer {
     const evfd = f.readInt32LE(36);
     const evtoken = f.readUInt32LE(40);
     const gen = f.readUInt32LE(44);
-    const memlock = f.readBigUInt64LE(48);
+    const memlockLo = f.readUInt32LE(48);
+    const memlockHi = f.readUInt32LE(52);
     const st = this.procs.get(c.pid);
-    const reply = Buffer.alloc(P.REP_SIZE.ioctl);
-    reply.writeUInt32LE(reply.length, 0);
     const entry = this.ctxs.get(token);
     let ret: number;
+    let outFailnth = 0;
     let fdt: CallFdTable | null = null;
+    let written: InlineWindow | null = null;
     if (!st || st.conn !== c) {
       ret = -ERRNO.EBADF;
     } else if (!entry) {
       ret = -ERRNO.EBADF;
     } else {
-      st.mem.process.memlockLimit = memlock === U64_MAX ? Infinity : Number(memlock);
+      st.mem.process.memlockLimit = memlockLo === 0xffffffff && memlockHi === 0xffffffff ? Infinity : memlockHi * 2 ** 32 + memlockLo;
       st.mem.setGeneration(gen);
-      fdt = new CallFdTable(this, pid, evfd, evtoken);
-      const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
-      this.emu.failNth = failnth > 0 ? failnth : 0;
+      // The struct's first bytes came inline: reads of them are served from
+      // that copy, writes to them go back with the reply (see ProcMemory).
+      const base = P.REQ_SIZE[P.T_IOCTL]!;
+      st.mem.beginInline(arg, f, base, f.length - base);
       try {
-        ret = entry.ctx.ioctl(request, arg, { mem: st.mem, fds: fdt });
-      } catch (e) {
-        if (isErrno(e)) ret = -e.errno;
-        else {
-          this.log(`ioctl 0x${request.toString(16)} from pid ${pid}: emulator bug: ${(e as Error).stack ?? e}`);
-          ret = -ERRNO.EIO;
-        }
-      } finally {
-        reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 16);
-        this.emu.failNth = 0;
-      }
-      if (this.tracer) {
+        fdt = new CallFdTable(this, pid, evfd, evtoken);
+        const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
+        this.emu.failNth = failnth > 0 ? failnth : 0;
         try {
-          this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
+          ret = entry.ctx.ioctl(request, arg, { mem: st.mem, fds: fdt });
         } catch (e) {
-          this.log(`trace failed: ${(e as Error).message}`);
+          if (isErrno(e)) ret = -e.errno;
+          else {
+            this.log(`ioctl 0x${request.toString(16)} from pid ${pid}: emulator bug: ${(e as Error).stack ?? e}`);
+            ret = -ERRNO.EIO;
+          }
+        } finally {
+          outFailnth = failnth > 0 ? this.emu.failNth : failnth;
+          this.emu.failNth = 0;
         }
+        if (this.tracer) {
+          try {
+            this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
+          } catch (e) {
+            this.log(`trace failed: ${(e as Error).message}`);
+          }
+        }
+        written = st.mem.endInline();
+      } finally {
+        st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
       }
     }
     if (ret! < 0 && fdt?.installed) {
@@ -566,9 +583,20 @@ export class IommufdServer {
       if (b) this.releaseBinding(b);
       fdt.installed = false;
     }
-    reply.writeBigInt64LE(BigInt(ret!), 8);
+    if (this.events.size) for (const b of this.events.values()) this.signal(b);
+    // With the bytes the call wrote to the inline copy of the struct: the shim stores them.
+    const wlen = written ? written.hi - written.lo : 0;
+    const reply = Buffer.allocUnsafe(P.REP_SIZE.ioctl + wlen);
+    reply.writeUInt32LE(reply.length, 0);
+    reply.writeUInt32LE(0, 4);
+    const retHi = Math.floor(ret! / 2 ** 32); // s64 ret, exact for every JS integer result
+    reply.writeUInt32LE(ret! - retHi * 2 ** 32, 8);
+    reply.writeInt32LE(retHi, 12);
+    reply.writeInt32LE(outFailnth, 16);
     reply.writeUInt32LE(fdt?.installed ? 1 : 0, 20);
-    for (const b of this.events.values()) this.signal(b);
+    reply.writeUInt32LE(written ? written.lo : 0, 24);
+    reply.writeUInt32LE(wlen, 28);
+    for (let i = 0; i < wlen; i++) reply[P.REP_SIZE.ioctl + i] = written!.data[written!.lo + i]!;
     c.send(reply);
   }
 
@@ -662,7 +690,7 @@ export class IommufdServer {
 const regionFdOf = new WeakMap<PhysPage, number>();
 const regionFdUsers = new Map<number, number>();
 
-function shareRegion(pages: readonly PhysPage[], fd: number): void {
+function shareRegion(pages: readonly PhysPage[], fd: number, registry: PageRegistry): void {
   for (const [i, p] of pages.entries()) {
     const data = p.read(0, PAGE_SIZE);
     fs.writeSync(fd, data, 0, PAGE_SIZE, i * PAGE_SIZE);
@@ -680,11 +708,13 @@ function shareRegion(pages: readonly PhysPage[], fd: number): void {
     const base = i * PAGE_SIZE;
     const page = p as PhysPage & { read: PhysPage['read']; write: PhysPage['write'] };
     page.read = (offset: number, length: number): Uint8Array => {
+      registry.flushInline(); // the memfd may be where the caller's struct lives
       const out = new Uint8Array(length);
       fs.readSync(fd, out, 0, length, base + offset);
       return out;
     };
     page.write = (offset: number, d: Uint8Array): void => {
+      registry.flushInline();
       fs.writeSync(fd, d, 0, d.length, base + offset);
     };
   }

@@ -79,47 +79,98 @@ export function endOf(s: StructDef, field: string): number {
   return f.offset + fieldSize(f);
 }
 
-function readScalar(dv: DataView, type: ScalarType, off: number): number | bigint {
+// The codec reads and writes little-endian bytes directly (no DataView per
+// call) over a per-(struct, version) list of present fields, computed once:
+// decode and encodeInto run for every ioctl.
+
+function u32At(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+
+function readScalar(b: Uint8Array, type: ScalarType, off: number): number | bigint {
   switch (type) {
-    case 'u8': return dv.getUint8(off);
-    case 'u16': return dv.getUint16(off, true);
-    case 'u32': return dv.getUint32(off, true);
-    case 's32': return dv.getInt32(off, true);
-    case 'u64': return dv.getBigUint64(off, true);
+    case 'u8': return b[off]!;
+    case 'u16': return b[off]! | (b[off + 1]! << 8);
+    case 'u32': return u32At(b, off);
+    case 's32': return u32At(b, off) | 0;
+    case 'u64': {
+      const lo = u32At(b, off);
+      const hi = u32At(b, off + 4);
+      return hi === 0 ? BigInt(lo) : (BigInt(hi) << 32n) | BigInt(lo);
+    }
   }
 }
 
 const U64_MASK = (1n << 64n) - 1n;
 
-function writeScalar(dv: DataView, type: ScalarType, off: number, v: number | bigint): void {
+function putU32(b: Uint8Array, o: number, x: number): void {
+  b[o] = x & 0xff;
+  b[o + 1] = (x >>> 8) & 0xff;
+  b[o + 2] = (x >>> 16) & 0xff;
+  b[o + 3] = (x >>> 24) & 0xff;
+}
+
+function writeScalar(b: Uint8Array, type: ScalarType, off: number, v: number | bigint): void {
   switch (type) {
-    case 'u8': dv.setUint8(off, Number(v) & 0xff); return;
-    case 'u16': dv.setUint16(off, Number(v) & 0xffff, true); return;
-    case 'u32': dv.setUint32(off, Number(v) >>> 0, true); return;
-    case 's32': dv.setInt32(off, Number(v) | 0, true); return;
-    case 'u64': dv.setBigUint64(off, BigInt(v) & U64_MASK, true); return;
+    case 'u8': b[off] = Number(v) & 0xff; return;
+    case 'u16': {
+      const x = Number(v) & 0xffff;
+      b[off] = x & 0xff;
+      b[off + 1] = x >>> 8;
+      return;
+    }
+    case 'u32': putU32(b, off, Number(v) >>> 0); return;
+    case 's32': putU32(b, off, Number(v) | 0); return;
+    case 'u64': {
+      const x = BigInt(v) & U64_MASK;
+      putU32(b, off, Number(x & 0xffffffffn));
+      putU32(b, off + 4, Number(x >> 32n));
+      return;
+    }
   }
 }
 
-function view(buf: Uint8Array): DataView {
-  return new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+/** One member of a struct as the codec walks it. */
+interface CodecField {
+  readonly name: string;
+  readonly f: FieldDef;
+  /** Present in this version. */
+  readonly present: boolean;
+  /** offset + size */
+  readonly end: number;
+  readonly step: number;
+}
+
+const codecCache = new WeakMap<StructDef, Map<number, readonly CodecField[]>>();
+
+function codecFields(s: StructDef, version: number): readonly CodecField[] {
+  let byVersion = codecCache.get(s);
+  if (!byVersion) codecCache.set(s, (byVersion = new Map()));
+  let list = byVersion.get(version);
+  if (!list) {
+    list = Object.entries(s.fields).map(([name, f]) => ({
+      name, f, present: fieldPresent(f, version), end: f.offset + fieldSize(f), step: TYPE_SIZE[f.type],
+    }));
+    byVersion.set(version, list);
+  }
+  return list;
 }
 
 /** Decode `buf` (at least the struct's size for `version`) into a plain object. */
 export function decode<S extends StructDef>(s: S, buf: Uint8Array, version = Infinity): Decoded<S> {
-  const dv = view(buf);
   const out: Record<string, unknown> = {};
-  for (const [name, f] of Object.entries(s.fields)) {
-    if (!fieldPresent(f, version) || f.offset + fieldSize(f) > buf.length) {
-      out[name] = f.count ? new Array(f.count).fill(f.type === 'u64' ? 0n : 0) : f.type === 'u64' ? 0n : 0;
+  for (const c of codecFields(s, version)) {
+    const f = c.f;
+    if (!c.present || c.end > buf.length) {
+      out[c.name] = f.count ? new Array(f.count).fill(f.type === 'u64' ? 0n : 0) : f.type === 'u64' ? 0n : 0;
       continue;
     }
     if (f.count) {
       const a: (number | bigint)[] = [];
-      for (let i = 0; i < f.count; i++) a.push(readScalar(dv, f.type, f.offset + i * TYPE_SIZE[f.type]));
-      out[name] = a;
+      for (let i = 0; i < f.count; i++) a.push(readScalar(buf, f.type, f.offset + i * c.step));
+      out[c.name] = a;
     } else {
-      out[name] = readScalar(dv, f.type, f.offset);
+      out[c.name] = readScalar(buf, f.type, f.offset);
     }
   }
   return out as Decoded<S>;
@@ -127,17 +178,17 @@ export function decode<S extends StructDef>(s: S, buf: Uint8Array, version = Inf
 
 /** Encode `value` into `buf` (fields not given, aliases and absent fields are left untouched). */
 export function encodeInto(s: StructDef, value: Record<string, unknown>, buf: Uint8Array, version = Infinity): Uint8Array {
-  const dv = view(buf);
-  for (const [name, f] of Object.entries(s.fields)) {
-    if (f.alias || !fieldPresent(f, version)) continue;
-    const v = value[name];
+  for (const c of codecFields(s, version)) {
+    const f = c.f;
+    if (f.alias || !c.present) continue;
+    const v = value[c.name];
     if (v === undefined) continue;
-    if (f.offset + fieldSize(f) > buf.length) continue;
+    if (c.end > buf.length) continue;
     if (f.count) {
       const a = v as (number | bigint)[];
-      for (let i = 0; i < f.count; i++) writeScalar(dv, f.type, f.offset + i * TYPE_SIZE[f.type], a[i] ?? 0);
+      for (let i = 0; i < f.count; i++) writeScalar(buf, f.type, f.offset + i * c.step, a[i] ?? 0);
     } else {
-      writeScalar(dv, f.type, f.offset, v as number | bigint);
+      writeScalar(buf, f.type, f.offset, v as number | bigint);
     }
   }
   return buf;
