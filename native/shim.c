@@ -79,7 +79,9 @@ struct __attribute__((packed)) rep_lookup { uint32_t len, kind, token, pad; };
 struct __attribute__((packed)) req_ioctl {
 	uint32_t len, type, token, pid, tid, request; uint64_t arg;
 	int32_t failnth, evfd; uint32_t evtoken, mapgen; uint64_t memlock;
-	uint32_t inl, pad;
+	uint32_t inl;
+	/* an event fd the call may look up (TEST_CMD id), checked just now: its token and secret */
+	int32_t hintfd; uint32_t hinttoken, pad; uint64_t hintsecret;
 };
 #define IOCTL_INLINE_MAX 256
 struct __attribute__((packed)) req_region { uint32_t len, type; uint64_t va, length, off; int32_t memfd; uint32_t flags; };
@@ -94,7 +96,8 @@ struct __attribute__((packed)) req_prove { uint32_t len, type; uint64_t addr; };
 struct __attribute__((packed)) rep_open { uint32_t len; int32_t err; uint32_t token; int32_t failnth; };
 /* followed by wlen bytes the call wrote at arg+woff (within the inline bytes): we store them */
 struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t evused, woff, wlen; };
-struct __attribute__((packed)) rep_evprep { uint32_t len, token; };
+/* secret: known to the processes holding the fd since we made it (not handed out by LOOKUP) */
+struct __attribute__((packed)) rep_evprep { uint32_t len, token; uint64_t secret; };
 struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t drain; };
 
 /* Frame sizes: src/server/protocol.ts has the same numbers (a test compares them). */
@@ -102,7 +105,7 @@ struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int3
 SIZE_CHECK(req_hello, 32);
 SIZE_CHECK(req_prove, 16);
 SIZE_CHECK(req_open, 32);
-SIZE_CHECK(req_ioctl, 64);
+SIZE_CHECK(req_ioctl, 80);
 SIZE_CHECK(req_region, 40);
 SIZE_CHECK(req_unmap, 24);
 SIZE_CHECK(req_evprep, 16);
@@ -114,7 +117,7 @@ SIZE_CHECK(rep_status, 8);
 SIZE_CHECK(rep_hello, 24);
 SIZE_CHECK(rep_open, 16);
 SIZE_CHECK(rep_ioctl, 32);
-SIZE_CHECK(rep_evprep, 8);
+SIZE_CHECK(rep_evprep, 16);
 SIZE_CHECK(rep_fileop, 24);
 SIZE_CHECK(rep_lookup, 16);
 SIZE_CHECK(rep_mmap, 16);
@@ -123,7 +126,7 @@ SIZE_CHECK(rep_mmap, 16);
 #define FD_MAX 65536
 enum { K_NONE = 0, K_IOMMUFD, K_EVENT, K_FAILNTH };
 /* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
-struct fdent { uint8_t kind; uint32_t token; int32_t tid; int64_t pos; uint64_t ino, dev; };
+struct fdent { uint8_t kind; uint32_t token; int32_t tid; int64_t pos; uint64_t ino, dev, secret; };
 static struct fdent fdtab[FD_MAX];
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
 
@@ -152,7 +155,7 @@ static void set_ent(int fd, uint8_t kind, uint32_t token, int32_t tid)
 	struct stat st;
 	memset(&st, 0, sizeof(st));
 	fstat(fd, &st);
-	fdtab[fd] = (struct fdent){ kind, token, tid, 0, (uint64_t)st.st_ino, (uint64_t)st.st_dev };
+	fdtab[fd] = (struct fdent){ kind, token, tid, 0, (uint64_t)st.st_ino, (uint64_t)st.st_dev, 0 };
 }
 
 /* ---- real functions ---------------------------------------------------------- */
@@ -981,20 +984,26 @@ static int read_self(const void *addr, void *out, size_t n)
 	return syscall(SYS_process_vm_readv, getpid(), &l, 1UL, &r, 1UL, 0UL) == (ssize_t)n ? 0 : -1;
 }
 
-static int returns_fd(unsigned long req, void *arg)
+/* Whether the call may hand out an fd; *idfd: TEST_CMD's id (an access fd for the access ops), else -1. */
+static int returns_fd(unsigned long req, void *arg, int32_t *idfd)
 {
+	*idfd = -1;
 	if (req == REQ_FAULT_QUEUE_ALLOC || req == REQ_VEVENTQ_ALLOC)
 		return 1;
 	if (req == REQ_TEST_CMD) {
-		uint32_t op;
-		if (read_self((char *)arg + 4, &op, 4) == 0 && op == TEST_OP_CREATE_ACCESS)
+		uint32_t w[2];
+		if (read_self((char *)arg + 4, w, 8) == 0) {
+			*idfd = (int32_t)w[1];
+			return w[0] == TEST_OP_CREATE_ACCESS;
+		}
+		if (read_self((char *)arg + 4, w, 4) == 0 && w[0] == TEST_OP_CREATE_ACCESS)
 			return 1;
 	}
 	return 0;
 }
 
 /* A socket for the fd the next call may return, registered with the server. */
-static int prepare_event_fd(uint32_t *token)
+static int prepare_event_fd(uint32_t *token, uint64_t *secret)
 {
 	int s = sock_connect(1);
 	if (s < 0)
@@ -1008,6 +1017,7 @@ static int prepare_event_fd(uint32_t *token)
 		return -1;
 	}
 	*token = r.token;
+	*secret = r.secret;
 	return s;
 }
 
@@ -1057,9 +1067,11 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 	}
 	pid_t tid = my_tid();
 	uint32_t evtoken = 0;
+	uint64_t evsecret = 0;
 	int evfd = -1;
-	if (returns_fd(req, arg)) {
-		evfd = prepare_event_fd(&evtoken);
+	int32_t idfd;
+	if (returns_fd(req, arg, &idfd)) {
+		evfd = prepare_event_fd(&evtoken, &evsecret);
 		if (evfd < 0) {
 			errno = EMFILE;
 			return -1;
@@ -1067,7 +1079,14 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 	}
 	pid_t pid = getpid();
 	struct req_ioctl q = { sizeof(q), T_IOCTL, ent.token, (uint32_t)pid, (uint32_t)tid, (uint32_t)req,
-			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit(), 0, 0 };
+			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit(), 0,
+			       -1, 0, 0, 0 };
+	/* spares the server finding out which file the fd is (/proc/<pid>/fd) when we know it */
+	if (idfd >= 0 && idfd < FD_MAX && fdtab[idfd].kind == K_EVENT && fdtab[idfd].secret && live(idfd)) {
+		q.hintfd = idfd;
+		q.hinttoken = fdtab[idfd].token;
+		q.hintsecret = fdtab[idfd].secret;
+	}
 	struct rep_ioctl rep, *r = &rep;
 	int rc = -1, wfault = 0;
 	pthread_mutex_lock(&ctl_mu);
@@ -1116,6 +1135,7 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 		if (r->evused && evfd < FD_MAX) {
 			pthread_mutex_lock(&tab_mu);
 			set_ent(evfd, K_EVENT, evtoken, 0);
+			fdtab[evfd].secret = evsecret;
 			pthread_mutex_unlock(&tab_mu);
 		} else {
 			syscall(SYS_close, evfd);

@@ -30,9 +30,10 @@ export const REQ_SIZE: Record<number, number> = {
   [T_HELLO]: 8 + 4 * 4 + 8,
   // len type pid tid failnth fd (the number open() returns, for traces) ino(u64: the client's socket inode)
   [T_OPEN]: 8 + 4 * 4 + 8,
-  // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64) inl pad,
+  // len type token pid tid request arg(u64) failnth evfd evtoken mapgen memlock(u64) inl
+  // hintfd hinttoken pad hintsecret(u64) (an event fd the call may look up, as the shim knows it: -1 none),
   // then inl (<= IOCTL_INLINE_MAX) bytes: the caller's memory from arg on, as the shim read it
-  [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8 + 4 + 4,
+  [T_IOCTL]: 8 + 4 * 4 + 8 + 4 * 4 + 8 + 4 + 4 * 3 + 8,
   [T_SYNC]: 8,
   // len type va len off memfd flags
   [T_REGION]: 8 + 8 + 8 + 8 + 4 + 4,
@@ -71,7 +72,7 @@ export const REP_SIZE = {
   // len, pad, s64 ret, s32 failnth, u32 evUsed, u32 woff, u32 wlen; then wlen bytes the
   // call wrote at arg+woff (inside the inline copy), for the shim to store before returning
   ioctl: 32,
-  evprep: 8, // len, u32 token
+  evprep: 16, // len, u32 token, u64 secret (shows a later IOCTL's hint comes from a holder of the fd)
   fileop: 24, // len, pad, s64 ret, s32 failnth, u32 drain
   lookup: 16, // len, u32 kind (0 none, 1 iommufd, 2 event), u32 token, pad
   mmap: 16, // len, s32 err, u32 handle, pad

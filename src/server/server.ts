@@ -79,6 +79,8 @@ interface EventBinding {
   released: boolean;
   /** One readiness byte is sitting in the client's socket buffer. */
   signalled: boolean;
+  /** Given to the shim that made the fd only: its hints (IOCTL) name this binding. */
+  secret: bigint;
 }
 
 let connSeq = 0;
@@ -164,7 +166,22 @@ class Conn {
 class CallFdTable implements FdTable {
   installed = false;
   constructor(private readonly server: IommufdServer, private readonly pid: number,
-    private readonly evfd: number, private readonly evtoken: number) {}
+    private readonly evfd: number, private readonly evtoken: number,
+    private readonly hintFd = -1, private readonly hintToken = 0, private readonly hintSecret = 0n) {}
+
+  /**
+   * The binding behind the caller's fd `fd`. The shim names the one it
+   * expects the call to look up (checked against the fd's inode just before
+   * the call, with the secret only holders of the fd know); any other fd is
+   * resolved through /proc/<pid>/fd.
+   */
+  private bindingOf(fd: number): EventBinding | undefined {
+    if (fd >= 0 && fd === this.hintFd) {
+      const b = this.server.events.get(this.hintToken);
+      if (b && b.secret === this.hintSecret) return b;
+    }
+    return this.server.bindingOfFd(this.pid, fd);
+  }
 
   install(file: IommufdFile): number {
     const b = this.server.events.get(this.evtoken);
@@ -176,7 +193,7 @@ class CallFdTable implements FdTable {
 
   lookup(fd: number): IommufdFile | undefined {
     if (this.installed && fd === this.evfd) return this.server.events.get(this.evtoken)?.file ?? undefined;
-    const b = this.server.bindingOfFd(this.pid, fd);
+    const b = this.bindingOf(fd);
     return b && !b.released ? b.file ?? undefined : undefined;
   }
 
@@ -186,7 +203,7 @@ class CallFdTable implements FdTable {
       b = this.server.events.get(this.evtoken);
       this.installed = false;
     } else {
-      b = this.server.bindingOfFd(this.pid, fd);
+      b = this.bindingOf(fd);
     }
     if (!b || !b.file || b.released) fail('EBADF');
     this.server.releaseBinding(b);
@@ -468,7 +485,10 @@ export class IommufdServer {
   private evprep(c: Conn, f: Buffer): void {
     const ino = f.readBigUInt64LE(8);
     const token = this.nextToken++;
-    const b: EventBinding = { token, ino, conn: c, file: null, released: false, signalled: false };
+    const secret = randomBytes(8);
+    const b: EventBinding = {
+      token, ino, conn: c, file: null, released: false, signalled: false, secret: secret.readBigUInt64LE(0),
+    };
     this.events.set(token, b);
     if (ino) this.eventsByIno.set(ino, b);
     c.kind = 'event';
@@ -480,6 +500,7 @@ export class IommufdServer {
     const r = Buffer.alloc(P.REP_SIZE.evprep);
     r.writeUInt32LE(r.length, 0);
     r.writeUInt32LE(token, 4);
+    secret.copy(r, 8);
     c.send(r);
   }
 
@@ -532,6 +553,7 @@ export class IommufdServer {
     const gen = f.readUInt32LE(44);
     const memlockLo = f.readUInt32LE(48);
     const memlockHi = f.readUInt32LE(52);
+    const hintFd = f.readInt32LE(60);
     const st = this.procs.get(c.pid);
     const entry = this.ctxs.get(token);
     let ret: number;
@@ -550,7 +572,9 @@ export class IommufdServer {
       const base = P.REQ_SIZE[P.T_IOCTL]!;
       st.mem.beginInline(arg, f, base, f.length - base);
       try {
-        fdt = new CallFdTable(this, pid, evfd, evtoken);
+        fdt = hintFd >= 0
+          ? new CallFdTable(this, pid, evfd, evtoken, hintFd, f.readUInt32LE(64), f.readBigUInt64LE(72))
+          : new CallFdTable(this, pid, evfd, evtoken);
         const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
         this.emu.failNth = failnth > 0 ? failnth : 0;
         try {
