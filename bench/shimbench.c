@@ -1,9 +1,11 @@
 /*
  * Latency probes for `npm run bench` (our own code):
- *   shimbench echo SOCKET N   bare Unix-socket round trips with ioctl-sized frames (the floor)
+ *   shimbench echo SOCKET N REQ REP   bare Unix-socket round trips: REQ bytes out, REP bytes back (the floor)
  *   shimbench ioas N          IOMMU_IOAS_ALLOC + IOMMU_DESTROY through the shim, timed per ioctl
  *   shimbench rw N            IOMMU_TEST_CMD ACCESS_RW of 4 KiB through an IOAS-mapped buffer
- * Each prints one JSON line: {"median_ns":…,"p99_ns":…,"n":…}.
+ * Each prints one JSON line: {"median_ns":…,"p99_ns":…,"n":…}. Every mode first
+ * runs WARMUP untimed iterations (both ends' caches and the server's JIT settle),
+ * the same for the floor and the ioctls.
  */
 #include <fcntl.h>
 #include <stdint.h>
@@ -18,6 +20,8 @@
 #include <unistd.h>
 #include <linux/iommufd.h>
 #include "iommufd_test.h"
+
+#define WARMUP 2000
 
 static uint64_t now_ns(void)
 {
@@ -57,22 +61,23 @@ static int full_io(int fd, void *buf, size_t len, int wr)
 	return 0;
 }
 
-/* Frames the size of the shim's IOCTL request (48 bytes) and reply (24 bytes). */
-static void bench_echo(const char *path, int n)
+/* The driver passes the byte counts of a shimmed IOAS_ALLOC exchange (frame headers + inline struct). */
+static void bench_echo(const char *path, int n, size_t reqlen, size_t replen)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	int s = socket(AF_UNIX, SOCK_STREAM, 0);
-	uint8_t req[48] = { 48 }, rep[24];
+	uint8_t *req = calloc(1, reqlen), *rep = malloc(replen);
 	uint64_t *t = calloc(n, sizeof(*t));
 
 	strncpy(sa.sun_path, path, sizeof(sa.sun_path) - 1);
-	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)))
+	if (!req || !rep || s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)))
 		die("connect");
-	for (int i = 0; i < n; i++) {
+	for (int i = -WARMUP; i < n; i++) {
 		uint64_t t0 = now_ns();
-		if (full_io(s, req, sizeof(req), 1) || full_io(s, rep, sizeof(rep), 0))
+		if (full_io(s, req, reqlen, 1) || full_io(s, rep, replen, 0))
 			die("echo");
-		t[i] = now_ns() - t0;
+		if (i >= 0)
+			t[i] = now_ns() - t0;
 	}
 	report(t, n);
 }
@@ -84,19 +89,22 @@ static void bench_ioas(int n)
 
 	if (fd < 0)
 		die("open /dev/iommu");
-	for (int i = 0; i < n; i++) {
+	for (int i = -WARMUP; i < n; i++) {
 		struct iommu_ioas_alloc a = { .size = sizeof(a) };
 		struct iommu_destroy d = { .size = sizeof(d) };
-		uint64_t t0 = now_ns();
+		uint64_t t0 = now_ns(), t1, t2;
 
 		if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
 			die("IOAS_ALLOC");
-		t[2 * i] = now_ns() - t0;
+		t1 = now_ns();
 		d.id = a.out_ioas_id;
-		t0 = now_ns();
 		if (ioctl(fd, IOMMU_DESTROY, &d))
 			die("DESTROY");
-		t[2 * i + 1] = now_ns() - t0;
+		t2 = now_ns();
+		if (i >= 0) {
+			t[2 * i] = t1 - t0;
+			t[2 * i + 1] = t2 - t1;
+		}
 	}
 	report(t, 2 * n);
 }
@@ -128,16 +136,17 @@ static void bench_rw(int n)
 	if (ioctl(fd, IOMMU_TEST_CMD, &c))
 		die("CREATE_ACCESS");
 	int access_fd = c.create_access.out_access_fd;
-	for (int i = 0; i < n; i++) {
+	for (int i = -WARMUP; i < n; i++) {
 		struct iommu_test_cmd rw = {
 			.size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW, .id = access_fd,
-			.access_rw = { .iova = m.iova + (i % 16) * 4096, .length = 4096, .uptr = (uintptr_t)out },
+			.access_rw = { .iova = m.iova + ((i + WARMUP) % 16) * 4096, .length = 4096, .uptr = (uintptr_t)out },
 		};
 		uint64_t t0 = now_ns();
 
 		if (ioctl(fd, IOMMU_TEST_CMD, &rw))
 			die("ACCESS_RW");
-		t[i] = now_ns() - t0;
+		if (i >= 0)
+			t[i] = now_ns() - t0;
 		if (out[0] != 0x5a)
 			die("ACCESS_RW content");
 	}
@@ -146,14 +155,14 @@ static void bench_rw(int n)
 
 int main(int argc, char **argv)
 {
-	if (argc == 4 && !strcmp(argv[1], "echo"))
-		bench_echo(argv[2], atoi(argv[3]));
+	if (argc == 6 && !strcmp(argv[1], "echo"))
+		bench_echo(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
 	else if (argc == 3 && !strcmp(argv[1], "ioas"))
 		bench_ioas(atoi(argv[2]));
 	else if (argc == 3 && !strcmp(argv[1], "rw"))
 		bench_rw(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: %s echo SOCKET N | ioas N | rw N\n", argv[0]);
+		fprintf(stderr, "usage: %s echo SOCKET N REQ REP | ioas N | rw N\n", argv[0]);
 		return 2;
 	}
 	return 0;

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildProgram } from '../server/native.js';
 import { writeHeaders } from '../uapi/cheader.js';
+import { REP_SIZE, REQ_SIZE, T_IOCTL } from '../server/protocol.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -31,25 +32,29 @@ function lastJson(out: string): Latency {
   return JSON.parse(line) as Latency;
 }
 
-/** A Node server answering every 48-byte frame with a 24-byte one (the shim's ioctl frame sizes). */
+/** The bytes a shimmed IOAS_ALLOC moves: the IOCTL frames plus the 12-byte struct inline both ways. */
+const ECHO_REQ = REQ_SIZE[T_IOCTL]! + 12;
+const ECHO_REP = REP_SIZE.ioctl + 12;
+
+/** A Node server answering every ECHO_REQ-byte frame with an ECHO_REP-byte one. */
 async function echoFloor(prog: string, n: number): Promise<Latency> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-echo-'));
   const sock = path.join(dir, 'echo.sock');
-  const reply = Buffer.alloc(24);
-  reply.writeUInt32LE(24, 0);
+  const reply = Buffer.alloc(ECHO_REP);
+  reply.writeUInt32LE(ECHO_REP, 0);
   const server = net.createServer((c) => {
     let pending = 0;
     c.on('data', (d: Buffer) => {
       pending += d.length;
-      while (pending >= 48) {
-        pending -= 48;
+      while (pending >= ECHO_REQ) {
+        pending -= ECHO_REQ;
         c.write(reply);
       }
     });
   });
   await new Promise<void>((r) => server.listen(sock, r));
   try {
-    return lastJson(await run(prog, ['echo', sock, String(n)]));
+    return lastJson(await run(prog, ['echo', sock, String(n), String(ECHO_REQ), String(ECHO_REP)]));
   } finally {
     server.close();
     fs.rmSync(dir, { recursive: true, force: true });
