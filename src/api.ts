@@ -260,8 +260,8 @@ export class IommuFd {
 }
 
 /** Open a context in a fresh emulator (or a given one), with in-process memory. */
-export function openIommufd(opts: { emu?: Emulator; mem?: SimMemory } & EmulatorOptions = {}): IommuFd {
+export function openIommufd(opts: { emu?: Emulator; mem?: SimMemory } & EmulatorOptions = {}): IommuFd & { readonly mem: SimMemory } {
   const emu = opts.emu ?? new Emulator(opts);
   const mem = opts.mem ?? new SimMemory();
-  return new IommuFd(emu.open(mem), mem);
+  return new IommuFd(emu.open(mem), mem) as IommuFd & { readonly mem: SimMemory };
 }
