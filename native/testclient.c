@@ -314,7 +314,7 @@ static int mode_debugfs(void)
 	int seen = 0;
 	struct dirent *e;
 	while ((e = readdir(d)))
-		seen |= !strcmp(e->d_name, "failslab") | (!strcmp(e->d_name, "fail_page_alloc") << 1);
+		seen |= (!strcmp(e->d_name, "failslab")) | ((!strcmp(e->d_name, "fail_page_alloc")) << 1);
 	int fd = openat(dirfd(d), "failslab/ignore-gfp-wait", O_WRONLY);
 	if (seen != 3 || fd < 0 || write(fd, "N", 1) != 1)
 		DIE("debugfs contents");
@@ -432,19 +432,33 @@ static int mode_event(void)
 }
 
 #ifdef IOMMU_VEVENTQ_ALLOC
+/* IOAS, a mock device attached to it, and a nest-parent HWPT for vIOMMUs */
+struct nest_fixture {
+	__u32 ioas, stdev, idev, parent;
+};
+
+static struct nest_fixture nest_fixture(int fd)
+{
+	struct nest_fixture f = { .ioas = ioas_alloc(fd) };
+	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = f.ioas };
+	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+		DIE("MOCK_DOMAIN");
+	f.stdev = mock.mock_domain.out_stdev_id;
+	f.idev = mock.mock_domain.out_idev_id;
+	struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = f.idev, .pt_id = f.ioas };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
+		DIE("HWPT_ALLOC");
+	f.parent = hw.out_hwpt_id;
+	return f;
+}
+
 /* vIOMMU + vDEVICE + vEVENTQ: readiness of the event fd follows the queue */
 static int mode_vevent(void)
 {
 	int fd = xopen();
-	__u32 ioas = ioas_alloc(fd);
-	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
-	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
-		DIE("MOCK_DOMAIN");
-	__u32 idev = mock.mock_domain.out_idev_id;
-	struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = idev, .pt_id = ioas };
-	if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
-		DIE("HWPT_ALLOC");
-	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev, .hwpt_id = hw.out_hwpt_id };
+	struct nest_fixture f = nest_fixture(fd);
+	__u32 idev = f.idev;
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev, .hwpt_id = f.parent };
 	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
 		DIE("VIOMMU_ALLOC");
 	struct iommu_vdevice_alloc vd = { .size = sizeof(vd), .viommu_id = va.out_viommu_id, .dev_id = idev, .virt_id = 0x99 };
@@ -457,7 +471,7 @@ static int mode_vevent(void)
 					 .data_uptr = (__u64)(unsigned long)&data };
 	if (ioctl(fd, IOMMU_HWPT_ALLOC, &nest))
 		DIE("HWPT_ALLOC nested");
-	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, .id = mock.mock_domain.out_stdev_id };
+	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, .id = f.stdev };
 	rep.mock_domain_replace.pt_id = nest.out_hwpt_id;
 	if (ioctl(fd, IOMMU_TEST_CMD, &rep))
 		DIE("MOCK_DOMAIN_REPLACE");
@@ -493,17 +507,11 @@ static int mode_vevent(void)
 static int mode_mmap(void)
 {
 	int fd = xopen();
-	__u32 ioas = ioas_alloc(fd);
-	struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
-	if (ioctl(fd, IOMMU_TEST_CMD, &mock))
-		DIE("MOCK_DOMAIN");
-	__u32 idev = mock.mock_domain.out_idev_id;
-	struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = idev, .pt_id = ioas };
-	if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
-		DIE("HWPT_ALLOC");
+	struct nest_fixture f = nest_fixture(fd);
+	__u32 idev = f.idev;
 	struct iommu_viommu_selftest data = { .in_data = 0xbadbeef };
 	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev,
-					 .hwpt_id = hw.out_hwpt_id, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+					 .hwpt_id = f.parent, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
 	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
 		DIE("VIOMMU_ALLOC");
 	if (!data.out_mmap_offset || !data.out_mmap_length)
