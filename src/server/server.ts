@@ -380,17 +380,12 @@ export class IommufdServer {
     }
     c.pid = pid;
     let ctx: IommufdCtx | null = null;
-    let err = 0;
-    this.emu.failNth = failnth > 0 ? failnth : 0;
-    try {
+    const r = this.emulate(failnth, () => `open from pid ${pid}`, () => {
       ctx = this.emu.open(st.mem);
-    } catch (e) {
-      if (!isErrno(e)) throw e;
-      err = -e.errno;
-    } finally {
-      reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 12);
-      this.emu.failNth = 0;
-    }
+      return 0;
+    });
+    const err = r.ret;
+    reply.writeInt32LE(r.failnth, 12);
     if (!ctx) {
       this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${errText(err)}`);
       reply.writeInt32LE(err, 4);
@@ -576,19 +571,9 @@ export class IommufdServer {
           ? new CallFdTable(this, pid, evfd, evtoken, hintFd, f.readUInt32LE(64), f.readBigUInt64LE(72))
           : new CallFdTable(this, pid, evfd, evtoken);
         const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
-        this.emu.failNth = failnth > 0 ? failnth : 0;
-        try {
-          ret = entry.ctx.ioctl(request, arg, { mem: st.mem, fds: fdt });
-        } catch (e) {
-          if (isErrno(e)) ret = -e.errno;
-          else {
-            this.log(`ioctl 0x${request.toString(16)} from pid ${pid}: emulator bug: ${(e as Error).stack ?? e}`);
-            ret = -ERRNO.EIO;
-          }
-        } finally {
-          outFailnth = failnth > 0 ? this.emu.failNth : failnth;
-          this.emu.failNth = 0;
-        }
+        const calls = fdt;
+        ({ ret, failnth: outFailnth } = this.emulate(failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
+          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls })));
         if (this.tracer) {
           try {
             this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
@@ -624,6 +609,29 @@ export class IommufdServer {
     c.send(reply);
   }
 
+  /**
+   * Run one emulated call with the client thread's fail-nth counter armed
+   * (0 or negative = off) and return its result as the kernel would (negative
+   * errno on failure) plus the counter to hand back. Anything but an errno is
+   * an emulator bug: logged, answered EIO, and the server keeps serving.
+   */
+  private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
+    let ret: number;
+    this.emu.failNth = failnth > 0 ? failnth : 0;
+    try {
+      ret = fn();
+    } catch (e) {
+      if (isErrno(e)) ret = -e.errno;
+      else {
+        this.log(`${what()}: emulator bug: ${(e as Error).stack ?? e}`);
+        ret = -ERRNO.EIO;
+      }
+    }
+    const left = failnth > 0 ? this.emu.failNth : failnth;
+    this.emu.failNth = 0;
+    return { ret, failnth: left };
+  }
+
   private fileop(c: Conn, f: Buffer): void {
     const evtoken = f.readUInt32LE(8);
     const op = f.readUInt32LE(12);
@@ -641,20 +649,12 @@ export class IommufdServer {
     if (!st || !b || !b.file || b.released) {
       ret = -ERRNO.EBADF;
     } else {
-      this.emu.failNth = failnth > 0 ? failnth : 0;
       const n = Number(count > 0x7ffff000n ? 0x7ffff000n : count);
-      try {
-        ret = op === P.FILEOP_WRITE ? b.file.write(st.mem, buf, n, pos) : b.file.read(st.mem, buf, n, pos);
-      } catch (e) {
-        if (isErrno(e)) ret = -e.errno;
-        else {
-          this.log(`file op on ${b.file.name}: emulator bug: ${(e as Error).stack ?? e}`);
-          ret = -ERRNO.EIO;
-        }
-      } finally {
-        reply.writeInt32LE(failnth > 0 ? this.emu.failNth : failnth, 16);
-        this.emu.failNth = 0;
-      }
+      const file = b.file;
+      const r = this.emulate(failnth, () => `file op on ${file.name}`,
+        () => (op === P.FILEOP_WRITE ? file.write(st.mem, buf, n, pos) : file.read(st.mem, buf, n, pos)));
+      ret = r.ret;
+      reply.writeInt32LE(r.failnth, 16);
       this.tracer?.note?.(c.pid, c.pid, `${op === P.FILEOP_WRITE ? 'write' : 'read'}(${b.file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(b.file.poll() & POLLIN)) {
         b.signalled = false;
