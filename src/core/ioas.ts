@@ -293,8 +293,8 @@ export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void 
     default:
       fail('EOPNOTSUPP');
   }
-  // Only val64 goes back (offset 16), not the whole struct.
-  putU64(ucmd, 16, cmd.val64);
+  // Only val64 goes back, not the whole struct.
+  putU64(ucmd, S.iommu_option.fields.val64.offset, cmd.val64);
 }
 
 // ---- IOMMU_VFIO_IOAS (01 §4.11) ---------------------------------------------------------------------------------
