@@ -3,7 +3,7 @@
 import { fail } from '../uapi/errno.js';
 import { MAP_FLAGS, MOCK, OPTION, VFIO_IOAS_OP } from '../uapi/enums.js';
 import type { Decoded } from '../uapi/layout.js';
-import type * as S from '../uapi/structs.js';
+import * as S from '../uapi/structs.js';
 import { IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE } from '../drivers/driver.js';
 import type { IommufdCtx, Ucmd } from './context.js';
 import { IoPagetable, U64_MAX } from './io_pagetable.js';
