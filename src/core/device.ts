@@ -168,16 +168,24 @@ export function hwptAttach(hwpt: Hwpt, idev: Device, pasid: number): void {
   const attachResv = !!paging && pasid === NO_PASID;
   if (idev.attachments.has(pasid)) fail('EBUSY');
   idev.ctx.emu.failPoint('ENOMEM'); // the per-PASID attach state
-  if (attachResv) enforceResvRegions(idev, paging!);
-  let handle: AttachHandle;
-  try {
-    handle = driverAttach(hwpt, idev, pasid);
-  } catch (e) {
-    if (attachResv) paging!.ioas.iopt.unreserve(idev);
-    throw e;
-  }
+  const handle = reserveAndAttach(hwpt, idev, pasid, attachResv ? paging : null, attachResv);
   refget(hwpt);
   idev.attachments.set(pasid, { hwpt, handle });
+}
+
+/**
+ * Reserve the device's regions in `resv`'s IOAS (when `reserve`), then attach
+ * in the driver. A failure drops the device's reservations in that IOAS --
+ * also those it had before (kernel behaviour on a failed replace).
+ */
+function reserveAndAttach(hwpt: Hwpt, idev: Device, pasid: number, resv: HwptPaging | null, reserve: boolean): AttachHandle {
+  if (resv && reserve) enforceResvRegions(idev, resv);
+  try {
+    return driverAttach(hwpt, idev, pasid);
+  } catch (e) {
+    if (resv) resv.ioas.iopt.unreserve(idev);
+    throw e;
+  }
 }
 
 /**
@@ -218,16 +226,8 @@ function doReplace(idev: Device, pasid: number, hwpt: Hwpt): Hwpt | null {
   const paging = findHwptPaging(hwpt);
   const attachResv = !!paging && pasid === NO_PASID;
   const oldPaging = findHwptPaging(old);
-  if (attachResv && (!oldPaging || oldPaging.ioas !== paging!.ioas)) enforceResvRegions(idev, paging!);
-  let handle: AttachHandle;
-  try {
-    handle = driverAttach(hwpt, idev, pasid);
-  } catch (e) {
-    // Kernel behaviour: the new IOAS's reservations of the device are dropped
-    // even when the IOAS did not change.
-    if (attachResv) paging!.ioas.iopt.unreserve(idev);
-    throw e;
-  }
+  const ioasChanged = !oldPaging || oldPaging.ioas !== paging?.ioas;
+  const handle = reserveAndAttach(hwpt, idev, pasid, attachResv ? paging : null, ioasChanged);
   // Kernel behaviour: pending faults of the old attachment are looked for in
   // the *new* HWPT's queue.
   if (old.fault) hwpt.fault?.autoRespond(att.handle);
