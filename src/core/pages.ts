@@ -9,6 +9,7 @@
 // (per user or per process, 05 §4) when pinned and uncharged when unpinned.
 import { fail } from '../uapi/errno.js';
 import type { Emulator } from './emulator.js';
+import { PHYS } from './physmem.js';
 import { PAGE_SHIFT, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
 
 const PS = BigInt(PAGE_SIZE);
@@ -206,7 +207,7 @@ export class Pages {
       for (let k = 0; k < pages.length; k++) {
         const page = pages[k]!;
         slots.set(start + k, { page, users: 1 });
-        page.pins++;
+        if (page.pins++ === 0) PHYS.add(page);
         out[start + k - first] = page;
       }
     }
@@ -232,7 +233,7 @@ export class Pages {
       if (!s) throw new Error(`pages: unpin of unpinned index ${i}`);
       if (--s.users === 0) {
         slots.delete(i);
-        s.page.pins--;
+        if (--s.page.pins === 0) PHYS.remove(s.page);
         freed++;
       }
     }

@@ -1,20 +1,20 @@
 // In-process user memory: a sparse simulated address space with protections,
 // shared/private/huge mappings, fork and exit. Used by the typed API and tests.
 import { fail } from '../uapi/errno.js';
+import { PFNS } from './physmem.js';
 import { HPAGE_SIZE, PAGE_SHIFT, PAGE_SIZE, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
 
 const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
 
-/** Physical page frames: unique pfns, huge pages as aligned contiguous runs. */
+/** Simulated page frames, numbered from the machine's one pfn space; huge pages as aligned runs. */
 export class PhysAllocator {
-  private nextPfn = 0x100000; // start above 4 GiB so 0 is never a valid physical address
   alloc(): SimPage {
-    return new SimPage(this.nextPfn++, false);
+    return new SimPage(PFNS.one(), false);
   }
   allocHuge(): SimPage[] {
-    this.nextPfn = Math.ceil(this.nextPfn / PAGES_PER_HUGE) * PAGES_PER_HUGE;
+    const base = PFNS.huge();
     const run: SimPage[] = [];
-    for (let i = 0; i < PAGES_PER_HUGE; i++) run.push(new SimPage(this.nextPfn++, true));
+    for (let i = 0; i < PAGES_PER_HUGE; i++) run.push(new SimPage(base + i, true));
     return run;
   }
 }

@@ -26,7 +26,39 @@ export interface IommuDomainBase {
   readonly driver: IommuDriver;
   /** Set when the domain can deliver I/O page faults (HWPT allocated with a FAULT). */
   faultCapable?: boolean;
+  /**
+   * Translate one device access (the DMA path: device models call it through
+   * their attachment, page by page). Tables the driver walks are read through
+   * `PHYS` (core/physmem.ts). A fault is returned, not thrown: what happens
+   * next (event record, fault queue, the device's error state) is the caller's
+   * and the driver's business. Absent = the domain cannot translate for DMA.
+   */
+  translate?(req: DmaRequest): Translation;
 }
+
+/** One device access to translate: `length` bytes at `iova`, not crossing a 4 KiB page. */
+export interface DmaRequest {
+  readonly dev: DriverDevice;
+  /** undefined = the RID (no PASID). */
+  readonly pasid?: number;
+  readonly iova: bigint;
+  readonly length: number;
+  readonly write: boolean;
+}
+
+/** Why a translation failed: a driver-neutral class plus the driver's own record (e.g. an SMMU event). */
+export interface DmaFault {
+  readonly kind: 'translation' | 'permission' | 'address-size' | 'access' | 'config' | 'blocked';
+  readonly iova: bigint;
+  readonly write: boolean;
+  /** Stage that faulted, where the hardware has stages. */
+  readonly stage?: 1 | 2;
+  /** Driver-specific detail (event record, reason text for traces). */
+  readonly detail?: unknown;
+}
+
+/** A successful translation: the physical byte address of `iova` (valid for the request's length). */
+export type Translation = { readonly phys: number } | { readonly fault: DmaFault };
 
 /** A kernel-managed IO page table (HWPT_PAGING / auto-domain). */
 export interface PagingDomain extends IommuDomainBase {

@@ -5,6 +5,7 @@
 // 512-aligned contiguous runs marked compound.
 import * as fs from 'node:fs';
 import { fail } from '../uapi/errno.js';
+import { PFNS, type PfnSpace } from '../core/physmem.js';
 import { HPAGE_SIZE, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from '../core/usermem.js';
 
 const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
@@ -15,20 +16,8 @@ const POS_MAX = 1n << 53n;
 const PAGE = BigInt(PAGE_SIZE);
 const HPAGE = BigInt(HPAGE_SIZE);
 
-/** Synthetic page frame numbers, never reused. */
-export class PfnAllocator {
-  private next = 0x100000;
-  one(): number {
-    return this.next++;
-  }
-  /** A naturally aligned run of 512 pfns (one 2 MiB page). */
-  huge(): number {
-    this.next = Math.ceil(this.next / PAGES_PER_HUGE) * PAGES_PER_HUGE;
-    const base = this.next;
-    this.next += PAGES_PER_HUGE;
-    return base;
-  }
-}
+/** Synthetic page frame numbers, never reused: the machine's one pfn space. */
+export type PfnAllocator = PfnSpace;
 
 /** A page of private memory: (pid, VA). Content lives in the process while it is alive. */
 class PrivatePage implements PhysPage {
@@ -173,7 +162,7 @@ interface Vma {
 
 /** Every shared object and private page identity the server knows. */
 export class PageRegistry {
-  readonly pfns = new PfnAllocator();
+  readonly pfns = PFNS;
   private readonly objects = new Map<string, SharedObject>();
   readonly procs = new Set<ProcMemory>();
   /** The process whose ioctl struct is being served from its inline copy (at most one call runs at a time). */
