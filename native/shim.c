@@ -24,6 +24,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -183,6 +185,8 @@ static int (*real_dup3)(int, int, int);
 static int (*real_fcntl)(int, int, ...);
 static int (*real_fcntl64)(int, int, ...);
 static DIR *(*real_opendir)(const char *);
+static int (*real_poll)(struct pollfd *, nfds_t, int);
+static int (*real_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
 
 static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
 
@@ -915,6 +919,9 @@ static int do_fcntl(int (*real)(int, int, ...), int fd, int cmd, va_list ap)
 	int r = real(fd, cmd, arg);
 	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && emulated(fd))
 		copy_ent(fd, r);
+	/* open("/dev/iommu") on a 64-bit kernel sets O_LARGEFILE; our socket does not have it. */
+	if (r >= 0 && cmd == F_GETFL && emulated(fd) && fdtab[fd].kind == K_IOMMUFD)
+		r |= 00100000;
 	return r;
 }
 
@@ -1227,6 +1234,126 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	return r;
 }
 
+/* ---- ioctls the VFS answers before the driver (fs/ioctl.c), for our files ---------------
+ * /dev/iommu is a character device on devtmpfs, the fds it hands out are anonymous-inode
+ * files: neither is a regular file, neither has fasync, fiemap, freeze or fileattr methods.
+ * Our fds are sockets, whose VFS answers differ, so the answers are given here (as measured
+ * on a 6.12.117 kernel); everything else goes to the emulated driver. */
+#define VFS_FS_IOC_GETFSUUID 0x80111500UL
+static int user_readable(const void *p, size_t n)
+{
+	/* Would get_user/copy_from_user of [p, p+n) succeed? (a fault is EFAULT, not a signal) */
+	char tmp[256];
+	for (size_t off = 0; off < n;) {
+		size_t k = n - off < sizeof(tmp) ? n - off : sizeof(tmp);
+		struct iovec local = { tmp, k }, remote = { (char *)p + off, k };
+		if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) != (long)k)
+			return 0;
+		off += k;
+	}
+	return 1;
+}
+static int user_write(void *p, const void *src, size_t n)
+{
+	struct iovec local = { .iov_base = (void *)src, .iov_len = n };
+	struct iovec remote = { .iov_base = p, .iov_len = n };
+	return syscall(SYS_process_vm_writev, getpid(), &local, 1, &remote, 1, 0) == (long)n;
+}
+static int has_cap(int cap)
+{
+	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
+	struct __user_cap_data_struct d[2];
+	if (syscall(SYS_capget, &h, d) != 0)
+		return 0;
+	return (d[cap / 32].effective >> (cap % 32)) & 1;
+}
+/* Is fd on the same filesystem as our file (devtmpfs for /dev/iommu, the anonymous-inode fs
+ * for the fds it hands out)? Clone requests between files of one filesystem that are not
+ * regular files are EINVAL, across filesystems EXDEV. */
+static int same_sb(int fd, int iommufd)
+{
+	if (emulated(fd))
+		return (fdtab[fd].kind == K_IOMMUFD) == iommufd;
+	struct stat a, b;
+	if (fstat(fd, &a) != 0)
+		return 0;
+	if (iommufd)
+		return stat("/dev", &b) == 0 && a.st_dev == b.st_dev;
+	int e = (int)syscall(SYS_eventfd2, 0, O_CLOEXEC); /* an anonymous-inode file */
+	int r = e >= 0 && fstat(e, &b) == 0 && a.st_dev == b.st_dev;
+	if (e >= 0)
+		syscall(SYS_close, e);
+	return r;
+}
+#define VFS_RET(v) do { *ret = (v); return 1; } while (0)
+#define VFS_ERR(e) do { errno = (e); *ret = -1; return 1; } while (0)
+static int vfs_ioctl(int fd, unsigned long req, void *arg, int *ret)
+{
+	int iommufd = fdtab[fd].kind == K_IOMMUFD;
+	int v;
+	switch (req) {
+	case FIOCLEX: case FIONCLEX: case FIONBIO:
+		VFS_RET(real_ioctl(fd, req, arg));
+	case FIOASYNC: /* no fasync method: switching it on is ENOTTY */
+		if (!user_readable(arg, sizeof(int))) VFS_ERR(EFAULT);
+		memcpy(&v, arg, sizeof(v));
+		if (v) VFS_ERR(ENOTTY);
+		VFS_RET(0);
+	case FIOQSIZE: /* not a directory, regular file or link */
+		VFS_ERR(ENOTTY);
+	case FIFREEZE: case FITHAW:
+		if (!has_cap(CAP_SYS_ADMIN)) VFS_ERR(EPERM);
+		VFS_ERR(req == FIFREEZE ? EOPNOTSUPP : EINVAL);
+	case FS_IOC_FIEMAP:
+		VFS_ERR(EOPNOTSUPP);
+	case FIGETBSZ: {
+		int bsz = 4096;
+		if (!user_write(arg, &bsz, sizeof(bsz))) VFS_ERR(EFAULT);
+		VFS_RET(0);
+	}
+	case FICLONE: {
+		int src = (int)(long)arg;
+		if (src < 0 || fcntl(src, F_GETFD) < 0) VFS_ERR(EBADF);
+		VFS_ERR(same_sb(src, iommufd) ? EINVAL : EXDEV);
+	}
+	case FICLONERANGE: {
+		int64_t src;
+		if (!user_readable(arg, 32)) VFS_ERR(EFAULT);
+		memcpy(&src, arg, sizeof(src));
+		if ((int)src < 0 || fcntl((int)src, F_GETFD) < 0) VFS_ERR(EBADF);
+		VFS_ERR(same_sb((int)src, iommufd) ? EINVAL : EXDEV);
+	}
+	case FIDEDUPERANGE: {
+		uint16_t count;
+		if (!user_readable((char *)arg + 16, sizeof(count))) VFS_ERR(EFAULT);
+		memcpy(&count, (char *)arg + 16, sizeof(count));
+		if (24 + (size_t)count * 32 > 4096) VFS_ERR(ENOMEM);
+		if (!user_readable(arg, 24 + (size_t)count * 32)) VFS_ERR(EFAULT);
+		VFS_ERR(EINVAL);
+	}
+	case FS_IOC_SETFLAGS:
+		if (!user_readable(arg, sizeof(int))) VFS_ERR(EFAULT);
+		return 0; /* then no fileattr method: the driver */
+	case FS_IOC_FSSETXATTR:
+		if (!user_readable(arg, 28)) VFS_ERR(EFAULT);
+		return 0;
+	case VFS_FS_IOC_GETFSUUID: {
+		/* devtmpfs has a UUID (this host's, asked of /dev), the anonymous-inode fs none. */
+		if (!iommufd) VFS_ERR(ENOTTY);
+		int d = (int)syscall(SYS_openat, AT_FDCWD, "/dev", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (d < 0) VFS_ERR(ENOTTY);
+		unsigned char u[17];
+		int r = real_ioctl(d, req, u);
+		int e = errno;
+		syscall(SYS_close, d);
+		if (r < 0) VFS_ERR(e);
+		if (!user_write(arg, u, sizeof(u))) VFS_ERR(EFAULT);
+		VFS_RET(0);
+	}
+	}
+	return 0;
+}
+
 EXPORT int ioctl(int fd, unsigned long req, ...)
 {
 	va_list ap;
@@ -1236,10 +1363,9 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	RESOLVE(ioctl);
 	if (!live(fd) && !(((req >> 8) & 0xff) == IOMMUFD_TYPE && adopt(fd)))
 		return real_ioctl(fd, req, arg);
-	switch (req) {
-	case FIOCLEX: case FIONCLEX: case FIONBIO: case FIOASYNC:
-		return real_ioctl(fd, req, arg);
-	}
+	int ret;
+	if (vfs_ioctl(fd, req, arg, &ret))
+		return ret;
 	return emu_ioctl(fd, req, arg);
 }
 
@@ -1268,7 +1394,7 @@ static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
 			;
 		if (n < 0 && errno == EAGAIN) {
 			struct pollfd p = { .fd = fd, .events = POLLIN };
-			if (poll(&p, 1, 100) == 1)
+			if (syscall(SYS_poll, &p, 1, 100) == 1)
 				(void)!recv(fd, &b, 1, MSG_DONTWAIT);
 		}
 	}
@@ -1342,13 +1468,13 @@ EXPORT ssize_t write(int fd, const void *buf, size_t count)
 	return -1;
 }
 
+/* The fds ioctls hand out are anonymous-inode files: no positional I/O (ESPIPE, whatever
+ * the count). /dev/iommu allows it but has no read/write method (EINVAL). */
 static ssize_t emu_pread(int fd, void *buf, size_t count, off_t off)
 {
 	if (fdtab[fd].kind == K_FAILNTH)
 		return failnth_read(fd, buf, count, off, 0);
-	if (fdtab[fd].kind == K_EVENT)
-		return emu_fileop(fd, 0, buf, count, off);
-	errno = EINVAL;
+	errno = fdtab[fd].kind == K_EVENT ? ESPIPE : EINVAL;
 	return -1;
 }
 
@@ -1356,10 +1482,70 @@ static ssize_t emu_pwrite(int fd, const void *buf, size_t count, off_t off)
 {
 	if (fdtab[fd].kind == K_FAILNTH)
 		return failnth_write(fd, buf, count);
-	if (fdtab[fd].kind == K_EVENT)
-		return emu_fileop(fd, 1, (void *)buf, count, off);
-	errno = EINVAL;
+	errno = fdtab[fd].kind == K_EVENT ? ESPIPE : EINVAL;
 	return -1;
+}
+
+/* ---- poll: the driver's mask, not the socket's ---------------------------------------
+ * /dev/iommu has no poll method (DEFAULT_POLLMASK); an event fd's mask comes from its
+ * file in the server (DEFAULT_POLLMASK too for files without one). The socket's own
+ * readiness still wakes a blocking wait (the server keeps a byte in it while readable). */
+#define VFS_DEFAULT_POLLMASK (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM)
+static int emu_poll_mask(int fd)
+{
+	if (fdtab[fd].kind == K_IOMMUFD)
+		return VFS_DEFAULT_POLLMASK;
+	ssize_t m = emu_fileop(fd, 2, NULL, 0, 0);
+	return m < 0 ? POLLERR : (int)m;
+}
+
+static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms, const struct timespec *ts, const sigset_t *sig)
+{
+	int any = 0, ready = 0;
+	for (nfds_t i = 0; i < n; i++) {
+		if (!live(fds[i].fd) || fdtab[fds[i].fd].kind == K_FAILNTH)
+			continue;
+		any = 1;
+		if (emu_poll_mask(fds[i].fd) & (fds[i].events | POLLERR | POLLHUP))
+			ready = 1;
+	}
+	if (!any)
+		return ts || sig ? real_ppoll(fds, n, ts, sig) : real_poll(fds, n, timeout_ms);
+	/* Something of ours is ready now: do not wait. */
+	static const struct timespec zero = { 0, 0 };
+	int rc = ready ? (ts || sig ? real_ppoll(fds, n, &zero, sig) : real_poll(fds, n, 0))
+		       : (ts || sig ? real_ppoll(fds, n, ts, sig) : real_poll(fds, n, timeout_ms));
+	if (rc < 0)
+		return rc;
+	rc = 0;
+	for (nfds_t i = 0; i < n; i++) {
+		int fd = fds[i].fd;
+		if (live(fd) && fdtab[fd].kind != K_FAILNTH)
+			fds[i].revents = (short)(emu_poll_mask(fd) & (fds[i].events | POLLERR | POLLHUP));
+		if (fds[i].revents)
+			rc++;
+	}
+	return rc;
+}
+
+EXPORT int poll(struct pollfd *fds, nfds_t n, int timeout)
+{
+	RESOLVE(poll);
+	RESOLVE(ppoll);
+	return do_poll(fds, n, timeout, NULL, NULL);
+}
+
+EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const sigset_t *sig)
+{
+	RESOLVE(poll);
+	RESOLVE(ppoll);
+	if (!ts && !sig)
+		return do_poll(fds, n, -1, NULL, NULL);
+	if (!ts) {
+		/* ppoll with a mask and no timeout: wait forever under the mask. */
+		return do_poll(fds, n, -1, &(struct timespec){ 0x7fffffff, 0 }, sig);
+	}
+	return do_poll(fds, n, 0, ts, sig);
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t count, off_t off)
@@ -1446,6 +1632,23 @@ static void notify_unmap_locked(uint64_t va, uint64_t len)
 		struct rep_status s;
 		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
 	}
+}
+
+/* Private memory is about to be unmapped or replaced (munmap, MAP_FIXED): tell the server
+ * first, while the old content is still there. A page it pinned stays pinned with that
+ * content (a kernel pin holds the page, not the mapping); the VA gets a new page. */
+static void notify_replace(void *addr, size_t len)
+{
+	if (!len)
+		return;
+	pthread_mutex_lock(&ctl_mu);
+	if (ctl_fd >= 0 && ctl_pid == getpid()) {
+		struct req_unmap q = { sizeof(q), T_UNMAP, (uint64_t)(uintptr_t)addr & ~4095ULL,
+				       ((uint64_t)(uintptr_t)addr % 4096 + len + 4095) / 4096 * 4096 };
+		struct rep_status s;
+		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
+	}
+	pthread_mutex_unlock(&ctl_mu);
 }
 
 static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
@@ -1604,6 +1807,11 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
 	if (live(fd) && fdtab[fd].kind == K_IOMMUFD)
 		return iommufd_mmap(addr, len, prot, flags, fd, off);
+	if (flags & MAP_FIXED) {
+		int e = errno;
+		notify_replace(addr, len);
+		errno = e;
+	}
 	int type = flags & MAP_SHARED_VALIDATE;
 	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {
 		void *p = shared_anon_mmap(addr, len, prot, flags);
@@ -1679,6 +1887,9 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 EXPORT int munmap(void *addr, size_t len)
 {
 	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
+	int e0 = errno;
+	notify_replace(addr, len);
+	errno = e0;
 	int r = (int)syscall(SYS_munmap, addr, len);
 	if (r == 0 && nfdmaps) {
 		int e = errno;

@@ -94,6 +94,7 @@ export class Veventq extends IommufdObject {
 /** "[iommufd-viommu-event]": holds a user reference on the vEVENTQ and a context reference. */
 class VeventqFile implements IommufdFile {
   readonly name = '[iommufd-viommu-event]';
+  readonly has = { read: true, write: false, poll: true };
   onReadiness?: () => void;
   private released = false;
   constructor(readonly q: Veventq) {

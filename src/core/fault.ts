@@ -66,13 +66,20 @@ export class FaultObj extends IommufdObject {
     return c;
   }
 
-  /** read(2): whole groups only, cookies lowest-free from 1; never blocks. */
+  /**
+   * read(2): whole groups only, cookies lowest-free from 1; never blocks. A first
+   * group that does not fit (a count of 0 included) is EINVAL.
+   */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (pos !== 0n || count % RECORD_SIZE) fail('ESPIPE');
+    if (pos !== 0n || count % RECORD_SIZE) fail('ESPIPE', 'fault read: position or count not whole records');
     let done = 0;
     while (this.deliver.length > 0) {
       const group = this.deliver[0]!;
-      if (done >= count || group.faults.length * RECORD_SIZE > count - done) break;
+      if (done >= count || group.faults.length * RECORD_SIZE > count - done) {
+        if (done === 0) fail('EINVAL', 'fault read: the first group does not fit');
+        break;
+      }
+      this.ctx.emu.failPoint('ENOMEM'); // the response cookie (xa_alloc)
       const cookie = this.allocCookie();
       const bytes = new Uint8Array(group.faults.length * RECORD_SIZE);
       group.faults.forEach((f, i) => {
@@ -158,6 +165,7 @@ export class FaultObj extends IommufdObject {
 /** "[iommufd-pgfault]": holds a user reference on the FAULT and a context reference. */
 export class FaultFile implements IommufdFile {
   readonly name = '[iommufd-pgfault]';
+  readonly has = { read: true, write: true, poll: true };
   onReadiness?: () => void;
   private released = false;
   constructor(readonly fault: FaultObj) {

@@ -9,10 +9,54 @@ export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
 export const POLLRDNORM = 0x040;
 export const POLLWRNORM = 0x100;
+/** What poll reports for a file without a poll method. */
+export const DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;
+/** read/write counts are clamped to this (INT_MAX rounded down to a page). */
+export const MAX_RW_COUNT = 0x7ffff000;
+/** The highest user address + 1 of x86-64 with 4-level paging (TASK_SIZE_MAX). */
+export const TASK_SIZE_MAX = (1n << 47n) - 4096n;
+
+/** access_ok(addr, size): the range lies below TASK_SIZE_MAX and does not wrap. */
+export function accessOk(addr: bigint, size: bigint): boolean {
+  const end = addr + size;
+  return end <= TASK_SIZE_MAX && end >= addr;
+}
+
+/**
+ * read(2) on one of our anonymous files, as the VFS does it before the driver:
+ * no read method -> EINVAL, then access_ok on the buffer -> EFAULT, then the
+ * count is clamped to MAX_RW_COUNT. (pread on these files is ESPIPE: the shim
+ * answers it, anonymous-inode files have no positional I/O.)
+ */
+export function vfsRead(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+  if (!file.has.read) fail('EINVAL', `read: ${file.name} has no read method`);
+  if (!accessOk(buf, count)) fail('EFAULT', 'read: access_ok on the buffer');
+  return file.read(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
+}
+
+/** write(2): the same VFS checks as vfsRead. */
+export function vfsWrite(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+  if (!file.has.write) fail('EINVAL', `write: ${file.name} has no write method`);
+  if (!accessOk(buf, count)) fail('EFAULT', 'write: access_ok on the buffer');
+  return file.write(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
+}
+
+/** The file's poll mask (before the caller's event mask is applied): DEFAULT_POLLMASK without a poll method. */
+export function vfsPoll(file: IommufdFile): number {
+  return file.has.poll ? file.poll() : DEFAULT_POLLMASK;
+}
+
+/** Which file_operations the kernel's file has: the VFS answers for the missing ones. */
+export interface FileOps {
+  readonly read: boolean;
+  readonly write: boolean;
+  readonly poll: boolean;
+}
 
 export interface IommufdFile {
   /** "[iommufd-pgfault]", "[iommufd-viommu-event]", "[iommufd_test_staccess]". */
   readonly name: string;
+  readonly has: FileOps;
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number;
   write(mem: UserMemory, buf: bigint, count: number, pos: bigint): number;
   poll(): number;

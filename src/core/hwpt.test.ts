@@ -187,15 +187,36 @@ test('GET_DIRTY_BITMAP check order', () => {
   assert.equal(bitmap(t, t.hwpt, base, 4096n, 4096n, 0, { __reserved: 1 }).err, 'EOPNOTSUPP');
   assert.equal(bitmap(t, 99, base, 4096n, 4096n).err, 'ENOENT');
   assert.equal(bitmap(t, t.hwpt, (1n << 64n) - 4096n, 8192n, 4096n).err, 'EOVERFLOW');
-  assert.equal(bitmap(t, t.hwpt, 4096n, 0n, 4096n).err, 'EOVERFLOW'); // length 0 with iova != 0
+  assert.equal(bitmap(t, t.hwpt, 4096n, 0n, 4096n).err, 'EINVAL'); // length 0: checked before the overflow
   assert.equal(bitmap(t, t.hwpt, base + 1024n, 4096n, 4096n).err, 'EINVAL'); // IOAS alignment (2048)
   assert.equal(bitmap(t, t.hwpt, base, 4096n, 0n).err, 'EINVAL');
   assert.equal(bitmap(t, t.hwpt, base + 2048n, 4096n, 4096n).err, 'EINVAL'); // page_size alignment
   const plain = hwptAlloc(t, { devId: t.dev, ptId: t.ioas });
   assert.equal(bitmap(t, plain, base, 4096n, 4096n).err, 'EOPNOTSUPP');
-  // An unusable bitmap buffer fails the bitmap allocation with ENOMEM.
+  // The bitmap is pinned lazily, where bits are set: nothing dirty, a bad buffer is never touched.
   assert.equal(rawTry(t, 'HWPT_GET_DIRTY_BITMAP', S.iommu_hwpt_get_dirty_bitmap,
-    { hwpt_id: t.hwpt, iova: base, length: 4096n, page_size: 4096n, data: 0n }).err?.code, 'ENOMEM');
+    { hwpt_id: t.hwpt, iova: base, length: 4096n, page_size: 4096n, data: 0n }).err, null);
+});
+
+test('GET_DIRTY_BITMAP writes bits only where it can pin the bitmap, and a dirty IOPTE is reported whole', () => {
+  const t = dirtyFixture('6.12');
+  const base = 1n << 24n;
+  mapFixed(t, t.ioas, base, 4 * 4096);
+  assert.equal(setDirty(t, t.hwpt, 1), null);
+  const bm = t.mem.alloc(8);
+  t.mem.write(bm, new Uint8Array([0xff]));
+  testCmd(t, TEST_OP.DIRTY, t.hwpt, { iova: base, length: 16384n, page_size: 2048n, uptr: bm });
+  // A bad bitmap with dirty pages: the pin fails, the bits are dropped, the call succeeds (and clears).
+  assert.equal(rawTry(t, 'HWPT_GET_DIRTY_BITMAP', S.iommu_hwpt_get_dirty_bitmap,
+    { hwpt_id: t.hwpt, iova: base, length: 16384n, page_size: 4096n, data: 0n }).err, null);
+  assert.deepEqual(bitmap(t, t.hwpt, base, 16384n, 4096n).bits, []);
+  // A read-only bitmap cannot be pinned for writing either.
+  testCmd(t, TEST_OP.DIRTY, t.hwpt, { iova: base, length: 16384n, page_size: 2048n, uptr: bm });
+  const ro = t.mem.mmap(4096);
+  t.mem.mprotect(ro, 4096, 1);
+  assert.equal(rawTry(t, 'HWPT_GET_DIRTY_BITMAP', S.iommu_hwpt_get_dirty_bitmap,
+    { hwpt_id: t.hwpt, iova: base, length: 16384n, page_size: 4096n, data: ro }).err, null);
+  assert.deepEqual([...t.mem.read(ro, 1)], [0]);
 });
 
 for (const profile of ['6.12', 'mainline'] as const) {

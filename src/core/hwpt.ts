@@ -15,6 +15,7 @@ import { hwptAttach, hwptDetach, NO_PASID, type Device } from './device.js';
 import type { FaultObj } from './fault.js';
 import type { IoPagetable } from './io_pagetable.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
+import { IovaBitmap } from './iova_bitmap.js';
 import { PAGE_SIZE } from './usermem.js';
 
 export const U64_MAX = (1n << 64n) - 1n;
@@ -288,54 +289,32 @@ export function iommufdHwptSetDirtyTracking(ucmd: Ucmd<Decoded<typeof S.iommu_hw
 export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_get_dirty_bitmap>>): void {
   const { cmd, ctx } = ucmd;
   const NO_CLEAR = 1;
-  if (cmd.flags & ~NO_CLEAR || cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.flags & ~NO_CLEAR || cmd.__reserved) fail('EOPNOTSUPP', 'GET_DIRTY_BITMAP: unknown flags or __reserved set');
   const hwpt = ctx.get<HwptPaging>(cmd.hwpt_id, ObjType.HWPT_PAGING);
   const iopt = hwpt.ioas.iopt;
 
-  // Range checks against the IOAS.
-  const lenMinus1 = (cmd.length - 1n) & U64_MAX;
-  if (cmd.iova + lenMinus1 > U64_MAX) fail('EOVERFLOW');
-  const last = cmd.iova + lenMinus1;
+  // iommufd_check_iova_range(), in its order.
+  if (!cmd.length) fail('EINVAL', 'GET_DIRTY_BITMAP: length 0');
+  const last = cmd.iova + cmd.length - 1n;
+  if (last > U64_MAX) fail('EOVERFLOW', 'GET_DIRTY_BITMAP: iova + length overflows');
   const end = (last + 1n) & U64_MAX;
   const align = iopt.iovaAlignment;
-  if (cmd.iova % align || end % align) fail('EINVAL');
+  if (cmd.iova % align || end % align) fail('EINVAL', 'GET_DIRTY_BITMAP: range not aligned to the IOAS');
   const ps = cmd.page_size;
-  if (!ps) fail('EINVAL');
-  if (cmd.iova & (ps - 1n) || end & (ps - 1n)) fail('EINVAL');
+  if (!ps) fail('EINVAL', 'GET_DIRTY_BITMAP: page_size 0');
+  if (cmd.iova & (ps - 1n) || end & (ps - 1n)) fail('EINVAL', 'GET_DIRTY_BITMAP: range not aligned to page_size');
 
   const domain = hwpt.domain;
-  if (!domain.dirtyOps) fail('EOPNOTSUPP');
+  if (!domain.dirtyOps) fail('EOPNOTSUPP', 'GET_DIRTY_BITMAP: the domain has no dirty tracking');
 
-  // The bitmap's user pages are pinned up front; a bad buffer fails the allocation.
-  const base = cmd.iova;
-  const nbits = (last - base) / ps + 1n;
-  const words = new Map<bigint, bigint>();
-  try {
-    ucmd.emu.failPoint('ENOMEM');
-    const firstLen = Math.min(Number((nbits + 63n) / 64n) * 8, PAGE_SIZE - Number(cmd.data % BigInt(PAGE_SIZE)));
-    ucmd.mem.write(cmd.data, ucmd.mem.read(cmd.data, firstLen));
-  } catch (e) {
-    if (isErrno(e)) fail('ENOMEM');
-    throw e;
-  }
-  const mark = (iova: bigint, length: bigint): void => {
-    const s = iova < base ? base : iova;
-    const l = iova + length - 1n > last ? last : iova + length - 1n;
-    if (s > l) return;
-    const first = (s - base) / ps;
-    const lastBit = (l - base) / ps;
-    for (let w = first / 64n; w <= lastBit / 64n; w++) {
-      const lo = w === first / 64n ? first % 64n : 0n;
-      const hi = w === lastBit / 64n ? lastBit % 64n : 63n;
-      const mask = ((1n << (hi - lo + 1n)) - 1n) << lo;
-      words.set(w, (words.get(w) ?? 0n) | mask);
-    }
-  };
+  // The user bitmap is pinned lazily, where bits are set (iova_bitmap.ts).
+  const bitmap = new IovaBitmap(ucmd.emu, ucmd.mem, cmd.iova, cmd.length, ps, cmd.data);
+  const mark = (iova: bigint, length: bigint): void => bitmap.set(iova, length);
   // Walk the areas contiguous from `iova`; the walk stops at the first hole and
   // its errors are not reported (kernel behaviour: the call still returns 0).
-  let cur = base;
+  let cur = cmd.iova;
   try {
-    for (const a of iopt.areasIn(base, last)) {
+    for (const a of iopt.areasIn(cmd.iova, last)) {
       if (a.iova > cur) break;
       const stop = a.last < last ? a.last : last;
       domain.readAndClearDirty(cur, stop - cur + 1n, !!(cmd.flags & NO_CLEAR), mark);
@@ -344,19 +323,6 @@ export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt
     }
   } catch (e) {
     if (!isErrno(e)) throw e;
-  }
-  // Only ever set bits in the user's bitmap.
-  for (const [w, bits] of [...words].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
-    const addr = cmd.data + w * 8n;
-    try {
-      const dv = new DataView(ucmd.mem.read(addr, 8).buffer);
-      const out = new Uint8Array(8);
-      new DataView(out.buffer).setBigUint64(0, dv.getBigUint64(0, true) | bits, true);
-      ucmd.mem.write(addr, out);
-    } catch (e) {
-      if (!isErrno(e)) throw e;
-      break;
-    }
   }
 }
 

@@ -10,7 +10,7 @@
 import { fail } from '../uapi/errno.js';
 import type { Emulator } from './emulator.js';
 import { PHYS } from './physmem.js';
-import { PAGE_SHIFT, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
+import { getUserPages, PAGE_SHIFT, PAGE_SIZE, type FileBacking, type PhysPage, type ProcessInfo, type UserMemory } from './usermem.js';
 
 const PS = BigInt(PAGE_SIZE);
 
@@ -128,20 +128,22 @@ export class Pages {
    * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length.
    */
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
-    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW');
-    Pages.checkAlloc(emu, length);
+    Pages.checkLength(length);
+    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'pages: user_va + length overflows');
+    emu.failPoint('ENOMEM');
     return new Pages(mem, false, uptr, writable);
   }
 
   /** Describe `length` bytes of `file` from byte `start`. */
   static file(emu: Emulator, file: FileBacking, start: bigint, length: bigint, writable: boolean, owner: ProcessInfo): Pages {
-    Pages.checkAlloc(emu, length);
+    Pages.checkLength(length);
+    emu.failPoint('ENOMEM');
     return new Pages({ file, owner }, true, start, writable);
   }
 
-  private static checkAlloc(emu: Emulator, length: bigint): void {
-    if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL');
-    emu.failPoint('ENOMEM');
+  /** iopt_alloc_pages: the length is checked (EINVAL) before the address range (EOVERFLOW). */
+  private static checkLength(length: bigint): void {
+    if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL', 'pages: length 0 or above SIZE_MAX - PAGE_SIZE');
   }
 
   get isFile(): boolean {
@@ -163,7 +165,7 @@ export class Pages {
     const mem = this.mem;
     if (mem) {
       if (!mem.process.alive) fail('EFAULT', 'source process is gone');
-      return mem.getPages(BigInt(this.basePage + index) * PS, n, forWrite);
+      return getUserPages(mem, BigInt(this.basePage + index) * PS, n, forWrite);
     }
     const file = this.file!;
     if (!file.pinnable) fail('EINVAL', 'file cannot be pinned');

@@ -10,7 +10,7 @@ import type { IommufdFile } from './file.js';
 import { U64_MAX } from './io_pagetable.js';
 import { getIoas, type Ioas } from './ioas.js';
 import { registerTestOp, type TestCmd } from './selftest.js';
-import { PAGE_SIZE, type PhysPage, type UserMemory } from './usermem.js';
+import { getUserPages, PAGE_SIZE, type PhysPage, type UserMemory } from './usermem.js';
 
 const PS = BigInt(PAGE_SIZE);
 /** Reserved ranges added by ADD_RESERVED belong to no device or domain. */
@@ -25,6 +25,8 @@ interface Item {
 /** One selftest access and its pinned items. */
 export class StaccessFile implements IommufdFile {
   readonly name = '[iommufd_test_staccess]';
+  /** The kernel's staccess file has only a release method. */
+  readonly has = { read: false, write: false, poll: false };
   access: Access | null = null;
   readonly items: Item[] = [];
   nextId = 0;
@@ -46,11 +48,12 @@ export class StaccessFile implements IommufdFile {
   }
 
   read(): number {
-    fail('EINVAL');
+    fail('EINVAL', 'read: the staccess file has no read method');
   }
   write(): number {
-    fail('EINVAL');
+    fail('EINVAL', 'write: the staccess file has no write method');
   }
+  /** Readiness as the fd's readiness byte sees it (vfsPoll answers DEFAULT_POLLMASK to poll()). */
   poll(): number {
     return 0;
   }
@@ -91,10 +94,11 @@ registerTestOp(TEST_OP.ADD_RESERVED, (ucmd) => {
 // MD_CHECK_REFS (03 §4.5)
 registerTestOp(TEST_OP.MD_CHECK_REFS, (ucmd) => {
   const { length, uptr, refs } = ucmd.cmd.u as { length: bigint; uptr: bigint; refs: number };
-  if (length % PS || uptr % PS || uptr + length > U64_MAX + 1n) fail('EINVAL');
+  // check_add_overflow(uptr, length): a range ending exactly at 2^64 overflows too.
+  if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'MD_CHECK_REFS: unaligned or overflowing range');
   for (let off = 0n; off < length; off += PS) {
-    const [page] = ucmd.mem.getPages(uptr + off, 1, false);
-    if (!page!.compound && page!.pins !== refs) fail('EIO');
+    const [page] = getUserPages(ucmd.mem, uptr + off, 1, false);
+    if (!page!.compound && page!.pins !== refs) fail('EIO', 'MD_CHECK_REFS: pin count differs');
   }
 });
 
@@ -137,8 +141,8 @@ registerTestOp(TEST_OP.DESTROY_ACCESS_PAGES, (ucmd) => {
 function checkPages(mem: UserMemory, uptr: bigint, pages: PhysPage[]): void {
   const base = uptr - (uptr % PS);
   for (let i = 0; i < pages.length; i++) {
-    const [p] = mem.getPages(base + BigInt(i) * PS, 1, false);
-    if (p !== pages[i]) fail('EBADE');
+    const [p] = getUserPages(mem, base + BigInt(i) * PS, 1, false);
+    if (p !== pages[i]) fail('EBADE', 'ACCESS_PAGES: pinned page is not the one behind uptr');
   }
 }
 

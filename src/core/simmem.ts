@@ -146,8 +146,11 @@ export class SimMemory implements UserMemory {
     if (addr < 0n || addr + BigInt(length) > 1n << 64n) fail('EFAULT');
     let a = Number(addr);
     let done = 0;
-    // Check the whole range first so a fault leaves nothing half-written.
-    for (let idx = Math.floor(a / PAGE_SIZE); idx <= Math.floor((a + length - 1) / PAGE_SIZE); idx++) this.mapping(idx, need);
+    // Reads check the whole range first; writes are copy_to_user: the bytes before the
+    // first unwritable one are stored, then EFAULT.
+    if (!(need & PROT_WRITE)) {
+      for (let idx = Math.floor(a / PAGE_SIZE); idx <= Math.floor((a + length - 1) / PAGE_SIZE); idx++) this.mapping(idx, need);
+    }
     while (done < length) {
       const off = a % PAGE_SIZE;
       const n = Math.min(PAGE_SIZE - off, length - done);

@@ -2,6 +2,7 @@
 // Handlers never see JS objects for user pointers; they see addresses and go
 // through a UserMemory. The in-process implementation is SimMemory (simmem.ts);
 // the server's reads another process's memory.
+import { fail } from '../uapi/errno.js';
 
 /** The host base page size the emulator models. */
 export const PAGE_SIZE = 4096;
@@ -63,6 +64,23 @@ export interface FileBacking {
   readonly size: bigint;
   /** Pages [index, index+npages) of the file; EFAULT beyond its end. */
   getPages(index: number, npages: number): PhysPage[];
+}
+
+/** One past the highest user address of x86-64 with 4-level paging (TASK_SIZE_MAX). */
+export const USER_ADDR_END = (1n << 47n) - BigInt(PAGE_SIZE);
+const U64_MAX = (1n << 64n) - 1n;
+
+/**
+ * get_user_pages / pin_user_pages as mm/gup.c checks the range first: a range
+ * that wraps past 2^64 is EOVERFLOW, one beyond the user address space EFAULT;
+ * then the pages as they are now.
+ */
+export function getUserPages(mem: UserMemory, addr: bigint, npages: number, write: boolean): PhysPage[] {
+  const start = addr - (addr % BigInt(PAGE_SIZE));
+  const end = start + BigInt(npages) * BigInt(PAGE_SIZE);
+  if (end > U64_MAX) fail('EOVERFLOW', 'get_user_pages: range wraps around the address space');
+  if (end > USER_ADDR_END) fail('EFAULT', 'get_user_pages: range beyond the user address space');
+  return mem.getPages(start, npages, write);
 }
 
 /** Per-user locked-page counts (accounting mode 0), shared by all contexts of an emulator. */

@@ -22,11 +22,21 @@ export type PfnAllocator = PfnSpace;
 /** A page of private memory: (pid, VA). Content lives in the process while it is alive. */
 class PrivatePage implements PhysPage {
   pins = 0;
-  /** Last content seen, used once the process is gone. */
+  /** Last content seen, used once the process is gone or the page left its mapping. */
   private snapshot: Uint8Array | null = null;
+  /** Unmapped or replaced while pinned: the pin keeps this page, the VA now has another. */
+  private detached = false;
   constructor(readonly pfn: number, readonly compound: boolean, private readonly mem: ProcMemory, private readonly va: bigint) {}
+  /** The process is about to unmap or replace the page: keep its content (as the pin keeps the page). */
+  detach(): void {
+    if (this.detached) return;
+    try {
+      this.snapshot = this.mem.read(this.va, PAGE_SIZE);
+    } catch { /* unreadable: keep what we had */ }
+    this.detached = true;
+  }
   read(offset: number, length: number): Uint8Array {
-    if (this.mem.process.alive) {
+    if (this.mem.process.alive && !this.detached) {
       try {
         const d = this.mem.read(this.va + BigInt(offset), length);
         return d;
@@ -35,7 +45,7 @@ class PrivatePage implements PhysPage {
     return this.snapshot ? this.snapshot.slice(offset, offset + length) : new Uint8Array(length);
   }
   write(offset: number, data: Uint8Array): void {
-    if (this.mem.process.alive) {
+    if (this.mem.process.alive && !this.detached) {
       try {
         this.mem.write(this.va + BigInt(offset), data);
         return;
@@ -449,8 +459,29 @@ export class ProcMemory implements UserMemory {
       return;
     }
     if (addr < 0n || addr + BigInt(data.length) > POS_MAX || this.fd < 0) fail('EFAULT');
-    this.checkAccess(addr, data.length, 1);
+    try {
+      this.checkAccess(addr, data.length, 1);
+    } catch (e) {
+      // copy_to_user stores the bytes before the first unwritable one, then fails.
+      const n = this.writablePrefix(addr, data.length);
+      if (n > 0) this.pwrite(addr, data.subarray(0, n));
+      throw e;
+    }
     if (!this.pwrite(addr, data)) fail('EFAULT');
+  }
+
+  /** How many bytes from addr are writable (by the VMAs just read). */
+  private writablePrefix(addr: bigint, length: number): number {
+    const vmas = this.vmaCache ?? this.maps();
+    let va = Number(addr);
+    const end = va + length;
+    let i = vmaIndex(vmas, va);
+    while (va < end) {
+      const v = vmas[i++];
+      if (!v || v.s > va || v.perms[1] === '-') break;
+      va = v.e;
+    }
+    return Math.min(va, end) - Number(addr);
   }
 
   /** Write through /proc/<pid>/mem (access already checked); false if not every byte was stored. */
@@ -567,8 +598,12 @@ export class ProcMemory implements UserMemory {
       if (r.start < start) this.regions.push({ ...r, end: start }), r.obj.mappings++;
       if (r.end > end) this.regions.push({ ...r, start: end, off: r.off + (end - r.start) }), r.obj.mappings++;
     }
-    for (const va of [...this.privatePages.keys()]) {
-      if (va >= start && va < end && this.privatePages.get(va)!.pins === 0) this.privatePages.delete(va);
+    // Private pages leave the VA: a pinned one lives on with its content (kernel pins hold the
+    // page, not the mapping), and whatever is mapped there next is a new page.
+    for (const [va, p] of [...this.privatePages]) {
+      if (va < start || va >= end) continue;
+      if (p.pins > 0) p.detach();
+      this.privatePages.delete(va);
     }
   }
 

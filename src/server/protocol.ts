@@ -85,6 +85,8 @@ export const LOOKUP_EVENT = 2;
 export const REGION_HUGE = 1;
 export const FILEOP_READ = 0;
 export const FILEOP_WRITE = 1;
+/** Ask for the file's poll mask (shim: poll/ppoll on an emulated event fd). */
+export const FILEOP_POLL = 2;
 
 export const CAP_BIT = { SYS_RESOURCE: 1, IPC_LOCK: 2, SYS_RAWIO: 4 } as const;
 

@@ -9,7 +9,7 @@ import * as net from 'node:net';
 import * as path from 'node:path';
 import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
-import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
+import { POLLIN, vfsPoll, vfsRead, vfsWrite, type FdTable, type IommufdFile } from '../core/file.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
 import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
@@ -649,13 +649,16 @@ export class IommufdServer {
     if (!st || !b || !b.file || b.released) {
       ret = -ERRNO.EBADF;
     } else {
-      const n = Number(count > 0x7ffff000n ? 0x7ffff000n : count);
       const file = b.file;
+      // The VFS's checks (method present, access_ok, count clamp) come first: src/core/file.ts.
+      void pos; // positional I/O on these files is ESPIPE, answered by the shim
       const r = this.emulate(failnth, () => `file op on ${file.name}`,
-        () => (op === P.FILEOP_WRITE ? file.write(st.mem, buf, n, pos) : file.read(st.mem, buf, n, pos)));
+        () => (op === P.FILEOP_WRITE ? vfsWrite(file, st.mem, buf, count)
+          : op === P.FILEOP_POLL ? vfsPoll(file) : vfsRead(file, st.mem, buf, count)));
       ret = r.ret;
       reply.writeInt32LE(r.failnth, 16);
-      this.tracer?.note?.(c.pid, c.pid, `${op === P.FILEOP_WRITE ? 'write' : 'read'}(${b.file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
+      const what = op === P.FILEOP_WRITE ? 'write' : op === P.FILEOP_POLL ? 'poll' : 'read';
+      this.tracer?.note?.(c.pid, c.pid, `${what}(${b.file.name}, ${count}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(b.file.poll() & POLLIN)) {
         b.signalled = false;
         reply.writeUInt32LE(1, 20); // the client takes the readiness byte back

@@ -10,7 +10,7 @@ import { reportDeviceFault } from '../../core/fault.js';
 import type { HwptNested, HwptPaging } from '../../core/hwpt.js';
 import { IommufdObject, ObjType } from '../../core/object.js';
 import { registerTestOp, type TestCmd } from '../../core/selftest.js';
-import { PAGE_SIZE } from '../../core/usermem.js';
+import { getUserPages, PAGE_SIZE } from '../../core/usermem.js';
 import { fail } from '../../uapi/errno.js';
 import { MOCK, PGFAULT_FLAGS, TEST_OP } from '../../uapi/enums.js';
 import { MockDevice, MockNestedDomain, MockPagingDomain, mockDriverOf } from './mock.js';
@@ -99,7 +99,7 @@ function mdCheckMap(ucmd: Ucmd<TestCmd>): void {
   const page = BigInt(PAGE_SIZE);
   for (let off = 0n; off < u.length; off += step) {
     const uptr = u.uptr + off;
-    const [p] = ucmd.mem.getPages(uptr - (uptr % page), 1, false);
+    const [p] = getUserPages(ucmd.mem, uptr - (uptr % page), 1, false);
     const phys = p!.pfn * PAGE_SIZE + Number(uptr % page);
     if (domain.iovaToPhys(u.iova + off) !== phys) fail('EINVAL');
   }
