@@ -16,7 +16,7 @@ import type { DmaRequest, Translation } from '../driver.js';
 import { ArmSmmuDevice, ArmSmmuV3Driver, SmmuMaster, smmuDriverOf, type SmmuOptions } from './index.js';
 import { cmd } from './cmdq.js';
 import { decodeEvent, type DecodedEvent } from './event.js';
-import { D } from './mem.js';
+import { D, readDesc, TableAllocator, writeDesc } from './mem.js';
 import { LpaeTable, PROT, type TableMemory } from './pgtable.js';
 import {
   HWPT_DATA_ARM_SMMUV3, VEVENTQ_TYPE_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3,
@@ -273,3 +273,139 @@ export function assertFault(t: Translation, id: number, o: { stage?: number; cls
 }
 
 export { PAGE_SIZE, STE_CONFIG };
+
+// ---- direct hardware programming (walker tests without the uAPI) -------------------------
+
+/** A contiguous 2 MiB run of driver-owned physical memory with a bump allocator; addresses are PAs. */
+export class PhysRam implements TableMemory {
+  readonly base: number;
+  private next: number;
+  constructor(readonly tables = new TableAllocator(), readonly size = 2 << 20) {
+    this.base = tables.alloc(size);
+    this.next = this.base;
+  }
+  alloc(bytes: number): number {
+    const align = Math.max(bytes, 64);
+    const a = Math.ceil(this.next / align) * align;
+    if (a + bytes > this.base + this.size) throw new Error('PhysRam exhausted');
+    this.next = a + bytes;
+    for (let o = 0; o < bytes; o += 8) writeDesc(a + o, 0, 0);
+    return a;
+  }
+  free(): void {}
+  read(pa: number): void {
+    if (!readDesc(pa)) throw new Error('PhysRam read outside memory');
+  }
+  write(pa: number, lo: number, hi: number): void {
+    if (!writeDesc(pa, lo, hi)) throw new Error('PhysRam write outside memory');
+  }
+  writeWords(pa: number, w: readonly bigint[]): void {
+    w.forEach((v, i) => this.write(pa + 8 * i, Number(v & 0xffffffffn), Number(v >> 32n)));
+  }
+  release(): void {
+    this.tables.freeAll();
+  }
+}
+
+/** IPA view of a PhysRam: IPA = PA - base + ipaBase (what a linear stage 2 gives). */
+export class IpaView implements TableMemory {
+  private next: number;
+  constructor(readonly ram: PhysRam, readonly ipaBase: number, readonly offset: number, readonly size: number) {
+    this.next = ipaBase;
+  }
+  pa(ipa: number): number {
+    return ipa - this.ipaBase + this.ram.base + this.offset;
+  }
+  alloc(bytes: number): number {
+    const align = Math.max(bytes, 64);
+    const a = Math.ceil(this.next / align) * align;
+    if (a + bytes > this.ipaBase + this.size) throw new Error('IpaView exhausted');
+    this.next = a + bytes;
+    for (let o = 0; o < bytes; o += 8) this.ram.write(this.pa(a + o), 0, 0);
+    return a;
+  }
+  free(): void {}
+  read(ipa: number): void {
+    this.ram.read(this.pa(ipa));
+  }
+  write(ipa: number, lo: number, hi: number): void {
+    this.ram.write(this.pa(ipa), lo, hi);
+  }
+  writeWords(ipa: number, w: readonly bigint[]): void {
+    this.ram.writeWords(this.pa(ipa), w);
+  }
+}
+
+/**
+ * The spec's level arithmetic, written independently of pgtable.ts (spec 04
+ * §5.5 table): shift of each level per granule.
+ */
+export const SPEC_SHIFT: Readonly<Record<number, readonly number[]>> = { 12: [39, 30, 21, 12], 14: [47, 36, 25, 14], 16: [55, 42, 29, 16] };
+
+export function specStartLevel(g: number, n: number): number {
+  return 4 - Math.floor((n - 4) / (g - 3));
+}
+
+/**
+ * Write the descriptors mapping `va` -> `oa` with a leaf at `leafLevel` into
+ * tables rooted at `root` (allocating next-level tables in `mem`). `start`
+ * and `n` give the start level and input bits (start-level index = the bits
+ * of the input above that level's shift: concatenated tables for stage 2).
+ */
+export function specMap(mem: TableMemory, root: number, g: number, n: number, start: number, va: number, oa: number,
+  leafLevel: number, attrLo: number, attrHi = 0): void {
+  let table = root;
+  for (let l = start; l <= leafLevel; l++) {
+    const shift = SPEC_SHIFT[g]![l]!;
+    const bits = l === start ? n - shift : g - 3;
+    const idx = Math.floor(va / 2 ** shift) % 2 ** bits;
+    const addr = table + 8 * idx;
+    if (l === leafLevel) {
+      const base = Math.floor(oa / 2 ** shift) * 2 ** shift;
+      mem.write(addr, ((base % 2 ** 32) | attrLo | (l === 3 ? 3 : 1)) >>> 0, (Math.floor(base / 2 ** 32) | attrHi) >>> 0);
+      return;
+    }
+    mem.read(addr);
+    if (D.lo & 1) {
+      table = (D.hi & 0xffff) * 2 ** 32 + ((D.lo & ~(2 ** g - 1)) >>> 0);
+    } else {
+      const t = mem.alloc(2 ** g);
+      mem.write(addr, ((t % 2 ** 32) | 3) >>> 0, Math.floor(t / 2 ** 32));
+      table = t;
+    }
+  }
+}
+
+/** Bytes of a start-level table with `bits` index bits. */
+export const startTableBytes = (g: number, n: number, start: number): number => 8 * 2 ** (n - SPEC_SHIFT[g]![start]!);
+
+export const S1_LEAF = 0x400 | 0x300 | 0x40 | 0x800; // AF | SH inner | AP[1] (EL0 access) | nG
+export const S2_LEAF = 0x400 | 0x300 | 0xc0 | (0xf << 2); // AF | SH inner | S2AP read+write | MemAttr normal WB
+
+export const TG0_ENC: Readonly<Record<number, number>> = { 12: 0, 16: 1, 14: 2 };
+
+export function s2SteWords(o: { g: number; inBits: number; start: number; ttb: number; vmid?: number; affd?: boolean; record?: boolean; ptw?: boolean; ps?: number }): bigint[] {
+  const sl0 = (o.g === 12 ? 2 : 3) - o.start;
+  const w = build(STE, 8, {
+    V: 1, CONFIG: STE_CONFIG.S2_TRANS, S2VMID: o.vmid ?? 1, S2T0SZ: 64 - o.inBits, S2SL0: sl0, S2TG: TG0_ENC[o.g]!,
+    S2PS: o.ps ?? 5, S2AA64: 1, S2R: o.record ?? true ? 1 : 0, S2AFFD: o.affd ? 1 : 0, S2PTW: o.ptw ? 1 : 0,
+  });
+  w[3] = BigInt(o.ttb);
+  return w;
+}
+
+export function cdWords(o: { g: number; n: number; ttb: number; asid?: number; ips?: number; over?: Record<string, bigint | number | boolean> }): bigint[] {
+  const w = build(CD, 8, {
+    T0SZ: 64 - o.n, TG0: TG0_ENC[o.g]!, EPD1: 1, V: 1, IPS: o.ips ?? 5, AA64: 1, R: 1, A: 1, ASET: 1, ASID: o.asid ?? 1,
+    ...(o.over ?? {}),
+  });
+  w[1] = w[1]! | BigInt(o.ttb);
+  return w;
+}
+
+/** Program StreamID `sid` of the rig's SMMU directly (a stream with no master) and make the SMMU see it. */
+export function programSte(smmu: ArmSmmuDevice, sid: number, ste: readonly bigint[]): void {
+  if (!smmu.hw.readSte(sid)) smmu.hw.addStream(sid);
+  smmu.hw.writeSte(sid, ste);
+  smmu.hw.issue([cmd.make(OP.CFGI_STE, { SID: sid })]);
+}
