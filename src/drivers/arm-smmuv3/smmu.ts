@@ -54,6 +54,8 @@ export interface CerrorIll {
 /** The host kernel's event-queue handler: returns what it did with the record. */
 export type EventHandler = (words: readonly bigint[]) => string;
 
+const TRANSLATION_FAULTS = new Set<number>([EVT_ID.F_TRANSLATION, EVT_ID.F_ADDR_SIZE, EVT_ID.F_ACCESS, EVT_ID.F_PERMISSION]);
+
 const FAULT_KIND: Readonly<Record<number, DmaFault['kind']>> = {
   [EVT_ID.F_TRANSLATION]: 'translation', [EVT_ID.F_ADDR_SIZE]: 'address-size', [EVT_ID.F_ACCESS]: 'access',
   [EVT_ID.F_PERMISSION]: 'permission', [EVT_ID.F_WALK_EABT]: 'translation',
@@ -211,7 +213,9 @@ export class SmmuV3 {
   }
 
   private fail(sid: number, iova: bigint, ssid: number | undefined, write: boolean, priv: boolean, instr: boolean,
-    f: WalkFault | ConfigFault, record: boolean): Translation {
+    f: WalkFault | ConfigFault, recordFlag: boolean): Translation {
+    // CD.R / STE.S2R gate translation faults only; configuration errors and external aborts are always recorded.
+    const record = recordFlag || !TRANSLATION_FAULTS.has(f.id);
     const stage = 'stage' in f ? f.stage : undefined;
     const withAddr = stage !== undefined && f.id !== EVT_ID.F_CD_FETCH;
     const wf = f as Partial<WalkFault>;
