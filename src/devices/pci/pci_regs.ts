@@ -30,7 +30,7 @@ export const PCI_BASE_ADDRESS = {
 } as const;
 
 export const PCI_CAP_ID = {
-  PM: 0x01, MSI: 0x05, VNDR: 0x09, EXP: 0x10, MSIX: 0x11, AF: 0x13, MAX: 0x15,
+  PM: 0x01, MSI: 0x05, VNDR: 0x09, EXP: 0x10, MSIX: 0x11, AF: 0x13, MAX: 0x14,
 } as const;
 export const PCI_CAP_LIST_ID = 0;
 export const PCI_CAP_LIST_NEXT = 1;
@@ -62,7 +62,7 @@ export const PCI_EXP = {
 /** Extended capability header: ID in bits 15:0, version 19:16, next 31:20. */
 export const pciExtCapId = (header: number): number => header & 0xffff;
 export const pciExtCapNext = (header: number): number => (header >>> 20) & 0xffc;
-export const PCI_EXT_CAP_ID = { ERR: 0x01, VNDR: 0x0b, SRIOV: 0x10, DVSEC: 0x23, MAX: 0x2e } as const;
+export const PCI_EXT_CAP_ID = { ERR: 0x01, VNDR: 0x0b, SRIOV: 0x10, DVSEC: 0x23, MAX: 0x31 } as const;
 
 export const PCI_CLASS = { SYSTEM_OTHER: 0x0880, DISPLAY_VGA: 0x0300 } as const;
 export const PCI_VENDOR_ID_INTEL = 0x8086;
