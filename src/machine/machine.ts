@@ -196,5 +196,6 @@ export function describeMachine(m: Machine): string {
     lines.push(`${d.bdf}  ${d.model}  group ${d.group}  /dev/vfio/devices/vfio${k}  behind ${d.iommu}  ${opts}`);
     lines.push(`    ${model.description}`);
   });
+  if (m.devices.length) lines.push(`VFIO_SELFTESTS_BDF=${m.devices[0]!.bdf}`);
   return lines.join('\n');
 }
