@@ -70,7 +70,7 @@ function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null 
 }
 
 export class IommufdCtx {
-  readonly objects = new ObjectTable(this);
+  readonly objects: ObjectTable;
   /** Objects looked up by the ioctl in progress (their short-term users), released when it returns. */
   private readonly shortterm: IommufdObject[] = [];
   private inCall = 0;
@@ -85,7 +85,9 @@ export class IommufdCtx {
   readonly ext = new Map<string, unknown>();
 
   /** `seq` numbers the emulator's contexts (trace events, the inspector's graph). */
-  constructor(readonly emu: Emulator, readonly owner: UserMemory, readonly seq = 0) {}
+  constructor(readonly emu: Emulator, readonly owner: UserMemory, readonly seq = 0) {
+    this.objects = new ObjectTable(this);
+  }
 
   get profile(): Profile {
     return this.emu.profile;
@@ -120,7 +122,7 @@ export class IommufdCtx {
     return obj;
   }
 
-  /** Look an object up for the ioctl in progress (held as a short-term user until it returns). */
+  /** Look an object up for the ioctl in progress (a short-term user until it returns, see traced()). */
   get<T extends IommufdObject>(id: number, type: ObjType): T {
     const obj = this.objects.get(id, type) as T;
     if (this.inCall) {
@@ -168,7 +170,7 @@ export class IommufdCtx {
     let ret: number | undefined;
     let err: IommufdError | undefined;
     try {
-      ret = bus.watchFailures(this.seq, known?.name, () => this.rawIoctl(request, arg, caller));
+      ret = this.traced(known?.name, () => this.rawIoctl(request, arg, caller));
     } catch (e) {
       if (!isErrno(e)) throw e;
       err = e;
@@ -207,7 +209,7 @@ export class IommufdCtx {
     let ret: number | undefined;
     let err: IommufdError | undefined;
     try {
-      ret = bus.watchFailures(this.seq, op.name, () => this.run(op, null, caller, op.knownSize, null, 0n, cmd));
+      ret = this.traced(op.name, () => this.run(op, null, caller, op.knownSize, null, 0n, cmd));
     } catch (e) {
       if (!isErrno(e)) throw e;
       err = e;
@@ -227,8 +229,6 @@ export class IommufdCtx {
     const cmd = (typed ?? decode(op.struct, kbuf!, this.profile.version)) as Record<string, unknown>;
     if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
     const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize, arg);
-    const mark = this.shortterm.length;
-    this.inCall++;
     try {
       const r = handler(ucmd);
       return typeof r === 'number' ? r : 0;
@@ -236,6 +236,20 @@ export class IommufdCtx {
       // The reason names the ioctl whichever helper's check failed.
       if (e instanceof IommufdError) e.inOp(op.name);
       throw e;
+    }
+  }
+
+  /**
+   * Run one traced call: failing checks become `fail` events and lookups count
+   * as short-term users until it returns. Short-term users can only be seen
+   * from inside a call, that is by a trace listener, so they are only counted
+   * while someone listens.
+   */
+  private traced<T>(op: string | undefined, fn: () => T): T {
+    const mark = this.shortterm.length;
+    this.inCall++;
+    try {
+      return this.emu.bus.watchFailures(this.seq, op, fn);
     } finally {
       this.inCall--;
       while (this.shortterm.length > mark) this.shortterm.pop()!.shortUsers--;

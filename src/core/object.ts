@@ -60,12 +60,12 @@ export class ObjectTable {
   private readonly freeIds = new BTree<number, undefined>();
   private nextId = 1;
 
-  /** `owner` is the context (absent for a bare table in tests: no events). */
-  constructor(readonly owner: TableOwner | null = null) {}
+  /** The trace bus of the owning emulator (null for a bare table). */
+  readonly bus: TraceBus | null;
 
-  /** The trace bus of the owning emulator, if any. */
-  get bus(): TraceBus | null {
-    return this.owner ? this.owner.emu.bus : null;
+  /** `owner` is the context (absent for a bare table in tests: no events). */
+  constructor(readonly owner: TableOwner | null = null) {
+    this.bus = owner ? owner.emu.bus : null;
   }
 
   /** The context number events carry. */
