@@ -262,6 +262,11 @@ export class IommufdCtx {
     this.refs++;
   }
 
+  /** References keeping the context alive (fds, event files, mmaps, bound devices). */
+  get references(): number {
+    return this.refs;
+  }
+
   /** Drop one reference; the last one tears the context down (01 §5.7). */
   put(): void {
     if (--this.refs > 0) return;

@@ -261,6 +261,16 @@ export class IoPagetable {
     return [...this.areas.entries()].map(([, a]) => a);
   }
 
+  /** Up to `limit` areas (established or not) from the lowest IOVA, ascending (inspection). */
+  firstAreas(limit: number): Area[] {
+    const out: Area[] = [];
+    for (const [, a] of this.areas.entries()) {
+      if (out.length >= limit) break;
+      out.push(a);
+    }
+    return out;
+  }
+
   /** The n-th established area in ascending order (selftest SYZ IOVA conversion). */
   nthArea(n: number): Area | undefined {
     for (const [, a] of this.areas.entries()) {
@@ -292,6 +302,11 @@ export class IoPagetable {
   unreserve(owner: object): void {
     this.freeGen++;
     this.reserved = this.reserved.filter((r) => r.owner !== owner);
+  }
+
+  /** Every reserved range with its owner (a device, a domain, the selftest), for inspection. */
+  reservedWithOwners(): { start: bigint; last: bigint; owner: object }[] {
+    return this.reserved.map((r) => ({ start: r.start, last: r.last, owner: r.owner }));
   }
 
   /** Reserved ranges of `owner` (or all), for diagnostics. */
