@@ -65,16 +65,21 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
   if (prot & PROT_EXEC) fail('EPERM');
   const r = regions(ctx).find((x) => x.offset === offset && x.length === length);
   if (!r || r.owner.users === 0) fail('ENXIO');
-  refget(r.owner);
-  ctx.ref();
   let open = true;
-  return {
+  const bus = ctx.emu.bus;
+  const handle: MmapHandle & { readonly label: string } = {
+    label: 'mmap',
     pages: r.pages,
     close() {
       if (!open) return;
       open = false;
-      refput(r.owner);
+      if (bus.on) bus.emit({ t: 'mmap', op: 'unmap', ctx: ctx.seq, owner: r.owner.id, offset, length });
+      refput(r.owner, handle, 'mmap');
       ctx.put();
     },
   };
+  refget(r.owner, handle, 'mmap');
+  ctx.ref();
+  if (bus.on) bus.emit({ t: 'mmap', op: 'map', ctx: ctx.seq, owner: r.owner.id, offset, length });
+  return handle;
 }

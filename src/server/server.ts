@@ -25,8 +25,6 @@ export interface ServerOptions {
   emulator?: Emulator;
   /** Diagnostics (malformed frames, emulator bugs). Default: stderr. */
   log?: (msg: string) => void;
-  /** Called around every forwarded ioctl (the CLI's --trace). */
-  tracer?: IoctlTracer;
   /**
    * Capabilities every client is treated as having in addition to its real
    * ones (opt-in, for containers that drop them; the default is faithful).
@@ -39,14 +37,6 @@ export const CAP_NAMES: readonly CapName[] = ['sys_resource', 'ipc_lock', 'sys_r
 const CAP_BITS: Record<CapName, number> = {
   sys_resource: P.CAP_BIT.SYS_RESOURCE, ipc_lock: P.CAP_BIT.IPC_LOCK, sys_rawio: P.CAP_BIT.SYS_RAWIO,
 };
-
-export interface IoctlTracer {
-  /** Before the handler runs; the returned value is handed to after(). */
-  before(ctx: IommufdCtx, request: number, arg: bigint, mem: ProcMemory): unknown;
-  after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void;
-  /** Other operations on emulated fds (open, read/write of event fds, mmap, teardown). */
-  note?(pid: number, tid: number, text: string): void;
-}
 
 function errText(neg: number): string {
   return errnoName(-neg) ?? `errno ${-neg}`;
@@ -223,7 +213,6 @@ export class IommufdServer {
   private netServer: net.Server | null = null;
   readonly socketPath: string;
   readonly log: (msg: string) => void;
-  tracer: IoctlTracer | undefined;
   private readonly grantCaps: readonly CapName[];
 
   constructor(opts: ServerOptions) {
@@ -231,7 +220,6 @@ export class IommufdServer {
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
-    this.tracer = opts.tracer;
   }
 
   /** Listen on the socket path (mode 0600; a stale socket file is replaced). */
@@ -265,6 +253,11 @@ export class IommufdServer {
     try {
       fs.unlinkSync(this.socketPath);
     } catch { /* gone */ }
+  }
+
+  /** An operation on an emulated fd outside the core (open, read/write, mmap, teardown), as a trace `note`. */
+  private note(pid: number, tid: number, text: string): void {
+    this.emu.bus.emit({ t: 'note', pid, tid, text });
   }
 
   /** Number of live contexts (tests). */
@@ -387,20 +380,20 @@ export class IommufdServer {
     const err = r.ret;
     reply.writeInt32LE(r.failnth, 12);
     if (!ctx) {
-      this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${errText(err)}`);
+      if (this.emu.bus.on) this.note(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${errText(err)}`);
       reply.writeInt32LE(err, 4);
       c.send(reply);
       c.kind = 'anchor';
       return;
     }
-    this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${clientFd}`);
+    if (this.emu.bus.on) this.note(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${clientFd}`);
     const token = this.nextToken++;
     const entry: CtxEntry = { token, ctx, conn: c };
     this.ctxs.set(token, entry);
     if (ino) this.anchorsByIno.set(ino, token);
     c.kind = 'anchor';
     c.onEnd = () => {
-      this.tracer?.note?.(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
+      if (this.emu.bus.on) this.note(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
       this.ctxs.delete(token);
       if (this.anchorsByIno.get(ino) === token) this.anchorsByIno.delete(ino);
       ctx!.put();
@@ -444,7 +437,7 @@ export class IommufdServer {
         err = isErrno(e) ? -e.errno : -ERRNO.ENOMEM;
       }
     }
-    this.tracer?.note?.(c.pid, c.pid,
+    if (this.emu.bus.on) this.note(c.pid, c.pid,
       `mmap(iommufd, offset=0x${offset.toString(16)}, length=0x${length.toString(16)}) = ${err ? errText(err) : 0}`);
     r.writeInt32LE(err, 4);
     c.send(r);
@@ -570,17 +563,9 @@ export class IommufdServer {
         fdt = hintFd >= 0
           ? new CallFdTable(this, pid, evfd, evtoken, hintFd, f.readUInt32LE(64), f.readBigUInt64LE(72))
           : new CallFdTable(this, pid, evfd, evtoken);
-        const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
         const calls = fdt;
         ({ ret, failnth: outFailnth } = this.emulate(failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
-          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls })));
-        if (this.tracer) {
-          try {
-            this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
-          } catch (e) {
-            this.log(`trace failed: ${(e as Error).message}`);
-          }
-        }
+          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
         st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
@@ -655,7 +640,7 @@ export class IommufdServer {
         () => (op === P.FILEOP_WRITE ? file.write(st.mem, buf, n, pos) : file.read(st.mem, buf, n, pos)));
       ret = r.ret;
       reply.writeInt32LE(r.failnth, 16);
-      this.tracer?.note?.(c.pid, c.pid, `${op === P.FILEOP_WRITE ? 'write' : 'read'}(${b.file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
+      if (this.emu.bus.on) this.note(c.pid, c.pid, `${op === P.FILEOP_WRITE ? 'write' : 'read'}(${b.file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(b.file.poll() & POLLIN)) {
         b.signalled = false;
         reply.writeUInt32LE(1, 20); // the client takes the readiness byte back

@@ -81,21 +81,25 @@ function enumDef(name: string): EnumDef {
 
 /** The OR of every member of a flags table the kernel of `profile` accepts: the only source of accepted-flag masks. */
 export function acceptedMask(profile: Profile, enumName: string): number {
+  const e = enumDef(enumName);
+  if (!accepted(e, profile)) return 0;
   let m = 0;
-  for (const f of enumDef(enumName).members) if (accepted(f, profile)) m |= f.value;
+  for (const f of e.members) if (accepted(f, profile)) m |= f.value;
   return m >>> 0;
 }
 
-/** Is the named member of an enum/flags table implemented by the kernel of `profile`? */
+/** Is the named member of an enum/flags table implemented by the kernel of `profile` (the table itself included)? */
 export function accepts(profile: Profile, enumName: string, memberName: string): boolean {
-  const m = enumDef(enumName).members.find((x) => x.name === memberName);
+  const e = enumDef(enumName);
+  const m = e.members.find((x) => x.name === memberName);
   if (!m) throw new Error(`enum ${enumName} has no member ${memberName}`);
-  return accepted(m, profile);
+  return accepted(e, profile) && accepted(m, profile);
 }
 
 /** Is `value` a member of the table that the kernel of `profile` implements? */
 export function acceptsValue(profile: Profile, enumName: string, value: number): boolean {
-  return enumDef(enumName).members.some((m) => m.value === value && accepted(m, profile));
+  const e = enumDef(enumName);
+  return accepted(e, profile) && e.members.some((m) => m.value === value && accepted(m, profile));
 }
 
 /** Does the enum type itself exist in the header of `profile` (its own `since`, a backport, or the v1 series)? */

@@ -9,7 +9,7 @@
 import { ENUMS, inHeader, TEST_DEFINES, type EnumDef } from './enums.js';
 import { errnoName } from './errno.js';
 import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
-import { decode, fieldPresent, fieldSize, type FieldDef, type StructDef } from './layout.js';
+import { decode, fieldPresent, fieldSize, structSize, type FieldDef, type StructDef } from './layout.js';
 import type { Profile } from './profiles.js';
 import * as S from './structs.js';
 
@@ -151,6 +151,24 @@ function table(profile: Profile): Map<number, ProfileIoctl> {
   let t = tables.get(profile);
   if (!t) tables.set(profile, (t = ioctlTable(profile, true)));
   return t;
+}
+
+/**
+ * How many bytes of the caller's struct a trace of `request` shows, given the
+ * struct's first 4 bytes (`head`, null if unreadable): an iommufd ioctl's
+ * `size` capped to the kernel's struct, a VFIO request's struct; 0 when the
+ * argument is not a struct (or the request is unknown).
+ */
+export function traceSpan(profile: Profile, request: number, head: Uint8Array | null): number {
+  if (((request >>> 8) & 0xff) !== IOMMUFD_TYPE) return 0;
+  const nr = request & 0xff;
+  if (nr >= 0x80) {
+    const def = table(profile).get(nr);
+    if (!def || !head || head.length < 4) return 0;
+    return Math.min(Math.max(u32At(head, 0), 4), def.knownSize);
+  }
+  const st = VFIO_NAMES.find(([r]) => r === request >>> 0)?.[2];
+  return st ? structSize(st) : 0;
 }
 
 function u32At(b: Uint8Array, off: number): number {

@@ -65,7 +65,7 @@ function mockDomain(ucmd: Ucmd<TestCmd>): void {
   try {
     const flags = ucmd.cmd.op === TEST_OP.MOCK_DOMAIN_FLAGS ? (u.dev_flags ?? 0) : 0;
     sobj.mockDev = mockDriverOf(ucmd.emu).createDevice(flags);
-    sobj.idev = deviceBind(ctx, sobj.mockDev, { mock: true });
+    sobj.idev = deviceBind(ctx, sobj.mockDev, { mock: true, binder: sobj });
     const ptId = deviceAttach(sobj.idev, undefined, ucmd.cmd.id);
     u.out_hwpt_id = ptId;
     u.out_stdev_id = sobj.id;
