@@ -12,6 +12,7 @@ import { writeHeaders } from '../uapi/cheader.js';
 import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
+import * as W from './wire.js';
 
 const cc = findCompiler();
 const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
@@ -152,7 +153,7 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.ok(logs.some((l) => /unknown type 99/.test(l)));
     const sock3 = net.connect(server.socketPath);
     await new Promise<void>((r) => sock3.on('connect', () => r()));
-    sock3.end(Buffer.from([32, 0, 0, 0, 1, 0, 0, 0, 1, 2]));
+    sock3.end(W.encode(W.REQ.HELLO, { pid: 1, version: W.WIRE_VERSION }).subarray(0, 10)); // a HELLO cut short
     await until(() => logs.some((l) => /truncated frame/.test(l)));
     // the other client is undisturbed
     assert.equal(server.liveContexts, 1);
@@ -166,21 +167,13 @@ describe('server and shim (C clients)', { skip }, () => {
     const replies: Buffer[] = [];
     sock.on('data', (d) => replies.push(d));
     const closed = new Promise<void>((r) => sock.on('close', () => r()));
-    const hello = Buffer.alloc(32);
-    hello.writeUInt32LE(32, 0);
-    hello.writeUInt32LE(1, 4); // HELLO
-    hello.writeUInt32LE(process.pid, 8); // somebody else's pid (the server's own)
-    hello.writeBigUInt64LE((1n << 64n) - 1n, 24);
-    sock.write(hello);
-    await until(() => Buffer.concat(replies).length >= 24);
-    const prove = Buffer.alloc(16);
-    prove.writeUInt32LE(16, 0);
-    prove.writeUInt32LE(12, 4); // PROVE
-    prove.writeBigUInt64LE(0x400000n, 8);
-    sock.write(prove);
+    // somebody else's pid (the server's own)
+    sock.write(W.encode(W.REQ.HELLO, { pid: process.pid, memlock: (1n << 64n) - 1n, version: W.WIRE_VERSION }));
+    await until(() => Buffer.concat(replies).length >= W.REP.hello.size);
+    sock.write(W.encode(W.REQ.PROVE, { addr: 0x400000n }));
     await closed;
     const all = Buffer.concat(replies);
-    assert.equal(all.readInt32LE(28), -1); // EPERM
+    assert.equal(W.decode(W.REP.prove, all, W.REP.hello.size).status, -1); // EPERM
     assert.ok(logs.some((l) => l.includes(`pid ${process.pid} did not prove its identity`)));
     assert.equal(server.procs.has(process.pid), false);
   });
