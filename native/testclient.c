@@ -22,6 +22,10 @@
 
 #include <linux/iommufd.h>
 #include "iommufd_test.h"
+#include "iommufd_emu_wire.h"
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/un.h>
 
 #define DIE(...) do { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf(" (errno %d %s)\n", errno, strerror(errno)); exit(1); } while (0)
 
@@ -769,6 +773,249 @@ static int mode_structmem(void)
 	return 0;
 }
 
+
+/*
+ * A hostile client: its own valid handshake over a raw socket (no shim), then
+ * frames naming files it does not hold (tokens given on the command line, as if
+ * stolen or guessed). Each must be refused (EPERM status, then EOF); prints one
+ * line per attempt.
+ */
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", getenv("IOMMUFD_EMU_SOCKET"));
+	int s = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		DIE("connect");
+	return s;
+}
+
+static int xrecv(int s, void *buf, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t k = recv(s, (char *)buf + done, n - done, 0);
+		if (k <= 0)
+			return -1;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
+static uint8_t nonce_home[16];
+
+/* HELLO + PROVE as ourselves; returns the control socket, *session our key. */
+static int handshake(uint64_t *session)
+{
+	int s = raw_connect();
+	struct wire_req_hello h = { .len = sizeof(h), .type = WIRE_T_HELLO, .pid = (uint32_t)getpid(), .uid = getuid(),
+				    .memlock = UINT64_MAX, .version = WIRE_VERSION };
+	struct wire_rep_hello hr;
+	if (write(s, &h, sizeof(h)) != sizeof(h) || xrecv(s, &hr, sizeof(hr)) || hr.status)
+		DIE("HELLO");
+	memcpy(nonce_home, hr.nonce, 16);
+	struct wire_req_prove p = { .len = sizeof(p), .type = WIRE_T_PROVE, .addr = (uint64_t)(uintptr_t)nonce_home };
+	struct wire_rep_prove pr;
+	char tab[WIRE_REP_PROVE_TAIL_MAX];
+	if (write(s, &p, sizeof(p)) != sizeof(p) || xrecv(s, &pr, sizeof(pr)) || pr.status || xrecv(s, tab, pr.tablen))
+		DIE("PROVE");
+	*session = pr.session;
+	return s;
+}
+
+/* Send one frame on s; 1 if refused (EPERM status and then EOF), 0 if answered, -1 if anything else. */
+static int refused(int s, const void *frame, size_t len)
+{
+	if (write(s, frame, len) != (ssize_t)len)
+		return -1;
+	struct wire_rep_status st;
+	if (xrecv(s, &st, sizeof(st)))
+		return -1;
+	char more;
+	if (st.len == sizeof(st) && st.status == -EPERM && recv(s, &more, 1, 0) == 0)
+		return 1;
+	return 0;
+}
+
+static int report(const char *what, int r, int *bad)
+{
+	printf("%s %s\n", r == 1 ? "REFUSED" : "ACCEPTED", what);
+	if (r != 1)
+		*bad = 1;
+	return r;
+}
+
+static int mode_forge(char **argv)
+{
+	uint64_t ctx = strtoull(argv[2], NULL, 0), ev = strtoull(argv[3], NULL, 0);
+	pid_t victim = (pid_t)atoi(argv[4]);
+	int anchor_fd = atoi(argv[5]);
+	uint64_t session;
+	int bad = 0;
+	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+	struct iommu_destroy d = { .size = sizeof(d), .id = 1 };
+	struct { struct wire_req_ioctl q; struct iommu_destroy d; } io = {
+		{ .len = sizeof(io), .type = WIRE_T_IOCTL, .token = ctx, .fd = 3, .request = IOMMU_DESTROY,
+		  .arg = (uint64_t)(uintptr_t)&d, .evfd = -1, .memlock = UINT64_MAX, .hintfd = -1, .inl = sizeof(d) }, d };
+	/* 1. the victim's context token, on fds that are not its anchor */
+	for (int fd = 0; fd < 6; fd++) {
+		int s = handshake(&session);
+		io.q.fd = fd;
+		char what[64];
+		snprintf(what, sizeof(what), "ioctl-stolen-token-fd%d", fd);
+		report(what, refused(s, &io, sizeof(io)), &bad);
+		close(s);
+	}
+	/* 2. a guessed token */
+	int s = handshake(&session);
+	io.q.token = 0x1234;
+	report("ioctl-guessed-token", refused(s, &io, sizeof(io)), &bad);
+	close(s);
+	io.q.token = ctx;
+	/* 3. read the victim's fault queue */
+	char buf[64];
+	s = handshake(&session);
+	struct wire_req_fileop fo = { .len = sizeof(fo), .type = WIRE_T_FILEOP, .token = ev, .fd = 3, .op = WIRE_FILEOP_READ,
+				      .buf = (uint64_t)(uintptr_t)buf, .count = sizeof(buf) };
+	report("fileop-stolen-token", refused(s, &fo, sizeof(fo)), &bad);
+	close(s);
+	/* 4. map the victim's context */
+	s = handshake(&session);
+	struct wire_req_mmap mm = { .len = sizeof(mm), .type = WIRE_T_MMAP, .token = ctx, .fd = 3, .prot = PROT_READ,
+				    .offset = 4096, .length = 4096, .flags = MAP_SHARED, .memfd = 0 };
+	report("mmap-stolen-token", refused(s, &mm, sizeof(mm)), &bad);
+	close(s);
+	/* 5. an ioctl hint naming the victim's event file */
+	s = handshake(&session);
+	io.q.token = 0x4321;
+	io.q.hintfd = 3;
+	io.q.hinttoken = ev;
+	report("ioctl-stolen-hint", refused(s, &io, sizeof(io)), &bad);
+	io.q.hintfd = -1;
+	close(s);
+	/* 6. OPEN in the victim's name (no session key), and as ourselves claiming a socket that is not our fd */
+	s = raw_connect();
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)victim, .fd = anchor_fd,
+				    .ino = 1, .session = 0x99 };
+	report("open-as-victim", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	int ctl = handshake(&session);
+	s = raw_connect();
+	op.pid = (uint32_t)getpid();
+	op.session = session;
+	op.fd = ctl; /* our control socket, not this one */
+	struct stat st;
+	fstat(s, &st);
+	op.ino = (uint64_t)st.st_ino;
+	report("open-claiming-another-socket", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	/* 7. EVPREP in the victim's name */
+	s = raw_connect();
+	struct wire_req_evprep ep = { .len = sizeof(ep), .type = WIRE_T_EVPREP, .pid = (uint32_t)victim, .fd = 3, .ino = 1,
+				      .session = session };
+	report("evprep-as-victim", refused(s, &ep, sizeof(ep)), &bad);
+	close(s);
+	/* 8. LOOKUP answers only for our own fds: our control socket is no emulated file */
+	struct wire_req_lookup lk = { .len = sizeof(lk), .type = WIRE_T_LOOKUP, .fd = ctl };
+	struct wire_rep_lookup lr;
+	if (write(ctl, &lk, sizeof(lk)) != sizeof(lk) || xrecv(ctl, &lr, sizeof(lr)) || lr.kind != WIRE_KIND_NONE || lr.token)
+		DIE("LOOKUP of our own plain socket answered kind %u", lr.kind);
+	printf("LOOKUP-own-socket none\n");
+	close(ctl);
+	return bad;
+}
+
+/* Holds a context (IOAS 1) and a fault fd; when told (a line on stdin), checks both are untouched. */
+static int mode_victim(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	printf("READY ioas=%u fd=%d pid=%d\n", ioas, fd, getpid());
+	fflush(stdout);
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		DIE("stdin");
+	struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = ioas };
+	if (ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &r) && errno != EMSGSIZE)
+		DIE("IOAS %u gone", ioas);
+	struct iommu_hwpt_pgfault rec;
+	if (read((int)fa.out_fault_fd, &rec, sizeof(rec)) != 0)
+		DIE("fault fd");
+	if (destroy(fd, ioas))
+		DIE("DESTROY %u", ioas);
+	close(fd);
+	printf("OK victim\n");
+	return 0;
+}
+
+/*
+ * A signal handler that closes and reopens an emulated fd (close and open are
+ * async-signal-safe) while the interrupted thread is inside ioctls on another
+ * one: nothing may deadlock (alarm() kills the process if it does).
+ */
+static volatile int sig_fd = -1;
+static volatile int sig_handled;
+static void on_usr1(int sig)
+{
+	(void)sig;
+	int e = errno;
+	if (sig_fd >= 0)
+		close(sig_fd);
+	sig_fd = open("/dev/iommu", O_RDWR);
+	int f = open("/proc/thread-self/fail-nth", O_RDONLY);
+	char b[8];
+	if (f >= 0) {
+		(void)!read(f, b, sizeof(b));
+		close(f);
+	}
+	sig_handled++;
+	errno = e;
+}
+
+static pthread_t sig_main;
+static volatile int sig_stop;
+static void *sig_sender(void *p)
+{
+	(void)p;
+	for (int i = 0; i < 2000 && !sig_stop; i++) {
+		pthread_kill(sig_main, SIGUSR1);
+		struct timespec ts = { 0, 20000 };
+		nanosleep(&ts, NULL);
+	}
+	sig_stop = 1;
+	return NULL;
+}
+
+static int mode_sigclose(void)
+{
+	alarm(60);
+	int fd = xopen();
+	sig_fd = xopen();
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	sigaction(SIGUSR1, &sa, NULL);
+	sig_main = pthread_self();
+	pthread_t t;
+	pthread_create(&t, NULL, sig_sender, NULL);
+	long calls = 0;
+	while (!sig_stop) {
+		__u32 id = ioas_alloc(fd);
+		if (destroy(fd, id))
+			DIE("DESTROY %u", id);
+		calls++;
+	}
+	pthread_join(t, NULL);
+	if (sig_handled == 0 || sig_fd < 0)
+		DIE("handled %d signals, fd %d", sig_handled, sig_fd);
+	/* the fd the handler opened last is a working context */
+	if (ioas_alloc(sig_fd) != 1)
+		DIE("handler's context");
+	printf("OK sigclose calls=%ld signals=%d\n", calls, sig_handled);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -795,6 +1042,9 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "scm")) return mode_scm(argv);
 	if (!strcmp(m, "scm-child") && argc > 2) return mode_scm_child(argv[2]);
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
+	if (!strcmp(m, "forge") && argc > 5) return mode_forge(argv);
+	if (!strcmp(m, "victim")) return mode_victim();
+	if (!strcmp(m, "sigclose")) return mode_sigclose();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();

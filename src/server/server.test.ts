@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 import * as W from './wire.js';
@@ -67,7 +67,7 @@ describe('server and shim (C clients)', { skip }, () => {
     const inc = path.join(cacheDir(), 'include', 'mainline');
     writeHeaders(inc, 'mainline');
     client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-      includeDirs: [inc], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
     });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-test-'));
     server = new IommufdServer({
@@ -178,6 +178,45 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.equal(server.procs.has(process.pid), false);
   });
 
+  test('a forging client (its own valid handshake, another process\'s tokens) is refused and closed; the victim sees nothing', async () => {
+    const { p, line } = await startHolder('victim');
+    try {
+      const m = /READY ioas=(\d+) fd=(\d+) pid=(\d+)/.exec(line);
+      assert.ok(m, line);
+      const vpid = Number(m[3]);
+      const ctx = [...server.ctxs.values()].find((e) => e.conn.pid === vpid);
+      const ev = [...server.events.values()].find((b) => b.pid === vpid && b.file);
+      assert.ok(ctx && ev);
+      const before = logs.length;
+      const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        // no shim: a raw socket client speaking the protocol itself
+        const f = spawn(client, ['forge', String(ctx.token), String(ev.token), m[3]!, m[2]!],
+          { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+        let out = '';
+        f.stdout.on('data', (d) => (out += d));
+        f.on('exit', (code) => resolve({ code, out }));
+      });
+      assert.equal(r.code, 0, r.out);
+      const refused = r.out.split('\n').filter((l) => l.startsWith('REFUSED'));
+      assert.equal(refused.length, 13, r.out);
+      assert.match(r.out, /LOOKUP-own-socket none/);
+      const mine = logs.slice(before);
+      assert.ok(mine.filter((l) => /refused: .*(does not hold|session key|is not socket|did not prepare)/.test(l)).length >= 13, mine.join('\n'));
+      // the victim's context, IOAS and fault queue are untouched
+      const done = new Promise<string>((resolve) => {
+        let out = '';
+        p.stdout!.on('data', (d) => {
+          out += d;
+          if (out.includes('victim')) resolve(out);
+        });
+      });
+      p.stdin!.write('go\n');
+      assert.match(await done, /OK victim/);
+    } finally {
+      p.kill('SIGKILL');
+    }
+  });
+
   test('a killed client has its context torn down', async () => {
     const { p } = await startHolder();
     assert.equal(server.liveContexts, 1);
@@ -226,6 +265,12 @@ describe('server and shim (C clients)', { skip }, () => {
     const r = await runClient('scm');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK scm/);
+  });
+
+  test('a signal handler closing and reopening an emulated fd while its thread is in ioctls does not deadlock', async () => {
+    const r = await runClient('sigclose');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK sigclose calls=\d+ signals=[1-9]/);
   });
 
   test('concurrent threads on one fd', async () => {

@@ -164,7 +164,11 @@ class Conn implements LinkEvents {
     try {
       this.server.handle(this, f);
     } catch (e) {
-      if (e instanceof Forged) return this.reject(e.message);
+      if (e instanceof Forged) {
+        // a clear answer before the close: refused (the frame's reply would be the wrong size anyway)
+        this.send(W.encodeReply({ type: f.readUInt32LE(4) }, W.REP.status, { status: -ERRNO.EPERM }));
+        return this.reject(`refused: ${e.message}`);
+      }
       this.server.log(`connection ${this.id}: internal error: ${(e as Error).stack ?? e}`);
       this.reject('internal error');
     }
