@@ -182,6 +182,33 @@ static int read_self(const void *addr, void *out, size_t n)
 	return user_copy(out, addr, n, 0) == n ? 0 : -1;
 }
 
+/*
+ * Our copy of a path the program passed, read as strncpy_from_user would (an
+ * unreadable one is never touched directly): NULL if it cannot be read or is
+ * longer than any path we emulate. The real call then gets the original
+ * pointer and the kernel answers (EFAULT, ENAMETOOLONG) itself.
+ */
+#define SAFE_PATH_MAX 512
+static const char *safe_path(const char *p, char *buf)
+{
+	if (!p)
+		return NULL;
+	size_t done = 0;
+	while (done < SAFE_PATH_MAX - 1) {
+		uintptr_t a = (uintptr_t)p + done;
+		size_t chunk = 4096 - (a & 4095);
+		if (chunk > SAFE_PATH_MAX - 1 - done)
+			chunk = SAFE_PATH_MAX - 1 - done;
+		size_t got = user_copy(buf + done, p + done, chunk, 0);
+		if (memchr(buf + done, 0, got))
+			return buf;
+		if (got < chunk)
+			return NULL;
+		done += got;
+	}
+	return NULL;
+}
+
 /* ---- real functions (resolved in the constructor; lazily before it) ----------------- */
 #define REAL(name) real_##name
 #define RESOLVE(name) do { if (!REAL(name)) REAL(name) = dlsym(RTLD_NEXT, #name); } while (0)
@@ -659,17 +686,19 @@ static const char *debugfs(void)
 }
 
 /* "/sys/kernel/debug[/rest]" -> private dir; returns path to use. */
-static const char *redirect_debugfs(const char *path, char *buf, size_t n)
+static const char *redirect_debugfs(const char *upath, char *buf, size_t n)
 {
 	static const char pre[] = "/sys/kernel/debug";
+	char pb[SAFE_PATH_MAX];
+	const char *path = safe_path(upath, pb);
 	if (!path || strncmp(path, pre, sizeof(pre) - 1) != 0)
-		return path;
+		return upath;
 	const char *rest = path + sizeof(pre) - 1;
 	if (*rest && *rest != '/')
 		return path;
 	const char *d = debugfs();
 	if (!d)
-		return path;
+		return upath;
 	snprintf(buf, n, "%s%s", d, rest);
 	return buf;
 }
@@ -807,8 +836,12 @@ static int emu_open_failnth(pid_t task, int flags)
 }
 
 /* open(2) and friends: an emulated node or file, or -2 (not ours: the caller opens it). */
-static int emu_open_path(int dirfd, const char *path, int flags)
+static int emu_open_path(int dirfd, const char *upath, int flags)
 {
+	char pb[SAFE_PATH_MAX];
+	const char *path = safe_path(upath, pb);
+	if (!path)
+		return -2;
 	if (is_iommu(path) || is_iommu_at(dirfd, path))
 		return emu_open_iommu(flags);
 	pid_t t = failnth_task(path);
@@ -870,8 +903,7 @@ static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*
 	if (r != -2)
 		return r;
 	char buf[512];
-	if (path && path[0] == '/')
-		path = redirect_debugfs(path, buf, sizeof(buf));
+	path = redirect_debugfs(path, buf, sizeof(buf));
 	return real(dirfd, path, flags, mode);
 }
 
@@ -904,7 +936,9 @@ EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 
 static FILE *do_fopen(const char *path, const char *mode, FILE *(*real)(const char *, const char *))
 {
-	if (is_iommu(path) || failnth_task(path)) {
+	char pb[SAFE_PATH_MAX];
+	const char *sp = safe_path(path, pb);
+	if (sp && (is_iommu(sp) || failnth_task(sp))) {
 		int flags = (strchr(mode, '+') ? O_RDWR : (mode[0] == 'r' ? O_RDONLY : O_WRONLY));
 		if (strchr(mode, 'e'))
 			flags |= O_CLOEXEC;
@@ -964,9 +998,22 @@ static int server_present(void)
 	return stat(socket_path(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
+static int is_iommu_user(const char *upath)
+{
+	char pb[SAFE_PATH_MAX];
+	return is_iommu(safe_path(upath, pb));
+}
+
+static int is_iommu_at_user(int dirfd, const char *upath)
+{
+	char pb[SAFE_PATH_MAX];
+	const char *p = safe_path(upath, pb);
+	return p && (is_iommu(p) || is_iommu_at(dirfd, p));
+}
+
 EXPORT int access(const char *path, int mode)
 {
-	if (is_iommu(path) && server_present())
+	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(access);
 	return real_access(path, mode);
@@ -974,7 +1021,7 @@ EXPORT int access(const char *path, int mode)
 
 EXPORT int euidaccess(const char *path, int mode)
 {
-	if (is_iommu(path) && server_present())
+	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(euidaccess);
 	return real_euidaccess(path, mode);
@@ -987,7 +1034,7 @@ EXPORT int eaccess(const char *path, int mode)
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
-	if ((is_iommu(path) || is_iommu_at(dirfd, path)) && server_present())
+	if (is_iommu_at_user(dirfd, path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(faccessat);
 	return real_faccessat(dirfd, path, mode, flags);

@@ -25,6 +25,8 @@
 #include "iommufd_emu_wire.h"
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 
 #define DIE(...) do { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf(" (errno %d %s)\n", errno, strerror(errno)); exit(1); } while (0)
@@ -1016,6 +1018,119 @@ static int mode_sigclose(void)
 	return 0;
 }
 
+/*
+ * Bad buffers and edge cases on every emulated file, printed one line per case
+ * ("<file> <case> = <ret> <errno>"), for comparison with the real kernel's
+ * output (recorded from the oracle VM in server.test.ts). Never a signal.
+ */
+static void edge(const char *file, const char *what, long r)
+{
+	printf("%s %s = %ld %s\n", file, what, r, r < 0 ? strerrorname_np(errno) : "-");
+	errno = 0;
+}
+
+static char *edge_pages;     /* [rw][PROT_NONE][ro][unmapped] */
+static void *volatile null_buf; /* NULL the compiler cannot see */
+
+static void failnth_edges(const char *label, const char *path)
+{
+	long pg = 4096;
+	char *rw = edge_pages, *none = edge_pages + pg, *ro = edge_pages + 2 * pg, *gone = edge_pages + 3 * pg;
+	int f = open(path, O_RDWR);
+	if (f < 0)
+		DIE("open %s", path);
+	edge(label, "read-null", read(f, null_buf, 8));
+	edge(label, "read-unmapped", read(f, gone, 8));
+	edge(label, "read-prot-none", read(f, none, 8));
+	edge(label, "read-read-only", read(f, ro, 8));
+	edge(label, "read-huge-count", read(f, rw, (size_t)-1 / 2));
+	edge(label, "read-zero", read(f, null_buf, 0));
+	edge(label, "pread-null", pread(f, null_buf, 8, 0));
+	edge(label, "pread-negative", pread(f, rw, 8, -1));
+	edge(label, "pread-straddle", pread(f, none - 1, 2, 0));
+	edge(label, "pread-beyond", pread(f, rw, 8, 5));
+	edge(label, "read-1", read(f, rw, 1));
+	edge(label, "read-rest", read(f, rw, 8));
+	edge(label, "read-eof", read(f, rw, 8));
+	edge(label, "lseek", lseek(f, 0, SEEK_SET));
+	edge(label, "write-null", write(f, null_buf, 1));
+	edge(label, "write-unmapped", write(f, gone, 1));
+	edge(label, "write-prot-none", write(f, none, 1));
+	edge(label, "pwrite-negative", pwrite(f, "0", 1, -1));
+	none[-1] = '1';
+	edge(label, "write-straddle", write(f, none - 1, 2));
+	edge(label, "write-zero", write(f, rw, 0));
+	static const char *nums[] = { "-1", " 1", "0x10", "010", "08", "4294967295", "4294967296", "9\n", "9\n\n", "+5",
+				      "0x", "1x", "00000000000000000000000000000000000000009", "0" };
+	for (unsigned i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		char what[80], b[16] = { 0 };
+		long w = write(f, nums[i], strlen(nums[i]));
+		ssize_t n = pread(f, b, sizeof(b) - 1, 0);
+		/* disarm before anything else can count it down */
+		(void)!write(f, "0", 1);
+		if (n > 0 && b[n - 1] == '\n')
+			b[n - 1] = 0;
+		snprintf(what, sizeof(what), "write-'%s'-reads-%s", nums[i][0] == '\n' ? "nl" : nums[i], n > 0 ? b : "?");
+		for (char *c = what; *c; c++)
+			if (*c == '\n')
+				*c = '|';
+		edge(label, what, w);
+	}
+	memset(rw, 0, 64);
+	rw[0] = '7';
+	edge(label, "write-long-zero-padded", write(f, rw, 64));
+	(void)!write(f, "0", 1);
+	close(f);
+	f = open(path, O_RDONLY);
+	edge(label, "write-on-rdonly", write(f, "1", 1));
+	close(f);
+	f = open(path, O_WRONLY);
+	char b[8];
+	edge(label, "read-on-wronly", read(f, b, sizeof(b)));
+	close(f);
+}
+
+static int mode_fileedges(void)
+{
+	long pg = 4096;
+	edge_pages = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (edge_pages == MAP_FAILED)
+		DIE("mmap");
+	memset(edge_pages, 0, 3 * pg);
+	if (mprotect(edge_pages + pg, pg, PROT_NONE) || mprotect(edge_pages + 2 * pg, pg, PROT_READ) || munmap(edge_pages + 3 * pg, pg))
+		DIE("mprotect");
+	char path[96];
+	failnth_edges("self", "/proc/self/fail-nth");
+	failnth_edges("thread-self", "/proc/thread-self/fail-nth");
+	snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", (int)syscall(SYS_gettid));
+	failnth_edges("self-task", path);
+	snprintf(path, sizeof(path), "/proc/%d/fail-nth", getpid());
+	failnth_edges("pid", path);
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/fail-nth", getpid(), (int)syscall(SYS_gettid));
+	failnth_edges("pid-task", path);
+	/* paths the shim must look at without touching them directly */
+	char *bad = (char *)8;
+	edge("path", "open-null", open(null_buf, O_RDONLY));
+	edge("path", "open-bad", open(bad, O_RDONLY));
+	edge("path", "openat-bad", openat(AT_FDCWD, bad, O_RDONLY));
+	memcpy(edge_pages + pg - 10, "/dev/iommu", 10); /* no terminator before the PROT_NONE page */
+	edge("path", "open-unterminated", open(edge_pages + pg - 10, O_RDWR));
+	edge("path", "access-bad", access(bad, F_OK));
+	edge("path", "faccessat-bad", faccessat(AT_FDCWD, bad, F_OK, 0));
+	/* (opendir and fopen of a bad pointer crash inside glibc itself, kernel or not) */
+	int fd = xopen();
+	char *rw = edge_pages;
+	edge("iommu", "read-null", read(fd, null_buf, 8));
+	edge("iommu", "read-huge-count", read(fd, rw, (size_t)-1 / 2));
+	edge("iommu", "write-null", write(fd, null_buf, 8));
+	edge("iommu", "pread-null", pread(fd, null_buf, 8, 0));
+	edge("iommu", "pwrite-null", pwrite(fd, null_buf, 8, 0));
+	edge("iommu", "lseek", lseek(fd, 0, SEEK_SET));
+	close(fd);
+	printf("OK fileedges\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1045,6 +1160,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "forge") && argc > 5) return mode_forge(argv);
 	if (!strcmp(m, "victim")) return mode_victim();
 	if (!strcmp(m, "sigclose")) return mode_sigclose();
+	if (!strcmp(m, "fileedges")) return mode_fileedges();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();

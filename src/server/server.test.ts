@@ -60,6 +60,67 @@ async function until(cond: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
+/**
+ * What the real 6.12 kernel answers for native/testclient.c's `fileedges` cases
+ * (recorded in the oracle VM, identical for every spelling of the fail-nth
+ * path): bad buffers are EFAULT (partial copies count), never a signal.
+ */
+const FAILNTH_GOLDEN = [
+  "read-null = -1 EFAULT",
+  "read-unmapped = -1 EFAULT",
+  "read-prot-none = -1 EFAULT",
+  "read-read-only = -1 EFAULT",
+  "read-huge-count = -1 EFAULT",
+  "read-zero = 0 -",
+  "pread-null = -1 EFAULT",
+  "pread-negative = -1 EINVAL",
+  "pread-straddle = 1 -",
+  "pread-beyond = 0 -",
+  "read-1 = 1 -",
+  "read-rest = 1 -",
+  "read-eof = 0 -",
+  "lseek = -1 ESPIPE",
+  "write-null = -1 EFAULT",
+  "write-unmapped = -1 EFAULT",
+  "write-prot-none = -1 EFAULT",
+  "pwrite-negative = -1 EINVAL",
+  "write-straddle = -1 EFAULT",
+  "write-zero = -1 EINVAL",
+  "write-'-1'-reads-0 = -1 EINVAL",
+  "write-' 1'-reads-0 = -1 EINVAL",
+  "write-'0x10'-reads-16 = 4 -",
+  "write-'010'-reads-8 = 3 -",
+  "write-'08'-reads-0 = -1 EINVAL",
+  "write-'4294967295'-reads-4294967295 = 10 -",
+  "write-'4294967296'-reads-0 = -1 ERANGE",
+  "write-'9|'-reads-9 = 2 -",
+  "write-'9||'-reads-0 = -1 EINVAL",
+  "write-'+5'-reads-5 = 2 -",
+  "write-'0x'-reads-0 = -1 EINVAL",
+  "write-'1x'-reads-0 = -1 EINVAL",
+  "write-'00000000000000000000000000000000000000009'-reads-0 = 41 -",
+  "write-'0'-reads-0 = 1 -",
+  "write-long-zero-padded = 64 -",
+  "write-on-rdonly = -1 EBADF",
+  "read-on-wronly = -1 EBADF"
+];
+const PATH_GOLDEN = [
+  "open-null = -1 EFAULT",
+  "open-bad = -1 EFAULT",
+  "openat-bad = -1 EFAULT",
+  "open-unterminated = -1 EFAULT",
+  "access-bad = -1 EFAULT",
+  "faccessat-bad = -1 EFAULT"
+];
+const IOMMU_FILE_GOLDEN = [
+  "read-null = -1 EINVAL",
+  "read-huge-count = -1 EINVAL",
+  "write-null = -1 EINVAL",
+  "pread-null = -1 EINVAL",
+  "pwrite-null = -1 EINVAL",
+  "lseek = -1 ESPIPE"
+];
+
 describe('server and shim (C clients)', { skip }, () => {
   before(async () => {
     assert.ok(await loadHandlers());
@@ -336,6 +397,19 @@ describe('server and shim (C clients)', { skip }, () => {
     const r = await runClient('debugfs');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK debugfs/);
+  });
+
+  test('bad buffers and edge cases on every emulated file answer as the kernel does (EFAULT, never a signal)', async () => {
+    const r = await runClient('fileedges');
+    assert.equal(r.code, 0, r.out + r.err);
+    const lines = r.out.trim().split('\n');
+    for (const label of ['self', 'thread-self', 'self-task', 'pid', 'pid-task']) {
+      const got = lines.filter((l) => l.startsWith(`${label} `)).map((l) => l.slice(label.length + 1));
+      assert.deepEqual(got, FAILNTH_GOLDEN, `/proc/.../fail-nth as ${label}`);
+    }
+    assert.deepEqual(lines.filter((l) => l.startsWith('iommu ')).map((l) => l.slice(6)), IOMMU_FILE_GOLDEN);
+    assert.deepEqual(lines.filter((l) => l.startsWith('path ')).map((l) => l.slice(5)), PATH_GOLDEN);
+    assert.match(r.out, /OK fileedges/);
   });
 
   test('fail-nth file arms the next emulated call of the thread', async () => {
