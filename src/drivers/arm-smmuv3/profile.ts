@@ -2,15 +2,10 @@
 // Feature presence is asked of the uAPI table (an enum member exists in the
 // profile <=> that kernel had the code behind it); the two behaviour changes
 // that are not uAPI additions are named switches keyed on the version.
-import { ENUMS, enumInProfile, inProfile } from '../../uapi/enums.js';
+import { accepts, ENUMS } from '../../uapi/enums.js';
 import { V, type Profile } from '../../uapi/profiles.js';
 
-function present(enumName: string, member: string, p: Profile): boolean {
-  const e = ENUMS[enumName];
-  const m = e?.members.find((x) => x.name === member);
-  if (!e || !m) throw new Error(`uAPI table has no ${enumName}.${member}`);
-  return enumInProfile(e, p) && inProfile(m, p);
-}
+const present = (enumName: string, member: string, p: Profile): boolean => accepts(p, enumName, member);
 
 /** Value of a uAPI enum member (the driver's constants come from the table). */
 export function uapiValue(enumName: string, member: string): number {
