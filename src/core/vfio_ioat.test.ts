@@ -4,7 +4,6 @@
 // completion and MSI-X checked -- plus the unmapped-IOVA error cases.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { IO } from '../uapi/ioctls.js';
 import { VFIO } from '../uapi/ioctls.js';
 import * as S from '../uapi/structs.js';
 import {
@@ -12,7 +11,7 @@ import {
   VFIO_REQ, vfio_device_attach_iommufd_pt, vfio_device_bind_iommufd, vfio_device_info, vfio_group_status, vfio_irq_info,
   vfio_irq_set, vfio_region_info, vfioRegionOffset,
 } from '../uapi/vfio.js';
-import { CHANCTRL, CHANCMD, CHANERR, CHANSTS, DESC_CTL, INTRCTRL, IOAT } from '../devices/ioat.js';
+import { CHANCTRL, CHANCMD, CHANERR, CHANSTS, DESC_CTL, INTRCTRL, IOAT, ioatDescriptor } from '../devices/ioat.js';
 import { PCI, PCI_COMMAND } from '../devices/pci/pci_regs.js';
 import { VtdDevice } from '../drivers/intel_vtd/vtd.js';
 import { ObjType } from './object.js';
@@ -86,14 +85,7 @@ class IoatDriver {
     return 2 ** Number(this.bar.read(IOAT.XFERCAP, 1));
   }
   start(src: bigint, dst: bigint, size: number, count: number, intEn = false): void {
-    const d = new Uint8Array(64);
-    const dv = new DataView(d.buffer);
-    dv.setUint32(0, size, true);
-    dv.setUint32(4, intEn ? DESC_CTL.INT_EN : 0, true);
-    dv.setBigUint64(8, src, true);
-    dv.setBigUint64(16, dst, true);
-    dv.setBigUint64(24, this.descIova, true);
-    this.p.mem.write(this.descVa, d);
+    this.p.mem.write(this.descVa, ioatDescriptor({ size, ctl: intEn ? DESC_CTL.INT_EN : 0, src, dst, next: this.descIova }));
     this.bar.write(CH + IOAT.CHAINADDR, 8, this.descIova);
     this.bar.write(CH + IOAT.CHANCTRL, 2, BigInt(CHANCTRL.INT_REARM | CHANCTRL.ANY_ERR_ABORT_EN));
     this.bar.write(CH + IOAT.DMACOUNT, 2, BigInt(count));
@@ -372,15 +364,11 @@ test('group + container (/dev/vfio/vfio served by iommufd): SET_CONTAINER, SET_I
   const group = p.openGroup(3);
   const st = () => structCall(p, group, VFIO_REQ.GROUP_GET_STATUS, vfio_group_status, { argsz: 8 }).out.flags;
   assert.equal(st(), VFIO_GROUP_FLAGS.VIABLE);
-  const fdArg = p.mem.alloc(4);
-  p.mem.write(fdArg, Uint8Array.of(container, 0, 0, 0));
-  assert.equal(p.ioctl(group, VFIO_REQ.GROUP_SET_CONTAINER, fdArg), 0);
+  assert.equal(p.setContainer(group, container), 0);
   assert.equal(st(), VFIO_GROUP_FLAGS.VIABLE | VFIO_GROUP_FLAGS.CONTAINER_SET);
   assert.equal(p.ioctl(container, VFIO.CHECK_EXTENSION, BigInt(VFIO.TYPE1v2_IOMMU)), 1);
   assert.equal(p.ioctl(container, VFIO.SET_IOMMU, BigInt(VFIO.TYPE1v2_IOMMU)), 0);
-  const name = p.mem.alloc(32);
-  p.mem.write(name, Buffer.from('0000:00:03.0\0'));
-  const dev = p.ioctl(group, VFIO_REQ.GROUP_GET_DEVICE_FD, name);
+  const dev = p.getDeviceFd(group, '0000:00:03.0');
   assert.ok(dev >= 3);
   // The device is bound and attached to the compat IOAS.
   const ctx = p.ctxOf(container);
@@ -413,18 +401,13 @@ test('iommufd as the container (iommufd_compat modes): /dev/iommu works for SET_
   const { p } = vfioSetup();
   const iommufd = p.openIommu();
   const group = p.openGroup(3);
-  const fdArg = p.mem.alloc(4);
-  p.mem.write(fdArg, Uint8Array.of(iommufd, 0, 0, 0));
-  p.ioctl(group, VFIO_REQ.GROUP_SET_CONTAINER, fdArg);
+  p.setContainer(group, iommufd);
   assert.equal(p.ioctl(iommufd, VFIO.SET_IOMMU, BigInt(VFIO.TYPE1_IOMMU)), 0);
-  const name = p.mem.alloc(32);
-  p.mem.write(name, Buffer.from('0000:00:03.0\0'));
-  const dev = p.ioctl(group, VFIO_REQ.GROUP_GET_DEVICE_FD, name);
+  const dev = p.getDeviceFd(group, '0000:00:03.0');
   // The IOMMU_* ioctls see the compat IOAS and the device's auto domain.
   const vfioIoas = iommufdCall(p, iommufd, 'VFIO_IOAS', { op: 0 });
   assert.ok(vfioIoas.ioas_id > 0);
   assert.equal(errOf(() => iommufdCall(p, iommufd, 'DESTROY', { id: vfioIoas.ioas_id })), 'EBUSY');
   p.close(dev);
   iommufdCall(p, iommufd, 'DESTROY', { id: vfioIoas.ioas_id });
-  void IO;
 });

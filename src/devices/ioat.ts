@@ -49,6 +49,18 @@ export const IOAT_BAR0_SIZE = 16 * 1024;
 export const IOAT_MSIX_TABLE = 0x2000;
 export const IOAT_MSIX_PBA = 0x3000;
 
+/** A 64-byte descriptor as the engine reads it (tests and example drivers build them with this). */
+export function ioatDescriptor(d: { size: number; ctl?: number; src: bigint; dst: bigint; next: bigint }): Uint8Array {
+  const b = new Uint8Array(IOAT_DESC_SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, d.size, true);
+  dv.setUint32(4, d.ctl ?? 0, true);
+  dv.setBigUint64(8, d.src, true);
+  dv.setBigUint64(16, d.dst, true);
+  dv.setBigUint64(24, d.next, true);
+  return b;
+}
+
 export interface IoatOptions {
   /** log2 of the largest copy one descriptor may ask for (XFERCAP); spec 06 §11.4: 12..16 for the selftests. */
   readonly xfercap?: number;
