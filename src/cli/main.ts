@@ -8,7 +8,7 @@ import { PROFILES, type ProfileName } from '../uapi/profiles.js';
 import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT } from '../server/native.js';
 import { runProgram, shimEnv, traceWriter } from '../server/run.js';
 import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
-import { Tracer } from '../server/trace.js';
+import { TracePrinter } from '../server/trace.js';
 import { DEVICE_MODELS } from '../devices/models.js';
 import { DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
@@ -50,12 +50,9 @@ program
   .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
     await loadHandlers();
     const write = traceWriter(opts.trace);
-    const server = new IommufdServer({
-      socketPath: path.resolve(opts.socket),
-      emulator: new Emulator({ profile: opts.abi }),
-      tracer: write ? new Tracer(write) : undefined,
-      grantCaps: opts.grantCap,
-    });
+    const emulator = new Emulator({ profile: opts.abi });
+    if (write) new TracePrinter(write).attach(emulator);
+    const server = new IommufdServer({ socketPath: path.resolve(opts.socket), emulator, grantCaps: opts.grantCap });
     await server.listen();
     process.stderr.write(`iommufd-emu: serving ABI ${opts.abi} on ${server.socketPath}\n`);
     const stop = () => void server.close().then(() => process.exit(0));
