@@ -111,8 +111,8 @@ const DRIVER_IOVA = 0x1_0000_0000n;
 const COPY_IOVA = 0x4000_0000n;
 const UNMAPPED_IOVA = 0x8000_0000n;
 
-function ioatSetup() {
-  const { emu, m, p } = vfioSetup();
+function ioatSetup(machine?: string) {
+  const { emu, m, p } = vfioSetup({ machine });
   const io = iommufdMode(p);
   const descVa = mapAt(p, io.iommufd, io.ioasId, DRIVER_IOVA, 0x10000);
   const copyVa = mapAt(p, io.iommufd, io.ioasId, COPY_IOVA, 0x40000);
@@ -410,4 +410,23 @@ test('iommufd as the container (iommufd_compat modes): /dev/iommu works for SET_
   assert.equal(errOf(() => iommufdCall(p, iommufd, 'DESTROY', { id: vfioIoas.ioas_id })), 'EBUSY');
   p.close(dev);
   iommufdCall(p, iommufd, 'DESTROY', { id: vfioIoas.ioas_id });
+});
+
+test('behind an SMMUv3 (machine ioat-smmu): the same driver flow copies through the SMMU walk; vIOMMU and vDEVICE work', () => {
+  const { p, io, drv, copyVa, m } = ioatSetup('ioat-smmu');
+  p.mem.write(copyVa, Uint8Array.of(5, 6, 7, 8));
+  drv.start(COPY_IOVA, COPY_IOVA + 0x100n, 4, 1, true);
+  assert.equal(drv.wait(), 0);
+  assert.deepEqual(p.mem.read(copyVa + 0x100n, 4), Uint8Array.of(5, 6, 7, 8));
+  assert.equal(drv.irq.efd.read(), 1n);
+  drv.start(UNMAPPED_IOVA, COPY_IOVA, 4, 1);
+  assert.equal(Number(drv.bar.read(CH + IOAT.CHANERR, 4)), CHANERR.READ_DATA_ERR);
+  // The device is an SMMUv3 master: GET_HW_INFO says so, a nesting parent and a vIOMMU can be made.
+  const hw = iommufdCall(p, io.iommufd, 'GET_HW_INFO', { dev_id: io.devid, data_len: 0, data_uptr: 0n });
+  assert.equal(hw.out_data_type, 2);
+  const parent = iommufdCall(p, io.iommufd, 'HWPT_ALLOC', { dev_id: io.devid, pt_id: io.ioasId, flags: 1 }).out_hwpt_id;
+  const viommu = iommufdCall(p, io.iommufd, 'VIOMMU_ALLOC', { dev_id: io.devid, hwpt_id: parent, type: 1 }).out_viommu_id;
+  assert.ok(viommu > 0);
+  assert.ok(iommufdCall(p, io.iommufd, 'VDEVICE_ALLOC', { viommu_id: viommu, dev_id: io.devid, virt_id: 0x18n }).out_vdevice_id > 0);
+  assert.equal(m.devices[0]!.iommuDev.constructor.name, 'SmmuMaster');
 });

@@ -80,3 +80,17 @@ test('a machine is built once per emulator', () => {
   buildMachine(emu, loadMachine());
   assert.throws(() => buildMachine(emu, loadMachine()), /already has devices/);
 });
+
+test('device decisions reach the trace bus as driver events', () => {
+  const emu = new Emulator();
+  const b = buildMachine(emu, loadMachine());
+  const seen: string[] = [];
+  const off = emu.bus.subscribe((e) => {
+    if (e.t === 'driver' && e.point === 'device') seen.push(`${e.data.bdf} ${e.data.text}`);
+  });
+  const pci = b.devices[0]!.pci;
+  pci.configWrite(0x04, 2, 0x0002);
+  pci.mmioWrite(0, 0x84, 1, 0x20n);
+  off();
+  assert.ok(seen.some((l) => /^0000:00:03\.0 ioat: CHANCMD reset/.test(l)), seen.join('\n'));
+});
