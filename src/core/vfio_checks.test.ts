@@ -389,3 +389,28 @@ test('the container: CHECK_EXTENSION answers for type1/type1v2/unmap-all; VFIO_G
   assert.ok(iommufdCall(p, c, 'IOAS_ALLOC', {}).out_ioas_id > 0);
   assert.equal(p.ctxOf(c).accountMode, 1, '/dev/vfio/vfio charges pinned pages to the process');
 });
+
+test('MSI-X grows on demand (x86 dynamic MSI-X): a vector past the enabled block can be bound while active', () => {
+  const { p } = vfioSetup({
+    machine: { iommus: [{ name: 'd', type: 'intel-vtd' }], devices: [{ model: 'ioat', bdf: '0000:00:03.0', options: { msix_vectors: 4 } }] },
+  });
+  const iommufd = p.openIommu();
+  const dev = p.openCdev(0);
+  structCall(p, dev, VFIO_REQ.DEVICE_BIND_IOMMUFD, vfio_device_bind_iommufd, { argsz: 24, iommufd });
+  assert.equal(structCall(p, dev, VFIO_REQ.DEVICE_GET_IRQ_INFO, vfio_irq_info, { argsz: 16, index: 2 }).out.count, 4);
+  const T = VFIO_IRQ_SET.ACTION_TRIGGER;
+  const fdOf = (n: number) => {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setInt32(0, n, true);
+    return b;
+  };
+  const set = (v: Record<string, unknown>, tail?: Uint8Array) =>
+    errOf(() => structCall(p, dev, VFIO_REQ.DEVICE_SET_IRQS, vfio_irq_set, { argsz: 20 + (tail?.length ?? 0), ...v }, { tail }));
+  const a = p.eventfd();
+  const b = p.eventfd();
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 0, count: 1 }, fdOf(a.fd)), 0);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 3, count: 1 }, fdOf(b.fd)), 0);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_NONE | T, index: 2, start: 0, count: 4 }), 0);
+  assert.deepEqual([a.efd.read(), b.efd.read()], [1n, 1n]);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 3, count: 2 }, new Uint8Array(8)), 'EINVAL', 'past the table');
+});

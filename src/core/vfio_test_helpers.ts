@@ -5,7 +5,7 @@ import { errOf } from '../drivers/mock/test_helpers.js';
 import { VFIO_REQ } from '../uapi/vfio.js';
 import { IO, IOCTL_BY_NAME, type IoctlName } from '../uapi/ioctls.js';
 import { decode, encodeInto, structSize, type Decoded, type StructDef } from '../uapi/layout.js';
-import { buildMachine, loadMachine, type BuiltMachine } from '../machine/machine.js';
+import { buildMachine, loadMachine, resolveMachine, type BuiltMachine, type MachineDesc } from '../machine/machine.js';
 import type { IommufdCtx } from './context.js';
 import { Emulator } from './emulator.js';
 import type { FdTable, IommufdFile } from './file.js';
@@ -208,10 +208,11 @@ export function iommufdCall(p: TestProcess, fd: number, name: IoctlName, v: Reco
 }
 
 /** A fresh emulator with a machine (default: the one-IOAT preset) and a process. */
-export function vfioSetup(opts: { profile?: ProfileName; machine?: string; proc?: Partial<ProcessInfo> } = {}): {
+export function vfioSetup(opts: { profile?: ProfileName; machine?: string | MachineDesc; proc?: Partial<ProcessInfo> } = {}): {
   emu: Emulator; m: BuiltMachine; p: TestProcess;
 } {
   const emu = new Emulator({ profile: opts.profile ?? 'mainline' });
-  const m = buildMachine(emu, loadMachine(opts.machine ?? 'ioat'));
+  const desc = opts.machine ?? 'ioat';
+  const m = buildMachine(emu, typeof desc === 'string' ? loadMachine(desc) : resolveMachine(desc));
   return { emu, m, p: new TestProcess(emu, opts.proc) };
 }
