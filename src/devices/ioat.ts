@@ -105,7 +105,7 @@ export class IoatDevice extends PciFunction {
       pcie: { at: 0x90, type: PCI_EXP.TYPE_RC_END, flr: true },
       msi: { at: 0xd0, vectors: 1, is64: true },
     }, barAddrs);
-    const xfercap = opts.xfercap ?? 16;
+    const xfercap = opts.xfercap ?? 14;
     if (!Number.isInteger(xfercap) || xfercap < 1 || xfercap > 31) throw new Error(`ioat: xfercap ${xfercap} must be 1..31`);
     this.xfercap = xfercap;
     // Device-specific config registers: CHANERR_INT mirrors CHANERR (write 1 to clear), DMAUNCERRSTS reads 0.

@@ -14,7 +14,7 @@ import { buildMachine, DEFAULT_BDF, describeMachine, loadMachine, PRESETS, resol
 test('the default preset: one IOAT at 0000:00:03.0 in group 3 behind VT-d, cdev vfio0', () => {
   const m = loadMachine();
   assert.equal(m.devices.length, 1);
-  assert.deepEqual(m.devices[0], { model: 'ioat', bdf: DEFAULT_BDF, group: 3, iommu: 'dmar0', options: { xfercap: 16, msix_vectors: 1 } });
+  assert.deepEqual(m.devices[0], { model: 'ioat', bdf: DEFAULT_BDF, group: 3, iommu: 'dmar0', options: { xfercap: 14, msix_vectors: 1 } });
   const emu = new Emulator();
   const b = buildMachine(emu, m);
   const d = b.devices[0]!;
