@@ -1131,6 +1131,54 @@ static int mode_fileedges(void)
 	return 0;
 }
 
+/*
+ * copy_struct_from_user's zeroed tail (check_zeroed_user) on several ioctls: a
+ * struct longer than the kernel's, its tail running into an unreadable page,
+ * with non-zero bytes placed before or after the hole. One line per case, for
+ * comparison with the real kernel's answers.
+ */
+static void zt_case(int fd, const char *name, unsigned long req, size_t known, char *page_end, size_t back, size_t size,
+		    const int *nz, int nnz, const char *what)
+{
+	char *arg = page_end - back;
+	memset(page_end - 4096, 0, 4096);
+	*(__u32 *)arg = (__u32)size;
+	for (int i = 0; i < nnz; i++)
+		arg[nz[i]] = (char)0xff;
+	int r = ioctl(fd, req, arg);
+	printf("%s %s = %s\n", name, what, r == 0 ? "ok" : (errno == E2BIG || errno == EFAULT) ? strerrorname_np(errno) : "other");
+}
+
+static int mode_zerotail(void)
+{
+	int fd = xopen();
+	char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED || mprotect(m + 4096, 4096, PROT_NONE))
+		DIE("mmap");
+	char *end = m + 4096;
+	struct { const char *name; unsigned long req; size_t known; } io[] = {
+		{ "DESTROY", IOMMU_DESTROY, sizeof(struct iommu_destroy) },
+		{ "IOAS_ALLOC", IOMMU_IOAS_ALLOC, sizeof(struct iommu_ioas_alloc) },
+		{ "OPTION", IOMMU_OPTION, sizeof(struct iommu_option) },
+		{ "IOAS_MAP", IOMMU_IOAS_MAP, sizeof(struct iommu_ioas_map) },
+		{ "TEST_CMD", IOMMU_TEST_CMD, sizeof(struct iommu_test_cmd) },
+	};
+	for (unsigned i = 0; i < sizeof(io) / sizeof(io[0]); i++) {
+		size_t k = io[i].known;
+		int nz3[] = { (int)k + 3 }, nz15[] = { (int)k + 15 }, nzm[] = { (int)k - 1 }, past[] = { (int)k + 3, (int)k + 4, (int)k + 7 },
+		    last[] = { (int)k + 2 };
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, NULL, 0, "zero-tail-into-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz3, 1, "nonzero-then-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz15, 1, "nonzero-last-readable-byte");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 4, k + 32, nzm, 1, "struct-byte-in-first-tail-word");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, past, 3, "bytes-past-short-tail");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, last, 1, "short-tail-last-byte");
+	}
+	close(fd);
+	printf("OK zerotail\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1161,6 +1209,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "victim")) return mode_victim();
 	if (!strcmp(m, "sigclose")) return mode_sigclose();
 	if (!strcmp(m, "fileedges")) return mode_fileedges();
+	if (!strcmp(m, "zerotail")) return mode_zerotail();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();

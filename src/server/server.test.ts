@@ -112,6 +112,39 @@ const PATH_GOLDEN = [
   "access-bad = -1 EFAULT",
   "faccessat-bad = -1 EFAULT"
 ];
+/** The real 6.12 kernel's answers to native/testclient.c's `zerotail` cases (check_zeroed_user order). */
+const ZEROTAIL_GOLDEN = [
+  "DESTROY zero-tail-into-hole = EFAULT",
+  "DESTROY nonzero-then-hole = E2BIG",
+  "DESTROY nonzero-last-readable-byte = E2BIG",
+  "DESTROY struct-byte-in-first-tail-word = EFAULT",
+  "DESTROY bytes-past-short-tail = other",
+  "DESTROY short-tail-last-byte = E2BIG",
+  "IOAS_ALLOC zero-tail-into-hole = EFAULT",
+  "IOAS_ALLOC nonzero-then-hole = E2BIG",
+  "IOAS_ALLOC nonzero-last-readable-byte = E2BIG",
+  "IOAS_ALLOC struct-byte-in-first-tail-word = EFAULT",
+  "IOAS_ALLOC bytes-past-short-tail = ok",
+  "IOAS_ALLOC short-tail-last-byte = E2BIG",
+  "OPTION zero-tail-into-hole = EFAULT",
+  "OPTION nonzero-then-hole = E2BIG",
+  "OPTION nonzero-last-readable-byte = E2BIG",
+  "OPTION struct-byte-in-first-tail-word = EFAULT",
+  "OPTION bytes-past-short-tail = other",
+  "OPTION short-tail-last-byte = E2BIG",
+  "IOAS_MAP zero-tail-into-hole = EFAULT",
+  "IOAS_MAP nonzero-then-hole = E2BIG",
+  "IOAS_MAP nonzero-last-readable-byte = E2BIG",
+  "IOAS_MAP struct-byte-in-first-tail-word = EFAULT",
+  "IOAS_MAP bytes-past-short-tail = other",
+  "IOAS_MAP short-tail-last-byte = E2BIG",
+  "TEST_CMD zero-tail-into-hole = EFAULT",
+  "TEST_CMD nonzero-then-hole = E2BIG",
+  "TEST_CMD nonzero-last-readable-byte = E2BIG",
+  "TEST_CMD struct-byte-in-first-tail-word = EFAULT",
+  "TEST_CMD bytes-past-short-tail = other",
+  "TEST_CMD short-tail-last-byte = E2BIG"
+];
 const IOMMU_FILE_GOLDEN = [
   "read-null = -1 EINVAL",
   "read-huge-count = -1 EINVAL",
@@ -410,6 +443,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.deepEqual(lines.filter((l) => l.startsWith('iommu ')).map((l) => l.slice(6)), IOMMU_FILE_GOLDEN);
     assert.deepEqual(lines.filter((l) => l.startsWith('path ')).map((l) => l.slice(5)), PATH_GOLDEN);
     assert.match(r.out, /OK fileedges/);
+  });
+
+  test('over-long structs: E2BIG if a non-zero tail byte comes before an unreadable one, else EFAULT, as the kernel (several ioctls)', async () => {
+    const r = await runClient('zerotail');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.deepEqual(r.out.trim().split('\n').filter((l) => !l.startsWith('OK')), ZEROTAIL_GOLDEN);
   });
 
   test('fail-nth file arms the next emulated call of the thread', async () => {
