@@ -1179,6 +1179,187 @@ static int mode_zerotail(void)
 	return 0;
 }
 
+#ifdef IOMMU_VEVENTQ_ALLOC
+/* A vIOMMU with the mock's 2-page mmap region: its id, the region's offset and length. */
+static __u32 region_viommu(int fd, __u64 *off, __u64 *len)
+{
+	struct nest_fixture f = nest_fixture(fd);
+	struct iommu_viommu_selftest data = { .in_data = 0xbadbeef };
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = f.idev,
+					 .hwpt_id = f.parent, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+		DIE("VIOMMU_ALLOC");
+	if (data.out_mmap_length != 8192)
+		DIE("region of %llu bytes", (unsigned long long)data.out_mmap_length);
+	*off = data.out_mmap_offset;
+	*len = data.out_mmap_length;
+	return va.out_viommu_id;
+}
+
+static char *map_region(int fd, __u64 off, __u64 len)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		DIE("mmap region");
+	if (*(__u32 *)p != 0xbadbeef)
+		DIE("region content %x", *(__u32 *)p);
+	return p;
+}
+
+static void expect_busy(int fd, __u32 id, const char *when)
+{
+	if (destroy(fd, id) != -1 || errno != EBUSY)
+		DIE("DESTROY %s should be EBUSY", when);
+}
+
+/* A free address range of n pages (mapped and unmapped again). */
+static char *hole(size_t n)
+{
+	char *h = mmap(NULL, n * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(h, n * 4096);
+	return h;
+}
+
+/*
+ * The vIOMMU stays busy while any piece of a mapping of its region exists, in
+ * this process or in a forked child, and is free once the last is gone:
+ * partial munmap, mprotect splits, mremap (move, move of part, shrink, grow
+ * refused), MAP_FIXED over it, fork, a child's exit and exec.
+ */
+static int mode_mmappieces(char **argv)
+{
+	int fd = xopen();
+	__u64 off, len;
+	long pg = 4096;
+	__u32 v;
+	char *p;
+
+	/* munmap in two pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	munmap(p, pg);
+	expect_busy(fd, v, "with the second page still mapped");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after both halves unmapped");
+
+	/* mprotect splits the VMA; unmapping all of it at once closes both pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mprotect(p + pg, pg, PROT_READ) || mprotect(p + pg, pg, PROT_READ | PROT_WRITE))
+		DIE("mprotect");
+	munmap(p, pg);
+	expect_busy(fd, v, "after unmapping one side of an mprotect split");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after an mprotect split");
+
+	/* mremap: grow refused (VM_DONTEXPAND), shrink keeps a piece, move follows the mapping */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mremap(p, len, len + pg, MREMAP_MAYMOVE) != MAP_FAILED || errno != EFAULT)
+		DIE("mremap growing a region mapping should be EFAULT");
+	char *dst = hole(2);
+	char *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	if (q != dst || *(__u32 *)q != 0xbadbeef)
+		DIE("mremap move");
+	expect_busy(fd, v, "after moving the mapping");
+	if (mremap(q, len, pg, 0) != q)
+		DIE("mremap shrink");
+	expect_busy(fd, v, "after shrinking the mapping");
+	munmap(q, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after mremap move + shrink + munmap");
+
+	/* move of one page out of the middle of nowhere: the rest stays */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	dst = hole(1);
+	if (mremap(p + pg, pg, pg, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != dst)
+		DIE("mremap of the second page");
+	munmap(p, pg);
+	expect_busy(fd, v, "with the moved page still mapped");
+	munmap(dst, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after the moved page went");
+
+	/* MAP_FIXED over the mapping unmaps what it covers */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mmap(p, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p)
+		DIE("MAP_FIXED");
+	expect_busy(fd, v, "with half of the mapping replaced");
+	if (mmap(p + pg, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p + pg)
+		DIE("MAP_FIXED 2");
+	if (destroy(fd, v))
+		DIE("DESTROY after MAP_FIXED over all of it");
+	munmap(p, len);
+
+	/* fork: the child's copy holds its own reference until it unmaps it */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	int go[2], done[2];
+	if (pipe(go) || pipe(done))
+		DIE("pipe");
+	pid_t c = fork();
+	if (c == 0) {
+		char b;
+		if (read(go[0], &b, 1) != 1)
+			_exit(3);
+		if (*(__u32 *)p != 0xbadbeef)
+			_exit(4);
+		munmap(p, pg);
+		(void)!write(done[1], "1", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(5);
+		munmap(p + pg, pg);
+		(void)!write(done[1], "2", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(6);
+		_exit(0);
+	}
+	munmap(p, len);
+	expect_busy(fd, v, "while the forked child maps it");
+	char b;
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	expect_busy(fd, v, "while the child maps half of it");
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	if (destroy(fd, v))
+		DIE("DESTROY after the child unmapped its copy");
+	(void)!write(go[1], "x", 1);
+	int st;
+	waitpid(c, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("child status %x", st);
+
+	/* a child's exit (without unmapping) and exec drop its copies */
+	for (int how = 0; how < 2; how++) {
+		v = region_viommu(fd, &off, &len);
+		p = map_region(fd, off, len);
+		if (mprotect(p, pg, PROT_READ))
+			DIE("mprotect"); /* two pieces to copy */
+		c = fork();
+		if (c == 0) {
+			if (how)
+				execl("/bin/true", "true", (char *)NULL);
+			_exit(0);
+		}
+		munmap(p, len);
+		waitpid(c, &st, 0);
+		if (destroy(fd, v))
+			DIE("DESTROY after the child's %s", how ? "exec" : "exit");
+	}
+	(void)argv;
+	close(fd);
+	printf("OK mmappieces\n");
+	return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1213,6 +1394,7 @@ int main(int argc, char **argv)
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();
+	if (!strcmp(m, "mmappieces")) return mode_mmappieces(argv);
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

@@ -45,8 +45,13 @@ export const PROT_EXEC = 0x4;
 
 export interface MmapHandle {
   readonly pages: PhysPage[];
-  /** munmap: drops the reference on the owner (and on the context). */
+  /** A VMA piece of this mapping is gone (munmap): drops its reference on the owner (and on the context). */
   close(): void;
+  /**
+   * A new VMA piece of this mapping (vm_ops->open: split, mremap, fork): it
+   * holds references of its own, released by its own close().
+   */
+  open(): MmapHandle;
 }
 
 /** mmap(fd, offset, length): exact region only; holds the owner and the context until close. */
@@ -56,6 +61,11 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
   if (prot & PROT_EXEC) fail('EPERM');
   const r = regions(ctx).find((x) => x.offset === offset && x.length === length);
   if (!r || r.owner.users === 0) fail('ENXIO');
+  return piece(ctx, r);
+}
+
+/** One VMA's references: the owner (iommufd_fops_vma_open/close) and the file, i.e. the context. */
+function piece(ctx: IommufdCtx, r: Region): MmapHandle {
   refget(r.owner);
   ctx.ref();
   let open = true;
@@ -67,5 +77,6 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
       refput(r.owner);
       ctx.put();
     },
+    open: () => piece(ctx, r),
   };
 }

@@ -391,6 +391,13 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK mmap/);
   });
 
+  test('an iommufd mapping holds one reference per VMA piece: partial munmap, mprotect split, mremap, MAP_FIXED, fork, exit, exec', async () => {
+    const r = await runClient('mmappieces');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK mmappieces/);
+    await until(() => server.liveContexts === 0);
+  });
+
   test('capabilities are the caller\'s real ones unless the server grants more', async () => {
     const real = (fs.readFileSync('/proc/self/status', 'utf8').match(/^CapEff:\s*([0-9a-f]+)/m) ?? [])[1];
     const hasSysResource = real !== undefined && ((BigInt('0x' + real) >> 24n) & 1n) === 1n;
