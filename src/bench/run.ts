@@ -7,6 +7,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { shimBench } from './shim.js';
+import { busBench } from './bus.js';
 
 const PAGE = 4096n;
 
@@ -92,8 +93,23 @@ function selftestWallTime(): string {
   return `${s} s (${totals ? `${totals[1]} passed, ${totals[2]} failed, ${totals[3]} skipped` : `exit ${r.status}`})`;
 }
 
+async function busRows(): Promise<void> {
+  const b = await busBench();
+  const rel = (x: number): string => `${(x / b.off).toFixed(2)}x of unsubscribed`;
+  rows.push({ bench: 'IOAS_ALLOC+DESTROY, trace bus: nobody subscribed', result: rate(b.off, 1000), target: 'report' });
+  rows.push({ bench: 'IOAS_ALLOC+DESTROY, trace bus: one counting subscriber', result: `${rate(b.counting, 1000)} (${rel(b.counting)})`, target: 'report' });
+  if (b.recording !== null) {
+    rows.push({ bench: 'IOAS_ALLOC+DESTROY, inspector recording', result: `${rate(b.recording, 1000)} (${rel(b.recording)})`, target: 'report' });
+  }
+  const cost = b.baseline !== null
+    ? `${((b.baseline / b.off - 1) * 100).toFixed(1)}% (${rate(b.off, 1000)} vs ${rate(b.baseline, 1000)} without the bus)`
+    : `skipped: ${b.baselineError ?? 'IOMMUFD_BENCH_BASELINE not set (scripts/bench-baseline.sh REF sets it)'}`;
+  rows.push({ bench: 'trace bus cost, nobody subscribed', result: cost, target: '<= 5%' });
+}
+
 async function main(): Promise<void> {
   allocDestroy();
+  await busRows();
   const mem = new SimMemory();
   const fd = openIommufd({ mem });
   const ioas = fd.ioasAlloc();

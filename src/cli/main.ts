@@ -8,7 +8,9 @@ import { PROFILES, type ProfileName } from '../uapi/profiles.js';
 import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT } from '../server/native.js';
 import { runProgram, shimEnv, traceWriter } from '../server/run.js';
 import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
-import { Tracer } from '../server/trace.js';
+import { TracePrinter } from '../server/trace.js';
+import { DEVICE_MODELS } from '../devices/models.js';
+import { DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
 const abiOption = () =>
   new Option('--abi <profile>', 'ABI profile the emulator impersonates')
@@ -48,12 +50,9 @@ program
   .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
     await loadHandlers();
     const write = traceWriter(opts.trace);
-    const server = new IommufdServer({
-      socketPath: path.resolve(opts.socket),
-      emulator: new Emulator({ profile: opts.abi }),
-      tracer: write ? new Tracer(write) : undefined,
-      grantCaps: opts.grantCap,
-    });
+    const emulator = new Emulator({ profile: opts.abi });
+    if (write) new TracePrinter(write).attach(emulator);
+    const server = new IommufdServer({ socketPath: path.resolve(opts.socket), emulator, grantCaps: opts.grantCap });
     await server.listen();
     process.stderr.write(`iommufd-emu: serving ABI ${opts.abi} on ${server.socketPath}\n`);
     const stop = () => void server.close().then(() => process.exit(0));
@@ -71,6 +70,32 @@ program
     for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET', 'IOMMUFD_EMU_DEBUGFS']) {
       process.stdout.write(`export ${k}='${env[k]}'\n`);
     }
+  });
+
+/** `--machine PRESET|FILE`: which devices the emulated machine has (docs/MACHINE.md). */
+const machineOption = () =>
+  new Option('--machine <preset|file>', `machine description: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file`)
+    .default(DEFAULT_PRESET);
+
+program
+  .command('devices')
+  .description('print the emulated machine: IOMMUs and the PCI functions bound to vfio-pci (BDF, model, group, cdev)')
+  .addOption(machineOption())
+  .option('--json', 'print the resolved description as JSON')
+  .option('--models', 'list the device models and IOMMU types with their options')
+  .action((opts: { machine: string; json?: boolean; models?: boolean }) => {
+    if (opts.models) {
+      for (const m of Object.values(DEVICE_MODELS)) {
+        process.stdout.write(`model ${m.name}: ${m.description}\n`);
+        for (const [k, o] of Object.entries(m.options)) {
+          process.stdout.write(`    ${k}=${o.min}..${o.max} (default ${o.default}): ${o.help}\n`);
+        }
+      }
+      for (const [k, t] of Object.entries(IOMMU_TYPES)) process.stdout.write(`iommu ${k}: ${t.description}\n`);
+      return;
+    }
+    const m = loadMachine(opts.machine);
+    process.stdout.write(opts.json ? `${JSON.stringify(m, null, 2)}\n` : `${describeMachine(m)}\n`);
   });
 
 program

@@ -5,6 +5,7 @@ import { fail, type ErrnoName } from '../uapi/errno.js';
 import { ioctlTable, type IoctlName, type ProfileIoctl } from '../uapi/ioctls.js';
 import { getProfile, type Profile, type ProfileName } from '../uapi/profiles.js';
 import { IommufdCtx, type Caller, type Handler } from './context.js';
+import { TraceBus } from './trace_bus.js';
 import { UserAccounting, type UserMemory } from './usermem.js';
 
 export interface EmulatorOptions {
@@ -38,6 +39,11 @@ export class Emulator {
   tempMemoryLimit = 65536;
   /** Emulator-wide state owned by feature modules. */
   readonly ext = new Map<string, unknown>();
+  /** Trace events of every context (see trace_bus.ts); free while nobody subscribes. */
+  readonly bus = new TraceBus();
+  /** Open contexts, in opening order (a context leaves when its last reference goes). */
+  readonly contexts = new Set<IommufdCtx>();
+  private ctxSeq = 0;
 
   /**
    * Fault injection (fail-nth): 0 = off; otherwise the N-th failure point hit
@@ -57,7 +63,10 @@ export class Emulator {
   /** open("/dev/iommu"): a new context owned by `owner`'s process. */
   open(owner: UserMemory): IommufdCtx {
     this.failPoint('ENOMEM');
-    return new IommufdCtx(this, owner);
+    const ctx = new IommufdCtx(this, owner, ++this.ctxSeq);
+    this.contexts.add(ctx);
+    if (this.bus.on) this.bus.emit({ t: 'ctx', op: 'open', ctx: ctx.seq, pid: owner.process.pid });
+    return ctx;
   }
 
   /** A numbered allocation/copy point that fault injection can make fail with `code`. */

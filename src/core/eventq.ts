@@ -5,7 +5,7 @@ import { VEVENTQ_FLAG_LOST_EVENTS } from '../uapi/enums.js';
 import { encode, type Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
-import { installFile, POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
+import { fdCloseEvent, installFile, POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import type { UserMemory } from './usermem.js';
 import type { Viommu } from './viommu.js';
@@ -39,6 +39,13 @@ export class Veventq extends IommufdObject {
     this.records.push(r);
     r.sequence = this.sequence;
     this.sequence = (this.sequence + 1) & SEQ_MASK;
+    const ctx = this.viommu.ctx;
+    if (ctx.emu.bus.on) {
+      ctx.emu.bus.emit({
+        t: 'vevent', ctx: ctx.seq, viommu: this.viommu.id, veventq: this.id, type: this.eventType, sequence: r.sequence,
+        lost: r === this.lost,
+      });
+    }
     this.file?.onReadiness?.();
   }
 
@@ -87,7 +94,7 @@ export class Veventq extends IommufdObject {
     this.records.length = 0;
     this.numEvents = 0;
     this.viommu.veventqs.delete(this.eventType);
-    refput(this.viommu);
+    refput(this.viommu, this, 'viommu');
   }
 }
 
@@ -97,7 +104,7 @@ class VeventqFile implements IommufdFile {
   onReadiness?: () => void;
   private released = false;
   constructor(readonly q: Veventq) {
-    refget(q);
+    refget(q, this, 'file');
     q.viommu.ctx.ref();
     q.file = this;
   }
@@ -114,7 +121,8 @@ class VeventqFile implements IommufdFile {
     if (this.released) return;
     this.released = true;
     if (this.q.file === this) this.q.file = null;
-    refput(this.q);
+    fdCloseEvent(this.q.viommu.ctx, this, this.q);
+    refput(this.q, this, 'file');
     this.q.viommu.ctx.put();
   }
 }
@@ -128,13 +136,13 @@ export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_al
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
-    refget(viommu);
+    refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
     installFile(ucmd, new VeventqFile(q), (fd) => {
       cmd.out_veventq_id = q.id;
       cmd.out_veventq_fd = fd;
       ucmd.respond();
-    });
+    }, q);
   });
 }

@@ -6,7 +6,8 @@ import {
   type InvalidateArray, type IommuDomain, type NestedDomain, type PagingDomain, type UserData,
 } from '../drivers/driver.js';
 import { fail, isErrno, type IommufdError } from '../uapi/errno.js';
-import { ENUMS, HWPT_ALLOC } from '../uapi/enums.js';
+import { acceptedMask, HWPT_ALLOC } from '../uapi/enums.js';
+import type { Profile } from '../uapi/profiles.js';
 import type { Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
@@ -37,7 +38,7 @@ export abstract class Hwpt extends IommufdObject {
   protected releaseCommon(): void {
     if (this.domain) this.domain.free();
     if (this.fault) {
-      refput(this.fault);
+      refput(this.fault, this, 'fault');
       this.fault = null;
     }
   }
@@ -59,7 +60,7 @@ export class HwptPaging extends Hwpt {
   }
 
   holdIoas(): void {
-    refget(this.ioas);
+    refget(this.ioas, this, 'ioas');
     this.holdsIoas = true;
   }
 
@@ -73,7 +74,7 @@ export class HwptPaging extends Hwpt {
     this.releaseCommon();
     if (this.holdsIoas) {
       this.holdsIoas = false;
-      refput(this.ioas);
+      refput(this.ioas, this, 'ioas');
     }
   }
 }
@@ -94,13 +95,13 @@ export class HwptNested extends Hwpt {
   /** Take the reference this HWPT keeps (on the vIOMMU or the parent). */
   hold(): void {
     this.holds = this.viommu ?? this.parent;
-    refget(this.holds);
+    refget(this.holds, this, this.viommu ? 'viommu' : 'parent');
   }
 
   destroy(): void {
     this.releaseCommon();
     if (this.holds) {
-      refput(this.holds);
+      refput(this.holds, this, this.viommu ? 'viommu' : 'parent');
       this.holds = null;
     }
   }
@@ -113,19 +114,23 @@ export function findHwptPaging(hwpt: Hwpt): HwptPaging | null {
   return null;
 }
 
-/** Flags valid in HWPT_ALLOC on this ABI. */
-function knownAllocFlags(version: number): number {
-  let m = 0;
-  for (const f of ENUMS.iommufd_hwpt_alloc_flags!.members) if ((f.since ?? 0) <= version) m |= f.value;
-  return m;
+/** HWPT_ALLOC flags the kernel of this profile accepts. */
+function knownAllocFlags(profile: Profile): number {
+  return acceptedMask(profile, 'iommufd_hwpt_alloc_flags');
+}
+
+/** HWPT_ALLOC flags valid for a paging HWPT (6.12: FAULT_ID_VALID only for nested ones). */
+function pagingAllocFlags(profile: Profile): number {
+  const m = knownAllocFlags(profile);
+  return profile.pagingFaultId ? m : m & ~HWPT_ALLOC.FAULT_ID_VALID;
 }
 
 /**
- * Drop an attachment's (or a lookup's) user reference on a HWPT. An
- * auto-domain that only the table still holds is destroyed.
+ * Drop an attachment's user reference on a HWPT (`idev` is the attached
+ * device). An auto-domain that only the table still holds is destroyed.
  */
-export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt): void {
-  refput(hwpt);
+export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt, idev: Device): void {
+  refput(hwpt, idev, 'attach');
   if (hwpt instanceof HwptPaging && hwpt.autoDomain && hwpt.users === 1 &&
     ctx.objects.find(hwpt.id, ObjType.ANY) === hwpt) {
     ctx.objects.removeOwned(hwpt);
@@ -141,9 +146,13 @@ export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt): void {
 export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, pasid: number, flags: number,
   immediateAttach: boolean, data: UserData | null): HwptPaging {
   const dev = idev.dev;
-  if (flags & ~knownAllocFlags(ctx.profile.version)) fail('EOPNOTSUPP');
-  if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) fail('EOPNOTSUPP');
-  if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) fail('EOPNOTSUPP');
+  if (flags & ~pagingAllocFlags(ctx.profile)) fail('EOPNOTSUPP', 'HWPT_ALLOC paging: flag not valid for a paging HWPT');
+  if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) {
+    fail('EOPNOTSUPP', 'HWPT_ALLOC paging: DIRTY_TRACKING on a device without dirty tracking');
+  }
+  if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) {
+    fail('EOPNOTSUPP', 'HWPT_ALLOC paging: FAULT_ID_VALID with NEST_PARENT');
+  }
 
   return ctx.buildObj(ctx.allocObj(new HwptPaging(ioas)), (hwpt) => {
     hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
@@ -171,7 +180,7 @@ export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, p
 export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Device, flags: number,
   data: UserData): HwptNested {
   const dev = idev.dev;
-  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
   if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP');
   if (parent.autoDomain || !parent.nestParent || parent.domain.driver !== dev.driver) fail('EINVAL');
   return buildNested(ctx, new HwptNested(parent), flags,
@@ -196,7 +205,7 @@ function buildNested(ctx: IommufdCtx, obj: HwptNested, flags: number, allocDomai
  */
 export function hwptNestedAllocOnViommu(ctx: IommufdCtx, viommu: IommufdObject, parent: HwptPaging, flags: number,
   data: UserData, allocDomain: ((flags: number, data: UserData) => NestedDomain) | undefined): HwptNested {
-  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
   if (flags & ~valid) fail('EOPNOTSUPP');
   if (!data.len) fail('EOPNOTSUPP');
   if (!allocDomain) fail('EOPNOTSUPP');
@@ -250,7 +259,7 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
     if (cmd.flags & HWPT_ALLOC.FAULT_ID_VALID) {
       const fault = ctx.get<FaultObj>(cmd.fault_id, ObjType.FAULT);
       hwpt.fault = fault;
-      refget(fault);
+      refget(fault, hwpt, 'fault');
       hwpt.domain.faultCapable = true;
     }
     cmd.out_hwpt_id = hwpt.id;
@@ -351,6 +360,17 @@ export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt
   }
 }
 
+/** The `invalidate` trace event of a cache invalidation on a nested HWPT or a vIOMMU. */
+export function invalidateEvent(ctx: IommufdCtx, target: IommufdObject, dataType: number, entries: number,
+  handled: number, err: unknown): void {
+  const bus = ctx.emu.bus;
+  if (!bus.on) return;
+  bus.emit({
+    t: 'invalidate', ctx: ctx.seq, target: target.type === ObjType.HWPT_NESTED ? 'hwpt' : 'viommu', id: target.id,
+    dataType, entries, handled, errno: isErrno(err) ? err.code : undefined,
+  });
+}
+
 /** Upper bound on HWPT_INVALIDATE entry_num (01 §4.16). */
 const INVALIDATE_MAX_ENTRIES = 1 << 19;
 
@@ -359,6 +379,8 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
   const { cmd, ctx } = ucmd;
   let done = 0;
   let err: IommufdError | null = null;
+  let target: IommufdObject | undefined;
+  const requested = cmd.entry_num;
   try {
     if (cmd.__reserved) fail('EOPNOTSUPP');
     if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len || cmd.entry_len > PAGE_SIZE ||
@@ -370,6 +392,7 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
     const obj = ctx.profile.invalidateNestedLookupOnly
       ? ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.HWPT_NESTED)
       : ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.ANY);
+    target = obj;
     try {
       if (obj.type === ObjType.HWPT_NESTED) {
         const domain = (obj as HwptNested).domain;
@@ -388,6 +411,7 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
     err = e;
   }
   cmd.entry_num = done;
+  if (target) invalidateEvent(ctx, target, cmd.data_type, requested, done, err);
   ucmd.respond();
   if (err) throw err;
 }

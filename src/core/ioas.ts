@@ -25,12 +25,20 @@ export class Ioas extends IommufdObject {
   constructor(readonly ctx: IommufdCtx) {
     super();
     this.iopt = new IoPagetable(ctx.emu);
+    this.iopt.owner = this;
   }
 
   /** Destroying an IOAS unmaps everything it still has (nothing else can hold it by then). */
   destroy(): void {
     this.iopt.destroy();
   }
+}
+
+/** The `ioas` trace event of a successful map, map_file, copy (src: the source) or unmap. */
+function ioasEvent(ucmd: Ucmd<any>, op: 'map' | 'map_file' | 'copy' | 'unmap', ioas: Ioas, iova: bigint, length: bigint,
+  src?: Ioas, srcIova?: bigint): void {
+  const bus = ucmd.emu.bus;
+  if (bus.on) bus.emit({ t: 'ioas', op, ctx: ucmd.ctx.seq, ioas: ioas.id, iova, length, src: src?.id, srcIova });
 }
 
 /** Look up an IOAS by ID (ENOENT). */
@@ -123,6 +131,7 @@ export function iommufdIoasCopy(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_copy>>): 
   const dst = getIoas(ctx, cmd.dst_ioas_id);
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.dst_iova = dst.iopt.mapPages(segs, cmd.length, fixed ? cmd.dst_iova : null, convIommuProt(cmd.flags));
+  ioasEvent(ucmd, 'copy', dst, cmd.dst_iova, cmd.length, src, cmd.src_iova);
   ucmd.respond();
 }
 
@@ -160,6 +169,7 @@ export function iommufdIoasMap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map>>): vo
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = mapUserPages(ucmd, ioas, cmd.user_va, cmd.length, fixed ? cmd.iova : null, convIommuProt(cmd.flags));
+  ioasEvent(ucmd, 'map', ioas, cmd.iova, cmd.length);
   // A failing copy-back leaves the mapping in place (the kernel does not undo it).
   ucmd.respond();
 }
@@ -183,6 +193,7 @@ export function iommufdIoasMapFile(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map_fi
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length: cmd.length }], cmd.length,
     fixed ? cmd.iova : null, prot);
+  ioasEvent(ucmd, 'map_file', ioas, cmd.iova, cmd.length);
   ucmd.respond();
 }
 
@@ -206,6 +217,7 @@ export function iommufdIoasUnmap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_unmap>>)
     if (r.unmapped === 0n) fail('ENOENT');
     unmapped = r.unmapped;
   }
+  ioasEvent(ucmd, 'unmap', ioas, cmd.iova, unmapped);
   cmd.length = unmapped;
   ucmd.respond();
 }

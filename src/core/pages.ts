@@ -241,6 +241,20 @@ export class Pages {
     if (slots.size === 0) this.slots = null;
   }
 
+  /** Indices in [first, last] that are pinned, ascending, at most `limit` of them (inspection). */
+  pinnedIndices(first: number, last: number, limit: number): number[] {
+    const slots = this.slots;
+    const out: number[] = [];
+    if (!slots) return out;
+    if (slots.size < last - first + 1) {
+      for (const i of slots.keys()) if (i >= first && i <= last) out.push(i);
+      out.sort((a, b) => a - b);
+      return out.slice(0, limit);
+    }
+    for (let i = first; i <= last && out.length < limit; i++) if (slots.has(i)) out.push(i);
+    return out;
+  }
+
   /** Users of page `index` (tests and invariants). */
   usersOf(index: number): number {
     return this.slots?.get(index)?.users ?? 0;

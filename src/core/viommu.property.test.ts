@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import fc from 'fast-check';
 import { ObjType } from './object.js';
+import { referenceProblems } from './graph.js';
 import type { ErrnoName } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import {
@@ -195,6 +196,7 @@ function checkGraph(t: T, m: Model, step: string): void {
     assert.equal(obj.users, 1 + m.holders(id), `${step}: users of ${kind} ${id}`);
   }
   for (const id of m.tombs) assert.equal(t.ctx.objects.find(id, ObjType.ANY), undefined, `${step}: tombstone ${id}`);
+  assert.deepEqual(referenceProblems(t.ctx), [], `${step}: holder records`);
 }
 
 function run(t: T, m: Model, op: Op, hwQueues: boolean): void {

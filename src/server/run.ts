@@ -8,7 +8,7 @@ import { Emulator } from '../core/emulator.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { ensureShim } from './native.js';
 import { IommufdServer, type CapName } from './server.js';
-import { Tracer } from './trace.js';
+import { TracePrinter } from './trace.js';
 
 export interface RunOptions {
   profile?: ProfileName;
@@ -48,12 +48,9 @@ export async function runProgram(argv: string[], opts: RunOptions = {}): Promise
   const socket = path.join(dir, 'sock');
   const debugfs = path.join(dir, 'debugfs');
   const write = traceWriter(opts.trace);
-  const server = new IommufdServer({
-    socketPath: socket,
-    emulator: new Emulator({ profile: opts.profile ?? 'mainline' }),
-    tracer: write ? new Tracer(write) : undefined,
-    grantCaps: opts.grantCaps,
-  });
+  const emulator = new Emulator({ profile: opts.profile ?? 'mainline' });
+  if (write) new TracePrinter(write).attach(emulator);
+  const server = new IommufdServer({ socketPath: socket, emulator, grantCaps: opts.grantCaps });
   await server.listen();
   try {
     const child = spawn(argv[0]!, argv.slice(1), {

@@ -35,8 +35,6 @@ export interface ServerOptions {
   emulator?: Emulator;
   /** Diagnostics (malformed frames, emulator bugs). Default: stderr. */
   log?: (msg: string) => void;
-  /** Called around every forwarded ioctl (the CLI's --trace). */
-  tracer?: IoctlTracer;
   /**
    * Capabilities every client is treated as having in addition to its real
    * ones (opt-in, for containers that drop them; the default is faithful).
@@ -51,14 +49,6 @@ export const CAP_NAMES: readonly CapName[] = ['sys_resource', 'ipc_lock', 'sys_r
 const CAP_BITS: Record<CapName, number> = {
   sys_resource: W.CAP.SYS_RESOURCE, ipc_lock: W.CAP.IPC_LOCK, sys_rawio: W.CAP.SYS_RAWIO,
 };
-
-export interface IoctlTracer {
-  /** Before the handler runs; the returned value is handed to after(). */
-  before(ctx: IommufdCtx, request: number, arg: bigint, mem: ProcMemory): unknown;
-  after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void;
-  /** Other operations on emulated fds (open, read/write of event fds, mmap, teardown). */
-  note?(pid: number, tid: number, text: string): void;
-}
 
 function errText(neg: number): string {
   return errnoName(-neg) ?? `errno ${-neg}`;
@@ -286,7 +276,6 @@ export class IommufdServer {
   private readonly transport: Transport;
   readonly socketPath: string;
   readonly log: (msg: string) => void;
-  tracer: IoctlTracer | undefined;
   private readonly grantCaps: readonly CapName[];
   /** The PROVE reply's tables (kinds, fd rules), encoded once. */
   private readonly tables: { nkinds: number; nrules: number; bytes: Buffer };
@@ -297,7 +286,6 @@ export class IommufdServer {
     this.socketPath = opts.socketPath;
     this.transport = opts.transport ?? new UnixTransport(opts.socketPath);
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
-    this.tracer = opts.tracer;
     const rules = fdRules(this.emu);
     const k = W.RECORD.kind;
     const r = W.RECORD.fdrule;
@@ -316,6 +304,11 @@ export class IommufdServer {
   /** Stop listening and drop every connection (contexts are torn down). */
   async close(): Promise<void> {
     await this.transport.close();
+  }
+
+  /** An operation on an emulated fd outside the core (open, read/write, mmap, teardown), as a trace `note`. */
+  private note(pid: number, tid: number, text: string): void {
+    this.emu.bus.emit({ t: 'note', pid, tid, text });
   }
 
   /** Number of live contexts (tests). */
@@ -467,19 +460,19 @@ export class IommufdServer {
     });
     c.kind = 'anchor';
     if (!ctx) {
-      this.tracer?.note?.(pid, f.tid, `open("/dev/iommu") = ${errText(r.ret)}`);
+      if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${errText(r.ret)}`);
       this.reply(c, req, W.REP.open, { err: r.ret, failnth: r.failnth });
       return;
     }
     const live: IommufdCtx = ctx;
-    this.tracer?.note?.(pid, f.tid, `open("/dev/iommu") = ${clientFd}`);
+    if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${clientFd}`);
     const token = newToken();
     const entry: CtxEntry = { token, ino, ctx: live, conn: c };
     this.ctxs.set(token, entry);
     this.anchorsByIno.set(ino, entry);
     st.held.add(token);
     c.onEnd = () => {
-      this.tracer?.note?.(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
+      if (this.emu.bus.on) this.note(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
       this.ctxs.delete(token);
       if (this.anchorsByIno.get(ino) === entry) this.anchorsByIno.delete(ino);
       live.put();
@@ -539,7 +532,7 @@ export class IommufdServer {
       });
       err = r.ret;
     }
-    this.tracer?.note?.(c.pid, c.pid,
+    if (this.emu.bus.on) this.note(c.pid, c.pid,
       `mmap(iommufd, offset=0x${f.offset.toString(16)}, length=0x${f.length.toString(16)}) = ${err ? errText(err) : 0}`);
     this.reply(c, W.REQ.MMAP, W.REP.mmap, { err, handle });
   }
@@ -673,17 +666,9 @@ export class IommufdServer {
       st.mem.beginInline(arg, raw, base, raw.length - base);
       try {
         fdt = new CallFdTable(this, st, f.evfd, ev, f.hintfd, hint);
-        const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
         const calls = fdt;
         ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
-          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls })));
-        if (this.tracer) {
-          try {
-            this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
-          } catch (e) {
-            this.log(`trace failed: ${(e as Error).message}`);
-          }
-        }
+          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
         st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
@@ -743,7 +728,7 @@ export class IommufdServer {
         () => (write ? file.write(st.mem, f.buf, n, f.pos) : file.read(st.mem, f.buf, n, f.pos)));
       ret = r.ret;
       failnth = r.failnth;
-      this.tracer?.note?.(c.pid, f.tid || c.pid, `${write ? 'write' : 'read'}(${file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
+      if (this.emu.bus.on) this.note(c.pid, f.tid || c.pid, `${write ? 'write' : 'read'}(${file.name}, ${n}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(file.poll() & POLLIN)) {
         b.signalled = false;
         drain = 1; // the client takes the readiness byte back

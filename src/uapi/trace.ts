@@ -6,10 +6,10 @@
 // return value) or an errno name, outputs are the fields the kernel writes
 // (`out` in structs.ts) as copied back. Nothing here knows a particular ioctl:
 // names, layouts and enum tables all come from the uAPI table.
-import { ENUMS, inProfile, TEST_DEFINES, type EnumDef } from './enums.js';
+import { ENUMS, inHeader, TEST_DEFINES, type EnumDef } from './enums.js';
 import { errnoName } from './errno.js';
 import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
-import { decode, fieldPresent, fieldSize, type FieldDef, type StructDef } from './layout.js';
+import { decode, fieldPresent, fieldSize, structSize, type FieldDef, type StructDef } from './layout.js';
 import type { Profile } from './profiles.js';
 import * as S from './structs.js';
 
@@ -60,7 +60,7 @@ function hex(v: number | bigint): string {
 export function enumText(enumName: string, value: number, profile: Profile): string {
   const e = ENUMS[enumName];
   if (!e) return hex(value);
-  const members = e.members.filter((m) => inProfile(m, profile));
+  const members = e.members.filter((m) => inHeader(m, profile));
   const pre = enumPrefix(e);
   const short = (n: string): string => (n.startsWith(pre) ? n.slice(pre.length) : n);
   if (e.flags) {
@@ -153,6 +153,24 @@ function table(profile: Profile): Map<number, ProfileIoctl> {
   return t;
 }
 
+/**
+ * How many bytes of the caller's struct a trace of `request` shows, given the
+ * struct's first 4 bytes (`head`, null if unreadable): an iommufd ioctl's
+ * `size` capped to the kernel's struct, a VFIO request's struct; 0 when the
+ * argument is not a struct (or the request is unknown).
+ */
+export function traceSpan(profile: Profile, request: number, head: Uint8Array | null): number {
+  if (((request >>> 8) & 0xff) !== IOMMUFD_TYPE) return 0;
+  const nr = request & 0xff;
+  if (nr >= 0x80) {
+    const def = table(profile).get(nr);
+    if (!def || !head || head.length < 4) return 0;
+    return Math.min(Math.max(u32At(head, 0), 4), def.knownSize);
+  }
+  const st = VFIO_NAMES.find(([r]) => r === request >>> 0)?.[2];
+  return st ? structSize(st) : 0;
+}
+
 function u32At(b: Uint8Array, off: number): number {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(off, true);
 }
@@ -213,7 +231,7 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
   // Only ops this profile's kernel knows have a union member to decode.
   const known = ENUMS.iommu_test_op!.members.some((m) => m.value === op &&
-    inProfile(m, profile));
+    inHeader(m, profile));
   const view = known ? S.TEST_OP_VIEWS[op] : undefined;
   // Union fields named like a header field (check_iotlb.id, check_dev_cache.id) carry the member name.
   const clash = new Set(Object.keys(def.struct.fields));
