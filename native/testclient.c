@@ -1360,6 +1360,50 @@ static int mode_mmappieces(char **argv)
 }
 #endif
 
+#ifdef IOMMU_VEVENTQ_ALLOC
+/*
+ * Driven by the test over stdin (one line per step; the server has an
+ * emulator bug injected on one path at a time): every path answers EIO and
+ * the process keeps working.
+ */
+static void step(const char *ready)
+{
+	char line[16];
+	printf("%s\n", ready);
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		exit(9);
+}
+
+static int mode_bugpaths(void)
+{
+	step("STEP open");
+	int fd = open("/dev/iommu", O_RDWR);
+	printf("open = %s\n", fd < 0 ? strerrorname_np(errno) : "ok");
+	step("STEP ioctl");
+	fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	printf("ioctl = %s\n", destroy(fd, ioas) ? strerrorname_np(errno) : "ok");
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	step("STEP read");
+	struct iommu_hwpt_pgfault rec;
+	printf("read = %s\n", read((int)fa.out_fault_fd, &rec, sizeof(rec)) < 0 ? strerrorname_np(errno) : "ok");
+	__u64 off, len;
+	region_viommu(fd, &off, &len);
+	step("STEP mmap");
+	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+	printf("mmap = %s\n", p == MAP_FAILED ? strerrorname_np(errno) : "ok");
+	step("STEP done");
+	if (ioas_alloc(fd) == 0)
+		DIE("after the bugs");
+	close(fd);
+	printf("OK bugpaths\n");
+	return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1395,6 +1439,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();
 	if (!strcmp(m, "mmappieces")) return mode_mmappieces(argv);
+	if (!strcmp(m, "bugpaths")) return mode_bugpaths();
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

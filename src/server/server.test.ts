@@ -398,6 +398,61 @@ describe('server and shim (C clients)', { skip }, () => {
     await until(() => server.liveContexts === 0);
   });
 
+  test('an emulator bug on any path (open, ioctl, file op, mmap) is logged loudly and answered EIO; the server keeps serving', async () => {
+    const emu = new Emulator({ profile: 'mainline' });
+    const bugLogs: string[] = [];
+    const srv = new IommufdServer({ socketPath: path.join(dir, 'sock-bugs'), emulator: emu, log: (m) => bugLogs.push(m) });
+    await srv.listen();
+    const p = spawn(client, ['bugpaths'], { env: shimEnv(shim, srv.socketPath) });
+    let out = '';
+    const seen = (what: string) => until(() => out.includes(what), 5000);
+    p.stdout.on('data', (d) => (out += d));
+    const boom = (): never => {
+      throw new TypeError('injected');
+    };
+    try {
+      // open: the context cannot be made
+      const open = emu.open.bind(emu);
+      await seen('STEP open');
+      emu.open = boom;
+      p.stdin.write('\n');
+      await seen('STEP ioctl');
+      emu.open = open;
+      // ioctl: a handler throws
+      const destroy = emu.handlers.get('DESTROY')!;
+      emu.handlers.set('DESTROY', boom);
+      p.stdin.write('\n');
+      await seen('STEP read');
+      emu.handlers.set('DESTROY', destroy);
+      // file op: the fault queue's read throws
+      const file = [...srv.events.values()].find((b) => b.file)!.file!;
+      const read = file.read;
+      file.read = boom;
+      p.stdin.write('\n');
+      await seen('STEP mmap');
+      file.read = read;
+      // mmap: reading the region's pages throws
+      const ctx = [...srv.ctxs.values()][0]!.ctx;
+      const regions = ctx.ext.get('mmap') as { pages: { read: unknown }[] }[];
+      const page = regions[0]!.pages[0]!;
+      const pread = page.read;
+      page.read = boom;
+      p.stdin.write('\n');
+      await seen('STEP done');
+      page.read = pread;
+      p.stdin.write('\n');
+      await seen('OK bugpaths');
+      for (const step of ['open', 'ioctl', 'read', 'mmap']) assert.match(out, new RegExp(`${step} = EIO`), out);
+      const bugs = bugLogs.filter((l) => /emulator bug: TypeError: injected/.test(l));
+      assert.equal(bugs.length, 4, bugLogs.join('\n'));
+      assert.equal(srv.bugs, 4);
+      assert.match(bugs.join('\n'), /open from pid[^]*ioctl 0x3b80 from pid[^]*file op on[^]*mmap from pid/);
+    } finally {
+      p.kill('SIGKILL');
+      await srv.close();
+    }
+  });
+
   test('capabilities are the caller\'s real ones unless the server grants more', async () => {
     const real = (fs.readFileSync('/proc/self/status', 'utf8').match(/^CapEff:\s*([0-9a-f]+)/m) ?? [])[1];
     const hasSysResource = real !== undefined && ((BigInt('0x' + real) >> 24n) & 1n) === 1n;

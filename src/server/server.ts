@@ -178,7 +178,7 @@ class Conn implements LinkEvents {
         this.send(W.encodeReply({ type: f.readUInt32LE(4) }, W.REP.status, { status: -ERRNO.EPERM }));
         return this.reject(`refused: ${e.message}`);
       }
-      this.server.log(`connection ${this.id}: internal error: ${(e as Error).stack ?? e}`);
+      this.server.bug(`connection ${this.id}: ${W.REQ_BY_TYPE.get(f.readUInt32LE(4))?.name ?? 'frame'}`, e);
       this.reject('internal error');
     }
   }
@@ -194,7 +194,7 @@ class Conn implements LinkEvents {
     try {
       cb?.();
     } catch (e) {
-      this.server.log(`connection ${this.id}: teardown failed: ${(e as Error).stack ?? e}`);
+      this.server.bug(`connection ${this.id}: teardown`, e);
     }
   }
 }
@@ -694,6 +694,15 @@ export class IommufdServer {
    * emulator bug: logged, answered EIO, and the server keeps serving. Every
    * path into the emulator (open, ioctl, file ops, mmap) goes through here.
    */
+  /** Emulator bugs logged so far (the soak reports them). */
+  bugs = 0;
+
+  /** An exception that is not an errno: an emulator bug, logged loudly the same way on every path. */
+  bug(what: string, e: unknown): void {
+    this.bugs++;
+    this.log(`${what}: emulator bug: ${(e as Error)?.stack ?? e}`);
+  }
+
   private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
     this.emu.failNth = failnth;
@@ -702,7 +711,7 @@ export class IommufdServer {
     } catch (e) {
       if (isErrno(e)) ret = -e.errno;
       else {
-        this.log(`${what()}: emulator bug: ${(e as Error).stack ?? e}`);
+        this.bug(what(), e);
         ret = -ERRNO.EIO;
       }
     }
@@ -758,8 +767,13 @@ export class IommufdServer {
       const obj = this.registry.openShared(c.pid, f.memfd, !!(f.flags & W.REGION.HUGE));
       st.mem.addRegion(f.va, f.length, obj, f.off);
     } catch (e) {
-      status = isErrno(e) ? -e.errno : -ERRNO.EINVAL;
-      this.log(`REGION from pid ${c.pid}: ${(e as Error).message}`);
+      if (isErrno(e)) {
+        status = -e.errno;
+        this.log(`REGION from pid ${c.pid}: ${e.message}`);
+      } else {
+        this.bug(`REGION from pid ${c.pid}`, e);
+        status = -ERRNO.EIO;
+      }
     }
     this.status(c, W.REQ.REGION, status);
   }
