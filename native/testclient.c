@@ -1404,6 +1404,73 @@ static int mode_bugpaths(void)
 }
 #endif
 
+/*
+ * Random frames from the test, sent after a valid handshake: the server must
+ * answer or close, never crash. Prints the context token, its anchor fd and a
+ * buffer address (for the test to aim frames at), then for each frame read
+ * from stdin (u32 length + bytes) one line: "R <bytes>" or "CLOSED" (and
+ * makes a new control connection). Frames whose type opens a connection go
+ * on a fresh socket.
+ */
+static int mode_rawframes(void)
+{
+	uint64_t session;
+	int ctl = handshake(&session);
+	static char buffer[8192];
+	int anchor = raw_connect();
+	struct stat st;
+	fstat(anchor, &st);
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)getpid(), .fd = anchor,
+				    .ino = (uint64_t)st.st_ino, .session = session };
+	struct wire_rep_open orp;
+	if (write(anchor, &op, sizeof(op)) != sizeof(op) || xrecv(anchor, &orp, sizeof(orp)) || orp.err)
+		DIE("OPEN");
+	printf("READY token=%llu fd=%d buf=%llu session=%llu\n", (unsigned long long)orp.token, anchor,
+	       (unsigned long long)(uintptr_t)buffer, (unsigned long long)session);
+	fflush(stdout);
+	uint32_t n;
+	static char frame[8192];
+	while (fread(&n, 4, 1, stdin) == 1) {
+		if (n > sizeof(frame) || fread(frame, 1, n, stdin) != n)
+			DIE("stdin");
+		uint32_t type = n >= 8 ? ((uint32_t *)frame)[1] : 0;
+		int fresh = type == WIRE_T_HELLO || type == WIRE_T_OPEN || type == WIRE_T_EVPREP || type == WIRE_T_HOLDER;
+		int s = fresh ? raw_connect() : ctl;
+		if (send(s, frame, n, MSG_NOSIGNAL) != (ssize_t)n) {
+			printf("CLOSED\n");
+			if (!fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		} else {
+			struct pollfd p = { .fd = s, .events = POLLIN };
+			size_t got = 0;
+			int closed = 0;
+			while (poll(&p, 1, got ? 2 : 60) == 1) {
+				char b[4096];
+				ssize_t k = recv(s, b, sizeof(b), MSG_DONTWAIT);
+				if (k <= 0) {
+					closed = 1;
+					break;
+				}
+				got += (size_t)k;
+			}
+			printf(closed ? "CLOSED %zu\n" : "R %zu\n", got);
+			if (closed && !fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		}
+		if (fresh)
+			close(s);
+		fflush(stdout);
+	}
+	close(anchor);
+	close(ctl);
+	printf("OK rawframes\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1434,6 +1501,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "victim")) return mode_victim();
 	if (!strcmp(m, "sigclose")) return mode_sigclose();
 	if (!strcmp(m, "fileedges")) return mode_fileedges();
+	if (!strcmp(m, "rawframes")) return mode_rawframes();
 	if (!strcmp(m, "zerotail")) return mode_zerotail();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();

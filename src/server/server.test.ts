@@ -13,6 +13,7 @@ import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMem
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 import * as W from './wire.js';
+import * as fc from 'fast-check';
 
 const cc = findCompiler();
 const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
@@ -309,6 +310,65 @@ describe('server and shim (C clients)', { skip }, () => {
     } finally {
       p.kill('SIGKILL');
     }
+  });
+
+  test('random frames from the description after a valid handshake (real tokens, fds and buffers among them): answered or closed, never an emulator bug', async () => {
+    const requests = [...server.emu.table.values()].map((o) => o.request >>> 0);
+    const before = server.bugs;
+    const baseline = server.liveContexts;
+    const pick = <T>(xs: readonly T[]): fc.Arbitrary<T> => fc.constantFrom(...xs);
+    const frameArb = (real: { token: bigint; fd: number; buf: bigint; session: bigint; pid: number }) =>
+      fc.tuple(pick(Object.values(W.REQ) as W.WireRequest[]), fc.uint8Array({ maxLength: 64 }), fc.nat(20),
+        fc.array(fc.tuple(fc.nat(3), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })), { minLength: 24, maxLength: 24 }))
+        .map(([def, tail, corrupt, picks]) => {
+          const v: Record<string, number | bigint> = {};
+          def.fields.forEach((f, i) => {
+            if (f.name === 'len' || f.name === 'type' || f.name === def.tail) return;
+            const [which, rnd] = picks[i % picks.length]!;
+            const n = f.name;
+            let x: bigint;
+            if (/token|handle|holder|forget/.test(n)) x = [real.token, 0n, rnd, real.token][which]!;
+            else if (/fd$/.test(n)) x = [BigInt(real.fd), -1n, rnd % 12n, BigInt(real.fd)][which]!;
+            else if (/^(arg|buf|addr|va)$/.test(n)) x = [real.buf, 0n, rnd, real.buf + (rnd % 4096n)][which]!;
+            else if (n === 'request') x = which < 3 ? BigInt(requests[Number(rnd % BigInt(requests.length))]!) : rnd;
+            else if (n === 'pid') x = which < 2 ? BigInt(real.pid) : rnd;
+            else if (n === 'session') x = which < 2 ? real.session : rnd;
+            else x = which === 0 ? 0n : which === 1 ? rnd % 64n : rnd;
+            const bits = f.size * 8;
+            v[n] = f.type === 'u64' || f.type === 's64' ? BigInt.asUintN(64, x)
+              : f.type === 'u32' ? Number(BigInt.asUintN(32, x)) : f.type === 's32' ? Number(BigInt.asIntN(32, x)) : 0;
+            void bits;
+          });
+          const b = W.encode(def, v as never, def.tail ? tail.subarray(0, Math.min(tail.length, def.tailMax)) : undefined);
+          if (corrupt === 0) b.writeUInt32LE(b.length + 4, 0); // announces more than it sends
+          if (corrupt === 1) return b.subarray(0, Math.max(8, b.length - 3));
+          return b;
+        });
+    let runs = 0;
+    await fc.assert(fc.asyncProperty(fc.integer({ min: 1, max: 0x7fffffff }), async (seed) => {
+      const p = spawn(client, ['rawframes'], { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+      await until(() => /READY .*\n/.test(out), 5000);
+      const m = /READY token=(\d+) fd=(\d+) buf=(\d+) session=(\d+)/.exec(out)!;
+      const real = { token: BigInt(m[1]!), fd: Number(m[2]), buf: BigInt(m[3]!), session: BigInt(m[4]!), pid: p.pid! };
+      const frames = fc.sample(frameArb(real), { numRuns: 10, seed });
+      for (const f of frames) {
+        const n = Buffer.alloc(4);
+        n.writeUInt32LE(f.length);
+        p.stdin.write(Buffer.concat([n, f]));
+      }
+      p.stdin.end();
+      assert.equal(await exited, 0, out);
+      assert.equal(out.split('\n').filter((l) => /^(R \d|CLOSED)/.test(l)).length, frames.length, out);
+      runs++;
+    }), { numRuns: 20, seed: 0x1588 });
+    assert.equal(runs, 20);
+    assert.equal(server.bugs, before, logs.filter((l) => /emulator bug/.test(l)).join('\n'));
+    await until(() => server.liveContexts === baseline);
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
   });
 
   test('a killed client has its context torn down', async () => {
