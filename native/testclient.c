@@ -22,6 +22,12 @@
 
 #include <linux/iommufd.h>
 #include "iommufd_test.h"
+#include "iommufd_emu_wire.h"
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 
 #define DIE(...) do { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf(" (errno %d %s)\n", errno, strerror(errno)); exit(1); } while (0)
 
@@ -769,6 +775,362 @@ static int mode_structmem(void)
 	return 0;
 }
 
+
+/*
+ * A hostile client: its own valid handshake over a raw socket (no shim), then
+ * frames naming files it does not hold (tokens given on the command line, as if
+ * stolen or guessed). Each must be refused (EPERM status, then EOF); prints one
+ * line per attempt.
+ */
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", getenv("IOMMUFD_EMU_SOCKET"));
+	int s = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		DIE("connect");
+	return s;
+}
+
+static int xrecv(int s, void *buf, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t k = recv(s, (char *)buf + done, n - done, 0);
+		if (k <= 0)
+			return -1;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
+static uint8_t nonce_home[16];
+
+/* HELLO + PROVE as ourselves; returns the control socket, *session our key. */
+static int handshake(uint64_t *session)
+{
+	int s = raw_connect();
+	struct wire_req_hello h = { .len = sizeof(h), .type = WIRE_T_HELLO, .pid = (uint32_t)getpid(), .uid = getuid(),
+				    .memlock = UINT64_MAX, .version = WIRE_VERSION };
+	struct wire_rep_hello hr;
+	if (write(s, &h, sizeof(h)) != sizeof(h) || xrecv(s, &hr, sizeof(hr)) || hr.status)
+		DIE("HELLO");
+	memcpy(nonce_home, hr.nonce, 16);
+	struct wire_req_prove p = { .len = sizeof(p), .type = WIRE_T_PROVE, .addr = (uint64_t)(uintptr_t)nonce_home };
+	struct wire_rep_prove pr;
+	char tab[WIRE_REP_PROVE_TAIL_MAX];
+	if (write(s, &p, sizeof(p)) != sizeof(p) || xrecv(s, &pr, sizeof(pr)) || pr.status || xrecv(s, tab, pr.tablen))
+		DIE("PROVE");
+	*session = pr.session;
+	return s;
+}
+
+/* Send one frame on s; 1 if refused (EPERM status and then EOF), 0 if answered, -1 if anything else. */
+static int refused(int s, const void *frame, size_t len)
+{
+	if (write(s, frame, len) != (ssize_t)len)
+		return -1;
+	struct wire_rep_status st;
+	if (xrecv(s, &st, sizeof(st)))
+		return -1;
+	char more;
+	if (st.len == sizeof(st) && st.status == -EPERM && recv(s, &more, 1, 0) == 0)
+		return 1;
+	return 0;
+}
+
+static int report(const char *what, int r, int *bad)
+{
+	printf("%s %s\n", r == 1 ? "REFUSED" : "ACCEPTED", what);
+	if (r != 1)
+		*bad = 1;
+	return r;
+}
+
+static int mode_forge(char **argv)
+{
+	uint64_t ctx = strtoull(argv[2], NULL, 0), ev = strtoull(argv[3], NULL, 0);
+	pid_t victim = (pid_t)atoi(argv[4]);
+	int anchor_fd = atoi(argv[5]);
+	uint64_t session;
+	int bad = 0;
+	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+	struct iommu_destroy d = { .size = sizeof(d), .id = 1 };
+	struct { struct wire_req_ioctl q; struct iommu_destroy d; } io = {
+		{ .len = sizeof(io), .type = WIRE_T_IOCTL, .token = ctx, .fd = 3, .request = IOMMU_DESTROY,
+		  .arg = (uint64_t)(uintptr_t)&d, .evfd = -1, .memlock = UINT64_MAX, .hintfd = -1, .inl = sizeof(d) }, d };
+	/* 1. the victim's context token, on fds that are not its anchor */
+	for (int fd = 0; fd < 6; fd++) {
+		int s = handshake(&session);
+		io.q.fd = fd;
+		char what[64];
+		snprintf(what, sizeof(what), "ioctl-stolen-token-fd%d", fd);
+		report(what, refused(s, &io, sizeof(io)), &bad);
+		close(s);
+	}
+	/* 2. a guessed token */
+	int s = handshake(&session);
+	io.q.token = 0x1234;
+	report("ioctl-guessed-token", refused(s, &io, sizeof(io)), &bad);
+	close(s);
+	io.q.token = ctx;
+	/* 3. read the victim's fault queue */
+	char buf[64];
+	s = handshake(&session);
+	struct wire_req_fileop fo = { .len = sizeof(fo), .type = WIRE_T_FILEOP, .token = ev, .fd = 3, .op = WIRE_FILEOP_READ,
+				      .buf = (uint64_t)(uintptr_t)buf, .count = sizeof(buf) };
+	report("fileop-stolen-token", refused(s, &fo, sizeof(fo)), &bad);
+	close(s);
+	/* 4. map the victim's context */
+	s = handshake(&session);
+	struct wire_req_mmap mm = { .len = sizeof(mm), .type = WIRE_T_MMAP, .token = ctx, .fd = 3, .prot = PROT_READ,
+				    .offset = 4096, .length = 4096, .flags = MAP_SHARED, .memfd = 0 };
+	report("mmap-stolen-token", refused(s, &mm, sizeof(mm)), &bad);
+	close(s);
+	/* 5. an ioctl hint naming the victim's event file */
+	s = handshake(&session);
+	io.q.token = 0x4321;
+	io.q.hintfd = 3;
+	io.q.hinttoken = ev;
+	report("ioctl-stolen-hint", refused(s, &io, sizeof(io)), &bad);
+	io.q.hintfd = -1;
+	close(s);
+	/* 6. OPEN in the victim's name (no session key), and as ourselves claiming a socket that is not our fd */
+	s = raw_connect();
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)victim, .fd = anchor_fd,
+				    .ino = 1, .session = 0x99 };
+	report("open-as-victim", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	int ctl = handshake(&session);
+	s = raw_connect();
+	op.pid = (uint32_t)getpid();
+	op.session = session;
+	op.fd = ctl; /* our control socket, not this one */
+	struct stat st;
+	fstat(s, &st);
+	op.ino = (uint64_t)st.st_ino;
+	report("open-claiming-another-socket", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	/* 7. EVPREP in the victim's name */
+	s = raw_connect();
+	struct wire_req_evprep ep = { .len = sizeof(ep), .type = WIRE_T_EVPREP, .pid = (uint32_t)victim, .fd = 3, .ino = 1,
+				      .session = session };
+	report("evprep-as-victim", refused(s, &ep, sizeof(ep)), &bad);
+	close(s);
+	/* 8. LOOKUP answers only for our own fds: our control socket is no emulated file */
+	struct wire_req_lookup lk = { .len = sizeof(lk), .type = WIRE_T_LOOKUP, .fd = ctl };
+	struct wire_rep_lookup lr;
+	if (write(ctl, &lk, sizeof(lk)) != sizeof(lk) || xrecv(ctl, &lr, sizeof(lr)) || lr.kind != WIRE_KIND_NONE || lr.token)
+		DIE("LOOKUP of our own plain socket answered kind %u", lr.kind);
+	printf("LOOKUP-own-socket none\n");
+	close(ctl);
+	return bad;
+}
+
+/* Holds a context (IOAS 1) and a fault fd; when told (a line on stdin), checks both are untouched. */
+static int mode_victim(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	printf("READY ioas=%u fd=%d pid=%d\n", ioas, fd, getpid());
+	fflush(stdout);
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		DIE("stdin");
+	struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = ioas };
+	if (ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &r) && errno != EMSGSIZE)
+		DIE("IOAS %u gone", ioas);
+	struct iommu_hwpt_pgfault rec;
+	if (read((int)fa.out_fault_fd, &rec, sizeof(rec)) != 0)
+		DIE("fault fd");
+	if (destroy(fd, ioas))
+		DIE("DESTROY %u", ioas);
+	close(fd);
+	printf("OK victim\n");
+	return 0;
+}
+
+/*
+ * A signal handler that closes and reopens an emulated fd (close and open are
+ * async-signal-safe) while the interrupted thread is inside ioctls on another
+ * one: nothing may deadlock (alarm() kills the process if it does).
+ */
+static volatile int sig_fd = -1;
+static volatile int sig_handled;
+static void on_usr1(int sig)
+{
+	(void)sig;
+	int e = errno;
+	if (sig_fd >= 0)
+		close(sig_fd);
+	sig_fd = open("/dev/iommu", O_RDWR);
+	int f = open("/proc/thread-self/fail-nth", O_RDONLY);
+	char b[8];
+	if (f >= 0) {
+		(void)!read(f, b, sizeof(b));
+		close(f);
+	}
+	sig_handled++;
+	errno = e;
+}
+
+static pthread_t sig_main;
+static volatile int sig_stop;
+static void *sig_sender(void *p)
+{
+	(void)p;
+	for (int i = 0; i < 2000 && !sig_stop; i++) {
+		pthread_kill(sig_main, SIGUSR1);
+		struct timespec ts = { 0, 20000 };
+		nanosleep(&ts, NULL);
+	}
+	sig_stop = 1;
+	return NULL;
+}
+
+static int mode_sigclose(void)
+{
+	alarm(60);
+	int fd = xopen();
+	sig_fd = xopen();
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	sigaction(SIGUSR1, &sa, NULL);
+	sig_main = pthread_self();
+	pthread_t t;
+	pthread_create(&t, NULL, sig_sender, NULL);
+	long calls = 0;
+	while (!sig_stop) {
+		__u32 id = ioas_alloc(fd);
+		if (destroy(fd, id))
+			DIE("DESTROY %u", id);
+		calls++;
+	}
+	pthread_join(t, NULL);
+	if (sig_handled == 0 || sig_fd < 0)
+		DIE("handled %d signals, fd %d", sig_handled, sig_fd);
+	/* the fd the handler opened last is a working context */
+	if (ioas_alloc(sig_fd) != 1)
+		DIE("handler's context");
+	printf("OK sigclose calls=%ld signals=%d\n", calls, sig_handled);
+	return 0;
+}
+
+/*
+ * Bad buffers and edge cases on every emulated file, printed one line per case
+ * ("<file> <case> = <ret> <errno>"), for comparison with the real kernel's
+ * output (recorded from the oracle VM in server.test.ts). Never a signal.
+ */
+static void edge(const char *file, const char *what, long r)
+{
+	printf("%s %s = %ld %s\n", file, what, r, r < 0 ? strerrorname_np(errno) : "-");
+	errno = 0;
+}
+
+static char *edge_pages;     /* [rw][PROT_NONE][ro][unmapped] */
+static void *volatile null_buf; /* NULL the compiler cannot see */
+
+static void failnth_edges(const char *label, const char *path)
+{
+	long pg = 4096;
+	char *rw = edge_pages, *none = edge_pages + pg, *ro = edge_pages + 2 * pg, *gone = edge_pages + 3 * pg;
+	int f = open(path, O_RDWR);
+	if (f < 0)
+		DIE("open %s", path);
+	edge(label, "read-null", read(f, null_buf, 8));
+	edge(label, "read-unmapped", read(f, gone, 8));
+	edge(label, "read-prot-none", read(f, none, 8));
+	edge(label, "read-read-only", read(f, ro, 8));
+	edge(label, "read-huge-count", read(f, rw, (size_t)-1 / 2));
+	edge(label, "read-zero", read(f, null_buf, 0));
+	edge(label, "pread-null", pread(f, null_buf, 8, 0));
+	edge(label, "pread-negative", pread(f, rw, 8, -1));
+	edge(label, "pread-straddle", pread(f, none - 1, 2, 0));
+	edge(label, "pread-beyond", pread(f, rw, 8, 5));
+	edge(label, "read-1", read(f, rw, 1));
+	edge(label, "read-rest", read(f, rw, 8));
+	edge(label, "read-eof", read(f, rw, 8));
+	edge(label, "lseek", lseek(f, 0, SEEK_SET));
+	edge(label, "write-null", write(f, null_buf, 1));
+	edge(label, "write-unmapped", write(f, gone, 1));
+	edge(label, "write-prot-none", write(f, none, 1));
+	edge(label, "pwrite-negative", pwrite(f, "0", 1, -1));
+	none[-1] = '1';
+	edge(label, "write-straddle", write(f, none - 1, 2));
+	edge(label, "write-zero", write(f, rw, 0));
+	static const char *nums[] = { "-1", " 1", "0x10", "010", "08", "4294967295", "4294967296", "9\n", "9\n\n", "+5",
+				      "0x", "1x", "00000000000000000000000000000000000000009", "0" };
+	for (unsigned i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		char what[80], b[16] = { 0 };
+		long w = write(f, nums[i], strlen(nums[i]));
+		ssize_t n = pread(f, b, sizeof(b) - 1, 0);
+		/* disarm before anything else can count it down */
+		(void)!write(f, "0", 1);
+		if (n > 0 && b[n - 1] == '\n')
+			b[n - 1] = 0;
+		snprintf(what, sizeof(what), "write-'%s'-reads-%s", nums[i][0] == '\n' ? "nl" : nums[i], n > 0 ? b : "?");
+		for (char *c = what; *c; c++)
+			if (*c == '\n')
+				*c = '|';
+		edge(label, what, w);
+	}
+	memset(rw, 0, 64);
+	rw[0] = '7';
+	edge(label, "write-long-zero-padded", write(f, rw, 64));
+	(void)!write(f, "0", 1);
+	close(f);
+	f = open(path, O_RDONLY);
+	edge(label, "write-on-rdonly", write(f, "1", 1));
+	close(f);
+	f = open(path, O_WRONLY);
+	char b[8];
+	edge(label, "read-on-wronly", read(f, b, sizeof(b)));
+	close(f);
+}
+
+static int mode_fileedges(void)
+{
+	long pg = 4096;
+	edge_pages = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (edge_pages == MAP_FAILED)
+		DIE("mmap");
+	memset(edge_pages, 0, 3 * pg);
+	if (mprotect(edge_pages + pg, pg, PROT_NONE) || mprotect(edge_pages + 2 * pg, pg, PROT_READ) || munmap(edge_pages + 3 * pg, pg))
+		DIE("mprotect");
+	char path[96];
+	failnth_edges("self", "/proc/self/fail-nth");
+	failnth_edges("thread-self", "/proc/thread-self/fail-nth");
+	snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", (int)syscall(SYS_gettid));
+	failnth_edges("self-task", path);
+	snprintf(path, sizeof(path), "/proc/%d/fail-nth", getpid());
+	failnth_edges("pid", path);
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/fail-nth", getpid(), (int)syscall(SYS_gettid));
+	failnth_edges("pid-task", path);
+	/* paths the shim must look at without touching them directly */
+	char *bad = (char *)8;
+	edge("path", "open-null", open(null_buf, O_RDONLY));
+	edge("path", "open-bad", open(bad, O_RDONLY));
+	edge("path", "openat-bad", openat(AT_FDCWD, bad, O_RDONLY));
+	memcpy(edge_pages + pg - 10, "/dev/iommu", 10); /* no terminator before the PROT_NONE page */
+	edge("path", "open-unterminated", open(edge_pages + pg - 10, O_RDWR));
+	edge("path", "access-bad", access(bad, F_OK));
+	edge("path", "faccessat-bad", faccessat(AT_FDCWD, bad, F_OK, 0));
+	/* (opendir and fopen of a bad pointer crash inside glibc itself, kernel or not) */
+	int fd = xopen();
+	char *rw = edge_pages;
+	edge("iommu", "read-null", read(fd, null_buf, 8));
+	edge("iommu", "read-huge-count", read(fd, rw, (size_t)-1 / 2));
+	edge("iommu", "write-null", write(fd, null_buf, 8));
+	edge("iommu", "pread-null", pread(fd, null_buf, 8, 0));
+	edge("iommu", "pwrite-null", pwrite(fd, null_buf, 8, 0));
+	edge("iommu", "lseek", lseek(fd, 0, SEEK_SET));
+	close(fd);
+	printf("OK fileedges\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -795,6 +1157,10 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "scm")) return mode_scm(argv);
 	if (!strcmp(m, "scm-child") && argc > 2) return mode_scm_child(argv[2]);
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
+	if (!strcmp(m, "forge") && argc > 5) return mode_forge(argv);
+	if (!strcmp(m, "victim")) return mode_victim();
+	if (!strcmp(m, "sigclose")) return mode_sigclose();
+	if (!strcmp(m, "fileedges")) return mode_fileedges();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();

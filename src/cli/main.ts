@@ -11,6 +11,8 @@ import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName
 import { TracePrinter } from '../server/trace.js';
 import { DEFAULT_PORT, inspectPort, serveRecording, startInspector } from '../inspect/start.js';
 import { buildDemo } from './demo.js';
+import { DEVICE_MODELS } from '../devices/models.js';
+import { DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
 const abiOption = () =>
   new Option('--abi <profile>', 'ABI profile the emulator impersonates')
@@ -150,6 +152,32 @@ program
     for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET', 'IOMMUFD_EMU_DEBUGFS']) {
       process.stdout.write(`export ${k}='${env[k]}'\n`);
     }
+  });
+
+/** `--machine PRESET|FILE`: which devices the emulated machine has (docs/MACHINE.md). */
+const machineOption = () =>
+  new Option('--machine <preset|file>', `machine description: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file`)
+    .default(DEFAULT_PRESET);
+
+program
+  .command('devices')
+  .description('print the emulated machine: IOMMUs and the PCI functions bound to vfio-pci (BDF, model, group, cdev)')
+  .addOption(machineOption())
+  .option('--json', 'print the resolved description as JSON')
+  .option('--models', 'list the device models and IOMMU types with their options')
+  .action((opts: { machine: string; json?: boolean; models?: boolean }) => {
+    if (opts.models) {
+      for (const m of Object.values(DEVICE_MODELS)) {
+        process.stdout.write(`model ${m.name}: ${m.description}\n`);
+        for (const [k, o] of Object.entries(m.options)) {
+          process.stdout.write(`    ${k}=${o.min}..${o.max} (default ${o.default}): ${o.help}\n`);
+        }
+      }
+      for (const [k, t] of Object.entries(IOMMU_TYPES)) process.stdout.write(`iommu ${k}: ${t.description}\n`);
+      return;
+    }
+    const m = loadMachine(opts.machine);
+    process.stdout.write(opts.json ? `${JSON.stringify(m, null, 2)}\n` : `${describeMachine(m)}\n`);
   });
 
 program

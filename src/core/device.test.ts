@@ -72,13 +72,16 @@ test('MOCK_DOMAIN errors leave no IDs behind', () => {
   assert.equal(mockDomain(t, dirty).stdevId, 6);
 });
 
-test('6.12 accepts HUGE_IOVA and (backported) PASID device flags; 6.13 rejects PASID', () => {
+test('6.12 accepts HUGE_IOVA but not the (header-only) PASID device flag, as 6.12.117; 6.15 accepts PASID', () => {
   const t = setup('6.12');
   const ioas = ioasAlloc(t);
   mockDomain(t, ioas, MOCK.FLAGS_DEVICE_HUGE_IOVA);
-  mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID);
+  assert.throws(() => mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID), errno('EINVAL'));
+  assert.deepEqual(ids(t).map((x) => x[0]), [1, 2, 3, 4], 'the failed MOCK_DOMAIN left no ID behind');
   const t13 = setup('6.13');
   assert.throws(() => mockDomain(t13, ioasAlloc(t13), MOCK.FLAGS_DEVICE_PASID), errno('EINVAL'));
+  const t15 = setup('6.15');
+  mockDomain(t15, ioasAlloc(t15), MOCK.FLAGS_DEVICE_PASID);
 });
 
 test('attaching reserves the device regions; a reservation conflict fails with EADDRINUSE', () => {
@@ -180,15 +183,17 @@ test('GET_HW_INFO check order and payload', () => {
   assert.equal(rawTry(t, 'GET_HW_INFO', S.iommu_hw_info, { dev_id: md.idevId, data_len: 8, data_uptr: 0x10n }).err?.code, 'EFAULT');
 });
 
-test('GET_HW_INFO on 6.12: no ATS bit, backported INPUT_TYPE and max_pasid_log2', () => {
+test('GET_HW_INFO on 6.12: no ATS bit, and any flag (the header-only INPUT_TYPE too) is EOPNOTSUPP', () => {
   const t = setup('6.12');
   const ioas = ioasAlloc(t);
   const md = mockDomain(t, ioas);
   assert.equal(hwInfo(t, md.idevId).out.out_capabilities, 0x1n);
+  assert.equal(hwInfo(t, md.idevId).out.out_max_pasid_log2, 0);
   assert.equal(hwInfo(t, mockDomain(t, ioas, MOCK.FLAGS_DEVICE_NO_DIRTY).idevId).out.out_capabilities, 0n);
-  assert.equal(hwInfo(t, md.idevId, { flags: 1, inType: MOCK.HW_INFO_TYPE_SELFTEST }).out.data_len, 8);
-  assert.equal(hwInfo(t, md.idevId, { flags: 1, inType: 0xfeedbef0 }).err, 'EOPNOTSUPP');
-  assert.equal(hwInfo(t, mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID).idevId).out.out_max_pasid_log2, 20);
+  assert.equal(hwInfo(t, md.idevId, { flags: 1, inType: MOCK.HW_INFO_TYPE_SELFTEST }).err, 'EOPNOTSUPP');
+  assert.equal(hwInfo(t, md.idevId, { flags: 1, inType: 0 }).err, 'EOPNOTSUPP');
+  // The flag check comes before the device lookup.
+  assert.equal(hwInfo(t, 99, { flags: 1 }).err, 'EOPNOTSUPP');
   const t13 = setup('6.13');
   const d13 = mockDomain(t13, ioasAlloc(t13));
   assert.equal(hwInfo(t13, d13.idevId, { flags: 1 }).err, 'EOPNOTSUPP');
@@ -266,7 +271,7 @@ test('PASID 1024: the second attach fails once and the core keeps the old attach
 
 test('PASID ops do not exist on 6.12; DEV_CHECK_CACHE (6.13+) neither', () => {
   const t = setup('6.12');
-  const md = mockDomain(t, ioasAlloc(t), MOCK.FLAGS_DEVICE_PASID);
+  const md = mockDomain(t, ioasAlloc(t));
   assert.equal(pasidOp(t, TEST_OP.PASID_ATTACH, md.stdevId, 1, 1).err?.code, 'EOPNOTSUPP');
   assert.equal(testCmdTry(t, TEST_OP.DEV_CHECK_CACHE, md.idevId, { id: 0, cache: MOCK.DEV_CACHE_DEFAULT }).err?.code, 'EOPNOTSUPP');
 });
@@ -302,7 +307,7 @@ test('profile matrix: PASID devices, INPUT_TYPE and capabilities per ABI', () =>
     { p: '6.15', pasid: true, input: false, caps: 0x1n },
     { p: '6.17', pasid: true, input: true, caps: 0x1n },
     { p: 'viommu-v1', pasid: false, input: false, caps: 0x1n },
-    { p: '6.12', pasid: true, input: true, caps: 0x1n },
+    { p: '6.12', pasid: false, input: false, caps: 0x1n },
     { p: 'mainline', pasid: true, input: true, caps: 0x9n },
   ] as const;
   for (const c of cases) {

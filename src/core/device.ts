@@ -4,9 +4,8 @@
 // with an iommu group simplified to exactly one device.
 import type { DriverDevice } from '../drivers/driver.js';
 import { fail, isErrno } from '../uapi/errno.js';
-import { HW_CAP } from '../uapi/enums.js';
+import { acceptedMask, HW_CAP } from '../uapi/enums.js';
 import type { Decoded } from '../uapi/layout.js';
-import { V } from '../uapi/profiles.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
 import type { IopfFault } from './fault.js';
@@ -341,9 +340,9 @@ const HW_INFO_FLAG_INPUT_TYPE = 1;
 export function iommufdGetHwInfo(ucmd: Ucmd<Decoded<typeof S.iommu_hw_info>>): void {
   const { cmd, ctx } = ucmd;
   const profile = ctx.profile;
-  const supported = profile.version >= V.V6_17 || profile.selftestBackports ? HW_INFO_FLAG_INPUT_TYPE : 0;
-  if (cmd.flags & ~supported) fail('EOPNOTSUPP');
-  if (cmd.__reserved.some((b) => b !== 0)) fail('EOPNOTSUPP');
+  // 6.12.117 accepts no flag at all (INPUT_TYPE came with 6.17).
+  if (cmd.flags & ~acceptedMask(profile, 'iommufd_hw_info_flags')) fail('EOPNOTSUPP', 'GET_HW_INFO: unknown flags');
+  if (cmd.__reserved.some((b) => b !== 0)) fail('EOPNOTSUPP', 'GET_HW_INFO: __reserved not zero');
   const inType = cmd.flags & HW_INFO_FLAG_INPUT_TYPE ? cmd.in_data_type : 0;
   const idev = ctx.get<Device>(cmd.dev_id, ObjType.DEVICE);
   const dev = idev.dev;

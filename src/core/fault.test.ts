@@ -16,7 +16,13 @@ function fixture(profile: '6.12' | 'mainline' = 'mainline') {
   const ioas = ioasAlloc(t);
   const md = mockDomain(t, ioas);
   const { faultId, faultFd } = faultAlloc(t);
-  const hwpt = hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.FAULT_ID_VALID, faultId });
+  // 6.12 takes FAULT_ID_VALID only for a nested HWPT; later kernels also for a paging one.
+  const hwpt = profile === '6.12'
+    ? hwptAlloc(t, {
+      devId: md.idevId, ptId: hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.NEST_PARENT }),
+      flags: HWPT_ALLOC.FAULT_ID_VALID, faultId, dataType: MOCK.HWPT_DATA_SELFTEST, data: selftestData(t),
+    })
+    : hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.FAULT_ID_VALID, faultId });
   testCmd(t, TEST_OP.MOCK_DOMAIN_REPLACE, md.stdevId, { pt_id: hwpt });
   const file = t.caller.fds.lookup(faultFd)!;
   const mdev = (t.ctx.objects.find(md.idevId, ObjType.DEVICE) as Device).dev as MockDevice;
@@ -181,6 +187,22 @@ test('PASID faults route to the PASID attachment, else to a nested RID attachmen
   testCmd(t, TEST_OP.PASID_DETACH, md.stdevId, { pasid: 33 });
   const mdev = (t.ctx.objects.find(md.idevId, ObjType.DEVICE) as Device).dev as MockDevice;
   assert.deepEqual(mdev.responses, [{ grpid: 5, pasid: 33, code: PAGE_RESP.INVALID }]);
+});
+
+test('6.12: HWPT_ALLOC of a paging HWPT with FAULT_ID_VALID is EOPNOTSUPP (only NEST_PARENT and DIRTY_TRACKING)', () => {
+  const t = setup('6.12');
+  const ioas = ioasAlloc(t);
+  const md = mockDomain(t, ioas);
+  const { faultId } = faultAlloc(t);
+  const alloc = (faultIdArg: number) => rawTry(t, 'HWPT_ALLOC', S.iommu_hwpt_alloc,
+    { dev_id: md.idevId, pt_id: ioas, flags: HWPT_ALLOC.FAULT_ID_VALID, fault_id: faultIdArg }).err?.code;
+  assert.equal(alloc(faultId), 'EOPNOTSUPP');
+  assert.equal(alloc(99), 'EOPNOTSUPP', 'rejected before the fault lookup');
+  const t13 = setup('6.13');
+  const i13 = ioasAlloc(t13);
+  const m13 = mockDomain(t13, i13);
+  assert.equal(rawTry(t13, 'HWPT_ALLOC', S.iommu_hwpt_alloc,
+    { dev_id: m13.idevId, pt_id: i13, flags: HWPT_ALLOC.FAULT_ID_VALID, fault_id: 99 }).err?.code, 'ENOENT');
 });
 
 test('TRIGGER_IOPF: unknown device -> ENOENT', () => {

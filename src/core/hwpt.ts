@@ -6,7 +6,8 @@ import {
   type InvalidateArray, type IommuDomain, type NestedDomain, type PagingDomain, type UserData,
 } from '../drivers/driver.js';
 import { fail, isErrno, type IommufdError } from '../uapi/errno.js';
-import { ENUMS, HWPT_ALLOC } from '../uapi/enums.js';
+import { acceptedMask, HWPT_ALLOC } from '../uapi/enums.js';
+import type { Profile } from '../uapi/profiles.js';
 import type { Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
@@ -113,11 +114,15 @@ export function findHwptPaging(hwpt: Hwpt): HwptPaging | null {
   return null;
 }
 
-/** Flags valid in HWPT_ALLOC on this ABI. */
-function knownAllocFlags(version: number): number {
-  let m = 0;
-  for (const f of ENUMS.iommufd_hwpt_alloc_flags!.members) if ((f.since ?? 0) <= version) m |= f.value;
-  return m;
+/** HWPT_ALLOC flags the kernel of this profile accepts. */
+function knownAllocFlags(profile: Profile): number {
+  return acceptedMask(profile, 'iommufd_hwpt_alloc_flags');
+}
+
+/** HWPT_ALLOC flags valid for a paging HWPT (6.12: FAULT_ID_VALID only for nested ones). */
+function pagingAllocFlags(profile: Profile): number {
+  const m = knownAllocFlags(profile);
+  return profile.pagingFaultId ? m : m & ~HWPT_ALLOC.FAULT_ID_VALID;
 }
 
 /**
@@ -141,9 +146,13 @@ export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt, idev: Device): void {
 export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, pasid: number, flags: number,
   immediateAttach: boolean, data: UserData | null): HwptPaging {
   const dev = idev.dev;
-  if (flags & ~knownAllocFlags(ctx.profile.version)) fail('EOPNOTSUPP');
-  if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) fail('EOPNOTSUPP');
-  if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) fail('EOPNOTSUPP');
+  if (flags & ~pagingAllocFlags(ctx.profile)) fail('EOPNOTSUPP', 'HWPT_ALLOC paging: flag not valid for a paging HWPT');
+  if (flags & HWPT_ALLOC.DIRTY_TRACKING && !dev.driver.capDirtyTracking(dev)) {
+    fail('EOPNOTSUPP', 'HWPT_ALLOC paging: DIRTY_TRACKING on a device without dirty tracking');
+  }
+  if (flags & HWPT_ALLOC.FAULT_ID_VALID && flags & HWPT_ALLOC.NEST_PARENT) {
+    fail('EOPNOTSUPP', 'HWPT_ALLOC paging: FAULT_ID_VALID with NEST_PARENT');
+  }
 
   return ctx.buildObj(ctx.allocObj(new HwptPaging(ioas)), (hwpt) => {
     hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
@@ -171,7 +180,7 @@ export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, p
 export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Device, flags: number,
   data: UserData): HwptNested {
   const dev = idev.dev;
-  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
   if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP');
   if (parent.autoDomain || !parent.nestParent || parent.domain.driver !== dev.driver) fail('EINVAL');
   return buildNested(ctx, new HwptNested(parent), flags,
@@ -196,7 +205,7 @@ function buildNested(ctx: IommufdCtx, obj: HwptNested, flags: number, allocDomai
  */
 export function hwptNestedAllocOnViommu(ctx: IommufdCtx, viommu: IommufdObject, parent: HwptPaging, flags: number,
   data: UserData, allocDomain: ((flags: number, data: UserData) => NestedDomain) | undefined): HwptNested {
-  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile.version) & HWPT_ALLOC.PASID);
+  const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
   if (flags & ~valid) fail('EOPNOTSUPP');
   if (!data.len) fail('EOPNOTSUPP');
   if (!allocDomain) fail('EOPNOTSUPP');

@@ -41,6 +41,9 @@ export function unregisterMmaps(ctx: IommufdCtx, owner: IommufdObject): void {
 }
 
 export const MAP_SHARED = 0x01;
+export const MAP_PRIVATE = 0x02;
+export const MAP_SHARED_VALIDATE = 0x03;
+export const MAP_TYPE = 0x0f;
 export const PROT_EXEC = 0x4;
 
 export interface MmapHandle {
@@ -51,6 +54,12 @@ export interface MmapHandle {
 
 /** mmap(fd, offset, length): exact region only; holds the owner and the context until close. */
 export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, flags: number, prot: number): MmapHandle {
+  if (!ctx.profile.iommufdMmap) {
+    // The file has no mmap operation: do_mmap() checks the mapping type, then answers ENODEV.
+    const type = flags & MAP_TYPE;
+    if (type !== MAP_SHARED && type !== MAP_PRIVATE && type !== MAP_SHARED_VALIDATE) fail('EINVAL', 'mmap: no mapping type');
+    fail('ENODEV', 'mmap: /dev/iommu of this kernel has no mmap');
+  }
   if (length % BigInt(PAGE_SIZE) !== 0n || length === 0n) fail('EINVAL');
   if (!(flags & MAP_SHARED)) fail('EINVAL');
   if (prot & PROT_EXEC) fail('EPERM');

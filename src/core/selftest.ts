@@ -2,7 +2,7 @@
 // op is decoded with its own layout from the uAPI table; op handlers register
 // themselves by op number (selftest_*.ts, drivers/mock).
 import { fail } from '../uapi/errno.js';
-import { ENUMS, inProfile } from '../uapi/enums.js';
+import { accepted, ENUMS } from '../uapi/enums.js';
 import { decode, encodeInto } from '../uapi/layout.js';
 import { TEST_OP_VIEWS } from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
@@ -46,6 +46,6 @@ export function iommufdTestCmd(ucmd: Ucmd<TestCmd>): number | void {
   // Ops of the profile's ABI (the v1 series already had DEV_CHECK_CACHE).
   const member = opMembers.get(op);
   const h = TEST_OPS.get(op);
-  if (!member || !inProfile(member, ucmd.ctx.profile) || !h) fail('EOPNOTSUPP');
+  if (!member || !accepted(member, ucmd.ctx.profile) || !h) fail('EOPNOTSUPP', 'TEST_CMD: op not in this kernel');
   return h(ucmd);
 }

@@ -873,3 +873,13 @@ for (const p of ['6.15', 'mainline'] as ProfileName[]) {
 
 // Silence unused-import lint for helpers only some profiles use.
 void testCmd; void TEST_OP; void BASE_IOVA;
+
+test('mmap of /dev/iommu before 6.17: the file has no mmap, every mapping is ENODEV (no mapping type: EINVAL)', () => {
+  for (const profile of ['6.12', '6.13', '6.15'] as const) {
+    const t = setup(profile);
+    assert.equal(errOf(() => iommufdMmap(t.ctx, PS, 2n * PS, MAP_SHARED, 3)), 'ENODEV', profile);
+    assert.equal(errOf(() => iommufdMmap(t.ctx, 0n, 1n, 0x02, 1)), 'ENODEV', profile);
+    assert.equal(errOf(() => iommufdMmap(t.ctx, PS, PS, 0x10, 1)), 'EINVAL', profile);
+  }
+  assert.equal(errOf(() => iommufdMmap(setup('6.17').ctx, PS, 2n * PS, MAP_SHARED, 3)), 'ENXIO');
+});

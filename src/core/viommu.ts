@@ -157,6 +157,8 @@ export function iommufdVdeviceAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_vdevice_al
     vdev.link(perDevice);
     if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST');
     viommu.vdevs.set(cmd.virt_id, vdev);
+    // 6.17+: the driver's vDEVICE init (errors unwind through destroy()).
+    if (perDevice) viommu.ops.vdeviceInit?.(viommu, idev.dev, cmd.virt_id);
     cmd.out_vdevice_id = vdev.id;
     ucmd.respond();
   });

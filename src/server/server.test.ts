@@ -9,9 +9,10 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
+import * as W from './wire.js';
 
 const cc = findCompiler();
 const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
@@ -59,6 +60,67 @@ async function until(cond: () => boolean, ms = 3000): Promise<void> {
   }
 }
 
+/**
+ * What the real 6.12 kernel answers for native/testclient.c's `fileedges` cases
+ * (recorded in the oracle VM, identical for every spelling of the fail-nth
+ * path): bad buffers are EFAULT (partial copies count), never a signal.
+ */
+const FAILNTH_GOLDEN = [
+  "read-null = -1 EFAULT",
+  "read-unmapped = -1 EFAULT",
+  "read-prot-none = -1 EFAULT",
+  "read-read-only = -1 EFAULT",
+  "read-huge-count = -1 EFAULT",
+  "read-zero = 0 -",
+  "pread-null = -1 EFAULT",
+  "pread-negative = -1 EINVAL",
+  "pread-straddle = 1 -",
+  "pread-beyond = 0 -",
+  "read-1 = 1 -",
+  "read-rest = 1 -",
+  "read-eof = 0 -",
+  "lseek = -1 ESPIPE",
+  "write-null = -1 EFAULT",
+  "write-unmapped = -1 EFAULT",
+  "write-prot-none = -1 EFAULT",
+  "pwrite-negative = -1 EINVAL",
+  "write-straddle = -1 EFAULT",
+  "write-zero = -1 EINVAL",
+  "write-'-1'-reads-0 = -1 EINVAL",
+  "write-' 1'-reads-0 = -1 EINVAL",
+  "write-'0x10'-reads-16 = 4 -",
+  "write-'010'-reads-8 = 3 -",
+  "write-'08'-reads-0 = -1 EINVAL",
+  "write-'4294967295'-reads-4294967295 = 10 -",
+  "write-'4294967296'-reads-0 = -1 ERANGE",
+  "write-'9|'-reads-9 = 2 -",
+  "write-'9||'-reads-0 = -1 EINVAL",
+  "write-'+5'-reads-5 = 2 -",
+  "write-'0x'-reads-0 = -1 EINVAL",
+  "write-'1x'-reads-0 = -1 EINVAL",
+  "write-'00000000000000000000000000000000000000009'-reads-0 = 41 -",
+  "write-'0'-reads-0 = 1 -",
+  "write-long-zero-padded = 64 -",
+  "write-on-rdonly = -1 EBADF",
+  "read-on-wronly = -1 EBADF"
+];
+const PATH_GOLDEN = [
+  "open-null = -1 EFAULT",
+  "open-bad = -1 EFAULT",
+  "openat-bad = -1 EFAULT",
+  "open-unterminated = -1 EFAULT",
+  "access-bad = -1 EFAULT",
+  "faccessat-bad = -1 EFAULT"
+];
+const IOMMU_FILE_GOLDEN = [
+  "read-null = -1 EINVAL",
+  "read-huge-count = -1 EINVAL",
+  "write-null = -1 EINVAL",
+  "pread-null = -1 EINVAL",
+  "pwrite-null = -1 EINVAL",
+  "lseek = -1 ESPIPE"
+];
+
 describe('server and shim (C clients)', { skip }, () => {
   before(async () => {
     assert.ok(await loadHandlers());
@@ -66,7 +128,7 @@ describe('server and shim (C clients)', { skip }, () => {
     const inc = path.join(cacheDir(), 'include', 'mainline');
     writeHeaders(inc, 'mainline');
     client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-      includeDirs: [inc], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
     });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-test-'));
     server = new IommufdServer({
@@ -152,7 +214,7 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.ok(logs.some((l) => /unknown type 99/.test(l)));
     const sock3 = net.connect(server.socketPath);
     await new Promise<void>((r) => sock3.on('connect', () => r()));
-    sock3.end(Buffer.from([32, 0, 0, 0, 1, 0, 0, 0, 1, 2]));
+    sock3.end(W.encode(W.REQ.HELLO, { pid: 1, version: W.WIRE_VERSION }).subarray(0, 10)); // a HELLO cut short
     await until(() => logs.some((l) => /truncated frame/.test(l)));
     // the other client is undisturbed
     assert.equal(server.liveContexts, 1);
@@ -166,23 +228,54 @@ describe('server and shim (C clients)', { skip }, () => {
     const replies: Buffer[] = [];
     sock.on('data', (d) => replies.push(d));
     const closed = new Promise<void>((r) => sock.on('close', () => r()));
-    const hello = Buffer.alloc(32);
-    hello.writeUInt32LE(32, 0);
-    hello.writeUInt32LE(1, 4); // HELLO
-    hello.writeUInt32LE(process.pid, 8); // somebody else's pid (the server's own)
-    hello.writeBigUInt64LE((1n << 64n) - 1n, 24);
-    sock.write(hello);
-    await until(() => Buffer.concat(replies).length >= 24);
-    const prove = Buffer.alloc(16);
-    prove.writeUInt32LE(16, 0);
-    prove.writeUInt32LE(12, 4); // PROVE
-    prove.writeBigUInt64LE(0x400000n, 8);
-    sock.write(prove);
+    // somebody else's pid (the server's own)
+    sock.write(W.encode(W.REQ.HELLO, { pid: process.pid, memlock: (1n << 64n) - 1n, version: W.WIRE_VERSION }));
+    await until(() => Buffer.concat(replies).length >= W.REP.hello.size);
+    sock.write(W.encode(W.REQ.PROVE, { addr: 0x400000n }));
     await closed;
     const all = Buffer.concat(replies);
-    assert.equal(all.readInt32LE(28), -1); // EPERM
+    assert.equal(W.decode(W.REP.prove, all, W.REP.hello.size).status, -1); // EPERM
     assert.ok(logs.some((l) => l.includes(`pid ${process.pid} did not prove its identity`)));
     assert.equal(server.procs.has(process.pid), false);
+  });
+
+  test('a forging client (its own valid handshake, another process\'s tokens) is refused and closed; the victim sees nothing', async () => {
+    const { p, line } = await startHolder('victim');
+    try {
+      const m = /READY ioas=(\d+) fd=(\d+) pid=(\d+)/.exec(line);
+      assert.ok(m, line);
+      const vpid = Number(m[3]);
+      const ctx = [...server.ctxs.values()].find((e) => e.conn.pid === vpid);
+      const ev = [...server.events.values()].find((b) => b.pid === vpid && b.file);
+      assert.ok(ctx && ev);
+      const before = logs.length;
+      const r = await new Promise<{ code: number | null; out: string }>((resolve) => {
+        // no shim: a raw socket client speaking the protocol itself
+        const f = spawn(client, ['forge', String(ctx.token), String(ev.token), m[3]!, m[2]!],
+          { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+        let out = '';
+        f.stdout.on('data', (d) => (out += d));
+        f.on('exit', (code) => resolve({ code, out }));
+      });
+      assert.equal(r.code, 0, r.out);
+      const refused = r.out.split('\n').filter((l) => l.startsWith('REFUSED'));
+      assert.equal(refused.length, 13, r.out);
+      assert.match(r.out, /LOOKUP-own-socket none/);
+      const mine = logs.slice(before);
+      assert.ok(mine.filter((l) => /refused: .*(does not hold|session key|is not socket|did not prepare)/.test(l)).length >= 13, mine.join('\n'));
+      // the victim's context, IOAS and fault queue are untouched
+      const done = new Promise<string>((resolve) => {
+        let out = '';
+        p.stdout!.on('data', (d) => {
+          out += d;
+          if (out.includes('victim')) resolve(out);
+        });
+      });
+      p.stdin!.write('go\n');
+      assert.match(await done, /OK victim/);
+    } finally {
+      p.kill('SIGKILL');
+    }
   });
 
   test('a killed client has its context torn down', async () => {
@@ -233,6 +326,12 @@ describe('server and shim (C clients)', { skip }, () => {
     const r = await runClient('scm');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK scm/);
+  });
+
+  test('a signal handler closing and reopening an emulated fd while its thread is in ioctls does not deadlock', async () => {
+    const r = await runClient('sigclose');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK sigclose calls=\d+ signals=[1-9]/);
   });
 
   test('concurrent threads on one fd', async () => {
@@ -298,6 +397,19 @@ describe('server and shim (C clients)', { skip }, () => {
     const r = await runClient('debugfs');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK debugfs/);
+  });
+
+  test('bad buffers and edge cases on every emulated file answer as the kernel does (EFAULT, never a signal)', async () => {
+    const r = await runClient('fileedges');
+    assert.equal(r.code, 0, r.out + r.err);
+    const lines = r.out.trim().split('\n');
+    for (const label of ['self', 'thread-self', 'self-task', 'pid', 'pid-task']) {
+      const got = lines.filter((l) => l.startsWith(`${label} `)).map((l) => l.slice(label.length + 1));
+      assert.deepEqual(got, FAILNTH_GOLDEN, `/proc/.../fail-nth as ${label}`);
+    }
+    assert.deepEqual(lines.filter((l) => l.startsWith('iommu ')).map((l) => l.slice(6)), IOMMU_FILE_GOLDEN);
+    assert.deepEqual(lines.filter((l) => l.startsWith('path ')).map((l) => l.slice(5)), PATH_GOLDEN);
+    assert.match(r.out, /OK fileedges/);
   });
 
   test('fail-nth file arms the next emulated call of the thread', async () => {

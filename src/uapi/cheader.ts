@@ -9,9 +9,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ENUMS, enumInProfile, inProfile, TEST_DEFINES, type EnumDef, type EnumMember } from './enums.js';
+import { ENUMS, enumInProfile, inHeader, TEST_DEFINES, type EnumDef, type EnumMember } from './enums.js';
 import { IOCTLS, IOMMUFD_CMD_BASE, ioctlPresent, type IoctlDef } from './ioctls.js';
-import { fieldPresent, structSize, TYPE_SIZE, type FieldDef, type StructDef } from './layout.js';
+import { fieldInHeader, structSize, TYPE_SIZE, type FieldDef, type StructDef } from './layout.js';
 import { getProfile, type Profile } from './profiles.js';
 import * as S from './structs.js';
 
@@ -82,7 +82,7 @@ export function testUnionMembers(profile: Profile): { name: string; view: Struct
   const seen = new Set<StructDef>();
   const out: { name: string; view: StructDef; op: number }[] = [];
   for (const m of ENUMS.iommu_test_op!.members) {
-    if (!inProfile(m, profile)) continue;
+    if (!inHeader(m, profile)) continue;
     const view = S.TEST_OP_VIEWS[m.value];
     if (!view || seen.has(view)) continue;
     seen.add(view);
@@ -138,22 +138,23 @@ function fieldLines(fields: [string, FieldDef][], indent: string, base = 0): str
   return lines;
 }
 
-function presentFields(s: StructDef, version: number): [string, FieldDef][] {
-  return Object.entries(s.fields).filter(([, f]) => fieldPresent(f, version));
+/** The fields the header of `profile` declares (header backports included). */
+function presentFields(s: StructDef, profile: Profile): [string, FieldDef][] {
+  return Object.entries(s.fields).filter(([, f]) => fieldInHeader(f, profile.version, profile.headerBackports));
 }
 
-function cStruct(s: StructDef, version: number): string {
-  const size = structSize(s, version);
+function cStruct(s: StructDef, profile: Profile): string {
+  const size = structSize(s, profile.version);
   return [
     `struct ${s.name} {`,
-    ...fieldLines(presentFields(s, version), '\t'),
+    ...fieldLines(presentFields(s, profile), '\t'),
     '};',
     `${ASSERT_MACRO}(sizeof(struct ${s.name}) == ${size}, "struct ${s.name} must be ${size} bytes");`,
   ].join('\n');
 }
 
 function cEnum(e: EnumDef, profile: Profile): string | undefined {
-  const members = e.members.filter((m) => inProfile(m, profile));
+  const members = e.members.filter((m) => inHeader(m, profile));
   if (members.length === 0) return undefined;
   const body = members.map((m) => `\t${m.name} = ${enumValueText(e, m)},`);
   return [e.anon ? 'enum {' : `enum ${e.name} {`, ...body, '};'].join('\n');
@@ -163,7 +164,7 @@ function cEnum(e: EnumDef, profile: Profile): string | undefined {
 function headerEnums(profile: Profile, test: boolean, structs: StructDef[]): EnumDef[] {
   const named = new Set<string>();
   for (const s of structs) {
-    for (const f of Object.values(s.fields)) if (f.enumName && fieldPresent(f, profile.version)) named.add(f.enumName);
+    for (const f of Object.values(s.fields)) if (f.enumName && fieldInHeader(f, profile.version, profile.headerBackports)) named.add(f.enumName);
   }
   return Object.values(ENUMS).filter((e) =>
     !!e.test === test && (enumInProfile(e, profile) || named.has(e.name)));
@@ -199,7 +200,6 @@ function banner(profile: Profile, what: string): string {
 // ---- The two headers ----------------------------------------------------------------
 
 function generateCore(profile: Profile): string {
-  const v = profile.version;
   const ioctls = headerIoctls(profile);
   const structs = coreStructs(profile);
   const parts: string[] = [
@@ -220,7 +220,7 @@ function generateCore(profile: Profile): string {
   const macroFor = new Map<StructDef, IoctlDef[]>();
   for (const d of ioctls) macroFor.set(d.struct, [...(macroFor.get(d.struct) ?? []), d]);
   for (const s of structs) {
-    let text = cStruct(s, v);
+    let text = cStruct(s, profile);
     for (const d of macroFor.get(s) ?? []) {
       text += `\n#define ${d.cname} _IO(IOMMUFD_TYPE, ${cmdMacroName(d)})`;
     }
@@ -231,13 +231,12 @@ function generateCore(profile: Profile): string {
 }
 
 function cTestCmd(profile: Profile): string {
-  const v = profile.version;
-  const all = presentFields(S.iommu_test_cmd, v);
+  const all = presentFields(S.iommu_test_cmd, profile);
   const head = all.filter(([, f]) => f.offset < TEST_UNION_START);
   const tail = all.filter(([, f]) => f.offset >= TEST_UNION_START);
   const lines = ['struct iommu_test_cmd {', ...fieldLines(head, '\t'), '\tunion {'];
   for (const m of testUnionMembers(profile)) {
-    lines.push('\t\tstruct {', ...fieldLines(presentFields(m.view, v), '\t\t\t', TEST_UNION_START), `\t\t} ${m.name};`);
+    lines.push('\t\tstruct {', ...fieldLines(presentFields(m.view, profile), '\t\t\t', TEST_UNION_START), `\t\t} ${m.name};`);
   }
   lines.push('\t};');
   for (const [name, f] of tail) lines.push(`\t${C_TYPE[f.type]} ${name};`);
@@ -253,7 +252,6 @@ function cTestCmd(profile: Profile): string {
 }
 
 function generateTest(profile: Profile): string {
-  const v = profile.version;
   const structs = testStructs(profile);
   const parts: string[] = [
     banner(profile, 'IOMMUFD selftest interface (IOMMU_TEST_CMD and the mock driver\'s constants and payloads).'),
@@ -265,10 +263,10 @@ function generateTest(profile: Profile): string {
     const t = cEnum(e, profile);
     if (t) parts.push(t);
   }
-  const defines = TEST_DEFINES.filter((d) => inProfile(d, profile));
+  const defines = TEST_DEFINES.filter((d) => inHeader(d, profile));
   parts.push(defines.map((d) => `#define ${d.name} ${d.text ?? hex(d.value)}`).join('\n'));
   parts.push(cTestCmd(profile));
-  for (const s of structs) parts.push(cStruct(s, v));
+  for (const s of structs) parts.push(cStruct(s, profile));
   parts.push('#endif /* _UAPI_IOMMUFD_TEST_H */');
   return parts.join('\n\n') + '\n';
 }
@@ -311,17 +309,17 @@ export function generateLayoutCheck(profile: Profile): string {
   const A = (cond: string, what: string): void => { out.push(`_Static_assert(${cond}, "${what}");`); };
   for (const s of [...coreStructs(profile), ...testStructs(profile)]) {
     A(`sizeof(struct ${s.name}) == ${structSize(s, v)}`, `sizeof ${s.name}`);
-    for (const [name, f] of presentFields(s, v)) {
+    for (const [name, f] of presentFields(s, profile)) {
       A(`offsetof(struct ${s.name}, ${name}) == ${f.offset}`, `${s.name}.${name} offset`);
       A(`sizeof(((struct ${s.name} *)0)->${name}) == ${TYPE_SIZE[f.type] * (f.count ?? 1)}`, `${s.name}.${name} size`);
     }
   }
   A(`sizeof(struct iommu_test_cmd) == ${S.IOMMU_TEST_CMD_SIZE}`, 'sizeof iommu_test_cmd');
-  for (const [name, f] of presentFields(S.iommu_test_cmd, v)) {
+  for (const [name, f] of presentFields(S.iommu_test_cmd, profile)) {
     A(`offsetof(struct iommu_test_cmd, ${name}) == ${f.offset}`, `iommu_test_cmd.${name} offset`);
   }
   for (const m of testUnionMembers(profile)) {
-    for (const [name, f] of presentFields(m.view, v)) {
+    for (const [name, f] of presentFields(m.view, profile)) {
       A(`offsetof(struct iommu_test_cmd, ${m.name}.${name}) == ${f.offset}`, `iommu_test_cmd.${m.name}.${name} offset`);
     }
   }
@@ -332,11 +330,11 @@ export function generateLayoutCheck(profile: Profile): string {
   const enums = [...headerEnums(profile, false, coreStructs(profile)), ...headerEnums(profile, true, testStructs(profile))];
   for (const e of enums) {
     for (const m of e.members) {
-      if (inProfile(m, profile)) A(`${m.name} == ${cNum(m.value)}`, `${m.name} value`);
+      if (inHeader(m, profile)) A(`${m.name} == ${cNum(m.value)}`, `${m.name} value`);
     }
   }
   for (const d of TEST_DEFINES) {
-    if (inProfile(d, profile)) A(`${d.name} == ${cNum(d.value)}`, `${d.name} value`);
+    if (inHeader(d, profile)) A(`${d.name} == ${cNum(d.value)}`, `${d.name} value`);
   }
   return out.join('\n') + '\n';
 }

@@ -7,10 +7,15 @@ import { V } from './profiles.js';
 export interface EnumMember {
   readonly name: string;
   readonly value: number;
+  /** First kernel version that implements the member. */
   readonly since?: number;
   /** First version without the member (removed upstream). */
   readonly until?: number;
-  /** Present from this version on in profiles with `selftestBackports` (even if `since` is later). */
+  /**
+   * Header-only from this version on in profiles with `headerBackports`: the generated
+   * header defines the name (the Debian 6.12 selftests need it to compile), but the
+   * kernel of that profile does not implement it and rejects it like any unknown value.
+   */
   readonly backport?: number;
   /** Also present in the original vIOMMU series' ABI (profile viommu-v1), whatever `since` says. */
   readonly v1?: boolean;
@@ -25,37 +30,82 @@ export interface EnumDef {
   readonly anon?: boolean;
   /** Version the enum type appeared in (headers omit it before, unless a present struct field names it). */
   readonly since?: number;
+  /** Header-only from this version on in profiles with `headerBackports` (see EnumMember.backport). */
+  readonly backport?: number;
   /** Also present in the original vIOMMU series' ABI (profile viommu-v1). */
   readonly v1?: boolean;
 }
 
 type MemberSpec = [string, number, number?, { until?: number; backport?: number; v1?: boolean }?];
-interface DefOpts { test?: boolean; anon?: boolean; since?: number; v1?: boolean }
+interface DefOpts { test?: boolean; anon?: boolean; since?: number; backport?: number; v1?: boolean }
 
 function def(name: string, flags: boolean, members: MemberSpec[], opts: boolean | DefOpts = {}): EnumDef {
   const o: DefOpts = typeof opts === 'boolean' ? { test: opts } : opts;
   return {
-    name, flags, test: o.test ?? false, anon: o.anon, since: o.since, v1: o.v1,
+    name, flags, test: o.test ?? false, anon: o.anon, since: o.since, backport: o.backport, v1: o.v1,
     members: members.map(([n, value, since, extra]) => ({ name: n, value, since, ...extra })),
   };
 }
 
-/** Is this member (or #define) in the ABI of `version` (with the given profile switches)? */
-export function memberPresent(m: EnumMember, version: number, selftestBackports = false, viommuV1 = false): boolean {
-  if (m.until !== undefined && version >= m.until) return false;
-  if (m.since === undefined || m.since <= version) return true;
-  if (viommuV1 && m.v1) return true;
-  return selftestBackports && m.backport !== undefined && m.backport <= version;
+/** What the presence rules need of a member or #define. */
+interface Versioned {
+  readonly since?: number;
+  readonly until?: number;
+  readonly backport?: number;
+  readonly v1?: boolean;
 }
 
-/** memberPresent() for one ABI profile. */
-export function inProfile(m: EnumMember, profile: Profile): boolean {
-  return memberPresent(m, profile.version, profile.selftestBackports, profile.viommuV1);
+/**
+ * THE flag/type presence rule: does the kernel of `profile` implement this
+ * member (accept the flag, the type, the op)? Handlers ask only this (or
+ * acceptedMask/accepts below), never a version number.
+ */
+export function accepted(m: Versioned, profile: Profile): boolean {
+  if (m.until !== undefined && profile.version >= m.until) return false;
+  if (m.since === undefined || m.since <= profile.version) return true;
+  return profile.viommuV1 && !!m.v1;
 }
 
-/** Does the enum type itself exist in `profile` (its own `since`, or the v1 series)? */
+/** Does the generated header of `profile` define it: what the kernel implements, plus the header backports. */
+export function inHeader(m: Versioned, profile: Profile): boolean {
+  if (accepted(m, profile)) return true;
+  return profile.headerBackports && m.backport !== undefined && m.backport <= profile.version &&
+    (m.until === undefined || profile.version < m.until);
+}
+
+function enumDef(name: string): EnumDef {
+  const e = ENUMS[name];
+  if (!e) throw new Error(`no enum table '${name}'`);
+  return e;
+}
+
+/** The OR of every member of a flags table the kernel of `profile` accepts: the only source of accepted-flag masks. */
+export function acceptedMask(profile: Profile, enumName: string): number {
+  const e = enumDef(enumName);
+  if (!accepted(e, profile)) return 0;
+  let m = 0;
+  for (const f of e.members) if (accepted(f, profile)) m |= f.value;
+  return m >>> 0;
+}
+
+/** Is the named member of an enum/flags table implemented by the kernel of `profile` (the table itself included)? */
+export function accepts(profile: Profile, enumName: string, memberName: string): boolean {
+  const e = enumDef(enumName);
+  const m = e.members.find((x) => x.name === memberName);
+  if (!m) throw new Error(`enum ${enumName} has no member ${memberName}`);
+  return accepted(e, profile) && accepted(m, profile);
+}
+
+/** Is `value` a member of the table that the kernel of `profile` implements? */
+export function acceptsValue(profile: Profile, enumName: string, value: number): boolean {
+  const e = enumDef(enumName);
+  return accepted(e, profile) && e.members.some((m) => m.value === value && accepted(m, profile));
+}
+
+/** Does the enum type itself exist in the header of `profile` (its own `since`, a backport, or the v1 series)? */
 export function enumInProfile(e: EnumDef, profile: Profile): boolean {
-  return e.since === undefined || e.since <= profile.version || (profile.viommuV1 && !!e.v1);
+  return e.since === undefined || e.since <= profile.version || (profile.viommuV1 && !!e.v1) ||
+    (profile.headerBackports && e.backport !== undefined && e.backport <= profile.version);
 }
 
 export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
@@ -76,13 +126,14 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
   def('iommu_hw_info_arm_smmuv3_flags', true, [['IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI', 1]],
     { since: V.MAINLINE }),
   def('iommu_hw_info_type', false, [
-    ['IOMMU_HW_INFO_TYPE_NONE', 0], ['IOMMU_HW_INFO_TYPE_DEFAULT', 0, V.V6_12], ['IOMMU_HW_INFO_TYPE_INTEL_VTD', 1],
+    ['IOMMU_HW_INFO_TYPE_NONE', 0], ['IOMMU_HW_INFO_TYPE_DEFAULT', 0, V.V6_17, { backport: V.V6_12 }], ['IOMMU_HW_INFO_TYPE_INTEL_VTD', 1],
     ['IOMMU_HW_INFO_TYPE_ARM_SMMUV3', 2, V.V6_13], ['IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV', 3, V.V6_17],
     ['IOMMU_HW_INFO_TYPE_AMD', 4, V.MAINLINE]], { since: V.V6_7 }),
   def('iommufd_hw_capabilities', true, [
     ['IOMMU_HW_CAP_DIRTY_TRACKING', 1, V.V6_8], ['IOMMU_HW_CAP_PCI_PASID_EXEC', 2, V.V6_12],
     ['IOMMU_HW_CAP_PCI_PASID_PRIV', 4, V.V6_12], ['IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED', 8, V.MAINLINE]], { since: V.V6_8 }),
-  def('iommufd_hw_info_flags', true, [['IOMMU_HW_INFO_FLAG_INPUT_TYPE', 1, V.V6_12]], { since: V.V6_12 }),
+  def('iommufd_hw_info_flags', true, [['IOMMU_HW_INFO_FLAG_INPUT_TYPE', 1, V.V6_17, { backport: V.V6_12 }]],
+    { since: V.V6_17, backport: V.V6_12 }),
   def('iommufd_hwpt_set_dirty_tracking_flags', true, [['IOMMU_HWPT_DIRTY_TRACKING_ENABLE', 1]], { since: V.V6_7 }),
   def('iommufd_hwpt_get_dirty_bitmap_flags', true, [['IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR', 1]], { since: V.V6_7 }),
   def('iommu_hwpt_invalidate_data_type', false, [

@@ -11,6 +11,8 @@ export interface FieldDef<T extends ScalarType = ScalarType> {
   readonly count?: number;
   /** ABI version (see profiles.ts) the field appeared in. */
   readonly since?: number;
+  /** Header-only from this version on in profiles with `headerBackports` (see enums.ts EnumMember.backport). */
+  readonly backport?: number;
   /** Written by the kernel (out_* fields and in/out fields). */
   readonly out?: boolean;
   /** Holds a user-space address. */
@@ -58,6 +60,11 @@ export function fieldSize(f: FieldDef): number {
 
 export function fieldPresent(f: FieldDef, version: number): boolean {
   return f.since === undefined || f.since <= version;
+}
+
+/** Is the field declared in the generated header (present, or a header backport of the profile)? */
+export function fieldInHeader(f: FieldDef, version: number, headerBackports: boolean): boolean {
+  return fieldPresent(f, version) || (headerBackports && f.backport !== undefined && f.backport <= version);
 }
 
 /** sizeof(struct) as the kernel of `version` declares it: end of the last present field, aligned. */

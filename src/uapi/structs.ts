@@ -78,7 +78,7 @@ export const iommu_hw_info = struct('iommu_hw_info', {
   size: u32(0), flags: u32(4, { enumName: 'iommufd_hw_info_flags' }), dev_id: u32(8), data_len: u32(12, O),
   data_uptr: u64(16, P),
   out_data_type: u32(24, { out: true, enumName: 'iommu_hw_info_type' }),
-  in_data_type: u32(24, { alias: true, since: V.V6_12, enumName: 'iommu_hw_info_type' }),
+  in_data_type: u32(24, { alias: true, since: V.V6_17, backport: V.V6_12, enumName: 'iommu_hw_info_type' }),
   out_max_pasid_log2: u8(28, { out: true, since: V.V6_12 }),
   __reserved: arr('u8', 29, 3, R),
   out_capabilities: u64(32, { out: true, since: V.V6_8, enumName: 'iommufd_hw_capabilities' }),

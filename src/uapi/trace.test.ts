@@ -75,7 +75,7 @@ test('GET_HW_INFO: in_data_type (the input alias) in, out_data_type out', () => 
     size: 40, flags: 1, dev_id: 2, data_len: 8, data_uptr: 0x5000n, out_data_type: 0xfeedbeef,
     out_max_pasid_log2: 20, out_capabilities: 1n,
   });
-  assert.equal(formatIoctl(P612, IO(0x8a), inb, out, 0),
+  assert.equal(formatIoctl(MAIN, IO(0x8a), inb, out, 0),
     'IOMMU_GET_HW_INFO {flags=INPUT_TYPE dev_id=2 data_len=8 data_uptr=0x5000 in_data_type=SELFTEST} = 0' +
     ' -> {data_len=8 out_data_type=SELFTEST out_max_pasid_log2=20 out_capabilities=DIRTY_TRACKING}');
 });

@@ -6,7 +6,7 @@
 // return value) or an errno name, outputs are the fields the kernel writes
 // (`out` in structs.ts) as copied back. Nothing here knows a particular ioctl:
 // names, layouts and enum tables all come from the uAPI table.
-import { ENUMS, inProfile, TEST_DEFINES, type EnumDef } from './enums.js';
+import { ENUMS, inHeader, TEST_DEFINES, type EnumDef } from './enums.js';
 import { errnoName } from './errno.js';
 import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
 import { decode, fieldPresent, fieldSize, structSize, type FieldDef, type StructDef } from './layout.js';
@@ -60,7 +60,7 @@ function hex(v: number | bigint): string {
 export function enumText(enumName: string, value: number, profile: Profile): string {
   const e = ENUMS[enumName];
   if (!e) return hex(value);
-  const members = e.members.filter((m) => inProfile(m, profile));
+  const members = e.members.filter((m) => inHeader(m, profile));
   const pre = enumPrefix(e);
   const short = (n: string): string => (n.startsWith(pre) ? n.slice(pre.length) : n);
   if (e.flags) {
@@ -250,7 +250,7 @@ function testCmdParts(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array, 
   const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
   // Only ops this profile's kernel knows have a union member to decode.
   const known = ENUMS.iommu_test_op!.members.some((m) => m.value === op &&
-    inProfile(m, profile));
+    inHeader(m, profile));
   const view = known ? S.TEST_OP_VIEWS[op] : undefined;
   // Union fields named like a header field (check_iotlb.id, check_dev_cache.id) carry the member name.
   const clash = new Set(Object.keys(def.struct.fields));

@@ -9,9 +9,8 @@ import type { ViommuCore } from '../driver.js';
 import type { Emulator } from '../../core/emulator.js';
 import { PAGE_SIZE } from '../../core/usermem.js';
 import { fail } from '../../uapi/errno.js';
-import { HWPT_ALLOC, MOCK } from '../../uapi/enums.js';
+import { acceptedMask, accepts, HWPT_ALLOC, MOCK } from '../../uapi/enums.js';
 import { decode, encode } from '../../uapi/layout.js';
-import { V } from '../../uapi/profiles.js';
 import * as S from '../../uapi/structs.js';
 import {
   copyUserArrayEntry, copyUserData, type DriverDevice, type HwInfo, type InvalidateArray, type IommuDomain,
@@ -163,7 +162,12 @@ export class MockPagingDomain implements PagingDomain {
 
   /** DIRTY test op: mark the entry holding `iova`; false if nothing is mapped there. */
   markDirty(iova: bigint): boolean {
-    const s = this.slots.get(Number(iova / SLOT));
+    return this.markDirtySlot(Number(iova / SLOT));
+  }
+
+  /** Mark the entry of slot `index` (iova / MOCK_PAGE_SIZE); false if nothing is mapped there. */
+  markDirtySlot(index: number): boolean {
+    const s = this.slots.get(index);
     if (!s) return false;
     s.flags |= SLOT_FLAGS.DIRTY;
     return true;
@@ -219,18 +223,18 @@ export class MockDriver implements IommuDriver {
     return this.emu.profile.mockGen;
   }
 
-  /** Device flags MOCK_DOMAIN_FLAGS accepts on this profile. */
+  private get triggerVevent(): boolean {
+    return accepts(this.emu.profile, 'iommu_test_op', 'IOMMU_TEST_OP_TRIGGER_VEVENT');
+  }
+
+  /** Device flags MOCK_DOMAIN_FLAGS accepts on this profile (6.12.117: NO_DIRTY and HUGE_IOVA only). */
   get validDeviceFlags(): number {
-    const p = this.emu.profile;
-    const pasid = p.version >= V.V6_15 || p.selftestBackports ? MOCK.FLAGS_DEVICE_PASID : 0;
-    return this.gen === 'A'
-      ? MOCK.FLAGS_DEVICE_NO_DIRTY | MOCK.FLAGS_DEVICE_HUGE_IOVA | pasid
-      : MOCK.FLAGS_DEVICE_NO_DIRTY | pasid;
+    return acceptedMask(this.emu.profile, 'mock_device_flags');
   }
 
   /** mock_dev_create: unknown flags -> EINVAL. */
   createDevice(flags: number): MockDevice {
-    if (flags & ~this.validDeviceFlags) fail('EINVAL');
+    if (flags & ~this.validDeviceFlags) fail('EINVAL', 'MOCK_DOMAIN_FLAGS: unknown device flag');
     this.emu.failPoint('ENOMEM');
     return new MockDevice(this, flags);
   }
@@ -254,8 +258,8 @@ export class MockDriver implements IommuDriver {
 
   domainAllocPaging(dev: DriverDevice, flags: number, data: UserData | null): PagingDomain {
     const mdev = dev as MockDevice;
-    const pasidFlag = this.emu.profile.version >= V.V6_15 ? HWPT_ALLOC.PASID : 0;
-    const PAGING_FLAGS = HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.NEST_PARENT | pasidFlag;
+    const PAGING_FLAGS = acceptedMask(this.emu.profile, 'iommufd_hwpt_alloc_flags') &
+      (HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.NEST_PARENT | HWPT_ALLOC.PASID);
     const dirty = !!(flags & HWPT_ALLOC.DIRTY_TRACKING);
     let pagetableType: number = MOCK_IOMMUPT.DEFAULT;
     if (this.gen === 'A') {
@@ -284,8 +288,8 @@ export class MockDriver implements IommuDriver {
   }
 
   domainAllocNested(_dev: DriverDevice, parent: PagingDomain, flags: number, data: UserData): NestedDomain {
-    const allowed = this.emu.profile.version >= V.V6_15 ? HWPT_ALLOC.PASID : 0;
-    if (flags & ~allowed) fail('EOPNOTSUPP');
+    const allowed = acceptedMask(this.emu.profile, 'iommufd_hwpt_alloc_flags') & HWPT_ALLOC.PASID;
+    if (flags & ~allowed) fail('EOPNOTSUPP', 'mock nested alloc: flags other than ALLOC_PASID');
     if (!(parent instanceof MockPagingDomain)) fail('EINVAL');
     return this.allocNested(parent, data);
   }
@@ -305,7 +309,9 @@ export class MockDriver implements IommuDriver {
       if (domain && domain.kind === 'paging' && domain.dirtyOps && mdev.noDirty) fail('EINVAL');
       let viommu: unknown = null;
       let vdevId = 0n;
-      if (domain && domain.kind === 'nested' && domain.viommu && this.emu.profile.version >= V.V6_15) {
+      // The mock records the device's virtual ID for TRIGGER_VEVENT: kernels with that op
+      // refuse a vIOMMU-owned nested domain for a device without a vDEVICE there.
+      if (domain && domain.kind === 'nested' && domain.viommu && this.triggerVevent) {
         viommu = domain.viommu;
         const id = this.vdevIdOf?.(viommu, dev);
         if (id === undefined) fail('ENOENT');

@@ -19,8 +19,13 @@ for (const profile of ['6.12', 'mainline'] as const) {
     const ioas = ioasAlloc(t);
     testCmd(t, TEST_OP.SET_TEMP_MEMORY_LIMIT, 0, { limit: 65536 });
     const md = mockDomain(t, ioas);
-    const pd = mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID);
-    assert.equal(pd.hwptId, md.hwptId);
+    if (profile === '6.12') {
+      // 6.12.117 has no PASID mock devices: this setup step of the backported fixture fails there.
+      assert.equal(testCmdTry(t, TEST_OP.MOCK_DOMAIN_FLAGS, ioas, { dev_flags: MOCK.FLAGS_DEVICE_PASID }).err?.code, 'EINVAL');
+    } else {
+      const pd = mockDomain(t, ioas, MOCK.FLAGS_DEVICE_PASID);
+      assert.equal(pd.hwptId, md.hwptId);
+    }
     assert.deepEqual(iovaRanges(t, ioas), { ranges: [[BASE, MOCK.APERTURE_LAST]], alignment: 2048n });
     const buffer = t.mem.mmap(16 * 4096, { shared: true });
     raw(t, 'IOAS_MAP', S.iommu_ioas_map, { flags: 7, ioas_id: ioas, user_va: buffer, length: 16n * 4096n, iova: BASE });
@@ -124,9 +129,9 @@ test('dirty tracking fixture: enforce_dirty, device capability, bitmaps at unali
     const buffer = t.mem.mmap(len, { shared: true });
     raw(t, 'IOAS_MAP', S.iommu_ioas_map, { flags: 7, ioas_id: ioas, user_va: buffer, length: BigInt(len), iova: BASE });
     raw(t, 'HWPT_SET_DIRTY_TRACKING', S.iommu_hwpt_set_dirty_tracking, { hwpt_id: hwpt, flags: 1 });
-    // Upstream pattern: set one bit every 2*pte/page_size bits; expect the first pte/page_size of each group.
-    const ps = 4096n;
-    const pte = 2048n;
+    // Upstream pattern: set every other bit at the mock page size (the only page size 6.12's DIRTY op
+    // handles as meant, see the quirk test in mock.test.ts) and read them back.
+    const ps = 2048n;
     const nbits = Number(BigInt(len) / ps);
     const bm = t.mem.alloc(nbits / 8 + 8);
     const bytes = new Uint8Array(nbits / 8);
@@ -141,7 +146,6 @@ test('dirty tracking fixture: enforce_dirty, device capability, bitmaps at unali
       const got = t.mem.read(data, nbits / 8);
       for (let i = 0; i < nbits; i++) assert.equal(!!(got[i >> 3]! & (1 << (i & 7))), i % 2 === 0, `bit ${i} at +${off}`);
     }
-    void pte;
     destroy(t, nd.stdevId);
   }
 });

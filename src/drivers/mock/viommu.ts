@@ -1,9 +1,8 @@
 // The selftest mock's vIOMMU (03 §5.7), HW queues (03 §5.8) and TRIGGER_VEVENT
 // (03 §4.16).
 import { fail } from '../../uapi/errno.js';
-import { MOCK, TEST_OP } from '../../uapi/enums.js';
+import { acceptedMask, HWPT_ALLOC, MOCK, TEST_OP } from '../../uapi/enums.js';
 import { decode, encode, structSize } from '../../uapi/layout.js';
-import { V } from '../../uapi/profiles.js';
 import * as S from '../../uapi/structs.js';
 import { registerTestOp } from '../../core/selftest.js';
 import { ObjType } from '../../core/object.js';
@@ -34,8 +33,8 @@ export class MockViommuDriver implements ViommuDriver {
     if (data) this.initData(viommu, data);
     return {
       allocDomainNested: (v, _dev, flags, d) => {
-        const allowed = this.drv.emu.profile.version >= V.V6_15 ? 8 /* ALLOC_PASID */ : 0;
-        if (flags & ~allowed) fail('EOPNOTSUPP');
+        const allowed = acceptedMask(this.drv.emu.profile, 'iommufd_hwpt_alloc_flags') & HWPT_ALLOC.PASID;
+        if (flags & ~allowed) fail('EOPNOTSUPP', 'mock vIOMMU nested alloc: flags other than ALLOC_PASID');
         return this.drv.allocNested(v.parent, d, v);
       },
       cacheInvalidate: (v, req) => this.cacheInvalidate(v, req),
