@@ -51,6 +51,8 @@ export interface StepMessage {
   readonly head: JsonEvent | null;
   readonly ioctl?: IoctlText;
   readonly events: JsonEvent[];
+  /** Events of this step left out past the per-step limit (a huge unmap, a driver's trace points). */
+  readonly eventsDropped?: number;
   /** The graph after the step; omitted when unchanged since the previous step. */
   readonly graph?: JsonGraph;
 }

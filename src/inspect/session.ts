@@ -11,6 +11,9 @@ import {
   FORMAT_VERSION, type HelloMessage, type IoctlText, type Message, type StatusMessage, type StepMessage,
 } from './protocol.js';
 
+/** Events kept per step (the rest are counted). */
+const STEP_EVENTS = 1000;
+
 /** JSON for messages: bigints as "0x..." strings, byte arrays as hex strings. */
 export function toJson(m: unknown): string {
   return JSON.stringify(m, (_k, v: unknown) => {
@@ -50,6 +53,7 @@ export class InspectSession implements MessageSource {
   private bytes = 0;
   private readonly clients = new Set<(line: string) => void>();
   private buffer: TraceEvent[] = [];
+  private bufferDropped = 0;
   private inside = false;
   private step = 0;
   private lastGraph: string | null = null;
@@ -126,7 +130,8 @@ export class InspectSession implements MessageSource {
       default:
         break;
     }
-    this.buffer.push(e);
+    if (this.buffer.length < STEP_EVENTS) this.buffer.push(e);
+    else this.bufferDropped++;
     // Events outside any call (an fd closed, a client gone) make a step of their own
     // once the front end's current callback is done.
     if (!this.inside && !this.flushQueued) {
@@ -149,14 +154,16 @@ export class InspectSession implements MessageSource {
 
   private closeStep(head: TraceEvent | null): void {
     const events = this.buffer;
+    const dropped = this.bufferDropped;
     this.buffer = [];
+    this.bufferDropped = 0;
     const graph = toJson(emulatorGraph(this.emu));
     const changed = graph !== this.lastGraph;
     this.lastGraph = graph;
     const msg: StepMessage = {
       type: 'step', step: ++this.step, time: Math.round((performance.now() - this.t0) * 1000) / 1000,
       head: head as StepMessage['head'], ioctl: head?.t === 'ioctl' ? this.ioctlText(head) : undefined,
-      events: events as StepMessage['events'],
+      events: events as StepMessage['events'], ...(dropped ? { eventsDropped: dropped } : {}),
     };
     const line = this.stepLine(msg, changed ? graph : null);
     this.keep({ line, graph, hasGraph: changed, msg });

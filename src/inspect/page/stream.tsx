@@ -69,6 +69,7 @@ function StepDetails({ step }: { step: Step }) {
       {events.length > 0 && (
         <ul class="events">
           {events.map((e) => <li class={`ev t-${e.t}`}>{eventText(e)}</li>)}
+          {step.eventsDropped ? <li class="ev">… {step.eventsDropped} more events not kept</li> : null}
         </ul>
       )}
       <div class="time">{step.time.toFixed(3)} ms</div>
