@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { shimBench } from './shim.js';
 import { busBench } from './bus.js';
+import { InspectSession } from '../inspect/session.js';
 import { smmuBench } from './smmu.js';
 
 const PAGE = 4096n;
@@ -95,7 +96,11 @@ function selftestWallTime(): string {
 }
 
 async function busRows(): Promise<void> {
-  const b = await busBench();
+  // The recorder: the inspector's session, steps and graph snapshots kept in memory (no page attached).
+  const b = await busBench((emu) => {
+    const s = new InspectSession(emu);
+    return () => s.close();
+  });
   const rel = (x: number): string => `${(x / b.off).toFixed(2)}x of unsubscribed`;
   rows.push({ bench: 'IOAS_ALLOC+DESTROY, trace bus: nobody subscribed', result: rate(b.off, 1000), target: 'report' });
   rows.push({ bench: 'IOAS_ALLOC+DESTROY, trace bus: one counting subscriber', result: `${rate(b.counting, 1000)} (${rel(b.counting)})`, target: 'report' });

@@ -209,6 +209,7 @@ export class IommufdCtx {
     const known = op && op.request === req ? op : undefined;
     const span = traceSpan(this.profile, req, tryRead(caller.mem, arg, 4));
     const inBytes = span ? tryRead(caller.mem, arg, span) : null;
+    bus.emit({ t: 'begin', ctx: this.seq, pid: caller.mem.process.pid, name: known?.name });
     let ret: number | undefined;
     let err: IommufdError | undefined;
     try {
@@ -248,6 +249,7 @@ export class IommufdCtx {
       }
     };
     const inBytes = bytes();
+    bus.emit({ t: 'begin', ctx: this.seq, pid: caller.mem.process.pid, name: op.name });
     let ret: number | undefined;
     let err: IommufdError | undefined;
     try {
