@@ -13,8 +13,8 @@ import {
   replace, S, trigger, vdevAlloc, veventqAlloc, veventqAllocTry, viommuAlloc, rawReadOnly, type Fx,
 } from './viommu_test_helpers.js';
 
-const PROFILES: ProfileName[] = ['6.15', '6.17', 'mainline'];
-const NEW: ProfileName[] = ['6.17', 'mainline'];
+const PROFILES: ProfileName[] = ['6.15', '6.17', '7.3', 'mainline'];
+const NEW: ProfileName[] = ['6.17', '7.3', 'mainline'];
 const LOST = 1;
 
 /** A vIOMMU with the fixture device attached to a nested HWPT of it through vDEVICE `virt`. */
@@ -39,8 +39,11 @@ for (const p of PROFILES) {
     assert.equal(code(veventqAllocTry(t, 999, { flags: 1, depth: 0 })), 'EOPNOTSUPP');
     assert.equal(code(veventqAllocTry(t, 999, { reserved: 1, depth: 0 })), 'EOPNOTSUPP');
     assert.equal(code(veventqAllocTry(t, 999, { type: 0, depth: 0 })), 'EOPNOTSUPP');
-    // 2. depth 0, before the lookup; no upper bound.
+    // 2. depth 0, before the lookup; 7.3 also caps it at 1<<19 (older kernels have no upper bound).
     assert.equal(code(veventqAllocTry(t, 999, { depth: 0 })), 'EINVAL');
+    const capped = t.ctx.profile.veventqMaxDepth !== 0;
+    assert.equal(code(veventqAllocTry(t, 999, { depth: (1 << 19) + 1 })), capped ? 'EINVAL' : 'ENOENT');
+    assert.equal(code(veventqAllocTry(t, 999, { depth: 1 << 19 })), 'ENOENT');
     // 3. the vIOMMU.
     assert.equal(code(veventqAllocTry(t, 999)), 'ENOENT');
     assert.equal(code(veventqAllocTry(t, 0)), 'ENOENT');
@@ -48,7 +51,7 @@ for (const p of PROFILES) {
     // Success: IDs and fd; a failure after it leaves no fd and no ID behind.
     const expect = nextId(t);
     const fdsBefore = t.caller.fds.open;
-    const r = veventqAllocTry(t, v, { depth: 0xffffffff });
+    const r = veventqAllocTry(t, v, { depth: capped ? 1 << 19 : 0xffffffff });
     assert.equal(code(r), 0);
     assert.equal(r.out.out_veventq_id, expect);
     assert.equal(t.caller.fds.lookup(r.out.out_veventq_fd)?.name, '[iommufd-viommu-event]');

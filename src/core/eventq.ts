@@ -131,8 +131,10 @@ class VeventqFile implements IommufdFile {
 export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_alloc>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP');
-  if (cmd.veventq_depth === 0) fail('EINVAL');
+  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP', 'VEVENTQ_ALLOC: flags, __reserved or type DEFAULT');
+  if (cmd.veventq_depth === 0) fail('EINVAL', 'VEVENTQ_ALLOC: zero depth');
+  const max = ucmd.ctx.profile.veventqMaxDepth;
+  if (max && cmd.veventq_depth > max) fail('EINVAL', 'VEVENTQ_ALLOC: depth above 1<<19');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {

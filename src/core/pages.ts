@@ -144,6 +144,11 @@ export class Pages {
     emu.failPoint('ENOMEM');
   }
 
+  /** A dma-buf whose exporter revoked this attachment: nothing is mapped from it any more. */
+  get revoked(): boolean {
+    return false;
+  }
+
   get isFile(): boolean {
     return (this.bits & FILE) !== 0;
   }
