@@ -69,11 +69,16 @@ export class Veventq extends IommufdObject {
   /** read(2) on the queue's fd. */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
     if (pos !== 0n) fail('ESPIPE');
+    const strict = this.viommu.ctx.profile.veventqReadEinval;
+    if (strict && count < HEADER_SIZE) fail('EINVAL', 'vEVENTQ read: count below one header');
     let done = 0;
     while (this.records.length > 0) {
       const r = this.records[0]!;
       const len = HEADER_SIZE + (r.payload?.length ?? 0);
-      if (done + len > count) break;
+      if (done + len > count) {
+        if (strict && done === 0) fail('EINVAL', 'vEVENTQ read: the first event does not fit the count');
+        break;
+      }
       const bytes = new Uint8Array(len);
       bytes.set(encode(S.iommufd_vevent_header, { flags: r.flags, sequence: r.sequence }));
       if (r.payload) bytes.set(r.payload, HEADER_SIZE);

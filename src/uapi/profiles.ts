@@ -72,6 +72,11 @@ export interface Profile {
   readonly dmabufGetReturnsZero: boolean;
   /** VEVENTQ_ALLOC refuses a depth above this (EINVAL); 0 = only a zero depth is refused (before the cap). */
   readonly veventqMaxDepth: number;
+  /**
+   * read() of a vEVENTQ refuses a count below one header, and a count the first queued
+   * normal event does not fit in, with EINVAL (7.3.4; older kernels return 0 for both).
+   */
+  readonly veventqReadEinval: boolean;
 }
 
 const base = {
@@ -88,6 +93,7 @@ const base = {
   atsNotSupportedCap: false,
   dmabufGetReturnsZero: false,
   veventqMaxDepth: 0,
+  veventqReadEinval: false,
 };
 
 // 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): verified against the real kernel with
@@ -95,6 +101,7 @@ const base = {
 const P7_3 = {
   ...base, version: V.V7_3, mockGen: 'B' as const, viommuTypeCheckFirst: true, vdeviceTombstone: true,
   atsNotSupportedCap: true, iommufdMmap: true, dmabufGetReturnsZero: true, veventqMaxDepth: 1 << 19,
+  veventqReadEinval: true,
 };
 
 export const PROFILES: Record<ProfileName, Profile> = {
