@@ -1,22 +1,30 @@
 /*
  * iommufd-emu LD_PRELOAD shim: routes /dev/iommu to the iommufd-emu server.
  *
- * Built on the user's machine by the CLI:
- *   cc -shared -fPIC -O2 -o libiommufd-emu.so native/shim.c -ldl -lpthread
+ * Built on the user's machine by the CLI (src/server/native.ts), against the
+ * wire protocol's header generated from src/server/wire.ts:
+ *   cc -shared -fPIC -O2 -I <cache>/wire-<hash> -o libiommufd-emu.so native/shim.c -ldl -lpthread
  *
- * Model (see src/server/protocol.ts for the frames):
+ * Model (frames: src/server/wire.ts):
  *  - open("/dev/iommu") returns a fresh Unix-socket connection to the server
  *    (the "anchor"): the fd is a real kernel object, so dup/fork/exit/close
  *    semantics come from the kernel and the server tears the context down on
  *    EOF. close() of an emulated fd then asks the server to finish (SYNC).
- *  - ioctl/read/write on emulated fds are forwarded over one control
- *    connection per process (mutex protected); the server reads and writes
- *    our memory through /proc/<pid>/mem.
- *  - fds returned by ioctls (fault queue, vEVENTQ, selftest access) are
- *    sockets prepared before the call; readiness is one byte the server puts in.
+ *  - ioctl/read/write/mmap on emulated fds are forwarded over one control
+ *    connection per process, as the fd's kind says (the server's tables); the
+ *    server reads and writes our memory through /proc/<pid>/mem.
+ *  - fds returned by ioctls (the server's fd rules say which) are sockets
+ *    prepared before the call; readiness is one byte the server puts in.
  *  - MAP_SHARED|MAP_ANONYMOUS memory is made memfd-backed and announced to
  *    the server, so its pages have one identity in every process.
  *  - fail-nth files and /sys/kernel/debug are emulated locally.
+ *
+ * Signals and threads: every shared table is read and written under its lock,
+ * and all signals are blocked while a lock is held (sig_block), so a signal
+ * handler that calls an async-signal-safe function on an emulated fd (close,
+ * read, write, open, dup...) never finds a lock its own thread holds. Lock
+ * order: ctl_mu, then tab_mu, then failnth_mu, then debugfs_mu. Inside the
+ * shim, calls that would re-enter our wrappers use raw syscalls.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -28,6 +36,7 @@
 #include <linux/fs.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -43,7 +52,10 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include "iommufd_emu_wire.h"
 
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
@@ -65,102 +77,142 @@
 #endif
 
 #define EXPORT __attribute__((visibility("default")))
+#define TLS __thread __attribute__((tls_model("initial-exec")))
 
-/* ---- protocol (mirrors src/server/protocol.ts) ---------------------------- */
-enum { T_HELLO = 1, T_OPEN, T_IOCTL, T_SYNC, T_REGION, T_UNMAP, T_EVPREP, T_FILEOP, T_LOOKUP, T_MMAP, T_MRELEASE, T_PROVE };
-enum { CAP_B_SYS_RESOURCE = 1, CAP_B_IPC_LOCK = 2, CAP_B_SYS_RAWIO = 4 };
+static void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 
-struct __attribute__((packed)) req_hello { uint32_t len, type, pid, ppid, uid, caps; uint64_t memlock; };
-struct __attribute__((packed)) req_open { uint32_t len, type, pid, tid; int32_t failnth; uint32_t fd; uint64_t ino; };
-struct __attribute__((packed)) req_mmap { uint32_t len, type, token, prot; uint64_t offset, length; uint32_t flags; int32_t memfd; };
-struct __attribute__((packed)) rep_mmap { uint32_t len; int32_t err; uint32_t handle, pad; };
-struct __attribute__((packed)) req_mrelease { uint32_t len, type, handle, pad; };
-struct __attribute__((packed)) req_lookup { uint32_t len, type; uint64_t ino; };
-struct __attribute__((packed)) rep_lookup { uint32_t len, kind, token, pad; };
-/* followed by inl bytes: our memory from arg on (the struct), read just before the call */
-struct __attribute__((packed)) req_ioctl {
-	uint32_t len, type, token, pid, tid, request; uint64_t arg;
-	int32_t failnth, evfd; uint32_t evtoken, mapgen; uint64_t memlock;
-	uint32_t inl;
-	/* an event fd the call may look up (TEST_CMD id), checked just now: its token and secret */
-	int32_t hintfd; uint32_t hinttoken, pad; uint64_t hintsecret;
-};
-#define IOCTL_INLINE_MAX 256
-struct __attribute__((packed)) req_region { uint32_t len, type; uint64_t va, length, off; int32_t memfd; uint32_t flags; };
-struct __attribute__((packed)) req_unmap { uint32_t len, type; uint64_t va, length; };
-struct __attribute__((packed)) req_evprep { uint32_t len, type; uint64_t ino; };
-struct __attribute__((packed)) req_fileop {
-	uint32_t len, type, evtoken, op; uint64_t buf, count, pos; int32_t failnth; uint32_t mapgen;
-};
-struct __attribute__((packed)) rep_status { uint32_t len; int32_t status; };
-struct __attribute__((packed)) rep_hello { uint32_t len; int32_t status; uint8_t nonce[16]; };
-struct __attribute__((packed)) req_prove { uint32_t len, type; uint64_t addr; };
-struct __attribute__((packed)) rep_open { uint32_t len; int32_t err; uint32_t token; int32_t failnth; };
-/* followed by wlen bytes the call wrote at arg+woff (within the inline bytes): we store them */
-struct __attribute__((packed)) rep_ioctl { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t evused, woff, wlen; };
-/* secret: known to the processes holding the fd since we made it (not handed out by LOOKUP) */
-struct __attribute__((packed)) rep_evprep { uint32_t len, token; uint64_t secret; };
-struct __attribute__((packed)) rep_fileop { uint32_t len, pad; int64_t ret; int32_t failnth; uint32_t drain; };
+/* ---- locks: held only with every signal blocked ------------------------------ */
+static TLS int sig_depth;
+static TLS sigset_t sig_saved;
 
-/* Frame sizes: src/server/protocol.ts has the same numbers (a test compares them). */
-#define SIZE_CHECK(s, n) _Static_assert(sizeof(struct s) == (n), #s " must be " #n " bytes")
-SIZE_CHECK(req_hello, 32);
-SIZE_CHECK(req_prove, 16);
-SIZE_CHECK(req_open, 32);
-SIZE_CHECK(req_ioctl, 80);
-SIZE_CHECK(req_region, 40);
-SIZE_CHECK(req_unmap, 24);
-SIZE_CHECK(req_evprep, 16);
-SIZE_CHECK(req_fileop, 48);
-SIZE_CHECK(req_lookup, 16);
-SIZE_CHECK(req_mmap, 40);
-SIZE_CHECK(req_mrelease, 16);
-SIZE_CHECK(rep_status, 8);
-SIZE_CHECK(rep_hello, 24);
-SIZE_CHECK(rep_open, 16);
-SIZE_CHECK(rep_ioctl, 32);
-SIZE_CHECK(rep_evprep, 16);
-SIZE_CHECK(rep_fileop, 24);
-SIZE_CHECK(rep_lookup, 16);
-SIZE_CHECK(rep_mmap, 16);
+static void sig_block(void)
+{
+	if (sig_depth++ == 0) {
+		sigset_t all;
+		sigfillset(&all);
+		pthread_sigmask(SIG_BLOCK, &all, &sig_saved);
+	}
+}
 
-/* ---- emulated fd table ------------------------------------------------------ */
-#define FD_MAX 65536
-enum { K_NONE = 0, K_IOMMUFD, K_EVENT, K_FAILNTH };
-/* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
-struct fdent { uint8_t kind; uint32_t token; int32_t tid; int64_t pos; uint64_t ino, dev, secret; };
-static struct fdent fdtab[FD_MAX];
+static void sig_unblock(void)
+{
+	if (--sig_depth == 0)
+		pthread_sigmask(SIG_SETMASK, &sig_saved, NULL);
+}
+
+static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t tab_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t failnth_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t debugfs_mu = PTHREAD_MUTEX_INITIALIZER;
 
-static inline int emulated(int fd) { return fd >= 0 && fd < FD_MAX && fdtab[fd].kind != K_NONE; }
+static void lock(pthread_mutex_t *m)
+{
+	int e = errno;
+	sig_block();
+	pthread_mutex_lock(m);
+	errno = e;
+}
 
-static void set_ent(int fd, uint8_t kind, uint32_t token, int32_t tid);
+static void unlock(pthread_mutex_t *m)
+{
+	int e = errno;
+	pthread_mutex_unlock(m);
+	sig_unblock();
+	errno = e;
+}
+
+static long raw_close(int fd) { return syscall(SYS_close, fd); }
+static int raw_dupfd_hi(int fd) { return (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 900); }
+
+/* Move fd out of the way of programs that expect low fd numbers (close-on-exec). */
+static int move_high(int fd)
+{
+	int hi = raw_dupfd_hi(fd);
+	if (hi < 0)
+		return fd;
+	raw_close(fd);
+	return hi;
+}
+
+/* ---- user memory: copies that fail with EFAULT, never a signal ------------------- */
+/*
+ * The highest user address + 1 the kernel accepts (x86-64 TASK_SIZE_MAX: 4 or
+ * 5 paging levels, told apart by where our stack is).
+ */
+static uintptr_t user_ptr_max(void)
+{
+	int local;
+	return (uintptr_t)&local > ((uintptr_t)1 << 47) ? ((uintptr_t)1 << 56) - 4096 : ((uintptr_t)1 << 47) - 4096;
+}
+
+/* access_ok(): the range lies in user space (it need not be mapped). */
+static int access_ok_(const void *p, size_t n)
+{
+	uintptr_t a = (uintptr_t)p, sum = a + n;
+	return sum >= a && sum <= user_ptr_max();
+}
 
 /*
- * Emulated and still the same file: an fd closed behind our back (fclose,
- * raw syscalls) and reused for something else must not be taken for ours.
+ * Copy n bytes between our memory and a buffer the program gave us, as
+ * copy_{to,from}_user: page by page through process_vm_{read,write}v on
+ * ourselves (the kernel checks the mapping), so an unmapped or protected
+ * page ends the copy. Returns the bytes copied.
  */
-static int live(int fd)
+static size_t user_copy(void *dst, const void *src, size_t n, int to_user)
 {
-	if (!emulated(fd))
-		return 0;
-	struct stat st;
-	if (fstat(fd, &st) == 0 && (uint64_t)st.st_ino == fdtab[fd].ino && (uint64_t)st.st_dev == fdtab[fd].dev)
-		return 1;
-	fdtab[fd] = (struct fdent){ 0 };
-	return 0;
+	size_t done = 0;
+	pid_t self = getpid();
+	while (done < n) {
+		uintptr_t u = (uintptr_t)(to_user ? (char *)dst + done : (const char *)src + done);
+		size_t chunk = 4096 - (u & 4095);
+		if (chunk > n - done)
+			chunk = n - done;
+		struct iovec l = { to_user ? (void *)((const char *)src + done) : (char *)dst + done, chunk };
+		struct iovec r = { (void *)u, chunk };
+		ssize_t k = to_user ? syscall(SYS_process_vm_writev, self, &l, 1UL, &r, 1UL, 0UL)
+				    : syscall(SYS_process_vm_readv, self, &l, 1UL, &r, 1UL, 0UL);
+		if (k <= 0)
+			break;
+		done += (size_t)k;
+		if ((size_t)k < chunk)
+			break;
+	}
+	return done;
 }
 
-/* Record fd as emulated (call with tab_mu held). */
-static void set_ent(int fd, uint8_t kind, uint32_t token, int32_t tid)
+static int read_self(const void *addr, void *out, size_t n)
 {
-	struct stat st;
-	memset(&st, 0, sizeof(st));
-	fstat(fd, &st);
-	fdtab[fd] = (struct fdent){ kind, token, tid, 0, (uint64_t)st.st_ino, (uint64_t)st.st_dev, 0 };
+	return user_copy(out, addr, n, 0) == n ? 0 : -1;
 }
 
-/* ---- real functions ---------------------------------------------------------- */
+/*
+ * Our copy of a path the program passed, read as strncpy_from_user would (an
+ * unreadable one is never touched directly): NULL if it cannot be read or is
+ * longer than any path we emulate. The real call then gets the original
+ * pointer and the kernel answers (EFAULT, ENAMETOOLONG) itself.
+ */
+#define SAFE_PATH_MAX 512
+static const char *safe_path(const char *p, char *buf)
+{
+	if (!p)
+		return NULL;
+	size_t done = 0;
+	while (done < SAFE_PATH_MAX - 1) {
+		uintptr_t a = (uintptr_t)p + done;
+		size_t chunk = 4096 - (a & 4095);
+		if (chunk > SAFE_PATH_MAX - 1 - done)
+			chunk = SAFE_PATH_MAX - 1 - done;
+		size_t got = user_copy(buf + done, p + done, chunk, 0);
+		if (memchr(buf + done, 0, got))
+			return buf;
+		if (got < chunk)
+			return NULL;
+		done += got;
+	}
+	return NULL;
+}
+
+/* ---- real functions (resolved in the constructor; lazily before it) ----------------- */
 #define REAL(name) real_##name
 #define RESOLVE(name) do { if (!REAL(name)) REAL(name) = dlsym(RTLD_NEXT, #name); } while (0)
 static int (*real_open)(const char *, int, ...);
@@ -171,6 +223,7 @@ static int (*real___open_2)(const char *, int);
 static int (*real___open64_2)(const char *, int);
 static FILE *(*real_fopen)(const char *, const char *);
 static FILE *(*real_fopen64)(const char *, const char *);
+static int (*real_fclose)(FILE *);
 static int (*real_close)(int);
 static int (*real_ioctl)(int, unsigned long, ...);
 static ssize_t (*real_read)(int, void *, size_t);
@@ -179,6 +232,8 @@ static ssize_t (*real_pread)(int, void *, size_t, off_t);
 static ssize_t (*real_pwrite)(int, const void *, size_t, off_t);
 static ssize_t (*real_pread64)(int, void *, size_t, off_t);
 static ssize_t (*real_pwrite64)(int, const void *, size_t, off_t);
+static off_t (*real_lseek)(int, off_t, int);
+static off_t (*real_lseek64)(int, off_t, int);
 static int (*real_dup)(int);
 static int (*real_dup2)(int, int);
 static int (*real_dup3)(int, int, int);
@@ -187,36 +242,154 @@ static int (*real_fcntl64)(int, int, ...);
 static DIR *(*real_opendir)(const char *);
 static int (*real_poll)(struct pollfd *, nfds_t, int);
 static int (*real_ppoll)(struct pollfd *, nfds_t, const struct timespec *, const sigset_t *);
+static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
+static int (*real_access)(const char *, int);
+static int (*real_faccessat)(int, const char *, int, int);
+static int (*real_euidaccess)(const char *, int);
+
+static void resolve_all(void)
+{
+	RESOLVE(open); RESOLVE(open64); RESOLVE(openat); RESOLVE(openat64); RESOLVE(__open_2); RESOLVE(__open64_2);
+	RESOLVE(fopen); RESOLVE(fopen64); RESOLVE(fclose); RESOLVE(close); RESOLVE(ioctl);
+	RESOLVE(read); RESOLVE(write); RESOLVE(pread); RESOLVE(pwrite); RESOLVE(pread64); RESOLVE(pwrite64);
+	RESOLVE(lseek); RESOLVE(lseek64); RESOLVE(dup); RESOLVE(dup2); RESOLVE(dup3); RESOLVE(fcntl); RESOLVE(fcntl64);
+	RESOLVE(opendir); RESOLVE(poll); RESOLVE(ppoll); RESOLVE(recvmsg); RESOLVE(access); RESOLVE(faccessat); RESOLVE(euidaccess);
+	if (!real_open64) real_open64 = real_open;
+	if (!real_openat64) real_openat64 = real_openat;
+	if (!real_fopen64) real_fopen64 = real_fopen;
+	if (!real_pread64) real_pread64 = real_pread;
+	if (!real_pwrite64) real_pwrite64 = real_pwrite;
+	if (!real_lseek64) real_lseek64 = real_lseek;
+	if (!real_fcntl64) real_fcntl64 = real_fcntl;
+}
 
 static pid_t my_tid(void) { return (pid_t)syscall(SYS_gettid); }
 
 /* Bumped on every mapping change we see, so the server re-reads our VMAs. */
-static volatile uint32_t map_gen;
+static uint32_t map_gen;
+static void map_changed(void) { __atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED); }
+static uint32_t map_gen_now(void) { return __atomic_load_n(&map_gen, __ATOMIC_RELAXED); }
 
-/* ---- fail-nth counters (per thread, like task->fail_nth) --------------------- */
-#define NTHREADS 1024
-static struct { pid_t tid; int32_t val; } failnth_tab[NTHREADS];
-static pthread_mutex_t failnth_mu = PTHREAD_MUTEX_INITIALIZER;
+/* ---- the server's tables (PROVE reply): fd kinds and fd rules -------------------------- */
+#define NKINDS 16
+#define NRULES 64
+static struct wire_kind kinds[NKINDS];
+static struct wire_fdrule rules[NRULES];
+static int nkinds, nrules; /* written under ctl_mu before any fd of a kind exists */
 
-static volatile int failnth_used; /* any thread ever armed: else skip the lookup */
-
-static int32_t failnth_get(pid_t tid)
+/* What the shim forwards for fds of `kind` (WIRE_OPS bits). */
+static uint32_t kind_ops(uint32_t kind)
 {
-	int32_t v = 0;
-	if (!failnth_used)
+	for (int i = 0; i < nkinds; i++)
+		if (kinds[i].kind == kind)
+			return kinds[i].ops;
+	return 0;
+}
+
+/* ---- emulated fd table ------------------------------------------------------------ */
+#define FD_MAX 65536
+/* a kind of our own, beside the server's (WIRE_KIND_*): the fail-nth files */
+#define K_FAILNTH 0x100
+/* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
+struct fdent { uint32_t kind; int32_t tid; uint64_t token, ino, dev; };
+static struct fdent fdtab[FD_MAX];
+
+static uint32_t kind_hint(int fd)
+{
+	return fd >= 0 && fd < FD_MAX ? __atomic_load_n(&fdtab[fd].kind, __ATOMIC_RELAXED) : 0;
+}
+
+/* Record fd as emulated (tab_mu held). */
+static int emu_fds_ever; /* this image had an emulated fd: a child may hold one */
+
+static void set_ent_locked(int fd, uint32_t kind, uint64_t token, int32_t tid)
+{
+	if (kind != K_FAILNTH)
+		__atomic_store_n(&emu_fds_ever, 1, __ATOMIC_RELAXED);
+	struct stat st;
+	memset(&st, 0, sizeof(st));
+	fstat(fd, &st);
+	fdtab[fd] = (struct fdent){ 0, tid, token, (uint64_t)st.st_ino, (uint64_t)st.st_dev };
+	__atomic_store_n(&fdtab[fd].kind, kind, __ATOMIC_RELEASE);
+}
+
+static void set_ent(int fd, uint32_t kind, uint64_t token, int32_t tid)
+{
+	if (fd < 0 || fd >= FD_MAX)
+		return;
+	lock(&tab_mu);
+	set_ent_locked(fd, kind, token, tid);
+	unlock(&tab_mu);
+}
+
+/* Forget fd's entry (tab_mu held); returns its kind. */
+static uint32_t clear_ent_locked(int fd)
+{
+	uint32_t k = fdtab[fd].kind;
+	__atomic_store_n(&fdtab[fd].kind, 0, __ATOMIC_RELAXED);
+	fdtab[fd] = (struct fdent){ 0 };
+	return k;
+}
+
+/*
+ * The entry of an emulated fd that is still the same file (an fd closed
+ * behind our back -- fclose, raw syscalls -- and reused for something else
+ * must not be taken for ours): copied into *out. 0 if fd is not ours.
+ */
+static int ent_get(int fd, struct fdent *out)
+{
+	if (!kind_hint(fd))
 		return 0;
-	pthread_mutex_lock(&failnth_mu);
+	struct stat st;
+	int ok = fstat(fd, &st) == 0;
+	int r = 0;
+	lock(&tab_mu);
+	if (fdtab[fd].kind) {
+		if (ok && (uint64_t)st.st_ino == fdtab[fd].ino && (uint64_t)st.st_dev == fdtab[fd].dev) {
+			if (out)
+				*out = fdtab[fd];
+			r = 1;
+		} else {
+			clear_ent_locked(fd);
+		}
+	}
+	unlock(&tab_mu);
+	return r;
+}
+
+static int live(int fd) { return ent_get(fd, NULL); }
+
+/* Another fd in the table holds the same file (tab_mu held). */
+static int token_held_locked(uint64_t token, int except)
+{
+	for (int i = 0; i < FD_MAX; i++)
+		if (i != except && fdtab[i].kind && fdtab[i].token == token)
+			return 1;
+	return 0;
+}
+
+/* ---- fail-nth counters (per thread, like task->fail_nth) --------------------------- */
+#define NTHREADS 1024
+static struct { pid_t tid; uint32_t val; } failnth_tab[NTHREADS];
+static int failnth_used; /* any thread ever armed: else skip the lookup */
+
+static uint32_t failnth_get(pid_t tid)
+{
+	uint32_t v = 0;
+	if (!__atomic_load_n(&failnth_used, __ATOMIC_RELAXED))
+		return 0;
+	lock(&failnth_mu);
 	for (int i = 0; i < NTHREADS; i++)
 		if (failnth_tab[i].tid == tid) { v = failnth_tab[i].val; break; }
-	pthread_mutex_unlock(&failnth_mu);
+	unlock(&failnth_mu);
 	return v;
 }
 
-static void failnth_set(pid_t tid, int32_t v)
+static void failnth_set(pid_t tid, uint32_t v)
 {
 	if (v)
-		failnth_used = 1;
-	pthread_mutex_lock(&failnth_mu);
+		__atomic_store_n(&failnth_used, 1, __ATOMIC_RELAXED);
+	lock(&failnth_mu);
 	int slot = -1;
 	for (int i = 0; i < NTHREADS; i++) {
 		if (failnth_tab[i].tid == tid) { slot = i; break; }
@@ -226,35 +399,28 @@ static void failnth_set(pid_t tid, int32_t v)
 		failnth_tab[slot].tid = v ? tid : 0;
 		failnth_tab[slot].val = v;
 	}
-	pthread_mutex_unlock(&failnth_mu);
+	unlock(&failnth_mu);
 }
 
-/* ---- the control connection ------------------------------------------------- */
-static pthread_mutex_t ctl_mu = PTHREAD_MUTEX_INITIALIZER;
-static int ctl_fd = -1;
-static pid_t ctl_pid;    /* process the connection belongs to */
-static pid_t state_pid;  /* process whose shim state we have (parent after fork) */
-
-struct region { uint64_t va, len, off; int memfd; uint32_t flags; };
-#define NREGIONS 512
-static struct region regions[NREGIONS];
-static int nregions;
+/* ---- transport: the Unix socket (all frame I/O goes through these) -------------------- */
+static char sock_path[108];
 
 static const char *socket_path(void)
 {
-	const char *p = getenv("IOMMUFD_EMU_SOCKET");
-	if (p && *p)
-		return p;
-	static char buf[256];
-	const char *rt = getenv("XDG_RUNTIME_DIR");
-	if (rt && *rt)
-		snprintf(buf, sizeof(buf), "%s/iommufd-emu.sock", rt);
-	else
-		snprintf(buf, sizeof(buf), "/tmp/iommufd-emu-%u/iommufd-emu.sock", (unsigned)getuid());
-	return buf;
+	if (!sock_path[0]) {
+		const char *p = getenv("IOMMUFD_EMU_SOCKET");
+		const char *rt = getenv("XDG_RUNTIME_DIR");
+		if (p && *p)
+			snprintf(sock_path, sizeof(sock_path), "%s", p);
+		else if (rt && *rt)
+			snprintf(sock_path, sizeof(sock_path), "%s/iommufd-emu.sock", rt);
+		else
+			snprintf(sock_path, sizeof(sock_path), "/tmp/iommufd-emu-%u/iommufd-emu.sock", (unsigned)getuid());
+	}
+	return sock_path;
 }
 
-static int sock_connect(int cloexec)
+static int tp_connect(int cloexec)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	strncpy(sa.sun_path, socket_path(), sizeof(sa.sun_path) - 1);
@@ -265,14 +431,14 @@ static int sock_connect(int cloexec)
 		if (errno == EINTR)
 			continue;
 		int e = errno;
-		syscall(SYS_close, s);
+		raw_close(s);
 		errno = (e == ECONNREFUSED || e == ENOENT) ? ENOENT : e; /* no server: as if there were no /dev/iommu */
 		return -1;
 	}
 	return s;
 }
 
-static int send_all(int fd, const void *buf, size_t len)
+static int tp_send(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
 	while (len) {
@@ -288,7 +454,7 @@ static int send_all(int fd, const void *buf, size_t len)
 	return 0;
 }
 
-static int recv_all(int fd, void *buf, size_t len)
+static int tp_recv(int fd, void *buf, size_t len)
 {
 	char *p = buf;
 	while (len) {
@@ -308,6 +474,33 @@ static int recv_all(int fd, void *buf, size_t len)
 	return 0;
 }
 
+/* A request and its fixed-size reply on `fd` (the reply's len and type checked). */
+static int tp_rpc(int fd, const void *req, size_t reqlen, void *rep, size_t replen)
+{
+	const uint32_t *q = req;
+	const uint32_t *r = rep;
+	if (tp_send(fd, req, reqlen) < 0 || tp_recv(fd, rep, replen) < 0)
+		return -1;
+	if (r[0] != replen || r[1] != q[1]) {
+		errno = EPROTO;
+		return -1;
+	}
+	return 0;
+}
+
+#define REQ(T, name) struct wire_req_##name q = { .len = sizeof(q), .type = WIRE_T_##T }
+
+/* ---- the control connection --------------------------------------------------------- */
+static int ctl_fd = -1;
+static pid_t ctl_pid;         /* process the connection belongs to */
+static pid_t state_pid;       /* process whose shim state we have (parent after fork) */
+static uint64_t ctl_session;  /* shown in OPEN/EVPREP: the server gave it to this process only */
+
+struct region { uint64_t va, len, off; int memfd; uint32_t flags; };
+#define NREGIONS 512
+static struct region regions[NREGIONS];
+static int nregions; /* ctl_mu; read without it only as a hint (atomic) */
+
 static uint64_t memlock_limit(void)
 {
 	struct rlimit rl;
@@ -325,67 +518,90 @@ static uint32_t cap_bits(void)
 		return 0;
 	uint32_t bits = 0;
 #define HAS(c) (data[(c) / 32].effective & (1u << ((c) % 32)))
-	if (HAS(CAP_SYS_RESOURCE)) bits |= CAP_B_SYS_RESOURCE;
-	if (HAS(CAP_IPC_LOCK)) bits |= CAP_B_IPC_LOCK;
-	if (HAS(CAP_SYS_RAWIO)) bits |= CAP_B_SYS_RAWIO;
+	if (HAS(CAP_SYS_RESOURCE)) bits |= WIRE_CAP_SYS_RESOURCE;
+	if (HAS(CAP_IPC_LOCK)) bits |= WIRE_CAP_IPC_LOCK;
+	if (HAS(CAP_SYS_RAWIO)) bits |= WIRE_CAP_SYS_RAWIO;
 #undef HAS
 	return bits;
 }
 
-static void ctl_drop(void)
+static void ctl_drop_locked(void)
 {
 	if (ctl_fd >= 0)
-		syscall(SYS_close, ctl_fd);
-	ctl_fd = -1;
+		raw_close(ctl_fd);
+	__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
 }
 
 static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen);
 
 static int send_region_locked(const struct region *r)
 {
-	struct req_region q = { sizeof(q), T_REGION, r->va, r->len, r->off, r->memfd, r->flags };
-	struct rep_status s;
+	REQ(REGION, region);
+	q.va = r->va;
+	q.length = r->len;
+	q.off = r->off;
+	q.memfd = r->memfd;
+	q.flags = r->flags;
+	struct wire_rep_status s;
 	return ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
 }
 
-/* Make sure this process (pid = getpid()) has its control connection (call with ctl_mu held). */
+/* The PROVE reply's tables: fd kinds, then fd rules. */
+static int take_tables(const struct wire_rep_prove *p, const char *tab)
+{
+	if (p->nkinds > NKINDS || p->nrules > NRULES ||
+	    p->tablen != p->nkinds * sizeof(struct wire_kind) + p->nrules * sizeof(struct wire_fdrule))
+		return -1;
+	if (__atomic_load_n(&nkinds, __ATOMIC_ACQUIRE))
+		return 0; /* one server: the tables we have (inherited or received) are its */
+	memcpy(kinds, tab, p->nkinds * sizeof(struct wire_kind));
+	memcpy(rules, tab + p->nkinds * sizeof(struct wire_kind), p->nrules * sizeof(struct wire_fdrule));
+	__atomic_store_n(&nrules, (int)p->nrules, __ATOMIC_RELEASE);
+	__atomic_store_n(&nkinds, (int)p->nkinds, __ATOMIC_RELEASE);
+	return 0;
+}
+
+/* Make sure this process (pid = getpid()) has its control connection (ctl_mu held). */
 static int ctl_ensure_pid_locked(pid_t pid)
 {
 	if (ctl_fd >= 0 && ctl_pid == pid)
 		return 0;
 	if (ctl_fd >= 0)
-		ctl_drop(); /* inherited from the parent: not ours */
-	int s = sock_connect(1);
+		ctl_drop_locked(); /* inherited from the parent: not ours */
+	int s = tp_connect(1);
 	if (s < 0)
 		return -1;
-	/* keep it out of the way of programs that expect low fd numbers */
-	int hi = fcntl(s, F_DUPFD_CLOEXEC, 900);
-	if (hi >= 0) {
-		syscall(SYS_close, s);
-		s = hi;
-	}
-	struct req_hello h = { sizeof(h), T_HELLO, (uint32_t)pid, (uint32_t)state_pid, (uint32_t)getuid(),
-			       cap_bits(), memlock_limit() };
+	s = move_high(s);
+	REQ(HELLO, hello);
+	q.pid = (uint32_t)pid;
+	q.ppid = (uint32_t)state_pid;
+	q.uid = (uint32_t)getuid();
+	q.caps = cap_bits();
+	q.memlock = memlock_limit();
+	q.version = WIRE_VERSION;
 	/* the server serves our memory once we show its nonce in it */
 	static uint8_t proof[16];
-	struct rep_hello hr;
-	struct req_prove pr = { sizeof(pr), T_PROVE, (uint64_t)(uintptr_t)proof };
-	struct rep_status st;
-	if (send_all(s, &h, sizeof(h)) < 0 || recv_all(s, &hr, sizeof(hr)) < 0 || hr.len != sizeof(hr) || hr.status != 0)
+	struct wire_rep_hello hr;
+	struct wire_req_prove pr = { .len = sizeof(pr), .type = WIRE_T_PROVE, .addr = (uint64_t)(uintptr_t)proof };
+	struct wire_rep_prove st;
+	char tab[WIRE_REP_PROVE_TAIL_MAX];
+	if (tp_rpc(s, &q, sizeof(q), &hr, sizeof(hr)) < 0 || hr.status != 0)
 		goto refused;
 	memcpy(proof, hr.nonce, sizeof(proof));
-	if (send_all(s, &pr, sizeof(pr)) < 0 || recv_all(s, &st, sizeof(st)) < 0 || st.status != 0)
+	if (tp_send(s, &pr, sizeof(pr)) < 0 || tp_recv(s, &st, sizeof(st)) < 0 || st.type != WIRE_T_PROVE || st.status != 0 ||
+	    st.tablen > sizeof(tab) || st.len != sizeof(st) + st.tablen || tp_recv(s, tab, st.tablen) < 0 || take_tables(&st, tab) < 0)
 		goto refused;
 	memset(proof, 0, sizeof(proof));
-	ctl_fd = s;
+	__atomic_store_n(&ctl_fd, s, __ATOMIC_RELAXED);
 	ctl_pid = pid;
 	state_pid = pid;
+	ctl_session = st.session;
 	/* mappings inherited across fork are ours too */
 	for (int i = 0; i < nregions; i++)
 		send_region_locked(&regions[i]);
 	return 0;
 refused:
-	syscall(SYS_close, s);
+	raw_close(s);
 	errno = EACCES;
 	return -1;
 }
@@ -399,33 +615,38 @@ static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t repl
 {
 	if (ctl_ensure_locked() < 0)
 		return -1;
-	if (send_all(ctl_fd, req, reqlen) < 0 || recv_all(ctl_fd, rep, replen) < 0) {
-		ctl_drop();
-		errno = EIO;
-		return -1;
-	}
-	if (*(uint32_t *)rep != replen) {
-		ctl_drop();
+	if (tp_rpc(ctl_fd, req, reqlen, rep, replen) < 0) {
+		ctl_drop_locked();
 		errno = EIO;
 		return -1;
 	}
 	return 0;
 }
 
-static void emu_sync(void)
+/* Wait until the server has processed every hang-up so far; `forget`: a file we no longer hold. */
+static void emu_sync(uint64_t forget)
 {
-	struct { uint32_t len, type; } q = { 8, T_SYNC };
-	struct rep_status s;
-	int e = errno;
-	pthread_mutex_lock(&ctl_mu);
+	REQ(SYNC, sync);
+	q.forget = forget;
+	struct wire_rep_status s;
+	lock(&ctl_mu);
 	ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
-	pthread_mutex_unlock(&ctl_mu);
-	errno = e;
+	unlock(&ctl_mu);
 }
 
-/* ---- private debugfs ------------------------------------------------------------ */
+/* A file fd was closed: finish its teardown before close() returns (and tell the server if it was our last fd of it). */
+static void closed_file(uint32_t kind, uint64_t token, int fd)
+{
+	if (kind == 0 || kind == K_FAILNTH)
+		return;
+	lock(&tab_mu);
+	int still = token_held_locked(token, fd);
+	unlock(&tab_mu);
+	emu_sync(still ? 0 : token);
+}
+
+/* ---- private debugfs ------------------------------------------------------------------- */
 static char debugfs_dir[256];
-static pthread_mutex_t debugfs_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void put_file(const char *dir, const char *name, const char *content)
 {
@@ -434,13 +655,13 @@ static void put_file(const char *dir, const char *name, const char *content)
 	int fd = (int)syscall(SYS_openat, AT_FDCWD, p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
 	if (fd >= 0) {
 		(void)!syscall(SYS_write, fd, content, strlen(content));
-		syscall(SYS_close, fd);
+		raw_close(fd);
 	}
 }
 
 static const char *debugfs(void)
 {
-	pthread_mutex_lock(&debugfs_mu);
+	lock(&debugfs_mu);
 	if (!debugfs_dir[0]) {
 		const char *env = getenv("IOMMUFD_EMU_DEBUGFS");
 		char d[256];
@@ -469,27 +690,29 @@ static const char *debugfs(void)
 			snprintf(debugfs_dir, sizeof(debugfs_dir), "%s", d);
 		}
 	}
-	pthread_mutex_unlock(&debugfs_mu);
+	unlock(&debugfs_mu);
 	return debugfs_dir[0] ? debugfs_dir : NULL;
 }
 
 /* "/sys/kernel/debug[/rest]" -> private dir; returns path to use. */
-static const char *redirect_debugfs(const char *path, char *buf, size_t n)
+static const char *redirect_debugfs(const char *upath, char *buf, size_t n)
 {
 	static const char pre[] = "/sys/kernel/debug";
+	char pb[SAFE_PATH_MAX];
+	const char *path = safe_path(upath, pb);
 	if (!path || strncmp(path, pre, sizeof(pre) - 1) != 0)
-		return path;
+		return upath;
 	const char *rest = path + sizeof(pre) - 1;
 	if (*rest && *rest != '/')
 		return path;
 	const char *d = debugfs();
 	if (!d)
-		return path;
+		return upath;
 	snprintf(buf, n, "%s%s", d, rest);
 	return buf;
 }
 
-/* ---- path classification ------------------------------------------------------- */
+/* ---- path classification --------------------------------------------------------------- */
 static int is_iommu(const char *p) { return p && strcmp(p, "/dev/iommu") == 0; }
 
 static int parse_num(const char **p, long *out)
@@ -534,148 +757,6 @@ static pid_t failnth_task(const char *p)
 	return strcmp(s, "/fail-nth") == 0 ? (pid_t)n : 0;
 }
 
-/* ---- open ---------------------------------------------------------------------- */
-static int emu_open_iommu(int flags)
-{
-	pid_t tid = my_tid();
-	pthread_mutex_lock(&ctl_mu);
-	if (ctl_ensure_locked() < 0) {
-		int e = errno;
-		pthread_mutex_unlock(&ctl_mu);
-		errno = e;
-		return -1;
-	}
-	int s = sock_connect(flags & O_CLOEXEC);
-	if (s < 0) {
-		int e = errno;
-		pthread_mutex_unlock(&ctl_mu);
-		errno = e;
-		return -1;
-	}
-	struct stat sst;
-	fstat(s, &sst);
-	struct req_open q = { sizeof(q), T_OPEN, (uint32_t)getpid(), (uint32_t)tid, failnth_get(tid), (uint32_t)s, (uint64_t)sst.st_ino };
-	struct rep_open r;
-	if (send_all(s, &q, sizeof(q)) < 0 || recv_all(s, &r, sizeof(r)) < 0 || r.len != sizeof(r)) {
-		syscall(SYS_close, s);
-		pthread_mutex_unlock(&ctl_mu);
-		errno = EIO;
-		return -1;
-	}
-	pthread_mutex_unlock(&ctl_mu);
-	if (q.failnth)
-		failnth_set(tid, r.failnth);
-	if (r.err < 0) {
-		syscall(SYS_close, s);
-		errno = -r.err;
-		return -1;
-	}
-	if (s >= FD_MAX) {
-		syscall(SYS_close, s);
-		errno = EMFILE;
-		return -1;
-	}
-	pthread_mutex_lock(&tab_mu);
-	set_ent(s, K_IOMMUFD, r.token, 0);
-	pthread_mutex_unlock(&tab_mu);
-	return s;
-}
-
-static int emu_open_failnth(pid_t task, int flags, int (*op)(const char *, int, ...))
-{
-	int fd = op("/dev/null", O_RDWR | (flags & O_CLOEXEC));
-	if (fd < 0)
-		return fd;
-	if (fd >= FD_MAX)
-		return fd;
-	pthread_mutex_lock(&tab_mu);
-	set_ent(fd, K_FAILNTH, 0, task);
-	pthread_mutex_unlock(&tab_mu);
-	return fd;
-}
-
-static int is_iommu_at(int dirfd, const char *path);
-
-static int do_open(const char *path, int flags, mode_t mode, int (*op)(const char *, int, ...))
-{
-	if (is_iommu(path) || is_iommu_at(AT_FDCWD, path))
-		return emu_open_iommu(flags);
-	pid_t t = failnth_task(path);
-	if (t)
-		return emu_open_failnth(t, flags, op);
-	char buf[512];
-	path = redirect_debugfs(path, buf, sizeof(buf));
-	return op(path, flags, mode);
-}
-
-static int open_plain(const char *p, int f, ...)
-{
-	va_list ap;
-	va_start(ap, f);
-	mode_t m = va_arg(ap, mode_t);
-	va_end(ap);
-	RESOLVE(open);
-	return real_open(p, f, m);
-}
-
-static int open64_plain(const char *p, int f, ...)
-{
-	va_list ap;
-	va_start(ap, f);
-	mode_t m = va_arg(ap, mode_t);
-	va_end(ap);
-	RESOLVE(open64);
-	if (!real_open64) { RESOLVE(open); return real_open(p, f, m); }
-	return real_open64(p, f, m);
-}
-
-#define GET_MODE(flags) \
-	mode_t mode = 0; \
-	if ((flags) & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
-
-EXPORT int open(const char *path, int flags, ...)
-{
-	GET_MODE(flags);
-	return do_open(path, flags, mode, open_plain);
-}
-
-EXPORT int open64(const char *path, int flags, ...)
-{
-	GET_MODE(flags);
-	return do_open(path, flags, mode, open64_plain);
-}
-
-EXPORT int __open_2(const char *path, int flags)
-{
-	if (is_iommu(path) || failnth_task(path))
-		return do_open(path, flags, 0, open_plain);
-	char buf[512];
-	path = redirect_debugfs(path, buf, sizeof(buf));
-	RESOLVE(__open_2);
-	return real___open_2(path, flags);
-}
-
-EXPORT int __open64_2(const char *path, int flags)
-{
-	if (is_iommu(path) || failnth_task(path))
-		return do_open(path, flags, 0, open_plain);
-	char buf[512];
-	path = redirect_debugfs(path, buf, sizeof(buf));
-	RESOLVE(__open64_2);
-	return real___open64_2(path, flags);
-}
-
-static int at_dirfd;
-static int openat_plain(const char *p, int f, ...)
-{
-	va_list ap;
-	va_start(ap, f);
-	mode_t m = va_arg(ap, mode_t);
-	va_end(ap);
-	RESOLVE(openat);
-	return real_openat(at_dirfd, p, f, m);
-}
-
 /* "iommu" relative to a directory that is /dev */
 static int is_iommu_at(int dirfd, const char *path)
 {
@@ -693,18 +774,145 @@ static int is_iommu_at(int dirfd, const char *path)
 	return strcmp(dir, "/dev") == 0;
 }
 
-static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*real)(int, const char *, int, ...))
+/* ---- open ---------------------------------------------------------------------------------- */
+static int emu_open_iommu(int flags)
 {
+	pid_t tid = my_tid();
+	lock(&ctl_mu);
+	int s = -1;
+	struct wire_rep_open r;
+	if (ctl_ensure_locked() < 0 || (s = tp_connect(flags & O_CLOEXEC)) < 0) {
+		unlock(&ctl_mu);
+		return -1;
+	}
+	struct stat sst;
+	fstat(s, &sst);
+	REQ(OPEN, open);
+	q.pid = (uint32_t)getpid();
+	q.tid = (uint32_t)tid;
+	q.failnth = failnth_get(tid);
+	q.fd = s;
+	q.node = 0; /* /dev/iommu */
+	q.flags = (uint32_t)flags;
+	q.ino = (uint64_t)sst.st_ino;
+	q.session = ctl_session;
+	if (tp_rpc(s, &q, sizeof(q), &r, sizeof(r)) < 0) {
+		raw_close(s);
+		unlock(&ctl_mu);
+		errno = EIO;
+		return -1;
+	}
+	unlock(&ctl_mu);
+	if (q.failnth)
+		failnth_set(tid, r.failnth);
+	if (r.err < 0 || s >= FD_MAX) {
+		raw_close(s);
+		errno = r.err < 0 ? -r.err : EMFILE;
+		return -1;
+	}
+	set_ent(s, WIRE_KIND_IOMMUFD, r.token, 0);
+	return s;
+}
+
+/*
+ * A fail-nth file: backed by a memfd reopened with the caller's access mode
+ * (so F_GETFL, O_RDONLY/O_WRONLY and the file position, shared by dup and
+ * fork, are a real open file's), the counter kept in our per-thread table.
+ */
+static int emu_open_failnth(pid_t task, int flags)
+{
+	int m = (int)syscall(SYS_memfd_create, "iommufd-emu-fail-nth", MFD_CLOEXEC);
+	if (m < 0)
+		return -1;
+	m = move_high(m);
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", m);
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, p, (flags & (O_ACCMODE | O_CLOEXEC)));
+	if (fd < 0) {
+		int e = errno;
+		raw_close(m);
+		errno = e;
+		return -1;
+	}
+	raw_close(m);
+	if (fd >= FD_MAX) {
+		raw_close(fd);
+		errno = EMFILE;
+		return -1;
+	}
+	set_ent(fd, K_FAILNTH, 0, task);
+	return fd;
+}
+
+/* open(2) and friends: an emulated node or file, or -2 (not ours: the caller opens it). */
+static int emu_open_path(int dirfd, const char *upath, int flags)
+{
+	char pb[SAFE_PATH_MAX];
+	const char *path = safe_path(upath, pb);
+	if (!path)
+		return -2;
 	if (is_iommu(path) || is_iommu_at(dirfd, path))
 		return emu_open_iommu(flags);
 	pid_t t = failnth_task(path);
-	if (t) {
-		at_dirfd = AT_FDCWD;
-		return emu_open_failnth(t, flags, openat_plain);
-	}
+	if (t)
+		return emu_open_failnth(t, flags);
+	return -2;
+}
+
+#define GET_MODE(flags) \
+	mode_t mode = 0; \
+	if ((flags) & (O_CREAT | O_TMPFILE)) { va_list ap; va_start(ap, flags); mode = va_arg(ap, mode_t); va_end(ap); }
+
+EXPORT int open(const char *path, int flags, ...)
+{
+	GET_MODE(flags);
+	int r = emu_open_path(AT_FDCWD, path, flags);
+	if (r != -2)
+		return r;
 	char buf[512];
-	if (path && path[0] == '/')
-		path = redirect_debugfs(path, buf, sizeof(buf));
+	RESOLVE(open);
+	return real_open(redirect_debugfs(path, buf, sizeof(buf)), flags, mode);
+}
+
+EXPORT int open64(const char *path, int flags, ...)
+{
+	GET_MODE(flags);
+	int r = emu_open_path(AT_FDCWD, path, flags);
+	if (r != -2)
+		return r;
+	char buf[512];
+	RESOLVE(open64);
+	if (!real_open64) { RESOLVE(open); real_open64 = real_open; }
+	return real_open64(redirect_debugfs(path, buf, sizeof(buf)), flags, mode);
+}
+
+EXPORT int __open_2(const char *path, int flags)
+{
+	int r = emu_open_path(AT_FDCWD, path, flags);
+	if (r != -2)
+		return r;
+	char buf[512];
+	RESOLVE(__open_2);
+	return real___open_2(redirect_debugfs(path, buf, sizeof(buf)), flags);
+}
+
+EXPORT int __open64_2(const char *path, int flags)
+{
+	int r = emu_open_path(AT_FDCWD, path, flags);
+	if (r != -2)
+		return r;
+	char buf[512];
+	RESOLVE(__open64_2);
+	return real___open64_2(redirect_debugfs(path, buf, sizeof(buf)), flags);
+}
+
+static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*real)(int, const char *, int, ...))
+{
+	int r = emu_open_path(dirfd, path, flags);
+	if (r != -2)
+		return r;
+	char buf[512];
+	path = redirect_debugfs(path, buf, sizeof(buf));
 	return real(dirfd, path, flags, mode);
 }
 
@@ -737,11 +945,13 @@ EXPORT int __openat64_2(int dirfd, const char *path, int flags)
 
 static FILE *do_fopen(const char *path, const char *mode, FILE *(*real)(const char *, const char *))
 {
-	if (is_iommu(path) || failnth_task(path)) {
+	char pb[SAFE_PATH_MAX];
+	const char *sp = safe_path(path, pb);
+	if (sp && (is_iommu(sp) || failnth_task(sp))) {
 		int flags = (strchr(mode, '+') ? O_RDWR : (mode[0] == 'r' ? O_RDONLY : O_WRONLY));
 		if (strchr(mode, 'e'))
 			flags |= O_CLOEXEC;
-		int fd = do_open(path, flags, 0, open_plain);
+		int fd = emu_open_path(AT_FDCWD, path, flags);
 		if (fd < 0)
 			return NULL;
 		FILE *f = fdopen(fd, mode);
@@ -768,22 +978,18 @@ EXPORT FILE *fopen64(const char *path, const char *mode)
 }
 
 /* glibc's fclose closes the fd internally, past close(): catch it here */
-static int (*real_fclose)(FILE *);
-static int needs_sync(uint8_t kind);
 EXPORT int fclose(FILE *f)
 {
 	RESOLVE(fclose);
 	int fd = f ? fileno(f) : -1;
-	uint8_t kind = 0;
-	if (live(fd)) {
-		pthread_mutex_lock(&tab_mu);
-		kind = fdtab[fd].kind;
-		fdtab[fd] = (struct fdent){ 0 };
-		pthread_mutex_unlock(&tab_mu);
+	struct fdent e = { 0 };
+	if (ent_get(fd, &e)) {
+		lock(&tab_mu);
+		clear_ent_locked(fd);
+		unlock(&tab_mu);
 	}
 	int r = real_fclose(f);
-	if (needs_sync(kind))
-		emu_sync();
+	closed_file(e.kind, e.token, fd);
 	return r;
 }
 
@@ -801,13 +1007,22 @@ static int server_present(void)
 	return stat(socket_path(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
-static int (*real_access)(const char *, int);
-static int (*real_faccessat)(int, const char *, int, int);
-static int (*real_euidaccess)(const char *, int);
+static int is_iommu_user(const char *upath)
+{
+	char pb[SAFE_PATH_MAX];
+	return is_iommu(safe_path(upath, pb));
+}
+
+static int is_iommu_at_user(int dirfd, const char *upath)
+{
+	char pb[SAFE_PATH_MAX];
+	const char *p = safe_path(upath, pb);
+	return p && (is_iommu(p) || is_iommu_at(dirfd, p));
+}
 
 EXPORT int access(const char *path, int mode)
 {
-	if (is_iommu(path) && server_present())
+	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(access);
 	return real_access(path, mode);
@@ -815,7 +1030,7 @@ EXPORT int access(const char *path, int mode)
 
 EXPORT int euidaccess(const char *path, int mode)
 {
-	if (is_iommu(path) && server_present())
+	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(euidaccess);
 	return real_euidaccess(path, mode);
@@ -828,35 +1043,37 @@ EXPORT int eaccess(const char *path, int mode)
 
 EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
-	if ((is_iommu(path) || is_iommu_at(dirfd, path)) && server_present())
+	if (is_iommu_at_user(dirfd, path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
 	RESOLVE(faccessat);
 	return real_faccessat(dirfd, path, mode, flags);
 }
 
-/* ---- close / dup ------------------------------------------------------------------- */
-static int needs_sync(uint8_t kind) { return kind == K_IOMMUFD || kind == K_EVENT; }
-
+/* ---- close / dup ----------------------------------------------------------------------- */
 /* The program closes (or dup2s over) our control connection: forget it. */
 static void ctl_forget(int fd)
 {
-	if (fd >= 0 && fd == ctl_fd)
-		ctl_fd = -1;
+	if (fd < 0 || fd != __atomic_load_n(&ctl_fd, __ATOMIC_RELAXED))
+		return;
+	lock(&ctl_mu);
+	if (fd == ctl_fd)
+		__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
+	unlock(&ctl_mu);
 }
 
 EXPORT int close(int fd)
 {
 	RESOLVE(close);
 	ctl_forget(fd);
-	if (!live(fd))
+	struct fdent e;
+	if (!ent_get(fd, &e))
 		return real_close(fd);
-	pthread_mutex_lock(&tab_mu);
-	uint8_t kind = fdtab[fd].kind;
-	fdtab[fd] = (struct fdent){ 0 };
-	pthread_mutex_unlock(&tab_mu);
+	lock(&tab_mu);
+	clear_ent_locked(fd);
+	unlock(&tab_mu);
 	int r = real_close(fd);
-	if (r == 0 && needs_sync(kind))
-		emu_sync();
+	if (r == 0)
+		closed_file(e.kind, e.token, fd);
 	return r;
 }
 
@@ -864,17 +1081,16 @@ static void copy_ent(int from, int to)
 {
 	if (to < 0 || to >= FD_MAX || from < 0 || from >= FD_MAX)
 		return;
-	pthread_mutex_lock(&tab_mu);
+	lock(&tab_mu);
 	fdtab[to] = fdtab[from];
-	fdtab[to].pos = 0;
-	pthread_mutex_unlock(&tab_mu);
+	unlock(&tab_mu);
 }
 
 EXPORT int dup(int fd)
 {
 	RESOLVE(dup);
 	int r = real_dup(fd);
-	if (r >= 0 && emulated(fd))
+	if (r >= 0 && live(fd))
 		copy_ent(fd, r);
 	return r;
 }
@@ -884,16 +1100,16 @@ static int dup_onto(int fd, int newfd, int r)
 	/* newfd was closed implicitly */
 	if (r < 0)
 		return r;
-	uint8_t old = (newfd >= 0 && newfd < FD_MAX && newfd != fd) ? fdtab[newfd].kind : 0;
-	if (emulated(fd))
-		copy_ent(fd, r);
-	else if (old) {
-		pthread_mutex_lock(&tab_mu);
-		fdtab[newfd] = (struct fdent){ 0 };
-		pthread_mutex_unlock(&tab_mu);
+	struct fdent old = { 0 };
+	if (newfd != fd && kind_hint(newfd)) {
+		lock(&tab_mu);
+		old = fdtab[newfd];
+		clear_ent_locked(newfd);
+		unlock(&tab_mu);
 	}
-	if (needs_sync(old))
-		emu_sync();
+	if (live(fd))
+		copy_ent(fd, r);
+	closed_file(old.kind, old.token, newfd);
 	return r;
 }
 
@@ -917,10 +1133,10 @@ static int do_fcntl(int (*real)(int, int, ...), int fd, int cmd, va_list ap)
 	/* every fcntl argument is an int, a long or a pointer: pass a word */
 	unsigned long arg = va_arg(ap, unsigned long);
 	int r = real(fd, cmd, arg);
-	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && emulated(fd))
+	if (r >= 0 && (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && live(fd))
 		copy_ent(fd, r);
 	/* open("/dev/iommu") on a 64-bit kernel sets O_LARGEFILE; our socket does not have it. */
-	if (r >= 0 && cmd == F_GETFL && emulated(fd) && fdtab[fd].kind == K_IOMMUFD)
+	if (r >= 0 && cmd == F_GETFL && kind_hint(fd) == WIRE_KIND_IOMMUFD && live(fd))
 		r |= 00100000;
 	return r;
 }
@@ -953,79 +1169,81 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 {
 	int sync = 0;
 	if (!(flags & CLOSE_RANGE_CLOEXEC)) {
-		pthread_mutex_lock(&tab_mu);
+		lock(&tab_mu);
 		for (unsigned int fd = first; fd <= last && fd < FD_MAX; fd++) {
-			if (fdtab[fd].kind) {
-				sync |= needs_sync(fdtab[fd].kind);
-				fdtab[fd] = (struct fdent){ 0 };
+			uint32_t k = fdtab[fd].kind;
+			if (k) {
+				sync |= k != K_FAILNTH;
+				clear_ent_locked((int)fd);
 			}
 		}
-		pthread_mutex_unlock(&tab_mu);
+		unlock(&tab_mu);
 	}
 	/* never close our own control connection */
+	lock(&ctl_mu);
+	int c = ctl_fd;
+	unlock(&ctl_mu);
 	int r;
-	if (ctl_fd >= 0 && (unsigned)ctl_fd >= first && (unsigned)ctl_fd <= last && !(flags & CLOSE_RANGE_CLOEXEC)) {
+	if (c >= 0 && (unsigned)c >= first && (unsigned)c <= last && !(flags & CLOSE_RANGE_CLOEXEC)) {
 		r = 0;
-		if ((unsigned)ctl_fd > first)
-			r = (int)syscall(SYS_close_range, first, (unsigned)ctl_fd - 1, flags);
-		if (r == 0 && (unsigned)ctl_fd < last)
-			r = (int)syscall(SYS_close_range, (unsigned)ctl_fd + 1, last, flags);
+		if ((unsigned)c > first)
+			r = (int)syscall(SYS_close_range, first, (unsigned)c - 1, flags);
+		if (r == 0 && (unsigned)c < last)
+			r = (int)syscall(SYS_close_range, (unsigned)c + 1, last, flags);
 	} else {
 		r = (int)syscall(SYS_close_range, first, last, flags);
 	}
 	if (sync)
-		emu_sync();
+		emu_sync(0);
 	return r;
 }
 
-/* ---- ioctl ------------------------------------------------------------------------- */
+/* ---- ioctl ------------------------------------------------------------------------------ */
+/* ioctls of this type on an fd we do not know may be on one we were given: worth a LOOKUP */
 #define IOMMUFD_TYPE 0x3b
-#define REQ_FAULT_QUEUE_ALLOC 0x3b8e
-#define REQ_VEVENTQ_ALLOC 0x3b93
-#define REQ_TEST_CMD 0x3ba0
-#define TEST_OP_CREATE_ACCESS 5
 
-static int read_self(const void *addr, void *out, size_t n)
+/* A socket for the fd the next call may return, registered with the server (ctl_mu held). */
+static int prepare_event_fd_locked(uint64_t *token)
 {
-	struct iovec l = { out, n }, r = { (void *)addr, n };
-	return syscall(SYS_process_vm_readv, getpid(), &l, 1UL, &r, 1UL, 0UL) == (ssize_t)n ? 0 : -1;
-}
-
-/* Whether the call may hand out an fd; *idfd: TEST_CMD's id (an access fd for the access ops), else -1. */
-static int returns_fd(unsigned long req, void *arg, int32_t *idfd)
-{
-	*idfd = -1;
-	if (req == REQ_FAULT_QUEUE_ALLOC || req == REQ_VEVENTQ_ALLOC)
-		return 1;
-	if (req == REQ_TEST_CMD) {
-		uint32_t w[2];
-		if (read_self((char *)arg + 4, w, 8) == 0) {
-			*idfd = (int32_t)w[1];
-			return w[0] == TEST_OP_CREATE_ACCESS;
-		}
-		if (read_self((char *)arg + 4, w, 4) == 0 && w[0] == TEST_OP_CREATE_ACCESS)
-			return 1;
-	}
-	return 0;
-}
-
-/* A socket for the fd the next call may return, registered with the server. */
-static int prepare_event_fd(uint32_t *token, uint64_t *secret)
-{
-	int s = sock_connect(1);
+	int s = tp_connect(1);
 	if (s < 0)
 		return -1;
 	struct stat st;
 	fstat(s, &st);
-	struct req_evprep q = { sizeof(q), T_EVPREP, (uint64_t)st.st_ino };
-	struct rep_evprep r;
-	if (send_all(s, &q, sizeof(q)) < 0 || recv_all(s, &r, sizeof(r)) < 0 || r.len != sizeof(r)) {
-		syscall(SYS_close, s);
+	REQ(EVPREP, evprep);
+	q.pid = (uint32_t)getpid();
+	q.fd = s;
+	q.ino = (uint64_t)st.st_ino;
+	q.session = ctl_session;
+	struct wire_rep_evprep r;
+	if (tp_rpc(s, &q, sizeof(q), &r, sizeof(r)) < 0 || r.status != 0) {
+		raw_close(s);
 		return -1;
 	}
 	*token = r.token;
-	*secret = r.secret;
 	return s;
+}
+
+/* What the server's fd rules say about this call (ctl_mu held: the rules are loaded). */
+struct call_fds { int returns; int32_t named; };
+
+static struct call_fds fd_rules(unsigned long req, void *arg)
+{
+	struct call_fds c = { 0, -1 };
+	int n = __atomic_load_n(&nrules, __ATOMIC_ACQUIRE);
+	for (int i = 0; i < n; i++) {
+		const struct wire_fdrule *r = &rules[i];
+		if (r->request != (uint32_t)req)
+			continue;
+		uint32_t v;
+		if (r->when_off >= 0 && (read_self((char *)arg + r->when_off, &v, 4) < 0 || v != r->when_value))
+			continue;
+		if (r->action == WIRE_FDRULE_RETURNS)
+			c.returns = 1;
+		else if (r->action == WIRE_FDRULE_NAMES && r->field_off >= 0 && read_self((char *)arg + r->field_off, &v, 4) == 0)
+			c.named = (int32_t)v;
+	}
+	return c;
 }
 
 static int shared_at_locked(uint64_t va, uint64_t len);
@@ -1034,17 +1252,17 @@ static int shared_at_locked(uint64_t va, uint64_t len);
  * Send the IOCTL frame with the caller's struct inline, copied by the kernel
  * straight from arg (sendmsg: unreadable memory is EFAULT, never a signal; a
  * frame this small is one skb, so a fault sends nothing). We take at most
- * IOCTL_INLINE_MAX bytes and stay in arg's page, which the call reads anyway;
+ * WIRE_IOCTL_INLINE_MAX bytes and stay in arg's page, which the call reads anyway;
  * whatever is not inline (a fault, a struct going on into the next page,
  * shared memory whose copy-back must not wait for us) the server reads through
  * /proc/<pid>/mem as before, with the same EFAULT rules.
  */
-static int send_ioctl_locked(struct req_ioctl *q, void *arg)
+static int send_ioctl_locked(struct wire_req_ioctl *q, void *arg)
 {
 	uintptr_t a = (uintptr_t)arg;
 	size_t n = 4096 - (a & 4095);
-	if (n > IOCTL_INLINE_MAX)
-		n = IOCTL_INLINE_MAX;
+	if (n > WIRE_IOCTL_INLINE_MAX)
+		n = WIRE_IOCTL_INLINE_MAX;
 	if (!a || shared_at_locked(a, n))
 		n = 0;
 	for (;;) {
@@ -1065,39 +1283,48 @@ static int send_ioctl_locked(struct req_ioctl *q, void *arg)
 	}
 }
 
-static int emu_ioctl(int fd, unsigned long req, void *arg)
+static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *arg)
 {
-	struct fdent ent = fdtab[fd];
-	if (ent.kind != K_IOMMUFD) {
+	if (!(kind_ops(ent->kind) & WIRE_OPS_IOCTL)) {
 		errno = ENOTTY;
 		return -1;
 	}
 	pid_t tid = my_tid();
-	uint32_t evtoken = 0;
-	uint64_t evsecret = 0;
-	int evfd = -1;
-	int32_t idfd;
-	if (returns_fd(req, arg, &idfd)) {
-		evfd = prepare_event_fd(&evtoken, &evsecret);
-		if (evfd < 0) {
+	pid_t pid = getpid();
+	REQ(IOCTL, ioctl);
+	q.token = ent->token;
+	q.fd = fd;
+	q.tid = (uint32_t)tid;
+	q.request = (uint32_t)req;
+	q.failnth = failnth_get(tid);
+	q.arg = (uint64_t)(uintptr_t)arg;
+	q.evfd = -1;
+	q.memlock = memlock_limit();
+	q.hintfd = -1;
+	struct wire_rep_ioctl rep, *r = &rep;
+	int rc = -1, wfault = 0;
+	lock(&ctl_mu);
+	if (ctl_ensure_pid_locked(pid) < 0)
+		goto out;
+	struct call_fds cf = fd_rules(req, arg);
+	if (cf.returns) {
+		uint64_t evtoken = 0;
+		q.evfd = prepare_event_fd_locked(&evtoken);
+		q.evtoken = evtoken;
+		if (q.evfd < 0) {
+			unlock(&ctl_mu);
 			errno = EMFILE;
 			return -1;
 		}
 	}
-	pid_t pid = getpid();
-	struct req_ioctl q = { sizeof(q), T_IOCTL, ent.token, (uint32_t)pid, (uint32_t)tid, (uint32_t)req,
-			       (uint64_t)(uintptr_t)arg, failnth_get(tid), evfd, evtoken, map_gen, memlock_limit(), 0,
-			       -1, 0, 0, 0 };
 	/* spares the server finding out which file the fd is (/proc/<pid>/fd) when we know it */
-	if (idfd >= 0 && idfd < FD_MAX && fdtab[idfd].kind == K_EVENT && fdtab[idfd].secret && live(idfd)) {
-		q.hintfd = idfd;
-		q.hinttoken = fdtab[idfd].token;
-		q.hintsecret = fdtab[idfd].secret;
+	struct fdent named;
+	if (cf.named >= 0 && ent_get(cf.named, &named) && named.kind == WIRE_KIND_EVENT) {
+		q.hintfd = cf.named;
+		q.hinttoken = named.token;
 	}
-	struct rep_ioctl rep, *r = &rep;
-	int rc = -1, wfault = 0;
-	pthread_mutex_lock(&ctl_mu);
-	if (ctl_ensure_pid_locked(pid) == 0 && send_ioctl_locked(&q, arg) == 0 && recv_all(ctl_fd, r, sizeof(*r)) == 0 &&
+	q.mapgen = map_gen_now();
+	if (send_ioctl_locked(&q, arg) == 0 && tp_recv(ctl_fd, r, sizeof(*r)) == 0 && r->type == WIRE_T_IOCTL &&
 	    r->len == sizeof(*r) + r->wlen && r->wlen <= q.inl && r->woff <= q.inl - r->wlen) {
 		/*
 		 * What the call wrote to our struct (the server checked that it is
@@ -1105,7 +1332,7 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 		 * copy_to_user would (EFAULT, never a signal, if it is not writable
 		 * after all; the bytes are then drained and the call fails).
 		 */
-		char *dst = (char *)arg + r->woff, scratch[IOCTL_INLINE_MAX];
+		char *dst = (char *)arg + r->woff, scratch[WIRE_IOCTL_INLINE_MAX];
 		size_t done = 0;
 		rc = 0;
 		while (done < r->wlen) {
@@ -1124,11 +1351,12 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 		}
 	}
 	if (rc < 0)
-		ctl_drop();
-	pthread_mutex_unlock(&ctl_mu);
+		ctl_drop_locked();
+out:
+	unlock(&ctl_mu);
 	if (rc < 0) {
-		if (evfd >= 0)
-			syscall(SYS_close, evfd);
+		if (q.evfd >= 0)
+			raw_close(q.evfd);
 		errno = EIO;
 		return -1;
 	}
@@ -1138,15 +1366,12 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 	}
 	if (q.failnth)
 		failnth_set(tid, r->failnth);
-	if (evfd >= 0) {
-		if (r->evused && evfd < FD_MAX) {
-			pthread_mutex_lock(&tab_mu);
-			set_ent(evfd, K_EVENT, evtoken, 0);
-			fdtab[evfd].secret = evsecret;
-			pthread_mutex_unlock(&tab_mu);
+	if (q.evfd >= 0) {
+		if (r->evused && q.evfd < FD_MAX) {
+			set_ent(q.evfd, WIRE_KIND_EVENT, q.evtoken, 0);
 		} else {
-			syscall(SYS_close, evfd);
-			emu_sync();
+			raw_close(q.evfd);
+			emu_sync(q.evtoken);
 		}
 	}
 	if (r->ret < 0) {
@@ -1159,7 +1384,7 @@ static int emu_ioctl(int fd, unsigned long req, void *arg)
 /*
  * An fd we did not open ourselves (inherited across exec, received over
  * SCM_RIGHTS): if it is a socket connected to the server, ask the server
- * which emulated fd it is.
+ * which emulated file it is (it answers only if the fd really is ours).
  */
 static int adopt(int fd)
 {
@@ -1172,16 +1397,15 @@ static int adopt(int fd)
 	if (getpeername(fd, (struct sockaddr *)&peer, &len) != 0 || peer.sun_family != AF_UNIX ||
 	    strcmp(peer.sun_path, socket_path()) != 0)
 		return 0;
-	struct req_lookup q = { sizeof(q), T_LOOKUP, (uint64_t)st.st_ino };
-	struct rep_lookup r;
-	pthread_mutex_lock(&ctl_mu);
+	REQ(LOOKUP, lookup);
+	q.fd = fd;
+	struct wire_rep_lookup r;
+	lock(&ctl_mu);
 	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
-	pthread_mutex_unlock(&ctl_mu);
-	if (rc < 0 || (r.kind != K_IOMMUFD && r.kind != K_EVENT))
+	unlock(&ctl_mu);
+	if (rc < 0 || r.kind == WIRE_KIND_NONE || !kind_ops(r.kind))
 		return 0;
-	pthread_mutex_lock(&tab_mu);
-	set_ent(fd, (uint8_t)r.kind, r.token, 0);
-	pthread_mutex_unlock(&tab_mu);
+	set_ent(fd, r.kind, r.token, 0);
 	return 1;
 }
 
@@ -1213,7 +1437,6 @@ static void adopt_inherited(void)
 }
 
 /* fds received over SCM_RIGHTS may be emulated ones */
-static ssize_t (*real_recvmsg)(int, struct msghdr *, int);
 EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 {
 	RESOLVE(recvmsg);
@@ -1227,7 +1450,7 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 		size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
 		int *fds = (int *)CMSG_DATA(c);
 		for (size_t i = 0; i < n; i++)
-			if (!emulated(fds[i]))
+			if (!live(fds[i]))
 				adopt(fds[i]);
 	}
 	errno = e;
@@ -1240,25 +1463,6 @@ EXPORT ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
  * Our fds are sockets, whose VFS answers differ, so the answers are given here (as measured
  * on a 6.12.117 kernel); everything else goes to the emulated driver. */
 #define VFS_FS_IOC_GETFSUUID 0x80111500UL
-static int user_readable(const void *p, size_t n)
-{
-	/* Would get_user/copy_from_user of [p, p+n) succeed? (a fault is EFAULT, not a signal) */
-	char tmp[256];
-	for (size_t off = 0; off < n;) {
-		size_t k = n - off < sizeof(tmp) ? n - off : sizeof(tmp);
-		struct iovec local = { tmp, k }, remote = { (char *)p + off, k };
-		if (syscall(SYS_process_vm_readv, getpid(), &local, 1, &remote, 1, 0) != (long)k)
-			return 0;
-		off += k;
-	}
-	return 1;
-}
-static int user_write(void *p, const void *src, size_t n)
-{
-	struct iovec local = { .iov_base = (void *)src, .iov_len = n };
-	struct iovec remote = { .iov_base = p, .iov_len = n };
-	return syscall(SYS_process_vm_writev, getpid(), &local, 1, &remote, 1, 0) == (long)n;
-}
 static int has_cap(int cap)
 {
 	struct __user_cap_header_struct h = { _LINUX_CAPABILITY_VERSION_3, 0 };
@@ -1267,36 +1471,48 @@ static int has_cap(int cap)
 		return 0;
 	return (d[cap / 32].effective >> (cap % 32)) & 1;
 }
+static int user_readable(const void *p, size_t n)
+{
+	char tmp[256];
+	for (size_t off = 0; off < n;) {
+		size_t k = n - off < sizeof(tmp) ? n - off : sizeof(tmp);
+		if (user_copy(tmp, (const char *)p + off, k, 0) != k)
+			return 0;
+		off += k;
+	}
+	return 1;
+}
 /* Is fd on the same filesystem as our file (devtmpfs for /dev/iommu, the anonymous-inode fs
  * for the fds it hands out)? Clone requests between files of one filesystem that are not
  * regular files are EINVAL, across filesystems EXDEV. */
 static int same_sb(int fd, int iommufd)
 {
-	if (emulated(fd))
-		return (fdtab[fd].kind == K_IOMMUFD) == iommufd;
+	struct fdent e;
+	if (ent_get(fd, &e))
+		return (e.kind == WIRE_KIND_IOMMUFD) == iommufd;
 	struct stat a, b;
 	if (fstat(fd, &a) != 0)
 		return 0;
 	if (iommufd)
 		return stat("/dev", &b) == 0 && a.st_dev == b.st_dev;
-	int e = (int)syscall(SYS_eventfd2, 0, O_CLOEXEC); /* an anonymous-inode file */
-	int r = e >= 0 && fstat(e, &b) == 0 && a.st_dev == b.st_dev;
-	if (e >= 0)
-		syscall(SYS_close, e);
+	int ev = (int)syscall(SYS_eventfd2, 0, O_CLOEXEC); /* an anonymous-inode file */
+	int r = ev >= 0 && fstat(ev, &b) == 0 && a.st_dev == b.st_dev;
+	if (ev >= 0)
+		raw_close(ev);
 	return r;
 }
 #define VFS_RET(v) do { *ret = (v); return 1; } while (0)
 #define VFS_ERR(e) do { errno = (e); *ret = -1; return 1; } while (0)
-static int vfs_ioctl(int fd, unsigned long req, void *arg, int *ret)
+/* 1 (and *ret, errno set) if the VFS answers req on our fd, 0 if it goes to the driver. */
+static int vfs_ioctl(int fd, const struct fdent *ent, unsigned long req, void *arg, int *ret)
 {
-	int iommufd = fdtab[fd].kind == K_IOMMUFD;
+	int iommufd = ent->kind == WIRE_KIND_IOMMUFD;
 	int v;
 	switch (req) {
 	case FIOCLEX: case FIONCLEX: case FIONBIO:
 		VFS_RET(real_ioctl(fd, req, arg));
 	case FIOASYNC: /* no fasync method: switching it on is ENOTTY */
-		if (!user_readable(arg, sizeof(int))) VFS_ERR(EFAULT);
-		memcpy(&v, arg, sizeof(v));
+		if (user_copy(&v, arg, sizeof(v), 0) != sizeof(v)) VFS_ERR(EFAULT);
 		if (v) VFS_ERR(ENOTTY);
 		VFS_RET(0);
 	case FIOQSIZE: /* not a directory, regular file or link */
@@ -1308,7 +1524,7 @@ static int vfs_ioctl(int fd, unsigned long req, void *arg, int *ret)
 		VFS_ERR(EOPNOTSUPP);
 	case FIGETBSZ: {
 		int bsz = 4096;
-		if (!user_write(arg, &bsz, sizeof(bsz))) VFS_ERR(EFAULT);
+		if (user_copy(arg, &bsz, sizeof(bsz), 1) != sizeof(bsz)) VFS_ERR(EFAULT);
 		VFS_RET(0);
 	}
 	case FICLONE: {
@@ -1325,8 +1541,7 @@ static int vfs_ioctl(int fd, unsigned long req, void *arg, int *ret)
 	}
 	case FIDEDUPERANGE: {
 		uint16_t count;
-		if (!user_readable((char *)arg + 16, sizeof(count))) VFS_ERR(EFAULT);
-		memcpy(&count, (char *)arg + 16, sizeof(count));
+		if (user_copy(&count, (char *)arg + 16, sizeof(count), 0) != sizeof(count)) VFS_ERR(EFAULT);
 		if (24 + (size_t)count * 32 > 4096) VFS_ERR(ENOMEM);
 		if (!user_readable(arg, 24 + (size_t)count * 32)) VFS_ERR(EFAULT);
 		VFS_ERR(EINVAL);
@@ -1345,9 +1560,9 @@ static int vfs_ioctl(int fd, unsigned long req, void *arg, int *ret)
 		unsigned char u[17];
 		int r = real_ioctl(d, req, u);
 		int e = errno;
-		syscall(SYS_close, d);
+		raw_close(d);
 		if (r < 0) VFS_ERR(e);
-		if (!user_write(arg, u, sizeof(u))) VFS_ERR(EFAULT);
+		if (user_copy(arg, u, sizeof(u), 1) != sizeof(u)) VFS_ERR(EFAULT);
 		VFS_RET(0);
 	}
 	}
@@ -1361,25 +1576,40 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 	void *arg = va_arg(ap, void *);
 	va_end(ap);
 	RESOLVE(ioctl);
-	if (!live(fd) && !(((req >> 8) & 0xff) == IOMMUFD_TYPE && adopt(fd)))
-		return real_ioctl(fd, req, arg);
-	int ret;
-	if (vfs_ioctl(fd, req, arg, &ret))
-		return ret;
-	return emu_ioctl(fd, req, arg);
+	struct fdent e;
+	if (!ent_get(fd, &e)) {
+		if (((req >> 8) & 0xff) != IOMMUFD_TYPE || !adopt(fd) || !ent_get(fd, &e))
+			return real_ioctl(fd, req, arg);
+	}
+	int r;
+	if (vfs_ioctl(fd, &e, req, arg, &r))
+		return r;
+	sig_block();
+	r = emu_ioctl(fd, &e, req, arg);
+	int err = errno;
+	sig_unblock();
+	errno = err;
+	return r;
 }
 
-/* ---- read / write --------------------------------------------------------------------- */
-static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
+/* ---- read / write ------------------------------------------------------------------------ */
+static ssize_t emu_fileop(int fd, const struct fdent *ent, int op, void *buf, size_t count, int64_t pos)
 {
-	struct fdent ent = fdtab[fd];
 	pid_t tid = my_tid();
-	struct req_fileop q = { sizeof(q), T_FILEOP, ent.token, (uint32_t)op, (uint64_t)(uintptr_t)buf, count,
-				(uint64_t)pos, failnth_get(tid), map_gen };
-	struct rep_fileop r;
-	pthread_mutex_lock(&ctl_mu);
+	REQ(FILEOP, fileop);
+	q.token = ent->token;
+	q.fd = fd;
+	q.op = (uint32_t)op;
+	q.buf = (uint64_t)(uintptr_t)buf;
+	q.count = count;
+	q.pos = (uint64_t)pos;
+	q.failnth = failnth_get(tid);
+	q.tid = (uint32_t)tid;
+	struct wire_rep_fileop r;
+	lock(&ctl_mu);
+	q.mapgen = map_gen_now();
 	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
-	pthread_mutex_unlock(&ctl_mu);
+	unlock(&ctl_mu);
 	if (rc < 0) {
 		errno = EIO;
 		return -1;
@@ -1405,84 +1635,145 @@ static ssize_t emu_fileop(int fd, int op, void *buf, size_t count, int64_t pos)
 	return (ssize_t)r.ret;
 }
 
-static ssize_t failnth_read(int fd, void *buf, size_t count, int64_t pos, int advance)
+#define MAX_RW_COUNT ((size_t)0x7ffff000)
+
+/*
+ * The kernel's checks before a file's read/write method runs (vfs_read,
+ * vfs_write, ksys_pread64): access mode, access_ok of the buffer, the size and
+ * position. 0 or a negative errno.
+ */
+static int vfs_checks(int fd, int write, const void *buf, size_t count, int64_t pos)
 {
-	char num[32];
-	int len = snprintf(num, sizeof(num), "%u\n", (unsigned)failnth_get(fdtab[fd].tid));
-	if (pos < 0) {
-		errno = EINVAL;
-		return -1;
-	}
-	if (pos >= len)
-		return 0;
-	size_t n = (size_t)(len - pos) < count ? (size_t)(len - pos) : count;
-	memcpy(buf, num + pos, n);
-	if (advance)
-		fdtab[fd].pos += (int64_t)n;
-	return (ssize_t)n;
+	int fl = (int)syscall(SYS_fcntl, fd, F_GETFL);
+	int acc = fl & O_ACCMODE;
+	if (fl < 0 || (write ? acc != O_WRONLY && acc != O_RDWR : acc != O_RDONLY && acc != O_RDWR))
+		return -EBADF;
+	if (!access_ok_(buf, count))
+		return -EFAULT;
+	if ((ssize_t)count < 0 || pos < 0 || (int64_t)((uint64_t)pos + count) < 0)
+		return -EINVAL;
+	return 0;
 }
 
-static ssize_t failnth_write(int fd, const void *buf, size_t count)
+/* The fail-nth file of `task`: "%u\n" of its counter (simple_read_from_buffer). */
+static ssize_t failnth_read(int fd, const struct fdent *e, void *buf, size_t count, int64_t off, int positional)
 {
-	char num[32];
-	if (count == 0 || count >= sizeof(num)) {
-		errno = EINVAL;
-		return -1;
+	int64_t pos = positional ? off : (int64_t)syscall(SYS_lseek, fd, 0, SEEK_CUR);
+	int err = positional && off < 0 ? -EINVAL : vfs_checks(fd, 0, buf, count, pos);
+	if (err)
+		return errno = -err, -1;
+	if (count > MAX_RW_COUNT)
+		count = MAX_RW_COUNT;
+	if (kill(e->tid, 0) < 0 && errno == ESRCH)
+		return errno = ESRCH, -1;
+	char num[16];
+	uint32_t v = failnth_get(e->tid);
+	int len = 0;
+	char rev[12];
+	do { rev[len++] = (char)('0' + v % 10); v /= 10; } while (v);
+	for (int i = 0; i < len; i++)
+		num[i] = rev[len - 1 - i];
+	num[len++] = '\n';
+	if (pos >= len || !count)
+		return 0;
+	size_t n = (size_t)(len - pos) < count ? (size_t)(len - pos) : count;
+	size_t done = user_copy(buf, num + pos, n, 1);
+	if (done == 0)
+		return errno = EFAULT, -1;
+	if (!positional)
+		syscall(SYS_lseek, fd, (off_t)(pos + (int64_t)done), SEEK_SET);
+	return (ssize_t)done;
+}
+
+/* kstrtouint(s, 0): the kernel's parser, not strtoul (no sign, no spaces, one trailing newline). */
+static int kstrtouint_(const char *s, uint32_t *out)
+{
+	unsigned base = 10;
+	if (s[0] == '+')
+		s++;
+	if (s[0] == '0') {
+		int x = (s[1] | 0x20) == 'x';
+		char c = s[2];
+		int hex = (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+		base = x && hex ? 16 : 8;
+		if (base == 16)
+			s += 2;
 	}
-	memcpy(num, buf, count);
-	num[count] = 0;
-	char *end;
-	errno = 0;
-	unsigned long v = strtoul(num, &end, 0);
-	if (end == num || (*end && *end != '\n') || errno || v > 0x7fffffffUL) {
-		errno = EINVAL;
-		return -1;
+	unsigned long long res = 0;
+	int digits = 0, overflow = 0;
+	for (;; s++, digits++) {
+		unsigned c = (unsigned char)*s, lc = c | 0x20, val;
+		if (c >= '0' && c <= '9')
+			val = c - '0';
+		else if (lc >= 'a' && lc <= 'f')
+			val = lc - 'a' + 10;
+		else
+			break;
+		if (val >= base)
+			break;
+		if (res & (~0ull << 60)) {
+			if (res > (~0ull - val) / base)
+				overflow = 1;
+		}
+		res = res * base + val;
 	}
-	failnth_set(fdtab[fd].tid, (int32_t)v);
+	if (overflow)
+		return -ERANGE;
+	if (!digits)
+		return -EINVAL;
+	if (*s == '\n')
+		s++;
+	if (*s)
+		return -EINVAL;
+	if (res > 0xffffffffull)
+		return -ERANGE;
+	*out = (uint32_t)res;
+	return 0;
+}
+
+static ssize_t failnth_write(int fd, const struct fdent *e, const void *buf, size_t count, int64_t off, int positional)
+{
+	int64_t pos = positional ? off : (int64_t)syscall(SYS_lseek, fd, 0, SEEK_CUR);
+	int err = positional && off < 0 ? -EINVAL : vfs_checks(fd, 1, buf, count, pos);
+	if (err)
+		return errno = -err, -1;
+	if (count > MAX_RW_COUNT)
+		count = MAX_RW_COUNT;
+	/* kstrtouint_from_user: at most sizeof(buf) - 1 bytes of "sign, 32 digits, newline" */
+	char num[1 + 32 + 1 + 1];
+	size_t n = count < sizeof(num) - 1 ? count : sizeof(num) - 1;
+	if (user_copy(num, buf, n, 0) != n)
+		return errno = EFAULT, -1;
+	num[n] = 0;
+	uint32_t v;
+	if ((err = kstrtouint_(num, &v)) < 0)
+		return errno = -err, -1;
+	if (kill(e->tid, 0) < 0 && errno == ESRCH)
+		return errno = ESRCH, -1;
+	failnth_set(e->tid, v);
 	return (ssize_t)count;
 }
 
-EXPORT ssize_t read(int fd, void *buf, size_t count)
+/* read/write/pread/pwrite of an emulated fd, as its kind says. */
+static ssize_t emu_rw(int fd, const struct fdent *e, int write, void *buf, size_t count, int64_t off, int positional)
 {
-	RESOLVE(read);
-	if (!live(fd))
-		return real_read(fd, buf, count);
-	if (fdtab[fd].kind == K_FAILNTH)
-		return failnth_read(fd, buf, count, fdtab[fd].pos, 1);
-	if (fdtab[fd].kind == K_EVENT)
-		return emu_fileop(fd, 0, buf, count, 0);
-	errno = EINVAL; /* /dev/iommu has no read */
-	return -1;
-}
-
-EXPORT ssize_t write(int fd, const void *buf, size_t count)
-{
-	RESOLVE(write);
-	if (!live(fd))
-		return real_write(fd, buf, count);
-	if (fdtab[fd].kind == K_FAILNTH)
-		return failnth_write(fd, buf, count);
-	if (fdtab[fd].kind == K_EVENT)
-		return emu_fileop(fd, 1, (void *)buf, count, 0);
-	errno = EINVAL;
-	return -1;
-}
-
-/* The fds ioctls hand out are anonymous-inode files: no positional I/O (ESPIPE, whatever
- * the count). /dev/iommu allows it but has no read/write method (EINVAL). */
-static ssize_t emu_pread(int fd, void *buf, size_t count, off_t off)
-{
-	if (fdtab[fd].kind == K_FAILNTH)
-		return failnth_read(fd, buf, count, off, 0);
-	errno = fdtab[fd].kind == K_EVENT ? ESPIPE : EINVAL;
-	return -1;
-}
-
-static ssize_t emu_pwrite(int fd, const void *buf, size_t count, off_t off)
-{
-	if (fdtab[fd].kind == K_FAILNTH)
-		return failnth_write(fd, buf, count);
-	errno = fdtab[fd].kind == K_EVENT ? ESPIPE : EINVAL;
+	if (e->kind == K_FAILNTH)
+		return write ? failnth_write(fd, e, buf, count, off, positional) : failnth_read(fd, e, buf, count, off, positional);
+	/* The fds ioctls hand out are anonymous-inode files: no positional I/O (ESPIPE,
+	 * whatever the count). /dev/iommu allows it but has no read/write method (EINVAL). */
+	if (positional && e->kind == WIRE_KIND_EVENT)
+		return errno = ESPIPE, -1;
+	if (positional && off < 0)
+		return errno = EINVAL, -1;
+	if (kind_ops(e->kind) & (write ? WIRE_OPS_WRITE : WIRE_OPS_READ)) {
+		sig_block();
+		ssize_t r = emu_fileop(fd, e, write ? WIRE_FILEOP_WRITE : WIRE_FILEOP_READ, buf, count, positional ? off : 0);
+		int err = errno;
+		sig_unblock();
+		errno = err;
+		return r;
+	}
+	errno = EINVAL; /* no read/write method (/dev/iommu) */
 	return -1;
 }
 
@@ -1491,22 +1782,31 @@ static ssize_t emu_pwrite(int fd, const void *buf, size_t count, off_t off)
  * file in the server (DEFAULT_POLLMASK too for files without one). The socket's own
  * readiness still wakes a blocking wait (the server keeps a byte in it while readable). */
 #define VFS_DEFAULT_POLLMASK (POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM)
-static int emu_poll_mask(int fd)
+static int emu_poll_mask(int fd, const struct fdent *e)
 {
-	if (fdtab[fd].kind == K_IOMMUFD)
+	if (e->kind == WIRE_KIND_IOMMUFD)
 		return VFS_DEFAULT_POLLMASK;
-	ssize_t m = emu_fileop(fd, 2, NULL, 0, 0);
+	sig_block();
+	ssize_t m = emu_fileop(fd, e, WIRE_FILEOP_POLL, NULL, 0, 0);
+	sig_unblock();
 	return m < 0 ? POLLERR : (int)m;
+}
+
+/* Our fd (not a fail-nth file, which is a real memfd): its entry in *e. */
+static int pollable(int fd, struct fdent *e)
+{
+	return ent_get(fd, e) && e->kind != K_FAILNTH;
 }
 
 static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms, const struct timespec *ts, const sigset_t *sig)
 {
 	int any = 0, ready = 0;
+	struct fdent e;
 	for (nfds_t i = 0; i < n; i++) {
-		if (!live(fds[i].fd) || fdtab[fds[i].fd].kind == K_FAILNTH)
+		if (!pollable(fds[i].fd, &e))
 			continue;
 		any = 1;
-		if (emu_poll_mask(fds[i].fd) & (fds[i].events | POLLERR | POLLHUP))
+		if (emu_poll_mask(fds[i].fd, &e) & (fds[i].events | POLLERR | POLLHUP))
 			ready = 1;
 	}
 	if (!any)
@@ -1519,9 +1819,8 @@ static int do_poll(struct pollfd *fds, nfds_t n, int timeout_ms, const struct ti
 		return rc;
 	rc = 0;
 	for (nfds_t i = 0; i < n; i++) {
-		int fd = fds[i].fd;
-		if (live(fd) && fdtab[fd].kind != K_FAILNTH)
-			fds[i].revents = (short)(emu_poll_mask(fd) & (fds[i].events | POLLERR | POLLHUP));
+		if (pollable(fds[i].fd, &e))
+			fds[i].revents = (short)(emu_poll_mask(fds[i].fd, &e) & (fds[i].events | POLLERR | POLLHUP));
 		if (fds[i].revents)
 			rc++;
 	}
@@ -1541,37 +1840,71 @@ EXPORT int ppoll(struct pollfd *fds, nfds_t n, const struct timespec *ts, const 
 	RESOLVE(ppoll);
 	if (!ts && !sig)
 		return do_poll(fds, n, -1, NULL, NULL);
-	if (!ts) {
-		/* ppoll with a mask and no timeout: wait forever under the mask. */
+	if (!ts) /* a mask and no timeout: wait forever under the mask */
 		return do_poll(fds, n, -1, &(struct timespec){ 0x7fffffff, 0 }, sig);
-	}
 	return do_poll(fds, n, 0, ts, sig);
+}
+
+EXPORT ssize_t read(int fd, void *buf, size_t count)
+{
+	RESOLVE(read);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 0, buf, count, 0, 0) : real_read(fd, buf, count);
+}
+
+EXPORT ssize_t write(int fd, const void *buf, size_t count)
+{
+	RESOLVE(write);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 1, (void *)buf, count, 0, 0) : real_write(fd, buf, count);
 }
 
 EXPORT ssize_t pread(int fd, void *buf, size_t count, off_t off)
 {
 	RESOLVE(pread);
-	return live(fd) ? emu_pread(fd, buf, count, off) : real_pread(fd, buf, count, off);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 0, buf, count, off, 1) : real_pread(fd, buf, count, off);
 }
 
 EXPORT ssize_t pread64(int fd, void *buf, size_t count, off_t off)
 {
 	RESOLVE(pread64);
 	if (!real_pread64) { RESOLVE(pread); real_pread64 = real_pread; }
-	return live(fd) ? emu_pread(fd, buf, count, off) : real_pread64(fd, buf, count, off);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 0, buf, count, off, 1) : real_pread64(fd, buf, count, off);
 }
 
 EXPORT ssize_t pwrite(int fd, const void *buf, size_t count, off_t off)
 {
 	RESOLVE(pwrite);
-	return live(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite(fd, buf, count, off);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 1, (void *)buf, count, off, 1) : real_pwrite(fd, buf, count, off);
 }
 
 EXPORT ssize_t pwrite64(int fd, const void *buf, size_t count, off_t off)
 {
 	RESOLVE(pwrite64);
 	if (!real_pwrite64) { RESOLVE(pwrite); real_pwrite64 = real_pwrite; }
-	return live(fd) ? emu_pwrite(fd, buf, count, off) : real_pwrite64(fd, buf, count, off);
+	struct fdent e;
+	return ent_get(fd, &e) ? emu_rw(fd, &e, 1, (void *)buf, count, off, 1) : real_pwrite64(fd, buf, count, off);
+}
+
+/* The fail-nth file has no llseek method: ESPIPE (its backing memfd would seek). */
+EXPORT off_t lseek(int fd, off_t off, int whence)
+{
+	RESOLVE(lseek);
+	if (kind_hint(fd) == K_FAILNTH && live(fd))
+		return errno = ESPIPE, (off_t)-1;
+	return real_lseek(fd, off, whence);
+}
+
+EXPORT off_t lseek64(int fd, off_t off, int whence)
+{
+	RESOLVE(lseek64);
+	if (!real_lseek64) { RESOLVE(lseek); real_lseek64 = real_lseek; }
+	if (kind_hint(fd) == K_FAILNTH && live(fd))
+		return errno = ESPIPE, (off_t)-1;
+	return real_lseek64(fd, off, whence);
 }
 
 /* ---- mmap: shared anonymous memory becomes memfd-backed ---------------------------------- */
@@ -1595,7 +1928,7 @@ static void regions_remove_locked(uint64_t va, uint64_t len)
 			tail.off += end - r->va;
 			tail.va = end;
 			tail.len = rend - end;
-			tail.memfd = fcntl(r->memfd, F_DUPFD_CLOEXEC, 900);
+			tail.memfd = raw_dupfd_hi(r->memfd);
 			r->len = va - r->va;
 			regions[nregions++] = tail;
 			continue;
@@ -1607,7 +1940,7 @@ static void regions_remove_locked(uint64_t va, uint64_t len)
 			r->va = end;
 			r->len = rend - end;
 		} else {
-			syscall(SYS_close, r->memfd);
+			raw_close(r->memfd);
 			regions[i] = regions[--nregions];
 			i--;
 		}
@@ -1628,9 +1961,29 @@ static void notify_unmap_locked(uint64_t va, uint64_t len)
 		return;
 	regions_remove_locked(va, len);
 	if (ctl_fd >= 0 && ctl_pid == getpid()) {
-		struct req_unmap q = { sizeof(q), T_UNMAP, va, len };
-		struct rep_status s;
+		REQ(UNMAP, unmap);
+		q.va = va;
+		q.length = len;
+		struct wire_rep_status s;
 		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
+	}
+}
+
+/* Record a new shared region and announce it (ctl_mu held); closes memfd if there is no room. */
+static void pieces_unmap_locked(uint64_t va, uint64_t len);
+
+static void add_region_locked(uint64_t va, uint64_t len, uint64_t off, int memfd, uint32_t flags)
+{
+	notify_unmap_locked(va, len); /* MAP_FIXED over an old region (or an iommufd mapping) */
+	pieces_unmap_locked(va, len);
+	if (nregions < NREGIONS) {
+		struct region r = { va, len, off, memfd, flags };
+		regions[nregions] = r;
+		__atomic_store_n(&nregions, nregions + 1, __ATOMIC_RELAXED);
+		if (getenv("IOMMUFD_EMU_SOCKET") || ctl_fd >= 0)
+			send_region_locked(&r);
+	} else {
+		raw_close(memfd);
 	}
 }
 
@@ -1639,16 +1992,19 @@ static void notify_unmap_locked(uint64_t va, uint64_t len)
  * content (a kernel pin holds the page, not the mapping); the VA gets a new page. */
 static void notify_replace(void *addr, size_t len)
 {
-	if (!len)
+	if (!len || !__atomic_load_n(&emu_fds_ever, __ATOMIC_RELAXED))
 		return;
-	pthread_mutex_lock(&ctl_mu);
+	int e = errno;
+	lock(&ctl_mu);
 	if (ctl_fd >= 0 && ctl_pid == getpid()) {
-		struct req_unmap q = { sizeof(q), T_UNMAP, (uint64_t)(uintptr_t)addr & ~4095ULL,
-				       ((uint64_t)(uintptr_t)addr % 4096 + len + 4095) / 4096 * 4096 };
-		struct rep_status s;
-		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
+		REQ(UNMAP, unmap);
+		q.va = (uint64_t)(uintptr_t)addr & ~4095ULL;
+		q.length = ((uint64_t)(uintptr_t)addr % 4096 + len + 4095) / 4096 * 4096;
+		struct wire_rep_status st;
+		ctl_rpc_locked(&q, sizeof(q), &st, sizeof(st));
 	}
-	pthread_mutex_unlock(&ctl_mu);
+	unlock(&ctl_mu);
+	errno = e;
 }
 
 static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
@@ -1663,14 +2019,10 @@ static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
 	int mfd = (int)syscall(SYS_memfd_create, "iommufd-emu-shared", mfd_flags);
 	if (mfd < 0)
 		return NULL; /* caller falls back */
-	int hi = fcntl(mfd, F_DUPFD_CLOEXEC, 900);
-	if (hi >= 0) {
-		syscall(SYS_close, mfd);
-		mfd = hi;
-	}
+	mfd = move_high(mfd);
 	size_t flen = (len + unit - 1) / unit * unit;
 	if (syscall(SYS_ftruncate, mfd, (off_t)flen) != 0) {
-		syscall(SYS_close, mfd);
+		raw_close(mfd);
 		errno = ENOMEM;
 		return MAP_FAILED;
 	}
@@ -1678,69 +2030,179 @@ static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
 	void *p = raw_mmap(addr, len, prot, nflags, mfd, 0);
 	if (p == MAP_FAILED) {
 		int e = errno;
-		syscall(SYS_close, mfd);
+		raw_close(mfd);
 		errno = e;
 		return MAP_FAILED;
 	}
-	int e = errno;
-	pthread_mutex_lock(&ctl_mu);
-	notify_unmap_locked((uint64_t)(uintptr_t)p, len); /* MAP_FIXED over an old region */
-	if (nregions < NREGIONS) {
-		struct region r = { (uint64_t)(uintptr_t)p, (uint64_t)flen, 0, mfd, huge ? 1u : 0u };
-		if (!huge)
-			r.len = (len + 4095) / 4096 * 4096;
-		regions[nregions++] = r;
-		if (getenv("IOMMUFD_EMU_SOCKET") || ctl_fd >= 0)
-			send_region_locked(&r);
-	} else {
-		syscall(SYS_close, mfd);
-	}
-	pthread_mutex_unlock(&ctl_mu);
-	errno = e;
+	lock(&ctl_mu);
+	add_region_locked((uint64_t)(uintptr_t)p, huge ? (uint64_t)flen : (len + 4095) / 4096 * 4096, 0, mfd,
+			  huge ? WIRE_REGION_HUGE : 0);
+	unlock(&ctl_mu);
 	return p;
 }
 
-/* mmaps of the iommufd (driver regions): each holds a reference in the server until unmapped */
-#define NFDMAPS 64
-static struct { uint64_t va, len; uint32_t handle; } fdmaps[NFDMAPS];
-static int nfdmaps;
+/*
+ * mmaps of the iommufd fd: one reference per VMA piece. The kernel maps a
+ * driver region as a VM_PFNMAP|VM_DONTEXPAND VMA whose vm_ops open/close take
+ * and drop a reference on the region's owner: every piece a split (munmap or
+ * mprotect of part of it), a move (mremap) or a fork makes holds its own, and
+ * such VMAs never merge again and never grow. Our mapping is a memfd mapping,
+ * which the kernel would merge and let grow, so the VMA list lives here and
+ * the server is told how many pieces each mapping has (MREF). A forked
+ * child's pieces are held by a socket it inherits (HOLDER, MDUP).
+ */
+struct piece { uint64_t va, len, handle, child_handle; int prot; int via; /* -1: our control connection, else a holder fd */ };
+#define NPIECES 1024
+static struct piece pieces[NPIECES];
+static int npieces;       /* ctl_mu; read without it only as a hint (atomic) */
+static int holder_fd = -1; /* made in atfork_prepare: the child's copy of our mappings */
+static int children_hold;  /* a child may hold emulated files or mappings: wait() syncs */
 
-static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
+static void set_npieces(int n) { __atomic_store_n(&npieces, n, __ATOMIC_RELAXED); }
+
+/* Mapping `handle` (of our control connection, or of the holder fd `via`) has delta more pieces (ctl_mu held). */
+static void mref_locked(uint64_t handle, int via, int delta)
 {
+	if (!delta || !handle)
+		return;
+	REQ(MREF, mref);
+	q.handle = handle;
+	q.delta = delta;
+	struct wire_rep_status s;
+	if (via >= 0)
+		tp_rpc(via, &q, sizeof(q), &s, sizeof(s));
+	else if (ctl_fd >= 0 && ctl_pid == getpid())
+		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
+	/* else: that connection is gone, and the server dropped its references with it */
+}
+
+static void pieces_add_locked(uint64_t va, uint64_t len, int prot, uint64_t handle, int via)
+{
+	pieces[npieces] = (struct piece){ va, len, handle, 0, prot, via };
+	set_npieces(npieces + 1);
+}
+
+static void pieces_remove_locked(int i)
+{
+	pieces[i] = pieces[npieces - 1];
+	set_npieces(npieces - 1);
+}
+
+/*
+ * [va, va+len) is unmapped (munmap, MAP_FIXED over it, mremap's unmaps), as
+ * do_vmi_munmap: pieces split at the edges (each new piece +1), covered
+ * pieces closed (-1). ctl_mu held.
+ */
+static void pieces_unmap_locked(uint64_t va, uint64_t len)
+{
+	uint64_t end = va + len;
+	for (int i = 0; i < npieces; i++) {
+		struct piece *p = &pieces[i];
+		uint64_t pend = p->va + p->len;
+		if (pend <= va || p->va >= end)
+			continue;
+		int head = p->va < va, tail = pend > end;
+		if (head && tail && npieces < NPIECES) {
+			struct piece t = *p;
+			t.va = end;
+			t.len = pend - end;
+			p->len = va - p->va;
+			pieces_add_locked(t.va, t.len, t.prot, t.handle, t.via);
+			mref_locked(t.handle, t.via, 1);
+		} else if (head) {
+			p->len = va - p->va;
+		} else if (tail) {
+			p->len = pend - end;
+			p->va = end;
+		} else {
+			mref_locked(p->handle, p->via, -1);
+			pieces_remove_locked(i--);
+		}
+	}
+}
+
+/* mprotect of [va, va+len): pieces whose protection changes split at the edges (ctl_mu held). */
+static void pieces_protect_locked(uint64_t va, uint64_t len, int prot)
+{
+	uint64_t end = va + len;
+	for (int i = 0, n = npieces; i < n; i++) {
+		struct piece *p = &pieces[i];
+		uint64_t pend = p->va + p->len;
+		if (pend <= va || p->va >= end || p->prot == prot)
+			continue;
+		if (p->va < va && npieces < NPIECES) {
+			pieces_add_locked(p->va, va - p->va, p->prot, p->handle, p->via);
+			mref_locked(p->handle, p->via, 1);
+			p->len = pend - va;
+			p->va = va;
+		}
+		if (pend > end && npieces < NPIECES) {
+			pieces_add_locked(end, pend - end, p->prot, p->handle, p->via);
+			mref_locked(p->handle, p->via, 1);
+			p->len = end - p->va;
+		}
+		p->prot = prot;
+	}
+}
+
+static int piece_at_locked(uint64_t va)
+{
+	for (int i = 0; i < npieces; i++)
+		if (pieces[i].va <= va && va < pieces[i].va + pieces[i].len)
+			return i;
+	return -1;
+}
+
+/* Something was unmapped over [va, va+len): shared regions and iommufd pieces (ctl_mu held). */
+static void unmapped_locked(uint64_t va, uint64_t len)
+{
+	notify_unmap_locked(va, len);
+	pieces_unmap_locked(va, len);
+}
+
+static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, const struct fdent *ent, off_t off)
+{
+	if (!(kind_ops(ent->kind) & WIRE_OPS_MMAP)) {
+		errno = ENODEV;
+		return MAP_FAILED;
+	}
 	int mfd = (int)syscall(SYS_memfd_create, "iommufd-emu-region", MFD_CLOEXEC);
 	if (mfd < 0)
 		return MAP_FAILED;
+	mfd = move_high(mfd);
 	if (len == 0 || syscall(SYS_ftruncate, mfd, (off_t)len) != 0) {
-		syscall(SYS_close, mfd);
+		raw_close(mfd);
 		errno = EINVAL;
 		return MAP_FAILED;
 	}
-	struct req_mmap q = { sizeof(q), T_MMAP, fdtab[fd].token, (uint32_t)prot, (uint64_t)off, (uint64_t)len,
-			      (uint32_t)flags, mfd };
-	struct rep_mmap r;
-	pthread_mutex_lock(&ctl_mu);
+	REQ(MMAP, mmap);
+	q.token = ent->token;
+	q.fd = fd;
+	q.prot = (uint32_t)prot;
+	q.offset = (uint64_t)off;
+	q.length = (uint64_t)len;
+	q.flags = (uint32_t)flags;
+	q.memfd = mfd;
+	struct wire_rep_mmap r;
+	lock(&ctl_mu);
 	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
-	pthread_mutex_unlock(&ctl_mu);
 	if (rc < 0 || r.err < 0) {
-		syscall(SYS_close, mfd);
+		unlock(&ctl_mu);
+		raw_close(mfd);
 		errno = rc < 0 ? EIO : -r.err;
 		return MAP_FAILED;
 	}
-	void *p = raw_mmap(addr, len, prot, flags, mfd, 0);
-	int e = errno;
-	syscall(SYS_close, mfd);
-	pthread_mutex_lock(&ctl_mu);
-	if (p == MAP_FAILED || nfdmaps == NFDMAPS) {
-		struct req_mrelease m = { sizeof(m), T_MRELEASE, r.handle, 0 };
-		struct rep_status s;
-		ctl_rpc_locked(&m, sizeof(m), &s, sizeof(s));
+	void *p = npieces < NPIECES ? raw_mmap(addr, len, prot, flags, mfd, 0) : MAP_FAILED;
+	int e = npieces < NPIECES ? errno : ENOMEM;
+	raw_close(mfd);
+	if (p == MAP_FAILED) {
+		mref_locked(r.handle, -1, -1);
 	} else {
-		fdmaps[nfdmaps].va = (uint64_t)(uintptr_t)p;
-		fdmaps[nfdmaps].len = (len + 4095) / 4096 * 4096;
-		fdmaps[nfdmaps].handle = r.handle;
-		nfdmaps++;
+		uint64_t va = (uint64_t)(uintptr_t)p, l = (len + 4095) / 4096 * 4096;
+		unmapped_locked(va, l); /* MAP_FIXED over whatever was there */
+		pieces_add_locked(va, l, prot, r.handle, -1);
 	}
-	pthread_mutex_unlock(&ctl_mu);
+	unlock(&ctl_mu);
 	errno = e;
 	return p;
 }
@@ -1748,25 +2210,15 @@ static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, o
 /* [va, va+len) overlaps memory other processes may see: a shared region or an iommufd mapping (ctl_mu held). */
 static int shared_at_locked(uint64_t va, uint64_t len)
 {
-	for (int i = 0; i < nfdmaps; i++)
-		if (fdmaps[i].va < va + len && va < fdmaps[i].va + fdmaps[i].len)
+	for (int i = 0; i < npieces; i++)
+		if (pieces[i].va < va + len && va < pieces[i].va + pieces[i].len)
 			return 1;
 	return overlaps_locked(va, len);
 }
 
-/* Unmapping the whole of an iommufd mapping drops its reference (ctl_mu held). */
-static void fdmaps_unmap_locked(uint64_t va, uint64_t len)
+static int any_mappings(void)
 {
-	for (int i = 0; i < nfdmaps; i++) {
-		if (fdmaps[i].va < va || fdmaps[i].va + fdmaps[i].len > va + len)
-			continue;
-		if (ctl_fd >= 0 && ctl_pid == getpid()) {
-			struct req_mrelease m = { sizeof(m), T_MRELEASE, fdmaps[i].handle, 0 };
-			struct rep_status s;
-			ctl_rpc_locked(&m, sizeof(m), &s, sizeof(s));
-		}
-		fdmaps[i--] = fdmaps[--nfdmaps];
-	}
+	return __atomic_load_n(&nregions, __ATOMIC_RELAXED) || __atomic_load_n(&npieces, __ATOMIC_RELAXED);
 }
 
 /*
@@ -1781,55 +2233,50 @@ static void shared_file_mapped(void *p, size_t len, int fd, off_t off)
 	struct statfs sf;
 	if (fstatfs(fd, &sf) != 0 || (sf.f_type != TMPFS_MAGIC_ && sf.f_type != (typeof(sf.f_type))HUGETLBFS_MAGIC_))
 		return;
-	int e = errno;
 	int huge = sf.f_type == (typeof(sf.f_type))HUGETLBFS_MAGIC_;
-	int dupfd = fcntl(fd, F_DUPFD_CLOEXEC, 900);
-	if (dupfd < 0) {
-		errno = e;
+	int dupfd = raw_dupfd_hi(fd);
+	if (dupfd < 0)
 		return;
-	}
-	pthread_mutex_lock(&ctl_mu);
-	notify_unmap_locked((uint64_t)(uintptr_t)p, len);
-	if (nregions < NREGIONS) {
-		struct region r = { (uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096, (uint64_t)off, dupfd, huge ? 1u : 0u };
-		regions[nregions++] = r;
-		if (getenv("IOMMUFD_EMU_SOCKET") || ctl_fd >= 0)
-			send_region_locked(&r);
-	} else {
-		syscall(SYS_close, dupfd);
-	}
-	pthread_mutex_unlock(&ctl_mu);
-	errno = e;
+	lock(&ctl_mu);
+	add_region_locked((uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096, (uint64_t)off, dupfd, huge ? WIRE_REGION_HUGE : 0);
+	unlock(&ctl_mu);
 }
 
 EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	if (live(fd) && fdtab[fd].kind == K_IOMMUFD)
-		return iommufd_mmap(addr, len, prot, flags, fd, off);
-	if (flags & MAP_FIXED) {
-		int e = errno;
-		notify_replace(addr, len);
-		errno = e;
-	}
-	int type = flags & MAP_SHARED_VALIDATE;
-	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {
-		void *p = shared_anon_mmap(addr, len, prot, flags);
-		if (p)
-			return p;
-	}
-	void *p = raw_mmap(addr, len, prot, flags, fd, off);
-	if (p != MAP_FAILED && (type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && !(flags & MAP_ANONYMOUS) && fd >= 0) {
-		shared_file_mapped(p, len, fd, off);
+	map_changed();
+	struct fdent e;
+	if (ent_get(fd, &e) && e.kind != K_FAILNTH) {
+		sig_block();
+		void *p = iommufd_mmap(addr, len, prot, flags, fd, &e, off);
+		int err = errno;
+		sig_unblock();
+		errno = err;
 		return p;
 	}
-	if (p != MAP_FAILED && (flags & MAP_FIXED) && nregions) {
-		int e = errno;
-		pthread_mutex_lock(&ctl_mu);
-		notify_unmap_locked((uint64_t)(uintptr_t)p, len);
-		pthread_mutex_unlock(&ctl_mu);
-		errno = e;
+	if (flags & MAP_FIXED)
+		notify_replace(addr, len);
+	int type = flags & MAP_SHARED_VALIDATE;
+	int e0 = errno;
+	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && (flags & MAP_ANONYMOUS) && len > 0) {
+		void *p = shared_anon_mmap(addr, len, prot, flags);
+		if (p) {
+			if (p != MAP_FAILED)
+				errno = e0;
+			return p;
+		}
 	}
+	void *p = raw_mmap(addr, len, prot, flags, fd, off);
+	if (p == MAP_FAILED)
+		return p;
+	if ((type == MAP_SHARED || type == MAP_SHARED_VALIDATE) && !(flags & MAP_ANONYMOUS) && fd >= 0) {
+		shared_file_mapped(p, len, fd, off);
+	} else if ((flags & MAP_FIXED) && any_mappings()) {
+		lock(&ctl_mu);
+		unmapped_locked((uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096);
+		unlock(&ctl_mu);
+	}
+	errno = e0;
 	return p;
 }
 
@@ -1840,8 +2287,76 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 
 EXPORT int mprotect(void *addr, size_t len, int prot)
 {
-	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	return (int)syscall(SYS_mprotect, addr, len, prot);
+	map_changed();
+	int r = (int)syscall(SYS_mprotect, addr, len, prot);
+	if (r == 0 && __atomic_load_n(&npieces, __ATOMIC_RELAXED)) {
+		lock(&ctl_mu);
+		pieces_protect_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096, prot);
+		unlock(&ctl_mu);
+	}
+	return r;
+}
+
+#define PAGE_ALIGN_(x) (((uint64_t)(x) + 4095) & ~(uint64_t)4095)
+
+/*
+ * mremap of [old, old+old_len) inside an iommufd mapping, as the kernel does it
+ * for a VM_PFNMAP|VM_DONTEXPAND VMA (mm/mremap.c): shrinking unmaps the tail;
+ * growing is EFAULT (after MREMAP_FIXED has unmapped the target, as there);
+ * MREMAP_DONTUNMAP is EINVAL; a move makes a new piece (vm_ops open) and
+ * unmaps the old range. Returns the result, or NULL if `old` is not in one of
+ * our pieces (the caller does the plain mremap). ctl_mu held.
+ */
+static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int flags, uint64_t na)
+{
+	int i = piece_at_locked(o);
+	if (i < 0)
+		return NULL;
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		/* mremap_to() */
+		if ((flags & MREMAP_FIXED) && (na & 4095))
+			return errno = EINVAL, MAP_FAILED;
+		if ((flags & MREMAP_FIXED) && (nlen > user_ptr_max() || na > user_ptr_max() - nlen))
+			return errno = EINVAL, MAP_FAILED;
+		if ((flags & MREMAP_FIXED) && o + olen > na && na + nlen > o)
+			return errno = EINVAL, MAP_FAILED;
+		if (flags & MREMAP_FIXED) {
+			if (syscall(SYS_munmap, na, nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(na, nlen);
+		}
+		if (olen > nlen) {
+			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(o + nlen, olen - nlen);
+			olen = nlen;
+		}
+		if ((i = piece_at_locked(o)) < 0)
+			return errno = EFAULT, MAP_FAILED;
+		if (flags & MREMAP_DONTUNMAP)
+			return errno = EINVAL, MAP_FAILED;
+		if (olen > pieces[i].va + pieces[i].len - o || nlen != olen)
+			return errno = EFAULT, MAP_FAILED; /* across VMAs; or growing a VM_DONTEXPAND one */
+		if (npieces == NPIECES)
+			return errno = ENOMEM, MAP_FAILED;
+		void *p = (void *)syscall(SYS_mremap, o, olen, nlen, flags, na);
+		if (p == MAP_FAILED)
+			return p;
+		struct piece moved = pieces[i];
+		pieces_add_locked((uint64_t)(uintptr_t)p, nlen, moved.prot, moved.handle, moved.via);
+		mref_locked(moved.handle, moved.via, 1);
+		pieces_unmap_locked(o, olen);
+		return p;
+	}
+	if (olen >= nlen) {
+		if (olen > nlen) {
+			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(o + nlen, olen - nlen);
+		}
+		return (void *)(uintptr_t)o;
+	}
+	return errno = EFAULT, MAP_FAILED; /* vma_to_resize(): a VM_PFNMAP mapping never grows */
 }
 
 EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
@@ -1853,89 +2368,205 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		new_addr = va_arg(ap, void *);
 		va_end(ap);
 	}
-	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	void *p = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
-	if (p == MAP_FAILED || !nregions)
-		return p;
-	/* a shared region that moved or changed size: announce it at its new place */
-	int e = errno;
+	map_changed();
 	uint64_t o = (uint64_t)(uintptr_t)old;
-	uint64_t olen = (old_len + 4095) / 4096 * 4096, nlen = (new_len + 4095) / 4096 * 4096;
-	pthread_mutex_lock(&ctl_mu);
+	/* the kernel's argument checks come first; the real call makes them */
+	int args_ok = !(flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)) &&
+		      !((flags & MREMAP_FIXED) && !(flags & MREMAP_MAYMOVE)) &&
+		      !((flags & MREMAP_DONTUNMAP) && (!(flags & MREMAP_MAYMOVE) || old_len != new_len)) && !(o & 4095) &&
+		      PAGE_ALIGN_(new_len) != 0;
+	if (args_ok && __atomic_load_n(&npieces, __ATOMIC_RELAXED)) {
+		lock(&ctl_mu);
+		void *p = pfnmap_mremap_locked(o, PAGE_ALIGN_(old_len), PAGE_ALIGN_(new_len), flags, (uint64_t)(uintptr_t)new_addr);
+		unlock(&ctl_mu);
+		if (p)
+			return p;
+	}
+	void *p = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	if (p == MAP_FAILED || !any_mappings())
+		return p;
+	int e = errno;
+	uint64_t olen = PAGE_ALIGN_(old_len), nlen = PAGE_ALIGN_(new_len);
+	lock(&ctl_mu);
+	if (flags & MREMAP_FIXED)
+		pieces_unmap_locked((uint64_t)(uintptr_t)new_addr, nlen); /* the target was unmapped first */
+	/* a shared region that moved or changed size: announce it at its new place */
 	for (int i = 0; i < nregions; i++) {
 		struct region *r = &regions[i];
 		if (r->va != o || r->len != olen)
 			continue; /* only whole regions are followed */
 		struct region moved = *r;
-		moved.memfd = fcntl(r->memfd, F_DUPFD_CLOEXEC, 900);
+		moved.memfd = raw_dupfd_hi(r->memfd);
 		notify_unmap_locked(o, olen); /* drops r (and closes its memfd) */
-		if (moved.memfd >= 0 && nregions < NREGIONS) {
-			moved.va = (uint64_t)(uintptr_t)p;
-			moved.len = nlen;
-			notify_unmap_locked(moved.va, moved.len);
-			regions[nregions++] = moved;
-			if (ctl_fd >= 0 && ctl_pid == getpid())
-				send_region_locked(&moved);
-		}
+		if (moved.memfd >= 0)
+			add_region_locked((uint64_t)(uintptr_t)p, nlen, moved.off, moved.memfd, moved.flags);
 		break;
 	}
-	pthread_mutex_unlock(&ctl_mu);
+	unlock(&ctl_mu);
 	errno = e;
 	return p;
 }
 
 EXPORT int munmap(void *addr, size_t len)
 {
-	__atomic_add_fetch(&map_gen, 1, __ATOMIC_RELAXED);
-	int e0 = errno;
+	map_changed();
 	notify_replace(addr, len);
-	errno = e0;
 	int r = (int)syscall(SYS_munmap, addr, len);
-	if (r == 0 && nfdmaps) {
-		int e = errno;
-		pthread_mutex_lock(&ctl_mu);
-		fdmaps_unmap_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096);
-		pthread_mutex_unlock(&ctl_mu);
-		errno = e;
-	}
-	if (r == 0 && nregions) {
-		int e = errno;
-		pthread_mutex_lock(&ctl_mu);
-		notify_unmap_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096);
-		pthread_mutex_unlock(&ctl_mu);
-		errno = e;
+	if (r == 0 && any_mappings()) {
+		lock(&ctl_mu);
+		unmapped_locked((uint64_t)(uintptr_t)addr, PAGE_ALIGN_(len));
+		unlock(&ctl_mu);
 	}
 	return r;
 }
 
 /* ---- process lifetime ------------------------------------------------------------------ */
+/*
+ * fork: the child gets copies of our iommufd mappings (dup_mmap calls vm_ops
+ * open for each), so it needs references of its own before fork returns: a
+ * holder socket the child inherits gets them (MDUP), and exit or exec of the
+ * child drops them with the socket (ctl_mu held).
+ */
+static void prepare_holder_locked(void)
+{
+	if (!npieces || ctl_ensure_locked() < 0)
+		return;
+	int s = tp_connect(1);
+	if (s < 0)
+		return;
+	s = move_high(s);
+	struct stat st;
+	fstat(s, &st);
+	REQ(HOLDER, holder);
+	q.pid = (uint32_t)getpid();
+	q.fd = s;
+	q.ino = (uint64_t)st.st_ino;
+	q.session = ctl_session;
+	struct wire_rep_holder hr;
+	if (tp_rpc(s, &q, sizeof(q), &hr, sizeof(hr)) < 0 || hr.status != 0) {
+		raw_close(s);
+		return;
+	}
+	for (int i = 0; i < npieces; i++)
+		pieces[i].child_handle = 0;
+	for (int i = 0; i < npieces; i++) {
+		if (pieces[i].child_handle)
+			continue;
+		uint32_t n = 0;
+		for (int j = i; j < npieces; j++)
+			n += pieces[j].handle == pieces[i].handle && pieces[j].via == pieces[i].via;
+		struct wire_req_mdup d = { .len = sizeof(d), .type = WIRE_T_MDUP, .handle = pieces[i].handle, .holder = hr.token,
+					   .fd = pieces[i].via >= 0 ? pieces[i].via : ctl_fd, .pieces = n };
+		struct wire_rep_mmap dr;
+		int rc = pieces[i].via >= 0 ? tp_rpc(pieces[i].via, &d, sizeof(d), &dr, sizeof(dr))
+					    : ctl_rpc_locked(&d, sizeof(d), &dr, sizeof(dr));
+		if (rc < 0 || dr.err < 0)
+			continue; /* that mapping's copy holds nothing in the child */
+		for (int j = i; j < npieces; j++)
+			if (pieces[j].handle == pieces[i].handle && pieces[j].via == pieces[i].via)
+				pieces[j].child_handle = dr.handle;
+	}
+	holder_fd = s;
+}
+
 static void atfork_prepare(void)
 {
-	pthread_mutex_lock(&ctl_mu);
-	pthread_mutex_lock(&tab_mu);
+	lock(&ctl_mu);
+	children_hold |= emu_fds_ever || npieces;
+	prepare_holder_locked();
+	lock(&tab_mu);
+	lock(&failnth_mu);
+	lock(&debugfs_mu);
 }
 
 static void atfork_parent(void)
 {
-	pthread_mutex_unlock(&tab_mu);
-	pthread_mutex_unlock(&ctl_mu);
+	if (holder_fd >= 0)
+		raw_close(holder_fd); /* the child's */
+	holder_fd = -1;
+	unlock(&debugfs_mu);
+	unlock(&failnth_mu);
+	unlock(&tab_mu);
+	unlock(&ctl_mu);
 }
 
 static void atfork_child(void)
 {
-	pthread_mutex_init(&ctl_mu, NULL);
-	pthread_mutex_init(&tab_mu, NULL);
-	pthread_mutex_init(&failnth_mu, NULL);
-	pthread_mutex_init(&debugfs_mu, NULL);
 	if (ctl_fd >= 0)
-		syscall(SYS_close, ctl_fd); /* the parent's; we make our own */
-	ctl_fd = -1;
+		raw_close(ctl_fd); /* the parent's; we make our own */
+	__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
 	memset(failnth_tab, 0, sizeof(failnth_tab));
-	nfdmaps = 0; /* the parent's references, not ours */
+	/* our copies of the mappings are the holder's; the parent's holders are not ours */
+	for (int i = 0; i < npieces; i++) {
+		int via = pieces[i].via;
+		if (via >= 0 && via != holder_fd) {
+			raw_close(via);
+			for (int j = i; j < npieces; j++)
+				if (pieces[j].via == via)
+					pieces[j].via = -2; /* closed */
+		}
+	}
+	for (int i = 0; i < npieces; i++) {
+		if (holder_fd >= 0 && pieces[i].child_handle) {
+			pieces[i].handle = pieces[i].child_handle;
+			pieces[i].via = holder_fd;
+			pieces[i].child_handle = 0;
+		} else {
+			pieces_remove_locked(i--); /* no reference could be taken for it */
+		}
+	}
+	holder_fd = -1;
+	children_hold = 0;
+	unlock(&debugfs_mu);
+	unlock(&failnth_mu);
+	unlock(&tab_mu);
+	unlock(&ctl_mu);
+}
+
+/* A reaped child's files and mappings are released before wait() returns, as its exit released them. */
+static void reaped(pid_t r)
+{
+	if (r > 0 && __atomic_load_n(&children_hold, __ATOMIC_RELAXED))
+		emu_sync(0);
+}
+
+EXPORT pid_t waitpid(pid_t pid, int *status, int options)
+{
+	pid_t r = (pid_t)syscall(SYS_wait4, pid, status, options, NULL);
+	int e = errno;
+	reaped(r);
+	errno = e;
+	return r;
+}
+
+EXPORT pid_t wait(int *status)
+{
+	return waitpid(-1, status, 0);
+}
+
+EXPORT pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
+{
+	pid_t r = (pid_t)syscall(SYS_wait4, pid, status, options, ru);
+	int e = errno;
+	reaped(r);
+	errno = e;
+	return r;
+}
+
+EXPORT int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options)
+{
+	int r = (int)syscall(SYS_waitid, idtype, id, info, options, NULL);
+	int e = errno;
+	if (r == 0 && !(options & WNOWAIT) && info && info->si_pid)
+		reaped(info->si_pid);
+	errno = e;
+	return r;
 }
 
 __attribute__((constructor)) static void shim_init(void)
 {
+	resolve_all();
+	socket_path();
 	/* let the server (not necessarily our ancestor) read our memory under Yama */
 	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);

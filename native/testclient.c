@@ -22,6 +22,12 @@
 
 #include <linux/iommufd.h>
 #include "iommufd_test.h"
+#include "iommufd_emu_wire.h"
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
 
 #define DIE(...) do { printf("FAIL line %d: ", __LINE__); printf(__VA_ARGS__); printf(" (errno %d %s)\n", errno, strerror(errno)); exit(1); } while (0)
 
@@ -769,6 +775,702 @@ static int mode_structmem(void)
 	return 0;
 }
 
+
+/*
+ * A hostile client: its own valid handshake over a raw socket (no shim), then
+ * frames naming files it does not hold (tokens given on the command line, as if
+ * stolen or guessed). Each must be refused (EPERM status, then EOF); prints one
+ * line per attempt.
+ */
+static int raw_connect(void)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", getenv("IOMMUFD_EMU_SOCKET"));
+	int s = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+		DIE("connect");
+	return s;
+}
+
+static int xrecv(int s, void *buf, size_t n)
+{
+	size_t done = 0;
+	while (done < n) {
+		ssize_t k = recv(s, (char *)buf + done, n - done, 0);
+		if (k <= 0)
+			return -1;
+		done += (size_t)k;
+	}
+	return 0;
+}
+
+static uint8_t nonce_home[16];
+
+/* HELLO + PROVE as ourselves; returns the control socket, *session our key. */
+static int handshake(uint64_t *session)
+{
+	int s = raw_connect();
+	struct wire_req_hello h = { .len = sizeof(h), .type = WIRE_T_HELLO, .pid = (uint32_t)getpid(), .uid = getuid(),
+				    .memlock = UINT64_MAX, .version = WIRE_VERSION };
+	struct wire_rep_hello hr;
+	if (write(s, &h, sizeof(h)) != sizeof(h) || xrecv(s, &hr, sizeof(hr)) || hr.status)
+		DIE("HELLO");
+	memcpy(nonce_home, hr.nonce, 16);
+	struct wire_req_prove p = { .len = sizeof(p), .type = WIRE_T_PROVE, .addr = (uint64_t)(uintptr_t)nonce_home };
+	struct wire_rep_prove pr;
+	char tab[WIRE_REP_PROVE_TAIL_MAX];
+	if (write(s, &p, sizeof(p)) != sizeof(p) || xrecv(s, &pr, sizeof(pr)) || pr.status || xrecv(s, tab, pr.tablen))
+		DIE("PROVE");
+	*session = pr.session;
+	return s;
+}
+
+/* Send one frame on s; 1 if refused (EPERM status and then EOF), 0 if answered, -1 if anything else. */
+static int refused(int s, const void *frame, size_t len)
+{
+	if (write(s, frame, len) != (ssize_t)len)
+		return -1;
+	struct wire_rep_status st;
+	if (xrecv(s, &st, sizeof(st)))
+		return -1;
+	char more;
+	if (st.len == sizeof(st) && st.status == -EPERM && recv(s, &more, 1, 0) == 0)
+		return 1;
+	return 0;
+}
+
+static int report(const char *what, int r, int *bad)
+{
+	printf("%s %s\n", r == 1 ? "REFUSED" : "ACCEPTED", what);
+	if (r != 1)
+		*bad = 1;
+	return r;
+}
+
+static int mode_forge(char **argv)
+{
+	uint64_t ctx = strtoull(argv[2], NULL, 0), ev = strtoull(argv[3], NULL, 0);
+	pid_t victim = (pid_t)atoi(argv[4]);
+	int anchor_fd = atoi(argv[5]);
+	uint64_t session;
+	int bad = 0;
+	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+	struct iommu_destroy d = { .size = sizeof(d), .id = 1 };
+	struct { struct wire_req_ioctl q; struct iommu_destroy d; } io = {
+		{ .len = sizeof(io), .type = WIRE_T_IOCTL, .token = ctx, .fd = 3, .request = IOMMU_DESTROY,
+		  .arg = (uint64_t)(uintptr_t)&d, .evfd = -1, .memlock = UINT64_MAX, .hintfd = -1, .inl = sizeof(d) }, d };
+	/* 1. the victim's context token, on fds that are not its anchor */
+	for (int fd = 0; fd < 6; fd++) {
+		int s = handshake(&session);
+		io.q.fd = fd;
+		char what[64];
+		snprintf(what, sizeof(what), "ioctl-stolen-token-fd%d", fd);
+		report(what, refused(s, &io, sizeof(io)), &bad);
+		close(s);
+	}
+	/* 2. a guessed token */
+	int s = handshake(&session);
+	io.q.token = 0x1234;
+	report("ioctl-guessed-token", refused(s, &io, sizeof(io)), &bad);
+	close(s);
+	io.q.token = ctx;
+	/* 3. read the victim's fault queue */
+	char buf[64];
+	s = handshake(&session);
+	struct wire_req_fileop fo = { .len = sizeof(fo), .type = WIRE_T_FILEOP, .token = ev, .fd = 3, .op = WIRE_FILEOP_READ,
+				      .buf = (uint64_t)(uintptr_t)buf, .count = sizeof(buf) };
+	report("fileop-stolen-token", refused(s, &fo, sizeof(fo)), &bad);
+	close(s);
+	/* 4. map the victim's context */
+	s = handshake(&session);
+	struct wire_req_mmap mm = { .len = sizeof(mm), .type = WIRE_T_MMAP, .token = ctx, .fd = 3, .prot = PROT_READ,
+				    .offset = 4096, .length = 4096, .flags = MAP_SHARED, .memfd = 0 };
+	report("mmap-stolen-token", refused(s, &mm, sizeof(mm)), &bad);
+	close(s);
+	/* 5. an ioctl hint naming the victim's event file */
+	s = handshake(&session);
+	io.q.token = 0x4321;
+	io.q.hintfd = 3;
+	io.q.hinttoken = ev;
+	report("ioctl-stolen-hint", refused(s, &io, sizeof(io)), &bad);
+	io.q.hintfd = -1;
+	close(s);
+	/* 6. OPEN in the victim's name (no session key), and as ourselves claiming a socket that is not our fd */
+	s = raw_connect();
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)victim, .fd = anchor_fd,
+				    .ino = 1, .session = 0x99 };
+	report("open-as-victim", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	int ctl = handshake(&session);
+	s = raw_connect();
+	op.pid = (uint32_t)getpid();
+	op.session = session;
+	op.fd = ctl; /* our control socket, not this one */
+	struct stat st;
+	fstat(s, &st);
+	op.ino = (uint64_t)st.st_ino;
+	report("open-claiming-another-socket", refused(s, &op, sizeof(op)), &bad);
+	close(s);
+	/* 7. EVPREP in the victim's name */
+	s = raw_connect();
+	struct wire_req_evprep ep = { .len = sizeof(ep), .type = WIRE_T_EVPREP, .pid = (uint32_t)victim, .fd = 3, .ino = 1,
+				      .session = session };
+	report("evprep-as-victim", refused(s, &ep, sizeof(ep)), &bad);
+	close(s);
+	/* 8. LOOKUP answers only for our own fds: our control socket is no emulated file */
+	struct wire_req_lookup lk = { .len = sizeof(lk), .type = WIRE_T_LOOKUP, .fd = ctl };
+	struct wire_rep_lookup lr;
+	if (write(ctl, &lk, sizeof(lk)) != sizeof(lk) || xrecv(ctl, &lr, sizeof(lr)) || lr.kind != WIRE_KIND_NONE || lr.token)
+		DIE("LOOKUP of our own plain socket answered kind %u", lr.kind);
+	printf("LOOKUP-own-socket none\n");
+	close(ctl);
+	return bad;
+}
+
+/* Holds a context (IOAS 1) and a fault fd; when told (a line on stdin), checks both are untouched. */
+static int mode_victim(void)
+{
+	int fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	printf("READY ioas=%u fd=%d pid=%d\n", ioas, fd, getpid());
+	fflush(stdout);
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		DIE("stdin");
+	struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = ioas };
+	if (ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &r) && errno != EMSGSIZE)
+		DIE("IOAS %u gone", ioas);
+	struct iommu_hwpt_pgfault rec;
+	if (read((int)fa.out_fault_fd, &rec, sizeof(rec)) != 0)
+		DIE("fault fd");
+	if (destroy(fd, ioas))
+		DIE("DESTROY %u", ioas);
+	close(fd);
+	printf("OK victim\n");
+	return 0;
+}
+
+/*
+ * A signal handler that closes and reopens an emulated fd (close and open are
+ * async-signal-safe) while the interrupted thread is inside ioctls on another
+ * one: nothing may deadlock (alarm() kills the process if it does).
+ */
+static volatile int sig_fd = -1;
+static volatile int sig_handled;
+static void on_usr1(int sig)
+{
+	(void)sig;
+	int e = errno;
+	if (sig_fd >= 0)
+		close(sig_fd);
+	sig_fd = open("/dev/iommu", O_RDWR);
+	int f = open("/proc/thread-self/fail-nth", O_RDONLY);
+	char b[8];
+	if (f >= 0) {
+		(void)!read(f, b, sizeof(b));
+		close(f);
+	}
+	sig_handled++;
+	errno = e;
+}
+
+static pthread_t sig_main;
+static volatile int sig_stop;
+static void *sig_sender(void *p)
+{
+	(void)p;
+	for (int i = 0; i < 2000 && !sig_stop; i++) {
+		pthread_kill(sig_main, SIGUSR1);
+		struct timespec ts = { 0, 20000 };
+		nanosleep(&ts, NULL);
+	}
+	sig_stop = 1;
+	return NULL;
+}
+
+static int mode_sigclose(void)
+{
+	alarm(60);
+	int fd = xopen();
+	sig_fd = xopen();
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	sigaction(SIGUSR1, &sa, NULL);
+	sig_main = pthread_self();
+	pthread_t t;
+	pthread_create(&t, NULL, sig_sender, NULL);
+	long calls = 0;
+	while (!sig_stop) {
+		__u32 id = ioas_alloc(fd);
+		if (destroy(fd, id))
+			DIE("DESTROY %u", id);
+		calls++;
+	}
+	pthread_join(t, NULL);
+	if (sig_handled == 0 || sig_fd < 0)
+		DIE("handled %d signals, fd %d", sig_handled, sig_fd);
+	/* the fd the handler opened last is a working context */
+	if (ioas_alloc(sig_fd) != 1)
+		DIE("handler's context");
+	printf("OK sigclose calls=%ld signals=%d\n", calls, sig_handled);
+	return 0;
+}
+
+/*
+ * Bad buffers and edge cases on every emulated file, printed one line per case
+ * ("<file> <case> = <ret> <errno>"), for comparison with the real kernel's
+ * output (recorded from the oracle VM in server.test.ts). Never a signal.
+ */
+static void edge(const char *file, const char *what, long r)
+{
+	printf("%s %s = %ld %s\n", file, what, r, r < 0 ? strerrorname_np(errno) : "-");
+	errno = 0;
+}
+
+static char *edge_pages;     /* [rw][PROT_NONE][ro][unmapped] */
+static void *volatile null_buf; /* NULL the compiler cannot see */
+
+static void failnth_edges(const char *label, const char *path)
+{
+	long pg = 4096;
+	char *rw = edge_pages, *none = edge_pages + pg, *ro = edge_pages + 2 * pg, *gone = edge_pages + 3 * pg;
+	int f = open(path, O_RDWR);
+	if (f < 0)
+		DIE("open %s", path);
+	edge(label, "read-null", read(f, null_buf, 8));
+	edge(label, "read-unmapped", read(f, gone, 8));
+	edge(label, "read-prot-none", read(f, none, 8));
+	edge(label, "read-read-only", read(f, ro, 8));
+	edge(label, "read-huge-count", read(f, rw, (size_t)-1 / 2));
+	edge(label, "read-zero", read(f, null_buf, 0));
+	edge(label, "pread-null", pread(f, null_buf, 8, 0));
+	edge(label, "pread-negative", pread(f, rw, 8, -1));
+	edge(label, "pread-straddle", pread(f, none - 1, 2, 0));
+	edge(label, "pread-beyond", pread(f, rw, 8, 5));
+	edge(label, "read-1", read(f, rw, 1));
+	edge(label, "read-rest", read(f, rw, 8));
+	edge(label, "read-eof", read(f, rw, 8));
+	edge(label, "lseek", lseek(f, 0, SEEK_SET));
+	edge(label, "write-null", write(f, null_buf, 1));
+	edge(label, "write-unmapped", write(f, gone, 1));
+	edge(label, "write-prot-none", write(f, none, 1));
+	edge(label, "pwrite-negative", pwrite(f, "0", 1, -1));
+	none[-1] = '1';
+	edge(label, "write-straddle", write(f, none - 1, 2));
+	edge(label, "write-zero", write(f, rw, 0));
+	static const char *nums[] = { "-1", " 1", "0x10", "010", "08", "4294967295", "4294967296", "9\n", "9\n\n", "+5",
+				      "0x", "1x", "00000000000000000000000000000000000000009", "0" };
+	for (unsigned i = 0; i < sizeof(nums) / sizeof(nums[0]); i++) {
+		char what[80], b[16] = { 0 };
+		long w = write(f, nums[i], strlen(nums[i]));
+		ssize_t n = pread(f, b, sizeof(b) - 1, 0);
+		/* disarm before anything else can count it down */
+		(void)!write(f, "0", 1);
+		if (n > 0 && b[n - 1] == '\n')
+			b[n - 1] = 0;
+		snprintf(what, sizeof(what), "write-'%s'-reads-%s", nums[i][0] == '\n' ? "nl" : nums[i], n > 0 ? b : "?");
+		for (char *c = what; *c; c++)
+			if (*c == '\n')
+				*c = '|';
+		edge(label, what, w);
+	}
+	memset(rw, 0, 64);
+	rw[0] = '7';
+	edge(label, "write-long-zero-padded", write(f, rw, 64));
+	(void)!write(f, "0", 1);
+	close(f);
+	f = open(path, O_RDONLY);
+	edge(label, "write-on-rdonly", write(f, "1", 1));
+	close(f);
+	f = open(path, O_WRONLY);
+	char b[8];
+	edge(label, "read-on-wronly", read(f, b, sizeof(b)));
+	close(f);
+}
+
+static int mode_fileedges(void)
+{
+	long pg = 4096;
+	edge_pages = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (edge_pages == MAP_FAILED)
+		DIE("mmap");
+	memset(edge_pages, 0, 3 * pg);
+	if (mprotect(edge_pages + pg, pg, PROT_NONE) || mprotect(edge_pages + 2 * pg, pg, PROT_READ) || munmap(edge_pages + 3 * pg, pg))
+		DIE("mprotect");
+	char path[96];
+	failnth_edges("self", "/proc/self/fail-nth");
+	failnth_edges("thread-self", "/proc/thread-self/fail-nth");
+	snprintf(path, sizeof(path), "/proc/self/task/%d/fail-nth", (int)syscall(SYS_gettid));
+	failnth_edges("self-task", path);
+	snprintf(path, sizeof(path), "/proc/%d/fail-nth", getpid());
+	failnth_edges("pid", path);
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/fail-nth", getpid(), (int)syscall(SYS_gettid));
+	failnth_edges("pid-task", path);
+	/* paths the shim must look at without touching them directly */
+	char *bad = (char *)8;
+	edge("path", "open-null", open(null_buf, O_RDONLY));
+	edge("path", "open-bad", open(bad, O_RDONLY));
+	edge("path", "openat-bad", openat(AT_FDCWD, bad, O_RDONLY));
+	memcpy(edge_pages + pg - 10, "/dev/iommu", 10); /* no terminator before the PROT_NONE page */
+	edge("path", "open-unterminated", open(edge_pages + pg - 10, O_RDWR));
+	edge("path", "access-bad", access(bad, F_OK));
+	edge("path", "faccessat-bad", faccessat(AT_FDCWD, bad, F_OK, 0));
+	/* (opendir and fopen of a bad pointer crash inside glibc itself, kernel or not) */
+	int fd = xopen();
+	char *rw = edge_pages;
+	edge("iommu", "read-null", read(fd, null_buf, 8));
+	edge("iommu", "read-huge-count", read(fd, rw, (size_t)-1 / 2));
+	edge("iommu", "write-null", write(fd, null_buf, 8));
+	edge("iommu", "pread-null", pread(fd, null_buf, 8, 0));
+	edge("iommu", "pwrite-null", pwrite(fd, null_buf, 8, 0));
+	edge("iommu", "lseek", lseek(fd, 0, SEEK_SET));
+	close(fd);
+	printf("OK fileedges\n");
+	return 0;
+}
+
+/*
+ * copy_struct_from_user's zeroed tail (check_zeroed_user) on several ioctls: a
+ * struct longer than the kernel's, its tail running into an unreadable page,
+ * with non-zero bytes placed before or after the hole. One line per case, for
+ * comparison with the real kernel's answers.
+ */
+static void zt_case(int fd, const char *name, unsigned long req, size_t known, char *page_end, size_t back, size_t size,
+		    const int *nz, int nnz, const char *what)
+{
+	char *arg = page_end - back;
+	memset(page_end - 4096, 0, 4096);
+	*(__u32 *)arg = (__u32)size;
+	for (int i = 0; i < nnz; i++)
+		arg[nz[i]] = (char)0xff;
+	int r = ioctl(fd, req, arg);
+	printf("%s %s = %s\n", name, what, r == 0 ? "ok" : (errno == E2BIG || errno == EFAULT) ? strerrorname_np(errno) : "other");
+}
+
+static int mode_zerotail(void)
+{
+	int fd = xopen();
+	char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED || mprotect(m + 4096, 4096, PROT_NONE))
+		DIE("mmap");
+	char *end = m + 4096;
+	struct { const char *name; unsigned long req; size_t known; } io[] = {
+		{ "DESTROY", IOMMU_DESTROY, sizeof(struct iommu_destroy) },
+		{ "IOAS_ALLOC", IOMMU_IOAS_ALLOC, sizeof(struct iommu_ioas_alloc) },
+		{ "OPTION", IOMMU_OPTION, sizeof(struct iommu_option) },
+		{ "IOAS_MAP", IOMMU_IOAS_MAP, sizeof(struct iommu_ioas_map) },
+		{ "TEST_CMD", IOMMU_TEST_CMD, sizeof(struct iommu_test_cmd) },
+	};
+	for (unsigned i = 0; i < sizeof(io) / sizeof(io[0]); i++) {
+		size_t k = io[i].known;
+		int nz3[] = { (int)k + 3 }, nz15[] = { (int)k + 15 }, nzm[] = { (int)k - 1 }, past[] = { (int)k + 3, (int)k + 4, (int)k + 7 },
+		    last[] = { (int)k + 2 };
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, NULL, 0, "zero-tail-into-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz3, 1, "nonzero-then-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz15, 1, "nonzero-last-readable-byte");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 4, k + 32, nzm, 1, "struct-byte-in-first-tail-word");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, past, 3, "bytes-past-short-tail");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, last, 1, "short-tail-last-byte");
+	}
+	close(fd);
+	printf("OK zerotail\n");
+	return 0;
+}
+
+#ifdef IOMMU_VEVENTQ_ALLOC
+/* A vIOMMU with the mock's 2-page mmap region: its id, the region's offset and length. */
+static __u32 region_viommu(int fd, __u64 *off, __u64 *len)
+{
+	struct nest_fixture f = nest_fixture(fd);
+	struct iommu_viommu_selftest data = { .in_data = 0xbadbeef };
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = f.idev,
+					 .hwpt_id = f.parent, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+		DIE("VIOMMU_ALLOC");
+	if (data.out_mmap_length != 8192)
+		DIE("region of %llu bytes", (unsigned long long)data.out_mmap_length);
+	*off = data.out_mmap_offset;
+	*len = data.out_mmap_length;
+	return va.out_viommu_id;
+}
+
+static char *map_region(int fd, __u64 off, __u64 len)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		DIE("mmap region");
+	if (*(__u32 *)p != 0xbadbeef)
+		DIE("region content %x", *(__u32 *)p);
+	return p;
+}
+
+static void expect_busy(int fd, __u32 id, const char *when)
+{
+	if (destroy(fd, id) != -1 || errno != EBUSY)
+		DIE("DESTROY %s should be EBUSY", when);
+}
+
+/* A free address range of n pages (mapped and unmapped again). */
+static char *hole(size_t n)
+{
+	char *h = mmap(NULL, n * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(h, n * 4096);
+	return h;
+}
+
+/*
+ * The vIOMMU stays busy while any piece of a mapping of its region exists, in
+ * this process or in a forked child, and is free once the last is gone:
+ * partial munmap, mprotect splits, mremap (move, move of part, shrink, grow
+ * refused), MAP_FIXED over it, fork, a child's exit and exec.
+ */
+static int mode_mmappieces(char **argv)
+{
+	int fd = xopen();
+	__u64 off, len;
+	long pg = 4096;
+	__u32 v;
+	char *p;
+
+	/* munmap in two pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	munmap(p, pg);
+	expect_busy(fd, v, "with the second page still mapped");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after both halves unmapped");
+
+	/* mprotect splits the VMA; unmapping all of it at once closes both pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mprotect(p + pg, pg, PROT_READ) || mprotect(p + pg, pg, PROT_READ | PROT_WRITE))
+		DIE("mprotect");
+	munmap(p, pg);
+	expect_busy(fd, v, "after unmapping one side of an mprotect split");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after an mprotect split");
+
+	/* mremap: grow refused (VM_DONTEXPAND), shrink keeps a piece, move follows the mapping */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mremap(p, len, len + pg, MREMAP_MAYMOVE) != MAP_FAILED || errno != EFAULT)
+		DIE("mremap growing a region mapping should be EFAULT");
+	char *dst = hole(2);
+	char *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	if (q != dst || *(__u32 *)q != 0xbadbeef)
+		DIE("mremap move");
+	expect_busy(fd, v, "after moving the mapping");
+	if (mremap(q, len, pg, 0) != q)
+		DIE("mremap shrink");
+	expect_busy(fd, v, "after shrinking the mapping");
+	munmap(q, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after mremap move + shrink + munmap");
+
+	/* move of one page out of the middle of nowhere: the rest stays */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	dst = hole(1);
+	if (mremap(p + pg, pg, pg, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != dst)
+		DIE("mremap of the second page");
+	munmap(p, pg);
+	expect_busy(fd, v, "with the moved page still mapped");
+	munmap(dst, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after the moved page went");
+
+	/* MAP_FIXED over the mapping unmaps what it covers */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mmap(p, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p)
+		DIE("MAP_FIXED");
+	expect_busy(fd, v, "with half of the mapping replaced");
+	if (mmap(p + pg, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p + pg)
+		DIE("MAP_FIXED 2");
+	if (destroy(fd, v))
+		DIE("DESTROY after MAP_FIXED over all of it");
+	munmap(p, len);
+
+	/* fork: the child's copy holds its own reference until it unmaps it */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	int go[2], done[2];
+	if (pipe(go) || pipe(done))
+		DIE("pipe");
+	pid_t c = fork();
+	if (c == 0) {
+		char b;
+		if (read(go[0], &b, 1) != 1)
+			_exit(3);
+		if (*(__u32 *)p != 0xbadbeef)
+			_exit(4);
+		munmap(p, pg);
+		(void)!write(done[1], "1", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(5);
+		munmap(p + pg, pg);
+		(void)!write(done[1], "2", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(6);
+		_exit(0);
+	}
+	munmap(p, len);
+	expect_busy(fd, v, "while the forked child maps it");
+	char b;
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	expect_busy(fd, v, "while the child maps half of it");
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	if (destroy(fd, v))
+		DIE("DESTROY after the child unmapped its copy");
+	(void)!write(go[1], "x", 1);
+	int st;
+	waitpid(c, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("child status %x", st);
+
+	/* a child's exit (without unmapping) and exec drop its copies */
+	for (int how = 0; how < 2; how++) {
+		v = region_viommu(fd, &off, &len);
+		p = map_region(fd, off, len);
+		if (mprotect(p, pg, PROT_READ))
+			DIE("mprotect"); /* two pieces to copy */
+		c = fork();
+		if (c == 0) {
+			if (how)
+				execl("/bin/true", "true", (char *)NULL);
+			_exit(0);
+		}
+		munmap(p, len);
+		waitpid(c, &st, 0);
+		if (destroy(fd, v))
+			DIE("DESTROY after the child's %s", how ? "exec" : "exit");
+	}
+	(void)argv;
+	close(fd);
+	printf("OK mmappieces\n");
+	return 0;
+}
+#endif
+
+#ifdef IOMMU_VEVENTQ_ALLOC
+/*
+ * Driven by the test over stdin (one line per step; the server has an
+ * emulator bug injected on one path at a time): every path answers EIO and
+ * the process keeps working.
+ */
+static void step(const char *ready)
+{
+	char line[16];
+	printf("%s\n", ready);
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		exit(9);
+}
+
+static int mode_bugpaths(void)
+{
+	step("STEP open");
+	int fd = open("/dev/iommu", O_RDWR);
+	printf("open = %s\n", fd < 0 ? strerrorname_np(errno) : "ok");
+	step("STEP ioctl");
+	fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	printf("ioctl = %s\n", destroy(fd, ioas) ? strerrorname_np(errno) : "ok");
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	step("STEP read");
+	struct iommu_hwpt_pgfault rec;
+	printf("read = %s\n", read((int)fa.out_fault_fd, &rec, sizeof(rec)) < 0 ? strerrorname_np(errno) : "ok");
+	__u64 off, len;
+	region_viommu(fd, &off, &len);
+	step("STEP mmap");
+	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+	printf("mmap = %s\n", p == MAP_FAILED ? strerrorname_np(errno) : "ok");
+	step("STEP done");
+	if (ioas_alloc(fd) == 0)
+		DIE("after the bugs");
+	close(fd);
+	printf("OK bugpaths\n");
+	return 0;
+}
+#endif
+
+/*
+ * Random frames from the test, sent after a valid handshake: the server must
+ * answer or close, never crash. Prints the context token, its anchor fd and a
+ * buffer address (for the test to aim frames at), then for each frame read
+ * from stdin (u32 length + bytes) one line: "R <bytes>" or "CLOSED" (and
+ * makes a new control connection). Frames whose type opens a connection go
+ * on a fresh socket.
+ */
+static int mode_rawframes(void)
+{
+	uint64_t session;
+	int ctl = handshake(&session);
+	static char buffer[8192];
+	int anchor = raw_connect();
+	struct stat st;
+	fstat(anchor, &st);
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)getpid(), .fd = anchor,
+				    .ino = (uint64_t)st.st_ino, .session = session };
+	struct wire_rep_open orp;
+	if (write(anchor, &op, sizeof(op)) != sizeof(op) || xrecv(anchor, &orp, sizeof(orp)) || orp.err)
+		DIE("OPEN");
+	printf("READY token=%llu fd=%d buf=%llu session=%llu\n", (unsigned long long)orp.token, anchor,
+	       (unsigned long long)(uintptr_t)buffer, (unsigned long long)session);
+	fflush(stdout);
+	uint32_t n;
+	static char frame[8192];
+	while (fread(&n, 4, 1, stdin) == 1) {
+		if (n > sizeof(frame) || fread(frame, 1, n, stdin) != n)
+			DIE("stdin");
+		uint32_t type = n >= 8 ? ((uint32_t *)frame)[1] : 0;
+		int fresh = type == WIRE_T_HELLO || type == WIRE_T_OPEN || type == WIRE_T_EVPREP || type == WIRE_T_HOLDER;
+		int s = fresh ? raw_connect() : ctl;
+		if (send(s, frame, n, MSG_NOSIGNAL) != (ssize_t)n) {
+			printf("CLOSED\n");
+			if (!fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		} else {
+			struct pollfd p = { .fd = s, .events = POLLIN };
+			size_t got = 0;
+			int closed = 0;
+			while (poll(&p, 1, got ? 2 : 60) == 1) {
+				char b[4096];
+				ssize_t k = recv(s, b, sizeof(b), MSG_DONTWAIT);
+				if (k <= 0) {
+					closed = 1;
+					break;
+				}
+				got += (size_t)k;
+			}
+			printf(closed ? "CLOSED %zu\n" : "R %zu\n", got);
+			if (closed && !fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		}
+		if (fresh)
+			close(s);
+		fflush(stdout);
+	}
+	close(anchor);
+	close(ctl);
+	printf("OK rawframes\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -795,9 +1497,17 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "scm")) return mode_scm(argv);
 	if (!strcmp(m, "scm-child") && argc > 2) return mode_scm_child(argv[2]);
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
+	if (!strcmp(m, "forge") && argc > 5) return mode_forge(argv);
+	if (!strcmp(m, "victim")) return mode_victim();
+	if (!strcmp(m, "sigclose")) return mode_sigclose();
+	if (!strcmp(m, "fileedges")) return mode_fileedges();
+	if (!strcmp(m, "rawframes")) return mode_rawframes();
+	if (!strcmp(m, "zerotail")) return mode_zerotail();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();
+	if (!strcmp(m, "mmappieces")) return mode_mmappieces(argv);
+	if (!strcmp(m, "bugpaths")) return mode_bugpaths();
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildProgram } from '../server/native.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { REP_SIZE, REQ_SIZE, T_IOCTL } from '../server/protocol.js';
+import { REP, REQ } from '../server/wire.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
@@ -33,8 +33,8 @@ function lastJson(out: string): Latency {
 }
 
 /** The bytes a shimmed IOAS_ALLOC moves: the IOCTL frames plus the 12-byte struct inline both ways. */
-const ECHO_REQ = REQ_SIZE[T_IOCTL]! + 12;
-const ECHO_REP = REP_SIZE.ioctl + 12;
+const ECHO_REQ = REQ.IOCTL.size + 12;
+const ECHO_REP = REP.ioctl.size + 12;
 
 /** A Node server answering every ECHO_REQ-byte frame with an ECHO_REP-byte one. */
 async function echoFloor(prog: string, n: number): Promise<Latency> {

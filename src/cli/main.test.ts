@@ -83,3 +83,17 @@ test('an unknown profile is rejected', () => {
   assert.notEqual(r.status, 0);
   assert.match(r.stderr, /5\.0/);
 });
+
+test('devices: the default machine, a preset as JSON, the model list, a bad machine names the problem', () => {
+  const r = cli(['devices']);
+  assert.equal(r.status, 0, r.stderr);
+  assert.match(r.stdout, /0000:00:03\.0 {2}ioat {2}group 3 {2}\/dev\/vfio\/devices\/vfio0/);
+  assert.match(r.stdout, /VFIO_SELFTESTS_BDF=0000:00:03\.0/);
+  const j = cli(['devices', '--machine', 'ioat-x2', '--json']);
+  assert.equal(j.status, 0, j.stderr);
+  assert.deepEqual(JSON.parse(j.stdout).devices.map((d: { bdf: string }) => d.bdf), ['0000:00:03.0', '0000:00:04.0']);
+  assert.match(cli(['devices', '--models']).stdout, /model ioat: .*\n {4}xfercap=1\.\.31/);
+  const bad = cli(['devices', '--machine', 'no-such-preset']);
+  assert.equal(bad.status, 2);
+  assert.match(bad.stderr, /'no-such-preset' is neither a preset/);
+});

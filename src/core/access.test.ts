@@ -231,18 +231,21 @@ test('ACCESS_RW: checks in order and data movement on both paths', () => {
   }
 });
 
-test('ACCESS_RW after the source unmapped its memory uses the pages pinned by a domain', () => {
+test('ACCESS_RW after the source unmapped its memory: several pages use the ones pinned by a domain, one page is looked up again', () => {
   const e = env();
   const id = ioasAlloc(e);
   mockDomain(e, id);
   const va = e.mem.mmap(0x2000, { shared: true });
-  e.mem.write(va, new Uint8Array([0xaa, 0xbb]));
+  e.mem.write(va + 0xffen, new Uint8Array([0xaa, 0xbb, 0xcc, 0xdd]));
   map(e, id, va, 0x2000n, { iova: 0x1000000n });
   const fd = createAccess(e, id, 0);
   e.mem.munmap(va, 0x2000);
   const ubuf = e.mem.mmap(0x1000);
-  accessRw(e, fd, 0x1000000n, ubuf, 2, MOCK.ACCESS_RW_SLOW_PATH);
-  assert.deepEqual([...e.mem.read(ubuf, 2)], [0xaa, 0xbb]);
+  // Across two pages: the pinned pages (the slow path reads the pfns the domain holds).
+  accessRw(e, fd, 0x1000ffen, ubuf, 4, MOCK.ACCESS_RW_SLOW_PATH);
+  assert.deepEqual([...e.mem.read(ubuf, 4)], [0xaa, 0xbb, 0xcc, 0xdd]);
+  // Within one page: the page now mapped at the VA is pinned for the copy, and there is none.
+  assert.throws(() => accessRw(e, fd, 0x1000ffen, ubuf, 2, MOCK.ACCESS_RW_SLOW_PATH), is('EFAULT'));
   // The fast path goes through the (now unmapped) source address space.
   assert.throws(() => accessRw(e, fd, 0x1000000n, ubuf, 2), is('EFAULT'));
   e.fds.close(fd);

@@ -53,9 +53,9 @@ export class Access extends IommufdObject implements IoptAccess {
    * at once, with one reference held by the creator; keeps the context open
    * until destroyed. ENOMEM.
    */
-  static create(ctx: IommufdCtx, ops: AccessOps): Access {
+  static create(ctx: IommufdCtx, ops: AccessOps, owner: object | null = null): Access {
     const a = ctx.allocObj(new Access(ctx, ops, false));
-    a.users++;
+    refget(a, owner, 'owner');
     ctx.ref();
     a.holdsCtx = true;
     ctx.objects.finalize(a);
@@ -63,9 +63,9 @@ export class Access extends IommufdObject implements IoptAccess {
   }
 
   /** An iommufd-internal access (HW queue memory): PAGE_SIZE alignment, no unmap callback, no context reference. */
-  static createInternal(ctx: IommufdCtx): Access {
+  static createInternal(ctx: IommufdCtx, owner: object | null = null): Access {
     const a = ctx.allocObj(new Access(ctx, null, true));
-    a.users++;
+    refget(a, owner, 'owner');
     ctx.objects.finalize(a);
     return a;
   }
@@ -109,12 +109,12 @@ export class Access extends IommufdObject implements IoptAccess {
         this.ioas = cur;
         throw e;
       }
-      refget(next);
+      refget(next, this, 'access');
     }
     if (cur) {
       this.ops?.unmap?.(0n, U64_MAX);
       cur.iopt.removeAccess(this);
-      refput(cur);
+      refput(cur, this, 'access');
     }
     this.ioas = next;
     this.ioasUnpin = next;

@@ -1,7 +1,8 @@
 // One open /dev/iommu: its object table, its options, and the ioctl dispatcher
 // (size rule, E2BIG tail, copy-back) -- the analogue of the kernel's main.c.
 import { fail, IommufdError, isErrno, type ErrnoName } from '../uapi/errno.js';
-import { decode, encodeInto, type StructDef } from '../uapi/layout.js';
+import { decode, encode, encodeInto, type StructDef } from '../uapi/layout.js';
+import { traceSpan } from '../uapi/trace.js';
 import type { Profile } from '../uapi/profiles.js';
 import type { ProfileIoctl } from '../uapi/ioctls.js';
 import type { FdTable } from './file.js';
@@ -14,6 +15,8 @@ import { decodeTestUnion, encodeTestUnion } from './selftest.js';
 export interface Caller {
   readonly mem: UserMemory;
   readonly fds: FdTable;
+  /** The calling thread, where a front end knows it (traces only). */
+  readonly tid?: number;
 }
 
 /**
@@ -45,19 +48,74 @@ export class Ucmd<T extends object = Record<string, unknown>> {
 
 export type Handler = (ucmd: Ucmd<any>) => number | void;
 
-/** Bytes of a user struct the kernel would read: `size` first, then the whole struct. */
+/**
+ * copy_struct_from_user(): the bytes of a user struct the kernel reads. A
+ * caller's struct longer than ours must have a zero tail (check_zeroed_user
+ * first: E2BIG or EFAULT), then the common part is copied.
+ */
 export function copyStructFromUser(mem: UserMemory, arg: bigint, userSize: number, knownSize: number): Uint8Array {
+  if (userSize > knownSize && !checkZeroedUser(mem, arg + BigInt(knownSize), userSize - knownSize)) fail('E2BIG');
   const kbuf = new Uint8Array(knownSize);
-  if (userSize > knownSize) {
-    const tail = mem.read(arg + BigInt(knownSize), userSize - knownSize);
-    if (tail.some((b) => b !== 0)) fail('E2BIG');
-  }
   kbuf.set(mem.read(arg, Math.min(userSize, knownSize)));
   return kbuf;
 }
 
+const PAGE = 4096n;
+/** Bytes read per attempt while the tail stays readable. */
+const ZERO_CHUNK = 1n << 16n;
+
+/**
+ * check_zeroed_user(): whether [from, from+size) is all zero, throwing EFAULT
+ * for an unreadable byte found first. The kernel reads the range one aligned
+ * word at a time (bytes of the first and last word outside the range masked
+ * off) and stops at the first word with a non-zero byte of the range: a
+ * non-zero byte before an unreadable page is E2BIG, an all-zero range running
+ * into one is EFAULT. Aligned words never straddle pages, so reading page by
+ * page decides exactly as word by word; readable stretches are read in bigger
+ * chunks, and a chunk that faults is re-read page by page.
+ */
+function checkZeroedUser(mem: UserMemory, from: bigint, size: number): boolean {
+  const end = from + BigInt(size);
+  const nonZero = (b: Uint8Array): boolean => b.some((x) => x !== 0);
+  for (let at = from; at < end;) {
+    const stop = at + ZERO_CHUNK < end ? at + ZERO_CHUNK : end;
+    let chunk: Uint8Array | null = null;
+    try {
+      chunk = mem.read(at, Number(stop - at));
+    } catch (e) {
+      if (!isErrno(e, 'EFAULT')) throw e;
+    }
+    if (chunk) {
+      if (nonZero(chunk)) return false;
+      at = stop;
+      continue;
+    }
+    // Something in this chunk is unreadable: the first page that is decides.
+    while (at < stop) {
+      const pageEnd = (at / PAGE + 1n) * PAGE;
+      const next = pageEnd < stop ? pageEnd : stop;
+      if (nonZero(mem.read(at, Number(next - at)))) return false; // EFAULT propagates
+      at = next;
+    }
+  }
+  return true;
+}
+
+/** `len` bytes at `addr`, or as many as can be read (halving), or null: traces never fault the caller. */
+function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null {
+  for (let n = len; n > 0; n = n > 8 ? Math.floor(n / 2) : 0) {
+    try {
+      return mem.read(addr, n);
+    } catch { /* shorter */ }
+  }
+  return null;
+}
+
 export class IommufdCtx {
-  readonly objects = new ObjectTable();
+  readonly objects: ObjectTable;
+  /** Objects looked up by the ioctl in progress (their short-term users), released when it returns. */
+  private readonly shortterm: IommufdObject[] = [];
+  private inCall = 0;
   /** IOMMU_OPTION_RLIMIT_MODE: 0 = per-user, 1 = per-process accounting. */
   accountMode = 0;
   /** IOMMU_VFIO_IOAS: the compat IOAS (no reference held). */
@@ -68,7 +126,10 @@ export class IommufdCtx {
   /** Extension state owned by feature modules (vfio compat mode, mmap regions...). */
   readonly ext = new Map<string, unknown>();
 
-  constructor(readonly emu: Emulator, readonly owner: UserMemory) {}
+  /** `seq` numbers the emulator's contexts (trace events, the inspector's graph). */
+  constructor(readonly emu: Emulator, readonly owner: UserMemory, readonly seq = 0) {
+    this.objects = new ObjectTable(this);
+  }
 
   get profile(): Profile {
     return this.emu.profile;
@@ -103,23 +164,34 @@ export class IommufdCtx {
     return obj;
   }
 
+  /** Look an object up for the ioctl in progress (a short-term user until it returns, see traced()). */
   get<T extends IommufdObject>(id: number, type: ObjType): T {
-    return this.objects.get(id, type) as T;
+    const obj = this.objects.get(id, type) as T;
+    if (this.inCall) {
+      obj.shortUsers++;
+      this.shortterm.push(obj);
+    }
+    return obj;
   }
 
   // ---- dispatch ---------------------------------------------------------------
 
   /** The raw entry: ioctl(fd, request, arg). Returns the ioctl's value or throws the errno. */
   ioctl(request: number, arg: bigint, caller: Caller): number {
-    if (this.closed) fail('EBADF');
+    if (this.emu.bus.on) return this.tracedIoctl(request, arg, caller);
+    return this.rawIoctl(request, arg, caller);
+  }
+
+  private rawIoctl(request: number, arg: bigint, caller: Caller): number {
+    if (this.closed) fail('EBADF', 'the iommufd is closed');
     const nr = request & 0xff;
     const table = this.emu.table;
     if (nr < 0x80 || nr > this.emu.lastNr) return this.emu.compatIoctl(this, request, arg, caller);
     const h = caller.mem.read(arg, 4);
     const userSize = (h[0]! | (h[1]! << 8) | (h[2]! << 16) | (h[3]! << 24)) >>> 0;
     const op = table.get(nr);
-    if (!op || op.request !== (request >>> 0)) fail('ENOTTY');
-    if (userSize < op.minSize) fail('EINVAL');
+    if (!op || op.request !== (request >>> 0)) fail('ENOTTY', `no ioctl 0x${(request >>> 0).toString(16)} in ABI ${this.profile.name}`);
+    if (userSize < op.minSize) fail('EINVAL', `${op.name}: size ${userSize} is below the minimum ${op.minSize}`);
     const kbuf = copyStructFromUser(caller.mem, arg, userSize, op.knownSize);
     return this.run(op, kbuf, caller, userSize, (cmd) => {
       encodeInto(op.struct, cmd as Record<string, unknown>, kbuf, this.profile.version);
@@ -129,29 +201,114 @@ export class IommufdCtx {
     }, arg);
   }
 
+  /** The raw entry with an `ioctl` event: the caller's struct before and after, the result and the reason. */
+  private tracedIoctl(request: number, arg: bigint, caller: Caller): number {
+    const bus = this.emu.bus;
+    const req = request >>> 0;
+    const op = this.emu.table.get(req & 0xff);
+    const known = op && op.request === req ? op : undefined;
+    const span = traceSpan(this.profile, req, tryRead(caller.mem, arg, 4));
+    const inBytes = span ? tryRead(caller.mem, arg, span) : null;
+    bus.emit({ t: 'begin', ctx: this.seq, pid: caller.mem.process.pid, name: known?.name });
+    let ret: number | undefined;
+    let err: IommufdError | undefined;
+    try {
+      ret = this.traced(known?.name, () => this.rawIoctl(request, arg, caller));
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      err = e;
+    }
+    const outBytes = inBytes ? tryRead(caller.mem, arg, inBytes.length) : null;
+    bus.emit({
+      t: 'ioctl', ctx: this.seq, pid: caller.mem.process.pid, tid: caller.tid, request: req, name: known?.name,
+      typed: false, inBytes, outBytes, ret, errno: err?.code, reason: err?.reason,
+    });
+    if (err) throw err;
+    return ret!;
+  }
+
   /** The typed entry: the decoded struct goes straight to the same handler. */
   call<T extends object>(opName: string, cmd: T, caller: Caller): number {
-    if (this.closed) fail('EBADF');
+    if (this.closed) fail('EBADF', 'the iommufd is closed');
     const op = this.emu.byName.get(opName);
-    if (!op) fail('ENOTTY');
+    if (!op) fail('ENOTTY', `no ioctl ${opName} in ABI ${this.profile.name}`);
+    if (this.emu.bus.on) return this.tracedCall(op, cmd, caller);
     return this.run(op, null, caller, op.knownSize, null, 0n, cmd);
+  }
+
+  /** The typed entry with an `ioctl` event (the struct encoded as the raw entry would have it). */
+  private tracedCall(op: ProfileIoctl, cmd: object, caller: Caller): number {
+    const bus = this.emu.bus;
+    const bytes = (): Uint8Array | null => {
+      try {
+        const b = encode(op.struct, cmd as Record<string, unknown>, this.profile.version);
+        if (op.name === 'TEST_CMD') encodeTestUnion(cmd as Record<string, unknown>, b);
+        return b;
+      } catch {
+        return null; // a typed caller's value the codec cannot lay out: the handler will say what is wrong
+      }
+    };
+    const inBytes = bytes();
+    bus.emit({ t: 'begin', ctx: this.seq, pid: caller.mem.process.pid, name: op.name });
+    let ret: number | undefined;
+    let err: IommufdError | undefined;
+    try {
+      ret = this.traced(op.name, () => this.run(op, null, caller, op.knownSize, null, 0n, cmd));
+    } catch (e) {
+      if (!isErrno(e)) throw e;
+      err = e;
+    }
+    bus.emit({
+      t: 'ioctl', ctx: this.seq, pid: caller.mem.process.pid, tid: caller.tid, request: op.request, name: op.name,
+      typed: true, inBytes, outBytes: bytes(), ret, errno: err?.code, reason: err?.reason,
+    });
+    if (err) throw err;
+    return ret!;
   }
 
   private run(op: ProfileIoctl, kbuf: Uint8Array | null, caller: Caller, userSize: number,
     sink: ((cmd: any) => void) | null, arg: bigint, typed?: object): number {
     const handler = this.emu.handlers.get(op.name);
-    if (!handler) fail('ENOTTY');
+    if (!handler) fail('ENOTTY', `${op.name} has no handler`);
     const cmd = (typed ?? decode(op.struct, kbuf!, this.profile.version)) as Record<string, unknown>;
     if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
     const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize, arg);
-    const r = handler(ucmd);
-    return typeof r === 'number' ? r : 0;
+    try {
+      const r = handler(ucmd);
+      return typeof r === 'number' ? r : 0;
+    } catch (e) {
+      // The reason names the ioctl whichever helper's check failed.
+      if (e instanceof IommufdError) e.inOp(op.name);
+      throw e;
+    }
+  }
+
+  /**
+   * Run one traced call: failing checks become `fail` events and lookups count
+   * as short-term users until it returns. Short-term users can only be seen
+   * from inside a call, that is by a trace listener, so they are only counted
+   * while someone listens.
+   */
+  private traced<T>(op: string | undefined, fn: () => T): T {
+    const mark = this.shortterm.length;
+    this.inCall++;
+    try {
+      return this.emu.bus.watchFailures(this.seq, op, fn);
+    } finally {
+      this.inCall--;
+      while (this.shortterm.length > mark) this.shortterm.pop()!.shortUsers--;
+    }
   }
 
   // ---- lifetime ---------------------------------------------------------------
 
   ref(): void {
     this.refs++;
+  }
+
+  /** References keeping the context alive (fds, event files, mmaps, bound devices). */
+  get references(): number {
+    return this.refs;
   }
 
   /** Drop one reference; the last one tears the context down (01 §5.7). */
@@ -166,6 +323,9 @@ export class IommufdCtx {
     for (const hook of this.emu.releaseHooks) hook(this);
     this.objects.destroyAll();
     this.vfioIoas = null;
+    this.emu.contexts.delete(this);
+    const bus = this.emu.bus;
+    if (bus.on) bus.emit({ t: 'ctx', op: 'release', ctx: this.seq, pid: this.owner.process.pid });
   }
 }
 

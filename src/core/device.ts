@@ -55,6 +55,8 @@ export class Device extends IommufdObject {
   partialFaults: IopfFault[] = [];
   /** Real (non-mock) devices keep their context alive while bound. */
   private holdsCtx = false;
+  /** Who bound the device (holds the binder's reference until unbind). */
+  binder: object | null = null;
 
   constructor(readonly ctx: IommufdCtx, readonly dev: DriverDevice) {
     super();
@@ -91,14 +93,15 @@ export class Device extends IommufdObject {
  * once and held by the binder until unbind. `mock` devices (selftest) do not
  * hold a context reference.
  */
-export function deviceBind(ctx: IommufdCtx, dev: DriverDevice, opts: { mock?: boolean } = {}): Device {
+export function deviceBind(ctx: IommufdCtx, dev: DriverDevice, opts: { mock?: boolean; binder?: object } = {}): Device {
   // iommufd always maps with IOMMU_CACHE.
   if (!dev.coherent) fail('EINVAL');
   ctx.emu.failPoint('ENOMEM'); // the group state
   const idev = ctx.allocObj(new Device(ctx, dev));
   if (!opts.mock) idev.holdCtx();
   idev.enforceCacheCoherency = dev.driver.capEnforceCacheCoherency(dev);
-  refget(idev); // the binder's reference, until unbind
+  idev.binder = opts.binder ?? null;
+  refget(idev, idev.binder, 'bind'); // the binder's reference, until unbind
   ctx.objects.finalize(idev);
   return idev;
 }
@@ -109,7 +112,7 @@ export function deviceUnbind(idev: Device): void {
   idev.unbinding = true;
   for (const h of [...UNBIND_HOOKS, ...idev.unbindHooks]) h(ctx, idev);
   for (const pasid of [...idev.attachments.keys()].sort((a, b) => b - a)) deviceDetach(idev, pasid);
-  refput(idev);
+  refput(idev, idev.binder, 'bind');
   if (ctx.objects.find(idev.id, ObjType.DEVICE) === idev) ctx.objects.removeOwned(idev);
   else idev.destroy();
 }
@@ -168,8 +171,14 @@ export function hwptAttach(hwpt: Hwpt, idev: Device, pasid: number): void {
   if (idev.attachments.has(pasid)) fail('EBUSY');
   idev.ctx.emu.failPoint('ENOMEM'); // the per-PASID attach state
   const handle = reserveAndAttach(hwpt, idev, pasid, attachResv ? paging : null, attachResv);
-  refget(hwpt);
+  refget(hwpt, idev, 'attach');
   idev.attachments.set(pasid, { hwpt, handle });
+  attachEvent('attach', idev, pasid, hwpt);
+}
+
+function attachEvent(op: 'attach' | 'replace' | 'detach', idev: Device, pasid: number, hwpt: Hwpt, old?: Hwpt): void {
+  const bus = idev.ctx.emu.bus;
+  if (bus.on) bus.emit({ t: 'attach', op, ctx: idev.ctx.seq, dev: idev.id, pasid, hwpt: hwpt.id, old: old?.id });
 }
 
 /**
@@ -208,7 +217,8 @@ export function hwptDetach(idev: Device, pasid: number): Hwpt | null {
   hwpt.fault?.autoRespond(att.handle);
   afterIopfChange(idev);
   if (paging && pasid === NO_PASID) paging.ioas.iopt.unreserve(idev);
-  hwptPut(idev.ctx, hwpt);
+  attachEvent('detach', idev, pasid, hwpt);
+  hwptPut(idev.ctx, hwpt, idev);
   return hwpt;
 }
 
@@ -233,7 +243,8 @@ function doReplace(idev: Device, pasid: number, hwpt: Hwpt): Hwpt | null {
   if (oldPaging && pasid === NO_PASID && (!paging || paging.ioas !== oldPaging.ioas)) oldPaging.ioas.iopt.unreserve(idev);
   idev.attachments.set(pasid, { hwpt, handle });
   afterIopfChange(idev);
-  refget(hwpt);
+  refget(hwpt, idev, 'attach');
+  attachEvent('replace', idev, pasid, hwpt, old);
   return old;
 }
 
@@ -291,7 +302,7 @@ function changePt(idev: Device, pasid: number, ptId: number, fn: AttachFn): numb
     default:
       fail('EINVAL');
   }
-  if (destroy) hwptPut(ctx, destroy);
+  if (destroy) hwptPut(ctx, destroy, idev);
   return out;
 }
 
@@ -302,7 +313,7 @@ function changePt(idev: Device, pasid: number, ptId: number, fn: AttachFn): numb
  */
 export function deviceAttach(idev: Device, pasid: number | undefined, ptId: number): number {
   const out = changePt(idev, pasid ?? NO_PASID, ptId, doAttach);
-  refget(idev);
+  refget(idev, null, 'attachment');
   return out;
 }
 
@@ -313,7 +324,7 @@ export function deviceReplace(idev: Device, pasid: number | undefined, ptId: num
 
 /** iommufd_device_detach: no-op when nothing is attached at `pasid`. */
 export function deviceDetach(idev: Device, pasid: number | undefined): void {
-  if (hwptDetach(idev, pasid ?? NO_PASID)) refput(idev);
+  if (hwptDetach(idev, pasid ?? NO_PASID)) refput(idev, null, 'attachment');
 }
 
 /** The HWPT attached at the RID (for vIOMMU checks), or null. */

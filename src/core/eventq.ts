@@ -5,7 +5,7 @@ import { VEVENTQ_FLAG_LOST_EVENTS } from '../uapi/enums.js';
 import { encode, type Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { Ucmd } from './context.js';
-import { installFile, POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
+import { fdCloseEvent, installFile, POLLIN, POLLRDNORM, type IommufdFile } from './file.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import type { UserMemory } from './usermem.js';
 import type { Viommu } from './viommu.js';
@@ -39,6 +39,13 @@ export class Veventq extends IommufdObject {
     this.records.push(r);
     r.sequence = this.sequence;
     this.sequence = (this.sequence + 1) & SEQ_MASK;
+    const ctx = this.viommu.ctx;
+    if (ctx.emu.bus.on) {
+      ctx.emu.bus.emit({
+        t: 'vevent', ctx: ctx.seq, viommu: this.viommu.id, veventq: this.id, type: this.eventType, sequence: r.sequence,
+        lost: r === this.lost,
+      });
+    }
     this.file?.onReadiness?.();
   }
 
@@ -62,11 +69,16 @@ export class Veventq extends IommufdObject {
   /** read(2) on the queue's fd. */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
     if (pos !== 0n) fail('ESPIPE');
+    const strict = this.viommu.ctx.profile.veventqReadEinval;
+    if (strict && count < HEADER_SIZE) fail('EINVAL', 'vEVENTQ read: count below one header');
     let done = 0;
     while (this.records.length > 0) {
       const r = this.records[0]!;
       const len = HEADER_SIZE + (r.payload?.length ?? 0);
-      if (done + len > count) break;
+      if (done + len > count) {
+        if (strict && done === 0) fail('EINVAL', 'vEVENTQ read: the first event does not fit the count');
+        break;
+      }
       const bytes = new Uint8Array(len);
       bytes.set(encode(S.iommufd_vevent_header, { flags: r.flags, sequence: r.sequence }));
       if (r.payload) bytes.set(r.payload, HEADER_SIZE);
@@ -87,7 +99,7 @@ export class Veventq extends IommufdObject {
     this.records.length = 0;
     this.numEvents = 0;
     this.viommu.veventqs.delete(this.eventType);
-    refput(this.viommu);
+    refput(this.viommu, this, 'viommu');
   }
 }
 
@@ -98,7 +110,7 @@ class VeventqFile implements IommufdFile {
   onReadiness?: () => void;
   private released = false;
   constructor(readonly q: Veventq) {
-    refget(q);
+    refget(q, this, 'file');
     q.viommu.ctx.ref();
     q.file = this;
   }
@@ -115,7 +127,8 @@ class VeventqFile implements IommufdFile {
     if (this.released) return;
     this.released = true;
     if (this.q.file === this) this.q.file = null;
-    refput(this.q);
+    fdCloseEvent(this.q.viommu.ctx, this, this.q);
+    refput(this.q, this, 'file');
     this.q.viommu.ctx.put();
   }
 }
@@ -124,18 +137,20 @@ class VeventqFile implements IommufdFile {
 export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_alloc>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP');
-  if (cmd.veventq_depth === 0) fail('EINVAL');
+  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP', 'VEVENTQ_ALLOC: flags, __reserved or type DEFAULT');
+  if (cmd.veventq_depth === 0) fail('EINVAL', 'VEVENTQ_ALLOC: zero depth');
+  const max = ucmd.ctx.profile.veventqMaxDepth;
+  if (max && cmd.veventq_depth > max) fail('EINVAL', 'VEVENTQ_ALLOC: depth above 1<<19');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
-    refget(viommu);
+    refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
     installFile(ucmd, new VeventqFile(q), (fd) => {
       cmd.out_veventq_id = q.id;
       cmd.out_veventq_fd = fd;
       ucmd.respond();
-    });
+    }, q);
   });
 }

@@ -7,7 +7,7 @@ import { PAGE_RESP, PGFAULT_FLAGS } from '../uapi/enums.js';
 import { decode, encode, type Decoded } from '../uapi/layout.js';
 import * as S from '../uapi/structs.js';
 import type { IommufdCtx, Ucmd } from './context.js';
-import { installFile, POLLIN, POLLOUT, POLLRDNORM, type IommufdFile } from './file.js';
+import { fdCloseEvent, installFile, POLLIN, POLLOUT, POLLRDNORM, type IommufdFile } from './file.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import type { UserMemory } from './usermem.js';
 import type { AttachHandle, Device } from './device.js';
@@ -36,8 +36,14 @@ const COOKIE_MAX = 0xffffffff;
 
 /** Tell the device's driver that a group was answered. */
 export function respondGroup(group: IopfGroup, code: number): void {
-  const dev = group.handle.device.dev;
+  const idev = group.handle.device;
+  const dev = idev.dev;
   const last = group.faults[group.faults.length - 1]!;
+  const bus = idev.ctx.emu.bus;
+  if (bus.on) {
+    bus.emit({ t: 'fault', op: 'respond', ctx: idev.ctx.seq, dev: idev.id, pasid: last.pasid, grpid: last.grpid,
+      fault: group.handle.hwpt.fault?.id, code });
+  }
   dev.driver.pageResponse?.(dev, last.grpid, last.pasid, code);
 }
 
@@ -169,7 +175,7 @@ export class FaultFile implements IommufdFile {
   onReadiness?: () => void;
   private released = false;
   constructor(readonly fault: FaultObj) {
-    refget(fault);
+    refget(fault, this, 'file');
     fault.ctx.ref();
     fault.file = this;
   }
@@ -186,7 +192,8 @@ export class FaultFile implements IommufdFile {
     if (this.released) return;
     this.released = true;
     if (this.fault.file === this) this.fault.file = null;
-    refput(this.fault);
+    fdCloseEvent(this.fault.ctx, this, this.fault);
+    refput(this.fault, this, 'file');
     this.fault.ctx.put();
   }
 }
@@ -201,7 +208,7 @@ export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>
       cmd.out_fault_id = fault.id;
       cmd.out_fault_fd = fd;
       ucmd.respond();
-    });
+    }, fault);
   });
 }
 
@@ -214,7 +221,14 @@ export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>
  * fault-capable attachment (I/O page faults not enabled).
  */
 export function reportDeviceFault(idev: Device, fault: IopfFault): void {
-  if (!idev.iopfEnabled) return;
+  const bus = idev.ctx.emu.bus;
+  const event = (op: 'report' | 'drop', faultObj?: FaultObj): void => {
+    if (bus.on) {
+      bus.emit({ t: 'fault', op, ctx: idev.ctx.seq, dev: idev.id, pasid: fault.pasid, grpid: fault.grpid, addr: fault.addr,
+        fault: faultObj?.id });
+    }
+  };
+  if (!idev.iopfEnabled) return event('drop');
   if (!(fault.flags & PGFAULT_FLAGS.LAST_PAGE)) {
     idev.partialFaults.push(fault);
     return;
@@ -229,8 +243,10 @@ export function reportDeviceFault(idev: Device, fault: IopfFault): void {
   }
   if (!att || !att.hwpt.fault) {
     const dev = idev.dev;
+    event('drop');
     dev.driver.pageResponse?.(dev, fault.grpid, fault.pasid, PAGE_RESP.INVALID);
     return;
   }
+  event('report', att.hwpt.fault);
   att.hwpt.fault.enqueue({ faults, handle: att.handle, cookie: 0 });
 }

@@ -3,7 +3,8 @@
 // process (in-process or in the shim's client) maps numbers to them.
 import { fail } from '../uapi/errno.js';
 import type { UserMemory } from './usermem.js';
-import type { Ucmd } from './context.js';
+import type { IommufdCtx, Ucmd } from './context.js';
+import type { IommufdObject } from './object.js';
 
 export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
@@ -104,15 +105,29 @@ export class SimpleFdTable implements FdTable {
  * copy back; if anything fails the fd is closed again (or the file released)
  * before the error propagates, so a failed ioctl leaves no fd behind.
  */
-export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, publish: (fd: number) => void): void {
+export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, publish: (fd: number) => void,
+  obj?: IommufdObject): void {
   let fd = -1;
   try {
     ucmd.emu.failPoint('ENOMEM'); // unused fd
     fd = ucmd.caller.fds.install(file);
+    fdOpenEvent(ucmd.ctx, fd, file, obj);
     publish(fd);
   } catch (e) {
     if (fd >= 0) ucmd.caller.fds.close(fd);
     else file.release();
     throw e;
   }
+}
+
+/** The `fd` open event of a file handed to the caller as `fd` (its object, if any). */
+export function fdOpenEvent(ctx: IommufdCtx, fd: number, file: IommufdFile, obj?: IommufdObject): void {
+  const bus = ctx.emu.bus;
+  if (bus.on) bus.emit({ t: 'fd', op: 'open', ctx: ctx.seq, fd, file: file.name, obj: obj?.id ?? 0 });
+}
+
+/** The `fd` close event: the file's last reference went (every fd of it closed). */
+export function fdCloseEvent(ctx: IommufdCtx, file: IommufdFile, obj?: IommufdObject): void {
+  const bus = ctx.emu.bus;
+  if (bus.on) bus.emit({ t: 'fd', op: 'close', ctx: ctx.seq, file: file.name, obj: obj?.id ?? 0 });
 }

@@ -32,12 +32,12 @@ export class HwQueue extends IommufdObject implements HwQueueCore {
 
   dependOn(other: HwQueueCore): void {
     const q = other as HwQueue;
-    refget(q);
+    refget(q, this, 'depend');
     this.depends.push(q);
   }
 
   holdViommu(): void {
-    refget(this.viommu);
+    refget(this.viommu, this, 'viommu');
     this.holdsViommu = true;
   }
 
@@ -54,7 +54,7 @@ export class HwQueue extends IommufdObject implements HwQueueCore {
       this.driverInit = false;
       this.viommu.ops.hwQueueDestroy?.(this);
     }
-    for (const q of this.depends.splice(0)) refput(q);
+    for (const q of this.depends.splice(0)) refput(q, this, 'depend');
     if (this.access) {
       if (this.pinned) this.access.unpinPages(this.pinStart, this.pinLength, { lock: true });
       this.pinned = false;
@@ -63,7 +63,7 @@ export class HwQueue extends IommufdObject implements HwQueueCore {
     }
     if (this.holdsViommu) {
       this.holdsViommu = false;
-      refput(this.viommu);
+      refput(this.viommu, this, 'viommu');
     }
   }
 }
@@ -86,7 +86,7 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
     const span = cmd.nesting_parent_iova - start + cmd.length + PS - 1n;
     if (span > U64_MAX) fail('ERANGE');
     const end = start + (span / PS) * PS;
-    q.access = Access.createInternal(ctx);
+    q.access = Access.createInternal(ctx, q);
     q.access.attachIoas(viommu.hwpt.ioas as Ioas);
     const pages = q.access.pinPages(start, end - start, false, { lock: true });
     q.pinStart = start;

@@ -39,7 +39,7 @@ export abstract class Hwpt extends IommufdObject {
   protected releaseCommon(): void {
     if (this.domain) this.domain.free();
     if (this.fault) {
-      refput(this.fault);
+      refput(this.fault, this, 'fault');
       this.fault = null;
     }
   }
@@ -61,7 +61,7 @@ export class HwptPaging extends Hwpt {
   }
 
   holdIoas(): void {
-    refget(this.ioas);
+    refget(this.ioas, this, 'ioas');
     this.holdsIoas = true;
   }
 
@@ -75,7 +75,7 @@ export class HwptPaging extends Hwpt {
     this.releaseCommon();
     if (this.holdsIoas) {
       this.holdsIoas = false;
-      refput(this.ioas);
+      refput(this.ioas, this, 'ioas');
     }
   }
 }
@@ -96,13 +96,13 @@ export class HwptNested extends Hwpt {
   /** Take the reference this HWPT keeps (on the vIOMMU or the parent). */
   hold(): void {
     this.holds = this.viommu ?? this.parent;
-    refget(this.holds);
+    refget(this.holds, this, this.viommu ? 'viommu' : 'parent');
   }
 
   destroy(): void {
     this.releaseCommon();
     if (this.holds) {
-      refput(this.holds);
+      refput(this.holds, this, this.viommu ? 'viommu' : 'parent');
       this.holds = null;
     }
   }
@@ -127,11 +127,11 @@ function pagingAllocFlags(profile: Profile): number {
 }
 
 /**
- * Drop an attachment's (or a lookup's) user reference on a HWPT. An
- * auto-domain that only the table still holds is destroyed.
+ * Drop an attachment's user reference on a HWPT (`idev` is the attached
+ * device). An auto-domain that only the table still holds is destroyed.
  */
-export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt): void {
-  refput(hwpt);
+export function hwptPut(ctx: IommufdCtx, hwpt: Hwpt, idev: Device): void {
+  refput(hwpt, idev, 'attach');
   if (hwpt instanceof HwptPaging && hwpt.autoDomain && hwpt.users === 1 &&
     ctx.objects.find(hwpt.id, ObjType.ANY) === hwpt) {
     ctx.objects.removeOwned(hwpt);
@@ -260,7 +260,7 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
     if (cmd.flags & HWPT_ALLOC.FAULT_ID_VALID) {
       const fault = ctx.get<FaultObj>(cmd.fault_id, ObjType.FAULT);
       hwpt.fault = fault;
-      refget(fault);
+      refget(fault, hwpt, 'fault');
       hwpt.domain.faultCapable = true;
     }
     cmd.out_hwpt_id = hwpt.id;
@@ -326,6 +326,17 @@ export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt
   }
 }
 
+/** The `invalidate` trace event of a cache invalidation on a nested HWPT or a vIOMMU. */
+export function invalidateEvent(ctx: IommufdCtx, target: IommufdObject, dataType: number, entries: number,
+  handled: number, err: unknown): void {
+  const bus = ctx.emu.bus;
+  if (!bus.on) return;
+  bus.emit({
+    t: 'invalidate', ctx: ctx.seq, target: target.type === ObjType.HWPT_NESTED ? 'hwpt' : 'viommu', id: target.id,
+    dataType, entries, handled, errno: isErrno(err) ? err.code : undefined,
+  });
+}
+
 /** Upper bound on HWPT_INVALIDATE entry_num (01 §4.16). */
 const INVALIDATE_MAX_ENTRIES = 1 << 19;
 
@@ -334,6 +345,8 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
   const { cmd, ctx } = ucmd;
   let done = 0;
   let err: IommufdError | null = null;
+  let target: IommufdObject | undefined;
+  const requested = cmd.entry_num;
   try {
     if (cmd.__reserved) fail('EOPNOTSUPP');
     if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len || cmd.entry_len > PAGE_SIZE ||
@@ -345,6 +358,7 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
     const obj = ctx.profile.invalidateNestedLookupOnly
       ? ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.HWPT_NESTED)
       : ctx.get<IommufdObject>(cmd.hwpt_id, ObjType.ANY);
+    target = obj;
     try {
       if (obj.type === ObjType.HWPT_NESTED) {
         const domain = (obj as HwptNested).domain;
@@ -363,6 +377,7 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
     err = e;
   }
   cmd.entry_num = done;
+  if (target) invalidateEvent(ctx, target, cmd.data_type, requested, done, err);
   ucmd.respond();
   if (err) throw err;
 }

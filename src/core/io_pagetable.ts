@@ -10,6 +10,7 @@ import { fail, type ErrnoName } from '../uapi/errno.js';
 import { IOMMU_READ, IOMMU_WRITE, type PagingDomain, type PhysRun } from '../drivers/driver.js';
 import { BTree } from './btree.js';
 import type { Emulator } from './emulator.js';
+import type { IommufdObject } from './object.js';
 import type { Pages } from './pages.js';
 import { HPAGE_SIZE, PAGE_SIZE, type PhysPage, type UserMemory } from './usermem.js';
 
@@ -171,7 +172,20 @@ export class IoPagetable {
    */
   private pinCounts: Map<Area, AreaPins> | null = null;
 
+  /** The IOAS this address space belongs to (names it in trace events). */
+  owner: IommufdObject | null = null;
+
   constructor(readonly emu: Emulator) {}
+
+  private areaEvent(op: 'add' | 'remove' | 'split', iova: bigint, last: bigint, at?: bigint): void {
+    const o = this.owner;
+    if (o) this.emu.bus.emit({ t: 'area', op, ctx: o.table?.ctxSeq ?? 0, ioas: o.id, iova, last, at });
+  }
+
+  private pinEvent(op: 'pin' | 'unpin', iova: bigint, last: bigint, by: 'domain' | 'access', lock?: boolean): void {
+    const o = this.owner;
+    if (o) this.emu.bus.emit({ t: 'pin', op, ctx: o.table?.ctxSeq ?? 0, ioas: o.id, iova, last, by, lock });
+  }
 
   /** In-kernel access pins inside `area`. */
   numAccesses(area: Area): number {
@@ -247,6 +261,16 @@ export class IoPagetable {
     return [...this.areas.entries()].map(([, a]) => a);
   }
 
+  /** Up to `limit` areas (established or not) from the lowest IOVA, ascending (inspection). */
+  firstAreas(limit: number): Area[] {
+    const out: Area[] = [];
+    for (const [, a] of this.areas.entries()) {
+      if (out.length >= limit) break;
+      out.push(a);
+    }
+    return out;
+  }
+
   /** The n-th established area in ascending order (selftest SYZ IOVA conversion). */
   nthArea(n: number): Area | undefined {
     for (const [, a] of this.areas.entries()) {
@@ -278,6 +302,11 @@ export class IoPagetable {
   unreserve(owner: object): void {
     this.freeGen++;
     this.reserved = this.reserved.filter((r) => r.owner !== owner);
+  }
+
+  /** Every reserved range with its owner (a device, a domain, the selftest), for inspection. */
+  reservedWithOwners(): { start: bigint; last: bigint; owner: object }[] {
+    return this.reserved.map((r) => ({ start: r.start, last: r.last, owner: r.owner }));
   }
 
   /** Reserved ranges of `owner` (or all), for diagnostics. */
@@ -543,6 +572,7 @@ export class IoPagetable {
       throw e;
     }
     for (const a of created) a.busy = false;
+    if (this.emu.bus.on) for (const a of created) this.areaEvent('add', a.iova, a.last);
     return dst;
   }
 
@@ -564,6 +594,7 @@ export class IoPagetable {
   private fillArea(area: Area): void {
     area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
     area.filled = true;
+    if (this.emu.bus.on) this.pinEvent('pin', area.iova, area.last, 'domain');
     const mapped: PagingDomain[] = [];
     try {
       for (const d of this.domains) {
@@ -574,6 +605,7 @@ export class IoPagetable {
       for (const d of mapped) d.unmap(area.iova, area.length);
       area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
       area.filled = false;
+      if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
       throw e;
     }
   }
@@ -583,6 +615,7 @@ export class IoPagetable {
     for (const d of this.domains) d.unmap(area.iova, area.length);
     area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
     area.filled = false;
+    if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
   }
 
   /** Remove an area from the tree (no domain work). */
@@ -674,6 +707,7 @@ export class IoPagetable {
           area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
           area.filled = true;
           pinned = true;
+          if (this.emu.bus.on) this.pinEvent('pin', area.iova, area.last, 'domain');
         }
         try {
           this.mapArea(d, area);
@@ -681,6 +715,7 @@ export class IoPagetable {
           if (pinned) {
             area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
             area.filled = false;
+            if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
           }
           throw e;
         }
@@ -692,6 +727,7 @@ export class IoPagetable {
         if (pinned) {
           area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
           area.filled = false;
+          if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
         }
       }
       throw e;
@@ -710,6 +746,7 @@ export class IoPagetable {
       if (last) {
         area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
         area.filled = false;
+        if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
       }
     }
     this.unreserve(domain);
@@ -742,6 +779,7 @@ export class IoPagetable {
       }
       this.unfillArea(area);
       this.dropArea(area);
+      if (this.emu.bus.on) this.areaEvent('remove', area.iova, area.last);
       unmapped += area.length;
     }
     return { unmapped };
@@ -789,6 +827,7 @@ export class IoPagetable {
     }
     this.areas.set(lhs.iova, lhs);
     this.areas.set(rhs.iova, rhs);
+    if (this.emu.bus.on) this.areaEvent('split', area.iova, area.last, iova);
   }
 
   // ---- contiguous walks (COPY source, accesses) -----------------------------------------------
@@ -846,12 +885,14 @@ export class IoPagetable {
         for (const p of area.pages.pin(this.emu, first, lastIdx)) out.push(p);
         this.countPin(area, 1, lock);
         done.push({ area, first, lastIdx });
+        if (this.emu.bus.on) this.pinEvent('pin', from, to, 'access', lock);
       });
       if (!ok) fail('ENOENT');
     } catch (e) {
       for (const d of done) {
         d.area.pages.unpin(this.emu, d.first, d.lastIdx);
         this.countPin(d.area, -1, lock);
+        if (this.emu.bus.on) this.pinEvent('unpin', d.area.iova, d.area.last, 'access', lock);
       }
       throw e;
     }
@@ -863,6 +904,7 @@ export class IoPagetable {
     const ok = this.walkContig(iova, last, (area, from, to) => {
       area.pages.unpin(this.emu, area.indexAt(from), area.indexAt(to));
       this.countPin(area, -1, lock);
+      if (this.emu.bus.on) this.pinEvent('unpin', from, to, 'access', lock);
     });
     if (!ok) throw new Error('io_pagetable: access unpin of a range that is not mapped');
   }

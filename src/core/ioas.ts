@@ -25,12 +25,20 @@ export class Ioas extends IommufdObject {
   constructor(readonly ctx: IommufdCtx) {
     super();
     this.iopt = new IoPagetable(ctx.emu);
+    this.iopt.owner = this;
   }
 
   /** Destroying an IOAS unmaps everything it still has (nothing else can hold it by then). */
   destroy(): void {
     this.iopt.destroy();
   }
+}
+
+/** The `ioas` trace event of a successful map, map_file, copy (src: the source) or unmap. */
+function ioasEvent(ucmd: Ucmd<any>, op: 'map' | 'map_file' | 'copy' | 'unmap', ioas: Ioas, iova: bigint, length: bigint,
+  src?: Ioas, srcIova?: bigint): void {
+  const bus = ucmd.emu.bus;
+  if (bus.on) bus.emit({ t: 'ioas', op, ctx: ucmd.ctx.seq, ioas: ioas.id, iova, length, src: src?.id, srcIova });
 }
 
 /** Look up an IOAS by ID (ENOENT). */
@@ -123,6 +131,7 @@ export function iommufdIoasCopy(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_copy>>): 
   const dst = getIoas(ctx, cmd.dst_ioas_id);
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.dst_iova = dst.iopt.mapPages(segs, cmd.length, fixed ? cmd.dst_iova : null, convIommuProt(cmd.flags));
+  ioasEvent(ucmd, 'copy', dst, cmd.dst_iova, cmd.length, src, cmd.src_iova);
   ucmd.respond();
 }
 
@@ -160,6 +169,7 @@ export function iommufdIoasMap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map>>): vo
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = mapUserPages(ucmd, ioas, cmd.user_va, cmd.length, fixed ? cmd.iova : null, convIommuProt(cmd.flags));
+  ioasEvent(ucmd, 'map', ioas, cmd.iova, cmd.length);
   // A failing copy-back leaves the mapping in place (the kernel does not undo it).
   ucmd.respond();
 }
@@ -183,6 +193,7 @@ export function iommufdIoasMapFile(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map_fi
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length: cmd.length }], cmd.length,
     fixed ? cmd.iova : null, prot);
+  ioasEvent(ucmd, 'map_file', ioas, cmd.iova, cmd.length);
   ucmd.respond();
 }
 
@@ -206,6 +217,7 @@ export function iommufdIoasUnmap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_unmap>>)
     if (r.unmapped === 0n) fail('ENOENT');
     unmapped = r.unmapped;
   }
+  ioasEvent(ucmd, 'unmap', ioas, cmd.iova, unmapped);
   cmd.length = unmapped;
   ucmd.respond();
 }
@@ -254,6 +266,30 @@ export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_
     if (needsUpdate(p)) unchargeLocked(ctx.emu, p.owner, p.accountMode, p.npinned);
     p.owner = me;
   }
+}
+
+// ---- IOMMU_IOAS_NOIOMMU_GET_PA (7.3) ------------------------------------------------------------------
+
+/**
+ * IOVA -> physical address of a no-IOMMU device's IOAS. Without CONFIG_IOMMUFD_NOIOMMU
+ * (the default: only VFIO_NOIOMMU selects it) the kernel's stub answers EOPNOTSUPP after
+ * the dispatcher's size checks. With it, the checks below run; the answer needs an area
+ * whose storage domain is the software no-IOMMU table, which only a no-IOMMU VFIO device
+ * attaching creates. The emulator models no such device, so a mapped area answers
+ * EOPNOTSUPP, as on such a kernel with none bound.
+ */
+export function iommufdIoasNoiommuGetPa(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_noiommu_get_pa>>): void {
+  const cmd = ucmd.cmd;
+  if (!ucmd.emu.noiommu) fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: kernel built without CONFIG_IOMMUFD_NOIOMMU');
+  if (!ucmd.mem.process.capSysRawio) fail('EPERM', 'NOIOMMU_GET_PA: needs CAP_SYS_RAWIO');
+  if (cmd.flags || cmd.__reserved) fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: flags or __reserved set');
+  if (!cmd.length) fail('EINVAL', 'NOIOMMU_GET_PA: zero length');
+  if (cmd.iova >= U64_MAX) fail('EOVERFLOW', 'NOIOMMU_GET_PA: iova >= ULONG_MAX');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  const area = ioas.iopt.areasIn(cmd.iova, cmd.iova)[0];
+  if (!area) fail('ENOENT', 'NOIOMMU_GET_PA: no area at iova');
+  if (area.pages.revoked) fail('EINVAL', 'NOIOMMU_GET_PA: revoked dma-buf');
+  fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: the area is not stored in a no-IOMMU domain');
 }
 
 // ---- IOMMU_OPTION (01 §4.10) --------------------------------------------------------------------------------

@@ -48,8 +48,13 @@ export const PROT_EXEC = 0x4;
 
 export interface MmapHandle {
   readonly pages: PhysPage[];
-  /** munmap: drops the reference on the owner (and on the context). */
+  /** A VMA piece of this mapping is gone (munmap): drops its reference on the owner (and on the context). */
   close(): void;
+  /**
+   * A new VMA piece of this mapping (vm_ops->open: split, mremap, fork): it
+   * holds references of its own, released by its own close().
+   */
+  open(): MmapHandle;
 }
 
 /** mmap(fd, offset, length): exact region only; holds the owner and the context until close. */
@@ -65,16 +70,28 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
   if (prot & PROT_EXEC) fail('EPERM');
   const r = regions(ctx).find((x) => x.offset === offset && x.length === length);
   if (!r || r.owner.users === 0) fail('ENXIO');
-  refget(r.owner);
-  ctx.ref();
+  return piece(ctx, r);
+}
+
+/** One VMA piece's references (iommufd_fops_vma_open/close): the owner, and the file, i.e. the context. */
+function piece(ctx: IommufdCtx, r: Region): MmapHandle {
+  const { offset, length } = r;
   let open = true;
-  return {
+  const bus = ctx.emu.bus;
+  const handle: MmapHandle & { readonly label: string } = {
+    label: 'mmap',
     pages: r.pages,
     close() {
       if (!open) return;
       open = false;
-      refput(r.owner);
+      if (bus.on) bus.emit({ t: 'mmap', op: 'unmap', ctx: ctx.seq, owner: r.owner.id, offset, length });
+      refput(r.owner, handle, 'mmap');
       ctx.put();
     },
+    open: () => piece(ctx, r),
   };
+  refget(r.owner, handle, 'mmap');
+  ctx.ref();
+  if (bus.on) bus.emit({ t: 'mmap', op: 'map', ctx: ctx.seq, owner: r.owner.id, offset, length });
+  return handle;
 }

@@ -2,6 +2,7 @@
 // destroy and tombstones -- the analogue of the kernel's main.c object core.
 import { BTree } from './btree.js';
 import { fail } from '../uapi/errno.js';
+import { describeHolder, type HolderDesc, type RefKind, type TraceBus } from './trace_bus.js';
 
 export enum ObjType {
   ANY = 0,
@@ -20,11 +21,23 @@ export enum ObjType {
 
 export const ID_MAX = 0x7fffffff;
 
+/** One long-term reference: who holds it and why (refget's holder and kind). */
+export interface HolderRecord {
+  readonly holder: object | null;
+  readonly kind: RefKind;
+}
+
 export abstract class IommufdObject {
   id = 0;
   /** Long-term users: 1 for the table's own reference plus one per holder. */
   users = 1;
   published = false;
+  /** Short-term users: lookups held by the ioctl in progress (always 0 between calls). */
+  shortUsers = 0;
+  /** The holder of each user beyond the table's own, in the order taken (null: none). */
+  holders: HolderRecord[] | null = null;
+  /** The table the object's ID lives in (set when reserved): how its events reach the trace bus. */
+  table: ObjectTable | null = null;
   abstract readonly type: ObjType;
   /** Drop the references this object holds on others and release its resources. */
   abstract destroy(): void;
@@ -36,10 +49,33 @@ class Tombstone extends IommufdObject {
   destroy(): void {}
 }
 
+/** What a table needs of its context: a number for events, and the emulator's bus. */
+export interface TableOwner {
+  readonly seq: number;
+  readonly emu: { readonly bus: TraceBus };
+}
+
 export class ObjectTable {
   private readonly objs = new Map<number, IommufdObject>();
   private readonly freeIds = new BTree<number, undefined>();
   private nextId = 1;
+
+  /** The trace bus of the owning emulator (null for a bare table). */
+  readonly bus: TraceBus | null;
+
+  /** `owner` is the context (absent for a bare table in tests: no events). */
+  constructor(readonly owner: TableOwner | null = null) {
+    this.bus = owner ? owner.emu.bus : null;
+  }
+
+  /** The context number events carry. */
+  get ctxSeq(): number {
+    return this.owner?.seq ?? 0;
+  }
+
+  private event(op: 'alloc' | 'finalize' | 'abort' | 'destroy' | 'tombstone', obj: IommufdObject): void {
+    this.bus!.emit({ t: 'obj', op, ctx: this.ctxSeq, id: obj.id, kind: ObjType[obj.type] });
+  }
 
   get size(): number {
     return this.objs.size;
@@ -57,13 +93,16 @@ export class ObjectTable {
       id = this.nextId++;
     }
     obj.id = id;
+    obj.table = this;
     this.objs.set(id, obj);
+    if (this.bus?.on) this.event('alloc', obj);
     return obj;
   }
 
   /** Make a reserved object visible to lookups. */
   finalize(obj: IommufdObject): void {
     obj.published = true;
+    if (this.bus?.on) this.event('finalize', obj);
   }
 
   private release(id: number): void {
@@ -81,6 +120,7 @@ export class ObjectTable {
   abort(obj: IommufdObject): void {
     if (this.objs.get(obj.id) !== obj) return;
     this.release(obj.id);
+    if (this.bus?.on) this.event('abort', obj);
     obj.destroy();
   }
 
@@ -101,9 +141,10 @@ export class ObjectTable {
   /** IOMMU_DESTROY: only when the table holds the sole reference. */
   destroyUser(id: number, type = ObjType.ANY): void {
     const obj = this.get(id, type);
-    if (obj.users !== 1) fail('EBUSY');
+    if (obj.users !== 1) fail('EBUSY', `${ObjType[obj.type]} ${id} is in use: ${holdersText(obj)}`);
     this.release(id);
     obj.users = 0;
+    if (this.bus?.on) this.event('destroy', obj);
     obj.destroy();
   }
 
@@ -115,6 +156,8 @@ export class ObjectTable {
     if (obj.users !== 1 + extraUsers) throw new Error(`removeOwned: object ${obj.id} still has ${obj.users} users`);
     this.release(obj.id);
     obj.users = 0;
+    obj.holders = null; // the caller's references go with it
+    if (this.bus?.on) this.event('destroy', obj);
     obj.destroy();
   }
 
@@ -125,12 +168,18 @@ export class ObjectTable {
     t.published = true;
     this.objs.set(obj.id, t);
     obj.users = 0;
+    if (this.bus?.on) this.event('tombstone', obj);
     obj.destroy();
   }
 
   /** True if any ID (object, half-made object or tombstone) is in use. */
   get empty(): boolean {
     return this.objs.size === 0;
+  }
+
+  /** True for an ID kept reserved after its object was force-destroyed. */
+  static isTombstone(obj: IommufdObject): boolean {
+    return obj instanceof Tombstone;
   }
 
   /** All objects in ascending ID order (a snapshot). */
@@ -151,6 +200,7 @@ export class ObjectTable {
         if (this.objs.get(obj.id) !== obj || obj.users !== 1) continue;
         this.release(obj.id);
         obj.users = 0;
+        if (this.bus?.on) this.event('destroy', obj);
         obj.destroy();
         progressed = true;
       }
@@ -164,11 +214,53 @@ export class ObjectTable {
   }
 }
 
-/** Take / drop a long-term user reference. */
-export function refget(obj: IommufdObject): void {
-  obj.users++;
+/** How events and the graph name a holder. */
+export function holderDesc(holder: object | null, kind: RefKind): HolderDesc {
+  if (holder === null) return { label: kind };
+  return describeHolder(holder, (h) => (h instanceof IommufdObject ? { id: h.id, kind: ObjType[h.type] } : null));
 }
-export function refput(obj: IommufdObject): void {
+
+/** "DEVICE 3 (attach), [iommufd-pgfault] (file)": the holders of `obj`, for EBUSY reasons. */
+export function holdersText(obj: IommufdObject): string {
+  const hs = obj.holders ?? [];
+  if (hs.length === 0) return `${obj.users - 1} other users`;
+  return 'held by ' + hs.map((r) => {
+    const d = holderDesc(r.holder, r.kind);
+    return 'obj' in d ? `${d.kind} ${d.obj} (${r.kind})` : d.label === r.kind ? r.kind : `${d.label} (${r.kind})`;
+  }).join(', ');
+}
+
+function refEvent(op: 'get' | 'put', obj: IommufdObject, holder: object | null, kind: RefKind, bus: TraceBus): void {
+  bus.emit({
+    t: 'ref', op, ctx: obj.table!.ctxSeq, id: obj.id, kind: ObjType[obj.type], ref: kind, holder: holderDesc(holder, kind),
+    users: obj.users,
+  });
+}
+
+/**
+ * Take a long-term user reference on `obj` for `holder` (the object, file or
+ * mapping that keeps it; null when there is nothing to name), of kind `kind`.
+ */
+export function refget(obj: IommufdObject, holder: object | null = null, kind: RefKind = 'unknown'): void {
+  obj.users++;
+  (obj.holders ??= []).push({ holder, kind });
+  const bus = obj.table?.bus;
+  if (bus?.on) refEvent('get', obj, holder, kind, bus);
+}
+
+/** Drop the reference `holder` took with refget (matched by holder and kind). */
+export function refput(obj: IommufdObject, holder: object | null = null, kind: RefKind = 'unknown'): void {
   if (obj.users <= 0) throw new Error(`refput underflow on object ${obj.id}`);
   obj.users--;
+  const hs = obj.holders;
+  if (hs) {
+    // The exact record; a caller that did not name its holder drops one of its kind (the count stays right).
+    let i = hs.findIndex((r) => r.holder === holder && r.kind === kind);
+    if (i < 0) i = hs.findIndex((r) => r.kind === kind);
+    if (i < 0) i = hs.findIndex((r) => r.holder === holder);
+    hs.splice(i < 0 ? 0 : i, 1);
+    if (hs.length === 0) obj.holders = null;
+  }
+  const bus = obj.table?.bus;
+  if (bus?.on) refEvent('put', obj, holder, kind, bus);
 }

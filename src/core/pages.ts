@@ -146,6 +146,11 @@ export class Pages {
     if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL', 'pages: length 0 or above SIZE_MAX - PAGE_SIZE');
   }
 
+  /** A dma-buf whose exporter revoked this attachment: nothing is mapped from it any more. */
+  get revoked(): boolean {
+    return false;
+  }
+
   get isFile(): boolean {
     return (this.bits & FILE) !== 0;
   }
@@ -169,6 +174,9 @@ export class Pages {
     }
     const file = this.file!;
     if (!file.pinnable) fail('EINVAL', 'file cannot be pinned');
+    // memfd_pin_folios: the last byte of the last page must lie before i_size (a partial
+    // last page, or pages past a truncation, are refused).
+    if (BigInt(this.basePage + index + n) * PS > file.size) fail('EINVAL', 'file pin past the end of the file');
     return file.getPages(this.basePage + index, n);
   }
 
@@ -243,6 +251,20 @@ export class Pages {
     if (slots.size === 0) this.slots = null;
   }
 
+  /** Indices in [first, last] that are pinned, ascending, at most `limit` of them (inspection). */
+  pinnedIndices(first: number, last: number, limit: number): number[] {
+    const slots = this.slots;
+    const out: number[] = [];
+    if (!slots) return out;
+    if (slots.size < last - first + 1) {
+      for (const i of slots.keys()) if (i >= first && i <= last) out.push(i);
+      out.sort((a, b) => a - b);
+      return out.slice(0, limit);
+    }
+    for (let i = first; i <= last && out.length < limit; i++) if (slots.has(i)) out.push(i);
+    return out;
+  }
+
   /** Users of page `index` (tests and invariants). */
   usersOf(index: number): number {
     return this.slots?.get(index)?.users ?? 0;
@@ -264,13 +286,16 @@ export class Pages {
       else data.set(mem.read(va, data.length));
       return;
     }
+    // One page (iopt_pages_rw_page): the page mapped at the VA now, whatever is pinned.
+    // Several: the pinned pages where there are some (pfn_reader), else the current ones.
+    const single = data.length > 0 && (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
     let done = 0;
     while (done < data.length) {
       const byte = offset + BigInt(done);
       const index = Number(byte / PS);
       const off = Number(byte % PS);
       const n = Math.min(PAGE_SIZE - off, data.length - done);
-      const page = this.pinned(index) ?? this.fetch(index, 1, write)[0]!;
+      const page = (single ? undefined : this.pinned(index)) ?? this.fetch(index, 1, write)[0]!;
       if (write) page.write(off, data.subarray(done, done + n));
       else data.set(page.read(off, n), done);
       done += n;

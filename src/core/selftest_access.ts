@@ -6,7 +6,7 @@ import { fail } from '../uapi/errno.js';
 import { MOCK, TEST_OP } from '../uapi/enums.js';
 import type { Ucmd } from './context.js';
 import { Access } from './access.js';
-import type { IommufdFile } from './file.js';
+import { fdCloseEvent, fdOpenEvent, type IommufdFile } from './file.js';
 import { U64_MAX } from './io_pagetable.js';
 import { getIoas, type Ioas } from './ioas.js';
 import { registerTestOp, type TestCmd } from './selftest.js';
@@ -61,6 +61,7 @@ export class StaccessFile implements IommufdFile {
   release(): void {
     const a = this.access;
     if (!a) return;
+    fdCloseEvent(a.ctx, this, a);
     this.unmap(0n, U64_MAX);
     this.access = null;
     a.destroyByOwner();
@@ -109,7 +110,7 @@ registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   const ctx = ucmd.ctx;
   ctx.emu.failPoint('ENOMEM');
   const file = new StaccessFile((u.flags & MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) !== 0);
-  const access = Access.create(ctx, { needsPinPages: file.needsPin, unmap: (iova, len) => file.unmap(iova, len) });
+  const access = Access.create(ctx, { needsPinPages: file.needsPin, unmap: (iova, len) => file.unmap(iova, len) }, file);
   try {
     access.attach(ucmd.cmd.id);
   } catch (e) {
@@ -118,6 +119,7 @@ registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   }
   file.access = access;
   const fd = ucmd.caller.fds.install(file);
+  fdOpenEvent(ctx, fd, file, access);
   u.out_access_fd = fd;
   try {
     ucmd.respond();

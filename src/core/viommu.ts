@@ -8,7 +8,7 @@ import type { IommufdCtx, Ucmd } from './context.js';
 import type { Veventq } from './eventq.js';
 import { attachedHwpt, UNBIND_HOOKS, type Device } from './device.js';
 import {
-  HwptNested, hwptNestedAllocOnViommu, registerHwptAllocTarget, registerInvalidateTarget, type HwptPaging,
+  HwptNested, hwptNestedAllocOnViommu, invalidateEvent, registerHwptAllocTarget, registerInvalidateTarget, type HwptPaging,
 } from './hwpt.js';
 import { IommufdObject, ObjType, refget, refput } from './object.js';
 import { registerMmap, unregisterMmaps } from './mmap.js';
@@ -45,7 +45,7 @@ export class Viommu extends IommufdObject implements ViommuCore {
   }
 
   holdParent(): void {
-    refget(this.hwpt);
+    refget(this.hwpt, this, 'parent');
     this.hwptRef = true;
   }
 
@@ -76,7 +76,7 @@ export class Viommu extends IommufdObject implements ViommuCore {
     this.ops.destroy?.();
     unregisterMmaps(this.ctx, this);
     this.v1VdevIds.clear();
-    if (this.hwptRef) refput(this.hwpt);
+    if (this.hwptRef) refput(this.hwpt, this, 'parent');
   }
 }
 
@@ -89,10 +89,10 @@ export class Vdevice extends IommufdObject {
   }
   /** +1 on the vIOMMU; 6.17+ also keeps the DEVICE lookup reference and marks the device. */
   link(perDevice: boolean): void {
-    refget(this.viommu);
+    refget(this.viommu, this, 'viommu');
     this.linked = true;
     if (perDevice) {
-      refget(this.idev);
+      refget(this.idev, this, 'device');
       this.holdsIdev = true;
       this.idev.vdev = this;
     }
@@ -101,8 +101,8 @@ export class Vdevice extends IommufdObject {
     if (!this.linked) return;
     if (this.viommu.vdevs.get(this.virtId) === this) this.viommu.vdevs.delete(this.virtId);
     if (this.idev.vdev === this) this.idev.vdev = null;
-    refput(this.viommu);
-    if (this.holdsIdev) refput(this.idev);
+    refput(this.viommu, this, 'viommu');
+    if (this.holdsIdev) refput(this.idev, this, 'device');
     this.holdsIdev = false;
     this.linked = false;
   }
@@ -157,6 +157,8 @@ export function iommufdVdeviceAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_vdevice_al
     vdev.link(perDevice);
     if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST');
     viommu.vdevs.set(cmd.virt_id, vdev);
+    // 6.17+: the driver's vDEVICE init (errors unwind through destroy()).
+    if (perDevice) viommu.ops.vdeviceInit?.(viommu, idev.dev, cmd.virt_id);
     cmd.out_vdevice_id = vdev.id;
     ucmd.respond();
   });
@@ -265,6 +267,7 @@ export function iommufdViommuInvalidateV1(ucmd: Ucmd<Decoded<typeof S.iommu_viom
     err = e;
   }
   if (!err && !viommu) fail('ENOENT'); // no copy-back on this path
+  if (viommu) invalidateEvent(ctx, viommu, cmd.data_type, cmd.entry_num, req.handled, err);
   cmd.entry_num = req.handled;
   ucmd.respond();
   if (err) throw err;

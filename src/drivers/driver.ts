@@ -44,6 +44,10 @@ export interface DmaRequest {
   readonly iova: bigint;
   readonly length: number;
   readonly write: boolean;
+  /** Privileged access (PCIe: only with a PASID prefix); absent = unprivileged. */
+  readonly privileged?: boolean;
+  /** Instruction fetch; absent = data. */
+  readonly instruction?: boolean;
 }
 
 /** Why a translation failed: a driver-neutral class plus the driver's own record (e.g. an SMMU event). */
@@ -161,6 +165,8 @@ export interface ViommuCore {
   readonly viommuType: number;
   readonly parent: PagingDomain;
   readonly iommuInstance: object;
+  /** The device VIOMMU_ALLOC named (drivers check it against their instance). */
+  readonly driverDev?: DriverDevice;
   /** virt_id -> the DriverDevice of the vDEVICE holding it. */
   vdevDevice(virtId: bigint): DriverDevice | undefined;
   /** The virt_id `dev` has on this vIOMMU, if any. */
@@ -188,6 +194,8 @@ export interface ViommuOps {
   allocDomainNested?(viommu: ViommuCore, dev: DriverDevice, flags: number, data: UserData): NestedDomain;
   /** HWPT_INVALIDATE with hwpt_id = this vIOMMU; sets req.handled, throws on the first bad entry. */
   cacheInvalidate?(viommu: ViommuCore, req: InvalidateArray): void;
+  /** VDEVICE_ALLOC's driver step (6.17+ vdevice_init): throws to refuse the device. */
+  vdeviceInit?(viommu: ViommuCore, dev: DriverDevice, virtId: bigint): void;
   /** Non-zero when `type` of HW queue is supported. */
   hwQueueSupported?(type: number): boolean;
   hwQueueInit?(q: HwQueueCore, index: number, physBase: number, length: bigint): void;

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { cHeader } from './wire.js';
 
 /** The package root (holds native/ and examples/), from dist/server/ or src/server/. */
 export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -31,6 +32,30 @@ export function findCompiler(): string | null {
   const cc = process.env.CC || 'cc';
   const r = spawnSync(cc, ['--version'], { stdio: 'ignore' });
   return r.status === 0 ? cc : null;
+}
+
+/** The generated wire header's name (native/shim.c includes it). */
+export const WIRE_HEADER = 'iommufd_emu_wire.h';
+
+/**
+ * Write the wire protocol's C header (from wire.ts) into a directory of the
+ * cache named by its content, and return the directory. Generated at build
+ * time rather than committed: the shim is always compiled on the user's
+ * machine from the installed package, so its header can never lag the
+ * server's description, and there is no second copy to keep in step.
+ */
+export function wireHeaderDir(): string {
+  const text = cHeader();
+  const key = createHash('sha256').update(text).digest('hex').slice(0, 16);
+  const dir = path.join(cacheDir(), `wire-${key}`);
+  const file = path.join(dir, WIRE_HEADER);
+  if (!fs.existsSync(file)) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+    const tmp = `${file}.${process.pid}.tmp`;
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+  }
+  return dir;
 }
 
 function digest(files: string[], extra: string): string {
@@ -68,11 +93,12 @@ function compile(cc: string, args: string[], out: string): void {
 /** Path of the shim library, building it when missing or outdated. */
 export function ensureShim(): string {
   const cc = findCompiler();
-  const key = digest([SHIM_SOURCE], cc ?? '');
+  const wire = wireHeaderDir();
+  const key = digest([SHIM_SOURCE, path.join(wire, WIRE_HEADER)], cc ?? '');
   const out = path.join(cacheDir(), `libiommufd-emu-${key}.so`);
   if (fs.existsSync(out)) return out;
   if (!cc) throw new Error('no C compiler found (install gcc or set CC): the LD_PRELOAD shim is built from native/shim.c');
-  compile(cc, ['-shared', '-fPIC', '-O2', SHIM_SOURCE, '-ldl', '-lpthread'], out);
+  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-I', wire, SHIM_SOURCE, '-ldl', '-lpthread'], out);
   return out;
 }
 

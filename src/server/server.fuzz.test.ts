@@ -8,7 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
-import * as P from './protocol.js';
+import * as W from './wire.js';
 import { IommufdServer } from './server.js';
 
 let server: IommufdServer;
@@ -45,26 +45,25 @@ async function blast(chunks: Uint8Array[]): Promise<void> {
   s.destroy();
 }
 
-/** A well-formed exchange still works: EVPREP gets a token back. */
+/** A well-formed exchange still works: HELLO gets a nonce back. */
 async function serverAlive(): Promise<boolean> {
   const s = await connect();
   const reply = new Promise<Buffer>((resolve) => s.once('data', (d: Buffer) => resolve(d)));
-  const f = Buffer.alloc(P.REQ_SIZE[P.T_EVPREP]!);
-  f.writeUInt32LE(f.length, 0);
-  f.writeUInt32LE(P.T_EVPREP, 4);
-  s.write(f);
+  s.write(W.encode(W.REQ.HELLO, { pid: process.pid, version: W.WIRE_VERSION }));
   const r = await reply;
   s.destroy();
-  return r.length === P.REP_SIZE.evprep && r.readUInt32LE(0) === P.REP_SIZE.evprep && r.readUInt32LE(4) > 0;
+  if (r.length !== W.REP.hello.size) return false;
+  const h = W.decode(W.REP.hello, r);
+  return h.len === W.REP.hello.size && h.type === W.REQ.HELLO.type && h.status === 0;
 }
 
 /** Frames with a plausible header (known type, right or wrong length) and random bodies. */
 const frame = fc.tuple(
-  fc.constantFrom(...Object.keys(P.REQ_SIZE).map(Number), 0, 99),
+  fc.constantFrom(...W.REQ_BY_TYPE.keys(), 0, 99),
   fc.boolean(),
   fc.uint8Array({ maxLength: 64 }),
 ).map(([type, rightLen, body]) => {
-  const len = rightLen ? (P.REQ_SIZE[type] ?? 8 + body.length) : 8 + body.length;
+  const len = rightLen ? (W.REQ_BY_TYPE.get(type)?.size ?? 8 + body.length) : 8 + body.length;
   const b = Buffer.alloc(Math.max(8, len));
   b.writeUInt32LE(len, 0);
   b.writeUInt32LE(type, 4);

@@ -1,11 +1,19 @@
-// The socket server: one process serving many shim clients (see protocol.ts).
+// The socket server: one process serving many shim clients (frames: wire.ts).
 // Each open("/dev/iommu") in a client is one IommufdCtx whose lifetime is its
 // anchor connection; ioctls arrive on the calling process's control connection
 // and reach memory through /proc/<pid>/mem (procmem.ts). Handlers run
 // synchronously, so one frame is one complete kernel call.
+//
+// Isolation: a process reaches a file (context or event file) only through an
+// fd it holds, as in the kernel. Files are named by unguessable tokens, handed
+// out only to holders of the fd (the OPEN/EVPREP reply travels on the fd
+// itself; LOOKUP answers only for the caller's own fds), and every frame naming
+// a file is checked against the files the sending process has shown it holds
+// (opened, or verified once through /proc/<pid>/fd: inherited, dup'ed, received
+// over SCM_RIGHTS). A frame naming a file its process does not hold is refused
+// and the connection closed; the file's holders see nothing.
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as path from 'node:path';
 import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
@@ -15,8 +23,10 @@ import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
 import type { ProcessInfo } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
+import { fdRules, KINDS } from './fdrules.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
-import * as P from './protocol.js';
+import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
+import * as W from './wire.js';
 
 export interface ServerOptions {
   socketPath: string;
@@ -25,166 +35,189 @@ export interface ServerOptions {
   emulator?: Emulator;
   /** Diagnostics (malformed frames, emulator bugs). Default: stderr. */
   log?: (msg: string) => void;
-  /** Called around every forwarded ioctl (the CLI's --trace). */
-  tracer?: IoctlTracer;
   /**
    * Capabilities every client is treated as having in addition to its real
    * ones (opt-in, for containers that drop them; the default is faithful).
    */
   grantCaps?: readonly CapName[];
+  /** How frames move (default: the Unix socket at socketPath). */
+  transport?: Transport;
 }
 
 export type CapName = 'sys_resource' | 'ipc_lock' | 'sys_rawio';
 export const CAP_NAMES: readonly CapName[] = ['sys_resource', 'ipc_lock', 'sys_rawio'];
 const CAP_BITS: Record<CapName, number> = {
-  sys_resource: P.CAP_BIT.SYS_RESOURCE, ipc_lock: P.CAP_BIT.IPC_LOCK, sys_rawio: P.CAP_BIT.SYS_RAWIO,
+  sys_resource: W.CAP.SYS_RESOURCE, ipc_lock: W.CAP.IPC_LOCK, sys_rawio: W.CAP.SYS_RAWIO,
 };
-
-export interface IoctlTracer {
-  /** Before the handler runs; the returned value is handed to after(). */
-  before(ctx: IommufdCtx, request: number, arg: bigint, mem: ProcMemory): unknown;
-  after(state: unknown, result: { ret: number } | { errno: number }, pid: number, tid: number): void;
-  /** Other operations on emulated fds (open, read/write of event fds, mmap, teardown). */
-  note?(pid: number, tid: number, text: string): void;
-}
 
 function errText(neg: number): string {
   return errnoName(-neg) ?? `errno ${-neg}`;
 }
 
 const U64_MAX = (1n << 64n) - 1n;
+/** EPROTO (outside the uAPI's errno table): a shim built for another wire version. */
+const EPROTO = 71;
 
-type ConnKind = 'new' | 'hello' | 'control' | 'anchor' | 'event';
+/** A fresh unguessable token (never 0, which means "none" on the wire). */
+function newToken(): bigint {
+  for (;;) {
+    const t = randomBytes(8).readBigUInt64LE(0);
+    if (t !== 0n) return t;
+  }
+}
+
+/** The inode of the socket behind the client's fd, from /proc (null: not a socket, or gone). */
+function socketInode(pid: number, fd: number): bigint | null {
+  if (fd < 0) return null;
+  let link: string;
+  try {
+    link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
+  } catch {
+    return null;
+  }
+  const m = /^socket:\[(\d+)\]$/.exec(link);
+  return m ? BigInt(m[1]!) : null;
+}
 
 interface ProcState {
   pid: number;
   conn: Conn;
   mem: ProcMemory;
-  /** Live mmaps of iommufd fds by this process image (each holds its owner and the context). */
-  mmaps: Map<number, MmapHandle>;
+  /** Given to this process image only (PROVE reply): OPEN and EVPREP show it. */
+  session: bigint;
+  /** Tokens of files this process image has shown it holds an fd to. */
+  held: Set<bigint>;
+  /** This process image's iommufd mappings: handle -> one reference per VMA piece. */
+  maps: MapTable;
 }
 
-interface CtxEntry {
-  token: number;
-  ctx: IommufdCtx;
-  conn: Conn;
+/** Mappings of iommufd fds a connection owns: handle -> one MmapHandle per VMA piece (vm_ops open/close). */
+type MapTable = Map<bigint, MmapHandle[]>;
+
+/** A fork's holder socket: the child inherits it and holds its copies of the parent's mappings through it. */
+interface HolderEntry extends FileEntry {
+  pid: number;
+  maps: MapTable;
 }
 
-interface EventBinding {
-  token: number;
+/** Most VMA pieces one MREF may add (a split adds one or two). */
+const MREF_MAX = 1 << 16;
+
+function closeMaps(maps: MapTable): void {
+  for (const list of maps.values()) for (const h of list) h.close();
+  maps.clear();
+}
+
+/** Something a client fd is: the socket (anchor or event connection) is that fd. */
+interface FileEntry {
+  token: bigint;
+  /** Inode of the client's socket: how /proc/<pid>/fd shows a holder. */
   ino: bigint;
   conn: Conn;
+}
+
+interface CtxEntry extends FileEntry {
+  ctx: IommufdCtx;
+}
+
+interface EventBinding extends FileEntry {
+  /** The process that prepared it: only its calls may install a file in it. */
+  pid: number;
   file: IommufdFile | null;
   /** The file's reference was dropped (fd closed everywhere, or rolled back). */
   released: boolean;
   /** One readiness byte is sitting in the client's socket buffer. */
   signalled: boolean;
-  /** Given to the shim that made the fd only: its hints (IOCTL) name this binding. */
-  secret: bigint;
 }
 
-let connSeq = 0;
+/** Why a frame is refused: its connection is closed with this reason logged. */
+class Forged extends Error {}
 
-class Conn {
-  readonly id = ++connSeq;
-  kind: ConnKind = 'new';
+class Conn implements LinkEvents {
+  kind: W.ConnKind = 'new';
   pid = 0;
-  private pending: Buffer | null = null;
-  private ended = false;
   onEnd: (() => void) | null = null;
   /** Between HELLO and PROVE: the state to publish and the nonce it must show. */
   pendingHello: { st: ProcState; nonce: Buffer } | null = null;
+  /** A holder connection's entry. */
+  holder: HolderEntry | null = null;
 
-  constructor(readonly server: IommufdServer, readonly socket: net.Socket) {
-    socket.on('data', (d: Buffer) => this.onData(d));
-    socket.on('end', () => this.finish(null));
-    socket.on('error', () => this.finish(null));
-    socket.on('close', () => this.finish(null));
+  constructor(readonly server: IommufdServer, readonly link: Link) {}
+
+  get id(): number {
+    return this.link.id;
   }
 
-  send(b: Buffer): void {
-    if (!this.socket.destroyed) this.socket.write(b);
+  send(b: Uint8Array): void {
+    this.link.send(b);
+  }
+
+  private describe(): string {
+    return `connection ${this.id} (${this.kind}${this.pid ? `, pid ${this.pid}` : ''})`;
   }
 
   /** Close this connection only, with a logged reason. */
   reject(reason: string): void {
-    this.server.log(`connection ${this.id} (${this.kind}${this.pid ? `, pid ${this.pid}` : ''}): ${reason}; closing it`);
-    this.finish(reason);
-    this.socket.destroy();
+    this.server.log(`${this.describe()}: ${reason}; closing it`);
+    this.link.destroy();
   }
 
-  private finish(reason: string | null): void {
-    if (this.ended) return;
-    this.ended = true;
-    if (reason === null && this.pending && this.pending.length > 0) {
-      this.server.log(`connection ${this.id} (${this.kind}): truncated frame (${this.pending.length} bytes) at EOF`);
+  header(len: number, type: number): string | null {
+    const def = W.REQ_BY_TYPE.get(type);
+    if (!def) return `unknown type ${type}`;
+    const why = W.badLength(def, len);
+    return why ? `${def.name} of ${why}` : null;
+  }
+
+  frame(f: Buffer): void {
+    try {
+      this.server.handle(this, f);
+    } catch (e) {
+      if (e instanceof Forged) {
+        // a clear answer before the close: refused (the frame's reply would be the wrong size anyway)
+        this.send(W.encodeReply({ type: f.readUInt32LE(4) }, W.REP.status, { status: -ERRNO.EPERM }));
+        return this.reject(`refused: ${e.message}`);
+      }
+      this.server.bug(`connection ${this.id}: ${W.REQ_BY_TYPE.get(f.readUInt32LE(4))?.name ?? 'frame'}`, e);
+      this.reject('internal error');
     }
-    this.pending = null;
+  }
+
+  malformed(reason: string): void {
+    this.server.log(`${this.describe()}: ${reason}; closing it`);
+  }
+
+  end(truncated: number): void {
+    if (truncated) this.server.log(`connection ${this.id} (${this.kind}): truncated frame (${truncated} bytes) at EOF`);
     const cb = this.onEnd;
     this.onEnd = null;
     try {
       cb?.();
     } catch (e) {
-      this.server.log(`connection ${this.id}: teardown failed: ${(e as Error).stack ?? e}`);
+      this.server.bug(`connection ${this.id}: teardown`, e);
     }
-  }
-
-  private onData(d: Buffer): void {
-    if (this.ended) return;
-    let buf = this.pending && this.pending.length ? Buffer.concat([this.pending, d]) : d;
-    let off = 0;
-    while (buf.length - off >= 8) {
-      const len = buf.readUInt32LE(off);
-      const type = buf.readUInt32LE(off + 4);
-      if (len < 8 || len > P.MAX_FRAME) return this.reject(`malformed frame: length ${len}`);
-      const want = P.REQ_SIZE[type];
-      if (want === undefined) return this.reject(`malformed frame: unknown type ${type}`);
-      const tail = P.REQ_TAIL[type];
-      if (tail ? len < want || len > want + tail.max : len !== want) {
-        const expected = tail ? `${want} to ${want + tail.max}` : `${want}`;
-        return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes (expected ${expected})`);
-      }
-      if (buf.length - off < len) break;
-      const frame = buf.subarray(off, off + len);
-      if (tail && frame.readUInt32LE(tail.at) !== len - want) {
-        return this.reject(`malformed frame: ${P.NAMES[type]} of ${len} bytes announces a ${frame.readUInt32LE(tail.at)}-byte tail`);
-      }
-      off += len;
-      try {
-        this.server.handle(this, type, frame);
-      } catch (e) {
-        this.server.log(`connection ${this.id}: internal error: ${(e as Error).stack ?? e}`);
-        return this.reject('internal error');
-      }
-      if (this.ended) return;
-    }
-    this.pending = off < buf.length ? Buffer.from(buf.subarray(off)) : null;
   }
 }
 
 /** The FdTable of one call: install() hands out the event fd the shim prepared. */
 class CallFdTable implements FdTable {
   installed = false;
-  constructor(private readonly server: IommufdServer, private readonly pid: number,
-    private readonly evfd: number, private readonly evtoken: number,
-    private readonly hintFd = -1, private readonly hintToken = 0, private readonly hintSecret = 0n) {}
+  constructor(private readonly server: IommufdServer, private readonly st: ProcState,
+    private readonly evfd: number, private readonly ev: EventBinding | undefined,
+    private readonly hintFd = -1, private readonly hint: EventBinding | undefined = undefined) {}
 
   /**
    * The binding behind the caller's fd `fd`. The shim names the one it
-   * expects the call to look up (checked against the fd's inode just before
-   * the call, with the secret only holders of the fd know); any other fd is
-   * resolved through /proc/<pid>/fd.
+   * expects the call to look up (FDRULE.NAMES; checked like every file the
+   * frame names); any other fd is resolved through /proc/<pid>/fd.
    */
   private bindingOf(fd: number): EventBinding | undefined {
-    if (fd >= 0 && fd === this.hintFd) {
-      const b = this.server.events.get(this.hintToken);
-      if (b && b.secret === this.hintSecret) return b;
-    }
-    return this.server.bindingOfFd(this.pid, fd);
+    if (fd >= 0 && fd === this.hintFd) return this.hint;
+    return this.server.bindingOfFd(this.st, fd);
   }
 
   install(file: IommufdFile): number {
-    const b = this.server.events.get(this.evtoken);
+    const b = this.ev;
     if (this.installed || this.evfd < 0 || !b || b.file || b.released) fail('ENOMEM', 'no event fd prepared by the shim');
     this.server.bindFile(b, file);
     this.installed = true;
@@ -192,7 +225,7 @@ class CallFdTable implements FdTable {
   }
 
   lookup(fd: number): IommufdFile | undefined {
-    if (this.installed && fd === this.evfd) return this.server.events.get(this.evtoken)?.file ?? undefined;
+    if (this.installed && fd === this.evfd) return this.ev?.file ?? undefined;
     const b = this.bindingOf(fd);
     return b && !b.released ? b.file ?? undefined : undefined;
   }
@@ -200,7 +233,7 @@ class CallFdTable implements FdTable {
   close(fd: number): void {
     let b: EventBinding | undefined;
     if (this.installed && fd === this.evfd) {
-      b = this.server.events.get(this.evtoken);
+      b = this.ev;
       this.installed = false;
     } else {
       b = this.bindingOf(fd);
@@ -210,61 +243,72 @@ class CallFdTable implements FdTable {
   }
 }
 
+type ReqHandler<K extends W.RequestName> = (s: IommufdServer, c: Conn, f: W.ReqValues<K>, raw: Buffer) => void;
+
+/** One handler per request of wire.ts (on which connections it is accepted is part of the description). */
+const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
+  HELLO: (s, c, f) => s.hello(c, f),
+  PROVE: (s, c, f) => s.prove(c, f),
+  OPEN: (s, c, f) => s.open(c, f),
+  EVPREP: (s, c, f) => s.evprep(c, f),
+  IOCTL: (s, c, f, raw) => s.ioctl(c, f, raw),
+  SYNC: (s, c, f) => s.sync(c, f),
+  REGION: (s, c, f) => s.region(c, f),
+  UNMAP: (s, c, f) => s.unmap(c, f),
+  FILEOP: (s, c, f) => s.fileop(c, f),
+  LOOKUP: (s, c, f) => s.lookup(c, f),
+  MMAP: (s, c, f) => s.mmap(c, f),
+  MREF: (s, c, f) => s.mref(c, f),
+  HOLDER: (s, c, f) => s.holderConn(c, f),
+  MDUP: (s, c, f) => s.mdup(c, f),
+};
+
 export class IommufdServer {
   readonly emu: Emulator;
   readonly registry = new PageRegistry();
   readonly procs = new Map<number, ProcState>();
-  readonly ctxs = new Map<number, CtxEntry>();
-  readonly events = new Map<number, EventBinding>();
+  readonly ctxs = new Map<bigint, CtxEntry>();
+  readonly events = new Map<bigint, EventBinding>();
   private readonly eventsByIno = new Map<bigint, EventBinding>();
-  private readonly anchorsByIno = new Map<bigint, number>();
-  private readonly conns = new Set<Conn>();
-  private nextToken = 1;
-  private netServer: net.Server | null = null;
+  private readonly anchorsByIno = new Map<bigint, CtxEntry>();
+  private readonly holders = new Map<bigint, HolderEntry>();
+  private nextHandle = 1n;
+  private readonly transport: Transport;
   readonly socketPath: string;
   readonly log: (msg: string) => void;
-  tracer: IoctlTracer | undefined;
   private readonly grantCaps: readonly CapName[];
+  /** The PROVE reply's tables (kinds, fd rules), encoded once. */
+  private readonly tables: { nkinds: number; nrules: number; bytes: Buffer };
 
   constructor(opts: ServerOptions) {
     this.grantCaps = opts.grantCaps ?? [];
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
+    this.transport = opts.transport ?? new UnixTransport(opts.socketPath);
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
-    this.tracer = opts.tracer;
+    const rules = fdRules(this.emu);
+    const k = W.RECORD.kind;
+    const r = W.RECORD.fdrule;
+    const bytes = Buffer.alloc(KINDS.length * k.size + rules.length * r.size);
+    KINDS.forEach((v, i) => W.encodeInto(k, v, bytes, i * k.size));
+    rules.forEach((v, i) => W.encodeInto(r, v, bytes, KINDS.length * k.size + i * r.size));
+    if (bytes.length > W.REP.prove.tailMax) throw new Error(`PROVE tables of ${bytes.length} bytes exceed the frame's tail`);
+    this.tables = { nkinds: KINDS.length, nrules: rules.length, bytes };
   }
 
   /** Listen on the socket path (mode 0600; a stale socket file is replaced). */
   async listen(): Promise<void> {
-    fs.mkdirSync(path.dirname(this.socketPath), { recursive: true, mode: 0o700 });
-    try {
-      if (fs.statSync(this.socketPath).isSocket()) fs.unlinkSync(this.socketPath);
-    } catch { /* absent */ }
-    const srv = net.createServer({ allowHalfOpen: false }, (s) => {
-      const c = new Conn(this, s);
-      this.conns.add(c);
-      s.on('close', () => this.conns.delete(c));
-    });
-    this.netServer = srv;
-    const oldMask = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        srv.once('error', reject);
-        srv.listen(this.socketPath, () => resolve());
-      });
-    } finally {
-      process.umask(oldMask);
-    }
-    fs.chmodSync(this.socketPath, 0o600);
+    await this.transport.listen((link) => new Conn(this, link));
   }
 
   /** Stop listening and drop every connection (contexts are torn down). */
   async close(): Promise<void> {
-    for (const c of [...this.conns]) c.socket.destroy();
-    await new Promise<void>((r) => (this.netServer ? this.netServer.close(() => r()) : r()));
-    try {
-      fs.unlinkSync(this.socketPath);
-    } catch { /* gone */ }
+    await this.transport.close();
+  }
+
+  /** An operation on an emulated fd outside the core (open, read/write, mmap, teardown), as a trace `note`. */
+  private note(pid: number, tid: number, text: string): void {
+    this.emu.bus.emit({ t: 'note', pid, tid, text });
   }
 
   /** Number of live contexts (tests). */
@@ -274,43 +318,74 @@ export class IommufdServer {
 
   // ---- frames -------------------------------------------------------------------
 
-  handle(c: Conn, type: number, f: Buffer): void {
-    if (c.kind === 'new') {
-      if (type === P.T_HELLO) return this.hello(c, f);
-      if (type === P.T_OPEN) return this.open(c, f);
-      if (type === P.T_EVPREP) return this.evprep(c, f);
-      return c.reject(`${P.NAMES[type]} before HELLO/OPEN/EVPREP`);
+  handle(c: Conn, raw: Buffer): void {
+    const def = W.REQ_BY_TYPE.get(raw.readUInt32LE(4))!; // header() let only known types through
+    const why = W.badLength(def, raw.length, W.tailLength(def, raw));
+    if (why) return c.reject(`malformed frame: ${def.name} of ${why}`);
+    if (!def.on.includes(c.kind)) {
+      const want = def.on.join('/');
+      return c.reject(c.kind === 'new' || c.kind === 'hello'
+        ? `${def.name} before ${c.kind === 'new' ? 'HELLO/OPEN/EVPREP' : 'PROVE'}`
+        : `unexpected ${def.name} on ${c.kind} connection (accepted on ${want})`);
     }
-    if (c.kind === 'hello') {
-      if (type === P.T_PROVE) return this.prove(c, f);
-      return c.reject(`${P.NAMES[type]} before PROVE`);
-    }
-    if (c.kind !== 'control') return c.reject(`unexpected ${P.NAMES[type]} on ${c.kind} connection`);
-    switch (type) {
-      case P.T_IOCTL: return this.ioctl(c, f);
-      case P.T_SYNC: return this.sync(c);
-      case P.T_REGION: return this.region(c, f);
-      case P.T_UNMAP: return this.unmap(c, f);
-      case P.T_FILEOP: return this.fileop(c, f);
-      case P.T_LOOKUP: return this.lookup(c, f);
-      case P.T_MMAP: return this.mmap(c, f);
-      case P.T_MRELEASE: return this.mrelease(c, f);
-      default: return c.reject(`unexpected ${P.NAMES[type]} on control connection`);
-    }
+    const f = W.decode(def, raw);
+    (HANDLERS[def.name as W.RequestName] as ReqHandler<W.RequestName>)(this, c, f as never, raw);
   }
 
-  private hello(c: Conn, f: Buffer): void {
-    const pid = f.readUInt32LE(8);
-    const uid = f.readUInt32LE(16);
-    let caps = f.readUInt32LE(20);
-    for (const c of this.grantCaps) caps |= CAP_BITS[c];
-    const memlock = f.readBigUInt64LE(24);
+  private reply<F extends Record<string, W.WireType>>(c: Conn, req: { readonly type: number }, rep: W.WireStruct<F>,
+    v: Partial<W.Values<F>>, tail?: Uint8Array): void {
+    c.send(W.encodeReply(req, rep, v, tail));
+  }
+
+  private status(c: Conn, req: { readonly type: number }, status: number): void {
+    this.reply(c, req, W.REP.status, { status });
+  }
+
+  /** The control connection's process; every control frame comes from a proven one. */
+  private procOf(c: Conn): ProcState {
+    const st = this.procs.get(c.pid);
+    if (!st || st.conn !== c) throw new Forged('frame on a control connection whose process image was replaced');
+    return st;
+  }
+
+  /**
+   * Does `st`'s process hold `file`? Known holders are remembered; otherwise
+   * the fd the frame names must be a socket with the file's inode.
+   */
+  private holds(st: ProcState, file: FileEntry, fd: number): boolean {
+    if (st.held.has(file.token)) return true;
+    if (socketInode(st.pid, fd) !== file.ino) return false;
+    st.held.add(file.token);
+    return true;
+  }
+
+  /** The file a frame names, checked: undefined if it is gone; Forged if the process does not hold it. */
+  private named<T extends FileEntry>(st: ProcState, map: Map<bigint, T>, token: bigint, fd: number, what: string): T | undefined {
+    const file = map.get(token);
+    if (!file) {
+      // Closed meanwhile (another thread), or never existed: a guessed token is refused.
+      if (st.held.has(token)) return undefined;
+      throw new Forged(`${what} names a file that pid ${st.pid} does not hold`);
+    }
+    if (!this.holds(st, file, fd)) throw new Forged(`${what} names a file that pid ${st.pid} does not hold (fd ${fd})`);
+    return file;
+  }
+
+  hello(c: Conn, f: W.ReqValues<'HELLO'>): void {
+    const req = W.REQ.HELLO;
+    if (f.version !== W.WIRE_VERSION) {
+      this.reply(c, req, W.REP.hello, { status: -EPROTO });
+      return c.reject(`HELLO of wire version ${f.version} (this server speaks ${W.WIRE_VERSION}: rebuild the shim)`);
+    }
+    const pid = f.pid;
+    let caps = f.caps;
+    for (const g of this.grantCaps) caps |= CAP_BITS[g];
     const info: ProcessInfo = {
-      pid, uid,
-      capSysResource: !!(caps & P.CAP_BIT.SYS_RESOURCE),
-      capIpcLock: !!(caps & P.CAP_BIT.IPC_LOCK),
-      capSysRawio: !!(caps & P.CAP_BIT.SYS_RAWIO),
-      memlockLimit: memlock === U64_MAX ? Infinity : Number(memlock),
+      pid, uid: f.uid,
+      capSysResource: !!(caps & W.CAP.SYS_RESOURCE),
+      capIpcLock: !!(caps & W.CAP.IPC_LOCK),
+      capSysRawio: !!(caps & W.CAP.SYS_RAWIO),
+      memlockLimit: f.memlock === U64_MAX ? Infinity : Number(f.memlock),
       lockedPages: 0,
       alive: true,
     };
@@ -318,19 +393,16 @@ export class IommufdServer {
     try {
       mem = new ProcMemory(info, this.registry);
     } catch (e) {
-      c.send(P.statusReply(-ERRNO.EPERM));
+      this.reply(c, req, W.REP.hello, { status: -ERRNO.EPERM });
       return c.reject(`cannot open /proc/${pid}/mem: ${(e as Error).message}`);
     }
     c.kind = 'hello';
     c.pid = pid;
-    const st: ProcState = { pid, conn: c, mem, mmaps: new Map() };
+    const st: ProcState = { pid, conn: c, mem, session: newToken(), held: new Set(), maps: new Map() };
     const nonce = randomBytes(16);
     c.pendingHello = { st, nonce };
     c.onEnd = () => mem.exit();
-    const r = Buffer.alloc(P.REP_SIZE.hello);
-    r.writeUInt32LE(r.length, 0);
-    nonce.copy(r, 8);
-    c.send(r);
+    this.reply(c, req, W.REP.hello, { nonce });
   }
 
   /**
@@ -338,15 +410,14 @@ export class IommufdServer {
    * nonce at an address of that process (only the process itself, or one
    * that could ptrace it anyway, can).
    */
-  private prove(c: Conn, f: Buffer): void {
+  prove(c: Conn, f: W.ReqValues<'PROVE'>): void {
     const pending = c.pendingHello!;
-    const addr = f.readBigUInt64LE(8);
     let seen: Uint8Array | null = null;
     try {
-      seen = pending.st.mem.read(addr, 16);
+      seen = pending.st.mem.read(f.addr, 16);
     } catch { /* unreadable */ }
     if (!seen || !Buffer.from(seen).equals(pending.nonce)) {
-      c.send(P.statusReply(-ERRNO.EPERM));
+      this.reply(c, W.REQ.PROVE, W.REP.prove, { status: -ERRNO.EPERM });
       return c.reject(`pid ${c.pid} did not prove its identity`);
     }
     c.pendingHello = null;
@@ -358,145 +429,183 @@ export class IommufdServer {
     this.procs.set(pid, st);
     c.onEnd = () => {
       if (this.procs.get(pid) === st) this.procs.delete(pid);
-      for (const h of st.mmaps.values()) h.close();
-      st.mmaps.clear();
+      closeMaps(st.maps); // exit or exec: every VMA is gone
       mem.exit();
     };
-    c.send(P.statusReply(0));
+    const t = this.tables;
+    this.reply(c, W.REQ.PROVE, W.REP.prove, { nkinds: t.nkinds, nrules: t.nrules, session: st.session }, t.bytes);
   }
 
-  private open(c: Conn, f: Buffer): void {
-    const pid = f.readUInt32LE(8);
-    const failnth = f.readInt32LE(16);
-    const clientFd = f.readInt32LE(20);
-    const ino = f.readBigUInt64LE(24);
-    const reply = Buffer.alloc(P.REP_SIZE.open);
-    reply.writeUInt32LE(reply.length, 0);
+  /** OPEN and EVPREP come on a fresh socket: the process must show its session key, and the socket must be its fd. */
+  private claimant(c: Conn, what: string, pid: number, session: bigint, fd: number, ino: bigint): ProcState {
     const st = this.procs.get(pid);
-    if (!st) {
-      reply.writeInt32LE(-ERRNO.ENXIO, 4);
-      c.send(reply);
-      return c.reject(`OPEN from pid ${pid} without a control connection`);
-    }
+    if (!st || st.session !== session) throw new Forged(`${what} claiming pid ${pid} without its session key`);
+    if (socketInode(pid, fd) !== ino) throw new Forged(`${what}: fd ${fd} of pid ${pid} is not socket ${ino}`);
     c.pid = pid;
+    return st;
+  }
+
+  open(c: Conn, f: W.ReqValues<'OPEN'>): void {
+    const req = W.REQ.OPEN;
+    const { pid, fd: clientFd, ino } = f;
+    const st = this.claimant(c, 'OPEN', pid, f.session, clientFd, ino);
+    if (f.node !== 0) {
+      this.reply(c, req, W.REP.open, { err: -ERRNO.ENODEV, failnth: f.failnth });
+      return c.reject(`OPEN of unknown node ${f.node}`);
+    }
     let ctx: IommufdCtx | null = null;
-    const r = this.emulate(failnth, () => `open from pid ${pid}`, () => {
+    const r = this.emulate(f.failnth, () => `open from pid ${pid}`, () => {
       ctx = this.emu.open(st.mem);
       return 0;
     });
-    const err = r.ret;
-    reply.writeInt32LE(r.failnth, 12);
+    c.kind = 'anchor';
     if (!ctx) {
-      this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${errText(err)}`);
-      reply.writeInt32LE(err, 4);
-      c.send(reply);
-      c.kind = 'anchor';
+      if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${errText(r.ret)}`);
+      this.reply(c, req, W.REP.open, { err: r.ret, failnth: r.failnth });
       return;
     }
-    this.tracer?.note?.(pid, f.readUInt32LE(12), `open("/dev/iommu") = ${clientFd}`);
-    const token = this.nextToken++;
-    const entry: CtxEntry = { token, ctx, conn: c };
+    const live: IommufdCtx = ctx;
+    if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${clientFd}`);
+    const token = newToken();
+    const entry: CtxEntry = { token, ino, ctx: live, conn: c };
     this.ctxs.set(token, entry);
-    if (ino) this.anchorsByIno.set(ino, token);
-    c.kind = 'anchor';
+    this.anchorsByIno.set(ino, entry);
+    st.held.add(token);
     c.onEnd = () => {
-      this.tracer?.note?.(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
+      if (this.emu.bus.on) this.note(pid, pid, `context of open() = ${clientFd} released (last reference to its fd closed)`);
       this.ctxs.delete(token);
-      if (this.anchorsByIno.get(ino) === token) this.anchorsByIno.delete(ino);
-      ctx!.put();
+      if (this.anchorsByIno.get(ino) === entry) this.anchorsByIno.delete(ino);
+      live.put();
     };
-    reply.writeUInt32LE(token, 8);
     // /dev/iommu has no poll method: the kernel reports it always readable and
     // writable. One byte left unread in the socket gives the same answer (sent
     // in the same write as the reply, so it is there when open() returns).
-    c.send(Buffer.concat([reply, Buffer.from([0])]));
+    c.send(Buffer.concat([W.encodeReply(req, W.REP.open, { token, failnth: r.failnth }), Buffer.from([0])]));
   }
 
-  /**
-   * mmap of an iommufd: the core validates and takes the references; the
-   * region's current content is copied into the memfd the shim then maps.
-   */
-  private mmap(c: Conn, f: Buffer): void {
-    const token = f.readUInt32LE(8);
-    const prot = f.readUInt32LE(12);
-    const offset = f.readBigUInt64LE(16);
-    const length = f.readBigUInt64LE(24);
-    const flags = f.readUInt32LE(32);
-    const memfd = f.readInt32LE(36);
-    const r = Buffer.alloc(P.REP_SIZE.mmap);
-    r.writeUInt32LE(r.length, 0);
-    const st = this.procs.get(c.pid);
-    const entry = this.ctxs.get(token);
-    let err = 0;
-    if (!st || !entry) err = -ERRNO.EBADF;
-    else {
-      let h: MmapHandle | null = null;
-      try {
-        h = iommufdMmap(entry.ctx, offset, length, flags, prot);
-        const fd = fs.openSync(`/proc/${c.pid}/fd/${memfd}`, 'r+');
-        if (h.pages.length === 0) fs.closeSync(fd);
-        else shareRegion(h.pages, fd, this.registry);
-        const id = this.nextToken++;
-        st.mmaps.set(id, h);
-        r.writeUInt32LE(id, 8);
-      } catch (e) {
-        h?.close();
-        err = isErrno(e) ? -e.errno : -ERRNO.ENOMEM;
-      }
-    }
-    this.tracer?.note?.(c.pid, c.pid,
-      `mmap(iommufd, offset=0x${offset.toString(16)}, length=0x${length.toString(16)}) = ${err ? errText(err) : 0}`);
-    r.writeInt32LE(err, 4);
-    c.send(r);
-  }
-
-  private mrelease(c: Conn, f: Buffer): void {
-    const id = f.readUInt32LE(8);
-    const st = this.procs.get(c.pid);
-    const h = st?.mmaps.get(id);
-    if (h) {
-      st!.mmaps.delete(id);
-      h.close();
-    }
-    c.send(P.statusReply(h ? 0 : -ERRNO.EINVAL));
-  }
-
-  private lookup(c: Conn, f: Buffer): void {
-    const ino = f.readBigUInt64LE(8);
-    const r = Buffer.alloc(P.REP_SIZE.lookup);
-    r.writeUInt32LE(r.length, 0);
-    const anchor = this.anchorsByIno.get(ino);
-    const ev = this.eventsByIno.get(ino);
-    if (anchor !== undefined && this.ctxs.has(anchor)) {
-      r.writeUInt32LE(P.LOOKUP_IOMMUFD, 4);
-      r.writeUInt32LE(anchor, 8);
-    } else if (ev && ev.file && !ev.released) {
-      r.writeUInt32LE(P.LOOKUP_EVENT, 4);
-      r.writeUInt32LE(ev.token, 8);
-    }
-    c.send(r);
-  }
-
-  private evprep(c: Conn, f: Buffer): void {
-    const ino = f.readBigUInt64LE(8);
-    const token = this.nextToken++;
-    const secret = randomBytes(8);
-    const b: EventBinding = {
-      token, ino, conn: c, file: null, released: false, signalled: false, secret: secret.readBigUInt64LE(0),
-    };
+  evprep(c: Conn, f: W.ReqValues<'EVPREP'>): void {
+    const st = this.claimant(c, 'EVPREP', f.pid, f.session, f.fd, f.ino);
+    const token = newToken();
+    const ino = f.ino;
+    const b: EventBinding = { token, ino, conn: c, pid: st.pid, file: null, released: false, signalled: false };
     this.events.set(token, b);
-    if (ino) this.eventsByIno.set(ino, b);
+    this.eventsByIno.set(ino, b);
+    st.held.add(token);
     c.kind = 'event';
     c.onEnd = () => {
       this.events.delete(token);
       if (this.eventsByIno.get(ino) === b) this.eventsByIno.delete(ino);
       if (b.file && !b.released) this.releaseBinding(b);
     };
-    const r = Buffer.alloc(P.REP_SIZE.evprep);
-    r.writeUInt32LE(r.length, 0);
-    r.writeUInt32LE(token, 4);
-    secret.copy(r, 8);
-    c.send(r);
+    this.reply(c, W.REQ.EVPREP, W.REP.evprep, { token });
+  }
+
+  /**
+   * mmap of an iommufd: the core validates and takes the references; the
+   * region's current content is copied into the memfd the shim then maps.
+   */
+  mmap(c: Conn, f: W.ReqValues<'MMAP'>): void {
+    const st = this.procOf(c);
+    const entry = this.named(st, this.ctxs, f.token, f.fd, 'MMAP');
+    let handle = 0n;
+    let err: number;
+    if (!entry) err = -ERRNO.EBADF;
+    else {
+      const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
+        const h = iommufdMmap(entry.ctx, f.offset, f.length, f.flags, f.prot);
+        try {
+          let fd: number;
+          try {
+            fd = fs.openSync(`/proc/${c.pid}/fd/${f.memfd}`, 'r+');
+          } catch {
+            fail('EBADF', `memfd ${f.memfd} of pid ${c.pid} cannot be opened`);
+          }
+          if (h.pages.length === 0) fs.closeSync(fd);
+          else shareRegion(h.pages, fd, this.registry);
+        } catch (e) {
+          h.close();
+          throw e;
+        }
+        handle = this.nextHandle++;
+        st.maps.set(handle, [h]);
+        return 0;
+      });
+      err = r.ret;
+    }
+    if (this.emu.bus.on) this.note(c.pid, c.pid,
+      `mmap(iommufd, offset=0x${f.offset.toString(16)}, length=0x${f.length.toString(16)}) = ${err ? errText(err) : 0}`);
+    this.reply(c, W.REQ.MMAP, W.REP.mmap, { err, handle });
+  }
+
+  /** The mapping table of a connection that owns mappings (a process's control connection, or a holder). */
+  private mapsOf(c: Conn): MapTable {
+    return c.kind === 'holder' ? c.holder!.maps : this.procOf(c).maps;
+  }
+
+  /** VMA pieces of a mapping appeared (split, move) or went (munmap): one reference each. */
+  mref(c: Conn, f: W.ReqValues<'MREF'>): void {
+    const maps = this.mapsOf(c);
+    const list = maps.get(f.handle);
+    let status = 0;
+    if (!list || f.delta === 0 || f.delta > MREF_MAX || -f.delta > list.length) {
+      status = -ERRNO.EINVAL;
+    } else if (f.delta > 0) {
+      for (let i = 0; i < f.delta; i++) list.push(list[0]!.open());
+    } else {
+      for (let i = 0; i < -f.delta; i++) list.pop()!.close();
+      if (list.length === 0) maps.delete(f.handle);
+    }
+    this.status(c, W.REQ.MREF, status);
+  }
+
+  /** fork: a socket the child inherits, holding the child's copies of the parent's mappings. */
+  holderConn(c: Conn, f: W.ReqValues<'HOLDER'>): void {
+    const st = this.claimant(c, 'HOLDER', f.pid, f.session, f.fd, f.ino);
+    const h: HolderEntry = { token: newToken(), ino: f.ino, conn: c, pid: st.pid, maps: new Map() };
+    this.holders.set(h.token, h);
+    c.kind = 'holder';
+    c.holder = h;
+    c.onEnd = () => {
+      this.holders.delete(h.token);
+      closeMaps(h.maps);
+    };
+    this.reply(c, W.REQ.HOLDER, W.REP.holder, { token: h.token });
+  }
+
+  /** fork: the holder gets `pieces` references of its own to a mapping of this connection. */
+  mdup(c: Conn, f: W.ReqValues<'MDUP'>): void {
+    const h = this.holders.get(f.holder);
+    // The holder must be the sending process's, and a holder connection the sender's own fd.
+    const pid = c.kind === 'holder' ? h?.pid : this.procOf(c).pid;
+    if (!h || h.pid !== pid || (c.kind === 'holder' && socketInode(h.pid, f.fd) !== c.holder!.ino)) {
+      throw new Forged(`MDUP into holder ${f.holder} that the sender did not make`);
+    }
+    const list = this.mapsOf(c).get(f.handle);
+    let err = 0;
+    let handle = 0n;
+    if (!list || f.pieces === 0 || f.pieces > MREF_MAX) err = -ERRNO.EINVAL;
+    else {
+      handle = this.nextHandle++;
+      const copies: MmapHandle[] = [];
+      for (let i = 0; i < f.pieces; i++) copies.push(list[0]!.open());
+      h.maps.set(handle, copies);
+    }
+    this.reply(c, W.REQ.MDUP, W.REP.mmap, { err, handle });
+  }
+
+  /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
+  lookup(c: Conn, f: W.ReqValues<'LOOKUP'>): void {
+    const st = this.procOf(c);
+    const ino = socketInode(st.pid, f.fd);
+    let v: Partial<W.Values<typeof W.REP.lookup.spec>> = { kind: W.KIND.NONE };
+    if (ino !== null) {
+      const anchor = this.anchorsByIno.get(ino);
+      const ev = this.eventsByIno.get(ino);
+      if (anchor && this.ctxs.get(anchor.token) === anchor) v = { kind: W.KIND.IOMMUFD, token: anchor.token };
+      else if (ev && ev.file && !ev.released) v = { kind: W.KIND.EVENT, token: ev.token };
+      if (v.token) st.held.add(v.token);
+    }
+    this.reply(c, W.REQ.LOOKUP, W.REP.lookup, v);
   }
 
   bindFile(b: EventBinding, file: IommufdFile): void {
@@ -515,16 +624,11 @@ export class IommufdServer {
   }
 
   /** The event binding behind the client's fd `fd` (socket inode via /proc). */
-  bindingOfFd(pid: number, fd: number): EventBinding | undefined {
-    if (fd < 0) return undefined;
-    let link: string;
-    try {
-      link = fs.readlinkSync(`/proc/${pid}/fd/${fd}`);
-    } catch {
-      return undefined;
-    }
-    const m = /^socket:\[(\d+)\]$/.exec(link);
-    return m ? this.eventsByIno.get(BigInt(m[1]!)) : undefined;
+  bindingOfFd(st: ProcState, fd: number): EventBinding | undefined {
+    const ino = socketInode(st.pid, fd);
+    const b = ino === null ? undefined : this.eventsByIno.get(ino);
+    if (b) st.held.add(b.token);
+    return b;
   }
 
   /** Put one readiness byte in the client's socket while the file is readable. */
@@ -536,94 +640,78 @@ export class IommufdServer {
     }
   }
 
-  private ioctl(c: Conn, f: Buffer): void {
-    const token = f.readUInt32LE(8);
-    const pid = f.readUInt32LE(12);
-    const tid = f.readUInt32LE(16);
-    const request = f.readUInt32LE(20);
-    const arg = f.readBigUInt64LE(24);
-    const failnth = f.readInt32LE(32);
-    const evfd = f.readInt32LE(36);
-    const evtoken = f.readUInt32LE(40);
-    const gen = f.readUInt32LE(44);
-    const memlockLo = f.readUInt32LE(48);
-    const memlockHi = f.readUInt32LE(52);
-    const hintFd = f.readInt32LE(60);
-    const st = this.procs.get(c.pid);
-    const entry = this.ctxs.get(token);
+  ioctl(c: Conn, f: W.ReqValues<'IOCTL'>, raw: Buffer): void {
+    const st = this.procOf(c);
+    const { request, arg, tid } = f;
+    const pid = st.pid;
+    const entry = this.named(st, this.ctxs, f.token, f.fd, 'IOCTL');
+    let ev: EventBinding | undefined;
+    if (f.evfd >= 0) {
+      ev = this.events.get(f.evtoken);
+      if (!ev || ev.pid !== pid || ev.file) throw new Forged(`IOCTL offers event file ${f.evtoken} that pid ${pid} did not prepare`);
+    }
+    const hint = f.hintfd >= 0 ? this.named(st, this.events, f.hinttoken, f.hintfd, 'IOCTL hint') : undefined;
     let ret: number;
-    let outFailnth = 0;
+    let outFailnth = f.failnth;
     let fdt: CallFdTable | null = null;
     let written: InlineWindow | null = null;
-    if (!st || st.conn !== c) {
-      ret = -ERRNO.EBADF;
-    } else if (!entry) {
+    if (!entry) {
       ret = -ERRNO.EBADF;
     } else {
-      st.mem.process.memlockLimit = memlockLo === 0xffffffff && memlockHi === 0xffffffff ? Infinity : memlockHi * 2 ** 32 + memlockLo;
-      st.mem.setGeneration(gen);
+      st.mem.process.memlockLimit = f.memlock === U64_MAX ? Infinity : Number(f.memlock);
+      st.mem.setGeneration(f.mapgen);
       // The struct's first bytes came inline: reads of them are served from
       // that copy, writes to them go back with the reply (see ProcMemory).
-      const base = P.REQ_SIZE[P.T_IOCTL]!;
-      st.mem.beginInline(arg, f, base, f.length - base);
+      const base = W.REQ.IOCTL.size;
+      st.mem.beginInline(arg, raw, base, raw.length - base);
       try {
-        fdt = hintFd >= 0
-          ? new CallFdTable(this, pid, evfd, evtoken, hintFd, f.readUInt32LE(64), f.readBigUInt64LE(72))
-          : new CallFdTable(this, pid, evfd, evtoken);
-        const tstate = this.tracer?.before(entry.ctx, request, arg, st.mem);
+        fdt = new CallFdTable(this, st, f.evfd, ev, f.hintfd, hint);
         const calls = fdt;
-        ({ ret, failnth: outFailnth } = this.emulate(failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
-          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls })));
-        if (this.tracer) {
-          try {
-            this.tracer.after(tstate, ret >= 0 ? { ret } : { errno: -ret }, pid, tid);
-          } catch (e) {
-            this.log(`trace failed: ${(e as Error).message}`);
-          }
-        }
+        ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
+          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
         st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
       }
     }
-    if (ret! < 0 && fdt?.installed) {
+    if (ret < 0 && fdt?.installed) {
       // The handler installed the fd and then failed without closing it: roll back.
-      const b = this.events.get(evtoken);
-      if (b) this.releaseBinding(b);
+      if (ev) this.releaseBinding(ev);
       fdt.installed = false;
     }
     if (this.events.size) for (const b of this.events.values()) this.signal(b);
     // With the bytes the call wrote to the inline copy of the struct: the shim stores them.
-    const wlen = written ? written.hi - written.lo : 0;
-    const reply = Buffer.allocUnsafe(P.REP_SIZE.ioctl + wlen);
-    reply.writeUInt32LE(reply.length, 0);
-    reply.writeUInt32LE(0, 4);
-    const retHi = Math.floor(ret! / 2 ** 32); // s64 ret, exact for every JS integer result
-    reply.writeUInt32LE(ret! - retHi * 2 ** 32, 8);
-    reply.writeInt32LE(retHi, 12);
-    reply.writeInt32LE(outFailnth, 16);
-    reply.writeUInt32LE(fdt?.installed ? 1 : 0, 20);
-    reply.writeUInt32LE(written ? written.lo : 0, 24);
-    reply.writeUInt32LE(wlen, 28);
-    for (let i = 0; i < wlen; i++) reply[P.REP_SIZE.ioctl + i] = written!.data[written!.lo + i]!;
-    c.send(reply);
+    const tail = written ? written.data.subarray(written.lo, written.hi) : undefined;
+    this.reply(c, W.REQ.IOCTL, W.REP.ioctl, {
+      ret: BigInt(ret), failnth: outFailnth, evused: fdt?.installed ? 1 : 0, woff: written ? written.lo : 0,
+    }, tail);
   }
 
   /**
    * Run one emulated call with the client thread's fail-nth counter armed
-   * (0 or negative = off) and return its result as the kernel would (negative
-   * errno on failure) plus the counter to hand back. Anything but an errno is
-   * an emulator bug: logged, answered EIO, and the server keeps serving.
+   * (0 = off) and return its result as the kernel would (negative errno on
+   * failure) plus the counter to hand back. Anything but an errno is an
+   * emulator bug: logged, answered EIO, and the server keeps serving. Every
+   * path into the emulator (open, ioctl, file ops, mmap) goes through here.
    */
+  /** Emulator bugs logged so far (the soak reports them). */
+  bugs = 0;
+
+  /** An exception that is not an errno: an emulator bug, logged loudly the same way on every path. */
+  bug(what: string, e: unknown): void {
+    this.bugs++;
+    this.log(`${what}: emulator bug: ${(e as Error)?.stack ?? e}`);
+  }
+
   private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
-    this.emu.failNth = failnth > 0 ? failnth : 0;
+    this.emu.failNth = failnth;
     try {
       ret = fn();
     } catch (e) {
       if (isErrno(e)) ret = -e.errno;
       else {
-        this.log(`${what()}: emulator bug: ${(e as Error).stack ?? e}`);
+        this.bug(what(), e);
         ret = -ERRNO.EIO;
       }
     }
@@ -632,79 +720,71 @@ export class IommufdServer {
     return { ret, failnth: left };
   }
 
-  private fileop(c: Conn, f: Buffer): void {
-    const evtoken = f.readUInt32LE(8);
-    const op = f.readUInt32LE(12);
-    const buf = f.readBigUInt64LE(16);
-    const count = f.readBigUInt64LE(24);
-    const pos = f.readBigUInt64LE(32);
-    const failnth = f.readInt32LE(40);
-    const gen = f.readUInt32LE(44);
-    const st = this.procs.get(c.pid);
-    st?.mem.setGeneration(gen);
-    const b = this.events.get(evtoken);
-    const reply = Buffer.alloc(P.REP_SIZE.fileop);
-    reply.writeUInt32LE(reply.length, 0);
+  fileop(c: Conn, f: W.ReqValues<'FILEOP'>): void {
+    const st = this.procOf(c);
+    st.mem.setGeneration(f.mapgen);
+    const b = this.named(st, this.events, f.token, f.fd, 'FILEOP');
     let ret: number;
-    if (!st || !b || !b.file || b.released) {
+    let failnth = f.failnth;
+    let drain = 0;
+    if (!b || !b.file || b.released) {
       ret = -ERRNO.EBADF;
     } else {
       const file = b.file;
-      // The VFS's checks (method present, access_ok, count clamp) come first: src/core/file.ts.
-      void pos; // positional I/O on these files is ESPIPE, answered by the shim
-      const r = this.emulate(failnth, () => `file op on ${file.name}`,
-        () => (op === P.FILEOP_WRITE ? vfsWrite(file, st.mem, buf, count)
-          : op === P.FILEOP_POLL ? vfsPoll(file) : vfsRead(file, st.mem, buf, count)));
+      const op = f.op;
+      // The VFS's checks (method present, access_ok, count clamp) come first (src/core/file.ts);
+      // positional I/O on these files is ESPIPE, answered by the shim.
+      const r = this.emulate(f.failnth, () => `file op on ${file.name}`,
+        () => (op === W.FILEOP.WRITE ? vfsWrite(file, st.mem, f.buf, f.count)
+          : op === W.FILEOP.POLL ? vfsPoll(file) : vfsRead(file, st.mem, f.buf, f.count)));
       ret = r.ret;
-      reply.writeInt32LE(r.failnth, 16);
-      const what = op === P.FILEOP_WRITE ? 'write' : op === P.FILEOP_POLL ? 'poll' : 'read';
-      this.tracer?.note?.(c.pid, c.pid, `${what}(${b.file.name}, ${count}) = ${ret >= 0 ? ret : errText(ret)}`);
-      if (b.signalled && !(b.file.poll() & POLLIN)) {
+      failnth = r.failnth;
+      const what = op === W.FILEOP.WRITE ? 'write' : op === W.FILEOP.POLL ? 'poll' : 'read';
+      if (this.emu.bus.on) this.note(c.pid, f.tid || c.pid, `${what}(${file.name}, ${f.count}) = ${ret >= 0 ? ret : errText(ret)}`);
+      if (b.signalled && !(file.poll() & POLLIN)) {
         b.signalled = false;
-        reply.writeUInt32LE(1, 20); // the client takes the readiness byte back
+        drain = 1; // the client takes the readiness byte back
       }
     }
-    reply.writeBigInt64LE(BigInt(ret), 8);
     for (const e of this.events.values()) this.signal(e);
-    c.send(reply);
+    this.reply(c, W.REQ.FILEOP, W.REP.fileop, { ret: BigInt(ret), failnth, drain });
   }
 
   /**
    * Reply once every hang-up that happened before this request was processed:
    * the shim closes the fd first, then syncs, so teardown is done on return.
    */
-  private sync(c: Conn): void {
+  sync(c: Conn, f: W.ReqValues<'SYNC'>): void {
+    const st = this.procOf(c);
+    if (f.forget) st.held.delete(f.forget);
     setImmediate(() => setImmediate(() => {
       this.registry.collect();
-      c.send(P.statusReply(0));
+      this.status(c, W.REQ.SYNC, 0);
     }));
   }
 
-  private region(c: Conn, f: Buffer): void {
-    const va = f.readBigUInt64LE(8);
-    const len = f.readBigUInt64LE(16);
-    const off = f.readBigUInt64LE(24);
-    const memfd = f.readInt32LE(32);
-    const flags = f.readUInt32LE(36);
-    const st = this.procs.get(c.pid);
+  region(c: Conn, f: W.ReqValues<'REGION'>): void {
+    const st = this.procOf(c);
     let status = 0;
     try {
-      if (!st) fail('EBADF');
-      const obj = this.registry.openShared(c.pid, memfd, !!(flags & P.REGION_HUGE));
-      st.mem.addRegion(va, len, obj, off);
+      const obj = this.registry.openShared(c.pid, f.memfd, !!(f.flags & W.REGION.HUGE));
+      st.mem.addRegion(f.va, f.length, obj, f.off);
     } catch (e) {
-      status = isErrno(e) ? -e.errno : -ERRNO.EINVAL;
-      this.log(`REGION from pid ${c.pid}: ${(e as Error).message}`);
+      if (isErrno(e)) {
+        status = -e.errno;
+        this.log(`REGION from pid ${c.pid}: ${e.message}`);
+      } else {
+        this.bug(`REGION from pid ${c.pid}`, e);
+        status = -ERRNO.EIO;
+      }
     }
-    c.send(P.statusReply(status));
+    this.status(c, W.REQ.REGION, status);
   }
 
-  private unmap(c: Conn, f: Buffer): void {
-    const va = f.readBigUInt64LE(8);
-    const len = f.readBigUInt64LE(16);
-    this.procs.get(c.pid)?.mem.removeRange(va, len);
+  unmap(c: Conn, f: W.ReqValues<'UNMAP'>): void {
+    this.procOf(c).mem.removeRange(f.va, f.length);
     this.registry.collect();
-    c.send(P.statusReply(0));
+    this.status(c, W.REQ.UNMAP, 0);
   }
 }
 

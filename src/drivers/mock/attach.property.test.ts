@@ -8,6 +8,7 @@ import fc from 'fast-check';
 import type { Device } from '../../core/device.js';
 import { HwptPaging } from '../../core/hwpt.js';
 import { ObjType } from '../../core/object.js';
+import { referenceProblems } from '../../core/graph.js';
 import { isErrno } from '../../uapi/errno.js';
 import { HWPT_ALLOC, MOCK, TEST_OP } from '../../uapi/enums.js';
 import * as S from '../../uapi/structs.js';
@@ -45,6 +46,7 @@ function pick<X>(xs: X[], i: number): X | undefined {
 function checkInvariants(t: T, ioases: number[]): void {
   const devices = objsOf(t, ObjType.DEVICE) as Device[];
   for (const d of devices) assert.equal(d.users, 2 + d.attachments.size, `device ${d.id} users`);
+  assert.deepEqual(referenceProblems(t.ctx), [], 'holder records');
   const hwpts = objsOf(t, ObjType.HWPT_PAGING) as HwptPaging[];
   for (const h of hwpts) if (h.autoDomain) assert.ok(h.users >= 2, `orphan auto-domain ${h.id}`);
   for (const id of ioases) {

@@ -1,0 +1,54 @@
+// Which requests hand out or look up fds, and what the shim forwards for each
+// kind of emulated fd: data the server sends the shim (PROVE reply tables), so
+// the shim knows nothing of the uAPI itself. Offsets and request numbers come
+// from the uAPI table of the server's profile.
+import type { Emulator } from '../core/emulator.js';
+import { TEST_OP } from '../uapi/enums.js';
+import * as S from '../uapi/structs.js';
+import { FDRULE, KIND, OPS, RECORD, type Values } from './wire.js';
+
+export type KindRecord = Values<typeof RECORD.kind.spec>;
+export type FdRuleRecord = Values<typeof RECORD.fdrule.spec>;
+
+/** The fd kinds the server owns and what the shim forwards for each. */
+export const KINDS: readonly KindRecord[] = [
+  // /dev/iommu: ioctl and mmap; read/write have no file operation (EINVAL)
+  { kind: KIND.IOMMUFD, ops: OPS.IOCTL | OPS.MMAP },
+  // files ioctls hand out (fault queue, vEVENTQ, selftest access): read/write
+  { kind: KIND.EVENT, ops: OPS.READ | OPS.WRITE },
+];
+
+interface Rule {
+  ioctl: string;
+  action: number;
+  kind?: number;
+  /** Only when this u32 field equals value. */
+  when?: { field: { offset: number }; value: number };
+  /** The fd field (absent: the ioctl's return value). */
+  field?: { offset: number };
+}
+
+const TC = S.iommu_test_cmd.fields;
+
+const RULES: readonly Rule[] = [
+  { ioctl: 'FAULT_QUEUE_ALLOC', action: FDRULE.RETURNS, kind: KIND.EVENT, field: S.iommu_fault_alloc.fields.out_fault_fd },
+  { ioctl: 'VEVENTQ_ALLOC', action: FDRULE.RETURNS, kind: KIND.EVENT, field: S.iommu_veventq_alloc.fields.out_veventq_fd },
+  // the selftest's in-kernel access is an fd; the access ops name it in `id`
+  { ioctl: 'TEST_CMD', action: FDRULE.RETURNS, kind: KIND.EVENT, when: { field: TC.op, value: TEST_OP.CREATE_ACCESS }, field: TC.id },
+  { ioctl: 'TEST_CMD', action: FDRULE.NAMES, field: TC.id },
+];
+
+/** The fd rules of `emu`'s profile (requests it does not have are left out). */
+export function fdRules(emu: Emulator): FdRuleRecord[] {
+  const out: FdRuleRecord[] = [];
+  for (const r of RULES) {
+    const op = emu.byName.get(r.ioctl);
+    if (!op) continue;
+    out.push({
+      request: op.request >>> 0, action: r.action, kind: r.kind ?? KIND.NONE,
+      when_off: r.when ? r.when.field.offset : -1, when_value: r.when?.value ?? 0,
+      field_off: r.field ? r.field.offset : -1,
+    });
+  }
+  return out;
+}
