@@ -299,26 +299,34 @@ export class Pages {
 }
 
 /** Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed. */
+/**
+ * Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed.
+ * The limit is the owner's at this moment (task_rlimit of the source task); CAP_IPC_LOCK
+ * only matters when the pages object was created (mode NONE). Every mode counts the pages
+ * in the owner's pinned total (VmPin).
+ */
 export function chargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
   if (n === 0) return;
   switch (mode) {
     case AccountMode.NONE:
-      return;
+      break;
     case AccountMode.USER: {
       const cur = emu.userAccounting.get(owner.uid);
-      if (cur + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      if (cur + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK (per-user accounting)');
       emu.userAccounting.add(owner.uid, n);
-      return;
+      break;
     }
     case AccountMode.MM:
-      if (!owner.capIpcLock && owner.lockedPages + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      if (owner.lockedPages + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK (per-process accounting)');
       owner.lockedPages += n;
-      return;
+      break;
   }
+  owner.pinnedPages += n;
 }
 
 export function unchargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
   if (n === 0) return;
   if (mode === AccountMode.USER) emu.userAccounting.add(owner.uid, -n);
   else if (mode === AccountMode.MM) owner.lockedPages -= n;
+  owner.pinnedPages -= n;
 }

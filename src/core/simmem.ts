@@ -58,7 +58,7 @@ let nextPid = 1000;
 export function defaultProcess(over: Partial<ProcessInfo> = {}): ProcessInfo {
   return {
     pid: nextPid++, uid: 0, capSysResource: true, capIpcLock: true, capSysRawio: true,
-    memlockLimit: Infinity, lockedPages: 0, alive: true, ...over,
+    memlockLimit: Infinity, lockedPages: 0, pinnedPages: 0, alive: true, ...over,
   };
 }
 

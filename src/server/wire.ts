@@ -93,7 +93,7 @@ export const IOCTL_INLINE_MAX = 256;
 /** Largest frame a peer may announce; anything else is malformed. */
 export const MAX_FRAME = 4096;
 /** Bumped on every incompatible change; HELLO carries the shim's. */
-export const WIRE_VERSION = 2;
+export const WIRE_VERSION = 3;
 
 // ---- constants shared by both sides ---------------------------------------------
 
@@ -136,6 +136,8 @@ export const REP = {
     'result; drain: the shim takes the readiness byte back out of the socket'),
   lookup: reply('lookup', { kind: 'u32', pad: 'u32', token: 'u64' }, 'which emulated file the fd is (KIND.NONE: none)'),
   mmap: reply('mmap', { err: 's32', pad: 'u32', handle: 'u64' }, 'the mapping\'s handle (its references, see MREF)'),
+  procstat: reply('procstat', { status: 's32', pad: 'u32', pinned: 'u64', locked: 'u64' },
+    'pages the emulator pinned for the process (VmPin) and charged to it as locked (VmLck); status -ENOENT: not a client'),
 } as const;
 
 export const RECORD = {
@@ -169,8 +171,10 @@ export const REQ = {
   IOCTL: request('IOCTL', 3, CTL, REP.ioctl, {
     token: 'u64', fd: 's32', tid: 'u32', request: 'u32', failnth: 'u32', arg: 'u64',
     evfd: 's32', mapgen: 'u32', evtoken: 'u64', memlock: 'u64', hintfd: 's32', inl: 'u32', hinttoken: 'u64',
+    caps: 'u32', pad: 'u32',
   }, 'ioctl(fd, request, arg) on the file `token`; evfd/evtoken: a prepared event socket (-1: none); '
-    + 'hintfd/hinttoken: an fd the call may look up (FDRULE.NAMES); then inl bytes of our memory from arg on',
+    + 'hintfd/hinttoken: an fd the call may look up (FDRULE.NAMES); memlock, caps: the caller\'s RLIMIT_MEMLOCK '
+    + 'and effective CAP bits now (the kernel checks them at the call); then inl bytes of our memory from arg on',
   { tail: 'inl', tailMax: IOCTL_INLINE_MAX }),
   SYNC: request('SYNC', 4, CTL, REP.status, { forget: 'u64' },
     'answered once every hang-up before it was processed; forget: a file token this process no longer holds (0: none)'),
@@ -186,6 +190,8 @@ export const REQ = {
     token: 'u64', fd: 's32', prot: 'u32', offset: 'u64', length: 'u64', flags: 'u32', memfd: 's32',
   }, 'mmap of the file `token`; the region\'s pages go into memfd, which the shim then maps'),
   MRELEASE: request('MRELEASE', 11, CTL, REP.status, { handle: 'u64' }, 'that mapping is gone (munmap)'),
+  PROCSTAT: request('PROCSTAT', 13, CTL, REP.procstat, { pid: 'u32', pad: 'u32' },
+    'pinned and locked page counts of process `pid` (the VmPin/VmLck lines of its /proc status)'),
 } as const;
 
 export type RequestName = keyof typeof REQ;
