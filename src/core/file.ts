@@ -31,6 +31,8 @@ export interface FdTable {
   lookup(fd: number): IommufdFile | undefined;
   /** Close `fd` (drops the file's reference if it was the last). */
   close(fd: number): void;
+  /** Is `fd` open at all (any file, emulated or not)? Absent: only emulated fds are known. */
+  isOpen?(fd: number): boolean;
 }
 
 /** A plain in-process fd table: numbers from 1000 up, one reference per fd. */

@@ -210,6 +210,17 @@ class CallFdTable implements FdTable {
     return b && !b.released ? b.file ?? undefined : undefined;
   }
 
+  isOpen(fd: number): boolean {
+    if (fd < 0) return false;
+    if (this.installed && fd === this.evfd) return true;
+    try {
+      fs.lstatSync(`/proc/${this.st.pid}/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
   close(fd: number): void {
     let b: EventBinding | undefined;
     if (this.installed && fd === this.evfd) {
