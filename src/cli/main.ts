@@ -5,10 +5,12 @@ import { Command, Option } from 'commander';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import { PROFILES, type ProfileName } from '../uapi/profiles.js';
-import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT } from '../server/native.js';
+import { ensureShim } from '../server/native.js';
 import { runProgram, shimEnv, traceWriter } from '../server/run.js';
 import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
 import { TracePrinter } from '../server/trace.js';
+import { DEFAULT_PORT, inspectPort, serveRecording, startInspector } from '../inspect/start.js';
+import { buildDemo } from './demo.js';
 import { DEVICE_MODELS } from '../devices/models.js';
 import { DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
@@ -20,6 +22,76 @@ const abiOption = () =>
 const grantOption = () =>
   new Option('--grant-cap <cap...>', 'treat every client as also having these capabilities (default: its real ones)')
     .choices(CAP_NAMES as string[]);
+
+const inspectOption = () =>
+  new Option('--inspect [port]', `serve the live inspector on 127.0.0.1:PORT (default ${DEFAULT_PORT}; 0 = any free port)`);
+const recordOption = () =>
+  new Option('--inspect-record <file>', 'record the inspector\'s stream to FILE (replay it with `iommufd-emu inspect FILE`)');
+
+const log = (m: string): void => void process.stderr.write(`iommufd-emu: ${m}\n`);
+
+/** Resolves on the first SIGINT or SIGTERM. */
+function untilSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      process.off('SIGINT', done);
+      process.off('SIGTERM', done);
+      resolve();
+    };
+    process.on('SIGINT', done);
+    process.on('SIGTERM', done);
+  });
+}
+
+interface RunCliOptions {
+  abi: ProfileName;
+  trace?: boolean | string;
+  grantCap?: CapName[];
+  inspect?: boolean | string;
+  inspectRecord?: string;
+  inspectWait?: boolean;
+}
+
+/**
+ * Run `prog` against a private emulator, traced and/or inspected as asked.
+ * With --inspect the program starts once a page is open (unless
+ * --no-inspect-wait) and the run stays on view after it exits, until Ctrl-C.
+ */
+async function runCli(prog: string[], opts: RunCliOptions): Promise<number> {
+  const emulator = new Emulator({ profile: opts.abi });
+  const write = traceWriter(opts.trace);
+  if (write) new TracePrinter(write).attach(emulator);
+  const run = { profile: opts.abi, grantCaps: opts.grantCap, emulator };
+  if (!opts.inspect && !opts.inspectRecord) return runProgram(prog, run);
+  const ins = await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord, argv: prog }, log);
+  const url = ins.server?.url;
+  if (url) log(`inspector at ${url}`);
+  let status: number;
+  try {
+    status = await runProgram(prog, {
+      ...run,
+      beforeStart: async () => {
+        if (ins.server && opts.inspectWait !== false) {
+          ins.session.setStatus('waiting');
+          log(`open ${url} to start ${prog[0]} (Ctrl-C quits)`);
+          const quit = untilSignal().then(() => { throw new Error('interrupted before a page connected'); });
+          await Promise.race([ins.server.connected, quit]);
+        }
+        ins.session.setStatus('running');
+      },
+    });
+  } catch (e) {
+    await ins.close();
+    throw e;
+  }
+  ins.session.setStatus('exited', { exitStatus: status });
+  if (ins.server) {
+    log(`${prog[0]} exited with status ${status}; the run stays on view at ${url} (Ctrl-C to quit)`);
+    await untilSignal();
+  }
+  await ins.close();
+  return status;
+}
 
 const program = new Command();
 program
@@ -33,11 +105,14 @@ program
   .addOption(abiOption())
   .option('--trace [file]', 'print one decoded line per ioctl (to stderr, or append to FILE)')
   .addOption(grantOption())
+  .addOption(inspectOption())
+  .addOption(recordOption())
+  .option('--no-inspect-wait', 'with --inspect, start the program without waiting for a page')
   .argument('<prog...>', 'program and its arguments (after --)')
   .passThroughOptions()
-  .action(async (prog: string[], opts: { abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
+  .action(async (prog: string[], opts: RunCliOptions) => {
     await loadHandlers();
-    process.exitCode = await runProgram(prog, { profile: opts.abi, trace: opts.trace, grantCaps: opts.grantCap });
+    process.exitCode = await runCli(prog, opts);
   });
 
 program
@@ -47,15 +122,22 @@ program
   .addOption(abiOption())
   .option('--trace [file]', 'print one decoded line per ioctl')
   .addOption(grantOption())
-  .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[] }) => {
+  .addOption(inspectOption())
+  .addOption(recordOption())
+  .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[];
+    inspect?: boolean | string; inspectRecord?: string }) => {
     await loadHandlers();
     const write = traceWriter(opts.trace);
     const emulator = new Emulator({ profile: opts.abi });
     if (write) new TracePrinter(write).attach(emulator);
+    const ins = opts.inspect || opts.inspectRecord
+      ? await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord }, log) : null;
+    ins?.session.setStatus('serving');
     const server = new IommufdServer({ socketPath: path.resolve(opts.socket), emulator, grantCaps: opts.grantCap });
     await server.listen();
     process.stderr.write(`iommufd-emu: serving ABI ${opts.abi} on ${server.socketPath}\n`);
-    const stop = () => void server.close().then(() => process.exit(0));
+    if (ins?.server) log(`inspector at ${ins.server.url}`);
+    const stop = () => void server.close().then(() => ins?.close()).then(() => process.exit(0));
     process.on('SIGINT', stop);
     process.on('SIGTERM', stop);
   });
@@ -118,23 +200,29 @@ program
 
 program
   .command('demo')
-  .description('build examples/demo.c and run it with --trace')
+  .description('build examples/demo.c and run it with --trace (add --inspect to watch it in a browser)')
   .addOption(abiOption())
-  .action(async (opts: { abi: ProfileName }) => {
+  .addOption(inspectOption())
+  .addOption(recordOption())
+  .option('--no-inspect-wait', 'with --inspect, start the demo without waiting for a page')
+  .action(async (opts: RunCliOptions) => {
     await loadHandlers();
     const exe = await buildDemo(opts.abi);
     process.stderr.write(`iommufd-emu demo: running ${path.relative(process.cwd(), exe) || exe} (ABI ${opts.abi})\n`);
-    process.exitCode = await runProgram([exe], { profile: opts.abi, trace: true });
+    process.exitCode = await runCli([exe], { ...opts, trace: true });
   });
 
-/** Build the demo against C headers generated from the uAPI table for `profile`. */
-async function buildDemo(profile: ProfileName): Promise<string> {
-  const { writeHeaders } = await import('../uapi/cheader.js');
-  const inc = path.join(cacheDir(), 'include', profile);
-  writeHeaders(inc, profile);
-  const src = path.join(PACKAGE_ROOT, 'examples', 'demo.c');
-  return buildProgram([src], { includeDirs: [inc], cflags: ['-isystem', inc], name: `iommufd-demo-${profile}` });
-}
+program
+  .command('inspect')
+  .description('serve a recorded run (--inspect-record FILE) to the inspector page for replay')
+  .argument('<file>')
+  .option('--port <port>', `port on 127.0.0.1 (0 = any free port)`, String(DEFAULT_PORT))
+  .action(async (file: string, opts: { port: string }) => {
+    const server = await serveRecording(path.resolve(file), inspectPort(opts.port), log);
+    log(`replaying ${file} at ${server.url} (Ctrl-C to quit)`);
+    await untilSignal();
+    await server.close();
+  });
 
 program.parseAsync(process.argv).catch((e: Error) => {
   process.stderr.write(`iommufd-emu: ${e.message}\n`);

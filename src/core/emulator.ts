@@ -83,6 +83,16 @@ export class Emulator {
     if (this.failNth > 0 && --this.failNth === 0) fail(code, 'fault injection');
   }
 
+  /** Emulator-wide state a feature module keeps under `key` (its driver, the VFIO subsystem), made on first use. */
+  extState<T>(key: string, make: () => T): T {
+    let v = this.ext.get(key) as T | undefined;
+    if (v === undefined) {
+      v = make();
+      this.ext.set(key, v);
+    }
+    return v;
+  }
+
   compatIoctl(ctx: IommufdCtx, request: number, arg: bigint, caller: Caller): number {
     const h = REGISTRY.compat;
     if (!h) fail('ENOTTY');

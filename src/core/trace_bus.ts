@@ -55,6 +55,8 @@ export type TraceEvent =
   | { t: 'mmap'; op: 'map' | 'unmap'; ctx: number; owner: number; offset: bigint; length: bigint }
   /** A check failed (thrown; it may still be caught, e.g. an incompatible auto-domain). */
   | { t: 'fail'; ctx: number; op?: string; errno: ErrnoName; reason: string }
+  /** An ioctl starts (the events until its `ioctl` event happen inside it). */
+  | { t: 'begin'; ctx: number; pid: number; name?: string }
   /**
    * One ioctl, emitted when it returns: the caller's struct as passed and as
    * read back afterwards (null: unreadable / not a struct), the result.

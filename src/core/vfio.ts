@@ -68,10 +68,5 @@ const EXT_KEY = 'vfio.subsystem';
 
 /** The emulator's VFIO subsystem (empty until a machine registers devices). */
 export function vfioOf(emu: Emulator): VfioSubsystem {
-  let v = emu.ext.get(EXT_KEY) as VfioSubsystem | undefined;
-  if (!v) {
-    v = new VfioSubsystem(emu);
-    emu.ext.set(EXT_KEY, v);
-  }
-  return v;
+  return emu.extState(EXT_KEY, () => new VfioSubsystem(emu));
 }

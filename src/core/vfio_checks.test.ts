@@ -104,12 +104,8 @@ test('BIND_IOMMUFD on a device fd from GET_DEVICE_FD: EINVAL', () => {
   const { p } = vfioSetup();
   const c = p.openContainer();
   const g = p.openGroup(3);
-  const fdArg = p.mem.alloc(4);
-  p.mem.write(fdArg, Uint8Array.of(c, 0, 0, 0));
-  p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, fdArg);
-  const name = p.mem.alloc(16);
-  p.mem.write(name, Buffer.from('0000:00:03.0\0'));
-  const dev = p.ioctl(g, VFIO_REQ.GROUP_GET_DEVICE_FD, name);
+  p.setContainer(g, c);
+  const dev = p.getDeviceFd(g, '0000:00:03.0');
   assert.equal(bind(p, dev, { iommufd: c }), 'EINVAL');
   // cdev-only ioctls are unknown there: the vfio-pci ioctl table answers ENOTTY.
   assert.equal(attach(p, dev, { pt_id: 1 }), 'ENOTTY');
@@ -352,36 +348,22 @@ test('group: a second open EBUSY; GET_STATUS argsz < 8 EINVAL; unknown group ioc
 test('group SET_CONTAINER: bad fd EBADF; a non-container fd EBADFD; set twice EINVAL; UNSET without EINVAL', () => {
   const { p } = vfioSetup();
   const g = p.openGroup(3);
-  const arg = (fd: number) => {
-    const a = p.mem.alloc(4);
-    const b = new Uint8Array(4);
-    new DataView(b.buffer).setInt32(0, fd, true);
-    p.mem.write(a, b);
-    return a;
-  };
   assert.equal(errOf(() => p.ioctl(g, VFIO_REQ.GROUP_UNSET_CONTAINER, 0n)), 'EINVAL');
-  assert.equal(errOf(() => p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, arg(999))), 'EBADF');
-  assert.equal(errOf(() => p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, arg(p.eventfd().fd))), 'EBADFD');
+  assert.equal(errOf(() => p.setContainer(g, 999)), 'EBADF');
+  assert.equal(errOf(() => p.setContainer(g, p.eventfd().fd)), 'EBADFD');
   assert.equal(errOf(() => p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, 0x10n)), 'EFAULT');
   const c = p.openContainer();
-  assert.equal(p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, arg(c)), 0);
-  assert.equal(errOf(() => p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, arg(c))), 'EINVAL');
+  assert.equal(p.setContainer(g, c), 0);
+  assert.equal(errOf(() => p.setContainer(g, c)), 'EINVAL');
   assert.equal(p.ioctl(g, VFIO_REQ.GROUP_UNSET_CONTAINER, 0n), 0);
 });
 
 test('GET_DEVICE_FD: no container EINVAL; names matched by BDF prefix with at most one vf_token option', () => {
   const { p } = vfioSetup();
   const g = p.openGroup(3);
-  const get = (s: string) => {
-    const a = p.mem.alloc(s.length + 1);
-    p.mem.write(a, Buffer.from(s + '\0'));
-    return errOf(() => p.ioctl(g, VFIO_REQ.GROUP_GET_DEVICE_FD, a));
-  };
+  const get = (s: string) => errOf(() => p.getDeviceFd(g, s));
   assert.equal(get('0000:00:03.0'), 'EINVAL', 'no container set');
-  const c = p.openContainer();
-  const a = p.mem.alloc(4);
-  p.mem.write(a, Uint8Array.of(c, 0, 0, 0));
-  p.ioctl(g, VFIO_REQ.GROUP_SET_CONTAINER, a);
+  p.setContainer(g, p.openContainer());
   assert.equal(get('0000:00:04.0'), 'ENODEV');
   assert.equal(get('0000:00:03.0x'), 'ENODEV', 'non-space after the name: no match');
   assert.equal(get('0000:00:03.0 foo'), 'EINVAL');
@@ -406,4 +388,29 @@ test('the container: CHECK_EXTENSION answers for type1/type1v2/unmap-all; VFIO_G
   assert.equal(p.ioctl(c, VFIO.CHECK_EXTENSION, 8n), 0);
   assert.ok(iommufdCall(p, c, 'IOAS_ALLOC', {}).out_ioas_id > 0);
   assert.equal(p.ctxOf(c).accountMode, 1, '/dev/vfio/vfio charges pinned pages to the process');
+});
+
+test('MSI-X grows on demand (x86 dynamic MSI-X): a vector past the enabled block can be bound while active', () => {
+  const { p } = vfioSetup({
+    machine: { iommus: [{ name: 'd', type: 'intel-vtd' }], devices: [{ model: 'ioat', bdf: '0000:00:03.0', options: { msix_vectors: 4 } }] },
+  });
+  const iommufd = p.openIommu();
+  const dev = p.openCdev(0);
+  structCall(p, dev, VFIO_REQ.DEVICE_BIND_IOMMUFD, vfio_device_bind_iommufd, { argsz: 24, iommufd });
+  assert.equal(structCall(p, dev, VFIO_REQ.DEVICE_GET_IRQ_INFO, vfio_irq_info, { argsz: 16, index: 2 }).out.count, 4);
+  const T = VFIO_IRQ_SET.ACTION_TRIGGER;
+  const fdOf = (n: number) => {
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setInt32(0, n, true);
+    return b;
+  };
+  const set = (v: Record<string, unknown>, tail?: Uint8Array) =>
+    errOf(() => structCall(p, dev, VFIO_REQ.DEVICE_SET_IRQS, vfio_irq_set, { argsz: 20 + (tail?.length ?? 0), ...v }, { tail }));
+  const a = p.eventfd();
+  const b = p.eventfd();
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 0, count: 1 }, fdOf(a.fd)), 0);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 3, count: 1 }, fdOf(b.fd)), 0);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_NONE | T, index: 2, start: 0, count: 4 }), 0);
+  assert.deepEqual([a.efd.read(), b.efd.read()], [1n, 1n]);
+  assert.equal(set({ flags: VFIO_IRQ_SET.DATA_EVENTFD | T, index: 2, start: 3, count: 2 }, new Uint8Array(8)), 'EINVAL', 'past the table');
 });

@@ -647,11 +647,6 @@ export class VfioPciDevice implements VfioPciConfigHost {
   matchTokenUuid(uuid: Uint8Array | null): void {
     if (uuid) fail('EINVAL', 'VF token given for a function that is neither PF nor VF');
   }
-
-  /** Address of BAR `i`'s MSI-X table window (traces, tests). */
-  get msixWindow(): { bar: number; start: number; end: number } | null {
-    return this.msixBar === 0xff ? null : { bar: this.msixBar, start: this.msixOffset, end: this.msixOffset + this.msixSize };
-  }
 }
 
 /** vfio_check_feature: 1 = do it, 0 = PROBE answered; errors throw. */
@@ -700,4 +695,3 @@ function toLeBig(v: bigint, n: number): Uint8Array {
   return b;
 }
 
-export type { AccessSize };

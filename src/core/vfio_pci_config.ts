@@ -569,4 +569,3 @@ export class VfioPciConfig {
   }
 }
 
-export { CAP_ID_INVALID };

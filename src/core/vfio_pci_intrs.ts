@@ -133,7 +133,7 @@ export class VfioPciIrqs {
     if (this.irqType !== NONE) fail('EINVAL');
     const avail = this.count(msix ? VFIO_PCI.MSIX_IRQ_INDEX : VFIO_PCI.MSI_IRQ_INDEX);
     if (avail < nvec) return avail;
-    this.withMemory(() => (msix ? this.hwMsixEnable(nvec) : this.hwMsiEnable(nvec)));
+    this.withMemory(() => (msix ? this.hwMsixEnable() : this.hwMsiEnable(nvec)));
     this.nvec = nvec;
     this.irqType = msix ? VFIO_PCI.MSIX_IRQ_INDEX : VFIO_PCI.MSI_IRQ_INDEX;
     // The user-visible MSI queue size: log2 of the vectors allocated.
@@ -161,7 +161,8 @@ export class VfioPciIrqs {
       this.ctx.delete(v);
     }
     if (fd < 0) return;
-    if (v >= this.nvec) fail('EINVAL');
+    // MSI vectors beyond those allocated do not exist; MSI-X ones are allocated on demand (x86 dynamic MSI-X).
+    if (v >= this.nvec && !msix) fail('EINVAL');
     if (!caller) fail('EBADF');
     const trigger = eventfdCtxFdget(caller, fd);
     // The message is (re)written before the vector is unmasked.
@@ -270,14 +271,13 @@ export class VfioPciIrqs {
     this.pci.configWrite(pos + PCI_MSIX.FLAGS, 2, (ctl & ~clear) | set);
   }
 
-  private hwMsixEnable(nvec: number): void {
+  private hwMsixEnable(): void {
     // Enabled with the function masked while every entry is masked, then unmasked (msix_capability_init).
     this.msixCtl(PCI_MSIX.FLAGS_ENABLE | PCI_MSIX.FLAGS_MASKALL, 0);
     const total = this.count(VFIO_PCI.MSIX_IRQ_INDEX);
     for (let v = 0; v < total; v++) this.msixEntryMask(v, true);
     this.intxForMsi(true);
     this.msixCtl(0, PCI_MSIX.FLAGS_MASKALL);
-    void nvec;
   }
 
   private hwMsixDisable(): void {
@@ -311,7 +311,7 @@ export class VfioPciIrqs {
     const msix = this.irqType === VFIO_PCI.MSIX_IRQ_INDEX;
     this.withMemory(() => {
       if (msix) {
-        this.hwMsixEnable(this.nvec);
+        this.hwMsixEnable();
         for (const v of this.ctx.keys()) this.msixEntryProgram(v);
       } else {
         this.hwMsiEnable(this.nvec);

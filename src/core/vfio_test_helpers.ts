@@ -1,10 +1,11 @@
 // An in-process "process" for VFIO tests: SimMemory, an fd table holding
 // iommufds, VFIO files and eventfds, and raw ioctls with structs laid out from
 // the uAPI table -- the calls a C program makes, without the shim.
-import { isErrno, type ErrnoName } from '../uapi/errno.js';
+import { errOf } from '../drivers/mock/test_helpers.js';
+import { VFIO_REQ } from '../uapi/vfio.js';
 import { IO, IOCTL_BY_NAME, type IoctlName } from '../uapi/ioctls.js';
 import { decode, encodeInto, structSize, type Decoded, type StructDef } from '../uapi/layout.js';
-import { buildMachine, loadMachine, type BuiltMachine } from '../machine/machine.js';
+import { buildMachine, loadMachine, resolveMachine, type BuiltMachine, type MachineDesc } from '../machine/machine.js';
 import type { IommufdCtx } from './context.js';
 import { Emulator } from './emulator.js';
 import type { FdTable, IommufdFile } from './file.js';
@@ -143,6 +144,20 @@ export class TestProcess implements FdTable, FdResolver {
     this.mem.write(buf, data);
     return this.lookup(fd)!.write(this.mem, buf, data.length, pos);
   }
+  /** VFIO_GROUP_SET_CONTAINER with a pointer to `containerFd`. */
+  setContainer(groupFd: number, containerFd: number): number {
+    const a = this.mem.alloc(4);
+    const b = new Uint8Array(4);
+    new DataView(b.buffer).setInt32(0, containerFd, true);
+    this.mem.write(a, b);
+    return this.ioctl(groupFd, VFIO_REQ.GROUP_SET_CONTAINER, a);
+  }
+  /** VFIO_GROUP_GET_DEVICE_FD with the NUL-terminated `name`. */
+  getDeviceFd(groupFd: number, name: string): number {
+    const a = this.mem.alloc(name.length + 1);
+    this.mem.write(a, Buffer.from(`${name}\0`, 'latin1'));
+    return this.ioctl(groupFd, VFIO_REQ.GROUP_GET_DEVICE_FD, a);
+  }
   mmap(fd: number, offset: bigint, length: bigint, shared = true): BarMapping {
     return this.fileOf(fd).mmap(offset, length, shared);
   }
@@ -154,16 +169,7 @@ export class TestProcess implements FdTable, FdResolver {
   }
 }
 
-/** Run `fn`; the errno it threw, or 0. */
-export function errOf(fn: () => unknown): ErrnoName | 0 {
-  try {
-    fn();
-    return 0;
-  } catch (e) {
-    if (isErrno(e)) return e.code;
-    throw e;
-  }
-}
+export { errOf };
 
 export interface StructCall<S extends StructDef> {
   out: Decoded<S>;
@@ -202,10 +208,11 @@ export function iommufdCall(p: TestProcess, fd: number, name: IoctlName, v: Reco
 }
 
 /** A fresh emulator with a machine (default: the one-IOAT preset) and a process. */
-export function vfioSetup(opts: { profile?: ProfileName; machine?: string; proc?: Partial<ProcessInfo> } = {}): {
+export function vfioSetup(opts: { profile?: ProfileName; machine?: string | MachineDesc; proc?: Partial<ProcessInfo> } = {}): {
   emu: Emulator; m: BuiltMachine; p: TestProcess;
 } {
   const emu = new Emulator({ profile: opts.profile ?? 'mainline' });
-  const m = buildMachine(emu, loadMachine(opts.machine ?? 'ioat'));
+  const desc = opts.machine ?? 'ioat';
+  const m = buildMachine(emu, typeof desc === 'string' ? loadMachine(desc) : resolveMachine(desc));
   return { emu, m, p: new TestProcess(emu, opts.proc) };
 }

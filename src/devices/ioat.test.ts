@@ -4,7 +4,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { DmaPort, DmaResult } from './dma.js';
-import { CHANCTRL, CHANCMD, CHANERR, CHANSTS, DESC_CTL, INTRCTRL, IOAT, IOAT_MSIX_TABLE, IoatDevice } from './ioat.js';
+import {
+  CHANCTRL, CHANCMD, CHANERR, CHANSTS, DESC_CTL, INTRCTRL, IOAT, IOAT_MSIX_TABLE, IoatDevice, ioatDescriptor,
+} from './ioat.js';
 import { PCI, PCI_COMMAND, PCI_MSIX } from './pci/pci_regs.js';
 
 /** IOVA pages that exist; any other access faults. */
@@ -69,14 +71,7 @@ function setup(opts: { xfercap?: number } = {}) {
   };
   /** One self-linked descriptor, started `count` times, like the selftest driver. */
   const start = (src: bigint, dst: bigint, size: number, count: number, intEn = false) => {
-    const d = new Uint8Array(64);
-    const dv = new DataView(d.buffer);
-    dv.setUint32(0, size, true);
-    dv.setUint32(4, intEn ? DESC_CTL.INT_EN : 0, true);
-    dv.setBigUint64(8, src, true);
-    dv.setBigUint64(16, dst, true);
-    dv.setBigUint64(24, DESC, true);
-    dma.write(DESC, d);
+    dma.write(DESC, ioatDescriptor({ size, ctl: intEn ? DESC_CTL.INT_EN : 0, src, dst, next: DESC }));
     wr(CH + IOAT.CHAINADDR, 8, DESC);
     wr(CH + IOAT.CHANCTRL, 2, CHANCTRL.INT_REARM | CHANCTRL.ANY_ERR_ABORT_EN);
     wr(CH + IOAT.DMACOUNT, 2, count);
@@ -187,9 +182,7 @@ test('descriptor errors: unmapped chain address, oversized copy, unknown op', ()
   t.start(SRC, DST, 4097, 1);
   assert.equal(Number(t.rd(CH + IOAT.CHANERR, 4)), CHANERR.LENGTH_ERR);
   t.reset();
-  const d = new Uint8Array(64);
-  new DataView(d.buffer).setUint32(4, 0x01 << DESC_CTL.OP_SHIFT, true);
-  t.dma.write(DESC, d);
+  t.dma.write(DESC, ioatDescriptor({ size: 0, ctl: 0x01 << DESC_CTL.OP_SHIFT, src: 0n, dst: 0n, next: DESC }));
   t.wr(CH + IOAT.CHAINADDR, 8, DESC);
   t.wr(CH + IOAT.DMACOUNT, 2, 1);
   assert.equal(Number(t.rd(CH + IOAT.CHANERR, 4)), CHANERR.CONTROL_ERR);

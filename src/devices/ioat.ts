@@ -49,6 +49,18 @@ export const IOAT_BAR0_SIZE = 16 * 1024;
 export const IOAT_MSIX_TABLE = 0x2000;
 export const IOAT_MSIX_PBA = 0x3000;
 
+/** A 64-byte descriptor as the engine reads it (tests and example drivers build them with this). */
+export function ioatDescriptor(d: { size: number; ctl?: number; src: bigint; dst: bigint; next: bigint }): Uint8Array {
+  const b = new Uint8Array(IOAT_DESC_SIZE);
+  const dv = new DataView(b.buffer);
+  dv.setUint32(0, d.size, true);
+  dv.setUint32(4, d.ctl ?? 0, true);
+  dv.setBigUint64(8, d.src, true);
+  dv.setBigUint64(16, d.dst, true);
+  dv.setBigUint64(24, d.next, true);
+  return b;
+}
+
 export interface IoatOptions {
   /** log2 of the largest copy one descriptor may ask for (XFERCAP); spec 06 §11.4: 12..16 for the selftests. */
   readonly xfercap?: number;
@@ -93,7 +105,7 @@ export class IoatDevice extends PciFunction {
       pcie: { at: 0x90, type: PCI_EXP.TYPE_RC_END, flr: true },
       msi: { at: 0xd0, vectors: 1, is64: true },
     }, barAddrs);
-    const xfercap = opts.xfercap ?? 16;
+    const xfercap = opts.xfercap ?? 14;
     if (!Number.isInteger(xfercap) || xfercap < 1 || xfercap > 31) throw new Error(`ioat: xfercap ${xfercap} must be 1..31`);
     this.xfercap = xfercap;
     // Device-specific config registers: CHANERR_INT mirrors CHANERR (write 1 to clear), DMAUNCERRSTS reads 0.

@@ -26,7 +26,7 @@ export const DEVICE_MODELS: Readonly<Record<string, DeviceModelDef>> = {
     name: 'ioat',
     description: 'Intel I/OAT DMA engine v3.3 (Skylake-SP CBDMA, 8086:2021): one memcpy channel, MSI-X',
     options: {
-      xfercap: { help: 'log2 of the largest copy per descriptor (XFERCAP)', min: 1, max: 31, default: 16 },
+      xfercap: { help: 'log2 of the largest copy per descriptor (XFERCAP)', min: 1, max: 31, default: 14 },
       msix_vectors: { help: 'MSI-X table size', min: 1, max: 64, default: 1 },
     },
     bars: [{ index: 0, size: IOAT_BAR0_SIZE, is64: true }],

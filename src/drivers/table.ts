@@ -5,12 +5,15 @@ import type { Emulator } from '../core/emulator.js';
 import type { IommuDriver } from './driver.js';
 import { mockDriverOf } from './mock/mock.js';
 import { smmuDriverOf } from './arm-smmuv3/index.js';
+import { vtdDriverOf } from './intel_vtd/vtd.js';
 
 export const IOMMU_DRIVERS = {
   /** The selftest mock (03). */
   mock: mockDriverOf,
   /** Emulated ARM SMMUv3 (04). */
   'arm-smmu-v3': smmuDriverOf,
+  /** Intel VT-d, Skylake-SP legacy mode (drivers/intel_vtd). */
+  'intel-iommu': vtdDriverOf,
 } as const satisfies Record<string, (emu: Emulator) => IommuDriver>;
 
 export type IommuDriverName = keyof typeof IOMMU_DRIVERS;

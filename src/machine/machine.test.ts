@@ -14,7 +14,7 @@ import { buildMachine, DEFAULT_BDF, describeMachine, loadMachine, PRESETS, resol
 test('the default preset: one IOAT at 0000:00:03.0 in group 3 behind VT-d, cdev vfio0', () => {
   const m = loadMachine();
   assert.equal(m.devices.length, 1);
-  assert.deepEqual(m.devices[0], { model: 'ioat', bdf: DEFAULT_BDF, group: 3, iommu: 'dmar0', options: { xfercap: 16, msix_vectors: 1 } });
+  assert.deepEqual(m.devices[0], { model: 'ioat', bdf: DEFAULT_BDF, group: 3, iommu: 'dmar0', options: { xfercap: 14, msix_vectors: 1 } });
   const emu = new Emulator();
   const b = buildMachine(emu, m);
   const d = b.devices[0]!;
@@ -79,4 +79,18 @@ test('a machine is built once per emulator', () => {
   const emu = new Emulator();
   buildMachine(emu, loadMachine());
   assert.throws(() => buildMachine(emu, loadMachine()), /already has devices/);
+});
+
+test('device decisions reach the trace bus as driver events', () => {
+  const emu = new Emulator();
+  const b = buildMachine(emu, loadMachine());
+  const seen: string[] = [];
+  const off = emu.bus.subscribe((e) => {
+    if (e.t === 'driver' && e.point === 'device') seen.push(`${e.data.bdf} ${e.data.text}`);
+  });
+  const pci = b.devices[0]!.pci;
+  pci.configWrite(0x04, 2, 0x0002);
+  pci.mmioWrite(0, 0x84, 1, 0x20n);
+  off();
+  assert.ok(seen.some((l) => /^0000:00:03\.0 ioat: CHANCMD reset/.test(l)), seen.join('\n'));
 });

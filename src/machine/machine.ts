@@ -8,7 +8,8 @@ import type { Emulator } from '../core/emulator.js';
 import { vfioOf, type VfioSubsystem } from '../core/vfio.js';
 import type { VfioPciDevice } from '../core/vfio_pci.js';
 import type { DriverDevice } from '../drivers/driver.js';
-import { vtdDriverOf, VtdUnit } from '../drivers/intel_vtd/vtd.js';
+import { VtdUnit } from '../drivers/intel_vtd/vtd.js';
+import { iommuDriver } from '../drivers/table.js';
 import type { PciDeviceModel } from '../devices/device.js';
 import { DEVICE_MODELS, modelOptions } from '../devices/models.js';
 
@@ -49,8 +50,16 @@ export const IOMMU_TYPES: Readonly<Record<string, IommuType>> = {
     description: 'Intel VT-d, Skylake-SP unit in legacy mode (second-stage tables, 48-bit, no PASID/nesting)',
     create: (emu, name) => {
       const unit = new VtdUnit(name);
-      const drv = vtdDriverOf(emu);
+      const drv = iommuDriver(emu, 'intel-iommu');
       return { probe: (bdf) => drv.probeDevice(unit, bdf) };
+    },
+  },
+  'arm-smmuv3': {
+    description: 'emulated ARM SMMUv3 (stage 1 + 2, vIOMMU/nesting); a function\'s StreamID is its PCI requester ID',
+    create: (emu, name) => {
+      const drv = iommuDriver(emu, 'arm-smmu-v3');
+      const smmu = drv.addSmmu({ name });
+      return { probe: (bdf) => drv.addMaster(smmu, { sids: [requesterId(bdf)] }) };
     },
   },
 };
@@ -71,11 +80,22 @@ export const PRESETS: Readonly<Record<string, MachineDesc>> = {
     iommus: [VTD0],
     devices: [{ model: 'ioat', bdf: DEFAULT_BDF, group: 3 }, { model: 'ioat', bdf: '0000:00:04.0', group: 4 }],
   },
+  'ioat-smmu': {
+    description: 'one IOAT DMA engine behind an emulated ARM SMMUv3 (vIOMMU and nested translation available)',
+    iommus: [{ name: 'smmu0', type: 'arm-smmuv3' }],
+    devices: [{ model: 'ioat', bdf: DEFAULT_BDF, group: 3 }],
+  },
   none: { description: 'no devices (iommufd only)', iommus: [], devices: [] },
 };
 export const DEFAULT_PRESET = 'ioat';
 
 const BDF_RE = /^([0-9a-f]{4}):([0-9a-f]{2}):([0-1][0-9a-f])\.([0-7])$/;
+
+/** The PCI requester ID of a BDF: bus << 8 | device << 3 | function. */
+export function requesterId(bdf: string): number {
+  const m = BDF_RE.exec(bdf)!;
+  return (parseInt(m[2]!, 16) << 8) | (parseInt(m[3]!, 16) << 3) | parseInt(m[4]!, 16);
+}
 
 /** A resolved description: every default filled in, every reference checked. */
 export interface Machine {
@@ -178,6 +198,10 @@ export function buildMachine(emu: Emulator, machine: Machine): BuiltMachine {
       mmio += size;
     }
     const pci = model.create(addrs, d.options);
+    // Device decisions go to the emulator's trace bus (the --trace printer, the inspector).
+    pci.trace = (text) => {
+      if (emu.bus.on) emu.bus.emit({ t: 'driver', driver: d.model, point: 'device', data: { bdf: d.bdf, text } });
+    };
     const iommuDev = units.get(d.iommu)!.probe(d.bdf);
     devices.push({ desc: d, pci, iommuDev, vfio: vfio.register(d.bdf, pci, iommuDev, d.group) });
   }

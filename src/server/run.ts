@@ -18,6 +18,10 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
   /** Capabilities the emulator grants every client (see ServerOptions.grantCaps). */
   grantCaps?: CapName[];
+  /** Serve this emulator (e.g. one the inspector watches) instead of a new one. */
+  emulator?: Emulator;
+  /** Awaited after the server listens and before the program starts (the inspector waits for its page). */
+  beforeStart?: () => Promise<void>;
 }
 
 /** A private directory for the socket and the emulated debugfs. */
@@ -48,11 +52,12 @@ export async function runProgram(argv: string[], opts: RunOptions = {}): Promise
   const socket = path.join(dir, 'sock');
   const debugfs = path.join(dir, 'debugfs');
   const write = traceWriter(opts.trace);
-  const emulator = new Emulator({ profile: opts.profile ?? 'mainline' });
+  const emulator = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
   if (write) new TracePrinter(write).attach(emulator);
   const server = new IommufdServer({ socketPath: socket, emulator, grantCaps: opts.grantCaps });
   await server.listen();
   try {
+    await opts.beforeStart?.();
     const child = spawn(argv[0]!, argv.slice(1), {
       stdio: 'inherit',
       env: shimEnv(shim, socket, debugfs, { ...process.env, ...opts.env }),

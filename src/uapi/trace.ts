@@ -179,6 +179,16 @@ function braces(parts: string[]): string {
   return `{${parts.join(' ')}}`;
 }
 
+/** An ioctl trace taken apart: name, input fields, result, output fields (`name=value` each). */
+export interface IoctlParts {
+  readonly name: string;
+  /** The caller's struct; null when the argument is not a struct, ['?'] when it was unreadable. */
+  readonly input: readonly string[] | null;
+  readonly result: string;
+  /** The kernel-written fields; null when there is nothing to show (see formatIoctl). */
+  readonly output: readonly string[] | null;
+}
+
 /**
  * One trace line for an ioctl on an iommufd: request name, decoded input, the
  * result (0, a positive return value, or an errno name / negative errno) and
@@ -189,24 +199,33 @@ function braces(parts: string[]): string {
  */
 export function formatIoctl(profile: Profile, request: number, inBytes: Uint8Array | null,
   outBytes: Uint8Array | null, result: number | string): string {
+  const p = ioctlParts(profile, request, inBytes, outBytes, result);
+  return `${p.name}${p.input ? ` ${braces([...p.input])}` : ''} = ${p.result}${p.output ? ` -> ${braces([...p.output])}` : ''}`;
+}
+
+/** formatIoctl's line, taken apart (the inspector shows the fields as a table). */
+export function ioctlParts(profile: Profile, request: number, inBytes: Uint8Array | null,
+  outBytes: Uint8Array | null, result: number | string): IoctlParts {
   const res = resultText(result);
   const nr = request & 0xff;
   const def = table(profile).get(nr);
   if (!def || def.request !== request) {
     const vfio = ((request >>> 8) & 0xff) === IOMMUFD_TYPE ? VFIO_NAMES.find(([r]) => r === request) : undefined;
-    if (!vfio) return `ioctl(${hex(request >>> 0)}) = ${res}`;
+    if (!vfio) return { name: `ioctl(${hex(request >>> 0)})`, input: null, result: res, output: null };
     const [, name, st] = vfio;
-    if (!st || !inBytes) return `${name} = ${res}`;
-    let line = `${name} ${braces(fieldsText(st, inBytes, profile, { input: true }))} = ${res}`;
-    line += arrow(fieldsText(st, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result);
-    return line;
+    if (!st || !inBytes) return { name, input: null, result: res, output: null };
+    return {
+      name, input: fieldsText(st, inBytes, profile, { input: true }), result: res,
+      output: arrow(fieldsText(st, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result),
+    };
   }
-  if (!inBytes) return `${def.cname} {?} = ${res}`;
+  if (!inBytes) return { name: def.cname, input: ['?'], result: res, output: null };
   const hideSize = (name: string, v: Value): boolean => name === 'size' && v === def.knownSize;
-  if (def.name === 'TEST_CMD') return formatTestCmd(profile, def, inBytes, outBytes, res, hideSize);
-  let line = `${def.cname} ${braces(fieldsText(def.struct, inBytes, profile, { input: true, hide: hideSize }))} = ${res}`;
-  line += arrow(fieldsText(def.struct, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result);
-  return line;
+  if (def.name === 'TEST_CMD') return testCmdParts(profile, def, inBytes, outBytes, res, hideSize);
+  return {
+    name: def.cname, input: fieldsText(def.struct, inBytes, profile, { input: true, hide: hideSize }), result: res,
+    output: arrow(fieldsText(def.struct, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result),
+  };
 }
 
 function isFailure(result: number | string): boolean {
@@ -217,15 +236,15 @@ function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
-/** ` -> {...}`, or nothing: no outputs, nothing copied back, or a failure that left the struct untouched. */
-function arrow(parts: string[], inBytes: Uint8Array, outBytes: Uint8Array | null, result: number | string): string {
-  if (!outBytes || parts.length === 0) return '';
-  if (isFailure(result) && sameBytes(inBytes, outBytes)) return '';
-  return ` -> ${braces(parts)}`;
+/** The output fields, or null: no outputs, nothing copied back, or a failure that left the struct untouched. */
+function arrow(parts: string[], inBytes: Uint8Array, outBytes: Uint8Array | null, result: number | string): string[] | null {
+  if (!outBytes || parts.length === 0) return null;
+  if (isFailure(result) && sameBytes(inBytes, outBytes)) return null;
+  return parts;
 }
 
-function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array, outBytes: Uint8Array | null,
-  res: string, hideSize: (name: string, v: Value) => boolean): string {
+function testCmdParts(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array, outBytes: Uint8Array | null,
+  res: string, hideSize: (name: string, v: Value) => boolean): IoctlParts {
   const hide = (name: string, v: Value): boolean => hideSize(name, v) || (name === 'last' && isZero(v));
   const head = fieldsText(def.struct, inBytes, profile, { input: true, hide });
   const op = inBytes.length >= 8 ? u32At(inBytes, 4) : -1;
@@ -238,13 +257,13 @@ function formatTestCmd(profile: Profile, def: ProfileIoctl, inBytes: Uint8Array,
   const qualify = (parts: string[]): string[] =>
     parts.map((p) => (clash.has(p.slice(0, p.indexOf('='))) ? `${view!.name}.${p}` : p));
   const inParts = view ? [...head, ...qualify(fieldsText(view, inBytes, profile, { input: true }))] : head;
-  let line = `${def.cname} ${braces(inParts)} = ${res}`;
+  let output: string[] | null = null;
   if (outBytes) {
     const outParts = [...fieldsText(def.struct, outBytes, profile, { input: false })];
     if (view) outParts.push(...qualify(fieldsText(view, outBytes, profile, { input: false })));
-    line += arrow(outParts, inBytes, outBytes, res);
+    output = arrow(outParts, inBytes, outBytes, res);
   }
-  return line;
+  return { name: def.cname, input: inParts, result: res, output };
 }
 
 /**

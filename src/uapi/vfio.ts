@@ -3,7 +3,7 @@
 // use (spec 06 §5). Every request is _IO(';', 100 + n): no size bits, the
 // structs carry `argsz`, and each handler applies its own minimum size (the
 // `last` member here: its end is the kernel's `minsz`).
-import { endOf, s32, struct, u16, u32, u64, u8, type StructDef } from './layout.js';
+import { endOf, s32, struct, u32, u64, type StructDef } from './layout.js';
 import { IO } from './ioctls.js';
 import * as S from './structs.js';
 import { V } from './profiles.js';
@@ -58,18 +58,10 @@ export const vfio_device_detach_iommufd_pt = struct('vfio_device_detach_iommufd_
 }, V.V6_6);
 
 export const vfio_info_cap_header = S.vfio_info_cap_header;
-export const vfio_region_info_cap_type = struct('vfio_region_info_cap_type', {
-  id: u16(0), version: u16(2), next: u32(4), type: u32(8), subtype: u32(12),
-});
-
 /** vfio_pci_hot_reset_info header (the devices[] array follows at 16). */
 export const vfio_pci_hot_reset_info = struct('vfio_pci_hot_reset_info', {
   argsz: u32(0), flags: u32(4, O), count: u32(8, O),
 });
-export const vfio_pci_dependent_device = struct('vfio_pci_dependent_device', {
-  group_id_or_devid: u32(0), segment: u16(4), bus: u8(6), devfn: u8(7),
-});
-export const VFIO_HOT_RESET_DEVICES_OFFSET = 16;
 
 // ---- requests ----------------------------------------------------------------------------
 

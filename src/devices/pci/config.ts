@@ -4,6 +4,14 @@
 // header and a capability chain.
 import { PCI, PCI_CAP_LIST_NEXT, PCI_STATUS } from './pci_regs.js';
 
+/** Store `v` little-endian in `n` bytes (values up to 2^53, so no 32-bit bit operations). */
+function setBytes(b: Uint8Array, off: number, n: number, v: number): void {
+  for (let i = 0; i < n; i++) {
+    b[off + i] = v % 256;
+    v = Math.floor(v / 256);
+  }
+}
+
 export class ConfigSpace {
   readonly bytes: Uint8Array;
   readonly wmask: Uint8Array;
@@ -26,25 +34,17 @@ export class ConfigSpace {
 
   /** Set bytes directly (device-side state, not a bus write). */
   set(off: number, n: number, v: number): void {
-    for (let i = 0; i < n; i++) {
-      this.bytes[off + i] = v & 0xff;
-      v = Math.floor(v / 256);
-    }
+    setBytes(this.bytes, off, n, v);
   }
 
   /** Declare [off, off+n) writable with `mask` (little-endian, n bytes). */
   writable(off: number, n: number, mask: number): void {
-    for (let i = 0; i < n; i++) {
-      this.wmask[off + i] = mask & 0xff;
-      mask = Math.floor(mask / 256);
-    }
+    setBytes(this.wmask, off, n, mask);
   }
 
+  /** Declare the bits of `mask` write-1-to-clear. */
   w1c(off: number, n: number, mask: number): void {
-    for (let i = 0; i < n; i++) {
-      this.w1cmask[off + i] = mask & 0xff;
-      mask = Math.floor(mask / 256);
-    }
+    setBytes(this.w1cmask, off, n, mask);
   }
 
   /** A bus write of `n` bytes: writable bits take the value, W1C bits clear where 1 is written. */

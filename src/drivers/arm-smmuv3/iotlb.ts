@@ -128,8 +128,9 @@ export class Iotlb {
     return e;
   }
 
-  insert(x: TlbInsert): TlbEntry {
-    if (this.capacity <= 0) return Object.assign(new TlbEntry(), x);
+  /** Insert a translation (null when the IOTLB has no capacity: nothing is cached). */
+  insert(x: TlbInsert): TlbEntry | null {
+    if (this.capacity <= 0) return null;
     const ctxKey = Iotlb.ctxKey(x.vmid, x.asid);
     const va = Math.floor(x.va / P2[x.sizeLog2]!) * P2[x.sizeLog2]!;
     const pageKey = Iotlb.pageKey(va, x.sizeLog2);
@@ -141,8 +142,21 @@ export class Iotlb {
     const old = m.get(pageKey);
     if (old) this.remove(old, 'replace');
     while (this.size >= this.capacity && this.tail) this.remove(this.tail, 'evict');
-    const e = Object.assign(new TlbEntry(), x);
+    if (!this.ctx.has(ctxKey)) this.ctx.set(ctxKey, m);
+    const e = new TlbEntry();
+    e.vmid = x.vmid;
+    e.asid = x.asid;
     e.va = va;
+    e.sizeLog2 = x.sizeLog2;
+    e.pa = x.pa;
+    e.ipa = x.ipa;
+    e.s1perm = x.s1perm;
+    e.s2perm = x.s2perm;
+    e.level = x.level;
+    e.g = x.g;
+    e.s2level = x.s2level;
+    e.s2g = x.s2g;
+    e.s2dev = x.s2dev;
     e.ctxKey = ctxKey;
     e.pageKey = pageKey;
     m.set(pageKey, e);
@@ -150,6 +164,11 @@ export class Iotlb {
     this.size++;
     if (smmuTraceOn) smmuTrace({ point: 'iotlb', smmu: this.smmu, op: 'insert', vmid: e.vmid, asid: asidName(e.asid), va: e.va, size: 2 ** e.sizeLog2, pa: e.pa });
     return e;
+  }
+
+  /** Cached translations are kept at all. */
+  get enabled(): boolean {
+    return this.capacity > 0;
   }
 
   private remove(e: TlbEntry, why: string): void {

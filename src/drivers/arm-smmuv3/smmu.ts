@@ -244,7 +244,7 @@ export class SmmuV3 {
    * class `cls`, through the IOTLB's stage-2 entries. Result in s2pa/s2size.
    */
   private s2(sp: S2Params, ipa: number, need: number, cls: number): WalkFault | null {
-    const e = this.iotlb.lookup(sp.vmid, ASID_NONE, ipa, sp.leafSizes);
+    const e = this.iotlb.enabled ? this.iotlb.lookup(sp.vmid, ASID_NONE, ipa, sp.leafSizes) : undefined;
     let perm: number;
     let dev: boolean;
     if (e) {
@@ -267,7 +267,7 @@ export class SmmuV3 {
       this.s2size = o.sizeLog2;
       this.s2level = o.level;
       this.s2g = sp.g;
-      if ((perm & need) === need && !(dev && sp.ptw && cls !== EVT_CLASS.IN)) {
+      if (this.iotlb.enabled && (perm & need) === need && !(dev && sp.ptw && cls !== EVT_CLASS.IN)) {
         this.iotlb.insert({
           vmid: sp.vmid, asid: ASID_NONE, va: ipa, sizeLog2: o.sizeLog2, pa: o.oa - (ipa % P2[o.sizeLog2]!),
           ipa: ipa - (ipa % P2[o.sizeLog2]!), s1perm: PERM_ALL, s2perm: perm, level: o.level, g: sp.g,
@@ -419,7 +419,7 @@ export class SmmuV3 {
 
     const vmid = sc.vmid;
     const nested = sc.kind === 'nested';
-    const e = this.iotlb.lookup(vmid, cd.asid, key, cd.probeSizes);
+    const e = this.iotlb.enabled ? this.iotlb.lookup(vmid, cd.asid, key, cd.probeSizes) : undefined;
     if (e) {
       if ((e.s1perm & need) !== need) {
         return this.fail(sc.sid, iova, ssid, write, priv, instr, walkFault(EVT_ID.F_PERMISSION, 1, e.level, 'stage-1 permission (cached)'), cd.record);
@@ -460,7 +460,7 @@ export class SmmuV3 {
       s2g = this.s2g;
     }
     const off = key % P2[size]!;
-    this.iotlb.insert({
+    if (this.iotlb.enabled) this.iotlb.insert({
       vmid, asid: global ? ASID_GLOBAL : cd.asid, va: key, sizeLog2: size, pa: pa - off, ipa: ipa - off, s1perm, s2perm,
       level: s1level, g: r.g, s2level, s2g, s2dev: false,
     });

@@ -77,6 +77,12 @@ describe('VDEVICE_ALLOC and attach', () => {
       const n = nestSetup(r);
       const d = addDevice(r, [0x20, 0x21]);
       assert.equal(errOf(() => r.fd.vdeviceAlloc(n.viommu, d.devId, 0x99n)), want);
+      if (want) {
+        // Nothing is left behind: the virt_id and the device are free again.
+        const ok = addDevice(r, [0x22]);
+        assert.equal(errOf(() => r.fd.vdeviceAlloc(n.viommu, ok.devId, 0x99n)), 0);
+        assert.equal(d.idev.vdev, null);
+      }
     }
   });
 

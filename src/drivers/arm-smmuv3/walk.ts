@@ -11,7 +11,19 @@ import { EVT_CLASS, EVT_ID } from './regs.js';
 import { smmuTrace, smmuTraceOn } from './trace.js';
 
 const P2 = Array.from({ length: 65 }, (_, i) => 2 ** i);
-const LO_MASK = (shift: number): number => (shift >= 32 ? 0 : (~(P2[shift]! - 1)) >>> 0);
+/** Low-word masks of the bits at and above `shift`. */
+const LO = Array.from({ length: 65 }, (_, i) => (i >= 32 ? 0 : (~(2 ** i - 1)) >>> 0));
+
+/**
+ * floor(addr / 2^shift) mod 2^32 from the address's 32-bit halves (integer
+ * operations: a level index without floating-point division or modulo).
+ */
+function above(hi: number, lo: number, shift: number): number {
+  if (shift >= 32) return hi >>> (shift - 32);
+  return shift === 0 ? lo : ((lo >>> shift) | (hi << (32 - shift))) >>> 0;
+}
+
+const HI = (a: number): number => (a / 4294967296) >>> 0;
 
 /** Access rights a translation grants, as bits. */
 export const PERM = { PR: 1, PW: 2, UR: 4, UW: 8, PX: 16, UX: 32 } as const;
@@ -114,8 +126,11 @@ export function walkS2(p: S2Params, ipa: number, out: WalkOut, cls: number, smmu
   let level = p.startLevel;
   if (ipa >= P2[p.inBits]!) return walkFault(EVT_ID.F_TRANSLATION, 2, level, 'IPA above the stage-2 input size', { cls, ipa });
   let shift = levelShift(g, level);
+  const ahi = HI(ipa);
+  const alo = ipa >>> 0;
+  const smask = (1 << s) - 1;
   // The start index takes every bit above `shift`: concatenated start tables are contiguous.
-  let idx = Math.floor(ipa / P2[shift]!);
+  let idx = above(ahi, alo, shift);
   let table = p.ttb;
   for (;;) {
     const descAddr = table + 8 * idx;
@@ -128,22 +143,22 @@ export function walkS2(p: S2Params, ipa: number, out: WalkOut, cls: number, smmu
     if (!(lo & 1)) return walkFault(EVT_ID.F_TRANSLATION, 2, level, 'invalid stage-2 descriptor', { cls, ipa });
     if (level < 3 && (lo & 3) === 3) {
       if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 2, level, 'table address above 48 bits', { cls, ipa });
-      const next = (hi & 0xffff) * P2[32]! + ((lo & LO_MASK(g)) >>> 0);
+      const next = (hi & 0xffff) * P2[32]! + ((lo & LO[g]!) >>> 0);
       if (next >= P2[p.psBits]!) return walkFault(EVT_ID.F_ADDR_SIZE, 2, level, 'next table above the output size', { cls, ipa });
       table = next;
       level++;
       shift -= s;
-      idx = Math.floor(ipa / P2[shift]!) % P2[s]!;
+      idx = above(ahi, alo, shift) & smask;
       continue;
     }
     if (level === 3 ? (lo & 3) !== 3 : !blockAllowed(g, level)) {
       return walkFault(EVT_ID.F_TRANSLATION, 2, level, level === 3 ? 'reserved level-3 descriptor' : 'block not allowed at this level', { cls, ipa });
     }
     if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 2, level, 'output address above 48 bits', { cls, ipa });
-    const oaBase = (hi & 0xffff) * P2[32]! + ((lo & LO_MASK(shift)) >>> 0);
+    const oaBase = (hi & 0xffff) * P2[32]! + ((lo & LO[shift]!) >>> 0);
     if (oaBase >= P2[p.psBits]!) return walkFault(EVT_ID.F_ADDR_SIZE, 2, level, 'output address above the stage-2 output size', { cls, ipa });
     if (!(lo & 0x400) && !p.affd) return walkFault(EVT_ID.F_ACCESS, 2, level, 'stage-2 access flag clear', { cls, ipa });
-    out.oa = oaBase + (ipa % P2[shift]!);
+    out.oa = oaBase + ((alo & (P2[shift]! - 1)) >>> 0);
     out.sizeLog2 = shift;
     out.level = level;
     out.global = false;
@@ -200,7 +215,10 @@ export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read:
   const s = g - 3;
   let level = r.startLevel;
   let shift = levelShift(g, level);
-  let idx = Math.floor(va / P2[shift]!);
+  const ahi = HI(va);
+  const alo = va >>> 0;
+  const smask = (1 << s) - 1;
+  let idx = above(ahi, alo, shift);
   let table = r.ttb;
   let apTable = 0; // bit0: no EL0 access below, bit1: no write below
   let pxnTable = 0;
@@ -217,7 +235,7 @@ export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read:
     if (!(lo & 1)) return walkFault(EVT_ID.F_TRANSLATION, 1, level, 'invalid stage-1 descriptor');
     if (level < 3 && (lo & 3) === 3) {
       if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 1, level, 'table address above 48 bits');
-      const next = (hi & 0xffff) * P2[32]! + ((lo & LO_MASK(g)) >>> 0);
+      const next = (hi & 0xffff) * P2[32]! + ((lo & LO[g]!) >>> 0);
       if (next >= P2[p.ipsBits]!) return walkFault(EVT_ID.F_ADDR_SIZE, 1, level, 'next table above the IPS');
       if (!r.had) {
         apTable |= (hi >>> 29) & 3;
@@ -227,17 +245,17 @@ export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read:
       table = next;
       level++;
       shift -= s;
-      idx = Math.floor(va / P2[shift]!) % P2[s]!;
+      idx = above(ahi, alo, shift) & smask;
       continue;
     }
     if (level === 3 ? (lo & 3) !== 3 : !blockAllowed(g, level)) {
       return walkFault(EVT_ID.F_TRANSLATION, 1, level, level === 3 ? 'reserved level-3 descriptor' : 'block not allowed at this level');
     }
     if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 1, level, 'output address above 48 bits');
-    const oaBase = (hi & 0xffff) * P2[32]! + ((lo & LO_MASK(shift)) >>> 0);
+    const oaBase = (hi & 0xffff) * P2[32]! + ((lo & LO[shift]!) >>> 0);
     if (oaBase >= P2[p.ipsBits]!) return walkFault(EVT_ID.F_ADDR_SIZE, 1, level, 'output address above the IPS');
     if (!(lo & 0x400) && !p.affd) return walkFault(EVT_ID.F_ACCESS, 1, level, 'access flag clear');
-    out.oa = oaBase + (va % P2[shift]!);
+    out.oa = oaBase + ((alo & (P2[shift]! - 1)) >>> 0);
     out.sizeLog2 = shift;
     out.level = level;
     out.global = !(lo & 0x800);

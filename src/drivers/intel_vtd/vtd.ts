@@ -261,12 +261,7 @@ const EXT_KEY = 'intel-vtd.driver';
 
 /** The emulator's intel-iommu driver (one per emulator, any number of units). */
 export function vtdDriverOf(emu: Emulator): VtdDriver {
-  let d = emu.ext.get(EXT_KEY) as VtdDriver | undefined;
-  if (!d) {
-    d = new VtdDriver(emu);
-    emu.ext.set(EXT_KEY, d);
-  }
-  return d;
+  return emu.extState(EXT_KEY, () => new VtdDriver(emu));
 }
 
 
