@@ -1553,6 +1553,8 @@ out:
 		failnth_set(tid, r->failnth);
 	if (q.evfd >= 0) {
 		if (r->evused && q.evfd < FD_MAX) {
+			if (r->evused & WIRE_EVUSED_KEEP_ON_EXEC)
+				syscall(SYS_fcntl, q.evfd, F_SETFD, 0);
 			set_ent(q.evfd, WIRE_KIND_EVENT, q.evtoken, 0);
 		} else {
 			raw_close(q.evfd);

@@ -14,6 +14,9 @@ import type { DmabufExport, Pages } from './pages.js';
 import { PFNS } from './physmem.js';
 import { PAGE_SIZE, type PhysPage, type UserMemory } from './usermem.js';
 
+const O_ACCMODE = 3;
+const O_WRONLY = 1;
+
 /** A page of exporter memory (kernel memory: its content lives here). */
 class ExportPage implements PhysPage {
   readonly compound = false;
@@ -41,7 +44,9 @@ export class DmaBuf implements IommufdFile, DmabufExport {
   private readonly pages: PhysPage[];
 
   /** `length` bytes (a multiple of PAGE_SIZE, at most 512 pages: one physically contiguous run). */
-  constructor(readonly emu: Emulator, readonly size: bigint, private readonly importers: () => Iterable<DmabufImporters>) {
+  /** `flags`: the file's open flags (dma_buf_fd's open_flags: O_RDONLY unless asked). */
+  constructor(readonly emu: Emulator, readonly size: bigint, private readonly importers: () => Iterable<DmabufImporters>,
+    private readonly flags = 0) {
     const n = Number(size) / PAGE_SIZE;
     if (!Number.isInteger(n) || n < 1 || n > 512) throw new Error(`dmabuf: bad size ${size}`);
     const base = PFNS.huge();
@@ -65,10 +70,13 @@ export class DmaBuf implements IommufdFile, DmabufExport {
   }
 
   // The dma-buf file: no read or write methods; poll is ready (no fences are ever attached).
+  // The VFS checks the access mode first (EBADF), then finds no method (EINVAL).
   read(_mem: UserMemory, _buf: bigint, _count: number, _pos: bigint): number {
+    if ((this.flags & O_ACCMODE) === O_WRONLY) fail('EBADF', 'dma-buf: not open for reading');
     return fail('EINVAL', 'dma-buf: no read method');
   }
   write(_mem: UserMemory, _buf: bigint, _count: number, _pos: bigint): number {
+    if ((this.flags & O_ACCMODE) === 0) fail('EBADF', 'dma-buf: not open for writing');
     return fail('EINVAL', 'dma-buf: no write method');
   }
   poll(): number {

@@ -215,11 +215,15 @@ class CallFdTable implements FdTable {
     return this.server.bindingOfFd(this.st, fd);
   }
 
-  install(file: IommufdFile): number {
+  /** The installed fd is not close-on-exec (the shim clears the flag the prepared socket has). */
+  keepOnExec = false;
+
+  install(file: IommufdFile, opts?: { cloexec?: boolean }): number {
     const b = this.ev;
     if (this.installed || this.evfd < 0 || !b || b.file || b.released) fail('ENOMEM', 'no event fd prepared by the shim');
     this.server.bindFile(b, file);
     this.installed = true;
+    this.keepOnExec = opts?.cloexec === false;
     return this.evfd;
   }
 
@@ -700,7 +704,8 @@ export class IommufdServer {
     // With the bytes the call wrote to the inline copy of the struct: the shim stores them.
     const tail = written ? written.data.subarray(written.lo, written.hi) : undefined;
     this.reply(c, W.REQ.IOCTL, W.REP.ioctl, {
-      ret: BigInt(ret), failnth: outFailnth, evused: fdt?.installed ? 1 : 0, woff: written ? written.lo : 0,
+      ret: BigInt(ret), failnth: outFailnth, woff: written ? written.lo : 0,
+      evused: fdt?.installed ? W.EVUSED.INSTALLED | (fdt.keepOnExec ? W.EVUSED.KEEP_ON_EXEC : 0) : 0,
     }, tail);
   }
 

@@ -112,10 +112,12 @@ export const FDRULE = {
 export const CAP = { SYS_RESOURCE: 1, IPC_LOCK: 2, SYS_RAWIO: 4 } as const;
 export const REGION = { HUGE: 1 } as const;
 export const FILEOP = { READ: 0, WRITE: 1 } as const;
+/** IOCTL reply's evused: the prepared event fd was handed out; KEEP_ON_EXEC: without FD_CLOEXEC. */
+export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 
 export const CONSTANTS: Record<string, Record<string, number>> = {
   WIRE: { VERSION: WIRE_VERSION, IOCTL_INLINE_MAX, MAX_FRAME },
-  WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP,
+  WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
 };
 
 // ---- replies and records --------------------------------------------------------

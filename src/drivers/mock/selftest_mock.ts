@@ -218,6 +218,8 @@ function pasidCheckHwpt(ucmd: Ucmd<TestCmd>): void {
  * (0 or above 512 pages: EINVAL); the new fd is installed with open_flags. 7.3.4's mock
  * returns 0 instead of the fd (a kernel quirk, dmabufGetReturnsZero): the fd stays open.
  */
+const O_CLOEXEC = 0o2000000;
+
 function dmabufGet(ucmd: Ucmd<TestCmd>): number {
   const u = ucmd.cmd.u as { length: number; open_flags: number };
   const len = BigInt(u.length + PAGE_SIZE - 1) & ~BigInt(PAGE_SIZE - 1);
@@ -226,9 +228,10 @@ function dmabufGet(ucmd: Ucmd<TestCmd>): number {
   emu.failPoint('ENOMEM'); // the exporter's private data
   emu.failPoint('ENOMEM'); // its memory
   emu.failPoint('ENOMEM'); // dma_buf_export
-  const buf = new DmaBuf(emu, len, () => allIopts(emu));
+  const buf = new DmaBuf(emu, len, () => allIopts(emu), u.open_flags);
   let fd = -1;
-  installFile(ucmd, buf, (n) => (fd = n));
+  // dma_buf_fd(): the fd is close-on-exec only when open_flags asks for it.
+  installFile(ucmd, buf, (n) => (fd = n), undefined, { cloexec: (u.open_flags & O_CLOEXEC) !== 0 });
   return ucmd.ctx.profile.dmabufGetReturnsZero ? 0 : fd;
 }
 
