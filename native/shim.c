@@ -2115,10 +2115,29 @@ static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int 
 			return errno = EINVAL, MAP_FAILED;
 		if ((flags & MREMAP_FIXED) && o + olen > na && na + nlen > o)
 			return errno = EINVAL, MAP_FAILED;
-		if (flags & MREMAP_FIXED) {
-			if (syscall(SYS_munmap, na, nlen) != 0)
-				return MAP_FAILED;
-			unmapped_locked(na, nlen);
+		/*
+		 * The kernel unmaps the target, then the tail, then refuses what it
+		 * cannot do. On those refusals we unmap as it does; a move that
+		 * succeeds lets the real mremap replace the target itself
+		 * (atomically: unmapping it first here would let another thread map
+		 * into the gap, and lose that mapping to the move).
+		 */
+		uint64_t keep = olen < nlen ? olen : nlen;
+		int err = 0;
+		if (keep > pieces[i].va + pieces[i].len - o)
+			err = EFAULT; /* across VMAs */
+		else if (flags & MREMAP_DONTUNMAP)
+			err = EINVAL;
+		else if (nlen != keep)
+			err = EFAULT; /* growing a VM_DONTEXPAND mapping */
+		else if (npieces == NPIECES)
+			err = ENOMEM;
+		if (err) {
+			if ((flags & MREMAP_FIXED) && syscall(SYS_munmap, na, nlen) == 0)
+				unmapped_locked(na, nlen);
+			if (olen > nlen && syscall(SYS_munmap, o + nlen, olen - nlen) == 0)
+				unmapped_locked(o + nlen, olen - nlen);
+			return errno = err, MAP_FAILED;
 		}
 		if (olen > nlen) {
 			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
@@ -2128,15 +2147,12 @@ static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int 
 		}
 		if ((i = piece_at_locked(o)) < 0)
 			return errno = EFAULT, MAP_FAILED;
-		if (flags & MREMAP_DONTUNMAP)
-			return errno = EINVAL, MAP_FAILED;
-		if (olen > pieces[i].va + pieces[i].len - o || nlen != olen)
-			return errno = EFAULT, MAP_FAILED; /* across VMAs; or growing a VM_DONTEXPAND one */
-		if (npieces == NPIECES)
-			return errno = ENOMEM, MAP_FAILED;
 		void *p = (void *)syscall(SYS_mremap, o, olen, nlen, flags, na);
 		if (p == MAP_FAILED)
 			return p;
+		if (flags & MREMAP_FIXED)
+			unmapped_locked(na, nlen); /* what the move replaced */
+		i = piece_at_locked(o);
 		struct piece moved = pieces[i];
 		pieces_add_locked((uint64_t)(uintptr_t)p, nlen, moved.prot, moved.handle, moved.via);
 		mref_locked(moved.handle, moved.via, 1);
