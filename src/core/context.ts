@@ -53,7 +53,7 @@ export function copyStructFromUser(mem: UserMemory, arg: bigint, userSize: numbe
   const kbuf = new Uint8Array(knownSize);
   if (userSize > knownSize) {
     const tail = mem.read(arg + BigInt(knownSize), userSize - knownSize);
-    if (tail.some((b) => b !== 0)) fail('E2BIG');
+    if (tail.some((b) => b !== 0)) fail('E2BIG', `the caller's struct is larger than the kernel's and its tail is not zero`);
   }
   kbuf.set(mem.read(arg, Math.min(userSize, knownSize)));
   return kbuf;

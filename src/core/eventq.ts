@@ -68,7 +68,7 @@ export class Veventq extends IommufdObject {
 
   /** read(2) on the queue's fd. */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (pos !== 0n) fail('ESPIPE');
+    if (pos !== 0n) fail('ESPIPE', 'vEVENTQ reads are at position 0 only');
     let done = 0;
     while (this.records.length > 0) {
       const r = this.records[0]!;
@@ -112,7 +112,7 @@ class VeventqFile implements IommufdFile {
     return this.q.read(mem, buf, count, pos);
   }
   write(): number {
-    return fail('EINVAL'); // the kernel's vEVENTQ file has no write method
+    return fail('EINVAL', 'the vEVENTQ file has no write'); // the kernel's vEVENTQ file has no write method
   }
   poll(): number {
     return this.q.records.length > 0 ? POLLIN | POLLRDNORM : 0;
@@ -131,10 +131,10 @@ class VeventqFile implements IommufdFile {
 export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_alloc>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP');
-  if (cmd.veventq_depth === 0) fail('EINVAL');
+  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP', 'flags and __reserved must be 0 and type not 0');
+  if (cmd.veventq_depth === 0) fail('EINVAL', 'veventq_depth is 0');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
-  if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
+  if (viommu.veventqs.has(cmd.type)) fail('EEXIST', 'the vIOMMU already has a vEVENTQ of this type');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
     refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);
