@@ -50,6 +50,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "iommufd_emu_wire.h"
@@ -295,8 +296,12 @@ static uint32_t kind_hint(int fd)
 }
 
 /* Record fd as emulated (tab_mu held). */
+static int emu_fds_ever; /* this image had an emulated fd: a child may hold one */
+
 static void set_ent_locked(int fd, uint32_t kind, uint64_t token, int32_t tid)
 {
+	if (kind != K_FAILNTH)
+		__atomic_store_n(&emu_fds_ever, 1, __ATOMIC_RELAXED);
 	struct stat st;
 	memset(&st, 0, sizeof(st));
 	fstat(fd, &st);
@@ -1775,9 +1780,12 @@ static void notify_unmap_locked(uint64_t va, uint64_t len)
 }
 
 /* Record a new shared region and announce it (ctl_mu held); closes memfd if there is no room. */
+static void pieces_unmap_locked(uint64_t va, uint64_t len);
+
 static void add_region_locked(uint64_t va, uint64_t len, uint64_t off, int memfd, uint32_t flags)
 {
-	notify_unmap_locked(va, len); /* MAP_FIXED over an old region */
+	notify_unmap_locked(va, len); /* MAP_FIXED over an old region (or an iommufd mapping) */
+	pieces_unmap_locked(va, len);
 	if (nregions < NREGIONS) {
 		struct region r = { va, len, off, memfd, flags };
 		regions[nregions] = r;
@@ -1823,10 +1831,124 @@ static void *shared_anon_mmap(void *addr, size_t len, int prot, int flags)
 	return p;
 }
 
-/* mmaps of the iommufd (driver regions): each holds a reference in the server until unmapped */
-#define NFDMAPS 64
-static struct { uint64_t va, len, handle; } fdmaps[NFDMAPS];
-static int nfdmaps; /* ctl_mu; read without it only as a hint (atomic) */
+/*
+ * mmaps of the iommufd fd: one reference per VMA piece. The kernel maps a
+ * driver region as a VM_PFNMAP|VM_DONTEXPAND VMA whose vm_ops open/close take
+ * and drop a reference on the region's owner: every piece a split (munmap or
+ * mprotect of part of it), a move (mremap) or a fork makes holds its own, and
+ * such VMAs never merge again and never grow. Our mapping is a memfd mapping,
+ * which the kernel would merge and let grow, so the VMA list lives here and
+ * the server is told how many pieces each mapping has (MREF). A forked
+ * child's pieces are held by a socket it inherits (HOLDER, MDUP).
+ */
+struct piece { uint64_t va, len, handle, child_handle; int prot; int via; /* -1: our control connection, else a holder fd */ };
+#define NPIECES 1024
+static struct piece pieces[NPIECES];
+static int npieces;       /* ctl_mu; read without it only as a hint (atomic) */
+static int holder_fd = -1; /* made in atfork_prepare: the child's copy of our mappings */
+static int children_hold;  /* a child may hold emulated files or mappings: wait() syncs */
+
+static void set_npieces(int n) { __atomic_store_n(&npieces, n, __ATOMIC_RELAXED); }
+
+/* Mapping `handle` (of our control connection, or of the holder fd `via`) has delta more pieces (ctl_mu held). */
+static void mref_locked(uint64_t handle, int via, int delta)
+{
+	if (!delta || !handle)
+		return;
+	REQ(MREF, mref);
+	q.handle = handle;
+	q.delta = delta;
+	struct wire_rep_status s;
+	if (via >= 0)
+		tp_rpc(via, &q, sizeof(q), &s, sizeof(s));
+	else if (ctl_fd >= 0 && ctl_pid == getpid())
+		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
+	/* else: that connection is gone, and the server dropped its references with it */
+}
+
+static void pieces_add_locked(uint64_t va, uint64_t len, int prot, uint64_t handle, int via)
+{
+	pieces[npieces] = (struct piece){ va, len, handle, 0, prot, via };
+	set_npieces(npieces + 1);
+}
+
+static void pieces_remove_locked(int i)
+{
+	pieces[i] = pieces[npieces - 1];
+	set_npieces(npieces - 1);
+}
+
+/*
+ * [va, va+len) is unmapped (munmap, MAP_FIXED over it, mremap's unmaps), as
+ * do_vmi_munmap: pieces split at the edges (each new piece +1), covered
+ * pieces closed (-1). ctl_mu held.
+ */
+static void pieces_unmap_locked(uint64_t va, uint64_t len)
+{
+	uint64_t end = va + len;
+	for (int i = 0; i < npieces; i++) {
+		struct piece *p = &pieces[i];
+		uint64_t pend = p->va + p->len;
+		if (pend <= va || p->va >= end)
+			continue;
+		int head = p->va < va, tail = pend > end;
+		if (head && tail && npieces < NPIECES) {
+			struct piece t = *p;
+			t.va = end;
+			t.len = pend - end;
+			p->len = va - p->va;
+			pieces_add_locked(t.va, t.len, t.prot, t.handle, t.via);
+			mref_locked(t.handle, t.via, 1);
+		} else if (head) {
+			p->len = va - p->va;
+		} else if (tail) {
+			p->len = pend - end;
+			p->va = end;
+		} else {
+			mref_locked(p->handle, p->via, -1);
+			pieces_remove_locked(i--);
+		}
+	}
+}
+
+/* mprotect of [va, va+len): pieces whose protection changes split at the edges (ctl_mu held). */
+static void pieces_protect_locked(uint64_t va, uint64_t len, int prot)
+{
+	uint64_t end = va + len;
+	for (int i = 0, n = npieces; i < n; i++) {
+		struct piece *p = &pieces[i];
+		uint64_t pend = p->va + p->len;
+		if (pend <= va || p->va >= end || p->prot == prot)
+			continue;
+		if (p->va < va && npieces < NPIECES) {
+			pieces_add_locked(p->va, va - p->va, p->prot, p->handle, p->via);
+			mref_locked(p->handle, p->via, 1);
+			p->len = pend - va;
+			p->va = va;
+		}
+		if (pend > end && npieces < NPIECES) {
+			pieces_add_locked(end, pend - end, p->prot, p->handle, p->via);
+			mref_locked(p->handle, p->via, 1);
+			p->len = end - p->va;
+		}
+		p->prot = prot;
+	}
+}
+
+static int piece_at_locked(uint64_t va)
+{
+	for (int i = 0; i < npieces; i++)
+		if (pieces[i].va <= va && va < pieces[i].va + pieces[i].len)
+			return i;
+	return -1;
+}
+
+/* Something was unmapped over [va, va+len): shared regions and iommufd pieces (ctl_mu held). */
+static void unmapped_locked(uint64_t va, uint64_t len)
+{
+	notify_unmap_locked(va, len);
+	pieces_unmap_locked(va, len);
+}
 
 static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, const struct fdent *ent, off_t off)
 {
@@ -1860,24 +1982,15 @@ static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, c
 		errno = rc < 0 ? EIO : -r.err;
 		return MAP_FAILED;
 	}
-	void *p = raw_mmap(addr, len, prot, flags, mfd, 0);
-	int e = errno;
+	void *p = npieces < NPIECES ? raw_mmap(addr, len, prot, flags, mfd, 0) : MAP_FAILED;
+	int e = npieces < NPIECES ? errno : ENOMEM;
 	raw_close(mfd);
-	if (p == MAP_FAILED || nfdmaps == NFDMAPS) {
-		REQ(MRELEASE, mrelease);
-		q.handle = r.handle;
-		struct wire_rep_status s;
-		ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
-		if (p != MAP_FAILED) {
-			syscall(SYS_munmap, p, len);
-			p = MAP_FAILED;
-			e = ENOMEM;
-		}
+	if (p == MAP_FAILED) {
+		mref_locked(r.handle, -1, -1);
 	} else {
-		fdmaps[nfdmaps].va = (uint64_t)(uintptr_t)p;
-		fdmaps[nfdmaps].len = (len + 4095) / 4096 * 4096;
-		fdmaps[nfdmaps].handle = r.handle;
-		__atomic_store_n(&nfdmaps, nfdmaps + 1, __ATOMIC_RELAXED);
+		uint64_t va = (uint64_t)(uintptr_t)p, l = (len + 4095) / 4096 * 4096;
+		unmapped_locked(va, l); /* MAP_FIXED over whatever was there */
+		pieces_add_locked(va, l, prot, r.handle, -1);
 	}
 	unlock(&ctl_mu);
 	errno = e;
@@ -1887,31 +2000,15 @@ static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, c
 /* [va, va+len) overlaps memory other processes may see: a shared region or an iommufd mapping (ctl_mu held). */
 static int shared_at_locked(uint64_t va, uint64_t len)
 {
-	for (int i = 0; i < nfdmaps; i++)
-		if (fdmaps[i].va < va + len && va < fdmaps[i].va + fdmaps[i].len)
+	for (int i = 0; i < npieces; i++)
+		if (pieces[i].va < va + len && va < pieces[i].va + pieces[i].len)
 			return 1;
 	return overlaps_locked(va, len);
 }
 
-/* Unmapping the whole of an iommufd mapping drops its reference (ctl_mu held). */
-static void fdmaps_unmap_locked(uint64_t va, uint64_t len)
-{
-	for (int i = 0; i < nfdmaps; i++) {
-		if (fdmaps[i].va < va || fdmaps[i].va + fdmaps[i].len > va + len)
-			continue;
-		if (ctl_fd >= 0 && ctl_pid == getpid()) {
-			REQ(MRELEASE, mrelease);
-			q.handle = fdmaps[i].handle;
-			struct wire_rep_status s;
-			ctl_rpc_locked(&q, sizeof(q), &s, sizeof(s));
-		}
-		fdmaps[i--] = fdmaps[--nfdmaps];
-	}
-}
-
 static int any_mappings(void)
 {
-	return __atomic_load_n(&nregions, __ATOMIC_RELAXED) || __atomic_load_n(&nfdmaps, __ATOMIC_RELAXED);
+	return __atomic_load_n(&nregions, __ATOMIC_RELAXED) || __atomic_load_n(&npieces, __ATOMIC_RELAXED);
 }
 
 /*
@@ -1964,8 +2061,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 		shared_file_mapped(p, len, fd, off);
 	} else if ((flags & MAP_FIXED) && any_mappings()) {
 		lock(&ctl_mu);
-		notify_unmap_locked((uint64_t)(uintptr_t)p, len);
-		fdmaps_unmap_locked((uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096);
+		unmapped_locked((uint64_t)(uintptr_t)p, (len + 4095) / 4096 * 4096);
 		unlock(&ctl_mu);
 	}
 	errno = e0;
@@ -1980,7 +2076,75 @@ EXPORT void *mmap64(void *addr, size_t len, int prot, int flags, int fd, off_t o
 EXPORT int mprotect(void *addr, size_t len, int prot)
 {
 	map_changed();
-	return (int)syscall(SYS_mprotect, addr, len, prot);
+	int r = (int)syscall(SYS_mprotect, addr, len, prot);
+	if (r == 0 && __atomic_load_n(&npieces, __ATOMIC_RELAXED)) {
+		lock(&ctl_mu);
+		pieces_protect_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096, prot);
+		unlock(&ctl_mu);
+	}
+	return r;
+}
+
+#define PAGE_ALIGN_(x) (((uint64_t)(x) + 4095) & ~(uint64_t)4095)
+
+/*
+ * mremap of [old, old+old_len) inside an iommufd mapping, as the kernel does it
+ * for a VM_PFNMAP|VM_DONTEXPAND VMA (mm/mremap.c): shrinking unmaps the tail;
+ * growing is EFAULT (after MREMAP_FIXED has unmapped the target, as there);
+ * MREMAP_DONTUNMAP is EINVAL; a move makes a new piece (vm_ops open) and
+ * unmaps the old range. Returns the result, or NULL if `old` is not in one of
+ * our pieces (the caller does the plain mremap). ctl_mu held.
+ */
+static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int flags, uint64_t na)
+{
+	int i = piece_at_locked(o);
+	if (i < 0)
+		return NULL;
+	if (flags & (MREMAP_FIXED | MREMAP_DONTUNMAP)) {
+		/* mremap_to() */
+		if ((flags & MREMAP_FIXED) && (na & 4095))
+			return errno = EINVAL, MAP_FAILED;
+		if ((flags & MREMAP_FIXED) && (nlen > user_ptr_max() || na > user_ptr_max() - nlen))
+			return errno = EINVAL, MAP_FAILED;
+		if ((flags & MREMAP_FIXED) && o + olen > na && na + nlen > o)
+			return errno = EINVAL, MAP_FAILED;
+		if (flags & MREMAP_FIXED) {
+			if (syscall(SYS_munmap, na, nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(na, nlen);
+		}
+		if (olen > nlen) {
+			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(o + nlen, olen - nlen);
+			olen = nlen;
+		}
+		if ((i = piece_at_locked(o)) < 0)
+			return errno = EFAULT, MAP_FAILED;
+		if (flags & MREMAP_DONTUNMAP)
+			return errno = EINVAL, MAP_FAILED;
+		if (olen > pieces[i].va + pieces[i].len - o || nlen != olen)
+			return errno = EFAULT, MAP_FAILED; /* across VMAs; or growing a VM_DONTEXPAND one */
+		if (npieces == NPIECES)
+			return errno = ENOMEM, MAP_FAILED;
+		void *p = (void *)syscall(SYS_mremap, o, olen, nlen, flags, na);
+		if (p == MAP_FAILED)
+			return p;
+		struct piece moved = pieces[i];
+		pieces_add_locked((uint64_t)(uintptr_t)p, nlen, moved.prot, moved.handle, moved.via);
+		mref_locked(moved.handle, moved.via, 1);
+		pieces_unmap_locked(o, olen);
+		return p;
+	}
+	if (olen >= nlen) {
+		if (olen > nlen) {
+			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
+				return MAP_FAILED;
+			unmapped_locked(o + nlen, olen - nlen);
+		}
+		return (void *)(uintptr_t)o;
+	}
+	return errno = EFAULT, MAP_FAILED; /* vma_to_resize(): a VM_PFNMAP mapping never grows */
 }
 
 EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
@@ -1993,14 +2157,28 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		va_end(ap);
 	}
 	map_changed();
-	void *p = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
-	if (p == MAP_FAILED || !__atomic_load_n(&nregions, __ATOMIC_RELAXED))
-		return p;
-	/* a shared region that moved or changed size: announce it at its new place */
-	int e = errno;
 	uint64_t o = (uint64_t)(uintptr_t)old;
-	uint64_t olen = (old_len + 4095) / 4096 * 4096, nlen = (new_len + 4095) / 4096 * 4096;
+	/* the kernel's argument checks come first; the real call makes them */
+	int args_ok = !(flags & ~(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)) &&
+		      !((flags & MREMAP_FIXED) && !(flags & MREMAP_MAYMOVE)) &&
+		      !((flags & MREMAP_DONTUNMAP) && (!(flags & MREMAP_MAYMOVE) || old_len != new_len)) && !(o & 4095) &&
+		      PAGE_ALIGN_(new_len) != 0;
+	if (args_ok && __atomic_load_n(&npieces, __ATOMIC_RELAXED)) {
+		lock(&ctl_mu);
+		void *p = pfnmap_mremap_locked(o, PAGE_ALIGN_(old_len), PAGE_ALIGN_(new_len), flags, (uint64_t)(uintptr_t)new_addr);
+		unlock(&ctl_mu);
+		if (p)
+			return p;
+	}
+	void *p = (void *)syscall(SYS_mremap, old, old_len, new_len, flags, new_addr);
+	if (p == MAP_FAILED || !any_mappings())
+		return p;
+	int e = errno;
+	uint64_t olen = PAGE_ALIGN_(old_len), nlen = PAGE_ALIGN_(new_len);
 	lock(&ctl_mu);
+	if (flags & MREMAP_FIXED)
+		pieces_unmap_locked((uint64_t)(uintptr_t)new_addr, nlen); /* the target was unmapped first */
+	/* a shared region that moved or changed size: announce it at its new place */
 	for (int i = 0; i < nregions; i++) {
 		struct region *r = &regions[i];
 		if (r->va != o || r->len != olen)
@@ -2008,11 +2186,8 @@ EXPORT void *mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 		struct region moved = *r;
 		moved.memfd = raw_dupfd_hi(r->memfd);
 		notify_unmap_locked(o, olen); /* drops r (and closes its memfd) */
-		if (moved.memfd >= 0) {
-			moved.va = (uint64_t)(uintptr_t)p;
-			moved.len = nlen;
-			add_region_locked(moved.va, moved.len, moved.off, moved.memfd, moved.flags);
-		}
+		if (moved.memfd >= 0)
+			add_region_locked((uint64_t)(uintptr_t)p, nlen, moved.off, moved.memfd, moved.flags);
 		break;
 	}
 	unlock(&ctl_mu);
@@ -2025,21 +2200,67 @@ EXPORT int munmap(void *addr, size_t len)
 	map_changed();
 	int r = (int)syscall(SYS_munmap, addr, len);
 	if (r == 0 && any_mappings()) {
-		int e = errno;
 		lock(&ctl_mu);
-		fdmaps_unmap_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096);
-		notify_unmap_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096);
+		unmapped_locked((uint64_t)(uintptr_t)addr, PAGE_ALIGN_(len));
 		unlock(&ctl_mu);
-		errno = e;
 	}
 	return r;
 }
 
 /* ---- process lifetime ------------------------------------------------------------------ */
-/* Every lock, in order: the child starts with a consistent copy of every table. */
+/*
+ * fork: the child gets copies of our iommufd mappings (dup_mmap calls vm_ops
+ * open for each), so it needs references of its own before fork returns: a
+ * holder socket the child inherits gets them (MDUP), and exit or exec of the
+ * child drops them with the socket (ctl_mu held).
+ */
+static void prepare_holder_locked(void)
+{
+	if (!npieces || ctl_ensure_locked() < 0)
+		return;
+	int s = tp_connect(1);
+	if (s < 0)
+		return;
+	s = move_high(s);
+	struct stat st;
+	fstat(s, &st);
+	REQ(HOLDER, holder);
+	q.pid = (uint32_t)getpid();
+	q.fd = s;
+	q.ino = (uint64_t)st.st_ino;
+	q.session = ctl_session;
+	struct wire_rep_holder hr;
+	if (tp_rpc(s, &q, sizeof(q), &hr, sizeof(hr)) < 0 || hr.status != 0) {
+		raw_close(s);
+		return;
+	}
+	for (int i = 0; i < npieces; i++)
+		pieces[i].child_handle = 0;
+	for (int i = 0; i < npieces; i++) {
+		if (pieces[i].child_handle)
+			continue;
+		uint32_t n = 0;
+		for (int j = i; j < npieces; j++)
+			n += pieces[j].handle == pieces[i].handle && pieces[j].via == pieces[i].via;
+		struct wire_req_mdup d = { .len = sizeof(d), .type = WIRE_T_MDUP, .handle = pieces[i].handle, .holder = hr.token,
+					   .fd = pieces[i].via >= 0 ? pieces[i].via : ctl_fd, .pieces = n };
+		struct wire_rep_mmap dr;
+		int rc = pieces[i].via >= 0 ? tp_rpc(pieces[i].via, &d, sizeof(d), &dr, sizeof(dr))
+					    : ctl_rpc_locked(&d, sizeof(d), &dr, sizeof(dr));
+		if (rc < 0 || dr.err < 0)
+			continue; /* that mapping's copy holds nothing in the child */
+		for (int j = i; j < npieces; j++)
+			if (pieces[j].handle == pieces[i].handle && pieces[j].via == pieces[i].via)
+				pieces[j].child_handle = dr.handle;
+	}
+	holder_fd = s;
+}
+
 static void atfork_prepare(void)
 {
 	lock(&ctl_mu);
+	children_hold |= emu_fds_ever || npieces;
+	prepare_holder_locked();
 	lock(&tab_mu);
 	lock(&failnth_mu);
 	lock(&debugfs_mu);
@@ -2047,6 +2268,9 @@ static void atfork_prepare(void)
 
 static void atfork_parent(void)
 {
+	if (holder_fd >= 0)
+		raw_close(holder_fd); /* the child's */
+	holder_fd = -1;
 	unlock(&debugfs_mu);
 	unlock(&failnth_mu);
 	unlock(&tab_mu);
@@ -2059,11 +2283,71 @@ static void atfork_child(void)
 		raw_close(ctl_fd); /* the parent's; we make our own */
 	__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
 	memset(failnth_tab, 0, sizeof(failnth_tab));
-	__atomic_store_n(&nfdmaps, 0, __ATOMIC_RELAXED); /* the parent's references, not ours */
+	/* our copies of the mappings are the holder's; the parent's holders are not ours */
+	for (int i = 0; i < npieces; i++) {
+		int via = pieces[i].via;
+		if (via >= 0 && via != holder_fd) {
+			raw_close(via);
+			for (int j = i; j < npieces; j++)
+				if (pieces[j].via == via)
+					pieces[j].via = -2; /* closed */
+		}
+	}
+	for (int i = 0; i < npieces; i++) {
+		if (holder_fd >= 0 && pieces[i].child_handle) {
+			pieces[i].handle = pieces[i].child_handle;
+			pieces[i].via = holder_fd;
+			pieces[i].child_handle = 0;
+		} else {
+			pieces_remove_locked(i--); /* no reference could be taken for it */
+		}
+	}
+	holder_fd = -1;
+	children_hold = 0;
 	unlock(&debugfs_mu);
 	unlock(&failnth_mu);
 	unlock(&tab_mu);
 	unlock(&ctl_mu);
+}
+
+/* A reaped child's files and mappings are released before wait() returns, as its exit released them. */
+static void reaped(pid_t r)
+{
+	if (r > 0 && __atomic_load_n(&children_hold, __ATOMIC_RELAXED))
+		emu_sync(0);
+}
+
+EXPORT pid_t waitpid(pid_t pid, int *status, int options)
+{
+	pid_t r = (pid_t)syscall(SYS_wait4, pid, status, options, NULL);
+	int e = errno;
+	reaped(r);
+	errno = e;
+	return r;
+}
+
+EXPORT pid_t wait(int *status)
+{
+	return waitpid(-1, status, 0);
+}
+
+EXPORT pid_t wait4(pid_t pid, int *status, int options, struct rusage *ru)
+{
+	pid_t r = (pid_t)syscall(SYS_wait4, pid, status, options, ru);
+	int e = errno;
+	reaped(r);
+	errno = e;
+	return r;
+}
+
+EXPORT int waitid(idtype_t idtype, id_t id, siginfo_t *info, int options)
+{
+	int r = (int)syscall(SYS_waitid, idtype, id, info, options, NULL);
+	int e = errno;
+	if (r == 0 && !(options & WNOWAIT) && info && info->si_pid)
+		reaped(info->si_pid);
+	errno = e;
+	return r;
 }
 
 __attribute__((constructor)) static void shim_init(void)

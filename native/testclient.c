@@ -1131,6 +1131,346 @@ static int mode_fileedges(void)
 	return 0;
 }
 
+/*
+ * copy_struct_from_user's zeroed tail (check_zeroed_user) on several ioctls: a
+ * struct longer than the kernel's, its tail running into an unreadable page,
+ * with non-zero bytes placed before or after the hole. One line per case, for
+ * comparison with the real kernel's answers.
+ */
+static void zt_case(int fd, const char *name, unsigned long req, size_t known, char *page_end, size_t back, size_t size,
+		    const int *nz, int nnz, const char *what)
+{
+	char *arg = page_end - back;
+	memset(page_end - 4096, 0, 4096);
+	*(__u32 *)arg = (__u32)size;
+	for (int i = 0; i < nnz; i++)
+		arg[nz[i]] = (char)0xff;
+	int r = ioctl(fd, req, arg);
+	printf("%s %s = %s\n", name, what, r == 0 ? "ok" : (errno == E2BIG || errno == EFAULT) ? strerrorname_np(errno) : "other");
+}
+
+static int mode_zerotail(void)
+{
+	int fd = xopen();
+	char *m = mmap(NULL, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (m == MAP_FAILED || mprotect(m + 4096, 4096, PROT_NONE))
+		DIE("mmap");
+	char *end = m + 4096;
+	struct { const char *name; unsigned long req; size_t known; } io[] = {
+		{ "DESTROY", IOMMU_DESTROY, sizeof(struct iommu_destroy) },
+		{ "IOAS_ALLOC", IOMMU_IOAS_ALLOC, sizeof(struct iommu_ioas_alloc) },
+		{ "OPTION", IOMMU_OPTION, sizeof(struct iommu_option) },
+		{ "IOAS_MAP", IOMMU_IOAS_MAP, sizeof(struct iommu_ioas_map) },
+		{ "TEST_CMD", IOMMU_TEST_CMD, sizeof(struct iommu_test_cmd) },
+	};
+	for (unsigned i = 0; i < sizeof(io) / sizeof(io[0]); i++) {
+		size_t k = io[i].known;
+		int nz3[] = { (int)k + 3 }, nz15[] = { (int)k + 15 }, nzm[] = { (int)k - 1 }, past[] = { (int)k + 3, (int)k + 4, (int)k + 7 },
+		    last[] = { (int)k + 2 };
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, NULL, 0, "zero-tail-into-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz3, 1, "nonzero-then-hole");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 16, k + 80, nz15, 1, "nonzero-last-readable-byte");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 4, k + 32, nzm, 1, "struct-byte-in-first-tail-word");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, past, 3, "bytes-past-short-tail");
+		zt_case(fd, io[i].name, io[i].req, k, end, k + 64, k + 3, last, 1, "short-tail-last-byte");
+	}
+	close(fd);
+	printf("OK zerotail\n");
+	return 0;
+}
+
+#ifdef IOMMU_VEVENTQ_ALLOC
+/* A vIOMMU with the mock's 2-page mmap region: its id, the region's offset and length. */
+static __u32 region_viommu(int fd, __u64 *off, __u64 *len)
+{
+	struct nest_fixture f = nest_fixture(fd);
+	struct iommu_viommu_selftest data = { .in_data = 0xbadbeef };
+	struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = f.idev,
+					 .hwpt_id = f.parent, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+		DIE("VIOMMU_ALLOC");
+	if (data.out_mmap_length != 8192)
+		DIE("region of %llu bytes", (unsigned long long)data.out_mmap_length);
+	*off = data.out_mmap_offset;
+	*len = data.out_mmap_length;
+	return va.out_viommu_id;
+}
+
+static char *map_region(int fd, __u64 off, __u64 len)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)off);
+	if (p == MAP_FAILED)
+		DIE("mmap region");
+	if (*(__u32 *)p != 0xbadbeef)
+		DIE("region content %x", *(__u32 *)p);
+	return p;
+}
+
+static void expect_busy(int fd, __u32 id, const char *when)
+{
+	if (destroy(fd, id) != -1 || errno != EBUSY)
+		DIE("DESTROY %s should be EBUSY", when);
+}
+
+/* A free address range of n pages (mapped and unmapped again). */
+static char *hole(size_t n)
+{
+	char *h = mmap(NULL, n * 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	munmap(h, n * 4096);
+	return h;
+}
+
+/*
+ * The vIOMMU stays busy while any piece of a mapping of its region exists, in
+ * this process or in a forked child, and is free once the last is gone:
+ * partial munmap, mprotect splits, mremap (move, move of part, shrink, grow
+ * refused), MAP_FIXED over it, fork, a child's exit and exec.
+ */
+static int mode_mmappieces(char **argv)
+{
+	int fd = xopen();
+	__u64 off, len;
+	long pg = 4096;
+	__u32 v;
+	char *p;
+
+	/* munmap in two pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	munmap(p, pg);
+	expect_busy(fd, v, "with the second page still mapped");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after both halves unmapped");
+
+	/* mprotect splits the VMA; unmapping all of it at once closes both pieces */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mprotect(p + pg, pg, PROT_READ) || mprotect(p + pg, pg, PROT_READ | PROT_WRITE))
+		DIE("mprotect");
+	munmap(p, pg);
+	expect_busy(fd, v, "after unmapping one side of an mprotect split");
+	munmap(p + pg, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after an mprotect split");
+
+	/* mremap: grow refused (VM_DONTEXPAND), shrink keeps a piece, move follows the mapping */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mremap(p, len, len + pg, MREMAP_MAYMOVE) != MAP_FAILED || errno != EFAULT)
+		DIE("mremap growing a region mapping should be EFAULT");
+	char *dst = hole(2);
+	char *q = mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+	if (q != dst || *(__u32 *)q != 0xbadbeef)
+		DIE("mremap move");
+	expect_busy(fd, v, "after moving the mapping");
+	if (mremap(q, len, pg, 0) != q)
+		DIE("mremap shrink");
+	expect_busy(fd, v, "after shrinking the mapping");
+	munmap(q, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after mremap move + shrink + munmap");
+
+	/* move of one page out of the middle of nowhere: the rest stays */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	dst = hole(1);
+	if (mremap(p + pg, pg, pg, MREMAP_MAYMOVE | MREMAP_FIXED, dst) != dst)
+		DIE("mremap of the second page");
+	munmap(p, pg);
+	expect_busy(fd, v, "with the moved page still mapped");
+	munmap(dst, pg);
+	if (destroy(fd, v))
+		DIE("DESTROY after the moved page went");
+
+	/* MAP_FIXED over the mapping unmaps what it covers */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	if (mmap(p, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p)
+		DIE("MAP_FIXED");
+	expect_busy(fd, v, "with half of the mapping replaced");
+	if (mmap(p + pg, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0) != p + pg)
+		DIE("MAP_FIXED 2");
+	if (destroy(fd, v))
+		DIE("DESTROY after MAP_FIXED over all of it");
+	munmap(p, len);
+
+	/* fork: the child's copy holds its own reference until it unmaps it */
+	v = region_viommu(fd, &off, &len);
+	p = map_region(fd, off, len);
+	int go[2], done[2];
+	if (pipe(go) || pipe(done))
+		DIE("pipe");
+	pid_t c = fork();
+	if (c == 0) {
+		char b;
+		if (read(go[0], &b, 1) != 1)
+			_exit(3);
+		if (*(__u32 *)p != 0xbadbeef)
+			_exit(4);
+		munmap(p, pg);
+		(void)!write(done[1], "1", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(5);
+		munmap(p + pg, pg);
+		(void)!write(done[1], "2", 1);
+		if (read(go[0], &b, 1) != 1)
+			_exit(6);
+		_exit(0);
+	}
+	munmap(p, len);
+	expect_busy(fd, v, "while the forked child maps it");
+	char b;
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	expect_busy(fd, v, "while the child maps half of it");
+	(void)!write(go[1], "x", 1);
+	if (read(done[0], &b, 1) != 1)
+		DIE("child");
+	if (destroy(fd, v))
+		DIE("DESTROY after the child unmapped its copy");
+	(void)!write(go[1], "x", 1);
+	int st;
+	waitpid(c, &st, 0);
+	if (!WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("child status %x", st);
+
+	/* a child's exit (without unmapping) and exec drop its copies */
+	for (int how = 0; how < 2; how++) {
+		v = region_viommu(fd, &off, &len);
+		p = map_region(fd, off, len);
+		if (mprotect(p, pg, PROT_READ))
+			DIE("mprotect"); /* two pieces to copy */
+		c = fork();
+		if (c == 0) {
+			if (how)
+				execl("/bin/true", "true", (char *)NULL);
+			_exit(0);
+		}
+		munmap(p, len);
+		waitpid(c, &st, 0);
+		if (destroy(fd, v))
+			DIE("DESTROY after the child's %s", how ? "exec" : "exit");
+	}
+	(void)argv;
+	close(fd);
+	printf("OK mmappieces\n");
+	return 0;
+}
+#endif
+
+#ifdef IOMMU_VEVENTQ_ALLOC
+/*
+ * Driven by the test over stdin (one line per step; the server has an
+ * emulator bug injected on one path at a time): every path answers EIO and
+ * the process keeps working.
+ */
+static void step(const char *ready)
+{
+	char line[16];
+	printf("%s\n", ready);
+	fflush(stdout);
+	if (!fgets(line, sizeof(line), stdin))
+		exit(9);
+}
+
+static int mode_bugpaths(void)
+{
+	step("STEP open");
+	int fd = open("/dev/iommu", O_RDWR);
+	printf("open = %s\n", fd < 0 ? strerrorname_np(errno) : "ok");
+	step("STEP ioctl");
+	fd = xopen();
+	__u32 ioas = ioas_alloc(fd);
+	printf("ioctl = %s\n", destroy(fd, ioas) ? strerrorname_np(errno) : "ok");
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	step("STEP read");
+	struct iommu_hwpt_pgfault rec;
+	printf("read = %s\n", read((int)fa.out_fault_fd, &rec, sizeof(rec)) < 0 ? strerrorname_np(errno) : "ok");
+	__u64 off, len;
+	region_viommu(fd, &off, &len);
+	step("STEP mmap");
+	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)off);
+	printf("mmap = %s\n", p == MAP_FAILED ? strerrorname_np(errno) : "ok");
+	step("STEP done");
+	if (ioas_alloc(fd) == 0)
+		DIE("after the bugs");
+	close(fd);
+	printf("OK bugpaths\n");
+	return 0;
+}
+#endif
+
+/*
+ * Random frames from the test, sent after a valid handshake: the server must
+ * answer or close, never crash. Prints the context token, its anchor fd and a
+ * buffer address (for the test to aim frames at), then for each frame read
+ * from stdin (u32 length + bytes) one line: "R <bytes>" or "CLOSED" (and
+ * makes a new control connection). Frames whose type opens a connection go
+ * on a fresh socket.
+ */
+static int mode_rawframes(void)
+{
+	uint64_t session;
+	int ctl = handshake(&session);
+	static char buffer[8192];
+	int anchor = raw_connect();
+	struct stat st;
+	fstat(anchor, &st);
+	struct wire_req_open op = { .len = sizeof(op), .type = WIRE_T_OPEN, .pid = (uint32_t)getpid(), .fd = anchor,
+				    .ino = (uint64_t)st.st_ino, .session = session };
+	struct wire_rep_open orp;
+	if (write(anchor, &op, sizeof(op)) != sizeof(op) || xrecv(anchor, &orp, sizeof(orp)) || orp.err)
+		DIE("OPEN");
+	printf("READY token=%llu fd=%d buf=%llu session=%llu\n", (unsigned long long)orp.token, anchor,
+	       (unsigned long long)(uintptr_t)buffer, (unsigned long long)session);
+	fflush(stdout);
+	uint32_t n;
+	static char frame[8192];
+	while (fread(&n, 4, 1, stdin) == 1) {
+		if (n > sizeof(frame) || fread(frame, 1, n, stdin) != n)
+			DIE("stdin");
+		uint32_t type = n >= 8 ? ((uint32_t *)frame)[1] : 0;
+		int fresh = type == WIRE_T_HELLO || type == WIRE_T_OPEN || type == WIRE_T_EVPREP || type == WIRE_T_HOLDER;
+		int s = fresh ? raw_connect() : ctl;
+		if (send(s, frame, n, MSG_NOSIGNAL) != (ssize_t)n) {
+			printf("CLOSED\n");
+			if (!fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		} else {
+			struct pollfd p = { .fd = s, .events = POLLIN };
+			size_t got = 0;
+			int closed = 0;
+			while (poll(&p, 1, got ? 2 : 60) == 1) {
+				char b[4096];
+				ssize_t k = recv(s, b, sizeof(b), MSG_DONTWAIT);
+				if (k <= 0) {
+					closed = 1;
+					break;
+				}
+				got += (size_t)k;
+			}
+			printf(closed ? "CLOSED %zu\n" : "R %zu\n", got);
+			if (closed && !fresh) {
+				close(ctl);
+				ctl = handshake(&session);
+			}
+		}
+		if (fresh)
+			close(s);
+		fflush(stdout);
+	}
+	close(anchor);
+	close(ctl);
+	printf("OK rawframes\n");
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1161,9 +1501,13 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "victim")) return mode_victim();
 	if (!strcmp(m, "sigclose")) return mode_sigclose();
 	if (!strcmp(m, "fileedges")) return mode_fileedges();
+	if (!strcmp(m, "rawframes")) return mode_rawframes();
+	if (!strcmp(m, "zerotail")) return mode_zerotail();
 #ifdef IOMMU_VEVENTQ_ALLOC
 	if (!strcmp(m, "vevent")) return mode_vevent();
 	if (!strcmp(m, "mmap")) return mode_mmap();
+	if (!strcmp(m, "mmappieces")) return mode_mmappieces(argv);
+	if (!strcmp(m, "bugpaths")) return mode_bugpaths();
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

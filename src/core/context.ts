@@ -48,15 +48,57 @@ export class Ucmd<T extends object = Record<string, unknown>> {
 
 export type Handler = (ucmd: Ucmd<any>) => number | void;
 
-/** Bytes of a user struct the kernel would read: `size` first, then the whole struct. */
+/**
+ * copy_struct_from_user(): the bytes of a user struct the kernel reads. A
+ * caller's struct longer than ours must have a zero tail (check_zeroed_user
+ * first: E2BIG or EFAULT), then the common part is copied.
+ */
 export function copyStructFromUser(mem: UserMemory, arg: bigint, userSize: number, knownSize: number): Uint8Array {
+  if (userSize > knownSize && !checkZeroedUser(mem, arg + BigInt(knownSize), userSize - knownSize)) fail('E2BIG', `the caller's struct is larger than the kernel's and its tail is not zero`);
   const kbuf = new Uint8Array(knownSize);
-  if (userSize > knownSize) {
-    const tail = mem.read(arg + BigInt(knownSize), userSize - knownSize);
-    if (tail.some((b) => b !== 0)) fail('E2BIG', `the caller's struct is larger than the kernel's and its tail is not zero`);
-  }
   kbuf.set(mem.read(arg, Math.min(userSize, knownSize)));
   return kbuf;
+}
+
+const PAGE = 4096n;
+/** Bytes read per attempt while the tail stays readable. */
+const ZERO_CHUNK = 1n << 16n;
+
+/**
+ * check_zeroed_user(): whether [from, from+size) is all zero, throwing EFAULT
+ * for an unreadable byte found first. The kernel reads the range one aligned
+ * word at a time (bytes of the first and last word outside the range masked
+ * off) and stops at the first word with a non-zero byte of the range: a
+ * non-zero byte before an unreadable page is E2BIG, an all-zero range running
+ * into one is EFAULT. Aligned words never straddle pages, so reading page by
+ * page decides exactly as word by word; readable stretches are read in bigger
+ * chunks, and a chunk that faults is re-read page by page.
+ */
+function checkZeroedUser(mem: UserMemory, from: bigint, size: number): boolean {
+  const end = from + BigInt(size);
+  const nonZero = (b: Uint8Array): boolean => b.some((x) => x !== 0);
+  for (let at = from; at < end;) {
+    const stop = at + ZERO_CHUNK < end ? at + ZERO_CHUNK : end;
+    let chunk: Uint8Array | null = null;
+    try {
+      chunk = mem.read(at, Number(stop - at));
+    } catch (e) {
+      if (!isErrno(e, 'EFAULT')) throw e;
+    }
+    if (chunk) {
+      if (nonZero(chunk)) return false;
+      at = stop;
+      continue;
+    }
+    // Something in this chunk is unreadable: the first page that is decides.
+    while (at < stop) {
+      const pageEnd = (at / PAGE + 1n) * PAGE;
+      const next = pageEnd < stop ? pageEnd : stop;
+      if (nonZero(mem.read(at, Number(next - at)))) return false; // EFAULT propagates
+      at = next;
+    }
+  }
+  return true;
 }
 
 /** `len` bytes at `addr`, or as many as can be read (halving), or null: traces never fault the caller. */

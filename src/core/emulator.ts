@@ -12,6 +12,12 @@ export interface EmulatorOptions {
   profile?: ProfileName;
   /** Compile in the selftest interface (IOMMU_TEST_CMD and the mock driver). Default true. */
   selftest?: boolean;
+  /**
+   * CONFIG_IOMMUFD_NOIOMMU (7.3+; selected only by VFIO_NOIOMMU with VFIO_DEVICE_CDEV, so off
+   * in a default build). Off: IOMMU_IOAS_NOIOMMU_GET_PA is in the dispatch table (size
+   * rules apply) and answers EOPNOTSUPP. Default false.
+   */
+  noiommu?: boolean;
 }
 
 export type CompatHandler = (ctx: IommufdCtx, request: number, arg: bigint, caller: Caller) => number;
@@ -28,6 +34,8 @@ export const REGISTRY: Registry = { handlers: new Map(), releaseHooks: [] };
 export class Emulator {
   readonly profile: Profile;
   readonly selftest: boolean;
+  /** CONFIG_IOMMUFD_NOIOMMU (see EmulatorOptions). */
+  readonly noiommu: boolean;
   readonly table: Map<number, ProfileIoctl>;
   readonly byName: Map<string, ProfileIoctl>;
   readonly lastNr: number;
@@ -54,6 +62,7 @@ export class Emulator {
   constructor(opts: EmulatorOptions = {}) {
     this.profile = getProfile(opts.profile ?? 'mainline');
     this.selftest = opts.selftest ?? true;
+    this.noiommu = opts.noiommu ?? false;
     this.table = ioctlTable(this.profile, this.selftest);
     this.byName = new Map([...this.table.values()].map((d) => [d.name, d]));
     // The kernel's table ends at its last real command; the test cmd sits further out.

@@ -13,8 +13,8 @@ import {
   replace, S, trigger, vdevAlloc, veventqAlloc, veventqAllocTry, viommuAlloc, rawReadOnly, type Fx,
 } from './viommu_test_helpers.js';
 
-const PROFILES: ProfileName[] = ['6.15', '6.17', 'mainline'];
-const NEW: ProfileName[] = ['6.17', 'mainline'];
+const PROFILES: ProfileName[] = ['6.15', '6.17', '7.3', 'mainline'];
+const NEW: ProfileName[] = ['6.17', '7.3', 'mainline'];
 const LOST = 1;
 
 /** A vIOMMU with the fixture device attached to a nested HWPT of it through vDEVICE `virt`. */
@@ -39,8 +39,11 @@ for (const p of PROFILES) {
     assert.equal(code(veventqAllocTry(t, 999, { flags: 1, depth: 0 })), 'EOPNOTSUPP');
     assert.equal(code(veventqAllocTry(t, 999, { reserved: 1, depth: 0 })), 'EOPNOTSUPP');
     assert.equal(code(veventqAllocTry(t, 999, { type: 0, depth: 0 })), 'EOPNOTSUPP');
-    // 2. depth 0, before the lookup; no upper bound.
+    // 2. depth 0, before the lookup; 7.3 also caps it at 1<<19 (older kernels have no upper bound).
     assert.equal(code(veventqAllocTry(t, 999, { depth: 0 })), 'EINVAL');
+    const capped = t.ctx.profile.veventqMaxDepth !== 0;
+    assert.equal(code(veventqAllocTry(t, 999, { depth: (1 << 19) + 1 })), capped ? 'EINVAL' : 'ENOENT');
+    assert.equal(code(veventqAllocTry(t, 999, { depth: 1 << 19 })), 'ENOENT');
     // 3. the vIOMMU.
     assert.equal(code(veventqAllocTry(t, 999)), 'ENOENT');
     assert.equal(code(veventqAllocTry(t, 0)), 'ENOENT');
@@ -48,7 +51,7 @@ for (const p of PROFILES) {
     // Success: IDs and fd; a failure after it leaves no fd and no ID behind.
     const expect = nextId(t);
     const fdsBefore = t.caller.fds.open;
-    const r = veventqAllocTry(t, v, { depth: 0xffffffff });
+    const r = veventqAllocTry(t, v, { depth: capped ? 1 << 19 : 0xffffffff });
     assert.equal(code(r), 0);
     assert.equal(r.out.out_veventq_id, expect);
     assert.equal(t.caller.fds.lookup(r.out.out_veventq_fd)?.name, '[iommufd-viommu-event]');
@@ -167,20 +170,27 @@ for (const p of PROFILES) {
     assert.deepEqual(parseEvents(readFd(t, q.fd, 64)).map((e) => e.seq), [0x7ffffffe, 0x7fffffff, 0]);
   });
 
-  test(`read: whole records only, short buffers read 0, ESPIPE at a non-zero position, EFAULT (${p})`, () => {
+  test(`read: whole records only, short buffers read 0 (7.3: EINVAL), ESPIPE at a non-zero position, EFAULT (${p})`, () => {
     const t = attached(p);
+    const strict = t.ctx.profile.veventqReadEinval;
     const q = veventqAlloc(t, t.viommu, { depth: 1 });
     assert.deepEqual(readFd(t, q.fd, 64), new Uint8Array(0)); // empty
+    // Below one header, even on an empty queue: 7.3 refuses it.
+    assert.equal(strict ? errOf(() => readFd(t, q.fd, 7)) : readFd(t, q.fd, 7).length, strict ? 'EINVAL' : 0);
     trigger(t, t.idev);
     trigger(t, t.idev); // record seq 0 + marker seq 1
     // ESPIPE whatever the queue holds.
     assert.equal(errOf(() => readFd(t, q.fd, 64, 1n)), 'ESPIPE');
-    // A header fits but not its payload: 0 bytes, nothing consumed.
-    for (const n of [0, 7, 8, 11]) assert.equal(readFd(t, q.fd, n).length, 0, `count ${n}`);
+    // A header fits but not its payload: 0 bytes (7.3: EINVAL), nothing consumed.
+    for (const n of [0, 7, 8, 11]) {
+      if (strict) assert.equal(errOf(() => readFd(t, q.fd, n)), 'EINVAL', `count ${n}`);
+      else assert.equal(readFd(t, q.fd, n).length, 0, `count ${n}`);
+    }
     // 12..19 bytes: the record only (the marker needs 8 more).
     assert.equal(readFd(t, q.fd, 19).length, 12);
     // The marker alone needs just its header.
-    assert.equal(readFd(t, q.fd, 7).length, 0);
+    if (strict) assert.equal(errOf(() => readFd(t, q.fd, 7)), 'EINVAL');
+    else assert.equal(readFd(t, q.fd, 7).length, 0);
     assert.deepEqual(parseEvents(readFd(t, q.fd, 8)), [{ flags: LOST, seq: 1 }]);
     // EFAULT when nothing could be copied; the record stays queued.
     trigger(t, t.idev);

@@ -69,11 +69,16 @@ export class Veventq extends IommufdObject {
   /** read(2) on the queue's fd. */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
     if (pos !== 0n) fail('ESPIPE', 'vEVENTQ reads are at position 0 only');
+    const strict = this.viommu.ctx.profile.veventqReadEinval;
+    if (strict && count < HEADER_SIZE) fail('EINVAL', 'vEVENTQ read: count below one header');
     let done = 0;
     while (this.records.length > 0) {
       const r = this.records[0]!;
       const len = HEADER_SIZE + (r.payload?.length ?? 0);
-      if (done + len > count) break;
+      if (done + len > count) {
+        if (strict && done === 0) fail('EINVAL', 'vEVENTQ read: the first event does not fit the count');
+        break;
+      }
       const bytes = new Uint8Array(len);
       bytes.set(encode(S.iommufd_vevent_header, { flags: r.flags, sequence: r.sequence }));
       if (r.payload) bytes.set(r.payload, HEADER_SIZE);
@@ -131,8 +136,10 @@ class VeventqFile implements IommufdFile {
 export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_alloc>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP', 'flags and __reserved must be 0 and type not 0');
-  if (cmd.veventq_depth === 0) fail('EINVAL', 'veventq_depth is 0');
+  if (cmd.flags || cmd.__reserved || cmd.type === 0) fail('EOPNOTSUPP', 'VEVENTQ_ALLOC: flags, __reserved or type DEFAULT');
+  if (cmd.veventq_depth === 0) fail('EINVAL', 'VEVENTQ_ALLOC: zero depth');
+  const max = ucmd.ctx.profile.veventqMaxDepth;
+  if (max && cmd.veventq_depth > max) fail('EINVAL', 'VEVENTQ_ALLOC: depth above 1<<19');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (viommu.veventqs.has(cmd.type)) fail('EEXIST', 'the vIOMMU already has a vEVENTQ of this type');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {

@@ -410,8 +410,8 @@ test('UNMAP: an access holding pins is told to unpin, then the unmap succeeds', 
 
 class SimFile implements FileBacking {
   readonly pages: SimPage[] = [];
-  constructor(readonly size: bigint, readonly pinnable = true, phys = new PhysAllocator()) {
-    for (let i = 0n; i < size / PS; i++) this.pages.push(phys.alloc());
+  constructor(public size: bigint, readonly pinnable = true, phys = new PhysAllocator()) {
+    for (let i = 0n; i < (size + PS - 1n) / PS; i++) this.pages.push(phys.alloc());
   }
   getPages(index: number, npages: number): PhysPage[] {
     if (index + npages > this.pages.length) fail('EFAULT');
@@ -460,6 +460,28 @@ test('MAP_FILE: checks in kernel order, lazy pinning, unpinnable files fail at p
   mockDomain(e, id);
   m({ flags: MAP_RW | FIXED, iova: 0x1000000n });
   assert.equal((e.fmem.files.get(5) as SimFile).pages[0]!.pins, 1);
+});
+
+test('MAP_FILE: pinning needs whole pages before i_size: a partial last page or a truncated file is EINVAL', () => {
+  const e = fileEnv();
+  const f = new SimFile(0x3800n); // three and a half pages
+  e.fmem.files.set(5, f);
+  const id = ioasAlloc(e);
+  mockDomain(e, id);
+  const m = (start: bigint, length: bigint) => errOf(() => raw(e, 'IOAS_MAP_FILE', S.iommu_ioas_map_file, {
+    flags: MAP_RW, ioas_id: id, fd: 5, start, length,
+  }));
+  assert.equal(m(0n, 0x4000n), 'EINVAL'); // the last page is partial
+  assert.equal(m(0x3000n, 0x800n), 'EINVAL');
+  assert.equal(m(0n, 0x3000n), 0);
+  // Truncated: nothing of it can be pinned any more (what is pinned stays).
+  f.size = 0n;
+  assert.equal(m(0n, 0x1000n), 'EINVAL');
+  assert.equal(f.pages[0]!.pins, 1);
+  // Without a domain nothing is pinned, so the map itself succeeds.
+  const id2 = ioasAlloc(e);
+  assert.equal(errOf(() => raw(e, 'IOAS_MAP_FILE', S.iommu_ioas_map_file,
+    { flags: MAP_RW, ioas_id: id2, fd: 5, start: 0n, length: 0x4000n })), 0);
 });
 
 test('MAP_FILE and CHANGE_PROCESS are absent in 6.12 (ENOTTY)', () => {

@@ -268,6 +268,30 @@ export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_
   }
 }
 
+// ---- IOMMU_IOAS_NOIOMMU_GET_PA (7.3) ------------------------------------------------------------------
+
+/**
+ * IOVA -> physical address of a no-IOMMU device's IOAS. Without CONFIG_IOMMUFD_NOIOMMU
+ * (the default: only VFIO_NOIOMMU selects it) the kernel's stub answers EOPNOTSUPP after
+ * the dispatcher's size checks. With it, the checks below run; the answer needs an area
+ * whose storage domain is the software no-IOMMU table, which only a no-IOMMU VFIO device
+ * attaching creates. The emulator models no such device, so a mapped area answers
+ * EOPNOTSUPP, as on such a kernel with none bound.
+ */
+export function iommufdIoasNoiommuGetPa(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_noiommu_get_pa>>): void {
+  const cmd = ucmd.cmd;
+  if (!ucmd.emu.noiommu) fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: kernel built without CONFIG_IOMMUFD_NOIOMMU');
+  if (!ucmd.mem.process.capSysRawio) fail('EPERM', 'NOIOMMU_GET_PA: needs CAP_SYS_RAWIO');
+  if (cmd.flags || cmd.__reserved) fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: flags or __reserved set');
+  if (!cmd.length) fail('EINVAL', 'NOIOMMU_GET_PA: zero length');
+  if (cmd.iova >= U64_MAX) fail('EOVERFLOW', 'NOIOMMU_GET_PA: iova >= ULONG_MAX');
+  const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
+  const area = ioas.iopt.areasIn(cmd.iova, cmd.iova)[0];
+  if (!area) fail('ENOENT', 'NOIOMMU_GET_PA: no area at iova');
+  if (area.pages.revoked) fail('EINVAL', 'NOIOMMU_GET_PA: revoked dma-buf');
+  fail('EOPNOTSUPP', 'NOIOMMU_GET_PA: the area is not stored in a no-IOMMU domain');
+}
+
 // ---- IOMMU_OPTION (01 §4.10) --------------------------------------------------------------------------------
 
 export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void {

@@ -35,6 +35,7 @@ export const IOCTL_HANDLERS: Partial<Record<IoctlName, Handler>> = {
   IOAS_MAP_FILE: ioas.iommufdIoasMapFile,
   IOAS_UNMAP: ioas.iommufdIoasUnmap,
   IOAS_CHANGE_PROCESS: ioas.iommufdIoasChangeProcess,
+  IOAS_NOIOMMU_GET_PA: ioas.iommufdIoasNoiommuGetPa,
   OPTION: ioas.iommufdOption,
   VFIO_IOAS: ioas.iommufdVfioIoas,
   HWPT_ALLOC: hwpt.iommufdHwptAlloc,

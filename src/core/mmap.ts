@@ -48,8 +48,13 @@ export const PROT_EXEC = 0x4;
 
 export interface MmapHandle {
   readonly pages: PhysPage[];
-  /** munmap: drops the reference on the owner (and on the context). */
+  /** A VMA piece of this mapping is gone (munmap): drops its reference on the owner (and on the context). */
   close(): void;
+  /**
+   * A new VMA piece of this mapping (vm_ops->open: split, mremap, fork): it
+   * holds references of its own, released by its own close().
+   */
+  open(): MmapHandle;
 }
 
 /** mmap(fd, offset, length): exact region only; holds the owner and the context until close. */
@@ -65,6 +70,12 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
   if (prot & PROT_EXEC) fail('EPERM', 'mmap: PROT_EXEC is refused');
   const r = regions(ctx).find((x) => x.offset === offset && x.length === length);
   if (!r || r.owner.users === 0) fail('ENXIO', 'mmap: no region at this offset and length');
+  return piece(ctx, r);
+}
+
+/** One VMA piece's references (iommufd_fops_vma_open/close): the owner, and the file, i.e. the context. */
+function piece(ctx: IommufdCtx, r: Region): MmapHandle {
+  const { offset, length } = r;
   let open = true;
   const bus = ctx.emu.bus;
   const handle: MmapHandle & { readonly label: string } = {
@@ -77,6 +88,7 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
       refput(r.owner, handle, 'mmap');
       ctx.put();
     },
+    open: () => piece(ctx, r),
   };
   refget(r.owner, handle, 'mmap');
   ctx.ref();

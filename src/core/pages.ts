@@ -144,6 +144,11 @@ export class Pages {
     emu.failPoint('ENOMEM');
   }
 
+  /** A dma-buf whose exporter revoked this attachment: nothing is mapped from it any more. */
+  get revoked(): boolean {
+    return false;
+  }
+
   get isFile(): boolean {
     return (this.bits & FILE) !== 0;
   }
@@ -167,6 +172,9 @@ export class Pages {
     }
     const file = this.file!;
     if (!file.pinnable) fail('EINVAL', 'file cannot be pinned');
+    // memfd_pin_folios: the last byte of the last page must lie before i_size (a partial
+    // last page, or pages past a truncation, are refused).
+    if (BigInt(this.basePage + index + n) * PS > file.size) fail('EINVAL', 'file pin past the end of the file');
     return file.getPages(this.basePage + index, n);
   }
 

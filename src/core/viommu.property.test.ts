@@ -10,7 +10,7 @@ import test from 'node:test';
 import fc from 'fast-check';
 import { ObjType } from './object.js';
 import { referenceProblems } from './graph.js';
-import type { ErrnoName } from '../uapi/errno.js';
+import { isErrno, type ErrnoName } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import {
   BASE_IOVA, closeCtx, code, destroyTry, hwptAllocTry, hwQueueAllocTry, mapFixed, MOCK, NEST, pins, PS, raw, rawTry,
@@ -460,8 +460,14 @@ test('vEVENTQ: sequence numbers, the lost-events marker and whole-record reads f
           if (!r.lost) dv.setUint32(8, 0x5e, true);
           expect.push(...b);
         }
-        const n = file.read(t.mem, buf, op.count, 0n);
-        assert.deepEqual([...t.mem.read(buf, n)], expect);
+        // 7.3: below one header, or the first normal event not fitting, is EINVAL.
+        const einval = op.count < 8 || (expect.length === 0 && list.length > 0 && !list[0]!.lost);
+        if (einval) {
+          assert.throws(() => file.read(t.mem, buf, op.count, 0n), (e: unknown) => isErrno(e, 'EINVAL'));
+        } else {
+          const n = file.read(t.mem, buf, op.count, 0n);
+          assert.deepEqual([...t.mem.read(buf, n)], expect);
+        }
       }
       assert.equal(file.poll() !== 0, list.length > 0);
     }

@@ -13,6 +13,7 @@ import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMem
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 import * as W from './wire.js';
+import * as fc from 'fast-check';
 
 const cc = findCompiler();
 const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
@@ -111,6 +112,39 @@ const PATH_GOLDEN = [
   "open-unterminated = -1 EFAULT",
   "access-bad = -1 EFAULT",
   "faccessat-bad = -1 EFAULT"
+];
+/** The real 6.12 kernel's answers to native/testclient.c's `zerotail` cases (check_zeroed_user order). */
+const ZEROTAIL_GOLDEN = [
+  "DESTROY zero-tail-into-hole = EFAULT",
+  "DESTROY nonzero-then-hole = E2BIG",
+  "DESTROY nonzero-last-readable-byte = E2BIG",
+  "DESTROY struct-byte-in-first-tail-word = EFAULT",
+  "DESTROY bytes-past-short-tail = other",
+  "DESTROY short-tail-last-byte = E2BIG",
+  "IOAS_ALLOC zero-tail-into-hole = EFAULT",
+  "IOAS_ALLOC nonzero-then-hole = E2BIG",
+  "IOAS_ALLOC nonzero-last-readable-byte = E2BIG",
+  "IOAS_ALLOC struct-byte-in-first-tail-word = EFAULT",
+  "IOAS_ALLOC bytes-past-short-tail = ok",
+  "IOAS_ALLOC short-tail-last-byte = E2BIG",
+  "OPTION zero-tail-into-hole = EFAULT",
+  "OPTION nonzero-then-hole = E2BIG",
+  "OPTION nonzero-last-readable-byte = E2BIG",
+  "OPTION struct-byte-in-first-tail-word = EFAULT",
+  "OPTION bytes-past-short-tail = other",
+  "OPTION short-tail-last-byte = E2BIG",
+  "IOAS_MAP zero-tail-into-hole = EFAULT",
+  "IOAS_MAP nonzero-then-hole = E2BIG",
+  "IOAS_MAP nonzero-last-readable-byte = E2BIG",
+  "IOAS_MAP struct-byte-in-first-tail-word = EFAULT",
+  "IOAS_MAP bytes-past-short-tail = other",
+  "IOAS_MAP short-tail-last-byte = E2BIG",
+  "TEST_CMD zero-tail-into-hole = EFAULT",
+  "TEST_CMD nonzero-then-hole = E2BIG",
+  "TEST_CMD nonzero-last-readable-byte = E2BIG",
+  "TEST_CMD struct-byte-in-first-tail-word = EFAULT",
+  "TEST_CMD bytes-past-short-tail = other",
+  "TEST_CMD short-tail-last-byte = E2BIG"
 ];
 const IOMMU_FILE_GOLDEN = [
   "read-null = -1 EINVAL",
@@ -278,6 +312,65 @@ describe('server and shim (C clients)', { skip }, () => {
     }
   });
 
+  test('random frames from the description after a valid handshake (real tokens, fds and buffers among them): answered or closed, never an emulator bug', async () => {
+    const requests = [...server.emu.table.values()].map((o) => o.request >>> 0);
+    const before = server.bugs;
+    const baseline = server.liveContexts;
+    const pick = <T>(xs: readonly T[]): fc.Arbitrary<T> => fc.constantFrom(...xs);
+    const frameArb = (real: { token: bigint; fd: number; buf: bigint; session: bigint; pid: number }) =>
+      fc.tuple(pick(Object.values(W.REQ) as W.WireRequest[]), fc.uint8Array({ maxLength: 64 }), fc.nat(20),
+        fc.array(fc.tuple(fc.nat(3), fc.bigInt({ min: 0n, max: (1n << 64n) - 1n })), { minLength: 24, maxLength: 24 }))
+        .map(([def, tail, corrupt, picks]) => {
+          const v: Record<string, number | bigint> = {};
+          def.fields.forEach((f, i) => {
+            if (f.name === 'len' || f.name === 'type' || f.name === def.tail) return;
+            const [which, rnd] = picks[i % picks.length]!;
+            const n = f.name;
+            let x: bigint;
+            if (/token|handle|holder|forget/.test(n)) x = [real.token, 0n, rnd, real.token][which]!;
+            else if (/fd$/.test(n)) x = [BigInt(real.fd), -1n, rnd % 12n, BigInt(real.fd)][which]!;
+            else if (/^(arg|buf|addr|va)$/.test(n)) x = [real.buf, 0n, rnd, real.buf + (rnd % 4096n)][which]!;
+            else if (n === 'request') x = which < 3 ? BigInt(requests[Number(rnd % BigInt(requests.length))]!) : rnd;
+            else if (n === 'pid') x = which < 2 ? BigInt(real.pid) : rnd;
+            else if (n === 'session') x = which < 2 ? real.session : rnd;
+            else x = which === 0 ? 0n : which === 1 ? rnd % 64n : rnd;
+            const bits = f.size * 8;
+            v[n] = f.type === 'u64' || f.type === 's64' ? BigInt.asUintN(64, x)
+              : f.type === 'u32' ? Number(BigInt.asUintN(32, x)) : f.type === 's32' ? Number(BigInt.asIntN(32, x)) : 0;
+            void bits;
+          });
+          const b = W.encode(def, v as never, def.tail ? tail.subarray(0, Math.min(tail.length, def.tailMax)) : undefined);
+          if (corrupt === 0) b.writeUInt32LE(b.length + 4, 0); // announces more than it sends
+          if (corrupt === 1) return b.subarray(0, Math.max(8, b.length - 3));
+          return b;
+        });
+    let runs = 0;
+    await fc.assert(fc.asyncProperty(fc.integer({ min: 1, max: 0x7fffffff }), async (seed) => {
+      const p = spawn(client, ['rawframes'], { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+      let out = '';
+      p.stdout.on('data', (d) => (out += d));
+      const exited = new Promise<number | null>((r) => p.on('exit', (code) => r(code)));
+      await until(() => /READY .*\n/.test(out), 5000);
+      const m = /READY token=(\d+) fd=(\d+) buf=(\d+) session=(\d+)/.exec(out)!;
+      const real = { token: BigInt(m[1]!), fd: Number(m[2]), buf: BigInt(m[3]!), session: BigInt(m[4]!), pid: p.pid! };
+      const frames = fc.sample(frameArb(real), { numRuns: 10, seed });
+      for (const f of frames) {
+        const n = Buffer.alloc(4);
+        n.writeUInt32LE(f.length);
+        p.stdin.write(Buffer.concat([n, f]));
+      }
+      p.stdin.end();
+      assert.equal(await exited, 0, out);
+      assert.equal(out.split('\n').filter((l) => /^(R \d|CLOSED)/.test(l)).length, frames.length, out);
+      runs++;
+    }), { numRuns: 20, seed: 0x1588 });
+    assert.equal(runs, 20);
+    assert.equal(server.bugs, before, logs.filter((l) => /emulator bug/.test(l)).join('\n'));
+    await until(() => server.liveContexts === baseline);
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
+  });
+
   test('a killed client has its context torn down', async () => {
     const { p } = await startHolder();
     assert.equal(server.liveContexts, 1);
@@ -358,6 +451,68 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK mmap/);
   });
 
+  test('an iommufd mapping holds one reference per VMA piece: partial munmap, mprotect split, mremap, MAP_FIXED, fork, exit, exec', async () => {
+    const r = await runClient('mmappieces');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.match(r.out, /OK mmappieces/);
+    await until(() => server.liveContexts === 0);
+  });
+
+  test('an emulator bug on any path (open, ioctl, file op, mmap) is logged loudly and answered EIO; the server keeps serving', async () => {
+    const emu = new Emulator({ profile: 'mainline' });
+    const bugLogs: string[] = [];
+    const srv = new IommufdServer({ socketPath: path.join(dir, 'sock-bugs'), emulator: emu, log: (m) => bugLogs.push(m) });
+    await srv.listen();
+    const p = spawn(client, ['bugpaths'], { env: shimEnv(shim, srv.socketPath) });
+    let out = '';
+    const seen = (what: string) => until(() => out.includes(what), 5000);
+    p.stdout.on('data', (d) => (out += d));
+    const boom = (): never => {
+      throw new TypeError('injected');
+    };
+    try {
+      // open: the context cannot be made
+      const open = emu.open.bind(emu);
+      await seen('STEP open');
+      emu.open = boom;
+      p.stdin.write('\n');
+      await seen('STEP ioctl');
+      emu.open = open;
+      // ioctl: a handler throws
+      const destroy = emu.handlers.get('DESTROY')!;
+      emu.handlers.set('DESTROY', boom);
+      p.stdin.write('\n');
+      await seen('STEP read');
+      emu.handlers.set('DESTROY', destroy);
+      // file op: the fault queue's read throws
+      const file = [...srv.events.values()].find((b) => b.file)!.file!;
+      const read = file.read;
+      file.read = boom;
+      p.stdin.write('\n');
+      await seen('STEP mmap');
+      file.read = read;
+      // mmap: reading the region's pages throws
+      const ctx = [...srv.ctxs.values()][0]!.ctx;
+      const regions = ctx.ext.get('mmap') as { pages: { read: unknown }[] }[];
+      const page = regions[0]!.pages[0]!;
+      const pread = page.read;
+      page.read = boom;
+      p.stdin.write('\n');
+      await seen('STEP done');
+      page.read = pread;
+      p.stdin.write('\n');
+      await seen('OK bugpaths');
+      for (const step of ['open', 'ioctl', 'read', 'mmap']) assert.match(out, new RegExp(`${step} = EIO`), out);
+      const bugs = bugLogs.filter((l) => /emulator bug: TypeError: injected/.test(l));
+      assert.equal(bugs.length, 4, bugLogs.join('\n'));
+      assert.equal(srv.bugs, 4);
+      assert.match(bugs.join('\n'), /open from pid[^]*ioctl 0x3b80 from pid[^]*file op on[^]*mmap from pid/);
+    } finally {
+      p.kill('SIGKILL');
+      await srv.close();
+    }
+  });
+
   test('capabilities are the caller\'s real ones unless the server grants more', async () => {
     const real = (fs.readFileSync('/proc/self/status', 'utf8').match(/^CapEff:\s*([0-9a-f]+)/m) ?? [])[1];
     const hasSysResource = real !== undefined && ((BigInt('0x' + real) >> 24n) & 1n) === 1n;
@@ -410,6 +565,12 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.deepEqual(lines.filter((l) => l.startsWith('iommu ')).map((l) => l.slice(6)), IOMMU_FILE_GOLDEN);
     assert.deepEqual(lines.filter((l) => l.startsWith('path ')).map((l) => l.slice(5)), PATH_GOLDEN);
     assert.match(r.out, /OK fileedges/);
+  });
+
+  test('over-long structs: E2BIG if a non-zero tail byte comes before an unreadable one, else EFAULT, as the kernel (several ioctls)', async () => {
+    const r = await runClient('zerotail');
+    assert.equal(r.code, 0, r.out + r.err);
+    assert.deepEqual(r.out.trim().split('\n').filter((l) => !l.startsWith('OK')), ZEROTAIL_GOLDEN);
   });
 
   test('fail-nth file arms the next emulated call of the thread', async () => {

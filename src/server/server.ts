@@ -87,8 +87,25 @@ interface ProcState {
   session: bigint;
   /** Tokens of files this process image has shown it holds an fd to. */
   held: Set<bigint>;
-  /** Live mmaps of iommufd fds by this process image (each holds its owner and the context). */
-  mmaps: Map<bigint, MmapHandle>;
+  /** This process image's iommufd mappings: handle -> one reference per VMA piece. */
+  maps: MapTable;
+}
+
+/** Mappings of iommufd fds a connection owns: handle -> one MmapHandle per VMA piece (vm_ops open/close). */
+type MapTable = Map<bigint, MmapHandle[]>;
+
+/** A fork's holder socket: the child inherits it and holds its copies of the parent's mappings through it. */
+interface HolderEntry extends FileEntry {
+  pid: number;
+  maps: MapTable;
+}
+
+/** Most VMA pieces one MREF may add (a split adds one or two). */
+const MREF_MAX = 1 << 16;
+
+function closeMaps(maps: MapTable): void {
+  for (const list of maps.values()) for (const h of list) h.close();
+  maps.clear();
 }
 
 /** Something a client fd is: the socket (anchor or event connection) is that fd. */
@@ -122,6 +139,8 @@ class Conn implements LinkEvents {
   onEnd: (() => void) | null = null;
   /** Between HELLO and PROVE: the state to publish and the nonce it must show. */
   pendingHello: { st: ProcState; nonce: Buffer } | null = null;
+  /** A holder connection's entry. */
+  holder: HolderEntry | null = null;
 
   constructor(readonly server: IommufdServer, readonly link: Link) {}
 
@@ -159,7 +178,7 @@ class Conn implements LinkEvents {
         this.send(W.encodeReply({ type: f.readUInt32LE(4) }, W.REP.status, { status: -ERRNO.EPERM }));
         return this.reject(`refused: ${e.message}`);
       }
-      this.server.log(`connection ${this.id}: internal error: ${(e as Error).stack ?? e}`);
+      this.server.bug(`connection ${this.id}: ${W.REQ_BY_TYPE.get(f.readUInt32LE(4))?.name ?? 'frame'}`, e);
       this.reject('internal error');
     }
   }
@@ -175,7 +194,7 @@ class Conn implements LinkEvents {
     try {
       cb?.();
     } catch (e) {
-      this.server.log(`connection ${this.id}: teardown failed: ${(e as Error).stack ?? e}`);
+      this.server.bug(`connection ${this.id}: teardown`, e);
     }
   }
 }
@@ -239,7 +258,9 @@ const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   FILEOP: (s, c, f) => s.fileop(c, f),
   LOOKUP: (s, c, f) => s.lookup(c, f),
   MMAP: (s, c, f) => s.mmap(c, f),
-  MRELEASE: (s, c, f) => s.mrelease(c, f),
+  MREF: (s, c, f) => s.mref(c, f),
+  HOLDER: (s, c, f) => s.holderConn(c, f),
+  MDUP: (s, c, f) => s.mdup(c, f),
 };
 
 export class IommufdServer {
@@ -250,6 +271,7 @@ export class IommufdServer {
   readonly events = new Map<bigint, EventBinding>();
   private readonly eventsByIno = new Map<bigint, EventBinding>();
   private readonly anchorsByIno = new Map<bigint, CtxEntry>();
+  private readonly holders = new Map<bigint, HolderEntry>();
   private nextHandle = 1n;
   private readonly transport: Transport;
   readonly socketPath: string;
@@ -376,7 +398,7 @@ export class IommufdServer {
     }
     c.kind = 'hello';
     c.pid = pid;
-    const st: ProcState = { pid, conn: c, mem, session: newToken(), held: new Set(), mmaps: new Map() };
+    const st: ProcState = { pid, conn: c, mem, session: newToken(), held: new Set(), maps: new Map() };
     const nonce = randomBytes(16);
     c.pendingHello = { st, nonce };
     c.onEnd = () => mem.exit();
@@ -407,8 +429,7 @@ export class IommufdServer {
     this.procs.set(pid, st);
     c.onEnd = () => {
       if (this.procs.get(pid) === st) this.procs.delete(pid);
-      for (const h of st.mmaps.values()) h.close();
-      st.mmaps.clear();
+      closeMaps(st.maps); // exit or exec: every VMA is gone
       mem.exit();
     };
     const t = this.tables;
@@ -506,7 +527,7 @@ export class IommufdServer {
           throw e;
         }
         handle = this.nextHandle++;
-        st.mmaps.set(handle, h);
+        st.maps.set(handle, [h]);
         return 0;
       });
       err = r.ret;
@@ -516,14 +537,60 @@ export class IommufdServer {
     this.reply(c, W.REQ.MMAP, W.REP.mmap, { err, handle });
   }
 
-  mrelease(c: Conn, f: W.ReqValues<'MRELEASE'>): void {
-    const st = this.procOf(c);
-    const h = st.mmaps.get(f.handle);
-    if (h) {
-      st.mmaps.delete(f.handle);
-      h.close();
+  /** The mapping table of a connection that owns mappings (a process's control connection, or a holder). */
+  private mapsOf(c: Conn): MapTable {
+    return c.kind === 'holder' ? c.holder!.maps : this.procOf(c).maps;
+  }
+
+  /** VMA pieces of a mapping appeared (split, move) or went (munmap): one reference each. */
+  mref(c: Conn, f: W.ReqValues<'MREF'>): void {
+    const maps = this.mapsOf(c);
+    const list = maps.get(f.handle);
+    let status = 0;
+    if (!list || f.delta === 0 || f.delta > MREF_MAX || -f.delta > list.length) {
+      status = -ERRNO.EINVAL;
+    } else if (f.delta > 0) {
+      for (let i = 0; i < f.delta; i++) list.push(list[0]!.open());
+    } else {
+      for (let i = 0; i < -f.delta; i++) list.pop()!.close();
+      if (list.length === 0) maps.delete(f.handle);
     }
-    this.status(c, W.REQ.MRELEASE, h ? 0 : -ERRNO.EINVAL);
+    this.status(c, W.REQ.MREF, status);
+  }
+
+  /** fork: a socket the child inherits, holding the child's copies of the parent's mappings. */
+  holderConn(c: Conn, f: W.ReqValues<'HOLDER'>): void {
+    const st = this.claimant(c, 'HOLDER', f.pid, f.session, f.fd, f.ino);
+    const h: HolderEntry = { token: newToken(), ino: f.ino, conn: c, pid: st.pid, maps: new Map() };
+    this.holders.set(h.token, h);
+    c.kind = 'holder';
+    c.holder = h;
+    c.onEnd = () => {
+      this.holders.delete(h.token);
+      closeMaps(h.maps);
+    };
+    this.reply(c, W.REQ.HOLDER, W.REP.holder, { token: h.token });
+  }
+
+  /** fork: the holder gets `pieces` references of its own to a mapping of this connection. */
+  mdup(c: Conn, f: W.ReqValues<'MDUP'>): void {
+    const h = this.holders.get(f.holder);
+    // The holder must be the sending process's, and a holder connection the sender's own fd.
+    const pid = c.kind === 'holder' ? h?.pid : this.procOf(c).pid;
+    if (!h || h.pid !== pid || (c.kind === 'holder' && socketInode(h.pid, f.fd) !== c.holder!.ino)) {
+      throw new Forged(`MDUP into holder ${f.holder} that the sender did not make`);
+    }
+    const list = this.mapsOf(c).get(f.handle);
+    let err = 0;
+    let handle = 0n;
+    if (!list || f.pieces === 0 || f.pieces > MREF_MAX) err = -ERRNO.EINVAL;
+    else {
+      handle = this.nextHandle++;
+      const copies: MmapHandle[] = [];
+      for (let i = 0; i < f.pieces; i++) copies.push(list[0]!.open());
+      h.maps.set(handle, copies);
+    }
+    this.reply(c, W.REQ.MDUP, W.REP.mmap, { err, handle });
   }
 
   /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
@@ -627,6 +694,15 @@ export class IommufdServer {
    * emulator bug: logged, answered EIO, and the server keeps serving. Every
    * path into the emulator (open, ioctl, file ops, mmap) goes through here.
    */
+  /** Emulator bugs logged so far (the soak reports them). */
+  bugs = 0;
+
+  /** An exception that is not an errno: an emulator bug, logged loudly the same way on every path. */
+  bug(what: string, e: unknown): void {
+    this.bugs++;
+    this.log(`${what}: emulator bug: ${(e as Error)?.stack ?? e}`);
+  }
+
   private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
     this.emu.failNth = failnth;
@@ -635,7 +711,7 @@ export class IommufdServer {
     } catch (e) {
       if (isErrno(e)) ret = -e.errno;
       else {
-        this.log(`${what()}: emulator bug: ${(e as Error).stack ?? e}`);
+        this.bug(what(), e);
         ret = -ERRNO.EIO;
       }
     }
@@ -691,8 +767,13 @@ export class IommufdServer {
       const obj = this.registry.openShared(c.pid, f.memfd, !!(f.flags & W.REGION.HUGE));
       st.mem.addRegion(f.va, f.length, obj, f.off);
     } catch (e) {
-      status = isErrno(e) ? -e.errno : -ERRNO.EINVAL;
-      this.log(`REGION from pid ${c.pid}: ${(e as Error).message}`);
+      if (isErrno(e)) {
+        status = -e.errno;
+        this.log(`REGION from pid ${c.pid}: ${e.message}`);
+      } else {
+        this.bug(`REGION from pid ${c.pid}`, e);
+        status = -ERRNO.EIO;
+      }
     }
     this.status(c, W.REQ.REGION, status);
   }

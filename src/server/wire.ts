@@ -14,6 +14,7 @@
 //   new      -> HELLO -> hello -> PROVE -> control   (one per process image)
 //   new      -> OPEN   -> anchor   (one per open() of an emulated node: the socket IS the fd)
 //   new      -> EVPREP -> event    (one per fd an ioctl may hand out: the socket IS that fd)
+//   new      -> HOLDER -> holder   (made at fork: holds the child's references to iommufd mappings)
 // Anchor and event sockets are the client's fds, so dup/fork/exit/close come
 // from the kernel; the server sees EOF when the last holder is gone. Calls on
 // them travel on the calling process's control connection, naming the file by
@@ -24,7 +25,7 @@
 // PROVE reply's tables, never from constants of its own.
 
 export type WireType = 'u32' | 's32' | 'u64' | 's64' | `u8[${number}]`;
-export type ConnKind = 'new' | 'hello' | 'control' | 'anchor' | 'event';
+export type ConnKind = 'new' | 'hello' | 'control' | 'anchor' | 'event' | 'holder';
 
 type Val<T> = T extends 'u64' | 's64' ? bigint : T extends `u8[${number}]` ? Uint8Array : number;
 type FieldSpec = Record<string, WireType>;
@@ -136,6 +137,7 @@ export const REP = {
     'result; drain: the shim takes the readiness byte back out of the socket'),
   lookup: reply('lookup', { kind: 'u32', pad: 'u32', token: 'u64' }, 'which emulated file the fd is (KIND.NONE: none)'),
   mmap: reply('mmap', { err: 's32', pad: 'u32', handle: 'u64' }, 'the mapping\'s handle (its references, see MREF)'),
+  holder: reply('holder', { status: 's32', pad: 'u32', token: 'u64' }, 'the holder\'s token (MDUP names it)'),
 } as const;
 
 export const RECORD = {
@@ -154,6 +156,8 @@ function request<F extends FieldSpec>(name: string, type: number, on: readonly C
 }
 
 const CTL = ['control'] as const;
+/** Connections that own iommufd mapping references: a process's control connection, a fork's holder. */
+const MAP_OWNERS = ['control', 'holder'] as const;
 
 export const REQ = {
   HELLO: request('HELLO', 1, ['new'], REP.hello, {
@@ -185,7 +189,13 @@ export const REQ = {
   MMAP: request('MMAP', 10, CTL, REP.mmap, {
     token: 'u64', fd: 's32', prot: 'u32', offset: 'u64', length: 'u64', flags: 'u32', memfd: 's32',
   }, 'mmap of the file `token`; the region\'s pages go into memfd, which the shim then maps'),
-  MRELEASE: request('MRELEASE', 11, CTL, REP.status, { handle: 'u64' }, 'that mapping is gone (munmap)'),
+  MREF: request('MREF', 11, MAP_OWNERS, REP.status, { handle: 'u64', delta: 's32', pad: 'u32' },
+    'the mapping `handle` (of this connection) has delta more VMA pieces (vm_ops open/close: split, mremap, munmap)'),
+  HOLDER: request('HOLDER', 13, ['new'], REP.holder, { pid: 'u32', fd: 's32', ino: 'u64', session: 'u64' },
+    'this socket holds mapping references of a forked child (the child inherits it; exit or exec drops them)',
+    { becomes: 'holder' }),
+  MDUP: request('MDUP', 14, MAP_OWNERS, REP.mmap, { handle: 'u64', holder: 'u64', fd: 's32', pieces: 'u32' },
+    'fork: the holder gets its own `pieces` references to mapping `handle` (fd: this connection\'s number in the sender)'),
 } as const;
 
 export type RequestName = keyof typeof REQ;

@@ -121,17 +121,17 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
     ['IOMMU_VTD_S1_SRE', 1], ['IOMMU_VTD_S1_EAFE', 2], ['IOMMU_VTD_S1_WPE', 4]], { since: V.V6_7 }),
   def('iommu_hwpt_data_type', false, [
     ['IOMMU_HWPT_DATA_NONE', 0], ['IOMMU_HWPT_DATA_VTD_S1', 1], ['IOMMU_HWPT_DATA_ARM_SMMUV3', 2, V.V6_13],
-    ['IOMMU_HWPT_DATA_AMD_GUEST', 3, V.MAINLINE]], { since: V.V6_7 }),
+    ['IOMMU_HWPT_DATA_AMD_GUEST', 3, V.V6_19]], { since: V.V6_7 }),
   def('iommu_hw_info_vtd_flags', true, [['IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17', 1]], { since: V.V6_7 }),
   def('iommu_hw_info_arm_smmuv3_flags', true, [['IOMMU_HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI', 1]],
     { since: V.MAINLINE }),
   def('iommu_hw_info_type', false, [
     ['IOMMU_HW_INFO_TYPE_NONE', 0], ['IOMMU_HW_INFO_TYPE_DEFAULT', 0, V.V6_17, { backport: V.V6_12 }], ['IOMMU_HW_INFO_TYPE_INTEL_VTD', 1],
     ['IOMMU_HW_INFO_TYPE_ARM_SMMUV3', 2, V.V6_13], ['IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV', 3, V.V6_17],
-    ['IOMMU_HW_INFO_TYPE_AMD', 4, V.MAINLINE]], { since: V.V6_7 }),
+    ['IOMMU_HW_INFO_TYPE_AMD', 4, V.V6_19]], { since: V.V6_7 }),
   def('iommufd_hw_capabilities', true, [
     ['IOMMU_HW_CAP_DIRTY_TRACKING', 1, V.V6_8], ['IOMMU_HW_CAP_PCI_PASID_EXEC', 2, V.V6_12],
-    ['IOMMU_HW_CAP_PCI_PASID_PRIV', 4, V.V6_12], ['IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED', 8, V.MAINLINE]], { since: V.V6_8 }),
+    ['IOMMU_HW_CAP_PCI_PASID_PRIV', 4, V.V6_12], ['IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED', 8, V.V6_18]], { since: V.V6_8 }),
   def('iommufd_hw_info_flags', true, [['IOMMU_HW_INFO_FLAG_INPUT_TYPE', 1, V.V6_17, { backport: V.V6_12 }]],
     { since: V.V6_17, backport: V.V6_12 }),
   def('iommufd_hwpt_set_dirty_tracking_flags', true, [['IOMMU_HWPT_DIRTY_TRACKING_ENABLE', 1]], { since: V.V6_7 }),
@@ -165,16 +165,16 @@ export const ENUMS: Record<string, EnumDef> = Object.fromEntries([
   { test: true, anon: true }),
   // Selftest constants declared as anonymous enums in iommufd_test.h (values: spec 03 §6).
   def('mock_iommupt_type', false, [['MOCK_IOMMUPT_DEFAULT', 0], ['MOCK_IOMMUPT_HUGE', 1]],
-    { test: true, anon: true, since: V.MAINLINE }),
+    { test: true, anon: true, since: V.V6_19 }),
   def('mock_aperture', false, [
     ['MOCK_APERTURE_START', 0x0100_0000], ['MOCK_APERTURE_LAST', 0x7fff_ffff],
-    ['MOCK_PAGE_SIZE', 2048, V.MAINLINE], ['MOCK_HUGE_PAGE_SIZE', 512 * 2048, V.MAINLINE]], { test: true, anon: true }),
+    ['MOCK_PAGE_SIZE', 2048, V.V6_19], ['MOCK_HUGE_PAGE_SIZE', 512 * 2048, V.V6_19]], { test: true, anon: true }),
   def('mock_access_pages_flags', true, [['MOCK_FLAGS_ACCESS_WRITE', 1], ['MOCK_FLAGS_ACCESS_SYZ', 1 << 16]],
     { test: true, anon: true }),
   def('mock_access_rw_flags', true, [['MOCK_ACCESS_RW_WRITE', 1], ['MOCK_ACCESS_RW_SLOW_PATH', 4]], { test: true, anon: true }),
   def('mock_create_access_flags', true, [['MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES', 1]], { test: true, anon: true }),
   def('mock_device_flags', true, [
-    ['MOCK_FLAGS_DEVICE_NO_DIRTY', 1, V.V6_7], ['MOCK_FLAGS_DEVICE_HUGE_IOVA', 2, V.V6_7, { until: V.MAINLINE }],
+    ['MOCK_FLAGS_DEVICE_NO_DIRTY', 1, V.V6_7], ['MOCK_FLAGS_DEVICE_HUGE_IOVA', 2, V.V6_7, { until: V.V6_19 }],
     ['MOCK_FLAGS_DEVICE_PASID', 4, V.V6_15, { backport: V.V6_12 }]], { test: true, anon: true, since: V.V6_7 }),
   def('mock_nested_iotlb', false, [['MOCK_NESTED_DOMAIN_IOTLB_ID_MAX', 3], ['MOCK_NESTED_DOMAIN_IOTLB_NUM', 4]],
     { test: true, anon: true, since: V.V6_7 }),

@@ -15,7 +15,7 @@ export type IoctlName =
   | 'DESTROY' | 'IOAS_ALLOC' | 'IOAS_ALLOW_IOVAS' | 'IOAS_COPY' | 'IOAS_IOVA_RANGES' | 'IOAS_MAP' | 'IOAS_UNMAP'
   | 'OPTION' | 'VFIO_IOAS' | 'HWPT_ALLOC' | 'GET_HW_INFO' | 'HWPT_SET_DIRTY_TRACKING' | 'HWPT_GET_DIRTY_BITMAP'
   | 'HWPT_INVALIDATE' | 'FAULT_QUEUE_ALLOC' | 'IOAS_MAP_FILE' | 'VIOMMU_ALLOC' | 'VDEVICE_ALLOC'
-  | 'IOAS_CHANGE_PROCESS' | 'VEVENTQ_ALLOC' | 'HW_QUEUE_ALLOC' | 'TEST_CMD'
+  | 'IOAS_CHANGE_PROCESS' | 'VEVENTQ_ALLOC' | 'HW_QUEUE_ALLOC' | 'IOAS_NOIOMMU_GET_PA' | 'TEST_CMD'
   | 'VIOMMU_ALLOC_V1' | 'VIOMMU_SET_VDEV_ID' | 'VIOMMU_UNSET_VDEV_ID' | 'VIOMMU_INVALIDATE';
 
 export interface IoctlDef {
@@ -60,6 +60,9 @@ export const IOCTLS: readonly IoctlDef[] = [
   d('IOAS_CHANGE_PROCESS', 'IOMMU_IOAS_CHANGE_PROCESS', 0x92, S.iommu_ioas_change_process, '__reserved', V.V6_14, { notV1: true }),
   d('VEVENTQ_ALLOC', 'IOMMU_VEVENTQ_ALLOC', 0x93, S.iommu_veventq_alloc, 'out_veventq_fd', V.V6_15, { notV1: true }),
   d('HW_QUEUE_ALLOC', 'IOMMU_HW_QUEUE_ALLOC', 0x94, S.iommu_hw_queue_alloc, 'length', V.V6_17, { notV1: true }),
+  // In the dispatch table whatever the config; without CONFIG_IOMMUFD_NOIOMMU it answers EOPNOTSUPP.
+  d('IOAS_NOIOMMU_GET_PA', 'IOMMU_IOAS_NOIOMMU_GET_PA', 0x95, S.iommu_ioas_noiommu_get_pa, 'out_phys', V.MAINLINE,
+    { notV1: true }),
   // The original series (Aug 2024), before renumbering on top of IOAS_MAP_FILE.
   d('VIOMMU_ALLOC_V1', 'IOMMU_VIOMMU_ALLOC', 0x8f, S.iommu_viommu_alloc_v1, 'out_viommu_id', V.V6_12, { v1Only: true }),
   d('VIOMMU_SET_VDEV_ID', 'IOMMU_VIOMMU_SET_VDEV_ID', 0x90, S.iommu_viommu_vdev_id_v1, 'vdev_id', V.V6_12, { v1Only: true }),

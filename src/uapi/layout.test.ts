@@ -47,7 +47,7 @@ const SPEC_MIN: Record<string, number> = {
   IOMMU_IOAS_IOVA_RANGES: 32, IOMMU_IOAS_MAP: 40, IOMMU_IOAS_UNMAP: 24, IOMMU_OPTION: 24, IOMMU_VFIO_IOAS: 12,
   IOMMU_HWPT_ALLOC: 24, IOMMU_GET_HW_INFO: 32, IOMMU_HWPT_SET_DIRTY_TRACKING: 16, IOMMU_HWPT_GET_DIRTY_BITMAP: 48,
   IOMMU_HWPT_INVALIDATE: 32, IOMMU_FAULT_QUEUE_ALLOC: 16, IOMMU_IOAS_MAP_FILE: 40, IOMMU_VIOMMU_ALLOC: 24,
-  IOMMU_VDEVICE_ALLOC: 24, IOMMU_IOAS_CHANGE_PROCESS: 8, IOMMU_VEVENTQ_ALLOC: 28, IOMMU_HW_QUEUE_ALLOC: 40,
+  IOMMU_VDEVICE_ALLOC: 24, IOMMU_IOAS_CHANGE_PROCESS: 8, IOMMU_VEVENTQ_ALLOC: 28, IOMMU_HW_QUEUE_ALLOC: 40, IOMMU_IOAS_NOIOMMU_GET_PA: 40,
   IOMMU_TEST_CMD: 68,
 };
 
@@ -115,7 +115,8 @@ test('ioctl numbers: _IO(\';\', nr), contiguous from 0x80, per-profile tables (s
   assert.deepEqual(nrs('6.13'), [...range(0x80, 0x91), 0xa0]);
   assert.deepEqual(nrs('6.15'), [...range(0x80, 0x93), 0xa0]);
   assert.deepEqual(nrs('6.17'), [...range(0x80, 0x94), 0xa0]);
-  assert.deepEqual(nrs('mainline'), [...range(0x80, 0x94), 0xa0]);
+  assert.deepEqual(nrs('7.3'), [...range(0x80, 0x95), 0xa0]);
+  assert.deepEqual(nrs('mainline'), nrs('7.3'));
   assert.deepEqual([...ioctlTable(PROFILES.mainline, false).keys()].includes(0xa0), false);
   for (const p of PROFILE_NAMES) {
     for (const [nr, d] of ioctlTable(PROFILES[p])) {

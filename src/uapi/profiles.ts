@@ -2,7 +2,11 @@
 // number (gating ioctls, struct tails and enum values in the uAPI table) plus a
 // few named behaviour switches for differences that are not plain additions.
 
-/** Versions are major*100+minor; mainline is the post-6.19 tree the specs were read from. */
+/**
+ * Versions are major*100+minor. MAINLINE is the newest profile's version (7.3, verified
+ * against a real 7.3.4 kernel): a table entry tagged MAINLINE is in every profile from
+ * the newest on, i.e. "appeared after 6.17, present in 7.3.4, release not pinned down".
+ */
 export const V = {
   V6_2: 602,
   V6_6: 606,
@@ -15,11 +19,16 @@ export const V = {
   V6_15: 615,
   V6_16: 616,
   V6_17: 617,
+  V6_18: 618,
   V6_19: 619,
-  MAINLINE: 620,
+  V7_0: 700,
+  V7_1: 701,
+  V7_2: 702,
+  V7_3: 703,
+  MAINLINE: 703,
 } as const;
 
-export type ProfileName = '6.12' | '6.13' | '6.15' | '6.17' | 'mainline' | 'viommu-v1';
+export type ProfileName = '6.12' | '6.13' | '6.15' | '6.17' | '7.3' | 'mainline' | 'viommu-v1';
 
 export interface Profile {
   readonly name: ProfileName;
@@ -55,6 +64,19 @@ export interface Profile {
   readonly invalidateCoreLoop: boolean;
   /** GET_HW_INFO reports IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED. */
   readonly atsNotSupportedCap: boolean;
+  /**
+   * The selftest's DMABUF_GET installs the new dma-buf fd but returns 0 (7.3.4's
+   * selftest.c; 7.2 returned the fd): a kernel quirk the profile mirrors, so programs
+   * written for the fd-returning op go on with fd 0.
+   */
+  readonly dmabufGetReturnsZero: boolean;
+  /** VEVENTQ_ALLOC refuses a depth above this (EINVAL); 0 = only a zero depth is refused (before the cap). */
+  readonly veventqMaxDepth: number;
+  /**
+   * read() of a vEVENTQ refuses a count below one header, and a count the first queued
+   * normal event does not fit in, with EINVAL (7.3.4; older kernels return 0 for both).
+   */
+  readonly veventqReadEinval: boolean;
 }
 
 const base = {
@@ -69,6 +91,17 @@ const base = {
   vdeviceTombstone: false,
   invalidateCoreLoop: false,
   atsNotSupportedCap: false,
+  dmabufGetReturnsZero: false,
+  veventqMaxDepth: 0,
+  veventqReadEinval: false,
+};
+
+// 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): verified against the real kernel with
+// its own selftests (.ci/selftests-expected/7.3-*.tsv).
+const P7_3 = {
+  ...base, version: V.V7_3, mockGen: 'B' as const, viommuTypeCheckFirst: true, vdeviceTombstone: true,
+  atsNotSupportedCap: true, iommufdMmap: true, dmabufGetReturnsZero: true, veventqMaxDepth: 1 << 19,
+  veventqReadEinval: true,
 };
 
 export const PROFILES: Record<ProfileName, Profile> = {
@@ -84,10 +117,9 @@ export const PROFILES: Record<ProfileName, Profile> = {
   '6.13': { ...base, name: '6.13', version: V.V6_13 },
   '6.15': { ...base, name: '6.15', version: V.V6_15 },
   '6.17': { ...base, name: '6.17', version: V.V6_17, viommuTypeCheckFirst: true, vdeviceTombstone: true, iommufdMmap: true },
-  mainline: {
-    ...base, name: 'mainline', version: V.MAINLINE, mockGen: 'B', viommuTypeCheckFirst: true,
-    vdeviceTombstone: true, atsNotSupportedCap: true, iommufdMmap: true,
-  },
+  '7.3': { ...P7_3, name: '7.3' },
+  // The newest profile, under its own name.
+  mainline: { ...P7_3, name: 'mainline' },
 };
 
 export function getProfile(name: string): Profile {

@@ -164,7 +164,7 @@ export const iommu_hwpt_vtd_s1 = struct('iommu_hwpt_vtd_s1', {
   __reserved: u32(20, R),
 }, V.V6_7);
 export const iommu_hwpt_arm_smmuv3 = struct('iommu_hwpt_arm_smmuv3', { ste: arr('u64', 0, 2) }, V.V6_13);
-export const iommu_hwpt_amd_guest = struct('iommu_hwpt_amd_guest', { dte: arr('u64', 0, 4) }, V.MAINLINE);
+export const iommu_hwpt_amd_guest = struct('iommu_hwpt_amd_guest', { dte: arr('u64', 0, 4) }, V.V6_19);
 export const iommu_hw_info_vtd = struct('iommu_hw_info_vtd', {
   flags: u32(0, { enumName: 'iommu_hw_info_vtd_flags' }), __reserved: u32(4, R), cap_reg: u64(8), ecap_reg: u64(16),
 }, V.V6_7);
@@ -175,7 +175,7 @@ export const iommu_hw_info_arm_smmuv3 = struct('iommu_hw_info_arm_smmuv3', {
 export const iommu_hw_info_tegra241_cmdqv = struct('iommu_hw_info_tegra241_cmdqv', {
   flags: u32(0), version: u8(4), log2vcmdqs: u8(5), log2vsids: u8(6), __reserved: u8(7, R),
 }, V.V6_17);
-export const iommu_hw_info_amd = struct('iommu_hw_info_amd', { efr: u64(0), efr2: u64(8) }, V.MAINLINE);
+export const iommu_hw_info_amd = struct('iommu_hw_info_amd', { efr: u64(0), efr2: u64(8) }, V.V6_19);
 export const iommu_hwpt_vtd_s1_invalidate = struct('iommu_hwpt_vtd_s1_invalidate', {
   addr: u64(0), npages: u64(8), flags: u32(16, { enumName: 'iommu_hwpt_vtd_s1_invalidate_flags' }),
   __reserved: u32(20, R),
@@ -277,7 +277,7 @@ export const TEST_OP_VIEWS: Record<number, StructDef | undefined> = {
 // Selftest driver payloads.
 export const iommu_test_hw_info = struct('iommu_test_hw_info', { flags: u32(0), test_reg: u32(4) }, V.V6_7);
 export const iommu_hwpt_selftest = struct('iommu_hwpt_selftest', {
-  iotlb: u32(0), pagetable_type: u32(4, { since: V.MAINLINE }),
+  iotlb: u32(0), pagetable_type: u32(4, { since: V.V6_19 }),
 }, V.V6_7);
 export const iommu_hwpt_invalidate_selftest = struct('iommu_hwpt_invalidate_selftest', {
   flags: u32(0), iotlb_id: u32(4),

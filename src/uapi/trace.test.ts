@@ -35,7 +35,8 @@ test('errno results: names pass through, negative numbers become names, no copy-
 test('unknown requests print as ioctl(0x...): not in this profile, wrong type byte, empty slots', () => {
   const inb = new Uint8Array(40);
   assert.equal(formatIoctl(P612, IO(0x8f), inb, null, 'ENOTTY'), 'ioctl(0x3b8f) = ENOTTY');
-  assert.equal(formatIoctl(MAIN, IO(0x95), null, null, -ERRNO.ENOTTY), 'ioctl(0x3b95) = ENOTTY');
+  assert.equal(formatIoctl(MAIN, IO(0x96), null, null, -ERRNO.ENOTTY), 'ioctl(0x3b96) = ENOTTY');
+  assert.equal(formatIoctl(PROFILES['6.17'], IO(0x95), null, null, -ERRNO.ENOTTY), 'ioctl(0x3b95) = ENOTTY');
   assert.equal(formatIoctl(MAIN, 0x1285, inb, null, 'ENOTTY'), 'ioctl(0x1285) = ENOTTY');
   assert.equal(formatIoctl(MAIN, 0xc0283b85, inb, null, 'ENOTTY'), 'ioctl(0xc0283b85) = ENOTTY');
   // The same number is VIOMMU_ALLOC in the original series.

@@ -7,6 +7,7 @@ import { isErrno } from '../../uapi/errno.js';
 import { HWPT_ALLOC, MOCK, TEST_OP } from '../../uapi/enums.js';
 import { encode } from '../../uapi/layout.js';
 import * as S from '../../uapi/structs.js';
+import { MockAmdv1Domain } from './amdv1.js';
 import { MockDevice, MockPagingDomain, SLOT_FLAGS } from './mock.js';
 import {
   destroy, errno, hwptAlloc, ioasAlloc, iovaRanges, mapFixed, mockDomain, raw, rawTry, selftestData, setup, testCmd,
@@ -22,14 +23,17 @@ function domainOf(t: T, hwptId: number): MockPagingDomain {
 const checkMap = (t: T, id: number, iova: bigint, length: bigint, uptr: bigint) =>
   testCmdTry(t, TEST_OP.MD_CHECK_MAP, id, { iova, length, uptr }).err?.code ?? null;
 
-test('MD_CHECK_MAP: alignment before lookup, then per-slot physical address comparison', () => {
-  const t = setup();
+test('MD_CHECK_MAP: gen A checks 2 KiB alignment before the lookup, gen B after it; then per-step physical addresses', () => {
+  for (const profile of ['6.12', '7.3'] as const) {
+  const t = setup(profile);
   const ioas = ioasAlloc(t);
   const md = mockDomain(t, ioas);
   const va = mapFixed(t, ioas, BASE, 16384);
-  assert.equal(checkMap(t, 99, BASE + 1n, 2048n, va), 'EINVAL');
-  assert.equal(checkMap(t, 99, BASE, 2047n, va), 'EINVAL');
-  assert.equal(checkMap(t, 99, BASE, 2048n, va + 1n), 'EINVAL');
+  const unaligned = profile === '6.12' ? 'EINVAL' : 'ENOENT';
+  assert.equal(checkMap(t, 99, BASE + 1n, 2048n, va), unaligned);
+  assert.equal(checkMap(t, 99, BASE, 2047n, va), unaligned);
+  assert.equal(checkMap(t, 99, BASE, 2048n, va + 1n), unaligned);
+  assert.equal(checkMap(t, md.hwptId, BASE + 1n, 2048n, va), 'EINVAL');
   assert.equal(checkMap(t, 99, BASE, 2048n, va), 'ENOENT');
   assert.equal(checkMap(t, ioas, BASE, 2048n, va), 'ENOENT');
   assert.equal(checkMap(t, md.hwptId, BASE, 16384n, va), null);
@@ -37,10 +41,11 @@ test('MD_CHECK_MAP: alignment before lookup, then per-slot physical address comp
   assert.equal(checkMap(t, md.hwptId, BASE, 4096n, va + 2048n), 'EINVAL');
   assert.equal(checkMap(t, md.hwptId, BASE + 16384n, 2048n, va), 'EINVAL'); // not mapped
   assert.equal(checkMap(t, md.hwptId, BASE, 2048n, 0x10000n), 'EFAULT'); // no user page
+  }
 });
 
-test('mock paging domain: one slot per 2 KiB, START/LAST marks, exact unmap', () => {
-  const t = setup();
+test('6.12 mock paging domain: one slot per 2 KiB, START/LAST marks, exact unmap', () => {
+  const t = setup('6.12');
   const ioas = ioasAlloc(t);
   const md = mockDomain(t, ioas);
   mapFixed(t, ioas, BASE, 8192);
@@ -159,12 +164,70 @@ test('gen B HUGE page-table type: PAGE_SIZE | 1 MiB pages, natural aperture, ali
   const md = mockDomain(t, ioas);
   const data = encode(S.iommu_hwpt_selftest, { iotlb: 0, pagetable_type: 1 });
   const hwpt = hwptAlloc(t, { devId: md.idevId, ptId: ioas, dataType: MOCK.HWPT_DATA_SELFTEST, data });
-  const d = domainOf(t, hwpt);
+  const d = domainOf(t, hwpt) as unknown as MockAmdv1Domain;
   assert.equal(d.pgsizeBitmap, 4096n | (1n << 20n));
   assert.equal(iovaRanges(t, ioas).alignment, 4096n);
   const va = mapFixed(t, ioas, 1n << 30n, 2 << 20, { hugetlb: true });
   testCmd(t, TEST_OP.MD_CHECK_MAP, hwpt, { iova: 1n << 30n, length: 2n << 20n, uptr: va });
-  assert.equal([...d.slots.values()].every((s) => s.flags & SLOT_FLAGS.HUGE), true);
+  assert.deepEqual(d.leaves().map((l) => l.size), [1n << 20n, 1n << 20n]);
+  // The table's own geometry: three levels from 2 KiB, 256 GiB.
+  assert.deepEqual([d.apertureStart, d.apertureLast], [0n, (1n << 38n) - 1n]);
+});
+
+test('7.3 mock domain (AMDv1, 2 KiB granule): every power of two from 2 KiB to 64 GiB, largest fitting entries', () => {
+  const t = setup('7.3');
+  const ioas = ioasAlloc(t);
+  const md = mockDomain(t, ioas);
+  const d = domainOf(t, md.hwptId) as unknown as MockAmdv1Domain;
+  assert.ok(d instanceof MockAmdv1Domain);
+  let want = 0n;
+  for (let b = 11n; b <= 36n; b++) want |= 1n << b;
+  assert.equal(d.pgsizeBitmap, want);
+  assert.deepEqual([d.apertureStart, d.apertureLast], [MOCK.APERTURE_START, MOCK.APERTURE_LAST]);
+  assert.equal(iovaRanges(t, ioas).alignment, 2048n);
+  // A 2 MiB huge page at a 2 MiB aligned IOVA: one 2 MiB entry.
+  const va = mapFixed(t, ioas, 16n << 20n, 2 << 20, { hugetlb: true });
+  assert.deepEqual(d.leaves().map((l) => l.size), [2n << 20n]);
+  testCmd(t, TEST_OP.MD_CHECK_MAP, md.hwptId, { iova: 16n << 20n, length: 2n << 20n, uptr: va });
+  // The same memory at an IOVA 8 KiB off a 2 MiB boundary: 8K, 16K ... then 2 MiB-aligned pieces.
+  const iova = (64n << 20n) + 8192n;
+  raw(t, 'IOAS_MAP', S.iommu_ioas_map, { flags: 7, ioas_id: ioas, user_va: va + 8192n, length: (2n << 20n) - 8192n, iova });
+  const sizes = d.leaves().filter((l) => l.iova >= 64n << 20n).map((l) => l.size);
+  assert.equal(sizes.reduce((a, b) => a + b, 0n), (2n << 20n) - 8192n);
+  assert.deepEqual(sizes.slice(0, 3), [8192n, 16384n, 32768n]);
+  // Unmapping an area removes its entries (and the lower tables it covers).
+  raw(t, 'IOAS_UNMAP', S.iommu_ioas_unmap, { ioas_id: ioas, iova, length: (2n << 20n) - 8192n });
+  assert.deepEqual(d.leaves().map((l) => l.size), [2n << 20n]);
+  raw(t, 'IOAS_UNMAP', S.iommu_ioas_unmap, { ioas_id: ioas, iova: 0n, length: (1n << 64n) - 1n });
+  // Each area is unmapped on its own: tables no single unmap covered stay (the 512 MiB
+  // level-1 table, and the 1 MiB level-0 table the unaligned area started in).
+  assert.deepEqual(d.stats, { entries: 0, tables: 2 });
+});
+
+test('7.3 mock domain: a dirty mark on one 2 KiB item makes the whole entry dirty; NO_CLEAR keeps it', () => {
+  const t = setup('7.3');
+  const ioas = ioasAlloc(t);
+  const md = mockDomain(t, ioas);
+  const hwpt = hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: HWPT_ALLOC.DIRTY_TRACKING });
+  testCmd(t, TEST_OP.MOCK_DOMAIN_REPLACE, md.stdevId, { pt_id: hwpt });
+  const len = 2 << 20;
+  mapFixed(t, ioas, BASE, len, { hugetlb: true });
+  raw(t, 'HWPT_SET_DIRTY_TRACKING', S.iommu_hwpt_set_dirty_tracking, { hwpt_id: hwpt, flags: 1 });
+  const bm = t.mem.alloc(128);
+  const bits = new Uint8Array(128);
+  bits[1] = 0x02; // the 2 KiB item at BASE + 9 * 2 KiB, inside the one 2 MiB entry
+  t.mem.write(bm, bits);
+  assert.equal(testCmd(t, TEST_OP.DIRTY, hwpt, { iova: BASE, length: 1n << 20n, page_size: 2048n, uptr: bm }).out_nr_dirty, 1n);
+  const read = (noClear: boolean): Uint8Array => {
+    const out = t.mem.alloc(64);
+    t.mem.write(out, new Uint8Array(64));
+    raw(t, 'HWPT_GET_DIRTY_BITMAP', S.iommu_hwpt_get_dirty_bitmap,
+      { hwpt_id: hwpt, flags: noClear ? 1 : 0, iova: BASE, length: BigInt(len), page_size: 4096n, data: out });
+    return t.mem.read(out, 64);
+  };
+  assert.deepEqual([...read(true)], new Array(64).fill(0xff)); // 512 pages: the whole 2 MiB entry
+  assert.deepEqual([...read(false)], new Array(64).fill(0xff));
+  assert.deepEqual([...read(false)], new Array(64).fill(0));
 });
 
 test('fault injection: MOCK_DOMAIN over a populated IOAS unwinds completely at every failure point', () => {

@@ -5,6 +5,7 @@
 // Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
 // flags, driver data and the HUGE variant; the profile picks one.
 import { MockViommuDriver } from './viommu.js';
+import { amdv1MockDomain, MockAmdv1Domain } from './amdv1.js';
 import type { ViommuCore } from '../driver.js';
 import type { Emulator } from '../../core/emulator.js';
 import { PAGE_SIZE } from '../../core/usermem.js';
@@ -278,10 +279,9 @@ export class MockDriver implements IommuDriver {
     }
     switch (pagetableType) {
       case MOCK_IOMMUPT.DEFAULT:
-        return new MockPagingDomain(this, BigInt(MOCK_PAGE_SIZE), MOCK.APERTURE_START, MOCK.APERTURE_LAST, dirty);
       case MOCK_IOMMUPT.HUGE:
-        // Huge mode: 1 MiB entries, plus PAGE_SIZE so iommufd accepts the domain; natural 56-bit geometry.
-        return new MockPagingDomain(this, BigInt(MOCK_HUGE_PAGE_SIZE) | BigInt(PAGE_SIZE), 0n, (1n << 56n) - 1n, dirty);
+        // The generic page table's AMDv1 format with a 2 KiB granule (drivers/mock/amdv1.ts).
+        return amdv1MockDomain(this, pagetableType === MOCK_IOMMUPT.HUGE, dirty);
       default:
         fail('EOPNOTSUPP', 'mock paging alloc: unknown pagetable_type');
     }
@@ -290,7 +290,7 @@ export class MockDriver implements IommuDriver {
   domainAllocNested(_dev: DriverDevice, parent: PagingDomain, flags: number, data: UserData): NestedDomain {
     const allowed = acceptedMask(this.emu.profile, 'iommufd_hwpt_alloc_flags') & HWPT_ALLOC.PASID;
     if (flags & ~allowed) fail('EOPNOTSUPP', 'mock nested alloc: flags other than ALLOC_PASID');
-    if (!(parent instanceof MockPagingDomain)) fail('EINVAL', 'the parent is not a mock paging domain');
+    if (!isMockPaging(parent)) fail('EINVAL', 'the parent is not a mock paging domain');
     return this.allocNested(parent, data);
   }
 
@@ -340,6 +340,13 @@ export class MockDriver implements IommuDriver {
   pageResponse(dev: DriverDevice, grpid: number, pasid: number, code: number): void {
     (dev as MockDevice).responses.push({ grpid, pasid, code });
   }
+}
+
+/** A paging domain of the mock driver: gen A's slot table or gen B's AMDv1 table. */
+export type MockPaging = MockPagingDomain | MockAmdv1Domain;
+
+export function isMockPaging(d: unknown): d is MockPaging {
+  return d instanceof MockPagingDomain || d instanceof MockAmdv1Domain;
 }
 
 const EXT_KEY = 'mock.driver';

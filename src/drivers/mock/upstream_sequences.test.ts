@@ -144,7 +144,9 @@ test('dirty tracking fixture: enforce_dirty, device capability, bitmaps at unali
       raw(t, 'HWPT_GET_DIRTY_BITMAP', S.iommu_hwpt_get_dirty_bitmap,
         { hwpt_id: hwpt, flags: 1, iova: BASE, length: BigInt(len), page_size: ps, data });
       const got = t.mem.read(data, nbits / 8);
-      for (let i = 0; i < nbits; i++) assert.equal(!!(got[i >> 3]! & (1 << (i & 7))), i % 2 === 0, `bit ${i} at +${off}`);
+      // Gen A keeps one entry per 2 KiB; gen B's entries are at least a 4 KiB page, dirty as a whole.
+      const want = (i: number): boolean => profile === '6.12' ? i % 2 === 0 : true;
+      for (let i = 0; i < nbits; i++) assert.equal(!!(got[i >> 3]! & (1 << (i & 7))), want(i), `bit ${i} at +${off}`);
     }
     destroy(t, nd.stdevId);
   }
