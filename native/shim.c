@@ -488,6 +488,21 @@ static int tp_rpc(int fd, const void *req, size_t reqlen, void *rep, size_t repl
 
 #define REQ(T, name) struct wire_req_##name q = { .len = sizeof(q), .type = WIRE_T_##T }
 
+/*
+ * A new connection that will be one of our fds (anchor, event, holder), and
+ * its inode: OPEN, EVPREP and HOLDER show the server it is ours (CLAIM).
+ */
+static int claim_socket(int cloexec, uint64_t *ino)
+{
+	int s = tp_connect(cloexec);
+	struct stat st;
+	if (s >= 0 && fstat(s, &st) == 0)
+		*ino = (uint64_t)st.st_ino;
+	return s;
+}
+#define CLAIM(q, s, ino) \
+	do { (q).pid = (uint32_t)getpid(); (q).fd = (s); (q).ino = (ino); (q).session = ctl_session; } while (0)
+
 /* ---- the control connection --------------------------------------------------------- */
 static int ctl_fd = -1;
 static pid_t ctl_pid;         /* process the connection belongs to */
@@ -778,22 +793,18 @@ static int emu_open_iommu(int flags)
 	pid_t tid = my_tid();
 	lock(&ctl_mu);
 	int s = -1;
+	uint64_t ino = 0;
 	struct wire_rep_open r;
-	if (ctl_ensure_locked() < 0 || (s = tp_connect(flags & O_CLOEXEC)) < 0) {
+	if (ctl_ensure_locked() < 0 || (s = claim_socket(flags & O_CLOEXEC, &ino)) < 0) {
 		unlock(&ctl_mu);
 		return -1;
 	}
-	struct stat sst;
-	fstat(s, &sst);
 	REQ(OPEN, open);
-	q.pid = (uint32_t)getpid();
+	CLAIM(q, s, ino);
 	q.tid = (uint32_t)tid;
 	q.failnth = failnth_get(tid);
-	q.fd = s;
 	q.node = 0; /* /dev/iommu */
 	q.flags = (uint32_t)flags;
-	q.ino = (uint64_t)sst.st_ino;
-	q.session = ctl_session;
 	if (tp_rpc(s, &q, sizeof(q), &r, sizeof(r)) < 0) {
 		raw_close(s);
 		unlock(&ctl_mu);
@@ -1389,16 +1400,12 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 /* A socket for the fd the next call may return, registered with the server (ctl_mu held). */
 static int prepare_event_fd_locked(uint64_t *token)
 {
-	int s = tp_connect(1);
+	uint64_t ino = 0;
+	int s = claim_socket(1, &ino);
 	if (s < 0)
 		return -1;
-	struct stat st;
-	fstat(s, &st);
 	REQ(EVPREP, evprep);
-	q.pid = (uint32_t)getpid();
-	q.fd = s;
-	q.ino = (uint64_t)st.st_ino;
-	q.session = ctl_session;
+	CLAIM(q, s, ino);
 	struct wire_rep_evprep r;
 	if (tp_rpc(s, &q, sizeof(q), &r, sizeof(r)) < 0 || r.status != 0) {
 		raw_close(s);
@@ -2309,10 +2316,29 @@ static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int 
 			return errno = EINVAL, MAP_FAILED;
 		if ((flags & MREMAP_FIXED) && o + olen > na && na + nlen > o)
 			return errno = EINVAL, MAP_FAILED;
-		if (flags & MREMAP_FIXED) {
-			if (syscall(SYS_munmap, na, nlen) != 0)
-				return MAP_FAILED;
-			unmapped_locked(na, nlen);
+		/*
+		 * The kernel unmaps the target, then the tail, then refuses what it
+		 * cannot do. On those refusals we unmap as it does; a move that
+		 * succeeds lets the real mremap replace the target itself
+		 * (atomically: unmapping it first here would let another thread map
+		 * into the gap, and lose that mapping to the move).
+		 */
+		uint64_t keep = olen < nlen ? olen : nlen;
+		int err = 0;
+		if (keep > pieces[i].va + pieces[i].len - o)
+			err = EFAULT; /* across VMAs */
+		else if (flags & MREMAP_DONTUNMAP)
+			err = EINVAL;
+		else if (nlen != keep)
+			err = EFAULT; /* growing a VM_DONTEXPAND mapping */
+		else if (npieces == NPIECES)
+			err = ENOMEM;
+		if (err) {
+			if ((flags & MREMAP_FIXED) && syscall(SYS_munmap, na, nlen) == 0)
+				unmapped_locked(na, nlen);
+			if (olen > nlen && syscall(SYS_munmap, o + nlen, olen - nlen) == 0)
+				unmapped_locked(o + nlen, olen - nlen);
+			return errno = err, MAP_FAILED;
 		}
 		if (olen > nlen) {
 			if (syscall(SYS_munmap, o + nlen, olen - nlen) != 0)
@@ -2322,15 +2348,12 @@ static void *pfnmap_mremap_locked(uint64_t o, uint64_t olen, uint64_t nlen, int 
 		}
 		if ((i = piece_at_locked(o)) < 0)
 			return errno = EFAULT, MAP_FAILED;
-		if (flags & MREMAP_DONTUNMAP)
-			return errno = EINVAL, MAP_FAILED;
-		if (olen > pieces[i].va + pieces[i].len - o || nlen != olen)
-			return errno = EFAULT, MAP_FAILED; /* across VMAs; or growing a VM_DONTEXPAND one */
-		if (npieces == NPIECES)
-			return errno = ENOMEM, MAP_FAILED;
 		void *p = (void *)syscall(SYS_mremap, o, olen, nlen, flags, na);
 		if (p == MAP_FAILED)
 			return p;
+		if (flags & MREMAP_FIXED)
+			unmapped_locked(na, nlen); /* what the move replaced */
+		i = piece_at_locked(o);
 		struct piece moved = pieces[i];
 		pieces_add_locked((uint64_t)(uintptr_t)p, nlen, moved.prot, moved.handle, moved.via);
 		mref_locked(moved.handle, moved.via, 1);
@@ -2419,17 +2442,13 @@ static void prepare_holder_locked(void)
 {
 	if (!npieces || ctl_ensure_locked() < 0)
 		return;
-	int s = tp_connect(1);
+	uint64_t ino = 0;
+	int s = claim_socket(1, &ino);
 	if (s < 0)
 		return;
-	s = move_high(s);
-	struct stat st;
-	fstat(s, &st);
+	s = move_high(s); /* same socket, same inode */
 	REQ(HOLDER, holder);
-	q.pid = (uint32_t)getpid();
-	q.fd = s;
-	q.ino = (uint64_t)st.st_ino;
-	q.session = ctl_session;
+	CLAIM(q, s, ino);
 	struct wire_rep_holder hr;
 	if (tp_rpc(s, &q, sizeof(q), &hr, sizeof(hr)) < 0 || hr.status != 0) {
 		raw_close(s);

@@ -49,7 +49,7 @@ export class SimpleFdTable implements FdTable {
   }
   close(fd: number): void {
     const f = this.files.get(fd);
-    if (!f) fail('EBADF');
+    if (!f) fail('EBADF', 'not an open fd');
     this.files.delete(fd);
     f.release();
   }

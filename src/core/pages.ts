@@ -150,7 +150,7 @@ export class Pages {
    * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length.
    */
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
-    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW');
+    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'uptr + length wraps past 2^64');
     Pages.checkAlloc(emu, length);
     return new Pages(mem, false, uptr, writable);
   }
@@ -162,7 +162,7 @@ export class Pages {
   }
 
   private static checkAlloc(emu: Emulator, length: bigint): void {
-    if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL');
+    if (length === 0n || length > (1n << 64n) - 1n - PS) fail('EINVAL', 'length is 0 or too large');
     emu.failPoint('ENOMEM');
   }
 
@@ -332,7 +332,7 @@ export class Pages {
    * bytes are copied through its address space directly (as copy_to/from_user).
    */
   rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
-    if (write && !this.writable) fail('EPERM');
+    if (write && !this.writable) fail('EPERM', 'write to pages mapped read-only');
     if (this.bits & DMABUF) fail('EINVAL', 'access rw: dma-buf memory');
     const mem = this.mem;
     if (mem && !slowPath && caller && caller.process === mem.process) {

@@ -147,7 +147,7 @@ export class SimMemory implements UserMemory {
 
   private mapping(idx: number, need: number): Mapping {
     const m = this.pages.get(idx);
-    if (!m || (m.prot & need) !== need) fail('EFAULT');
+    if (!m || (m.prot & need) !== need) fail('EFAULT', 'user memory not mapped with the needed protection');
     return m;
   }
 
@@ -157,7 +157,7 @@ export class SimMemory implements UserMemory {
 
   private access(addr: bigint, length: number, need: number, fn: (p: SimPage, off: number, done: number, n: number) => void): void {
     if (length === 0) return;
-    if (addr < 0n || addr + BigInt(length) > 1n << 64n) fail('EFAULT');
+    if (addr < 0n || addr + BigInt(length) > 1n << 64n) fail('EFAULT', 'user address range wraps past 2^64');
     let a = Number(addr);
     let done = 0;
     // Check the whole range first so a fault leaves nothing half-written.
@@ -182,7 +182,7 @@ export class SimMemory implements UserMemory {
   }
 
   getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
-    if (!this.process.alive) fail('EFAULT');
+    if (!this.process.alive) fail('EFAULT', 'the process is gone');
     const first = Number(addr >> BigInt(PAGE_SHIFT));
     const out: PhysPage[] = [];
     for (let i = 0; i < npages; i++) out.push(this.page(this.mapping(first + i, write ? PROT_READ | PROT_WRITE : PROT_READ)));

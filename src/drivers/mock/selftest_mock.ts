@@ -50,13 +50,13 @@ export class SelftestObj extends IommufdObject {
 
 function getStdev(ucmd: Ucmd<TestCmd>): SelftestObj & { idev: Device; mockDev: MockDevice } {
   const sobj = ucmd.ctx.get<SelftestObj>(ucmd.cmd.id, ObjType.SELFTEST);
-  if (sobj.kind !== 'idev' || !sobj.idev || !sobj.mockDev) fail('EINVAL');
+  if (sobj.kind !== 'idev' || !sobj.idev || !sobj.mockDev) fail('EINVAL', `id is not a mock device's selftest object`);
   return sobj as SelftestObj & { idev: Device; mockDev: MockDevice };
 }
 
 function getMockPaging(ctx: IommufdCtx, id: number): MockPaging {
   const hwpt = ctx.get<HwptPaging>(id, ObjType.HWPT_PAGING);
-  if (!isMockPaging(hwpt.domain)) fail('EINVAL');
+  if (!isMockPaging(hwpt.domain)) fail('EINVAL', `the HWPT's domain is not a mock domain`);
   return hwpt.domain;
 }
 
@@ -120,17 +120,17 @@ function mdCheckMap(ucmd: Ucmd<TestCmd>): void {
 /** MD_CHECK_IOTLB (03 §4.6). */
 function mdCheckIotlb(ucmd: Ucmd<TestCmd>): void {
   const hwpt = ucmd.ctx.get<HwptNested>(ucmd.cmd.id, ObjType.HWPT_NESTED);
-  if (!(hwpt.domain instanceof MockNestedDomain)) fail('EINVAL');
+  if (!(hwpt.domain instanceof MockNestedDomain)) fail('EINVAL', `the HWPT's domain is not a mock nested domain`);
   const u = ucmd.cmd.u as { id: number; iotlb: number };
-  if (u.id >= MOCK.NESTED_DOMAIN_IOTLB_NUM || hwpt.domain.iotlb[u.id] !== u.iotlb) fail('EINVAL');
+  if (u.id >= MOCK.NESTED_DOMAIN_IOTLB_NUM || hwpt.domain.iotlb[u.id] !== u.iotlb) fail('EINVAL', 'iotlb id out of range or the IOTLB entry differs');
 }
 
 /** DEV_CHECK_CACHE (03 §4.7): `id` is the DEVICE id. */
 function devCheckCache(ucmd: Ucmd<TestCmd>): void {
   const idev = ucmd.ctx.get<Device>(ucmd.cmd.id, ObjType.DEVICE);
   const u = ucmd.cmd.u as { id: number; cache: number };
-  if (!(idev.dev instanceof MockDevice)) fail('EINVAL');
-  if (u.id >= MOCK.DEV_CACHE_NUM || idev.dev.cache[u.id] !== u.cache) fail('EINVAL');
+  if (!(idev.dev instanceof MockDevice)) fail('EINVAL', 'the device is not a mock device');
+  if (u.id >= MOCK.DEV_CACHE_NUM || idev.dev.cache[u.id] !== u.cache) fail('EINVAL', 'cache id out of range or the cache entry differs');
 }
 
 /** DIRTY (03 §4.14): mark mock IOPTEs dirty from a user bitmap. */
@@ -138,11 +138,11 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
   const { ctx } = ucmd;
   const u = ucmd.cmd.u as { flags: number; iova: bigint; length: bigint; page_size: bigint; uptr: bigint; out_nr_dirty: bigint };
   const ps = u.page_size;
-  if (!ps || !u.length || u.iova % ps || u.length % ps || !u.uptr) fail('EINVAL');
+  if (!ps || !u.length || u.iova % ps || u.length % ps || !u.uptr) fail('EINVAL', 'page_size, length, iova or uptr is 0 or misaligned');
   const max = u.length / ps;
-  if (max > 1n << 27n) fail('EOVERFLOW');
+  if (max > 1n << 27n) fail('EOVERFLOW', 'more than 2^27 pages');
   const domain = getMockPaging(ctx, ucmd.cmd.id);
-  if (!domain.tracking) fail('EINVAL');
+  if (!domain.tracking) fail('EINVAL', 'dirty tracking is off');
   ucmd.emu.failPoint('ENOMEM');
   const bits = ucmd.mem.read(u.uptr, Number((max + 7n) / 8n));
   const countAll = mockDriverOf(ucmd.emu).gen === 'B';
@@ -169,7 +169,7 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
 function triggerIopf(ucmd: Ucmd<TestCmd>): void {
   const u = ucmd.cmd.u as { dev_id: number; pasid: number; grpid: number; perm: number; addr: bigint };
   const idev = ucmd.ctx.get<Device>(u.dev_id, ObjType.DEVICE);
-  if (!(idev.dev instanceof MockDevice)) fail('EINVAL');
+  if (!(idev.dev instanceof MockDevice)) fail('EINVAL', 'the device is not a mock device');
   const flags = PGFAULT_FLAGS.LAST_PAGE | (u.pasid !== NO_PASID ? PGFAULT_FLAGS.PASID_VALID : 0);
   reportDeviceFault(idev, { flags, pasid: u.pasid, grpid: u.grpid, perm: u.perm, addr: u.addr });
 }
@@ -205,12 +205,12 @@ function pasidCheckHwpt(ucmd: Ucmd<TestCmd>): void {
   const u = ucmd.cmd.u as { pasid: number; hwpt_id: number };
   const attached = sobj.idev.attachment(u.pasid)?.hwpt ?? null;
   if (!u.hwpt_id) {
-    if (attached) fail('EINVAL');
+    if (attached) fail('EINVAL', 'the device is attached at this PASID (expected nothing)');
     return;
   }
   const obj = ucmd.ctx.get<IommufdObject>(u.hwpt_id, ObjType.ANY);
-  if (obj.type !== ObjType.HWPT_PAGING && obj.type !== ObjType.HWPT_NESTED) fail('EINVAL');
-  if (obj !== attached) fail('EINVAL');
+  if (obj.type !== ObjType.HWPT_PAGING && obj.type !== ObjType.HWPT_NESTED) fail('EINVAL', 'hwpt_id is not a HWPT');
+  if (obj !== attached) fail('EINVAL', 'the device is not attached to hwpt_id at this PASID');
 }
 
 /**
