@@ -1471,6 +1471,202 @@ static int mode_rawframes(void)
 	return 0;
 }
 
+#ifdef IOMMU_VEVENTQ_ALLOC
+/*
+ * Soak client (src/server/soak.ts): a random mix of everything a program does
+ * with /dev/iommu -- IOAS maps of private and shared memory, mock devices,
+ * fault queues, vIOMMU regions mapped and split, vEVENTQs, garbage ioctls,
+ * fail-nth, extra contexts, forks -- from the main thread and two workers,
+ * for `ms` milliseconds. Errnos are expected (random arguments, fault
+ * injection); only a crash or a hang is a finding. Prints its call count.
+ */
+static volatile long soak_calls;
+static volatile int soak_stop;
+static unsigned soak_rand(unsigned *s) { *s = *s * 1103515245u + 12345u; return (*s >> 8) & 0xffffff; }
+
+static void soak_op(int fd, unsigned *seed, int allow_fork)
+{
+	unsigned r = soak_rand(seed);
+	long pg = 4096;
+	__sync_fetch_and_add(&soak_calls, 1);
+	switch (r % 12) {
+	case 0: {
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		if (!ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+			destroy(fd, a.out_ioas_id);
+		break;
+	}
+	case 1: case 2: {
+		int shared = r & 0x100;
+		size_t n = 1 + (r >> 9) % 8;
+		char *b = mmap(NULL, n * pg, PROT_READ | PROT_WRITE, (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_ANONYMOUS, -1, 0);
+		if (b == MAP_FAILED)
+			break;
+		memset(b, (int)r, n * pg);
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		if (!ioctl(fd, IOMMU_IOAS_ALLOC, &a)) {
+			if (r & 0x200) {
+				struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = a.out_ioas_id };
+				ioctl(fd, IOMMU_TEST_CMD, &mock);
+			}
+			struct iommu_ioas_map m = { .size = sizeof(m), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+						    .ioas_id = a.out_ioas_id, .user_va = (__u64)(unsigned long)b, .length = n * pg };
+			ioctl(fd, IOMMU_IOAS_MAP, &m);
+			if (r & 0x400) {
+				struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = a.out_ioas_id, .iova = m.iova, .length = n * pg };
+				ioctl(fd, IOMMU_IOAS_UNMAP, &u);
+			}
+			destroy(fd, a.out_ioas_id); /* EBUSY with a device: left for the context's teardown */
+		}
+		munmap(b, n * pg);
+		break;
+	}
+	case 3: {
+		struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+		if (!ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa)) {
+			struct iommu_hwpt_pgfault rec;
+			(void)!read((int)fa.out_fault_fd, &rec, sizeof(rec));
+			close((int)fa.out_fault_fd);
+			destroy(fd, fa.out_fault_id);
+		}
+		break;
+	}
+	case 4: {
+		__u64 off, len;
+		/* nest_fixture() without dying: fault injection and the workers' DESTROYs make any step fail */
+		struct nest_fixture f = { 0 };
+		struct iommu_ioas_alloc ia = { .size = sizeof(ia) };
+		if (ioctl(fd, IOMMU_IOAS_ALLOC, &ia))
+			break;
+		f.ioas = ia.out_ioas_id;
+		struct iommu_test_cmd mock = { .size = sizeof(mock), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = f.ioas };
+		if (ioctl(fd, IOMMU_TEST_CMD, &mock))
+			break;
+		f.idev = mock.mock_domain.out_idev_id;
+		struct iommu_hwpt_alloc hw = { .size = sizeof(hw), .flags = IOMMU_HWPT_ALLOC_NEST_PARENT, .dev_id = f.idev, .pt_id = f.ioas };
+		if (ioctl(fd, IOMMU_HWPT_ALLOC, &hw))
+			break;
+		f.parent = hw.out_hwpt_id;
+		struct iommu_viommu_selftest data = { .in_data = r };
+		struct iommu_viommu_alloc va = { .size = sizeof(va), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = f.idev,
+						 .hwpt_id = f.parent, .data_len = sizeof(data), .data_uptr = (__u64)(unsigned long)&data };
+		if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va))
+			break;
+		off = data.out_mmap_offset;
+		len = data.out_mmap_length;
+		char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)off);
+		if (p != MAP_FAILED) {
+			if (r & 0x100)
+				mprotect(p, pg, PROT_READ);
+			if (r & 0x200) {
+				/* onto a reservation of our own (a hole() could be another thread's mapping by now) */
+				char *dst = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				char *q = dst == MAP_FAILED ? MAP_FAILED : mremap(p, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
+				if (q != MAP_FAILED)
+					p = q;
+			}
+			munmap(p, pg);
+			if (!(r & 0x400))
+				munmap(p + pg, pg); /* else the context's close leaves it mapped: exit drops it */
+		}
+		struct iommu_veventq_alloc vq = { .size = sizeof(vq), .viommu_id = va.out_viommu_id, .type = IOMMU_VEVENTQ_TYPE_SELFTEST,
+						  .veventq_depth = 2 };
+		if (!ioctl(fd, IOMMU_VEVENTQ_ALLOC, &vq))
+			close((int)vq.out_veventq_fd);
+		break;
+	}
+	case 5: {
+		/* a garbage ioctl: a real request, random bytes, a sane size */
+		unsigned char b[128];
+		for (unsigned i = 0; i < sizeof(b); i++)
+			b[i] = (unsigned char)soak_rand(seed);
+		unsigned nr = 0x80 + soak_rand(seed) % 0x15;
+		if (soak_rand(seed) & 1)
+			nr = 0xa0;
+		*(__u32 *)b = 8 + soak_rand(seed) % 96;
+		ioctl(fd, _IO(IOMMUFD_TYPE, nr), b);
+		break;
+	}
+	case 6: {
+		int f = open("/proc/thread-self/fail-nth", O_RDWR);
+		if (f >= 0) {
+			char n[8];
+			snprintf(n, sizeof(n), "%u", 1 + soak_rand(seed) % 8);
+			(void)!write(f, n, strlen(n));
+			struct iommu_ioas_alloc a = { .size = sizeof(a) };
+			if (!ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+				destroy(fd, a.out_ioas_id);
+			(void)!write(f, "0", 1);
+			close(f);
+		}
+		break;
+	}
+	case 7: {
+		int g = open("/dev/iommu", O_RDWR);
+		if (g >= 0) {
+			int h = dup(g);
+			struct iommu_ioas_alloc a = { .size = sizeof(a) };
+			ioctl(h, IOMMU_IOAS_ALLOC, &a);
+			close(g);
+			close(h);
+		}
+		break;
+	}
+	case 8:
+		if (allow_fork && (r & 0x300) == 0) {
+			pid_t c = fork();
+			if (c == 0) {
+				unsigned cs = r;
+				for (int i = 0; i < 20; i++)
+					soak_op(fd, &cs, 0);
+				_exit(0);
+			}
+			if (c > 0 && (r & 0x400))
+				waitpid(c, NULL, 0);
+		}
+		break;
+	default: {
+		struct iommu_destroy d = { .size = sizeof(d), .id = soak_rand(seed) % 16 };
+		ioctl(fd, IOMMU_DESTROY, &d);
+	}
+	}
+}
+
+static void *soak_worker(void *p)
+{
+	int fd = *(int *)p;
+	unsigned seed = (unsigned)(uintptr_t)pthread_self();
+	while (!soak_stop)
+		soak_op(fd, &seed, 0);
+	return NULL;
+}
+
+static int mode_soak(const char *seedarg, const char *msarg)
+{
+	unsigned seed = (unsigned)strtoul(seedarg, NULL, 0);
+	long ms = atol(msarg);
+	signal(SIGCHLD, SIG_IGN); /* forked children reap themselves */
+	int fd = xopen();
+	pthread_t t[2];
+	for (int i = 0; i < 2; i++)
+		pthread_create(&t[i], NULL, soak_worker, &fd);
+	struct timespec a, b;
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	for (;;) {
+		soak_op(fd, &seed, 1);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		if ((b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000 > ms)
+			break;
+	}
+	soak_stop = 1;
+	for (int i = 0; i < 2; i++)
+		pthread_join(t[i], NULL);
+	close(fd);
+	printf("OK soak calls=%ld\n", soak_calls);
+	return 0;
+}
+#endif
+
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -1508,6 +1704,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "mmap")) return mode_mmap();
 	if (!strcmp(m, "mmappieces")) return mode_mmappieces(argv);
 	if (!strcmp(m, "bugpaths")) return mode_bugpaths();
+	if (!strcmp(m, "soak") && argc > 3) return mode_soak(argv[2], argv[3]);
 #endif
 	fprintf(stderr, "unknown mode %s\n", m);
 	return 2;

@@ -72,19 +72,19 @@ export class Access extends IommufdObject implements IoptAccess {
 
   /** Attach to IOAS `ioasId` (ENOENT; EADDRINUSE if its areas cannot take the access's alignment). */
   attach(ioasId: number): void {
-    if (this.ioas) fail('EINVAL');
+    if (this.ioas) fail('EINVAL', 'the access is already attached');
     this.changeIoas(getIoas(this.ctx, ioasId));
   }
 
   /** Attach to an IOAS the caller already holds (internal users). */
   attachIoas(ioas: Ioas): void {
-    if (this.ioas) fail('EINVAL');
+    if (this.ioas) fail('EINVAL', 'the access is already attached');
     this.changeIoas(ioas);
   }
 
   /** Move to another IOAS: ENOENT if not attached or no such IOAS; pins on the old one are dropped. */
   replace(ioasId: number): void {
-    if (!this.ioas) fail('ENOENT');
+    if (!this.ioas) fail('ENOENT', 'the access is not attached');
     this.changeIoas(getIoas(this.ctx, ioasId));
   }
 
@@ -99,7 +99,7 @@ export class Access extends IommufdObject implements IoptAccess {
 
   private changeIoas(next: Ioas | null): void {
     const cur = this.ioas;
-    if (cur !== this.ioasUnpin) fail('EBUSY');
+    if (cur !== this.ioasUnpin) fail('EBUSY', 'the access is still switching IOAS (old pins not dropped)');
     if (cur === next) return;
     this.ioas = null;
     if (next) {
@@ -132,11 +132,11 @@ export class Access extends IommufdObject implements IoptAccess {
    * per page touched, in IOVA order.
    */
   pinPages(iova: bigint, length: bigint, write: boolean, opts: PinOptions = {}): PhysPage[] {
-    if (this.iovaAlignment !== PS) fail('EINVAL');
-    if (length === 0n) fail('EINVAL');
+    if (this.iovaAlignment !== PS) fail('EINVAL', 'the access was not created to pin pages');
+    if (length === 0n) fail('EINVAL', 'length is 0');
     const last = iova + length - 1n;
-    if (last > U64_MAX) fail('EOVERFLOW');
-    if (!this.ioas) fail('ENOENT');
+    if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
+    if (!this.ioas) fail('ENOENT', 'the access is not attached to an IOAS');
     return this.ioas.iopt.accessPin(iova, last, write, !!opts.lock);
   }
 
@@ -155,9 +155,9 @@ export class Access extends IommufdObject implements IoptAccess {
    */
   rw(iova: bigint, data: Uint8Array | number, write: boolean, opts: RwOptions = {}): Uint8Array {
     const buf = typeof data === 'number' ? new Uint8Array(data) : data;
-    if (buf.length === 0) fail('EINVAL');
-    if (iova + BigInt(buf.length) - 1n > U64_MAX) fail('EOVERFLOW');
-    if (!this.ioas) fail('ENOENT');
+    if (buf.length === 0) fail('EINVAL', 'length is 0');
+    if (iova + BigInt(buf.length) - 1n > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
+    if (!this.ioas) fail('ENOENT', 'the access is not attached to an IOAS');
     this.ioas.iopt.accessRw(iova, buf, write, opts.caller ?? null, !!opts.slowPath);
     return buf;
   }

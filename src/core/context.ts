@@ -54,7 +54,7 @@ export type Handler = (ucmd: Ucmd<any>) => number | void;
  * first: E2BIG or EFAULT), then the common part is copied.
  */
 export function copyStructFromUser(mem: UserMemory, arg: bigint, userSize: number, knownSize: number): Uint8Array {
-  if (userSize > knownSize && !checkZeroedUser(mem, arg + BigInt(knownSize), userSize - knownSize)) fail('E2BIG');
+  if (userSize > knownSize && !checkZeroedUser(mem, arg + BigInt(knownSize), userSize - knownSize)) fail('E2BIG', `the caller's struct is larger than the kernel's and its tail is not zero`);
   const kbuf = new Uint8Array(knownSize);
   kbuf.set(mem.read(arg, Math.min(userSize, knownSize)));
   return kbuf;

@@ -95,7 +95,7 @@ export class Device extends IommufdObject {
  */
 export function deviceBind(ctx: IommufdCtx, dev: DriverDevice, opts: { mock?: boolean; binder?: object } = {}): Device {
   // iommufd always maps with IOMMU_CACHE.
-  if (!dev.coherent) fail('EINVAL');
+  if (!dev.coherent) fail('EINVAL', 'the device is not cache coherent (iommufd always maps with IOMMU_CACHE)');
   ctx.emu.failPoint('ENOMEM'); // the group state
   const idev = ctx.allocObj(new Device(ctx, dev));
   if (!opts.mock) idev.holdCtx();
@@ -133,11 +133,11 @@ function enforceResvRegions(idev: Device, paging: HwptPaging): void {
 
 function checkPasidCompat(hwpt: Hwpt, idev: Device, pasid: number): void {
   if (pasid === NO_PASID) {
-    if (!hwpt.pasidCompat) for (const p of idev.attachments.keys()) if (p !== NO_PASID) fail('EINVAL');
+    if (!hwpt.pasidCompat) for (const p of idev.attachments.keys()) if (p !== NO_PASID) fail('EINVAL', 'the HWPT is not PASID-compatible and the device has PASID attachments');
   } else {
-    if (!hwpt.pasidCompat) fail('EINVAL');
+    if (!hwpt.pasidCompat) fail('EINVAL', 'the HWPT was not allocated with IOMMU_HWPT_ALLOC_PASID');
     const rid = idev.attachments.get(NO_PASID);
-    if (rid && !rid.hwpt.pasidCompat) fail('EINVAL');
+    if (rid && !rid.hwpt.pasidCompat) fail('EINVAL', `the device's RID attachment is not PASID-compatible`);
   }
 }
 
@@ -151,7 +151,7 @@ function driverAttach(hwpt: Hwpt, idev: Device, pasid: number): AttachHandle {
   } else {
     // Devices without PASID support are skipped by the core's PASID
     // validation and never see the PASID attach (6.15+ core behaviour).
-    if (dev.maxPasids > 0 && pasid >= dev.maxPasids) fail('EINVAL');
+    if (dev.maxPasids > 0 && pasid >= dev.maxPasids) fail('EINVAL', `pasid is beyond the device's PASID range`);
     if (dev.maxPasids > 0) dev.driver.attach(dev, hwpt.domain, pasid);
   }
   return { device: idev, pasid, hwpt };
@@ -168,7 +168,7 @@ function afterIopfChange(idev: Device): void {
 export function hwptAttach(hwpt: Hwpt, idev: Device, pasid: number): void {
   const paging = findHwptPaging(hwpt);
   const attachResv = !!paging && pasid === NO_PASID;
-  if (idev.attachments.has(pasid)) fail('EBUSY');
+  if (idev.attachments.has(pasid)) fail('EBUSY', 'the device is already attached at this PASID');
   idev.ctx.emu.failPoint('ENOMEM'); // the per-PASID attach state
   const handle = reserveAndAttach(hwpt, idev, pasid, attachResv ? paging : null, attachResv);
   refget(hwpt, idev, 'attach');
@@ -229,7 +229,7 @@ export function hwptDetach(idev: Device, pasid: number): Hwpt | null {
  */
 function doReplace(idev: Device, pasid: number, hwpt: Hwpt): Hwpt | null {
   const att = idev.attachments.get(pasid);
-  if (!att) fail('EINVAL');
+  if (!att) fail('EINVAL', 'the device is not attached at this PASID (nothing to replace)');
   const old = att.hwpt;
   if (hwpt === old) return null;
   const paging = findHwptPaging(hwpt);
@@ -300,7 +300,7 @@ function changePt(idev: Device, pasid: number, ptId: number, fn: AttachFn): numb
       ({ ptId: out, destroy } = autoGetDomain(idev, pasid, pt as IoasLike, fn));
       break;
     default:
-      fail('EINVAL');
+      fail('EINVAL', 'pt_id is neither an IOAS nor a HWPT');
   }
   if (destroy) hwptPut(ctx, destroy, idev);
   return out;
@@ -350,7 +350,7 @@ export function iommufdGetHwInfo(ucmd: Ucmd<Decoded<typeof S.iommu_hw_info>>): v
   let data: Uint8Array = new Uint8Array(0);
   if (dev.driver.hwInfo) {
     const info = dev.driver.hwInfo(dev, inType);
-    if (info.type === 0) fail('EOPNOTSUPP');
+    if (info.type === 0) fail('EOPNOTSUPP', 'the driver has no hw_info of the requested type');
     cmd.out_data_type = info.type;
     data = info.data;
   } else {

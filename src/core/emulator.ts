@@ -95,7 +95,7 @@ export class Emulator {
 
   compatIoctl(ctx: IommufdCtx, request: number, arg: bigint, caller: Caller): number {
     const h = REGISTRY.compat;
-    if (!h) fail('ENOTTY');
+    if (!h) fail('ENOTTY', 'no compat (VFIO) ioctls in this emulator');
     return h(ctx, request, arg, caller);
   }
 }

@@ -68,7 +68,7 @@ export class Veventq extends IommufdObject {
 
   /** read(2) on the queue's fd. */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (pos !== 0n) fail('ESPIPE');
+    if (pos !== 0n) fail('ESPIPE', 'vEVENTQ reads are at position 0 only');
     const strict = this.viommu.ctx.profile.veventqReadEinval;
     if (strict && count < HEADER_SIZE) fail('EINVAL', 'vEVENTQ read: count below one header');
     let done = 0;
@@ -118,7 +118,7 @@ class VeventqFile implements IommufdFile {
     return this.q.read(mem, buf, count, pos);
   }
   write(): number {
-    return fail('EINVAL'); // the kernel's vEVENTQ file has no write method
+    return fail('EINVAL', 'the vEVENTQ file has no write'); // the kernel's vEVENTQ file has no write method
   }
   poll(): number {
     return this.q.records.length > 0 ? POLLIN | POLLRDNORM : 0;
@@ -142,7 +142,7 @@ export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_al
   const max = ucmd.ctx.profile.veventqMaxDepth;
   if (max && cmd.veventq_depth > max) fail('EINVAL', 'VEVENTQ_ALLOC: depth above 1<<19');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
-  if (viommu.veventqs.has(cmd.type)) fail('EEXIST');
+  if (viommu.veventqs.has(cmd.type)) fail('EEXIST', 'the vIOMMU already has a vEVENTQ of this type');
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
     refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);

@@ -68,7 +68,7 @@ export class FaultObj extends IommufdObject {
   private allocCookie(): number {
     let c = 1;
     while (this.response.has(c)) c++;
-    if (c > COOKIE_MAX) fail('EBUSY');
+    if (c > COOKIE_MAX) fail('EBUSY', 'no free response cookie');
     return c;
   }
 
@@ -77,7 +77,7 @@ export class FaultObj extends IommufdObject {
    * group that does not fit (a count of 0 included) is EINVAL.
    */
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (pos !== 0n || count % RECORD_SIZE) fail('ESPIPE', 'fault read: position or count not whole records');
+    if (pos !== 0n || count % RECORD_SIZE) fail('ESPIPE', 'fault reads are at position 0, in whole records');
     let done = 0;
     while (this.deliver.length > 0) {
       const group = this.deliver[0]!;
@@ -110,7 +110,7 @@ export class FaultObj extends IommufdObject {
 
   /** write(2): 8-byte responses in order; stops at the first bad one. */
   write(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (pos !== 0n || count % RESPONSE_SIZE) fail('ESPIPE');
+    if (pos !== 0n || count % RESPONSE_SIZE) fail('ESPIPE', 'fault responses are written at position 0, in whole responses');
     let done = 0;
     let err: IommufdError | null = null;
     while (count > done) {
@@ -124,7 +124,7 @@ export class FaultObj extends IommufdObject {
       }
       const group = this.response.get(resp.cookie);
       if ((resp.code !== PAGE_RESP.SUCCESS && resp.code !== PAGE_RESP.INVALID) || !group) {
-        err = new IommufdError('EINVAL');
+        err = new IommufdError('EINVAL', 'fault response: unknown cookie or a code other than SUCCESS/INVALID');
         break;
       }
       this.response.delete(resp.cookie);
@@ -201,7 +201,7 @@ export class FaultFile implements IommufdFile {
 /** IOMMU_FAULT_QUEUE_ALLOC (01 §4.17). */
 export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.flags) fail('EOPNOTSUPP');
+  if (cmd.flags) fail('EOPNOTSUPP', 'flags must be 0');
   ctx.createObj(new FaultObj(ctx), (fault) => {
     ucmd.emu.failPoint('ENOMEM'); // anonymous file
     installFile(ucmd, new FaultFile(fault), (fd) => {

@@ -10,6 +10,9 @@ export const POLLIN = 0x001;
 export const POLLOUT = 0x004;
 export const POLLRDNORM = 0x040;
 export const POLLWRNORM = 0x100;
+export const O_RDONLY = 0;
+export const O_WRONLY = 1;
+export const O_RDWR = 2;
 /** What poll reports for a file without a poll method. */
 export const DEFAULT_POLLMASK = POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;
 /** read/write counts are clamped to this (INT_MAX rounded down to a page). */
@@ -25,11 +28,12 @@ export function accessOk(addr: bigint, size: bigint): boolean {
 
 /**
  * read(2) on one of our anonymous files, as the VFS does it before the driver:
- * no read method -> EINVAL, then access_ok on the buffer -> EFAULT, then the
+ * not open for reading -> EBADF, no read method -> EINVAL, then access_ok on the buffer -> EFAULT, then the
  * count is clamped to MAX_RW_COUNT. (pread on these files is ESPIPE: the shim
  * answers it, anonymous-inode files have no positional I/O.)
  */
 export function vfsRead(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+  if (file.has.accmode === O_WRONLY) fail('EBADF', `read: ${file.name} is not open for reading`);
   if (!file.has.read) fail('EINVAL', `read: ${file.name} has no read method`);
   if (!accessOk(buf, count)) fail('EFAULT', 'read: access_ok on the buffer');
   return file.read(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
@@ -37,6 +41,7 @@ export function vfsRead(file: IommufdFile, mem: UserMemory, buf: bigint, count: 
 
 /** write(2): the same VFS checks as vfsRead. */
 export function vfsWrite(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+  if (file.has.accmode === O_RDONLY) fail('EBADF', `write: ${file.name} is not open for writing`);
   if (!file.has.write) fail('EINVAL', `write: ${file.name} has no write method`);
   if (!accessOk(buf, count)) fail('EFAULT', 'write: access_ok on the buffer');
   return file.write(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
@@ -52,6 +57,8 @@ export interface FileOps {
   readonly read: boolean;
   readonly write: boolean;
   readonly poll: boolean;
+  /** The file's access mode (O_RDONLY, O_WRONLY, O_RDWR); absent: O_RDWR, as anon_inode_getfile's files here. */
+  readonly accmode?: number;
 }
 
 export interface IommufdFile {
@@ -69,12 +76,14 @@ export interface IommufdFile {
 
 /** A process's file-descriptor table, as far as emulated files are concerned. */
 export interface FdTable {
-  /** Install `file` and return its fd number (close-on-exec). */
-  install(file: IommufdFile): number;
+  /** Install `file` and return its fd number (close-on-exec unless `cloexec` is false). */
+  install(file: IommufdFile, opts?: { cloexec?: boolean }): number;
   /** The emulated file behind `fd`, if any. */
   lookup(fd: number): IommufdFile | undefined;
   /** Close `fd` (drops the file's reference if it was the last). */
   close(fd: number): void;
+  /** Is `fd` open at all (any file, emulated or not)? Absent: only emulated fds are known. */
+  isOpen?(fd: number): boolean;
 }
 
 /** A plain in-process fd table: numbers from 1000 up, one reference per fd. */
@@ -91,7 +100,7 @@ export class SimpleFdTable implements FdTable {
   }
   close(fd: number): void {
     const f = this.files.get(fd);
-    if (!f) fail('EBADF');
+    if (!f) fail('EBADF', 'not an open fd');
     this.files.delete(fd);
     f.release();
   }
@@ -106,11 +115,11 @@ export class SimpleFdTable implements FdTable {
  * before the error propagates, so a failed ioctl leaves no fd behind.
  */
 export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, publish: (fd: number) => void,
-  obj?: IommufdObject): void {
+  obj?: IommufdObject, opts?: { cloexec?: boolean }): void {
   let fd = -1;
   try {
     ucmd.emu.failPoint('ENOMEM'); // unused fd
-    fd = ucmd.caller.fds.install(file);
+    fd = ucmd.caller.fds.install(file, opts);
     fdOpenEvent(ucmd.ctx, fd, file, obj);
     publish(fd);
   } catch (e) {

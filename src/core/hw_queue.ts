@@ -71,20 +71,20 @@ export class HwQueue extends IommufdObject implements HwQueueCore {
 /** IOMMU_HW_QUEUE_ALLOC (02 §9.1). */
 export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_alloc>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.flags || cmd.type === 0) fail('EOPNOTSUPP');
-  if (cmd.length === 0n) fail('EINVAL');
-  if (cmd.nesting_parent_iova + cmd.length - 1n > U64_MAX) fail('EOVERFLOW');
+  if (cmd.flags || cmd.type === 0) fail('EOPNOTSUPP', 'flags must be 0 and type not 0');
+  if (cmd.length === 0n) fail('EINVAL', 'length is 0');
+  if (cmd.nesting_parent_iova + cmd.length - 1n > U64_MAX) fail('EOVERFLOW', 'nesting_parent_iova + length wraps past 2^64');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   const ops = viommu.ops;
   const init = ops.hwQueueInit;
-  if (!ops.hwQueueSupported?.(cmd.type) || !init) fail('EOPNOTSUPP');
+  if (!ops.hwQueueSupported?.(cmd.type) || !init) fail('EOPNOTSUPP', 'the vIOMMU does not support this HW queue type');
 
   ctx.createObj(new HwQueue(viommu, cmd.type, cmd.index, cmd.nesting_parent_iova, cmd.length), (q) => {
     // The page-aligned span of the queue memory; its end rounding up past 2^64 is a page-count overflow.
     // offset-in-page + length + PAGE_SIZE - 1 must fit in 64 bits (else ERANGE).
     const start = cmd.nesting_parent_iova & ~(PS - 1n);
     const span = cmd.nesting_parent_iova - start + cmd.length + PS - 1n;
-    if (span > U64_MAX) fail('ERANGE');
+    if (span > U64_MAX) fail('ERANGE', `the queue's page span does not fit 64 bits`);
     const end = start + (span / PS) * PS;
     q.access = Access.createInternal(ctx, q);
     q.access.attachIoas(viommu.hwpt.ioas as Ioas);
@@ -92,7 +92,7 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
     q.pinStart = start;
     q.pinLength = end - start;
     q.markPinned();
-    for (let i = 1; i < pages.length; i++) if (pages[i]!.pfn !== pages[0]!.pfn + i) fail('EFAULT');
+    for (let i = 1; i < pages.length; i++) if (pages[i]!.pfn !== pages[0]!.pfn + i) fail('EFAULT', 'the queue memory is not physically contiguous');
     q.holdViommu();
     const physBase = pages[0]!.pfn * PAGE_SIZE + Number(cmd.nesting_parent_iova % PS);
     init(q, cmd.index, physBase, cmd.length);

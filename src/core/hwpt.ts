@@ -162,7 +162,7 @@ export function hwptPagingAlloc(ctx: IommufdCtx, ioas: IoasLike, idev: Device, p
     hwpt.domain = dev.driver.domainAllocPaging(dev, flags & ~HWPT_ALLOC.FAULT_ID_VALID, data);
     // The coherency mode is fixed before anything is mapped.
     if (idev.enforceCacheCoherency) {
-      if (!hwpt.domain.enforceCacheCoherency) fail('EINVAL');
+      if (!hwpt.domain.enforceCacheCoherency) fail('EINVAL', 'the device enforces cache coherency and the domain cannot');
       hwpt.enforceCacheCoherency = true;
     }
     if (immediateAttach) hwptAttach(hwpt, idev, pasid);
@@ -182,8 +182,10 @@ export function hwptNestedAlloc(ctx: IommufdCtx, parent: HwptPaging, idev: Devic
   data: UserData): HwptNested {
   const dev = idev.dev;
   const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
-  if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP');
-  if (parent.autoDomain || !parent.nestParent || parent.domain.driver !== dev.driver) fail('EINVAL');
+  if (flags & ~valid || !data.len || !dev.driver.domainAllocNested) fail('EOPNOTSUPP', 'flags not valid for a nested HWPT, no driver data, or the driver has no nesting');
+  if (parent.autoDomain) fail('EINVAL', 'pt_id is an auto-domain');
+  if (!parent.nestParent) fail('EINVAL', 'pt_id is not a nest parent');
+  if (parent.domain.driver !== dev.driver) fail('EINVAL', 'pt_id belongs to another IOMMU driver');
   return buildNested(ctx, new HwptNested(parent), flags,
     (f) => dev.driver.domainAllocNested!(dev, parent.domain, f, data));
 }
@@ -194,7 +196,7 @@ function buildNested(ctx: IommufdCtx, obj: HwptNested, flags: number, allocDomai
     hwpt.pasidCompat = !!(flags & HWPT_ALLOC.PASID);
     hwpt.hold();
     hwpt.domain = allocDomain(flags & ~HWPT_ALLOC.FAULT_ID_VALID);
-    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP');
+    if (hwpt.domain.kind !== 'nested') fail('EOPNOTSUPP', 'the driver did not return a nested domain');
   });
 }
 
@@ -207,9 +209,9 @@ function buildNested(ctx: IommufdCtx, obj: HwptNested, flags: number, allocDomai
 export function hwptNestedAllocOnViommu(ctx: IommufdCtx, viommu: IommufdObject, parent: HwptPaging, flags: number,
   data: UserData, allocDomain: ((flags: number, data: UserData) => NestedDomain) | undefined): HwptNested {
   const valid = HWPT_ALLOC.FAULT_ID_VALID | (knownAllocFlags(ctx.profile) & HWPT_ALLOC.PASID);
-  if (flags & ~valid) fail('EOPNOTSUPP');
-  if (!data.len) fail('EOPNOTSUPP');
-  if (!allocDomain) fail('EOPNOTSUPP');
+  if (flags & ~valid) fail('EOPNOTSUPP', 'flags not valid for a nested HWPT');
+  if (!data.len) fail('EOPNOTSUPP', 'a nested HWPT needs driver data (data_len is 0)');
+  if (!allocDomain) fail('EOPNOTSUPP', 'the vIOMMU cannot allocate nested HWPTs');
   return buildNested(ctx, new HwptNested(parent, viommu), flags, (f) => allocDomain(f, data));
 }
 
@@ -234,11 +236,11 @@ export function registerInvalidateTarget(type: ObjType, fn: InvalidateFn): void 
 /** IOMMU_HWPT_ALLOC (01 §4.12). */
 export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
-  if ((cmd.data_type === 0 && cmd.data_len) || (cmd.data_type !== 0 && !cmd.data_len)) fail('EINVAL');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
+  if ((cmd.data_type === 0 && cmd.data_len) || (cmd.data_type !== 0 && !cmd.data_len)) fail('EINVAL', 'data_type and data_len disagree (one is 0, the other not)');
   const idev = ctx.get<Device>(cmd.dev_id, ObjType.DEVICE);
   const pt = ctx.objects.find(cmd.pt_id, ObjType.ANY);
-  if (!pt) fail('EINVAL');
+  if (!pt) fail('EINVAL', 'pt_id is not an object of this context');
   const data: UserData = { type: cmd.data_type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem };
 
   let hwpt: Hwpt;
@@ -251,7 +253,7 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
       break;
     default: {
       const fn = PT_ALLOC.get(pt.type);
-      if (!fn) fail('EINVAL');
+      if (!fn) fail('EINVAL', 'pt_id is neither an IOAS, a HWPT_PAGING nor a vIOMMU');
       hwpt = fn(ctx, idev, pt, cmd.flags, data);
     }
   }
@@ -273,10 +275,10 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
 export function iommufdHwptSetDirtyTracking(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_set_dirty_tracking>>): void {
   const { cmd, ctx } = ucmd;
   const ENABLE = 1;
-  if (cmd.flags & ~ENABLE) fail('EOPNOTSUPP');
+  if (cmd.flags & ~ENABLE) fail('EOPNOTSUPP', 'flags has bits other than ENABLE');
   const hwpt = ctx.get<HwptPaging>(cmd.hwpt_id, ObjType.HWPT_PAGING);
   const domain = hwpt.domain;
-  if (!domain.dirtyOps) fail('EOPNOTSUPP');
+  if (!domain.dirtyOps) fail('EOPNOTSUPP', 'the HWPT was not allocated with DIRTY_TRACKING');
   const enable = !!(cmd.flags & ENABLE);
   if (enable) {
     // A clean snapshot: clear what the IO page table already has marked.
@@ -289,23 +291,23 @@ export function iommufdHwptSetDirtyTracking(ucmd: Ucmd<Decoded<typeof S.iommu_hw
 export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_get_dirty_bitmap>>): void {
   const { cmd, ctx } = ucmd;
   const NO_CLEAR = 1;
-  if (cmd.flags & ~NO_CLEAR || cmd.__reserved) fail('EOPNOTSUPP', 'GET_DIRTY_BITMAP: unknown flags or __reserved set');
+  if (cmd.flags & ~NO_CLEAR || cmd.__reserved) fail('EOPNOTSUPP', 'flags has bits other than NO_CLEAR or __reserved is not 0');
   const hwpt = ctx.get<HwptPaging>(cmd.hwpt_id, ObjType.HWPT_PAGING);
   const iopt = hwpt.ioas.iopt;
 
   // iommufd_check_iova_range(), in its order.
-  if (!cmd.length) fail('EINVAL', 'GET_DIRTY_BITMAP: length 0');
+  if (!cmd.length) fail('EINVAL', 'length is 0 (checked before the overflow)');
   const last = cmd.iova + cmd.length - 1n;
-  if (last > U64_MAX) fail('EOVERFLOW', 'GET_DIRTY_BITMAP: iova + length overflows');
+  if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
   const end = (last + 1n) & U64_MAX;
   const align = iopt.iovaAlignment;
-  if (cmd.iova % align || end % align) fail('EINVAL', 'GET_DIRTY_BITMAP: range not aligned to the IOAS');
+  if (cmd.iova % align || end % align) fail('EINVAL', 'iova or iova + length is not aligned to the IOVA alignment');
   const ps = cmd.page_size;
-  if (!ps) fail('EINVAL', 'GET_DIRTY_BITMAP: page_size 0');
-  if (cmd.iova & (ps - 1n) || end & (ps - 1n)) fail('EINVAL', 'GET_DIRTY_BITMAP: range not aligned to page_size');
+  if (!ps) fail('EINVAL', 'page_size is 0');
+  if (cmd.iova & (ps - 1n) || end & (ps - 1n)) fail('EINVAL', 'iova or iova + length is not a multiple of page_size');
 
   const domain = hwpt.domain;
-  if (!domain.dirtyOps) fail('EOPNOTSUPP', 'GET_DIRTY_BITMAP: the domain has no dirty tracking');
+  if (!domain.dirtyOps) fail('EOPNOTSUPP', 'the HWPT was not allocated with DIRTY_TRACKING');
 
   // The user bitmap is pinned lazily, where bits are set (iova_bitmap.ts).
   const bitmap = new IovaBitmap(ucmd.emu, ucmd.mem, cmd.iova, cmd.length, ps, cmd.data);
@@ -348,9 +350,9 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
   let target: IommufdObject | undefined;
   const requested = cmd.entry_num;
   try {
-    if (cmd.__reserved) fail('EOPNOTSUPP');
+    if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
     if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len || cmd.entry_len > PAGE_SIZE ||
-      cmd.entry_num > INVALIDATE_MAX_ENTRIES)) fail('EINVAL');
+      cmd.entry_num > INVALIDATE_MAX_ENTRIES)) fail('EINVAL', 'entry_num set but data_uptr or entry_len is 0, entry_len above PAGE_SIZE, or entry_num too large');
     const req: InvalidateArray = {
       mem: ucmd.mem, type: cmd.data_type, uptr: cmd.data_uptr, entryLen: cmd.entry_len, entryNum: cmd.entry_num,
       handled: 0,
@@ -362,11 +364,11 @@ export function iommufdHwptInvalidate(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_inv
     try {
       if (obj.type === ObjType.HWPT_NESTED) {
         const domain = (obj as HwptNested).domain;
-        if (!domain.cacheInvalidateUser) fail('EOPNOTSUPP');
+        if (!domain.cacheInvalidateUser) fail('EOPNOTSUPP', 'the nested domain cannot be invalidated');
         domain.cacheInvalidateUser(req);
       } else {
         const fn = INVALIDATE.get(obj.type);
-        if (!fn) fail('EINVAL');
+        if (!fn) fail('EINVAL', 'hwpt_id is neither a nested HWPT nor a vIOMMU');
         fn(ctx, obj, req);
       }
     } finally {

@@ -152,6 +152,8 @@ interface AreaPins {
 export interface UnmapResult {
   unmapped: bigint;
   error?: ErrnoName;
+  /** Which check stopped the walk. */
+  reason?: string;
 }
 
 export class IoPagetable {
@@ -293,7 +295,7 @@ export class IoPagetable {
 
   /** Reserve [start, last] for `owner`: EADDRINUSE if it intersects an area or an allowed range. */
   reserve(start: bigint, last: bigint, owner: object): void {
-    if (this.areaFirst(start, last) || this.allowedHit(start, last)) fail('EADDRINUSE');
+    if (this.areaFirst(start, last) || this.allowedHit(start, last)) fail('EADDRINUSE', 'reserved range overlaps an area or an allowed range');
     this.emu.failPoint('ENOMEM');
     this.reserved.push({ start, last, owner });
   }
@@ -357,9 +359,9 @@ export class IoPagetable {
     return {
       tree,
       add(start: bigint, last: bigint): void {
-        if (start >= last) fail('EINVAL');
+        if (start >= last) fail('EINVAL', 'allowed range start >= last');
         const p = tree.getPairOrNextLower(last);
-        if (p && p[1] >= start) fail('EINVAL');
+        if (p && p[1] >= start) fail('EINVAL', 'allowed ranges overlap');
         emu.failPoint('ENOMEM');
         tree.set(start, last);
       },
@@ -368,7 +370,7 @@ export class IoPagetable {
 
   /** Replace the allowed ranges atomically: EADDRINUSE (old set kept) if one intersects a reserved range. */
   setAllowed(tree: BTree<bigint, bigint>): void {
-    for (const [s, l] of tree.entries()) if (this.reservedHit(s, l)) fail('EADDRINUSE');
+    for (const [s, l] of tree.entries()) if (this.reservedHit(s, l)) fail('EADDRINUSE', 'an allowed range overlaps a reserved range');
     this.freeGen++;
     this.allowed = tree;
   }
@@ -379,7 +381,7 @@ export class IoPagetable {
   private checkAlignment(align: bigint): void {
     const mask = align - 1n;
     for (const [, a] of this.areas.entries()) {
-      if ((a.iova & mask) || (a.length & mask) || (a.pageOffset & mask)) fail('EADDRINUSE');
+      if ((a.iova & mask) || (a.length & mask) || (a.pageOffset & mask)) fail('EADDRINUSE', 'an area is not aligned to the new IOVA alignment');
     }
   }
 
@@ -395,7 +397,7 @@ export class IoPagetable {
   /** IOMMU_OPTION_HUGE_PAGES = 0: EINVAL with domains and areas present; EADDRINUSE if an area is not page aligned. */
   disableLargePages(): void {
     if (this.largePagesDisabled) return;
-    if (this.domains.length > 0 && this.areas.size > 0) fail('EINVAL');
+    if (this.domains.length > 0 && this.areas.size > 0) fail('EINVAL', 'huge pages cannot be disabled while domains are attached and areas mapped');
     this.largePagesDisabled = true;
     try {
       this.recalcAlignment();
@@ -460,11 +462,11 @@ export class IoPagetable {
   /** Pick an IOVA for `length` bytes whose source starts at `addr` (VA, file offset): EOVERFLOW, EINVAL, ENOSPC. */
   allocIova(addr: bigint, length: bigint, useHints = true): bigint {
     const pageOffset = addr % PS;
-    if (length === 0n || length >= U64_MAX >> 1n) fail('EOVERFLOW');
+    if (length === 0n || length >= U64_MAX >> 1n) fail('EOVERFLOW', 'length is 0 or too large for automatic IOVA allocation');
     let align = roundupPow2(length);
     if (addr !== 0n) align = minB(align, lowBit(addr));
     if (align >= MAX_AUTO_ALIGN) align = MAX_AUTO_ALIGN;
-    if (align < this.align) fail('EINVAL');
+    if (align < this.align) fail('EINVAL', `the source's alignment is below the IOAS's IOVA alignment`);
 
     const lo = PS;
     const hi = U64_MAX - PS;
@@ -514,7 +516,7 @@ export class IoPagetable {
         return found;
       }
     }
-    fail('ENOSPC');
+    fail('ENOSPC', 'no free IOVA range is large enough');
   }
 
   /** Bumped whenever IOVA space is freed (area removed, reservation dropped, allowed set replaced). */
@@ -528,11 +530,11 @@ export class IoPagetable {
 
   /** Fixed-IOVA checks: EINVAL (alignment / reserved), EOVERFLOW, EEXIST (existing area). */
   private checkIova(iova: bigint, length: bigint): void {
-    if (iova & (this.align - 1n)) fail('EINVAL');
+    if (iova & (this.align - 1n)) fail('EINVAL', `iova is not aligned to the IOAS's IOVA alignment`);
     const last = iova + length - 1n;
-    if (last > U64_MAX) fail('EOVERFLOW');
-    if (this.reservedHit(iova, last)) fail('EINVAL');
-    if (this.areaFirst(iova, last)) fail('EEXIST');
+    if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
+    if (this.reservedHit(iova, last)) fail('EINVAL', '[iova, iova + length) hits a reserved range');
+    if (this.areaFirst(iova, last)) fail('EEXIST', '[iova, iova + length) overlaps an existing area');
   }
 
   // ---- mapping -------------------------------------------------------------------------
@@ -544,7 +546,7 @@ export class IoPagetable {
    */
   mapPages(segs: readonly PagesSeg[], length: bigint, iova: bigint | null, prot: number): bigint {
     for (let i = 0; i < segs.length; i++) this.emu.failPoint('ENOMEM');
-    if (length === 0n || (length & (this.align - 1n))) fail('EINVAL');
+    if (length === 0n || (length & (this.align - 1n))) fail('EINVAL', 'length is 0 or not a multiple of the IOVA alignment');
     let dst: bigint;
     if (iova === null) {
       const first = segs[0]!;
@@ -557,10 +559,10 @@ export class IoPagetable {
     try {
       let cur = dst;
       for (const seg of segs) {
-        if ((prot & IOMMU_WRITE) && !seg.pages.writable) fail('EPERM');
-        if ((seg.startByte % PS) & (this.align - 1n)) fail('EINVAL');
+        if ((prot & IOMMU_WRITE) && !seg.pages.writable) fail('EPERM', 'writable mapping of read-only memory');
+        if ((seg.startByte % PS) & (this.align - 1n)) fail('EINVAL', `the source's page offset is not aligned to the IOVA alignment`);
         const last = cur + seg.length - 1n;
-        if (last > U64_MAX) fail('EOVERFLOW');
+        if (last > U64_MAX) fail('EOVERFLOW', 'the mapping wraps past 2^64');
         const area = new Area(cur, last, seg.pages, shareSmall(seg.startByte), prot);
         this.areas.set(cur, area);
         created.push(area);
@@ -592,6 +594,7 @@ export class IoPagetable {
   }
 
   private fillArea(area: Area): void {
+    if (area.pages.revoked) return; // a revoked dma-buf maps nothing
     area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
     area.filled = true;
     if (this.emu.bus.on) this.pinEvent('pin', area.iova, area.last, 'domain');
@@ -679,9 +682,9 @@ export class IoPagetable {
    * EFAULT). Fully unwound on failure.
    */
   addDomain(domain: PagingDomain): void {
-    if (this.domains.includes(domain)) fail('EEXIST');
+    if (this.domains.includes(domain)) fail('EEXIST', 'domain already in this IOAS');
     const newAlign = maxB(lowBit(domain.pgsizeBitmap), this.align);
-    if (newAlign > PS) fail('EINVAL');
+    if (newAlign > PS) fail('EINVAL', `the domain's smallest page size is larger than PAGE_SIZE`);
     if (newAlign !== this.align) this.checkAlignment(newAlign);
     try {
       if (domain.apertureStart !== 0n) this.reserve(0n, domain.apertureStart - 1n, domain);
@@ -701,7 +704,7 @@ export class IoPagetable {
     const done: { area: Area; pinned: boolean }[] = [];
     try {
       for (const [, area] of this.areas.entries()) {
-        if (area.busy) continue;
+        if (area.busy || area.pages.revoked) continue;
         let pinned = false;
         if (!area.filled) {
           area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
@@ -767,14 +770,17 @@ export class IoPagetable {
     for (;;) {
       const area = this.areaFirst(start, last);
       if (!area) break;
-      if (area.busy || this.numLocks(area) > 0) return { unmapped, error: 'EBUSY' };
-      if (area.iova < start || area.last > last) return { unmapped, error: 'ENOENT' };
+      if (area.busy) return { unmapped, error: 'EBUSY', reason: 'an area in the range is being mapped' };
+      if (this.numLocks(area) > 0) return { unmapped, error: 'EBUSY', reason: 'an area in the range is locked (HW queue memory)' };
+      if (area.iova < start || area.last > last) {
+        return { unmapped, error: 'ENOENT', reason: 'an area crosses the edge of the range (areas are unmapped whole)' };
+      }
       if (area.iova !== start) tries = 0;
       if (this.numAccesses(area) > 0) {
         start = area.iova;
         area.preventAccess = true;
         this.notifyUnmap(area.iova, area.length);
-        if (++tries > UNMAP_NOTIFY_TRIES) return { unmapped, error: 'EDEADLK' };
+        if (++tries > UNMAP_NOTIFY_TRIES) return { unmapped, error: 'EDEADLK', reason: 'an in-kernel access does not unpin the area' };
         continue;
       }
       this.unfillArea(area);
@@ -808,14 +814,15 @@ export class IoPagetable {
 
   private split(area: Area, iova: bigint): void {
     if (iova === area.iova || iova === area.last) return;
-    if (area.busy || area.preventAccess) fail('EBUSY');
+    if (area.busy || area.preventAccess) fail('EBUSY', 'the area is being mapped or unmapped');
+    if (area.pages.dmabuf) fail('EOPNOTSUPP', 'area split: dma-buf area');
     const newStart = iova + 1n;
     const mask = this.align - 1n;
-    if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL');
+    if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL', 'the cut is not aligned to the IOVA alignment');
     this.emu.failPoint('ENOMEM');
     this.emu.failPoint('ENOMEM');
-    if (this.numAccesses(area) > 0 || this.numLocks(area) > 0) fail('EINVAL');
-    if (area.filled && !this.largePagesDisabled) fail('EINVAL');
+    if (this.numAccesses(area) > 0 || this.numLocks(area) > 0) fail('EINVAL', 'the area is pinned by an in-kernel access');
+    if (area.filled && !this.largePagesDisabled) fail('EINVAL', 'the area may be mapped with large pages (enable VFIO v1 / disable huge pages to cut it)');
     const lhs = new Area(area.iova, iova, area.pages, area.startByte, area.prot);
     const rhs = new Area(newStart, area.last, area.pages, area.byteAt(newStart), area.prot);
     lhs.busy = rhs.busy = false;
@@ -854,15 +861,15 @@ export class IoPagetable {
 
   /** IOAS_COPY source: the slices covering [iova, iova+length) (EINVAL, EOVERFLOW, ENOENT on a hole). */
   getPages(iova: bigint, length: bigint): PagesSeg[] {
-    if (length === 0n) fail('EINVAL');
+    if (length === 0n) fail('EINVAL', 'length is 0');
     const last = iova + length - 1n;
-    if (last > U64_MAX) fail('EOVERFLOW');
+    if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
     const segs: PagesSeg[] = [];
     const ok = this.walkContig(iova, last, (area, from, to) => {
       this.emu.failPoint('ENOMEM');
       segs.push({ pages: area.pages, startByte: area.byteAt(from), length: to - from + 1n });
     });
-    if (!ok) fail('ENOENT');
+    if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');
     return segs;
   }
 
@@ -877,9 +884,10 @@ export class IoPagetable {
     const out: PhysPage[] = [];
     try {
       const ok = this.walkContig(iova, last, (area, from, to, firstArea) => {
-        if (area.preventAccess || !this.contigAligned(area, from, to, firstArea, last)) fail('EINVAL');
-        if (!IoPagetable.protAllows(area, write)) fail('EPERM');
-        if (write && !area.pages.writable) fail('EPERM');
+        if (area.preventAccess || !this.contigAligned(area, from, to, firstArea, last)) fail('EINVAL', 'an unmap is in progress or an area boundary falls inside a page');
+        if (!IoPagetable.protAllows(area, write)) fail('EPERM', `the mapping's protection does not allow this access`);
+        if (write && !area.pages.writable) fail('EPERM', 'write access to read-only pages');
+        if (area.pages.dmabuf) fail('EINVAL', 'access pin: dma-buf area');
         const first = area.indexAt(from);
         const lastIdx = area.indexAt(to);
         for (const p of area.pages.pin(this.emu, first, lastIdx)) out.push(p);
@@ -887,7 +895,7 @@ export class IoPagetable {
         done.push({ area, first, lastIdx });
         if (this.emu.bus.on) this.pinEvent('pin', from, to, 'access', lock);
       });
-      if (!ok) fail('ENOENT');
+      if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');
     } catch (e) {
       for (const d of done) {
         d.area.pages.unpin(this.emu, d.first, d.lastIdx);
@@ -919,14 +927,14 @@ export class IoPagetable {
     const last = iova + BigInt(data.length) - 1n;
     let pos = 0;
     const ok = this.walkContig(iova, last, (area, from, to) => {
-      if (area.preventAccess) fail('EINVAL');
-      if (!IoPagetable.protAllows(area, write)) fail('EPERM');
+      if (area.preventAccess) fail('EINVAL', 'an unmap is in progress');
+      if (!IoPagetable.protAllows(area, write)) fail('EPERM', `the mapping's protection does not allow this access`);
       const n = Number(to - from + 1n);
       const chunk = data.subarray(pos, pos + n);
       area.pages.rw(area.byteAt(from), chunk, write, caller, slowPath);
       pos += n;
     });
-    if (!ok) fail('ENOENT');
+    if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');
   }
 
   private static protAllows(area: Area, write: boolean): boolean {
@@ -942,6 +950,23 @@ export class IoPagetable {
     if (area.byteAt(from) % PS !== 0n) return false;
     if (area.last < last && area.byteAt(area.last) % PS !== PS - 1n) return false;
     return true;
+  }
+
+  /**
+   * The exporter invalidated a dma-buf: every area of a live attachment of it is unmapped
+   * from every domain and emptied; the attachments are added to `hit` (the caller marks
+   * them revoked once every IOAS has done this: kernel, the importer's revoke notification).
+   */
+  dmabufUnmap(dmabuf: object, hit: Set<Pages>): void {
+    for (const [, area] of this.areas.entries()) {
+      if (area.pages.dmabuf !== dmabuf || area.pages.revoked) continue;
+      hit.add(area.pages);
+      if (!area.filled) continue;
+      for (const d of this.domains) d.unmap(area.iova, area.length);
+      area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
+      area.filled = false;
+      if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
+    }
   }
 
   // ---- lifetime ---------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import type { IommufdCtx, Ucmd } from './context.js';
 import { IoPagetable, U64_MAX } from './io_pagetable.js';
 import { IommufdObject, ObjType } from './object.js';
 import { AccountMode, chargeLocked, Pages, unchargeLocked } from './pages.js';
+import { DmaBuf } from './dmabuf.js';
+import type { Emulator } from './emulator.js';
+import type { FileBacking } from './usermem.js';
 
 const MAP_ALL = MAP_FLAGS.FIXED_IOVA | MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE;
 
@@ -90,7 +93,7 @@ function putU64(ucmd: Ucmd<any>, off: number, v: bigint): void {
 
 export function iommufdIoasAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_alloc>>): void {
   const cmd = ucmd.cmd;
-  if (cmd.flags) fail('EOPNOTSUPP');
+  if (cmd.flags) fail('EOPNOTSUPP', 'flags must be 0');
   const ctx = ucmd.ctx;
   ctx.createObj(new Ioas(ctx), (ioas) => {
     cmd.out_ioas_id = ioas.id;
@@ -102,7 +105,7 @@ export function iommufdIoasAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_alloc>>)
 
 export function iommufdIoasAllowIovas(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_allow_iovas>>): void {
   const cmd = ucmd.cmd;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const b = IoPagetable.allowedBuilder(ucmd.emu);
   for (let i = 0; i < cmd.num_iovas; i++) {
@@ -123,9 +126,9 @@ export function iommufdIoasCopy(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_copy>>): 
     cmd.flags = (cmd.flags & ~MOCK.FLAGS_ACCESS_SYZ) >>> 0;
     cmd.src_iova = syzConvIova(ctx.objects.find(cmd.src_ioas_id, ObjType.IOAS) as Ioas | undefined ?? null, cmd.src_iova);
   }
-  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP');
-  if (cmd.length >= U64_MAX || cmd.src_iova >= U64_MAX || cmd.dst_iova >= U64_MAX) fail('EOVERFLOW');
-  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP', 'flags has bits other than FIXED_IOVA|WRITEABLE|READABLE');
+  if (cmd.length >= U64_MAX || cmd.src_iova >= U64_MAX || cmd.dst_iova >= U64_MAX) fail('EOVERFLOW', 'length, src_iova or dst_iova is U64_MAX');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL', 'neither READABLE nor WRITEABLE');
   const src = getIoas(ctx, cmd.src_ioas_id);
   const segs = src.iopt.getPages(cmd.src_iova, cmd.length);
   const dst = getIoas(ctx, cmd.dst_ioas_id);
@@ -139,7 +142,7 @@ export function iommufdIoasCopy(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_copy>>): 
 
 export function iommufdIoasIovaRanges(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_iova_ranges>>): void {
   const cmd = ucmd.cmd;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const max = cmd.num_iovas;
   cmd.num_iovas = 0;
@@ -156,16 +159,16 @@ export function iommufdIoasIovaRanges(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_iov
     cmd.num_iovas++;
   }
   ucmd.respond();
-  if (cmd.num_iovas > max) fail('EMSGSIZE');
+  if (cmd.num_iovas > max) fail('EMSGSIZE', 'num_iovas is smaller than the number of usable ranges (the count was copied back)');
 }
 
 // ---- IOMMU_IOAS_MAP (01 §4.6) -------------------------------------------------------------------
 
 export function iommufdIoasMap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map>>): void {
   const cmd = ucmd.cmd;
-  if ((cmd.flags & ~MAP_ALL) || cmd.__reserved) fail('EOPNOTSUPP');
-  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
-  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  if ((cmd.flags & ~MAP_ALL) || cmd.__reserved) fail('EOPNOTSUPP', 'flags has unknown bits or __reserved is not 0');
+  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW', 'iova or length is U64_MAX');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL', 'neither READABLE nor WRITEABLE');
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = mapUserPages(ucmd, ioas, cmd.user_va, cmd.length, fixed ? cmd.iova : null, convIommuProt(cmd.flags));
@@ -178,23 +181,45 @@ export function iommufdIoasMap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map>>): vo
 
 export function iommufdIoasMapFile(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map_file>>): void {
   const cmd = ucmd.cmd;
-  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP');
-  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
-  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL');
+  if (cmd.flags & ~MAP_ALL) fail('EOPNOTSUPP', 'flags has bits other than FIXED_IOVA|WRITEABLE|READABLE');
+  if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW', 'iova or length is U64_MAX');
+  if (!(cmd.flags & (MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE))) fail('EINVAL', 'neither READABLE nor WRITEABLE');
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
-  if (cmd.length === 0n) fail('EINVAL');
-  if (cmd.start + cmd.length - 1n > U64_MAX) fail('EOVERFLOW');
+  if (cmd.length === 0n) fail('EINVAL', 'length is 0');
+  if (cmd.start + cmd.length - 1n > U64_MAX) fail('EOVERFLOW', 'start + length wraps past 2^64');
   const mem = ucmd.mem;
-  if (!mem.getFile || cmd.fd < 0) fail('EBADF');
-  const file = mem.getFile(cmd.fd);
   const prot = convIommuProt(cmd.flags);
-  const pages = Pages.file(ucmd.emu, file, cmd.start, cmd.length, (prot & IOMMU_WRITE) !== 0, mem.process);
-  applyAccountMode(ucmd.ctx, pages);
+  const writable = (prot & IOMMU_WRITE) !== 0;
+  let pages: Pages;
+  // dma_buf_get(fd) first (dma-bufs exist from 6.19 on); anything else is taken as a file (fget).
+  const emulated = cmd.fd >= 0 ? ucmd.caller.fds.lookup(cmd.fd) : undefined;
+  if (emulated instanceof DmaBuf) {
+    pages = Pages.dmabuf(ucmd.emu, emulated, cmd.start, cmd.length, writable, mem.process);
+  } else {
+    if (emulated) {
+      // An anonymous file of ours (fault queue, vEVENTQ...): fget succeeds, pinning never does.
+      pages = Pages.file(ucmd.emu, UNPINNABLE, cmd.start, cmd.length, writable, mem.process);
+    } else {
+      if (!mem.getFile || cmd.fd < 0) fail('EBADF', 'MAP_FILE: not an open file');
+      pages = Pages.file(ucmd.emu, mem.getFile(cmd.fd), cmd.start, cmd.length, writable, mem.process);
+    }
+    applyAccountMode(ucmd.ctx, pages);
+  }
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length: cmd.length }], cmd.length,
     fixed ? cmd.iova : null, prot);
   ioasEvent(ucmd, 'map_file', ioas, cmd.iova, cmd.length);
   ucmd.respond();
+}
+
+/** A file that is not shmem/hugetlbfs (an anonymous inode): mapped lazily, refused at pin time. */
+const UNPINNABLE: FileBacking = { pinnable: false, size: 0n, getPages: () => fail('EINVAL', 'file cannot be pinned') };
+
+/** Every IO page table of the emulator: the importers a dma-buf exporter notifies. */
+export function* allIopts(emu: Emulator): Generator<IoPagetable> {
+  for (const ctx of emu.contexts) {
+    for (const o of ctx.objects.all()) if (o instanceof Ioas) yield o.iopt;
+  }
 }
 
 // ---- IOMMU_IOAS_UNMAP (01 §4.8) -----------------------------------------------------------------------
@@ -205,16 +230,16 @@ export function iommufdIoasUnmap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_unmap>>)
   let unmapped: bigint;
   if (cmd.iova === 0n && cmd.length === U64_MAX) {
     const r = ioas.iopt.unmapAll();
-    if (r.error) fail(r.error);
+    if (r.error) fail(r.error, r.reason);
     unmapped = r.unmapped;
   } else {
-    if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW');
-    if (cmd.length === 0n) fail('EINVAL');
+    if (cmd.iova >= U64_MAX || cmd.length >= U64_MAX) fail('EOVERFLOW', 'iova or length is U64_MAX');
+    if (cmd.length === 0n) fail('EINVAL', 'length is 0');
     const last = cmd.iova + cmd.length - 1n;
-    if (last > U64_MAX) fail('EOVERFLOW');
+    if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
     const r = ioas.iopt.unmapRange(cmd.iova, last);
-    if (r.error) fail(r.error);
-    if (r.unmapped === 0n) fail('ENOENT');
+    if (r.error) fail(r.error, r.reason);
+    if (r.unmapped === 0n) fail('ENOENT', 'no area inside [iova, iova + length)');
     unmapped = r.unmapped;
   }
   ioasEvent(ucmd, 'unmap', ioas, cmd.iova, unmapped);
@@ -226,7 +251,7 @@ export function iommufdIoasUnmap(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_unmap>>)
 
 export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_change_process>>): void {
   const cmd = ucmd.cmd;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   const ctx = ucmd.ctx;
   const me = ucmd.mem.process;
   const ioases = ctx.objects.all().filter((o): o is Ioas => o instanceof Ioas && o.published);
@@ -234,8 +259,8 @@ export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_
   const pagesSet = new Set<Pages>();
   for (const ioas of ioases) {
     for (const area of ioas.iopt.allAreasIncludingBusy()) {
-      if (area.busy) fail('EBUSY');
-      if (!area.pages.isFile) fail('EINVAL');
+      if (area.busy) fail('EBUSY', 'an area is still being mapped');
+      if (!area.pages.isFile) fail('EINVAL', 'an area maps user memory, not a file (only MAP_FILE pages can change process)');
       pagesSet.add(area.pages);
     }
   }
@@ -297,20 +322,20 @@ export function iommufdIoasNoiommuGetPa(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_n
 export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   switch (cmd.option_id) {
     case OPTION.RLIMIT_MODE:
-      if (cmd.object_id) fail('EOPNOTSUPP');
+      if (cmd.object_id) fail('EOPNOTSUPP', 'RLIMIT_MODE takes object_id 0');
       if (cmd.op === OPTION.OP_GET) {
         cmd.val64 = ctx.accountMode === 1 ? 1n : 0n;
       } else if (cmd.op === OPTION.OP_SET) {
-        if (!ucmd.mem.process.capSysResource) fail('EPERM');
-        if (!ctx.objects.empty) fail('EBUSY');
+        if (!ucmd.mem.process.capSysResource) fail('EPERM', 'setting RLIMIT_MODE needs CAP_SYS_RESOURCE');
+        if (!ctx.objects.empty) fail('EBUSY', 'RLIMIT_MODE can only change while the context has no objects');
         if (cmd.val64 === 0n) ctx.accountMode = 0;
         else if (cmd.val64 === 1n) ctx.accountMode = 1;
-        else fail('EINVAL');
+        else fail('EINVAL', 'RLIMIT_MODE val64 must be 0 or 1');
       } else {
-        fail('EOPNOTSUPP');
+        fail('EOPNOTSUPP', 'op is neither GET nor SET');
       }
       break;
     case OPTION.HUGE_PAGES: {
@@ -320,14 +345,14 @@ export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void 
       } else if (cmd.op === OPTION.OP_SET) {
         if (cmd.val64 === 0n) ioas.iopt.disableLargePages();
         else if (cmd.val64 === 1n) ioas.iopt.enableLargePages();
-        else fail('EINVAL');
+        else fail('EINVAL', 'HUGE_PAGES val64 must be 0 or 1');
       } else {
-        fail('EOPNOTSUPP');
+        fail('EOPNOTSUPP', 'op is neither GET nor SET');
       }
       break;
     }
     default:
-      fail('EOPNOTSUPP');
+      fail('EOPNOTSUPP', 'unknown option_id');
   }
   // Only val64 goes back, not the whole struct.
   putU64(ucmd, S.iommu_option.fields.val64.offset, cmd.val64);
@@ -338,14 +363,14 @@ export function iommufdOption(ucmd: Ucmd<Decoded<typeof S.iommu_option>>): void 
 /** The VFIO-compat IOAS of a context: ENODEV when none is set. */
 export function getCompatIoas(ctx: IommufdCtx): Ioas {
   const ioas = ctx.vfioIoas;
-  if (!ioas || !(ioas instanceof Ioas) || ctx.objects.find(ioas.id, ObjType.IOAS) !== ioas) fail('ENODEV');
+  if (!ioas || !(ioas instanceof Ioas) || ctx.objects.find(ioas.id, ObjType.IOAS) !== ioas) fail('ENODEV', 'no compat IOAS set (VFIO_IOAS SET first)');
   return ioas;
 }
 
 export function iommufdVfioIoas(ucmd: Ucmd<Decoded<typeof S.iommu_vfio_ioas>>): void {
   const cmd = ucmd.cmd;
   const ctx = ucmd.ctx;
-  if (cmd.__reserved) fail('EOPNOTSUPP');
+  if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   switch (cmd.op) {
     case VFIO_IOAS_OP.GET:
       cmd.ioas_id = getCompatIoas(ctx).id;
@@ -358,6 +383,6 @@ export function iommufdVfioIoas(ucmd: Ucmd<Decoded<typeof S.iommu_vfio_ioas>>): 
       ctx.vfioIoas = null;
       return;
     default:
-      fail('EOPNOTSUPP');
+      fail('EOPNOTSUPP', 'op is not GET, SET or CLEAR');
   }
 }

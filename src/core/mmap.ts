@@ -21,7 +21,7 @@ function regions(ctx: IommufdCtx): Region[] {
 
 /** Register `pages` as a region owned by `owner`; offsets are allocated lowest-fit from PAGE_SIZE. */
 export function registerMmap(ctx: IommufdCtx, owner: IommufdObject, pages: PhysPage[]): bigint {
-  if (pages.length === 0) fail('EINVAL');
+  if (pages.length === 0) fail('EINVAL', 'a region needs pages');
   ctx.emu.failPoint('ENOMEM');
   const list = regions(ctx);
   const length = BigInt(pages.length * PAGE_SIZE);
@@ -65,11 +65,11 @@ export function iommufdMmap(ctx: IommufdCtx, offset: bigint, length: bigint, fla
     if (type !== MAP_SHARED && type !== MAP_PRIVATE && type !== MAP_SHARED_VALIDATE) fail('EINVAL', 'mmap: no mapping type');
     fail('ENODEV', 'mmap: /dev/iommu of this kernel has no mmap');
   }
-  if (length % BigInt(PAGE_SIZE) !== 0n || length === 0n) fail('EINVAL');
-  if (!(flags & MAP_SHARED)) fail('EINVAL');
-  if (prot & PROT_EXEC) fail('EPERM');
+  if (length % BigInt(PAGE_SIZE) !== 0n || length === 0n) fail('EINVAL', 'mmap: length is 0 or not a multiple of PAGE_SIZE');
+  if (!(flags & MAP_SHARED)) fail('EINVAL', 'mmap: only MAP_SHARED mappings');
+  if (prot & PROT_EXEC) fail('EPERM', 'mmap: PROT_EXEC is refused');
   const r = regions(ctx).find((x) => x.offset === offset && x.length === length);
-  if (!r || r.owner.users === 0) fail('ENXIO');
+  if (!r || r.owner.users === 0) fail('ENXIO', 'mmap: no region at this offset and length');
   return piece(ctx, r);
 }
 

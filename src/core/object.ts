@@ -127,7 +127,9 @@ export class ObjectTable {
   /** Look up a published object by ID and type (ANY matches all). Missing, unpublished, wrong type, tombstone: ENOENT. */
   get(id: number, type: ObjType): IommufdObject {
     const obj = this.objs.get(id);
-    if (!obj || !obj.published || obj instanceof Tombstone || (type !== ObjType.ANY && obj.type !== type)) fail('ENOENT');
+    if (!obj || !obj.published || obj instanceof Tombstone || (type !== ObjType.ANY && obj.type !== type)) {
+      fail('ENOENT', lookupMiss(obj, id, type));
+    }
     return obj;
   }
 
@@ -212,6 +214,15 @@ export class ObjectTable {
     this.freeIds.clear();
     this.nextId = 1;
   }
+}
+
+/** Why a lookup of `id` as `type` found nothing (ENOENT's reason). */
+function lookupMiss(obj: IommufdObject | undefined, id: number, type: ObjType): string {
+  const want = type === ObjType.ANY ? 'object' : ObjType[type];
+  if (!obj) return `no ${want} ${id}`;
+  if (obj instanceof Tombstone) return `${want} ${id} was destroyed with its device (a tombstone keeps the ID)`;
+  if (!obj.published) return `${ObjType[obj.type]} ${id} is still being created`;
+  return `object ${id} is a ${ObjType[obj.type]}, not a ${want}`;
 }
 
 /** How events and the graph name a holder. */

@@ -48,10 +48,10 @@ export class StaccessFile implements IommufdFile {
   }
 
   read(): number {
-    fail('EINVAL', 'read: the staccess file has no read method');
+    fail('EINVAL', 'the access file cannot be read');
   }
   write(): number {
-    fail('EINVAL', 'write: the staccess file has no write method');
+    fail('EINVAL', 'the access file cannot be written');
   }
   /** Readiness as the fd's readiness byte sees it (vfsPoll answers DEFAULT_POLLMASK to poll()). */
   poll(): number {
@@ -70,7 +70,7 @@ export class StaccessFile implements IommufdFile {
 
 function staccess(ucmd: Ucmd<TestCmd>, fd: number): StaccessFile {
   const f = ucmd.caller.fds.lookup(fd);
-  if (!(f instanceof StaccessFile) || !f.access) fail('EBADFD');
+  if (!(f instanceof StaccessFile) || !f.access) fail('EBADFD', 'id is not the fd of a selftest access');
   return f;
 }
 
@@ -85,9 +85,9 @@ function syzIova(access: Access, iova: bigint): bigint {
 // ADD_RESERVED (03 §4.3)
 registerTestOp(TEST_OP.ADD_RESERVED, (ucmd) => {
   const { start, length } = ucmd.cmd.u as { start: bigint; length: bigint };
-  if (length === 0n) fail('EINVAL');
+  if (length === 0n) fail('EINVAL', 'length is 0');
   const last = start + length - 1n;
-  if (last > U64_MAX) fail('EOVERFLOW');
+  if (last > U64_MAX) fail('EOVERFLOW', 'start + length wraps past 2^64');
   const ioas = getIoas(ucmd.ctx, ucmd.cmd.id);
   ioas.iopt.reserve(start, last, TEST_RESERVED_OWNER);
 });
@@ -96,17 +96,17 @@ registerTestOp(TEST_OP.ADD_RESERVED, (ucmd) => {
 registerTestOp(TEST_OP.MD_CHECK_REFS, (ucmd) => {
   const { length, uptr, refs } = ucmd.cmd.u as { length: bigint; uptr: bigint; refs: number };
   // check_add_overflow(uptr, length): a range ending exactly at 2^64 overflows too.
-  if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'MD_CHECK_REFS: unaligned or overflowing range');
+  if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'length or uptr not page aligned, or uptr + length overflows (2^64 included)');
   for (let off = 0n; off < length; off += PS) {
     const [page] = getUserPages(ucmd.mem, uptr + off, 1, false);
-    if (!page!.compound && page!.pins !== refs) fail('EIO', 'MD_CHECK_REFS: pin count differs');
+    if (!page!.compound && page!.pins !== refs) fail('EIO', `a page's pin count is not refs`);
   }
 });
 
 // CREATE_ACCESS (03 §4.8)
 registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   const u = ucmd.cmd.u as { out_access_fd: number; flags: number };
-  if (u.flags & ~MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) fail('EOPNOTSUPP');
+  if (u.flags & ~MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) fail('EOPNOTSUPP', 'flags has bits other than NEEDS_PIN_PAGES');
   const ctx = ucmd.ctx;
   ctx.emu.failPoint('ENOMEM');
   const file = new StaccessFile((u.flags & MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) !== 0);
@@ -134,7 +134,7 @@ registerTestOp(TEST_OP.DESTROY_ACCESS_PAGES, (ucmd) => {
   const { access_pages_id } = ucmd.cmd.u as { access_pages_id: number };
   const f = staccess(ucmd, ucmd.cmd.id);
   const i = f.items.findIndex((it) => it.id === access_pages_id);
-  if (i < 0) fail('ENOENT');
+  if (i < 0) fail('ENOENT', 'no pinned item with access_pages_id');
   const [it] = f.items.splice(i, 1);
   f.access!.unpinPages(it!.iova, it!.length);
 });
@@ -144,17 +144,17 @@ function checkPages(mem: UserMemory, uptr: bigint, pages: PhysPage[]): void {
   const base = uptr - (uptr % PS);
   for (let i = 0; i < pages.length; i++) {
     const [p] = getUserPages(mem, base + BigInt(i) * PS, 1, false);
-    if (p !== pages[i]) fail('EBADE', 'ACCESS_PAGES: pinned page is not the one behind uptr');
+    if (p !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
   }
 }
 
 // ACCESS_PAGES (03 §4.9)
 registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
   const u = ucmd.cmd.u as { flags: number; out_access_pages_id: number; iova: bigint; length: bigint; uptr: bigint };
-  if (u.length > BigInt(MOCK.ACCESS_LENGTH_MAX)) fail('ENOMEM');
-  if (u.flags & ~(MOCK.FLAGS_ACCESS_WRITE | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP');
+  if (u.length > BigInt(MOCK.ACCESS_LENGTH_MAX)) fail('ENOMEM', `length above the selftest's 16 MiB limit`);
+  if (u.flags & ~(MOCK.FLAGS_ACCESS_WRITE | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP', 'flags has bits other than WRITE|SYZ');
   const f = staccess(ucmd, ucmd.cmd.id);
-  if (!f.needsPin) fail('EOPNOTSUPP');
+  if (!f.needsPin) fail('EOPNOTSUPP', 'the access was not created with NEEDS_PIN_PAGES');
   const access = f.access!;
   let iova = u.iova;
   if (u.flags & MOCK.FLAGS_ACCESS_SYZ) iova = syzIova(access, iova);
@@ -182,8 +182,8 @@ registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
 // ACCESS_RW (03 §4.11)
 registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   const u = ucmd.cmd.u as { iova: bigint; length: bigint; uptr: bigint; flags: number };
-  if (u.length > BigInt(MOCK.ACCESS_LENGTH_MAX)) fail('ENOMEM');
-  if (u.flags & ~(MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP');
+  if (u.length > BigInt(MOCK.ACCESS_LENGTH_MAX)) fail('ENOMEM', `length above the selftest's 16 MiB limit`);
+  if (u.flags & ~(MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP', 'flags has bits other than WRITE|SLOW_PATH|SYZ');
   const f = staccess(ucmd, ucmd.cmd.id);
   const access = f.access!;
   ucmd.emu.failPoint('ENOMEM');
@@ -206,7 +206,7 @@ registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
 // SET_TEMP_MEMORY_LIMIT (03 §4.13)
 registerTestOp(TEST_OP.SET_TEMP_MEMORY_LIMIT, (ucmd) => {
   const { limit } = ucmd.cmd.u as { limit: number };
-  if (limit < 12) fail('EINVAL');
+  if (limit < 12) fail('EINVAL', 'limit below 12 pages');
   ucmd.emu.tempMemoryLimit = limit;
 });
 

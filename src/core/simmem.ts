@@ -9,7 +9,12 @@ const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
 /** Simulated page frames, numbered from the machine's one pfn space; huge pages as aligned runs. */
 export class PhysAllocator {
   alloc(): SimPage {
-    return new SimPage(PFNS.one(), false);
+    return new SimPage(PFNS.userPage(), false);
+  }
+  /** `n` small pages on consecutive frames. */
+  allocRun(n: number): SimPage[] {
+    const base = PFNS.run(n);
+    return Array.from({ length: n }, (_, i) => new SimPage(base + i, false));
   }
   allocHuge(): SimPage[] {
     const base = PFNS.huge();
@@ -51,6 +56,11 @@ export interface MmapOptions {
   prot?: number;
   shared?: boolean;
   hugetlb?: boolean;
+  /**
+   * Back the mapping now with physically contiguous small pages (as a contiguous
+   * allocator would); ordinary pages are faulted in one by one and never adjacent.
+   */
+  contiguous?: boolean;
 }
 
 let nextPid = 1000;
@@ -58,7 +68,7 @@ let nextPid = 1000;
 export function defaultProcess(over: Partial<ProcessInfo> = {}): ProcessInfo {
   return {
     pid: nextPid++, uid: 0, capSysResource: true, capIpcLock: true, capSysRawio: true,
-    memlockLimit: Infinity, lockedPages: 0, alive: true, ...over,
+    memlockLimit: Infinity, lockedPages: 0, pinnedPages: 0, alive: true, ...over,
   };
 }
 
@@ -86,6 +96,10 @@ export class SimMemory implements UserMemory {
     const first = base / PAGE_SIZE;
     for (let i = 0; i < size / PAGE_SIZE; i++) {
       this.pages.set(first + i, { prot, shared: !!opts.shared, huge: !!opts.hugetlb, page: null });
+    }
+    if (opts.contiguous && !opts.hugetlb) {
+      const run = this.phys.allocRun(size / PAGE_SIZE);
+      run.forEach((p, i) => (this.pages.get(first + i)!.page = p));
     }
     if (opts.hugetlb) {
       for (let i = 0; i < size / PAGE_SIZE; i += PAGES_PER_HUGE) {
@@ -133,7 +147,7 @@ export class SimMemory implements UserMemory {
 
   private mapping(idx: number, need: number): Mapping {
     const m = this.pages.get(idx);
-    if (!m || (m.prot & need) !== need) fail('EFAULT');
+    if (!m || (m.prot & need) !== need) fail('EFAULT', 'user memory not mapped with the needed protection');
     return m;
   }
 
@@ -143,7 +157,7 @@ export class SimMemory implements UserMemory {
 
   private access(addr: bigint, length: number, need: number, fn: (p: SimPage, off: number, done: number, n: number) => void): void {
     if (length === 0) return;
-    if (addr < 0n || addr + BigInt(length) > 1n << 64n) fail('EFAULT');
+    if (addr < 0n || addr + BigInt(length) > 1n << 64n) fail('EFAULT', 'user address range wraps past 2^64');
     let a = Number(addr);
     let done = 0;
     // Reads check the whole range first; writes are copy_to_user: the bytes before the
@@ -171,7 +185,7 @@ export class SimMemory implements UserMemory {
   }
 
   getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
-    if (!this.process.alive) fail('EFAULT');
+    if (!this.process.alive) fail('EFAULT', 'the process is gone');
     const first = Number(addr >> BigInt(PAGE_SHIFT));
     const out: PhysPage[] = [];
     for (let i = 0; i < npages; i++) out.push(this.page(this.mapping(first + i, write ? PROT_READ | PROT_WRITE : PROT_READ)));

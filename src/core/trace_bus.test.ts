@@ -180,3 +180,16 @@ test('lookups count as short-term users while the call runs, and only then', () 
   assert.equal(seen, 1); // VDEVICE_ALLOC had looked the vIOMMU up when it reserved the vDEVICE's ID
   assert.equal(viommu.shortUsers, 0);
 });
+
+test('the typed API\'s error names the ioctl and the failing check (HWPT_ALLOC on a parent that is not a nest parent)', () => {
+  const { fd, events } = recorded();
+  const ioas = fd.ioasAlloc();
+  const { idevId } = fd.mockDomain(ioas);
+  const plain = fd.hwptAlloc({ devId: idevId, ptId: ioas });
+  const data = encode(S.iommu_hwpt_selftest, { iotlb: MOCK.IOTLB_DEFAULT, pagetable_type: 0 });
+  assert.throws(() => fd.hwptAlloc({ devId: idevId, ptId: plain, dataType: MOCK.HWPT_DATA_SELFTEST, data }),
+    (e) => isErrno(e, 'EINVAL') && e.message === 'EINVAL: HWPT_ALLOC: pt_id is not a nest parent');
+  assert.deepEqual(only(events, 'fail').map((e) => [e.op, e.errno, e.reason]), [['HWPT_ALLOC', 'EINVAL', 'pt_id is not a nest parent']]);
+  // A lookup miss says what was looked for.
+  assert.throws(() => fd.destroy(99), (e) => isErrno(e, 'ENOENT') && e.message === 'ENOENT: DESTROY: no object 99');
+});

@@ -41,7 +41,7 @@ export class VfioSubsystem {
   /** open("/dev/vfio/devices/vfio<index>"): usable only after BIND_IOMMUFD. */
   openCdev(index: number): VfioDeviceFile {
     const dev = this.devices[index];
-    if (!dev || !dev.registered) fail('ENODEV');
+    if (!dev || !dev.registered) fail('ENODEV', 'no such VFIO device');
     this.emu.failPoint('ENOMEM');
     return new VfioDeviceFile(dev, null);
   }
@@ -49,7 +49,7 @@ export class VfioSubsystem {
   /** open("/dev/vfio/<id>"). */
   openGroup(id: number): VfioGroupFile {
     const g = this.groups.get(id);
-    if (!g) fail('ENODEV');
+    if (!g) fail('ENODEV', 'no such IOMMU group');
     return g.open();
   }
 

@@ -59,7 +59,7 @@ function checkExtension(ctx: IommufdCtx, type: number): number {
 }
 
 function setIommu(ctx: IommufdCtx, type: number): number {
-  if (type !== VFIO.TYPE1_IOMMU && type !== VFIO.TYPE1v2_IOMMU) fail('EINVAL');
+  if (type !== VFIO.TYPE1_IOMMU && type !== VFIO.TYPE1v2_IOMMU) fail('EINVAL', 'VFIO_SET_IOMMU: only TYPE1 and TYPE1v2');
   const ioas = getCompatIoas(ctx);
   // Type1 (v1) may unmap inside a mapping: only possible without large IOPTEs.
   if (type === VFIO.TYPE1_IOMMU) ioas.iopt.disableLargePages();
@@ -70,7 +70,7 @@ function mapDma(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   const b = readUser(ctx, caller, arg, MAP_MINSZ);
   const argsz = u32(b, 0);
   const flags = u32(b, 4);
-  if (argsz < MAP_MINSZ || (flags & ~(VFIO.DMA_MAP_FLAG_READ | VFIO.DMA_MAP_FLAG_WRITE))) fail('EINVAL');
+  if (argsz < MAP_MINSZ || (flags & ~(VFIO.DMA_MAP_FLAG_READ | VFIO.DMA_MAP_FLAG_WRITE))) fail('EINVAL', 'VFIO_IOMMU_MAP_DMA: argsz too small or unknown flags');
   let prot = IOMMU_CACHE;
   if (flags & VFIO.DMA_MAP_FLAG_READ) prot |= IOMMU_READ;
   if (flags & VFIO.DMA_MAP_FLAG_WRITE) prot |= IOMMU_WRITE;
@@ -85,12 +85,12 @@ function unmapDma(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   const flags = u32(b, 4);
   const iova = u64(b, 8);
   const size = u64(b, 16);
-  if (argsz < UNMAP_MINSZ || (flags & ~VFIO.DMA_UNMAP_FLAG_ALL)) fail('EINVAL');
+  if (argsz < UNMAP_MINSZ || (flags & ~VFIO.DMA_UNMAP_FLAG_ALL)) fail('EINVAL', 'VFIO_IOMMU_UNMAP_DMA: argsz too small or unknown flags');
   const ioas: Ioas = getCompatIoas(ctx);
   let unmapped = 0n;
   let error: string | undefined;
   if (flags & VFIO.DMA_UNMAP_FLAG_ALL) {
-    if (iova !== 0n || size !== 0n) fail('EINVAL');
+    if (iova !== 0n || size !== 0n) fail('EINVAL', 'VFIO_IOMMU_UNMAP_DMA: UNMAP_ALL needs iova and size 0');
     const r = ioas.iopt.unmapAll();
     unmapped = r.unmapped;
     error = r.error;
@@ -115,7 +115,7 @@ function unmapDma(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   new DataView(out.buffer).setBigUint64(16, unmapped, true);
   ctx.emu.failPoint('EFAULT');
   caller.mem.write(arg, out);
-  if (error) fail(error as 'EINVAL');
+  if (error) fail(error as 'EINVAL', 'VFIO_IOMMU_UNMAP_DMA: the range cannot be unmapped');
   return 0;
 }
 
@@ -134,7 +134,7 @@ function pageSizes(ioas: Ioas): bigint {
 function getInfo(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   const b = readUser(ctx, caller, arg, INFO_MINSZ);
   const argsz = u32(b, 0);
-  if (argsz < INFO_MINSZ) fail('EINVAL');
+  if (argsz < INFO_MINSZ) fail('EINVAL', 'VFIO_IOMMU_GET_INFO: argsz too small');
   const minsz = Math.min(argsz, INFO_SIZE);
   const ioas = getCompatIoas(ctx);
   const mem = caller.mem;
@@ -221,6 +221,6 @@ export function vfioCompatIoctl(ctx: IommufdCtx, request: number, arg: bigint, c
     case VFIO.IOMMU_UNMAP_DMA:
       return unmapDma(ctx, arg, caller);
     default:
-      fail('ENOTTY');
+      fail('ENOTTY', 'not a VFIO container ioctl');
   }
 }

@@ -66,7 +66,7 @@ export class VfioDeviceFile implements VfioFile {
   /** vfio_df_open: only the group path may open a device twice. */
   dfOpen(): void {
     const dev = this.device;
-    if (dev.openCount !== 0 && !this.group) fail('EINVAL');
+    if (dev.openCount !== 0 && !this.group) fail('EINVAL', 'VFIO device: already open through the cdev (the group cannot open it too)');
     dev.openCount++;
     if (dev.openCount === 1) {
       try {
@@ -80,7 +80,7 @@ export class VfioDeviceFile implements VfioFile {
 
   private firstOpen(): void {
     const dev = this.device;
-    if (!this.iommufd) fail('EINVAL');
+    if (!this.iommufd) fail('EINVAL', 'VFIO device: no iommufd bound');
     this.devid = dev.bindIommufd(this.iommufd);
     try {
       dev.openDevice();
@@ -103,10 +103,10 @@ export class VfioDeviceFile implements VfioFile {
   // ---- ioctl (vfio_device_fops_unl_ioctl) -------------------------------------------------------------
 
   ioctl(request: number, arg: bigint, caller: VfioCaller): number {
-    if (this.released) fail('EBADF');
+    if (this.released) fail('EBADF', 'VFIO device: the file is released');
     const req = request >>> 0;
     if (req === VFIO_REQ.DEVICE_BIND_IOMMUFD) return this.bindIommufd(arg, caller);
-    if (!this.accessGranted) fail('EINVAL');
+    if (!this.accessGranted) fail('EINVAL', 'VFIO device: not bound to an iommufd yet (BIND_IOMMUFD first)');
     this.device.pmRuntimeGet();
     if (!this.group) {
       if (req === VFIO_REQ.DEVICE_ATTACH_IOMMUFD_PT) return this.attachPt(arg, caller.mem);
@@ -129,16 +129,16 @@ export class VfioDeviceFile implements VfioFile {
     const tokens = version >= V.V6_17;
     const minsz = endOf(vfio_device_bind_iommufd, 'out_devid');
     const userSize = getUserU32(emu, caller.mem, arg);
-    if (userSize < minsz) fail('EINVAL');
+    if (userSize < minsz) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: argsz below the minimum');
     emu.failPoint('EFAULT');
     const bind = decode(vfio_device_bind_iommufd,
       copyStructFromUser(caller.mem, arg, userSize, structSize(vfio_device_bind_iommufd, version)), version);
-    if (bind.iommufd < 0 || bind.flags & ~(tokens ? VFIO_DEVICE_BIND_FLAG_TOKEN : 0)) fail('EINVAL');
-    if (this.group) fail('EINVAL');
+    if (bind.iommufd < 0 || bind.flags & ~(tokens ? VFIO_DEVICE_BIND_FLAG_TOKEN : 0)) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: iommufd < 0 or unknown flags');
+    if (this.group) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: the device was opened through its group');
     const group = this.device.group as VfioGroupLike | null;
     group?.blockForCdev();
     try {
-      if (this.accessGranted) fail('EINVAL');
+      if (this.accessGranted) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: already bound');
       if (tokens) {
         let uuid: Uint8Array | null = null;
         if (bind.flags & VFIO_DEVICE_BIND_FLAG_TOKEN) uuid = copyFromUser(emu, caller.mem, bind.token_uuid_ptr, 16);
@@ -188,12 +188,12 @@ export class VfioDeviceFile implements VfioFile {
     const raw = new Uint8Array(16);
     raw.set(copyFromUser(emu, mem, arg, minsz));
     const head = decode(vfio_device_attach_iommufd_pt, raw, version);
-    if (head.argsz < minsz) fail('EINVAL');
-    if (head.flags & ~pasidFlag) fail('EINVAL');
+    if (head.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: argsz below the minimum');
+    if (head.flags & ~pasidFlag) fail('EINVAL', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: unknown flags');
     const withPasid = !!(head.flags & pasidFlag);
     if (withPasid) {
       const xend = endOf(vfio_device_attach_iommufd_pt, 'pasid');
-      if (head.argsz < xend) fail('EINVAL');
+      if (head.argsz < xend) fail('EINVAL', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: argsz too small for the pasid field');
       raw.set(copyFromUser(emu, mem, arg + BigInt(minsz), xend - minsz), minsz);
     }
     const a = decode(vfio_device_attach_iommufd_pt, raw, version);
@@ -220,11 +220,11 @@ export class VfioDeviceFile implements VfioFile {
     const raw = new Uint8Array(12);
     raw.set(copyFromUser(emu, mem, arg, minsz));
     const head = decode(vfio_device_detach_iommufd_pt, raw, version);
-    if (head.argsz < minsz) fail('EINVAL');
-    if (head.flags & ~pasidFlag) fail('EINVAL');
+    if (head.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_DETACH_IOMMUFD_PT: argsz below the minimum');
+    if (head.flags & ~pasidFlag) fail('EINVAL', 'VFIO_DEVICE_DETACH_IOMMUFD_PT: unknown flags');
     if (head.flags & pasidFlag) {
       const xend = endOf(vfio_device_detach_iommufd_pt, 'pasid');
-      if (head.argsz < xend) fail('EINVAL');
+      if (head.argsz < xend) fail('EINVAL', 'VFIO_DEVICE_DETACH_IOMMUFD_PT: argsz too small for the pasid field');
       raw.set(copyFromUser(emu, mem, arg + BigInt(minsz), xend - minsz), minsz);
       this.device.pasidDetachIoas(decode(vfio_device_detach_iommufd_pt, raw, version).pasid);
     } else {
@@ -236,21 +236,21 @@ export class VfioDeviceFile implements VfioFile {
   // ---- read / write / mmap / poll / release ---------------------------------------------------------
 
   read(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (this.released) fail('EBADF');
-    if (!this.accessGranted) fail('EINVAL');
+    if (this.released) fail('EBADF', 'VFIO device: the file is released');
+    if (!this.accessGranted) fail('EINVAL', 'VFIO device: not bound to an iommufd yet');
     return this.device.rw(mem, buf, count, pos, false);
   }
 
   write(mem: UserMemory, buf: bigint, count: number, pos: bigint): number {
-    if (this.released) fail('EBADF');
-    if (!this.accessGranted) fail('EINVAL');
+    if (this.released) fail('EBADF', 'VFIO device: the file is released');
+    if (!this.accessGranted) fail('EINVAL', 'VFIO device: not bound to an iommufd yet');
     return this.device.rw(mem, buf, count, pos, true);
   }
 
   /** mmap(2) of the file at `offset` (region index << 40 + offset in the BAR). */
   mmap(offset: bigint, length: bigint, shared: boolean): BarMapping {
-    if (this.released) fail('EBADF');
-    if (!this.accessGranted) fail('EINVAL');
+    if (this.released) fail('EBADF', 'VFIO device: the file is released');
+    if (!this.accessGranted) fail('EINVAL', 'VFIO device: not bound to an iommufd yet');
     const m = this.device.mmapCheck(offset, length, shared);
     const dev = this.device;
     const check = (off: number, size: number) => {

@@ -44,7 +44,7 @@ export class VfioGroup implements VfioGroupLike {
 
   /** open("/dev/vfio/<id>"). */
   open(): VfioGroupFile {
-    if (!this.devices.some((d) => d.registered)) fail('ENODEV');
+    if (!this.devices.some((d) => d.registered)) fail('ENODEV', 'VFIO group: no device of the group is bound to vfio-pci');
     if (this.cdevDeviceOpenCnt) fail('EBUSY', 'a device of the group is open through its cdev');
     if (this.opened) fail('EBUSY', 'the group is already open');
     this.opened = new VfioGroupFile(this);
@@ -89,13 +89,13 @@ export class VfioGroupFile implements VfioFile {
   }
 
   ioctl(request: number, arg: bigint, caller: VfioCaller): number {
-    if (this.closed) fail('EBADF');
+    if (this.closed) fail('EBADF', 'VFIO group: the file is closed');
     switch (request >>> 0) {
       case VFIO_REQ.GROUP_GET_DEVICE_FD: return this.getDeviceFd(arg, caller);
       case VFIO_REQ.GROUP_GET_STATUS: return this.getStatus(arg, caller.mem);
       case VFIO_REQ.GROUP_SET_CONTAINER: return this.setContainer(arg, caller);
       case VFIO_REQ.GROUP_UNSET_CONTAINER: return this.unsetContainer();
-      default: fail('ENOTTY');
+      default: fail('ENOTTY', 'not a VFIO group ioctl');
     }
   }
 
@@ -106,7 +106,7 @@ export class VfioGroupFile implements VfioFile {
   private getStatus(arg: bigint, mem: UserMemory): number {
     const minsz = vfioMinsz('VFIO_GROUP_GET_STATUS');
     const st = decode(vfio_group_status, copyFromUser(this.emu, mem, arg, minsz));
-    if (st.argsz < minsz) fail('EINVAL');
+    if (st.argsz < minsz) fail('EINVAL', 'VFIO_GROUP_GET_STATUS: argsz below the minimum');
     let flags = 0;
     if (this.group.iommufd) flags = VFIO_GROUP_FLAGS.CONTAINER_SET | VFIO_GROUP_FLAGS.VIABLE;
     // Viable unless DMA ownership is held by someone else (an iommufd binding outside this group).
@@ -119,7 +119,7 @@ export class VfioGroupFile implements VfioFile {
   private setContainer(arg: bigint, caller: VfioCaller): number {
     const fd = getUserU32(this.emu, caller.mem, arg) | 0;
     const o = fd < 0 ? undefined : caller.files.resolve(fd);
-    if (!o) fail('EBADF');
+    if (!o) fail('EBADF', 'VFIO_GROUP_SET_CONTAINER: not an open container or iommufd fd');
     if (this.group.iommufd) fail('EINVAL', 'a container is set already');
     if (o.kind !== 'iommufd' || o.ctx.closed) fail('EBADFD', `fd ${fd} is neither a container nor an iommufd`);
     const ctx = o.ctx;
@@ -135,7 +135,7 @@ export class VfioGroupFile implements VfioFile {
   }
 
   private unsetContainer(): number {
-    if (!this.group.iommufd) fail('EINVAL');
+    if (!this.group.iommufd) fail('EINVAL', 'VFIO_GROUP_UNSET_CONTAINER: the group has no container');
     this.group.iommufd.put();
     this.group.iommufd = null;
     return 0;
@@ -192,10 +192,10 @@ export class VfioGroupFile implements VfioFile {
   }
 
   read(): number {
-    fail('EINVAL');
+    fail('EINVAL', 'the group file cannot be read');
   }
   write(): number {
-    fail('EINVAL');
+    fail('EINVAL', 'the group file cannot be written');
   }
   poll(): number {
     return POLLIN | POLLOUT | POLLRDNORM | POLLWRNORM;

@@ -147,7 +147,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
   /** First attach is an attach, later ones a replace; returns the resulting pt_id. */
   attachIoas(ptId: number): number {
     const idev = this.idev;
-    if (!idev) fail('EINVAL');
+    if (!idev) fail('EINVAL', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: the device is not bound');
     const out = this.iommufdAttached ? deviceReplace(idev, undefined, ptId) : deviceAttach(idev, undefined, ptId);
     this.iommufdAttached = true;
     return out;
@@ -161,10 +161,10 @@ export class VfioPciDevice implements VfioPciConfigHost {
 
   pasidAttachIoas(pasid: number, ptId: number): number {
     const idev = this.idev;
-    if (!idev) fail('EINVAL');
+    if (!idev) fail('EINVAL', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: the device is not bound');
     if (this.pasids.has(pasid)) return deviceReplace(idev, pasid, ptId);
     // ida_alloc_range(pasid, pasid): PASIDs above INT_MAX cannot be allocated.
-    if (pasid > 0x7fffffff) fail('ENOSPC');
+    if (pasid > 0x7fffffff) fail('ENOSPC', 'VFIO_DEVICE_ATTACH_IOMMUFD_PT: pasid above INT_MAX');
     this.pasids.add(pasid);
     try {
       return deviceAttach(idev, pasid, ptId);
@@ -330,14 +330,14 @@ export class VfioPciDevice implements VfioPciConfigHost {
       case VFIO_REQ.DEVICE_PCI_HOT_RESET: return this.hotReset(mem, arg);
       case VFIO_REQ.DEVICE_RESET: return this.reset();
       case VFIO_REQ.DEVICE_SET_IRQS: return this.setIrqs(caller, arg);
-      default: fail('ENOTTY');
+      default: fail('ENOTTY', 'not a vfio-pci device ioctl');
     }
   }
 
   private getInfo(mem: UserMemory, arg: bigint): number {
     const minsz = vfioMinsz('VFIO_DEVICE_GET_INFO');
     const info = decode(vfio_device_info, padTo(copyFromUser(this.emu, mem, arg, minsz), 24));
-    if (info.argsz < minsz) fail('EINVAL');
+    if (info.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_GET_INFO: argsz below the minimum');
     const n = Math.min(info.argsz, 24);
     info.flags = VFIO_DEVICE_FLAGS.PCI | (this.resetWorks ? VFIO_DEVICE_FLAGS.RESET : 0);
     info.num_regions = VFIO_PCI.NUM_REGIONS;
@@ -354,7 +354,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
     const minsz = vfioMinsz('VFIO_DEVICE_GET_REGION_INFO');
     const raw = copyFromUser(this.emu, mem, arg, minsz);
     const info = decode(vfio_region_info, raw);
-    if (info.argsz < minsz) fail('EINVAL');
+    if (info.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_GET_REGION_INFO: argsz below the minimum');
     const caps = new InfoCaps();
     const index = info.index;
     if (index === VFIO_PCI.CONFIG_REGION_INDEX) {
@@ -381,7 +381,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
       info.size = 0n;
     } else {
       // No VGA and no device-specific regions.
-      fail('EINVAL');
+      fail('EINVAL', 'VFIO_DEVICE_GET_REGION_INFO: no such region index');
     }
     if (caps.size) {
       info.flags |= VFIO_REGION_INFO_FLAG.CAPS;
@@ -400,7 +400,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
   private getIrqInfo(mem: UserMemory, arg: bigint): number {
     const minsz = vfioMinsz('VFIO_DEVICE_GET_IRQ_INFO');
     const info = decode(vfio_irq_info, copyFromUser(this.emu, mem, arg, minsz));
-    if (info.argsz < minsz || info.index >= VFIO_PCI.NUM_IRQS) fail('EINVAL');
+    if (info.argsz < minsz || info.index >= VFIO_PCI.NUM_IRQS) fail('EINVAL', 'VFIO_DEVICE_GET_IRQ_INFO: argsz below the minimum or no such IRQ index');
     info.flags = VFIO_IRQ_INFO.EVENTFD;
     info.count = this.irqs.count(info.index);
     if (info.index === VFIO_PCI.INTX_IRQ_INDEX) info.flags |= VFIO_IRQ_INFO.MASKABLE | VFIO_IRQ_INFO.AUTOMASKED;
@@ -414,7 +414,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
   private hotResetInfo(mem: UserMemory, arg: bigint): number {
     const minsz = vfioMinsz('VFIO_DEVICE_GET_PCI_HOT_RESET_INFO');
     const hdr = decode(vfio_pci_hot_reset_info, copyFromUser(this.emu, mem, arg, minsz));
-    if (hdr.argsz < minsz) fail('EINVAL');
+    if (hdr.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_GET_PCI_HOT_RESET_INFO: argsz below the minimum');
     fail('ENODEV', 'no slot or bus reset on the root bus');
   }
 
@@ -424,14 +424,14 @@ export class VfioPciDevice implements VfioPciConfigHost {
     const argsz = dv.getUint32(0, true);
     const flags = dv.getUint32(4, true);
     const count = dv.getUint32(8, true);
-    if (argsz < 12 || flags) fail('EINVAL');
+    if (argsz < 12 || flags) fail('EINVAL', 'VFIO_DEVICE_PCI_HOT_RESET: argsz below the minimum or flags not 0');
     // A zero-length array is only for cdev-opened devices.
-    if (!!count === this.cdevOpened) fail('EINVAL');
+    if (!!count === this.cdevOpened) fail('EINVAL', 'VFIO_DEVICE_PCI_HOT_RESET: an empty group list is for cdev-opened devices only');
     fail('ENODEV', 'no slot or bus reset on the root bus');
   }
 
   private reset(): number {
-    if (!this.resetWorks) fail('EINVAL');
+    if (!this.resetWorks) fail('EINVAL', 'VFIO_DEVICE_RESET: the device has no working reset');
     this.zapBars();
     this.powerState = 0;
     const r = this.tryReset();
@@ -445,18 +445,18 @@ export class VfioPciDevice implements VfioPciConfigHost {
     const max = this.irqs.count(hdr.index);
     // vfio_set_irqs_validate_and_prepare
     if (hdr.argsz < minsz || hdr.index >= VFIO_PCI.NUM_IRQS || hdr.count >= U32_MAX - hdr.start ||
-      hdr.flags & ~(VFIO_IRQ_SET.DATA_TYPE_MASK | VFIO_IRQ_SET.ACTION_TYPE_MASK)) fail('EINVAL');
-    if (hdr.start >= max || hdr.start + hdr.count > max) fail('EINVAL');
+      hdr.flags & ~(VFIO_IRQ_SET.DATA_TYPE_MASK | VFIO_IRQ_SET.ACTION_TYPE_MASK)) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: argsz, index, count or flags invalid');
+    if (hdr.start >= max || hdr.start + hdr.count > max) fail('EINVAL', `VFIO_DEVICE_SET_IRQS: start + count beyond the index's vectors`);
     let size: number;
     switch (hdr.flags & VFIO_IRQ_SET.DATA_TYPE_MASK) {
       case VFIO_IRQ_SET.DATA_NONE: size = 0; break;
       case VFIO_IRQ_SET.DATA_BOOL: size = 1; break;
       case VFIO_IRQ_SET.DATA_EVENTFD: size = 4; break;
-      default: fail('EINVAL');
+      default: fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: not exactly one data type');
     }
     let data: Uint8Array | null = null;
     if (size) {
-      if (hdr.argsz - minsz < hdr.count * size) fail('EINVAL');
+      if (hdr.argsz - minsz < hdr.count * size) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: argsz too small for count entries');
       this.emu.failPoint('ENOMEM');
       data = copyFromUser(this.emu, caller.mem, arg + BigInt(VFIO_IRQ_SET_DATA_OFFSET), hdr.count * size);
     }
@@ -468,9 +468,9 @@ export class VfioPciDevice implements VfioPciConfigHost {
     const F = VFIO_DEVICE_FEATURE;
     const minsz = vfioMinsz('VFIO_DEVICE_FEATURE');
     const hdr = decode(vfio_device_feature, copyFromUser(this.emu, caller.mem, arg, minsz));
-    if (hdr.argsz < minsz) fail('EINVAL');
-    if (hdr.flags & ~(F.MASK | F.SET | F.GET | F.PROBE)) fail('EINVAL');
-    if (!(hdr.flags & F.PROBE) && hdr.flags & F.SET && hdr.flags & F.GET) fail('EINVAL');
+    if (hdr.argsz < minsz) fail('EINVAL', 'VFIO_DEVICE_FEATURE: argsz below the minimum');
+    if (hdr.flags & ~(F.MASK | F.SET | F.GET | F.PROBE)) fail('EINVAL', 'VFIO_DEVICE_FEATURE: unknown flags');
+    if (!(hdr.flags & F.PROBE) && hdr.flags & F.SET && hdr.flags & F.GET) fail('EINVAL', 'VFIO_DEVICE_FEATURE: both SET and GET without PROBE');
     const argsz = hdr.argsz - minsz;
     const data = arg + BigInt(VFIO_FEATURE_DATA_OFFSET);
     switch (hdr.flags & F.MASK) {
@@ -480,7 +480,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
       case F.LOW_POWER_ENTRY_WITH_WAKEUP: {
         if (checkFeature(hdr.flags, argsz, F.SET, 8) !== 1) return 0;
         const e = decode(vfio_device_low_power_entry_with_wakeup, copyFromUser(this.emu, caller.mem, data, 8));
-        if (e.wakeup_eventfd < 0) fail('EINVAL');
+        if (e.wakeup_eventfd < 0) fail('EINVAL', 'VFIO_DEVICE_FEATURE: wakeup_eventfd < 0');
         const t = eventfdCtxFdget(caller, e.wakeup_eventfd);
         try {
           return this.pmEntry(t);
@@ -496,13 +496,13 @@ export class VfioPciDevice implements VfioPciConfigHost {
       // Migration and DMA logging need driver ops plain vfio-pci has not; the VF token needs a PF;
       // DMA_BUF export is not modelled; zPCI exists on s390 only.
       default:
-        fail('ENOTTY');
+        fail('ENOTTY', 'VFIO_DEVICE_FEATURE: feature not supported');
     }
   }
 
   private pmEntry(wake: EventFdCtx | null): number {
     this.zapBars();
-    if (this.pmRuntimeEngaged) fail('EINVAL');
+    if (this.pmRuntimeEngaged) fail('EINVAL', 'VFIO_DEVICE_FEATURE: low-power entry while already in low power');
     this.pmRuntimeEngaged = true;
     this.pmWake = wake;
     return 0;
@@ -520,12 +520,12 @@ export class VfioPciDevice implements VfioPciConfigHost {
   rw(mem: UserMemory, buf: bigint, count: number, pos: bigint, iswrite: boolean): number {
     if (!count) return 0;
     const index = Number(pos >> VFIO_PCI.OFFSET_SHIFT);
-    if (index >= VFIO_PCI.NUM_REGIONS) fail('EINVAL');
+    if (index >= VFIO_PCI.NUM_REGIONS) fail('EINVAL', 'vfio-pci read/write: no such region');
     this.pmRuntimeGet();
     const off = Number(pos & VFIO_PCI_OFFSET_MASK);
     if (index === VFIO_PCI.CONFIG_REGION_INDEX) return this.configRw(mem, buf, count, off, iswrite);
     if (index === VFIO_PCI.ROM_REGION_INDEX) {
-      if (iswrite) fail('EINVAL');
+      if (iswrite) fail('EINVAL', 'vfio-pci read/write: the ROM is read-only');
       fail('EINVAL', 'no expansion ROM');
     }
     if (index <= VFIO_PCI.BAR5_REGION_INDEX) return this.barRw(mem, buf, count, index, off, iswrite);
@@ -551,8 +551,8 @@ export class VfioPciDevice implements VfioPciConfigHost {
   /** vfio_pci_bar_rw: naturally aligned pieces up to 8 bytes; the MSI-X table reads as ones, writes are dropped. */
   private barRw(mem: UserMemory, buf: bigint, count: number, bar: number, pos: number, iswrite: boolean): number {
     const b = this.pci.bars[bar];
-    if (!b || !b.addr) fail('EINVAL');
-    if (pos >= b.size) fail('EINVAL');
+    if (!b || !b.addr) fail('EINVAL', 'vfio-pci read/write: the BAR is not implemented');
+    if (pos >= b.size) fail('EINVAL', 'vfio-pci read/write: offset beyond the BAR');
     count = Math.min(count, b.size - pos);
     const xStart = bar === this.msixBar ? this.msixOffset : 0;
     const xEnd = bar === this.msixBar ? this.msixOffset + this.msixSize : 0;
@@ -563,7 +563,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
       let n: number;
       if (fillable) {
         n = fillable >= 8 && !(pos % 8) ? 8 : fillable >= 4 && !(pos % 4) ? 4 : fillable >= 2 && !(pos % 2) ? 2 : 1;
-        if (!this.memoryEnabled()) fail('EIO');
+        if (!this.memoryEnabled()) fail('EIO', 'vfio-pci read/write: memory decoding is disabled');
         if (iswrite) {
           const v = copyFromUser(this.emu, mem, at, n);
           this.pci.mmioWrite(bar, pos, n as AccessSize, leBig(v));
@@ -583,18 +583,18 @@ export class VfioPciDevice implements VfioPciConfigHost {
 
   /** vfio_pci_core_mmap's checks: returns the BAR and the offset inside it. */
   mmapCheck(offset: bigint, length: bigint, shared: boolean): { bar: number; start: number; length: number } {
-    if (offset % PS || offset < 0n) fail('EINVAL');
+    if (offset % PS || offset < 0n) fail('EINVAL', 'vfio-pci mmap: offset not page aligned');
     const pgoff = offset / PS;
     const index = Number(pgoff >> (VFIO_PCI.OFFSET_SHIFT - 12n));
-    if (index >= VFIO_PCI.NUM_REGIONS) fail('EINVAL');
-    if (length < 0n) fail('EINVAL');
-    if (!shared) fail('EINVAL');
-    if (index >= VFIO_PCI.ROM_REGION_INDEX) fail('EINVAL');
-    if (!this.barMmapSupported[index]) fail('EINVAL');
+    if (index >= VFIO_PCI.NUM_REGIONS) fail('EINVAL', 'vfio-pci mmap: no such region');
+    if (length < 0n) fail('EINVAL', 'vfio-pci mmap: negative length');
+    if (!shared) fail('EINVAL', 'vfio-pci mmap: only MAP_SHARED mappings');
+    if (index >= VFIO_PCI.ROM_REGION_INDEX) fail('EINVAL', 'vfio-pci mmap: only BARs can be mapped');
+    if (!this.barMmapSupported[index]) fail('EINVAL', 'vfio-pci mmap: this BAR cannot be mapped');
     const bar = this.pci.bars[index]!;
     const physLen = BigInt(Math.ceil(bar.size / PAGE_SIZE) * PAGE_SIZE);
     const reqStart = (pgoff & ((1n << (VFIO_PCI.OFFSET_SHIFT - 12n)) - 1n)) * PS;
-    if (reqStart + length > physLen) fail('EINVAL');
+    if (reqStart + length > physLen) fail('EINVAL', 'vfio-pci mmap: the mapping runs past the BAR');
     return { bar: index, start: Number(reqStart), length: Number(length) };
   }
 
@@ -630,12 +630,12 @@ export class VfioPciDevice implements VfioPciConfigHost {
         }
         if (!vfToken && rest.startsWith('vf_token=')) {
           rest = rest.slice('vf_token='.length);
-          if (rest.length < UUID_STRING_LEN) fail('EINVAL');
+          if (rest.length < UUID_STRING_LEN) fail('EINVAL', 'VFIO_GROUP_GET_DEVICE_FD: vf_token is not a UUID');
           uuid = parseUuid(rest.slice(0, UUID_STRING_LEN));
           vfToken = true;
           rest = rest.slice(UUID_STRING_LEN);
         } else {
-          fail('EINVAL');
+          fail('EINVAL', 'VFIO_GROUP_GET_DEVICE_FD: unknown option after the device name');
         }
       }
     }
@@ -652,16 +652,16 @@ export class VfioPciDevice implements VfioPciConfigHost {
 /** vfio_check_feature: 1 = do it, 0 = PROBE answered; errors throw. */
 function checkFeature(flags: number, argsz: number, supported: number, minsz: number): number {
   const F = VFIO_DEVICE_FEATURE;
-  if (flags & (F.GET | F.SET) & ~supported) fail('EINVAL');
+  if (flags & (F.GET | F.SET) & ~supported) fail('EINVAL', 'VFIO_DEVICE_FEATURE: GET/SET not supported by this feature');
   if (flags & F.PROBE) return 0;
-  if (!(flags & (F.GET | F.SET))) fail('EINVAL');
-  if (argsz < minsz) fail('EINVAL');
+  if (!(flags & (F.GET | F.SET))) fail('EINVAL', 'VFIO_DEVICE_FEATURE: neither GET nor SET');
+  if (argsz < minsz) fail('EINVAL', `VFIO_DEVICE_FEATURE: argsz too small for the feature's data`);
   return 1;
 }
 
 /** uuid_parse: the 8-4-4-4-12 hex form; EINVAL otherwise. */
 export function parseUuid(s: string): Uint8Array {
-  if (!/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/.test(s)) fail('EINVAL');
+  if (!/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}/.test(s)) fail('EINVAL', 'not a UUID');
   return Uint8Array.from(Buffer.from(s.slice(0, 36).replace(/-/g, ''), 'hex'));
 }
 

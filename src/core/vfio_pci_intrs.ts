@@ -91,7 +91,7 @@ export class VfioPciIrqs {
         if (action === VFIO_IRQ_SET.ACTION_TRIGGER) return this.singleTrigger(caller, 'reqTrigger', start, count, flags, data);
         break;
     }
-    fail('ENOTTY');
+    fail('ENOTTY', 'VFIO_DEVICE_SET_IRQS: no such IRQ index');
   }
 
   private msiTrigger(caller: VfioCaller | null, index: number, start: number, count: number, flags: number, data: Uint8Array | null): number {
@@ -100,7 +100,7 @@ export class VfioPciIrqs {
       this.disable(msix);
       return 0;
     }
-    if (!(this.irqType === index || this.irqType === NONE)) fail('EINVAL');
+    if (!(this.irqType === index || this.irqType === NONE)) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: another interrupt type is enabled');
     if (flags & VFIO_IRQ_SET.DATA_EVENTFD) {
       const fds = data ? new DataView(data.buffer, data.byteOffset, data.byteLength) : null;
       if (this.irqType === index) {
@@ -117,7 +117,7 @@ export class VfioPciIrqs {
       }
       return 0;
     }
-    if (this.irqType !== index) fail('EINVAL');
+    if (this.irqType !== index) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: this interrupt type is not enabled');
     // DATA_NONE / DATA_BOOL on the active index: loopback triggering.
     for (let i = start; i < start + count; i++) {
       const t = this.ctx.get(i);
@@ -130,7 +130,7 @@ export class VfioPciIrqs {
 
   /** vfio_msi_enable: allocate `nvec` vectors; returns 0, or the (smaller) number available. */
   private enable(nvec: number, msix: boolean): number {
-    if (this.irqType !== NONE) fail('EINVAL');
+    if (this.irqType !== NONE) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: another interrupt type is enabled');
     const avail = this.count(msix ? VFIO_PCI.MSIX_IRQ_INDEX : VFIO_PCI.MSI_IRQ_INDEX);
     if (avail < nvec) return avail;
     this.withMemory(() => (msix ? this.hwMsixEnable() : this.hwMsiEnable(nvec)));
@@ -162,8 +162,8 @@ export class VfioPciIrqs {
     }
     if (fd < 0) return;
     // MSI vectors beyond those allocated do not exist; MSI-X ones are allocated on demand (x86 dynamic MSI-X).
-    if (v >= this.nvec && !msix) fail('EINVAL');
-    if (!caller) fail('EBADF');
+    if (v >= this.nvec && !msix) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: MSI vector beyond those enabled');
+    if (!caller) fail('EBADF', 'VFIO_DEVICE_SET_IRQS: no caller to resolve the eventfd');
     const trigger = eventfdCtxFdget(caller, fd);
     // The message is (re)written before the vector is unmasked.
     if (msix) this.withMemory(() => this.msixEntryProgram(v));
@@ -181,10 +181,10 @@ export class VfioPciIrqs {
   /** ERR / REQ (vfio_pci_set_ctx_trigger_single). */
   private singleTrigger(caller: VfioCaller | null, which: 'errTrigger' | 'reqTrigger', start: number, count: number,
     flags: number, data: Uint8Array | null): number {
-    if (start !== 0 || count > 1) fail('EINVAL');
+    if (start !== 0 || count > 1) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: ERR/REQ have one vector (start 0, count 1)');
     const cur = this[which];
     if (flags & VFIO_IRQ_SET.DATA_NONE) {
-      if (!cur) fail('EINVAL');
+      if (!cur) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: no eventfd set to trigger');
       if (count) {
         cur.signal();
         return 0;
@@ -194,12 +194,12 @@ export class VfioPciIrqs {
       return 0;
     }
     if (flags & VFIO_IRQ_SET.DATA_BOOL) {
-      if (!count) fail('EINVAL');
+      if (!count) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: count is 0');
       if (data![0]) cur?.signal();
       return 0;
     }
     if (flags & VFIO_IRQ_SET.DATA_EVENTFD) {
-      if (!count) fail('EINVAL');
+      if (!count) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: count is 0');
       const fd = new DataView(data!.buffer, data!.byteOffset, 4).getInt32(0, true);
       if (fd === -1) {
         cur?.put();
@@ -207,14 +207,14 @@ export class VfioPciIrqs {
         return 0;
       }
       if (fd >= 0) {
-        if (!caller) fail('EBADF');
+        if (!caller) fail('EBADF', 'VFIO_DEVICE_SET_IRQS: no caller to resolve the eventfd');
         const t = eventfdCtxFdget(caller, fd);
         cur?.put();
         this[which] = t;
         return 0;
       }
     }
-    fail('EINVAL');
+    fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: bad data type');
   }
 
   /** Drop the ERR/REQ triggers (close_device). */

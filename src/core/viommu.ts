@@ -64,7 +64,7 @@ export class Viommu extends IommufdObject implements ViommuCore {
 
   reportEvent(type: number, payload: Uint8Array): void {
     const q = this.veventqs.get(type);
-    if (!q) fail('EOPNOTSUPP');
+    if (!q) fail('EOPNOTSUPP', 'the vIOMMU has no vEVENTQ of this type');
     q.report(payload);
   }
 
@@ -110,22 +110,22 @@ export class Vdevice extends IommufdObject {
 
 function lookupParent(ctx: IommufdCtx, hwptId: number): ParentHwpt {
   const hwpt = ctx.get<ParentHwpt>(hwptId, ObjType.HWPT_PAGING);
-  if (!hwpt.nestParent) fail('EINVAL');
+  if (!hwpt.nestParent) fail('EINVAL', 'hwpt_id is not a nest parent');
   return hwpt;
 }
 
 /** IOMMU_VIOMMU_ALLOC (02 §3.3; pre-6.17 order behind profile.viommuTypeCheckFirst). */
 export function iommufdViommuAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_alloc>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.flags || cmd.type === 0) fail('EOPNOTSUPP');
+  if (cmd.flags || cmd.type === 0) fail('EOPNOTSUPP', 'flags must be 0 and type not 0');
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
   const vdrv = idev.dev.driver.viommu;
-  if (!vdrv) fail('EOPNOTSUPP');
+  if (!vdrv) fail('EOPNOTSUPP', `the device's IOMMU driver has no vIOMMU support`);
   const typeFirst = ctx.profile.viommuTypeCheckFirst;
-  if (typeFirst && !vdrv.viommuSupported(idev.dev, cmd.type)) fail('EOPNOTSUPP');
+  if (typeFirst && !vdrv.viommuSupported(idev.dev, cmd.type)) fail('EOPNOTSUPP', 'the driver does not support this vIOMMU type');
   const hwpt = lookupParent(ctx, cmd.hwpt_id);
   // Before 6.17 the driver's allocation callback rejected unknown types after the HWPT checks.
-  if (!typeFirst && !vdrv.viommuSupported(idev.dev, cmd.type)) fail('EOPNOTSUPP');
+  if (!typeFirst && !vdrv.viommuSupported(idev.dev, cmd.type)) fail('EOPNOTSUPP', 'the driver does not support this vIOMMU type');
   const data = cmd.data_len ? { type: cmd.type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem } : null;
   createViommu(ucmd, cmd.type, idev, hwpt, (viommu) => vdrv.viommuInit(viommu, data));
 }
@@ -144,18 +144,18 @@ function createViommu<T extends { out_viommu_id: number }>(ucmd: Ucmd<T>, type: 
 /** IOMMU_VDEVICE_ALLOC (02 §5.2; 6.13-6.16 rules without the one-per-device checks). */
 export function iommufdVdeviceAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_vdevice_alloc>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.virt_id > ULONG_MAX) fail('EINVAL');
+  if (cmd.virt_id > ULONG_MAX) fail('EINVAL', 'virt_id does not fit an unsigned long');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
-  if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL');
+  if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL', 'dev_id is behind another IOMMU instance than the vIOMMU');
   const perDevice = ctx.profile.vdeviceTombstone;
   if (perDevice) {
-    if (idev.unbinding) fail('ENOENT');
-    if (idev.vdev) fail('EEXIST');
+    if (idev.unbinding) fail('ENOENT', 'the device is being unbound');
+    if (idev.vdev) fail('EEXIST', 'the device already has a vDEVICE');
   }
   ctx.createObj(new Vdevice(viommu, idev, cmd.virt_id), (vdev) => {
     vdev.link(perDevice);
-    if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST');
+    if (viommu.vdevs.has(cmd.virt_id)) fail('EEXIST', 'virt_id is already used on this vIOMMU');
     viommu.vdevs.set(cmd.virt_id, vdev);
     // 6.17+: the driver's vDEVICE init (errors unwind through destroy()).
     if (perDevice) viommu.ops.vdeviceInit?.(viommu, idev.dev, cmd.virt_id);
@@ -180,10 +180,10 @@ export function vdeviceOnUnbind(ctx: IommufdCtx, idev: IdevLike): void {
 /** v1 IOMMU_VIOMMU_ALLOC (0x8f): only the core-managed DEFAULT type; type checked after the lookups. */
 export function iommufdViommuAllocV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_alloc_v1>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.flags) fail('EOPNOTSUPP');
+  if (cmd.flags) fail('EOPNOTSUPP', 'flags must be 0');
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
   const hwpt = lookupParent(ctx, cmd.hwpt_id);
-  if (cmd.type !== 0) fail('EOPNOTSUPP');
+  if (cmd.type !== 0) fail('EOPNOTSUPP', 'only the core-managed DEFAULT type (0) exists in this ABI');
   // Core-managed: nested domains come from the parent's driver; invalidation from its default hook.
   const drv = idev.dev.driver;
   createViommu(ucmd, 0, idev, hwpt, (viommu) => ({
@@ -197,14 +197,14 @@ export function iommufdViommuAllocV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_al
 /** v1 IOMMU_VIOMMU_SET_VDEV_ID (0x90): a table entry, not an object. */
 export function iommufdViommuSetVdevIdV1(ucmd: Ucmd<Decoded<typeof S.iommu_viommu_vdev_id_v1>>): void {
   const { cmd, ctx } = ucmd;
-  if (cmd.vdev_id > ULONG_MAX) fail('EINVAL');
+  if (cmd.vdev_id > ULONG_MAX) fail('EINVAL', 'vdev_id does not fit an unsigned long');
   // That series looked at the device's attachment before it looked up the vIOMMU.
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
   const hwpt = attachedHwpt(idev);
-  if (!(hwpt instanceof HwptNested)) fail('EINVAL');
+  if (!(hwpt instanceof HwptNested)) fail('EINVAL', 'the device is not attached to a nested HWPT');
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
-  if (hwpt.viommu !== viommu) fail('EINVAL');
-  if (viommu.v1VdevIds.has(cmd.vdev_id)) fail('EBUSY');
+  if (hwpt.viommu !== viommu) fail('EINVAL', `the device's nested HWPT is not on this vIOMMU`);
+  if (viommu.v1VdevIds.has(cmd.vdev_id)) fail('EBUSY', 'vdev_id is already set on this vIOMMU');
   ucmd.emu.failPoint('ENOMEM');
   viommu.v1VdevIds.set(cmd.vdev_id, idev);
 }
@@ -214,7 +214,7 @@ export function iommufdViommuUnsetVdevIdV1(ucmd: Ucmd<Decoded<typeof S.iommu_vio
   const { cmd, ctx } = ucmd;
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   const idev = ctx.get<IdevLike>(cmd.dev_id, ObjType.DEVICE);
-  if (viommu.v1VdevIds.get(cmd.vdev_id) !== idev) fail('EINVAL');
+  if (viommu.v1VdevIds.get(cmd.vdev_id) !== idev) fail('EINVAL', 'vdev_id is not set for this device on this vIOMMU');
   viommu.v1VdevIds.delete(cmd.vdev_id);
 }
 
@@ -231,7 +231,7 @@ export function v1ForgetDevice(ctx: IommufdCtx, idev: IdevLike): void {
 
 registerHwptAllocTarget(ObjType.VIOMMU, (ctx, idev, pt, flags, data) => {
   const viommu = pt as Viommu;
-  if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL');
+  if (idev.dev.iommuInstance !== viommu.iommuInstance) fail('EINVAL', 'dev_id is behind another IOMMU instance than the vIOMMU');
   const alloc = viommu.ops.allocDomainNested;
   return hwptNestedAllocOnViommu(ctx, viommu, viommu.hwpt, flags, data,
     alloc && ((f, d) => alloc(viommu, idev.dev, f, d)));
@@ -239,7 +239,7 @@ registerHwptAllocTarget(ObjType.VIOMMU, (ctx, idev, pt, flags, data) => {
 
 registerInvalidateTarget(ObjType.VIOMMU, (_ctx, obj, req) => {
   const viommu = obj as Viommu;
-  if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
+  if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP', 'the vIOMMU has no cache invalidation');
   viommu.ops.cacheInvalidate(viommu, req);
 });
 
@@ -256,17 +256,17 @@ export function iommufdViommuInvalidateV1(ucmd: Ucmd<Decoded<typeof S.iommu_viom
   let err: unknown = null;
   let viommu: Viommu | undefined;
   try {
-    if (cmd.__reserved) fail('EOPNOTSUPP');
-    if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len)) fail('EINVAL');
+    if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
+    if (cmd.entry_num && (!cmd.data_uptr || !cmd.entry_len)) fail('EINVAL', 'entry_num set but data_uptr or entry_len is 0');
     viommu = ctx.objects.find(cmd.viommu_id, ObjType.VIOMMU) as Viommu | undefined;
     if (viommu) {
-      if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP');
+      if (!viommu.ops.cacheInvalidate) fail('EOPNOTSUPP', 'the vIOMMU has no cache invalidation');
       viommu.ops.cacheInvalidate(viommu, req);
     }
   } catch (e) {
     err = e;
   }
-  if (!err && !viommu) fail('ENOENT'); // no copy-back on this path
+  if (!err && !viommu) fail('ENOENT', 'viommu_id is not a vIOMMU'); // no copy-back on this path
   if (viommu) invalidateEvent(ctx, viommu, cmd.data_type, cmd.entry_num, req.handled, err);
   cmd.entry_num = req.handled;
   ucmd.respond();

@@ -218,8 +218,8 @@ export interface ViommuDriver {
  * hold) -> EINVAL; unreadable -> EFAULT. The result is zero-extended to kernelLen.
  */
 export function copyUserData(data: UserData, type: number, minLen: number, kernelLen: number): Uint8Array {
-  if (data.type !== type) fail('EINVAL');
-  if (data.len < minLen || data.len > kernelLen) fail('EINVAL');
+  if (data.type !== type) fail('EINVAL', `driver data: data_type is not the driver's`);
+  if (data.len < minLen || data.len > kernelLen) fail('EINVAL', `driver data: data_len outside the driver struct's sizes`);
   const out = new Uint8Array(kernelLen);
   out.set(data.mem.read(data.uptr, data.len));
   return out;
@@ -227,9 +227,9 @@ export function copyUserData(data: UserData, type: number, minLen: number, kerne
 
 /** Copy entry `index` of an invalidation array with the per-entry rules (same errnos as copyUserData). */
 export function copyUserArrayEntry(req: InvalidateArray, type: number, index: number, minLen: number, kernelLen: number): Uint8Array {
-  if (req.type !== type) fail('EINVAL');
-  if (index >= req.entryNum || !req.entryLen) fail('EINVAL');
-  if (req.entryLen < minLen || req.entryLen > kernelLen) fail('EINVAL');
+  if (req.type !== type) fail('EINVAL', `invalidation array: data_type is not the driver's`);
+  if (index >= req.entryNum || !req.entryLen) fail('EINVAL', 'invalidation array: index past entry_num or entry_len is 0');
+  if (req.entryLen < minLen || req.entryLen > kernelLen) fail('EINVAL', `invalidation array: entry_len outside the driver struct's sizes`);
   const out = new Uint8Array(kernelLen);
   out.set(req.mem.read(req.uptr + BigInt(index) * BigInt(req.entryLen), req.entryLen));
   return out;

@@ -452,10 +452,14 @@ describe('server and shim (C clients)', { skip }, () => {
   });
 
   test('an iommufd mapping holds one reference per VMA piece: partial munmap, mprotect split, mremap, MAP_FIXED, fork, exit, exec', async () => {
+    const fds = () => fs.readdirSync('/proc/self/fd').length;
+    const before = fds();
     const r = await runClient('mmappieces');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK mmappieces/);
     await until(() => server.liveContexts === 0);
+    // the server keeps no memfd of a mapping that is gone
+    await until(() => fds() <= before);
   });
 
   test('an emulator bug on any path (open, ioctl, file op, mmap) is logged loudly and answered EIO; the server keeps serving', async () => {

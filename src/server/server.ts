@@ -20,10 +20,10 @@ import { Emulator } from '../core/emulator.js';
 import { POLLIN, vfsPoll, vfsRead, vfsWrite, type FdTable, type IommufdFile } from '../core/file.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
 import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
-import type { ProcessInfo } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { fdRules, KINDS } from './fdrules.js';
+import { ClientProcess } from './credentials.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
 import * as W from './wire.js';
@@ -54,7 +54,6 @@ function errText(neg: number): string {
   return errnoName(-neg) ?? `errno ${-neg}`;
 }
 
-const U64_MAX = (1n << 64n) - 1n;
 /** EPROTO (outside the uAPI's errno table): a shim built for another wire version. */
 const EPROTO = 71;
 
@@ -91,8 +90,14 @@ interface ProcState {
   maps: MapTable;
 }
 
-/** Mappings of iommufd fds a connection owns: handle -> one MmapHandle per VMA piece (vm_ops open/close). */
-type MapTable = Map<bigint, MmapHandle[]>;
+/** One iommufd mapping: one MmapHandle per VMA piece (vm_ops open/close), and the memfd it maps. */
+interface Mapping {
+  pieces: MmapHandle[];
+  region: RegionFd | null;
+}
+
+/** Mappings of iommufd fds a connection owns, by handle. */
+type MapTable = Map<bigint, Mapping>;
 
 /** A fork's holder socket: the child inherits it and holds its copies of the parent's mappings through it. */
 interface HolderEntry extends FileEntry {
@@ -103,8 +108,15 @@ interface HolderEntry extends FileEntry {
 /** Most VMA pieces one MREF may add (a split adds one or two). */
 const MREF_MAX = 1 << 16;
 
+function closeMapping(m: Mapping): void {
+  for (const h of m.pieces) h.close();
+  m.pieces.length = 0;
+  m.region?.put();
+  m.region = null;
+}
+
 function closeMaps(maps: MapTable): void {
-  for (const list of maps.values()) for (const h of list) h.close();
+  for (const m of maps.values()) closeMapping(m);
   maps.clear();
 }
 
@@ -216,11 +228,15 @@ class CallFdTable implements FdTable {
     return this.server.bindingOfFd(this.st, fd);
   }
 
-  install(file: IommufdFile): number {
+  /** The installed fd is not close-on-exec (the shim clears the flag the prepared socket has). */
+  keepOnExec = false;
+
+  install(file: IommufdFile, opts?: { cloexec?: boolean }): number {
     const b = this.ev;
     if (this.installed || this.evfd < 0 || !b || b.file || b.released) fail('ENOMEM', 'no event fd prepared by the shim');
     this.server.bindFile(b, file);
     this.installed = true;
+    this.keepOnExec = opts?.cloexec === false;
     return this.evfd;
   }
 
@@ -228,6 +244,17 @@ class CallFdTable implements FdTable {
     if (this.installed && fd === this.evfd) return this.ev?.file ?? undefined;
     const b = this.bindingOf(fd);
     return b && !b.released ? b.file ?? undefined : undefined;
+  }
+
+  isOpen(fd: number): boolean {
+    if (fd < 0) return false;
+    if (this.installed && fd === this.evfd) return true;
+    try {
+      fs.lstatSync(`/proc/${this.st.pid}/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   close(fd: number): void {
@@ -261,6 +288,7 @@ const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   MREF: (s, c, f) => s.mref(c, f),
   HOLDER: (s, c, f) => s.holderConn(c, f),
   MDUP: (s, c, f) => s.mdup(c, f),
+  PROCSTAT: (s, c, f) => s.procstat(c, f),
 };
 
 export class IommufdServer {
@@ -277,11 +305,14 @@ export class IommufdServer {
   readonly socketPath: string;
   readonly log: (msg: string) => void;
   private readonly grantCaps: readonly CapName[];
+  /** The granted capabilities as CAP bits, added to what every frame reports. */
+  private readonly grants: number;
   /** The PROVE reply's tables (kinds, fd rules), encoded once. */
   private readonly tables: { nkinds: number; nrules: number; bytes: Buffer };
 
   constructor(opts: ServerOptions) {
     this.grantCaps = opts.grantCaps ?? [];
+    this.grants = this.grantCaps.reduce((m, g) => m | CAP_BITS[g], 0);
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
     this.transport = opts.transport ?? new UnixTransport(opts.socketPath);
@@ -378,17 +409,7 @@ export class IommufdServer {
       return c.reject(`HELLO of wire version ${f.version} (this server speaks ${W.WIRE_VERSION}: rebuild the shim)`);
     }
     const pid = f.pid;
-    let caps = f.caps;
-    for (const g of this.grantCaps) caps |= CAP_BITS[g];
-    const info: ProcessInfo = {
-      pid, uid: f.uid,
-      capSysResource: !!(caps & W.CAP.SYS_RESOURCE),
-      capIpcLock: !!(caps & W.CAP.IPC_LOCK),
-      capSysRawio: !!(caps & W.CAP.SYS_RAWIO),
-      memlockLimit: f.memlock === U64_MAX ? Infinity : Number(f.memlock),
-      lockedPages: 0,
-      alive: true,
-    };
+    const info = new ClientProcess(pid, f.uid, f.caps | this.grants, f.memlock);
     let mem: ProcMemory;
     try {
       mem = new ProcMemory(info, this.registry);
@@ -513,6 +534,7 @@ export class IommufdServer {
     else {
       const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
         const h = iommufdMmap(entry.ctx, f.offset, f.length, f.flags, f.prot);
+        let region: RegionFd | null = null;
         try {
           let fd: number;
           try {
@@ -521,13 +543,13 @@ export class IommufdServer {
             fail('EBADF', `memfd ${f.memfd} of pid ${c.pid} cannot be opened`);
           }
           if (h.pages.length === 0) fs.closeSync(fd);
-          else shareRegion(h.pages, fd, this.registry);
+          else region = new RegionFd(fd, h.pages, this.registry);
         } catch (e) {
           h.close();
           throw e;
         }
         handle = this.nextHandle++;
-        st.maps.set(handle, [h]);
+        st.maps.set(handle, { pieces: [h], region });
         return 0;
       });
       err = r.ret;
@@ -545,15 +567,18 @@ export class IommufdServer {
   /** VMA pieces of a mapping appeared (split, move) or went (munmap): one reference each. */
   mref(c: Conn, f: W.ReqValues<'MREF'>): void {
     const maps = this.mapsOf(c);
-    const list = maps.get(f.handle);
+    const m = maps.get(f.handle);
     let status = 0;
-    if (!list || f.delta === 0 || f.delta > MREF_MAX || -f.delta > list.length) {
+    if (!m || f.delta === 0 || f.delta > MREF_MAX || -f.delta > m.pieces.length) {
       status = -ERRNO.EINVAL;
     } else if (f.delta > 0) {
-      for (let i = 0; i < f.delta; i++) list.push(list[0]!.open());
+      for (let i = 0; i < f.delta; i++) m.pieces.push(m.pieces[0]!.open());
     } else {
-      for (let i = 0; i < -f.delta; i++) list.pop()!.close();
-      if (list.length === 0) maps.delete(f.handle);
+      for (let i = 0; i < -f.delta; i++) m.pieces.pop()!.close();
+      if (m.pieces.length === 0) {
+        closeMapping(m);
+        maps.delete(f.handle);
+      }
     }
     this.status(c, W.REQ.MREF, status);
   }
@@ -580,20 +605,32 @@ export class IommufdServer {
     if (!h || h.pid !== pid || (c.kind === 'holder' && socketInode(h.pid, f.fd) !== c.holder!.ino)) {
       throw new Forged(`MDUP into holder ${f.holder} that the sender did not make`);
     }
-    const list = this.mapsOf(c).get(f.handle);
+    const m = this.mapsOf(c).get(f.handle);
     let err = 0;
     let handle = 0n;
-    if (!list || f.pieces === 0 || f.pieces > MREF_MAX) err = -ERRNO.EINVAL;
+    if (!m || f.pieces === 0 || f.pieces > MREF_MAX) err = -ERRNO.EINVAL;
     else {
       handle = this.nextHandle++;
       const copies: MmapHandle[] = [];
-      for (let i = 0; i < f.pieces; i++) copies.push(list[0]!.open());
-      h.maps.set(handle, copies);
+      for (let i = 0; i < f.pieces; i++) copies.push(m.pieces[0]!.open());
+      m.region?.get(); // the child maps the same memfd
+      h.maps.set(handle, { pieces: copies, region: m.region });
     }
     this.reply(c, W.REQ.MDUP, W.REP.mmap, { err, handle });
   }
 
   /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
+  /** The VmPin/VmLck counts of a process for its /proc status (readable by whoever can open that file). */
+  procstat(c: Conn, f: W.ReqValues<'PROCSTAT'>): void {
+    this.procOf(c);
+    const p = this.procs.get(f.pid)?.mem.process as ClientProcess | undefined;
+    if (!p) return this.reply(c, W.REQ.PROCSTAT, W.REP.procstat, { status: -ERRNO.ENOENT });
+    // The kernel's counters are unsigned: a count that went below zero (a CHANGE_PROCESS of
+    // pages charged to nobody, see ioas.ts) shows wrapped, as there.
+    const u64 = (n: number): bigint => BigInt.asUintN(64, BigInt(n));
+    this.reply(c, W.REQ.PROCSTAT, W.REP.procstat, { status: 0, pinned: u64(p.pinnedPages), locked: u64(p.lockedPages) });
+  }
+
   lookup(c: Conn, f: W.ReqValues<'LOOKUP'>): void {
     const st = this.procOf(c);
     const ino = socketInode(st.pid, f.fd);
@@ -658,7 +695,8 @@ export class IommufdServer {
     if (!entry) {
       ret = -ERRNO.EBADF;
     } else {
-      st.mem.process.memlockLimit = f.memlock === U64_MAX ? Infinity : Number(f.memlock);
+      const proc = st.mem.process as ClientProcess;
+      proc.beginCall(f, this.grants);
       st.mem.setGeneration(f.mapgen);
       // The struct's first bytes came inline: reads of them are served from
       // that copy, writes to them go back with the reply (see ProcMemory).
@@ -671,6 +709,7 @@ export class IommufdServer {
           () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
+        proc.endCall();
         st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
       }
     }
@@ -683,7 +722,8 @@ export class IommufdServer {
     // With the bytes the call wrote to the inline copy of the struct: the shim stores them.
     const tail = written ? written.data.subarray(written.lo, written.hi) : undefined;
     this.reply(c, W.REQ.IOCTL, W.REP.ioctl, {
-      ret: BigInt(ret), failnth: outFailnth, evused: fdt?.installed ? 1 : 0, woff: written ? written.lo : 0,
+      ret: BigInt(ret), failnth: outFailnth, woff: written ? written.lo : 0,
+      evused: fdt?.installed ? W.EVUSED.INSTALLED | (fdt.keepOnExec ? W.EVUSED.KEEP_ON_EXEC : 0) : 0,
     }, tail);
   }
 
@@ -696,6 +736,8 @@ export class IommufdServer {
    */
   /** Emulator bugs logged so far (the soak reports them). */
   bugs = 0;
+  /** Calls into the emulator served (open, ioctl, file op, mmap). */
+  calls = 0;
 
   /** An exception that is not an errno: an emulator bug, logged loudly the same way on every path. */
   bug(what: string, e: unknown): void {
@@ -705,6 +747,7 @@ export class IommufdServer {
 
   private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
+    this.calls++;
     this.emu.failNth = failnth;
     try {
       ret = fn();
@@ -789,41 +832,80 @@ export class IommufdServer {
 }
 
 /**
- * Make the region's pages live in `fd` (the memfd the client maps): their
- * current content is copied in, then the page objects read and write the
- * memfd, so the driver and the client mapping see each other's writes. A page
- * moved from an earlier mapping's memfd keeps that file's content as its own.
+ * The memfd behind a client's iommufd mapping (MMAP): the region's pages live
+ * in it while it is mapped, so the driver and the client see each other's
+ * writes. A page taken over by a newer mapping's memfd keeps that file's
+ * content as its own. When every mapping of this memfd is gone (all VMA
+ * pieces, in every process that inherited them), the pages it still holds get
+ * their content back in their own storage and the fd is closed.
  */
-const regionFdOf = new WeakMap<PhysPage, number>();
-const regionFdUsers = new Map<number, number>();
+const regionFdOf = new WeakMap<PhysPage, RegionFd>();
 
-function shareRegion(pages: readonly PhysPage[], fd: number, registry: PageRegistry): void {
-  for (const [i, p] of pages.entries()) {
-    const data = p.read(0, PAGE_SIZE);
-    fs.writeSync(fd, data, 0, PAGE_SIZE, i * PAGE_SIZE);
-    const old = regionFdOf.get(p);
-    if (old !== undefined) {
-      const n = (regionFdUsers.get(old) ?? 1) - 1;
-      if (n > 0) regionFdUsers.set(old, n);
-      else {
-        regionFdUsers.delete(old);
-        fs.closeSync(old);
-      }
+type PageIo = Pick<PhysPage, 'read' | 'write'>;
+
+class RegionFd {
+  /** Mappings (handle lists, in any process) using this memfd. */
+  private users = 1;
+  /** Pages whose content lives here: their own read/write, to restore. */
+  private readonly own = new Map<PhysPage, PageIo>();
+  private closed = false;
+
+  constructor(private readonly fd: number, pages: readonly PhysPage[], registry: PageRegistry) {
+    for (const [i, p] of pages.entries()) {
+      fs.writeSync(fd, p.read(0, PAGE_SIZE), 0, PAGE_SIZE, i * PAGE_SIZE);
+      const prev = regionFdOf.get(p);
+      const orig = prev ? prev.release(p) : { read: p.read, write: p.write };
+      this.own.set(p, orig);
+      regionFdOf.set(p, this);
+      const base = i * PAGE_SIZE;
+      const page = p as PhysPage & PageIo;
+      page.read = (offset: number, length: number): Uint8Array => {
+        registry.flushInline(); // the memfd may be where the caller's struct lives
+        const out = new Uint8Array(length);
+        fs.readSync(fd, out, 0, length, base + offset);
+        return out;
+      };
+      page.write = (offset: number, d: Uint8Array): void => {
+        registry.flushInline();
+        fs.writeSync(fd, d, 0, d.length, base + offset);
+      };
     }
-    regionFdOf.set(p, fd);
-    regionFdUsers.set(fd, (regionFdUsers.get(fd) ?? 0) + 1);
-    const base = i * PAGE_SIZE;
-    const page = p as PhysPage & { read: PhysPage['read']; write: PhysPage['write'] };
-    page.read = (offset: number, length: number): Uint8Array => {
-      registry.flushInline(); // the memfd may be where the caller's struct lives
-      const out = new Uint8Array(length);
-      fs.readSync(fd, out, 0, length, base + offset);
-      return out;
-    };
-    page.write = (offset: number, d: Uint8Array): void => {
-      registry.flushInline();
-      fs.writeSync(fd, d, 0, d.length, base + offset);
-    };
+    if (this.own.size === 0) this.close();
+  }
+
+  /** A newer mapping's memfd takes `p` over (its content already copied there): hand back its own I/O. */
+  private release(p: PhysPage): PageIo {
+    const orig = this.own.get(p)!;
+    this.own.delete(p);
+    if (this.own.size === 0) this.close();
+    return orig;
+  }
+
+  get(): void {
+    this.users++;
+  }
+
+  /** A mapping of this memfd is gone entirely. */
+  put(): void {
+    if (--this.users > 0 || this.closed) return;
+    for (const [p, orig] of this.own) {
+      const data = p.read(0, PAGE_SIZE);
+      const page = p as PhysPage & PageIo;
+      page.read = orig.read;
+      page.write = orig.write;
+      page.write(0, data);
+      regionFdOf.delete(p);
+    }
+    this.own.clear();
+    this.close();
+  }
+
+  private close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      fs.closeSync(this.fd);
+    } catch { /* gone */ }
   }
 }
 

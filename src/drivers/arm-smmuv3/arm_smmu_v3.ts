@@ -159,11 +159,11 @@ export class SmmuPagingDomain implements PagingDomain {
   }
 
   setDirtyTracking(): void {
-    fail('EOPNOTSUPP');
+    fail('EOPNOTSUPP', 'SMMUv3 domain: no dirty tracking');
   }
 
   readAndClearDirty(): void {
-    fail('EOPNOTSUPP');
+    fail('EOPNOTSUPP', 'SMMUv3 domain: no dirty tracking');
   }
 
   translate(req: DmaRequest): Translation {
@@ -221,7 +221,7 @@ export class ArmSmmuDevice {
         return v;
       }
     }
-    return fail('ENOSPC');
+    return fail('ENOSPC', 'SMMUv3: no free stream table entry');
   }
 
   /** Write an STE for every StreamID of `m` and make the SMMU re-read it (CFGI_STE + sync). */
@@ -369,7 +369,7 @@ export class ArmSmmuV3Driver implements IommuDriver {
   }
 
   private hwInfoOf(dev: DriverDevice, type: number): HwInfo {
-    if (type !== 0 && type !== HW_INFO_TYPE_ARM_SMMUV3) fail('EOPNOTSUPP');
+    if (type !== 0 && type !== HW_INFO_TYPE_ARM_SMMUV3) fail('EOPNOTSUPP', 'SMMUv3 has no hw_info of this type');
     this.emu.failPoint('ENOMEM');
     const s = (dev as SmmuMaster).smmu;
     const flags = this.abi.erratumFlag && s.cfg.erratumRepeatTlbiCfgi ? HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI : 0;
@@ -399,8 +399,8 @@ export class ArmSmmuV3Driver implements IommuDriver {
     const f = m.smmu.features;
     const allowed = HWPT_ALLOC.DIRTY_TRACKING | (this.abi.nesting ? HWPT_ALLOC.NEST_PARENT : 0) |
       (this.abi.pasidFlag ? HWPT_ALLOC.PASID : 0);
-    if (flags & ~allowed) fail('EOPNOTSUPP');
-    if (data) fail('EOPNOTSUPP');
+    if (flags & ~allowed) fail('EOPNOTSUPP', 'SMMUv3 paging alloc: unsupported flags');
+    if (data) fail('EOPNOTSUPP', 'SMMUv3 paging alloc takes no driver data');
     this.emu.failPoint('ENOMEM'); // arm_smmu_domain_alloc
     let stage: Stage;
     let nestParent = false;
@@ -409,25 +409,25 @@ export class ArmSmmuV3Driver implements IommuDriver {
         stage = f.s1 ? 1 : 2;
         break;
       case HWPT_ALLOC.NEST_PARENT:
-        if (!f.nesting) fail('EOPNOTSUPP');
+        if (!f.nesting) fail('EOPNOTSUPP', 'SMMUv3 paging alloc: NEST_PARENT without nesting support');
         stage = 2;
         nestParent = true;
         break;
       case HWPT_ALLOC.DIRTY_TRACKING:
       case HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.PASID:
       case HWPT_ALLOC.PASID:
-        if (!f.s1) fail('EOPNOTSUPP');
+        if (!f.s1) fail('EOPNOTSUPP', 'SMMUv3 paging alloc: no stage 1 on this SMMU');
         stage = 1;
         break;
       default:
-        fail('EOPNOTSUPP');
+        fail('EOPNOTSUPP', 'SMMUv3 paging alloc: unsupported flag combination');
     }
-    if (stage === 2 && flags & HWPT_ALLOC.DIRTY_TRACKING) fail('EOPNOTSUPP');
+    if (stage === 2 && flags & HWPT_ALLOC.DIRTY_TRACKING) fail('EOPNOTSUPP', 'SMMUv3 paging alloc: no dirty tracking on a stage-2 domain');
     let asid = 0;
     let vmid = 0;
     if (stage === 1) {
       for (asid = 1; asid < 2 ** f.asidBits && this.asids.has(asid); asid++);
-      if (asid >= 2 ** f.asidBits) fail('EBUSY');
+      if (asid >= 2 ** f.asidBits) fail('EBUSY', 'SMMUv3: no free ASID');
     } else {
       vmid = m.smmu.allocVmid();
     }
@@ -443,7 +443,7 @@ export class ArmSmmuV3Driver implements IommuDriver {
 
   attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void {
     const m = dev as SmmuMaster;
-    if (pasid !== undefined) fail('EINVAL'); // no kernel PASID support modelled (maxPasids = 0)
+    if (pasid !== undefined) fail('EINVAL', 'SMMUv3 attach: PASIDs are not supported'); // no kernel PASID support modelled (maxPasids = 0)
     if (!domain) {
       m.vmaster = null;
       m.atsEnabled = false;
@@ -453,13 +453,13 @@ export class ArmSmmuV3Driver implements IommuDriver {
       return;
     }
     if (domain instanceof SmmuPagingDomain) {
-      if (domain.smmu !== m.smmu) fail('EINVAL');
+      if (domain.smmu !== m.smmu) fail('EINVAL', 'SMMUv3 attach: the domain belongs to another SMMU');
       if (domain.stage === 1 && m.cdTable === null) {
         this.emu.failPoint('ENOMEM');
         m.cdTable = m.smmu.tables.alloc(64);
       }
       this.emu.failPoint('ENOMEM'); // arm_smmu_master_domain
-      if (domain.enforcingCoherency && !m.canwbs) fail('EINVAL');
+      if (domain.enforcingCoherency && !m.canwbs) fail('EINVAL', 'SMMUv3 attach: a coherency-enforcing domain on a master without CANWBS');
       m.vmaster = null;
       m.atsEnabled = this.capPciAtsSupported(m);
       this.detachFromOld(m);
@@ -474,19 +474,19 @@ export class ArmSmmuV3Driver implements IommuDriver {
       return;
     }
     const nd = domain as SmmuNestedDomain;
-    if (!nd.isSmmuNested) fail('EINVAL');
+    if (!nd.isSmmuNested) fail('EINVAL', 'SMMUv3 attach: not an SMMUv3 nested domain');
     this.attachNested(m, nd);
   }
 
   private attachNested(m: SmmuMaster, nd: SmmuNestedDomain): void {
-    if (nd.vsmmu.smmu !== m.smmu) fail('EINVAL');
+    if (nd.vsmmu.smmu !== m.smmu) fail('EINVAL', `SMMUv3 attach: the nested domain's vSMMU is on another SMMU`);
     const cfg = Number((nd.ste[0] >> 1n) & 7n);
     let vmaster: SmmuMaster['vmaster'] = null;
     if (this.abi.vevents) {
       const vsid = nd.vsmmu.core.virtIdOf(m);
       if (vsid === undefined) {
         // A translating vSTE needs the vSID (CD/ATC invalidations, events); abort/bypass may go without (GBPA).
-        if (cfg !== STE_CONFIG.ABORT && cfg !== STE_CONFIG.BYPASS) fail('ENOENT');
+        if (cfg !== STE_CONFIG.ABORT && cfg !== STE_CONFIG.BYPASS) fail('ENOENT', `SMMUv3 attach: a translating vSTE needs the device's vDEVICE (vSID)`);
       } else {
         this.emu.failPoint('ENOMEM');
         vmaster = { viommu: nd.vsmmu.core, vsid };
@@ -494,7 +494,7 @@ export class ArmSmmuV3Driver implements IommuDriver {
     }
     this.emu.failPoint('ENOMEM'); // arm_smmu_master_domain
     const parent = nd.vsmmu.s2Parent;
-    if (parent.enforcingCoherency && !m.canwbs) fail('EINVAL');
+    if (parent.enforcingCoherency && !m.canwbs) fail('EINVAL', 'SMMUv3 attach: a coherency-enforcing parent on a master without CANWBS');
     // The VM owns the device's ATS state: with a translating vSTE ATS follows its EATS.
     m.atsEnabled = this.capPciAtsSupported(m) && (cfg !== STE_CONFIG.S1_TRANS || nd.enableAts);
     this.detachFromOld(m);

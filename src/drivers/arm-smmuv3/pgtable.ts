@@ -171,7 +171,7 @@ export class LpaeTable {
       this.mem.read(ptep);
       if (P2[shift] === size) {
         if (!leafLevels(this.g).includes(level)) throw new Error(`no ${size}-byte leaf at level ${level}`);
-        if (D.lo & 1) fail('EEXIST');
+        if (D.lo & 1) fail('EEXIST', 'io-pgtable: IOVA already mapped');
         const lo = ((pa % 2 ** 32) & LO_MASK(shift)) >>> 0;
         this.mem.write(ptep, (lo | alo | (level === 3 ? PTE.PAGE : PTE.BLOCK)) >>> 0, (Math.floor(pa / 2 ** 32) | ahi) >>> 0);
         return;
@@ -184,7 +184,7 @@ export class LpaeTable {
       } else if ((D.lo & 3) === PTE.TABLE && level < 3) {
         table = this.tableAddr(D.lo, D.hi);
       } else {
-        fail('EEXIST');
+        fail('EEXIST', 'io-pgtable: IOVA already mapped by a block');
       }
     }
     throw new Error(`leaf size ${size} does not match granule 2^${this.g}`);
@@ -204,7 +204,7 @@ export class LpaeTable {
         const a = iova + done;
         const p = pa + done;
         const size = sizes.find((s) => a % s === 0 && p % s === 0 && s <= length - done);
-        if (size === undefined) fail('EINVAL');
+        if (size === undefined) fail('EINVAL', `io-pgtable: no page size fits the run's alignment`);
         this.map(a, p, size, prot);
         done += size;
       }

@@ -80,12 +80,12 @@ export class SmmuViommuDriver implements ViommuDriver {
     const parent = viommu.parent;
     const sameSmmu = parent instanceof SmmuPagingDomain && parent.smmu === m.smmu;
     if (!this.drv.abi.viommuSized) {
-      if (!f.nesting) fail('EOPNOTSUPP');
-      if (!sameSmmu) fail('EINVAL');
-      if (f.forceSync) fail('EOPNOTSUPP');
-      if (!m.canwbs && !f.s2fwb) fail('EOPNOTSUPP');
+      if (!f.nesting) fail('EOPNOTSUPP', 'SMMUv3 vIOMMU: the SMMU has no nesting');
+      if (!sameSmmu) fail('EINVAL', `SMMUv3 vIOMMU: the parent is not a domain of the device's SMMU`);
+      if (f.forceSync) fail('EOPNOTSUPP', 'SMMUv3 vIOMMU: the SMMU needs forced CMD_SYNC');
+      if (!m.canwbs && !f.s2fwb) fail('EOPNOTSUPP', 'SMMUv3 vIOMMU: neither CANWBS on the master nor S2FWB on the SMMU');
     } else if (!sameSmmu) {
-      fail('EINVAL');
+      fail('EINVAL', `SMMUv3 vIOMMU: the parent is not a domain of the device's SMMU`);
     }
     const p = parent as SmmuPagingDomain;
     const vsmmu: Vsmmu = { smmu: m.smmu, s2Parent: p, vmid: p.vmid, core: viommu };
@@ -94,14 +94,14 @@ export class SmmuViommuDriver implements ViommuDriver {
       cacheInvalidate: (_v, req) => this.cacheInvalidate(vsmmu, req),
       vdeviceInit: (_v, dev) => {
         // arm_vsmmu_vsid_to_sid maps a vSID to the first StreamID only.
-        if (this.drv.abi.vdeviceOneStream && (dev as SmmuMaster).sids.length !== 1) fail('EOPNOTSUPP');
+        if (this.drv.abi.vdeviceOneStream && (dev as SmmuMaster).sids.length !== 1) fail('EOPNOTSUPP', 'SMMUv3 vDEVICE: the master has more than one StreamID');
       },
     };
   }
 
   /** arm_vsmmu_alloc_domain_nested. */
   private allocNested(vsmmu: Vsmmu, flags: number, data: UserData): NestedDomain {
-    if (flags) fail('EOPNOTSUPP');
+    if (flags) fail('EOPNOTSUPP', 'SMMUv3 nested alloc: flags must be 0');
     const bytes = copyUserData(data, HWPT_DATA_ARM_SMMUV3, 16, 16);
     const v = validateVste(wordsFromBytes(bytes, 2) as [bigint, bigint]);
     this.drv.emu.failPoint('ENOMEM');
@@ -164,8 +164,8 @@ export class SmmuViommuDriver implements ViommuDriver {
 
 /** iommu_copy_struct_from_full_user_array for 16-byte commands. */
 function copyFullUserArray(req: InvalidateArray): bigint[][] {
-  if (req.type !== VIOMMU_INVALIDATE_DATA_ARM_SMMUV3) fail('EINVAL');
-  if (!req.entryNum) fail('EINVAL');
+  if (req.type !== VIOMMU_INVALIDATE_DATA_ARM_SMMUV3) fail('EINVAL', 'data_type is not IOMMU_VIOMMU_INVALIDATE_DATA_ARM_SMMUV3');
+  if (!req.entryNum) fail('EINVAL', 'entry_num is 0');
   const out: bigint[][] = [];
   if (req.entryLen === ENTRY_LEN) {
     const all = req.mem.read(req.uptr, req.entryNum * ENTRY_LEN);
@@ -175,7 +175,7 @@ function copyFullUserArray(req: InvalidateArray): bigint[][] {
   for (let i = 0; i < req.entryNum; i++) {
     // copy_struct_from_user: shorter entries are zero-extended, longer ones need a zero tail.
     const raw = req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), req.entryLen);
-    if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG');
+    if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG', `a command's bytes past 16 are not zero`);
     const e = new Uint8Array(ENTRY_LEN);
     e.set(raw.subarray(0, ENTRY_LEN));
     out.push(wordsFromBytes(e, 2));

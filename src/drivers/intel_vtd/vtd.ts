@@ -184,7 +184,7 @@ export class VtdPagingDomain implements PagingDomain {
 
   readAndClearDirty(_iova: bigint, _length: bigint, _noClear: boolean,
     mark: ((iova: bigint, length: bigint) => void) | null): void {
-    if (mark) fail('EINVAL');
+    if (mark) fail('EINVAL', 'VT-d domain: no dirty tracking');
   }
 
   free(): void {}
@@ -196,7 +196,7 @@ export class VtdDriver implements IommuDriver {
   constructor(readonly emu: Emulator) {}
 
   hwInfo(dev: DriverDevice, type: number): HwInfo {
-    if (type !== 0 && type !== HW_INFO_TYPE_INTEL_VTD) fail('EOPNOTSUPP');
+    if (type !== 0 && type !== HW_INFO_TYPE_INTEL_VTD) fail('EOPNOTSUPP', 'VT-d has no hw_info of this type');
     const unit = (dev as VtdDevice).unit;
     this.emu.failPoint('ENOMEM');
     return {
@@ -221,10 +221,10 @@ export class VtdDriver implements IommuDriver {
   /** Second-stage allocation (intel_iommu_domain_alloc_second_stage on a legacy-mode unit). */
   domainAllocPaging(dev: DriverDevice, flags: number, data: UserData | null): PagingDomain {
     const unit = (dev as VtdDevice).unit;
-    if (data) fail('EOPNOTSUPP');
-    if (flags & ~(HWPT_ALLOC.NEST_PARENT | HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.PASID)) fail('EOPNOTSUPP');
-    if (flags & HWPT_ALLOC.NEST_PARENT && !unit.regs.nested) fail('EOPNOTSUPP');
-    if (flags & HWPT_ALLOC.DIRTY_TRACKING) fail('EOPNOTSUPP');
+    if (data) fail('EOPNOTSUPP', 'VT-d paging alloc takes no driver data');
+    if (flags & ~(HWPT_ALLOC.NEST_PARENT | HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.PASID)) fail('EOPNOTSUPP', 'VT-d paging alloc: flags other than NEST_PARENT|DIRTY_TRACKING|PASID');
+    if (flags & HWPT_ALLOC.NEST_PARENT && !unit.regs.nested) fail('EOPNOTSUPP', 'VT-d paging alloc: NEST_PARENT on a unit without nested translation');
+    if (flags & HWPT_ALLOC.DIRTY_TRACKING) fail('EOPNOTSUPP', 'VT-d paging alloc: this unit has no dirty tracking');
     this.emu.failPoint('ENOMEM');
     return new VtdPagingDomain(this, unit, !!(flags & HWPT_ALLOC.NEST_PARENT));
   }
@@ -242,12 +242,12 @@ export class VtdDriver implements IommuDriver {
       vdev.attached = null;
       return;
     }
-    if (!(domain instanceof VtdPagingDomain)) fail('EINVAL');
+    if (!(domain instanceof VtdPagingDomain)) fail('EINVAL', 'VT-d attach: not a VT-d paging domain');
     const r = vdev.unit.regs;
-    if (r.mgaw < 48 && domain.apertureLast >= 1n << BigInt(r.mgaw)) fail('EINVAL');
-    if (domain.pgsizeBitmap & BigInt(SZ_1G) && !(r.sllps & 2)) fail('EINVAL');
-    if (domain.pgsizeBitmap & BigInt(SZ_2M) && !(r.sllps & 1)) fail('EINVAL');
-    if (domain.faultCapable && !vdev.caps.pri) fail('ENODEV');
+    if (r.mgaw < 48 && domain.apertureLast >= 1n << BigInt(r.mgaw)) fail('EINVAL', `VT-d attach: the domain's aperture exceeds the unit's MGAW`);
+    if (domain.pgsizeBitmap & BigInt(SZ_1G) && !(r.sllps & 2)) fail('EINVAL', 'VT-d attach: the domain uses 1 GiB pages the unit lacks');
+    if (domain.pgsizeBitmap & BigInt(SZ_2M) && !(r.sllps & 1)) fail('EINVAL', 'VT-d attach: the domain uses 2 MiB pages the unit lacks');
+    if (domain.faultCapable && !vdev.caps.pri) fail('ENODEV', 'VT-d attach: a fault-capable domain on a device without PRI');
     vdev.attached = domain;
   }
 

@@ -93,10 +93,10 @@ export class MockPagingDomain implements PagingDomain {
       runs.forEach((run, ri) => {
         let phys = BigInt(run.phys);
         let left = BigInt(run.length);
-        if (cur % SLOT || phys % SLOT || left % SLOT) fail('EINVAL');
+        if (cur % SLOT || phys % SLOT || left % SLOT) fail('EINVAL', 'mock domain: map not aligned to the 2 KiB mock page');
         while (left > 0n) {
           const pg = this.sizes.find((s) => cur % s === 0n && phys % s === 0n && left >= s);
-          if (pg === undefined) fail('EINVAL');
+          if (pg === undefined) fail('EINVAL', 'mock domain: no page size fits the run');
           for (let off = 0n; off < pg; off += SLOT) {
             let flags = pg !== SLOT ? SLOT_FLAGS.HUGE : 0;
             if (added.length === 0) flags |= SLOT_FLAGS.START;
@@ -127,7 +127,7 @@ export class MockPagingDomain implements PagingDomain {
   }
 
   setDirtyTracking(enable: boolean): void {
-    if (enable && !this.dirtyOps) fail('EINVAL');
+    if (enable && !this.dirtyOps) fail('EINVAL', 'mock domain: allocated without dirty tracking');
     this.tracking = enable;
   }
 
@@ -145,7 +145,7 @@ export class MockPagingDomain implements PagingDomain {
 
   readAndClearDirty(iova: bigint, length: bigint, noClear: boolean,
     mark: ((iova: bigint, length: bigint) => void) | null): void {
-    if (!this.tracking && mark) fail('EINVAL');
+    if (!this.tracking && mark) fail('EINVAL', 'mock domain: dirty tracking is off');
     const end = iova + length;
     let cur = iova;
     do {
@@ -191,12 +191,12 @@ export class MockNestedDomain implements NestedDomain {
   /** HWPT_INVALIDATE with IOMMU_HWPT_INVALIDATE_DATA_SELFTEST entries (03 §5.6). */
   cacheInvalidateUser(req: InvalidateArray): void {
     req.handled = 0;
-    if (req.type !== MOCK.HWPT_INVALIDATE_DATA_SELFTEST) fail('EINVAL');
+    if (req.type !== MOCK.HWPT_INVALIDATE_DATA_SELFTEST) fail('EINVAL', 'data_type is not the selftest invalidation type');
     for (let i = 0; i < req.entryNum; i++) {
       const inv = decode(S.iommu_hwpt_invalidate_selftest,
         copyUserArrayEntry(req, MOCK.HWPT_INVALIDATE_DATA_SELFTEST, i, 8, 8));
-      if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP');
-      if (inv.iotlb_id > MOCK.NESTED_DOMAIN_IOTLB_NUM - 1) fail('EINVAL');
+      if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP', 'mock invalidation entry: flags has bits other than ALL');
+      if (inv.iotlb_id > MOCK.NESTED_DOMAIN_IOTLB_NUM - 1) fail('EINVAL', 'mock invalidation entry: iotlb_id beyond the mock IOTLB');
       if (inv.flags & MOCK.INVALIDATE_FLAG_ALL) this.iotlb.fill(0);
       else this.iotlb[inv.iotlb_id] = 0;
       req.handled++;
@@ -241,7 +241,7 @@ export class MockDriver implements IommuDriver {
   }
 
   hwInfo(_dev: DriverDevice, type: number): HwInfo {
-    if (type !== 0 && type !== MOCK.HW_INFO_TYPE_SELFTEST) fail('EOPNOTSUPP');
+    if (type !== 0 && type !== MOCK.HW_INFO_TYPE_SELFTEST) fail('EOPNOTSUPP', 'the mock has no hw_info of this type');
     this.emu.failPoint('ENOMEM');
     return {
       type: MOCK.HW_INFO_TYPE_SELFTEST,
@@ -264,11 +264,11 @@ export class MockDriver implements IommuDriver {
     const dirty = !!(flags & HWPT_ALLOC.DIRTY_TRACKING);
     let pagetableType: number = MOCK_IOMMUPT.DEFAULT;
     if (this.gen === 'A') {
-      if (data) fail('EOPNOTSUPP');
-      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP');
+      if (data) fail('EOPNOTSUPP', 'the mock paging domain of this kernel takes no driver data');
+      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP', 'mock paging alloc: unsupported flags, or DIRTY_TRACKING on a no-dirty device');
     } else {
-      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP');
-      if (data && data.type !== MOCK.HWPT_DATA_SELFTEST && data.type !== 0) fail('EOPNOTSUPP');
+      if (flags & ~PAGING_FLAGS || (dirty && mdev.noDirty)) fail('EOPNOTSUPP', 'mock paging alloc: unsupported flags, or DIRTY_TRACKING on a no-dirty device');
+      if (data && data.type !== MOCK.HWPT_DATA_SELFTEST && data.type !== 0) fail('EOPNOTSUPP', 'mock paging alloc: data_type is not the selftest type');
       if (data) pagetableType = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, 8)).pagetable_type;
     }
     this.emu.failPoint('ENOMEM');
@@ -290,13 +290,13 @@ export class MockDriver implements IommuDriver {
   domainAllocNested(_dev: DriverDevice, parent: PagingDomain, flags: number, data: UserData): NestedDomain {
     const allowed = acceptedMask(this.emu.profile, 'iommufd_hwpt_alloc_flags') & HWPT_ALLOC.PASID;
     if (flags & ~allowed) fail('EOPNOTSUPP', 'mock nested alloc: flags other than ALLOC_PASID');
-    if (!isMockPaging(parent)) fail('EINVAL');
+    if (!isMockPaging(parent)) fail('EINVAL', 'the parent is not a mock paging domain');
     return this.allocNested(parent, data);
   }
 
   /** The common part of nested allocation (direct parent or vIOMMU). */
   allocNested(parent: PagingDomain, data: UserData, viommu?: unknown): MockNestedDomain {
-    if (data.type !== MOCK.HWPT_DATA_SELFTEST) fail('EOPNOTSUPP');
+    if (data.type !== MOCK.HWPT_DATA_SELFTEST) fail('EOPNOTSUPP', 'data_type is not IOMMU_HWPT_DATA_SELFTEST');
     const kernelLen = this.gen === 'A' ? 4 : 8;
     const cfg = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, kernelLen));
     this.emu.failPoint('ENOMEM');
@@ -306,7 +306,7 @@ export class MockDriver implements IommuDriver {
   attach(dev: DriverDevice, domain: IommuDomain | null, pasid: number | undefined): void {
     const mdev = dev as MockDevice;
     if (pasid === undefined) {
-      if (domain && domain.kind === 'paging' && domain.dirtyOps && mdev.noDirty) fail('EINVAL');
+      if (domain && domain.kind === 'paging' && domain.dirtyOps && mdev.noDirty) fail('EINVAL', 'mock attach: a dirty-tracking domain on a no-dirty device');
       let viommu: unknown = null;
       let vdevId = 0n;
       // The mock records the device's virtual ID for TRIGGER_VEVENT: kernels with that op
@@ -314,7 +314,7 @@ export class MockDriver implements IommuDriver {
       if (domain && domain.kind === 'nested' && domain.viommu && this.triggerVevent) {
         viommu = domain.viommu;
         const id = this.vdevIdOf?.(viommu, dev);
-        if (id === undefined) fail('ENOENT');
+        if (id === undefined) fail('ENOENT', `mock attach: the device has no vDEVICE on the domain's vIOMMU`);
         vdevId = id;
       }
       // The captured (vIOMMU, virt_id) only changes when the vIOMMU does.
@@ -330,7 +330,7 @@ export class MockDriver implements IommuDriver {
         mdev.pasid1024FakeError = false;
       } else if (mdev.pasid1024FakeError) {
         mdev.pasid1024FakeError = false;
-        fail('ENOMEM');
+        fail('ENOMEM', 'mock attach: the one-shot PASID 1024 failure');
       } else {
         mdev.pasid1024FakeError = true;
       }

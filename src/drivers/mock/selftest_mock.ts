@@ -6,7 +6,10 @@ import type { IommufdCtx, Ucmd } from '../../core/context.js';
 import {
   deviceAttach, deviceBind, deviceDetach, deviceReplace, deviceUnbind, NO_PASID, type Device,
 } from '../../core/device.js';
+import { DmaBuf } from '../../core/dmabuf.js';
 import { reportDeviceFault } from '../../core/fault.js';
+import { installFile } from '../../core/file.js';
+import { allIopts } from '../../core/ioas.js';
 import type { HwptNested, HwptPaging } from '../../core/hwpt.js';
 import { IommufdObject, ObjType } from '../../core/object.js';
 import { registerTestOp, type TestCmd } from '../../core/selftest.js';
@@ -47,13 +50,13 @@ export class SelftestObj extends IommufdObject {
 
 function getStdev(ucmd: Ucmd<TestCmd>): SelftestObj & { idev: Device; mockDev: MockDevice } {
   const sobj = ucmd.ctx.get<SelftestObj>(ucmd.cmd.id, ObjType.SELFTEST);
-  if (sobj.kind !== 'idev' || !sobj.idev || !sobj.mockDev) fail('EINVAL');
+  if (sobj.kind !== 'idev' || !sobj.idev || !sobj.mockDev) fail('EINVAL', `id is not a mock device's selftest object`);
   return sobj as SelftestObj & { idev: Device; mockDev: MockDevice };
 }
 
 function getMockPaging(ctx: IommufdCtx, id: number): MockPaging {
   const hwpt = ctx.get<HwptPaging>(id, ObjType.HWPT_PAGING);
-  if (!isMockPaging(hwpt.domain)) fail('EINVAL');
+  if (!isMockPaging(hwpt.domain)) fail('EINVAL', `the HWPT's domain is not a mock domain`);
   return hwpt.domain;
 }
 
@@ -117,17 +120,17 @@ function mdCheckMap(ucmd: Ucmd<TestCmd>): void {
 /** MD_CHECK_IOTLB (03 §4.6). */
 function mdCheckIotlb(ucmd: Ucmd<TestCmd>): void {
   const hwpt = ucmd.ctx.get<HwptNested>(ucmd.cmd.id, ObjType.HWPT_NESTED);
-  if (!(hwpt.domain instanceof MockNestedDomain)) fail('EINVAL');
+  if (!(hwpt.domain instanceof MockNestedDomain)) fail('EINVAL', `the HWPT's domain is not a mock nested domain`);
   const u = ucmd.cmd.u as { id: number; iotlb: number };
-  if (u.id >= MOCK.NESTED_DOMAIN_IOTLB_NUM || hwpt.domain.iotlb[u.id] !== u.iotlb) fail('EINVAL');
+  if (u.id >= MOCK.NESTED_DOMAIN_IOTLB_NUM || hwpt.domain.iotlb[u.id] !== u.iotlb) fail('EINVAL', 'iotlb id out of range or the IOTLB entry differs');
 }
 
 /** DEV_CHECK_CACHE (03 §4.7): `id` is the DEVICE id. */
 function devCheckCache(ucmd: Ucmd<TestCmd>): void {
   const idev = ucmd.ctx.get<Device>(ucmd.cmd.id, ObjType.DEVICE);
   const u = ucmd.cmd.u as { id: number; cache: number };
-  if (!(idev.dev instanceof MockDevice)) fail('EINVAL');
-  if (u.id >= MOCK.DEV_CACHE_NUM || idev.dev.cache[u.id] !== u.cache) fail('EINVAL');
+  if (!(idev.dev instanceof MockDevice)) fail('EINVAL', 'the device is not a mock device');
+  if (u.id >= MOCK.DEV_CACHE_NUM || idev.dev.cache[u.id] !== u.cache) fail('EINVAL', 'cache id out of range or the cache entry differs');
 }
 
 /** DIRTY (03 §4.14): mark mock IOPTEs dirty from a user bitmap. */
@@ -135,11 +138,11 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
   const { ctx } = ucmd;
   const u = ucmd.cmd.u as { flags: number; iova: bigint; length: bigint; page_size: bigint; uptr: bigint; out_nr_dirty: bigint };
   const ps = u.page_size;
-  if (!ps || !u.length || u.iova % ps || u.length % ps || !u.uptr) fail('EINVAL');
+  if (!ps || !u.length || u.iova % ps || u.length % ps || !u.uptr) fail('EINVAL', 'page_size, length, iova or uptr is 0 or misaligned');
   const max = u.length / ps;
-  if (max > 1n << 27n) fail('EOVERFLOW');
+  if (max > 1n << 27n) fail('EOVERFLOW', 'more than 2^27 pages');
   const domain = getMockPaging(ctx, ucmd.cmd.id);
-  if (!domain.tracking) fail('EINVAL');
+  if (!domain.tracking) fail('EINVAL', 'dirty tracking is off');
   ucmd.emu.failPoint('ENOMEM');
   const bits = ucmd.mem.read(u.uptr, Number((max + 7n) / 8n));
   const countAll = mockDriverOf(ucmd.emu).gen === 'B';
@@ -166,7 +169,7 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
 function triggerIopf(ucmd: Ucmd<TestCmd>): void {
   const u = ucmd.cmd.u as { dev_id: number; pasid: number; grpid: number; perm: number; addr: bigint };
   const idev = ucmd.ctx.get<Device>(u.dev_id, ObjType.DEVICE);
-  if (!(idev.dev instanceof MockDevice)) fail('EINVAL');
+  if (!(idev.dev instanceof MockDevice)) fail('EINVAL', 'the device is not a mock device');
   const flags = PGFAULT_FLAGS.LAST_PAGE | (u.pasid !== NO_PASID ? PGFAULT_FLAGS.PASID_VALID : 0);
   reportDeviceFault(idev, { flags, pasid: u.pasid, grpid: u.grpid, perm: u.perm, addr: u.addr });
 }
@@ -202,12 +205,48 @@ function pasidCheckHwpt(ucmd: Ucmd<TestCmd>): void {
   const u = ucmd.cmd.u as { pasid: number; hwpt_id: number };
   const attached = sobj.idev.attachment(u.pasid)?.hwpt ?? null;
   if (!u.hwpt_id) {
-    if (attached) fail('EINVAL');
+    if (attached) fail('EINVAL', 'the device is attached at this PASID (expected nothing)');
     return;
   }
   const obj = ucmd.ctx.get<IommufdObject>(u.hwpt_id, ObjType.ANY);
-  if (obj.type !== ObjType.HWPT_PAGING && obj.type !== ObjType.HWPT_NESTED) fail('EINVAL');
-  if (obj !== attached) fail('EINVAL');
+  if (obj.type !== ObjType.HWPT_PAGING && obj.type !== ObjType.HWPT_NESTED) fail('EINVAL', 'hwpt_id is not a HWPT');
+  if (obj !== attached) fail('EINVAL', 'the device is not attached to hwpt_id at this PASID');
+}
+
+/**
+ * DMABUF_GET (6.19+): the selftest's dma-buf exporter. The length is rounded up to pages
+ * (0 or above 512 pages: EINVAL); the new fd is installed with open_flags. 7.3.4's mock
+ * returns 0 instead of the fd (a kernel quirk, dmabufGetReturnsZero): the fd stays open.
+ */
+const O_CLOEXEC = 0o2000000;
+
+function dmabufGet(ucmd: Ucmd<TestCmd>): number {
+  const u = ucmd.cmd.u as { length: number; open_flags: number };
+  const len = BigInt(u.length + PAGE_SIZE - 1) & ~BigInt(PAGE_SIZE - 1);
+  if (len === 0n || len > BigInt(PAGE_SIZE * 512)) fail('EINVAL', 'DMABUF_GET: length 0 or above 512 pages');
+  const emu = ucmd.emu;
+  emu.failPoint('ENOMEM'); // the exporter's private data
+  emu.failPoint('ENOMEM'); // its memory
+  emu.failPoint('ENOMEM'); // dma_buf_export
+  const buf = new DmaBuf(emu, len, () => allIopts(emu), u.open_flags);
+  let fd = -1;
+  // dma_buf_fd(): the fd is close-on-exec only when open_flags asks for it.
+  installFile(ucmd, buf, (n) => (fd = n), undefined, { cloexec: (u.open_flags & O_CLOEXEC) !== 0 });
+  return ucmd.ctx.profile.dmabufGetReturnsZero ? 0 : fd;
+}
+
+/** DMABUF_REVOKE: the selftest exporter's revoked state, then its move notification to every importer. */
+function dmabufRevoke(ucmd: Ucmd<TestCmd>): void {
+  const u = ucmd.cmd.u as { dmabuf_fd: number; revoked: number };
+  const fds = ucmd.caller.fds;
+  const file = u.dmabuf_fd >= 0 ? fds.lookup(u.dmabuf_fd) : undefined;
+  if (!file) {
+    const open = u.dmabuf_fd >= 0 && (fds.isOpen?.(u.dmabuf_fd) ?? false);
+    fail(open ? 'EINVAL' : 'EBADF', open ? 'DMABUF_REVOKE: not a dma-buf' : 'DMABUF_REVOKE: not an open fd');
+  }
+  if (!(file instanceof DmaBuf)) fail('EINVAL', 'DMABUF_REVOKE: not a dma-buf');
+  file.revoked = u.revoked !== 0;
+  file.invalidate();
 }
 
 registerTestOp(TEST_OP.MOCK_DOMAIN, mockDomain);
@@ -222,4 +261,6 @@ registerTestOp(TEST_OP.PASID_ATTACH, pasidAttach);
 registerTestOp(TEST_OP.PASID_REPLACE, pasidReplace);
 registerTestOp(TEST_OP.PASID_DETACH, pasidDetach);
 registerTestOp(TEST_OP.PASID_CHECK_HWPT, pasidCheckHwpt);
+registerTestOp(TEST_OP.DMABUF_GET, dmabufGet);
+registerTestOp(TEST_OP.DMABUF_REVOKE, dmabufRevoke);
 

@@ -40,13 +40,13 @@ export class MockViommuDriver implements ViommuDriver {
       cacheInvalidate: (v, req) => this.cacheInvalidate(v, req),
       hwQueueSupported: (type) => type === MOCK.HW_QUEUE_TYPE_SELFTEST,
       hwQueueInit: (q, index, physBase) => {
-        if (index >= MOCK.HW_QUEUE_MAX) fail('EINVAL');
-        if (queues.has(index)) fail('EEXIST');
+        if (index >= MOCK.HW_QUEUE_MAX) fail('EINVAL', `mock HW queue: index beyond the mock's queues`);
+        if (queues.has(index)) fail('EEXIST', 'mock HW queue: index already allocated');
         const prev = index > 0 ? queues.get(index - 1) : undefined;
-        if (index > 0 && !prev) fail('EIO');
+        if (index > 0 && !prev) fail('EIO', 'mock HW queue: the previous index is not allocated');
         // Self-check of the core: the base must be what the parent translates the IOVA to.
         const expect = viommu.parent.iovaToPhys(q.baseIova);
-        if (expect !== undefined && expect !== physBase) fail('EFAULT');
+        if (expect !== undefined && expect !== physBase) fail('EFAULT', `mock HW queue: the core's physical base differs from the parent's translation`);
         if (prev) q.dependOn(prev);
         queues.set(index, q);
       },
@@ -76,12 +76,12 @@ export class MockViommuDriver implements ViommuDriver {
    * longer ones need a zero tail: E2BIG), then entries run in order.
    */
   private cacheInvalidate(viommu: ViommuCore, req: InvalidateArray): void {
-    if (req.type !== MOCK.VIOMMU_INVALIDATE_DATA_SELFTEST) fail('EINVAL');
+    if (req.type !== MOCK.VIOMMU_INVALIDATE_DATA_SELFTEST) fail('EINVAL', 'data_type is not the selftest vIOMMU invalidation type');
     if (req.entryNum === 0) return;
     if (this.drv.emu.profile.invalidateCoreLoop) {
       // One entry per call (for-next): each is copied with the per-entry rules and executed before the next.
       for (let i = 0; i < req.entryNum; i++) {
-        if (req.entryLen !== ENTRY_LEN) fail('EINVAL');
+        if (req.entryLen !== ENTRY_LEN) fail('EINVAL', `entry_len is not the selftest entry's size`);
         this.invalidateOne(viommu, req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), ENTRY_LEN));
         req.handled++;
       }
@@ -91,7 +91,7 @@ export class MockViommuDriver implements ViommuDriver {
     this.drv.emu.failPoint('ENOMEM');
     for (let i = 0; i < req.entryNum; i++) {
       const raw = req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), req.entryLen);
-      if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG');
+      if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG', `an entry's bytes past the kernel's struct are not zero`);
       const e = new Uint8Array(ENTRY_LEN);
       e.set(raw.subarray(0, ENTRY_LEN));
       entries.push(e);
@@ -105,10 +105,10 @@ export class MockViommuDriver implements ViommuDriver {
   /** One iommu_viommu_invalidate_selftest entry: flags, cache_id, vdev_id checks, then the clear. */
   private invalidateOne(viommu: ViommuCore, bytes: Uint8Array): void {
     const inv = decode(S.iommu_viommu_invalidate_selftest, bytes);
-    if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP');
-    if (inv.cache_id > MOCK.DEV_CACHE_NUM - 1) fail('EINVAL');
+    if (inv.flags & ~MOCK.INVALIDATE_FLAG_ALL) fail('EOPNOTSUPP', 'mock vIOMMU invalidation entry: flags has bits other than ALL');
+    if (inv.cache_id > MOCK.DEV_CACHE_NUM - 1) fail('EINVAL', 'mock vIOMMU invalidation entry: cache_id out of range');
     const dev = viommu.vdevDevice(BigInt(inv.vdev_id)) as MockDevice | undefined;
-    if (!dev) fail('EINVAL');
+    if (!dev) fail('EINVAL', 'mock vIOMMU invalidation entry: no vDEVICE with vdev_id');
     if (inv.flags & MOCK.INVALIDATE_FLAG_ALL) dev.cache.fill(0);
     else dev.cache[inv.cache_id] = 0;
   }
@@ -118,7 +118,7 @@ export class MockViommuDriver implements ViommuDriver {
 registerTestOp(TEST_OP.TRIGGER_VEVENT, (ucmd) => {
   const idev = ucmd.ctx.get<Device>(ucmd.cmd.u.dev_id, ObjType.DEVICE);
   const mdev = idev.dev as MockDevice;
-  if (!mdev.viommu || mdev.vdevId === 0n) fail('ENOENT');
+  if (!mdev.viommu || mdev.vdevId === 0n) fail('ENOENT', 'the device is not attached through a vIOMMU with a virt_id');
   const payload = encode(S.iommu_viommu_event_selftest, { virt_id: Number(mdev.vdevId & 0xffffffffn) });
   (mdev.viommu as Viommu).reportEvent(MOCK.VEVENTQ_TYPE_SELFTEST, payload);
 });
