@@ -19,7 +19,7 @@ export interface SmmuBench {
   walkReads: number;
 }
 
-function nestedDomain(iotlbEntries: number): { domain: IommuDomain; req: DmaRequest } {
+function nestedDomain(iotlbEntries: number): { emu: Emulator; domain: IommuDomain; req: DmaRequest } {
   const emu = new Emulator();
   const fd = openIommufd({ emu });
   const drv = smmuDriverOf(emu);
@@ -39,7 +39,7 @@ function nestedDomain(iotlbEntries: number): { domain: IommuDomain; req: DmaRequ
   const domain = idev.attachment(0)!.hwpt.domain;
   const req: DmaRequest = { dev: master, iova: 0x7f00_1234_5040n, length: 64, write: false };
   if ('fault' in domain.translate!(req)) throw new Error('bench translation faulted');
-  return { domain, req };
+  return { emu, domain, req };
 }
 
 function rate(fn: () => void, n: number): number {
@@ -54,7 +54,7 @@ export function smmuBench(): SmmuBench {
   const hitPerSec = rate(() => hit.domain.translate!(hit.req), 5_000_000);
   const walk = nestedDomain(0);
   let walkReads = 0;
-  const off = onSmmuTrace((r) => {
+  const off = onSmmuTrace(walk.emu.bus, (r) => {
     if (r.point === 'walk') walkReads++;
   });
   walk.domain.translate!(walk.req);

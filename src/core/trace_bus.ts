@@ -70,23 +70,42 @@ export type TraceEvent =
 
 export type TraceListener = (e: TraceEvent) => void;
 
+export interface SubscribeOptions {
+  /**
+   * The listener wants `driver` events (hardware trace points, one per walk
+   * level or cache lookup: many per DMA). Default true; a listener that drops
+   * them (the ioctl printer) says false so that drivers build none for it.
+   */
+  readonly drivers?: boolean;
+}
+
 export class TraceBus {
   /** True while anyone listens: every emit site checks it first. */
   on = false;
-  private listeners: TraceListener[] = [];
+  /** True while a listener wants `driver` events: drivers' trace points check this instead of `on`. */
+  driversOn = false;
+  private listeners: { fn: TraceListener; drivers: boolean }[] = [];
 
   /** Add a listener; returns the function that removes it. */
-  subscribe(fn: TraceListener): () => void {
-    this.listeners = [...this.listeners, fn];
-    this.on = true;
+  subscribe(fn: TraceListener, opts: SubscribeOptions = {}): () => void {
+    const entry = { fn, drivers: opts.drivers ?? true };
+    this.listeners = [...this.listeners, entry];
+    this.update();
     return () => {
-      this.listeners = this.listeners.filter((l) => l !== fn);
-      this.on = this.listeners.length > 0;
+      this.listeners = this.listeners.filter((l) => l !== entry);
+      this.update();
     };
   }
 
+  private update(): void {
+    this.on = this.listeners.length > 0;
+    this.driversOn = this.listeners.some((l) => l.drivers);
+  }
+
   emit(e: TraceEvent): void {
-    for (const l of this.listeners) l(e);
+    for (const l of this.listeners) {
+      if (l.drivers || e.t !== 'driver') l.fn(e);
+    }
   }
 
   /**
