@@ -72,23 +72,26 @@ export type TraceListener = (e: TraceEvent) => void;
 
 export interface SubscribeOptions {
   /**
-   * The listener wants `driver` events (hardware trace points, one per walk
-   * level or cache lookup: many per DMA). Default true; a listener that drops
-   * them (the ioctl printer) says false so that drivers build none for it.
+   * The `driver` events (hardware trace points: many per DMA) the listener
+   * wants: all (true, the default), none (false), or those of the named
+   * drivers. Drivers build a record only while some listener wants it.
    */
-  readonly drivers?: boolean;
+  readonly drivers?: boolean | readonly string[];
 }
 
 export class TraceBus {
   /** True while anyone listens: every emit site checks it first. */
   on = false;
-  /** True while a listener wants `driver` events: drivers' trace points check this instead of `on`. */
+  /** True while some listener wants some driver's events (then ask wants()). */
   driversOn = false;
-  private listeners: { fn: TraceListener; drivers: boolean }[] = [];
+  /** Bumped at every subscribe/unsubscribe: drivers cache wants() against it. */
+  generation = 0;
+  private listeners: { fn: TraceListener; drivers: boolean | ReadonlySet<string> }[] = [];
 
   /** Add a listener; returns the function that removes it. */
   subscribe(fn: TraceListener, opts: SubscribeOptions = {}): () => void {
-    const entry = { fn, drivers: opts.drivers ?? true };
+    const d = opts.drivers ?? true;
+    const entry = { fn, drivers: typeof d === 'boolean' ? d : new Set(d) };
     this.listeners = [...this.listeners, entry];
     this.update();
     return () => {
@@ -99,12 +102,18 @@ export class TraceBus {
 
   private update(): void {
     this.on = this.listeners.length > 0;
-    this.driversOn = this.listeners.some((l) => l.drivers);
+    this.driversOn = this.listeners.some((l) => l.drivers === true || (l.drivers !== false && l.drivers.size > 0));
+    this.generation++;
+  }
+
+  /** Whether some listener wants `driver`'s events. */
+  wants(driver: string): boolean {
+    return this.listeners.some((l) => l.drivers === true || (l.drivers !== false && l.drivers.has(driver)));
   }
 
   emit(e: TraceEvent): void {
     for (const l of this.listeners) {
-      if (l.drivers || e.t !== 'driver') l.fn(e);
+      if (e.t !== 'driver' || l.drivers === true || (l.drivers !== false && l.drivers.has(e.driver))) l.fn(e);
     }
   }
 

@@ -277,7 +277,7 @@ export function buildMachine(emu: Emulator, machine: Machine): BuiltMachine {
     const pci = model.create(addrs, d.options);
     // Device decisions go to the emulator's trace bus (the --trace printer, the inspector).
     pci.trace = (text) => {
-      if (emu.bus.driversOn) emu.bus.emit({ t: 'driver', driver: d.model, point: 'device', data: { bdf: d.bdf, text } });
+      if (emu.bus.driversOn && emu.bus.wants(d.model)) emu.bus.emit({ t: 'driver', driver: d.model, point: 'device', data: { bdf: d.bdf, text } });
     };
     const iommuDev = units.get(d.iommu)!.probe(d);
     devices.push({ desc: d, pci, iommuDev, vfio: vfio.register(d.bdf, pci, iommuDev, d.group) });

@@ -4,19 +4,19 @@
 // notes (open, read/write of event fds, mmap, teardown), and, for the
 // categories asked for (`--trace=smmu`), one per driver trace point.
 import { driverEventText } from '../core/driver_trace.js';
+import { DEVICE_MODELS } from '../devices/models.js';
+import { SMMU_DRIVER } from '../drivers/arm-smmuv3/trace.js';
 import type { Emulator } from '../core/emulator.js';
 import type { TraceEvent } from '../core/trace_bus.js';
 import { formatIoctl } from '../uapi/trace.js';
 
-type DriverEvent = Extract<TraceEvent, { t: 'driver' }>;
-
-/** `--trace=` categories: which driver events are printed besides the ioctls and notes. */
-export const TRACE_CATEGORIES: Readonly<Record<string, { readonly help: string; readonly match: (e: DriverEvent) => boolean }>> = {
+/** `--trace=` categories: the drivers whose events are printed besides the ioctls and notes. */
+export const TRACE_CATEGORIES: Readonly<Record<string, { readonly help: string; readonly drivers: readonly string[] }>> = {
   smmu: {
     help: 'the emulated SMMUv3: STE/CD decode, each walk level, IOTLB and config cache, commands, events, faults',
-    match: (e) => e.driver === 'arm-smmu-v3',
+    drivers: [SMMU_DRIVER],
   },
-  devices: { help: 'device models: register writes, doorbells, DMA errors, interrupts', match: (e) => e.point === 'device' },
+  devices: { help: 'device models: register writes, doorbells, DMA errors, interrupts', drivers: Object.keys(DEVICE_MODELS) },
 };
 
 export interface TraceSpec {
@@ -53,21 +53,22 @@ function who(pid: number, tid: number | undefined): string {
 }
 
 export class TracePrinter {
-  private readonly match: ((e: DriverEvent) => boolean)[];
+  /** The drivers whose events are printed. */
+  private readonly drivers: readonly string[];
 
   /** `categories`: the driver events to print too (TRACE_CATEGORIES). */
   constructor(private readonly write: (line: string) => void, private readonly reasons = true, categories: readonly string[] = []) {
-    this.match = categories.map((c) => {
+    this.drivers = categories.flatMap((c) => {
       const cat = TRACE_CATEGORIES[c];
       if (!cat) throw new Error(`trace: unknown category '${c}' (known: ${Object.keys(TRACE_CATEGORIES).join(', ')})`);
-      return cat.match;
+      return cat.drivers;
     });
   }
 
   /** Start printing `emu`'s ioctls and notes; returns the function that stops it. */
   attach(emu: Emulator): () => void {
-    // Drivers build their trace records only while some listener takes them.
-    return emu.bus.subscribe((e) => this.print(emu, e), { drivers: this.match.length > 0 });
+    // Drivers build their trace records only while some listener wants them: ask for these only.
+    return emu.bus.subscribe((e) => this.print(emu, e), { drivers: this.drivers });
   }
 
   /** The line for `e`, or null for events this printer does not show. */
@@ -82,7 +83,6 @@ export class TracePrinter {
   }
 
   private print(emu: Emulator, e: TraceEvent): void {
-    if (e.t === 'driver' && !this.match.some((m) => m(e))) return;
     const l = TracePrinter.line(emu, e, this.reasons);
     if (l !== null) this.write(l);
   }

@@ -260,6 +260,18 @@ describe('trace points', () => {
     }
     assert.ok(events.includes('ioctl') || events.includes('obj'), 'core events still delivered');
     assert.ok(!events.includes('driver'), events.join(','));
+    // A listener naming other drivers only (a device model): still untraced; naming this one: traced.
+    const got: string[] = [];
+    const offDev = a.emu.bus.subscribe((e) => { if (e.t === 'driver') got.push(e.driver); }, { drivers: ['ioat'] });
+    assert.equal(a.smmu.hw.t.on, false);
+    physOf(dma(a, 0x20_4000n));
+    const offSmmu = a.emu.bus.subscribe(() => {}, { drivers: ['arm-smmu-v3'] });
+    assert.equal(a.smmu.hw.t.on, true, 'the cached answer follows the bus generation');
+    physOf(dma(a, 0x20_5000n));
+    offSmmu();
+    assert.equal(a.smmu.hw.t.on, false);
+    offDev();
+    assert.deepEqual(got, [], 'SMMU records are not delivered to a listener of other drivers');
   });
 
   test('a bus record is a driver event: driver arm-smmu-v3, the point, the instance in data', () => {

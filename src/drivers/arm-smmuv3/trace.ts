@@ -23,12 +23,21 @@ export interface SmmuTraceRecord {
 
 /** Where one SMMU instance's trace points go. */
 export class SmmuTracer {
+  private gen = -1;
+  private wanted = false;
+
   /** `bus` null: a hardware model outside any emulator (never traced). */
   constructor(readonly smmu: string, private readonly bus: TraceBus | null) {}
 
-  /** True while some listener of the emulator's bus wants driver events. */
+  /** True while some listener of the emulator's bus wants this driver's events (cached per bus generation). */
   get on(): boolean {
-    return this.bus !== null && this.bus.driversOn;
+    const b = this.bus;
+    if (b === null || !b.driversOn) return false;
+    if (b.generation !== this.gen) {
+      this.gen = b.generation;
+      this.wanted = b.wants(SMMU_DRIVER);
+    }
+    return this.wanted;
   }
 
   emit(point: SmmuTracePoint, data: Record<string, unknown>): void {
