@@ -284,8 +284,10 @@ static uint32_t kind_ops(uint32_t kind)
 
 /* ---- emulated fd table ------------------------------------------------------------ */
 #define FD_MAX 65536
-/* a kind of our own, beside the server's (WIRE_KIND_*): the fail-nth files */
+/* kinds of our own, beside the server's (WIRE_KIND_*): the fail-nth files, /proc status files */
 #define K_FAILNTH 0x100
+#define K_STATUS 0x101
+#define LOCAL_KIND(k) ((k) >= 0x100)
 /* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
 struct fdent { uint32_t kind; int32_t tid; uint64_t token, ino, dev; };
 static struct fdent fdtab[FD_MAX];
@@ -648,7 +650,7 @@ static void emu_sync(uint64_t forget)
 /* A file fd was closed: finish its teardown before close() returns (and tell the server if it was our last fd of it). */
 static void closed_file(uint32_t kind, uint64_t token, int fd)
 {
-	if (kind == 0 || kind == K_FAILNTH)
+	if (kind == 0 || LOCAL_KIND(kind))
 		return;
 	lock(&tab_mu);
 	int still = token_held_locked(token, fd);
@@ -851,6 +853,190 @@ static int emu_open_failnth(pid_t task, int flags)
 	return fd;
 }
 
+/*
+ * ---- /proc/<pid>/status: VmPin and VmLck count the emulator's pins ----------------------
+ * The kernel counts pages iommufd pins in the mm's pinned_vm (VmPin) and, in per-process
+ * accounting, locked_vm (VmLck). Opening a status file read-only gives a memfd holding the
+ * real file's text with the server's counts added to those two lines; every other line is
+ * the real one. A read()/pread() at offset 0 regenerates it (seq_file rereads there).
+ */
+/* Is `p` (absolute) a status file: /proc/{self,thread-self,N}/[task/T/]status. */
+static int is_status_path(const char *p)
+{
+	if (!p || strncmp(p, "/proc/", 6) != 0)
+		return 0;
+	const char *s = p + 6;
+	long n;
+	if (strncmp(s, "thread-self/", 12) == 0)
+		return strcmp(s + 12, "status") == 0;
+	if (strncmp(s, "self/", 5) == 0)
+		s += 5;
+	else if (parse_num(&s, &n) && *s == '/')
+		s++;
+	else
+		return 0;
+	if (strcmp(s, "status") == 0)
+		return 1;
+	if (strncmp(s, "task/", 5) != 0)
+		return 0;
+	s += 5;
+	return parse_num(&s, &n) && strcmp(s, "/status") == 0;
+}
+
+/* A status file named relative to dirfd (or the cwd): its absolute path in buf, else NULL. */
+static const char *status_at(int dirfd, const char *path, char *buf, size_t n)
+{
+	if (!path)
+		return NULL;
+	if (path[0] == '/')
+		return is_status_path(path) ? path : NULL;
+	size_t pl = strlen(path);
+	if (pl < 6 || strcmp(path + pl - 6, "status") != 0 || (pl > 6 && path[pl - 7] != '/'))
+		return NULL;
+	char link[64];
+	if (dirfd == AT_FDCWD)
+		snprintf(link, sizeof(link), "/proc/self/cwd");
+	else
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	ssize_t d = readlink(link, buf, n - 1);
+	if (d <= 0 || (size_t)d + 1 + pl + 1 > n)
+		return NULL;
+	buf[d] = 0;
+	snprintf(buf + d, n - (size_t)d, "/%s", path);
+	return is_status_path(buf) ? buf : NULL;
+}
+
+/* The value of a "Name:\tN" line of a status text (-1 if absent). */
+static long status_field(const char *text, const char *name)
+{
+	size_t nl = strlen(name);
+	for (const char *l = text; l && *l; l = strchr(l, '\n'), l = l ? l + 1 : NULL)
+		if (strncmp(l, name, nl) == 0)
+			return strtol(l + nl, NULL, 10);
+	return -1;
+}
+
+/* Rewrite line "Name:\t  N kB" of `in` with N + add_kb (unsigned, as the kernel's counters) into out. */
+static size_t status_patch(const char *in, char *out, size_t cap, const char *name, uint64_t add_kb)
+{
+	size_t nl = strlen(name), o = 0;
+	for (const char *l = in; *l;) {
+		const char *e = strchr(l, '\n');
+		size_t len = e ? (size_t)(e - l) + 1 : strlen(l);
+		if (strncmp(l, name, nl) == 0 && o + 64 < cap) {
+			uint64_t v = strtoull(l + nl, NULL, 10) + add_kb;
+			o += (size_t)snprintf(out + o, cap - o, "%s\t%8llu kB\n", name, (unsigned long long)v);
+		} else if (o + len < cap) {
+			memcpy(out + o, l, len);
+			o += len;
+		}
+		l += len;
+	}
+	out[o < cap ? o : cap - 1] = 0;
+	return o;
+}
+
+#define STATUS_MAX 16384
+/* The patched text of the status file at `path` into out (STATUS_MAX bytes); its length or -1 (errno). */
+static ssize_t status_text(const char *path, char *out, pid_t *tgid, pid_t *tid)
+{
+	static __thread char raw[STATUS_MAX], tmp[STATUS_MAX];
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	size_t n = 0;
+	ssize_t r;
+	while (n < STATUS_MAX - 1 && (r = syscall(SYS_read, fd, raw + n, STATUS_MAX - 1 - n)) > 0)
+		n += (size_t)r;
+	raw_close(fd);
+	raw[n] = 0;
+	*tgid = (pid_t)status_field(raw, "Tgid:");
+	*tid = (pid_t)status_field(raw, "Pid:");
+	uint64_t pinned = 0, locked = 0;
+	if (*tgid > 0) {
+		REQ(PROCSTAT, procstat);
+		q.pid = (uint32_t)*tgid;
+		struct wire_rep_procstat rep;
+		int e = errno;
+		lock(&ctl_mu);
+		if (ctl_rpc_locked(&q, sizeof(q), &rep, sizeof(rep)) == 0 && rep.status == 0) {
+			pinned = rep.pinned;
+			locked = rep.locked;
+		}
+		unlock(&ctl_mu);
+		errno = e;
+	}
+	unsigned shift = 0;
+	for (long ps = sysconf(_SC_PAGESIZE) >> 10; ps > 1; ps >>= 1)
+		shift++;
+	status_patch(raw, tmp, STATUS_MAX, "VmPin:", pinned << shift);
+	return (ssize_t)status_patch(tmp, out, STATUS_MAX, "VmLck:", locked << shift);
+}
+
+static int memfd_with(const char *text, size_t len)
+{
+	int m = (int)syscall(SYS_memfd_create, "iommufd-emu-status", MFD_CLOEXEC);
+	if (m < 0)
+		return -1;
+	for (size_t done = 0; done < len;) {
+		ssize_t w = syscall(SYS_write, m, text + done, len - done);
+		if (w <= 0) {
+			raw_close(m);
+			return -1;
+		}
+		done += (size_t)w;
+	}
+	return m;
+}
+
+static int emu_open_status(const char *path, int flags)
+{
+	static __thread char text[STATUS_MAX];
+	pid_t tgid, tid;
+	ssize_t len = status_text(path, text, &tgid, &tid);
+	if (len < 0)
+		return -1;
+	int m = memfd_with(text, (size_t)len);
+	if (m < 0)
+		return -1;
+	char p[64];
+	snprintf(p, sizeof(p), "/proc/self/fd/%d", m);
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, p, O_RDONLY | (flags & O_CLOEXEC));
+	int e = errno;
+	raw_close(m);
+	if (fd < 0)
+		return errno = e, -1;
+	/* token: the process, tid: the task, for the rereads at offset 0 */
+	set_ent(fd, K_STATUS, (uint64_t)tgid, tid);
+	return fd;
+}
+
+/* A read at offset 0 of a status fd: its text as of now. */
+static void status_refresh(int fd, const struct fdent *e, int64_t off, int positional)
+{
+	int64_t pos = positional ? off : (int64_t)syscall(SYS_lseek, fd, 0, SEEK_CUR);
+	if (pos != 0)
+		return;
+	static __thread char text[STATUS_MAX];
+	char path[64], self[64];
+	snprintf(path, sizeof(path), "/proc/%u/task/%d/status", (unsigned)e->token, e->tid);
+	pid_t tgid, tid;
+	ssize_t len = status_text(path, text, &tgid, &tid);
+	if (len < 0)
+		return; /* the task is gone: keep what was read */
+	snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
+	int w = (int)syscall(SYS_openat, AT_FDCWD, self, O_WRONLY | O_TRUNC | O_CLOEXEC);
+	if (w < 0)
+		return;
+	for (ssize_t done = 0; done < len;) {
+		ssize_t r = syscall(SYS_pwrite64, w, text + done, (size_t)(len - done), (off_t)done);
+		if (r <= 0)
+			break;
+		done += r;
+	}
+	raw_close(w);
+}
+
 /* open(2) and friends: an emulated node or file, or -2 (not ours: the caller opens it). */
 static int emu_open_path(int dirfd, const char *upath, int flags)
 {
@@ -863,6 +1049,10 @@ static int emu_open_path(int dirfd, const char *upath, int flags)
 	pid_t t = failnth_task(path);
 	if (t)
 		return emu_open_failnth(t, flags);
+	char sb[SAFE_PATH_MAX];
+	const char *sp = (flags & O_ACCMODE) == O_RDONLY && !(flags & (O_DIRECTORY | O_PATH)) ? status_at(dirfd, path, sb, sizeof(sb)) : NULL;
+	if (sp)
+		return emu_open_status(sp, flags);
 	return -2;
 }
 
@@ -954,7 +1144,8 @@ static FILE *do_fopen(const char *path, const char *mode, FILE *(*real)(const ch
 {
 	char pb[SAFE_PATH_MAX];
 	const char *sp = safe_path(path, pb);
-	if (sp && (is_iommu(sp) || failnth_task(sp))) {
+	char sb[SAFE_PATH_MAX];
+	if (sp && (is_iommu(sp) || failnth_task(sp) || (mode[0] == 'r' && !strchr(mode, '+') && status_at(AT_FDCWD, sp, sb, sizeof(sb))))) {
 		int flags = (strchr(mode, '+') ? O_RDWR : (mode[0] == 'r' ? O_RDONLY : O_WRONLY));
 		if (strchr(mode, 'e'))
 			flags |= O_CLOEXEC;
@@ -1177,7 +1368,7 @@ EXPORT int close_range(unsigned int first, unsigned int last, int flags)
 		for (unsigned int fd = first; fd <= last && fd < FD_MAX; fd++) {
 			uint32_t k = fdtab[fd].kind;
 			if (k) {
-				sync |= k != K_FAILNTH;
+				sync |= !LOCAL_KIND(k);
 				clear_ent_locked((int)fd);
 			}
 		}
@@ -1300,6 +1491,7 @@ static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *a
 	q.arg = (uint64_t)(uintptr_t)arg;
 	q.evfd = -1;
 	q.memlock = memlock_limit();
+	q.caps = cap_bits(); /* capable() is asked at the call, of this thread */
 	q.hintfd = -1;
 	struct wire_rep_ioctl rep, *r = &rep;
 	int rc = -1, wfault = 0;
@@ -1368,6 +1560,8 @@ out:
 		failnth_set(tid, r->failnth);
 	if (q.evfd >= 0) {
 		if (r->evused && q.evfd < FD_MAX) {
+			if (r->evused & WIRE_EVUSED_KEEP_ON_EXEC)
+				syscall(SYS_fcntl, q.evfd, F_SETFD, 0);
 			set_ent(q.evfd, WIRE_KIND_EVENT, q.evtoken, 0);
 		} else {
 			raw_close(q.evfd);
@@ -1648,6 +1842,13 @@ static ssize_t emu_rw(int fd, const struct fdent *e, int write, void *buf, size_
 {
 	if (e->kind == K_FAILNTH)
 		return write ? failnth_write(fd, e, buf, count, off, positional) : failnth_read(fd, e, buf, count, off, positional);
+	if (e->kind == K_STATUS) {
+		if (!write)
+			status_refresh(fd, e, off, positional);
+		if (positional)
+			return syscall(write ? SYS_pwrite64 : SYS_pread64, fd, buf, count, off);
+		return syscall(write ? SYS_write : SYS_read, fd, buf, count);
+	}
 	if (positional && off < 0)
 		return errno = EINVAL, -1;
 	if (kind_ops(e->kind) & (write ? WIRE_OPS_WRITE : WIRE_OPS_READ)) {
@@ -2043,7 +2244,7 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 {
 	map_changed();
 	struct fdent e;
-	if (ent_get(fd, &e) && e.kind != K_FAILNTH) {
+	if (ent_get(fd, &e) && !LOCAL_KIND(e.kind)) {
 		sig_block();
 		void *p = iommufd_mmap(addr, len, prot, flags, fd, &e, off);
 		int err = errno;

@@ -25,12 +25,14 @@ export interface IommufdFile {
 
 /** A process's file-descriptor table, as far as emulated files are concerned. */
 export interface FdTable {
-  /** Install `file` and return its fd number (close-on-exec). */
-  install(file: IommufdFile): number;
+  /** Install `file` and return its fd number (close-on-exec unless `cloexec` is false). */
+  install(file: IommufdFile, opts?: { cloexec?: boolean }): number;
   /** The emulated file behind `fd`, if any. */
   lookup(fd: number): IommufdFile | undefined;
   /** Close `fd` (drops the file's reference if it was the last). */
   close(fd: number): void;
+  /** Is `fd` open at all (any file, emulated or not)? Absent: only emulated fds are known. */
+  isOpen?(fd: number): boolean;
 }
 
 /** A plain in-process fd table: numbers from 1000 up, one reference per fd. */
@@ -62,11 +64,11 @@ export class SimpleFdTable implements FdTable {
  * before the error propagates, so a failed ioctl leaves no fd behind.
  */
 export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, publish: (fd: number) => void,
-  obj?: IommufdObject): void {
+  obj?: IommufdObject, opts?: { cloexec?: boolean }): void {
   let fd = -1;
   try {
     ucmd.emu.failPoint('ENOMEM'); // unused fd
-    fd = ucmd.caller.fds.install(file);
+    fd = ucmd.caller.fds.install(file, opts);
     fdOpenEvent(ucmd.ctx, fd, file, obj);
     publish(fd);
   } catch (e) {

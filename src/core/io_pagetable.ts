@@ -594,6 +594,7 @@ export class IoPagetable {
   }
 
   private fillArea(area: Area): void {
+    if (area.pages.revoked) return; // a revoked dma-buf maps nothing
     area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
     area.filled = true;
     if (this.emu.bus.on) this.pinEvent('pin', area.iova, area.last, 'domain');
@@ -703,7 +704,7 @@ export class IoPagetable {
     const done: { area: Area; pinned: boolean }[] = [];
     try {
       for (const [, area] of this.areas.entries()) {
-        if (area.busy) continue;
+        if (area.busy || area.pages.revoked) continue;
         let pinned = false;
         if (!area.filled) {
           area.pages.pin(this.emu, area.firstIndex, area.lastIndex);
@@ -814,6 +815,7 @@ export class IoPagetable {
   private split(area: Area, iova: bigint): void {
     if (iova === area.iova || iova === area.last) return;
     if (area.busy || area.preventAccess) fail('EBUSY', 'the area is being mapped or unmapped');
+    if (area.pages.dmabuf) fail('EOPNOTSUPP', 'area split: dma-buf area');
     const newStart = iova + 1n;
     const mask = this.align - 1n;
     if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL', 'the cut is not aligned to the IOVA alignment');
@@ -885,6 +887,7 @@ export class IoPagetable {
         if (area.preventAccess || !this.contigAligned(area, from, to, firstArea, last)) fail('EINVAL', 'an unmap is in progress or an area boundary falls inside a page');
         if (!IoPagetable.protAllows(area, write)) fail('EPERM', `the mapping's protection does not allow this access`);
         if (write && !area.pages.writable) fail('EPERM', 'write access to read-only pages');
+        if (area.pages.dmabuf) fail('EINVAL', 'access pin: dma-buf area');
         const first = area.indexAt(from);
         const lastIdx = area.indexAt(to);
         for (const p of area.pages.pin(this.emu, first, lastIdx)) out.push(p);
@@ -947,6 +950,23 @@ export class IoPagetable {
     if (area.byteAt(from) % PS !== 0n) return false;
     if (area.last < last && area.byteAt(area.last) % PS !== PS - 1n) return false;
     return true;
+  }
+
+  /**
+   * The exporter invalidated a dma-buf: every area of a live attachment of it is unmapped
+   * from every domain and emptied; the attachments are added to `hit` (the caller marks
+   * them revoked once every IOAS has done this: kernel, the importer's revoke notification).
+   */
+  dmabufUnmap(dmabuf: object, hit: Set<Pages>): void {
+    for (const [, area] of this.areas.entries()) {
+      if (area.pages.dmabuf !== dmabuf || area.pages.revoked) continue;
+      hit.add(area.pages);
+      if (!area.filled) continue;
+      for (const d of this.domains) d.unmap(area.iova, area.length);
+      area.pages.unpin(this.emu, area.firstIndex, area.lastIndex);
+      area.filled = false;
+      if (this.emu.bus.on) this.pinEvent('unpin', area.iova, area.last, 'domain');
+    }
   }
 
   // ---- lifetime ---------------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import type { IommufdCtx, Ucmd } from './context.js';
 import { IoPagetable, U64_MAX } from './io_pagetable.js';
 import { IommufdObject, ObjType } from './object.js';
 import { AccountMode, chargeLocked, Pages, unchargeLocked } from './pages.js';
+import { DmaBuf } from './dmabuf.js';
+import type { Emulator } from './emulator.js';
+import type { FileBacking } from './usermem.js';
 
 const MAP_ALL = MAP_FLAGS.FIXED_IOVA | MAP_FLAGS.WRITEABLE | MAP_FLAGS.READABLE;
 
@@ -185,16 +188,38 @@ export function iommufdIoasMapFile(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_map_fi
   if (cmd.length === 0n) fail('EINVAL', 'length is 0');
   if (cmd.start + cmd.length - 1n > U64_MAX) fail('EOVERFLOW', 'start + length wraps past 2^64');
   const mem = ucmd.mem;
-  if (!mem.getFile || cmd.fd < 0) fail('EBADF', 'fd is not a file of the caller');
-  const file = mem.getFile(cmd.fd);
   const prot = convIommuProt(cmd.flags);
-  const pages = Pages.file(ucmd.emu, file, cmd.start, cmd.length, (prot & IOMMU_WRITE) !== 0, mem.process);
-  applyAccountMode(ucmd.ctx, pages);
+  const writable = (prot & IOMMU_WRITE) !== 0;
+  let pages: Pages;
+  // dma_buf_get(fd) first (dma-bufs exist from 6.19 on); anything else is taken as a file (fget).
+  const emulated = cmd.fd >= 0 ? ucmd.caller.fds.lookup(cmd.fd) : undefined;
+  if (emulated instanceof DmaBuf) {
+    pages = Pages.dmabuf(ucmd.emu, emulated, cmd.start, cmd.length, writable, mem.process);
+  } else {
+    if (emulated) {
+      // An anonymous file of ours (fault queue, vEVENTQ...): fget succeeds, pinning never does.
+      pages = Pages.file(ucmd.emu, UNPINNABLE, cmd.start, cmd.length, writable, mem.process);
+    } else {
+      if (!mem.getFile || cmd.fd < 0) fail('EBADF', 'MAP_FILE: not an open file');
+      pages = Pages.file(ucmd.emu, mem.getFile(cmd.fd), cmd.start, cmd.length, writable, mem.process);
+    }
+    applyAccountMode(ucmd.ctx, pages);
+  }
   const fixed = (cmd.flags & MAP_FLAGS.FIXED_IOVA) !== 0;
   cmd.iova = ioas.iopt.mapPages([{ pages, startByte: BigInt(pages.startByte), length: cmd.length }], cmd.length,
     fixed ? cmd.iova : null, prot);
   ioasEvent(ucmd, 'map_file', ioas, cmd.iova, cmd.length);
   ucmd.respond();
+}
+
+/** A file that is not shmem/hugetlbfs (an anonymous inode): mapped lazily, refused at pin time. */
+const UNPINNABLE: FileBacking = { pinnable: false, size: 0n, getPages: () => fail('EINVAL', 'file cannot be pinned') };
+
+/** Every IO page table of the emulator: the importers a dma-buf exporter notifies. */
+export function* allIopts(emu: Emulator): Generator<IoPagetable> {
+  for (const ctx of emu.contexts) {
+    for (const o of ctx.objects.all()) if (o instanceof Ioas) yield o.iopt;
+  }
 }
 
 // ---- IOMMU_IOAS_UNMAP (01 §4.8) -----------------------------------------------------------------------

@@ -29,6 +29,24 @@ interface FileSource {
   owner: ProcessInfo;
 }
 
+/**
+ * What an importer sees of a dma-buf (core/dmabuf.ts): its size, and for an attachment
+ * the physical pages the exporter hands out (kernel memory, never pinned or charged).
+ */
+export interface DmabufExport {
+  readonly size: bigint;
+  /** The exporter's pages for a new attachment: ENODEV once revoked, EOPNOTSUPP for a foreign exporter. */
+  attachPages(): PhysPage[];
+}
+
+/** A dma-buf attachment: the buffer, its pages as mapped at attach time, and the importer's revoked state. */
+interface DmabufSource {
+  readonly dmabuf: DmabufExport;
+  readonly pages: PhysPage[];
+  readonly owner: ProcessInfo;
+  revoked: boolean;
+}
+
 interface Slot {
   page: PhysPage;
   users: number;
@@ -48,7 +66,9 @@ const START_BYTE_MASK = PAGE_SIZE - 1;
 const WRITABLE = 1 << PAGE_SHIFT;
 /** The source is a FileSource (else a UserMemory). */
 const FILE = WRITABLE << 1;
-const ACCOUNT_SHIFT = PAGE_SHIFT + 2;
+/** The source is a DmabufSource. */
+const DMABUF = FILE << 1;
+const ACCOUNT_SHIFT = PAGE_SHIFT + 3;
 
 export class Pages {
   /** Pinned page slots by index; allocated on first pin. */
@@ -58,7 +78,7 @@ export class Pages {
    * which). User memory pages are charged to the memory's own process, so only
    * a file source needs to carry an owner.
    */
-  private readonly source: UserMemory | FileSource;
+  private readonly source: UserMemory | FileSource | DmabufSource;
   /**
    * Page number of the first page: user VA / PAGE_SIZE or file offset / PAGE_SIZE.
    * A number, not a bigint: it is below 2^52, and a (boxed) number is smaller.
@@ -68,7 +88,7 @@ export class Pages {
   private bits: number;
 
   private constructor(
-    source: UserMemory | FileSource,
+    source: UserMemory | FileSource | DmabufSource,
     isFile: boolean,
     /** Byte address (user VA or file offset) of the mapping's first byte. */
     start: bigint,
@@ -77,9 +97,11 @@ export class Pages {
     this.source = source;
     this.basePage = Number(start / PS);
     const startByte = Number(start % PS);
-    const owner = isFile ? (source as FileSource).owner : (source as UserMemory).process;
-    const mode = owner.capIpcLock ? AccountMode.NONE : AccountMode.USER;
-    this.bits = startByte | (writable ? WRITABLE : 0) | (isFile ? FILE : 0) | (mode << ACCOUNT_SHIFT);
+    const dma = 'dmabuf' in source;
+    const owner = isFile || dma ? (source as FileSource | DmabufSource).owner : (source as UserMemory).process;
+    // A dma-buf does not use pinned-page accounting.
+    const mode = owner.capIpcLock || dma ? AccountMode.NONE : AccountMode.USER;
+    this.bits = startByte | (writable ? WRITABLE : 0) | (isFile ? FILE : 0) | (dma ? DMABUF : 0) | (mode << ACCOUNT_SHIFT);
   }
 
   /** Offset of the mapping's first byte inside the first page. */
@@ -100,7 +122,7 @@ export class Pages {
 
   /** Accounting target: the process (MM) or its uid (USER). */
   get owner(): ProcessInfo {
-    return this.bits & FILE ? (this.source as FileSource).owner : (this.source as UserMemory).process;
+    return this.bits & (FILE | DMABUF) ? (this.source as FileSource).owner : (this.source as UserMemory).process;
   }
   set owner(owner: ProcessInfo) {
     // IOAS_CHANGE_PROCESS refuses user memory pages (EINVAL) before moving any.
@@ -115,7 +137,7 @@ export class Pages {
 
   /** User memory the pages come from (null for a file). */
   get mem(): UserMemory | null {
-    return this.bits & FILE ? null : (this.source as UserMemory);
+    return this.bits & (FILE | DMABUF) ? null : (this.source as UserMemory);
   }
 
   /** File the pages come from (null for user memory). */
@@ -144,10 +166,37 @@ export class Pages {
     emu.failPoint('ENOMEM');
   }
 
-  /** A dma-buf whose exporter revoked this attachment: nothing is mapped from it any more. */
-  get revoked(): boolean {
-    return false;
+  /** The dma-buf this object is an attachment of (null for user memory and files). */
+  get dmabuf(): DmabufExport | null {
+    return this.bits & DMABUF ? (this.source as DmabufSource).dmabuf : null;
   }
+
+  /**
+   * A dma-buf attachment whose mappings were invalidated by the exporter: nothing is
+   * mapped from it any more, and nothing ever will be (a new MAP_FILE makes a new one).
+   */
+  get revoked(): boolean {
+    return this.bits & DMABUF ? (this.source as DmabufSource).revoked : false;
+  }
+
+  /** The exporter invalidated the mappings (the importer unmaps them first, io_pagetable.ts). */
+  markRevoked(): void {
+    (this.source as DmabufSource).revoked = true;
+  }
+
+  /**
+   * An attachment of `dmabuf` describing `length` bytes from byte `start` (IOAS_MAP_FILE of a
+   * dma-buf fd): EINVAL past its end; ENODEV/EOPNOTSUPP from the exporter.
+   */
+  static dmabuf(emu: Emulator, dmabuf: DmabufExport, start: bigint, length: bigint, writable: boolean,
+    owner: ProcessInfo): Pages {
+    if (dmabuf.size <= start + length - 1n || length / PS >= 1n << 32n) fail('EINVAL', 'MAP_FILE: beyond the dma-buf');
+    Pages.checkAlloc(emu, length);
+    emu.failPoint('ENOMEM'); // the attachment
+    const pages = dmabuf.attachPages();
+    return new Pages({ dmabuf, pages, owner, revoked: false }, false, start, writable);
+  }
+
 
   get isFile(): boolean {
     return (this.bits & FILE) !== 0;
@@ -165,6 +214,11 @@ export class Pages {
 
   /** Read the current backing of pages [index, index+n) from the source, without pinning. */
   private fetch(index: number, n: number, forWrite: boolean): PhysPage[] {
+    if (this.bits & DMABUF) {
+      const src = this.source as DmabufSource;
+      if (src.revoked) throw new Error('pages: fetch from a revoked dma-buf attachment');
+      return src.pages.slice(this.basePage + index, this.basePage + index + n);
+    }
     const mem = this.mem;
     if (mem) {
       if (!mem.process.alive) fail('EFAULT', 'source process is gone');
@@ -206,7 +260,9 @@ export class Pages {
       missing += pages.length;
       i = j + 1;
     }
-    chargeLocked(emu, this.owner, this.accountMode, missing);
+    // Exporter memory (a dma-buf) is neither pinned nor charged.
+    const dma = (this.bits & DMABUF) !== 0;
+    if (!dma) chargeLocked(emu, this.owner, this.accountMode, missing);
     for (let i = first; i <= last; i++) {
       const s = slots.get(i);
       if (s) s.users++;
@@ -215,7 +271,7 @@ export class Pages {
       for (let k = 0; k < pages.length; k++) {
         const page = pages[k]!;
         slots.set(start + k, { page, users: 1 });
-        if (page.pins++ === 0) PHYS.add(page);
+        if (!dma && page.pins++ === 0) PHYS.add(page);
         out[start + k - first] = page;
       }
     }
@@ -241,11 +297,11 @@ export class Pages {
       if (!s) throw new Error(`pages: unpin of unpinned index ${i}`);
       if (--s.users === 0) {
         slots.delete(i);
-        if (--s.page.pins === 0) PHYS.remove(s.page);
+        if (!(this.bits & DMABUF) && --s.page.pins === 0) PHYS.remove(s.page);
         freed++;
       }
     }
-    unchargeLocked(emu, this.owner, this.accountMode, freed);
+    if (!(this.bits & DMABUF)) unchargeLocked(emu, this.owner, this.accountMode, freed);
     if (slots.size === 0) this.slots = null;
   }
 
@@ -277,6 +333,7 @@ export class Pages {
    */
   rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
     if (write && !this.writable) fail('EPERM', 'write to pages mapped read-only');
+    if (this.bits & DMABUF) fail('EINVAL', 'access rw: dma-buf memory');
     const mem = this.mem;
     if (mem && !slowPath && caller && caller.process === mem.process) {
       const va = this.base + offset;
@@ -299,26 +356,34 @@ export class Pages {
 }
 
 /** Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed. */
+/**
+ * Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed.
+ * The limit is the owner's at this moment (task_rlimit of the source task); CAP_IPC_LOCK
+ * only matters when the pages object was created (mode NONE). Every mode counts the pages
+ * in the owner's pinned total (VmPin).
+ */
 export function chargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
   if (n === 0) return;
   switch (mode) {
     case AccountMode.NONE:
-      return;
+      break;
     case AccountMode.USER: {
       const cur = emu.userAccounting.get(owner.uid);
-      if (cur + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      if (cur + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK (per-user accounting)');
       emu.userAccounting.add(owner.uid, n);
-      return;
+      break;
     }
     case AccountMode.MM:
-      if (!owner.capIpcLock && owner.lockedPages + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK');
+      if (owner.lockedPages + n > limitPages(owner.memlockLimit)) fail('ENOMEM', 'RLIMIT_MEMLOCK (per-process accounting)');
       owner.lockedPages += n;
-      return;
+      break;
   }
+  owner.pinnedPages += n;
 }
 
 export function unchargeLocked(emu: Emulator, owner: ProcessInfo, mode: AccountMode, n: number): void {
   if (n === 0) return;
   if (mode === AccountMode.USER) emu.userAccounting.add(owner.uid, -n);
   else if (mode === AccountMode.MM) owner.lockedPages -= n;
+  owner.pinnedPages -= n;
 }

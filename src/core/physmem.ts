@@ -14,6 +14,22 @@ export class PfnSpace {
   one(): number {
     return this.next++;
   }
+  /**
+   * A 4 KiB page of user memory. The kernel's page allocator hands out separately faulted
+   * pages that are, in practice, never physically adjacent (IOMMU page tables then map them
+   * with 4 KiB entries): a frame is left out after each.
+   */
+  userPage(): number {
+    const pfn = this.next;
+    this.next += 2;
+    return pfn;
+  }
+  /** `n` physically contiguous small frames (a buffer from a contiguous allocator); returns the first. */
+  run(n: number): number {
+    const base = this.next;
+    this.next += n + 1;
+    return base;
+  }
   huge(): number {
     this.next = Math.ceil(this.next / PAGES_PER_HUGE) * PAGES_PER_HUGE;
     const base = this.next;

@@ -9,7 +9,12 @@ const PAGES_PER_HUGE = HPAGE_SIZE / PAGE_SIZE;
 /** Simulated page frames, numbered from the machine's one pfn space; huge pages as aligned runs. */
 export class PhysAllocator {
   alloc(): SimPage {
-    return new SimPage(PFNS.one(), false);
+    return new SimPage(PFNS.userPage(), false);
+  }
+  /** `n` small pages on consecutive frames. */
+  allocRun(n: number): SimPage[] {
+    const base = PFNS.run(n);
+    return Array.from({ length: n }, (_, i) => new SimPage(base + i, false));
   }
   allocHuge(): SimPage[] {
     const base = PFNS.huge();
@@ -51,6 +56,11 @@ export interface MmapOptions {
   prot?: number;
   shared?: boolean;
   hugetlb?: boolean;
+  /**
+   * Back the mapping now with physically contiguous small pages (as a contiguous
+   * allocator would); ordinary pages are faulted in one by one and never adjacent.
+   */
+  contiguous?: boolean;
 }
 
 let nextPid = 1000;
@@ -58,7 +68,7 @@ let nextPid = 1000;
 export function defaultProcess(over: Partial<ProcessInfo> = {}): ProcessInfo {
   return {
     pid: nextPid++, uid: 0, capSysResource: true, capIpcLock: true, capSysRawio: true,
-    memlockLimit: Infinity, lockedPages: 0, alive: true, ...over,
+    memlockLimit: Infinity, lockedPages: 0, pinnedPages: 0, alive: true, ...over,
   };
 }
 
@@ -86,6 +96,10 @@ export class SimMemory implements UserMemory {
     const first = base / PAGE_SIZE;
     for (let i = 0; i < size / PAGE_SIZE; i++) {
       this.pages.set(first + i, { prot, shared: !!opts.shared, huge: !!opts.hugetlb, page: null });
+    }
+    if (opts.contiguous && !opts.hugetlb) {
+      const run = this.phys.allocRun(size / PAGE_SIZE);
+      run.forEach((p, i) => (this.pages.get(first + i)!.page = p));
     }
     if (opts.hugetlb) {
       for (let i = 0; i < size / PAGE_SIZE; i += PAGES_PER_HUGE) {

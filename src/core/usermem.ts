@@ -28,13 +28,16 @@ export interface PhysPage {
 export interface ProcessInfo {
   readonly pid: number;
   readonly uid: number;
+  /** Effective capabilities of the calling thread, as of the current call (capable() is asked then). */
   readonly capSysResource: boolean;
   readonly capIpcLock: boolean;
   readonly capSysRawio: boolean;
-  /** RLIMIT_MEMLOCK in bytes (Infinity for unlimited). */
+  /** RLIMIT_MEMLOCK in bytes (Infinity for unlimited), read when a pin is charged to the process. */
   memlockLimit: number;
-  /** Pages charged to this process (per-process accounting mode). */
+  /** Pages charged to this process (per-process accounting mode): VmLck of its /proc status. */
   lockedPages: number;
+  /** Pages pinned on this process's behalf in any accounting mode (mm->pinned_vm): VmPin. */
+  pinnedPages: number;
   /** False once the process exited: pinning from it then fails with EFAULT. */
   alive: boolean;
 }

@@ -50,7 +50,8 @@ export interface Fx extends T {
 export function fixture(profile: ProfileName = 'mainline'): Fx {
   const t = setup(profile);
   const ioas = ioasAlloc(t);
-  const va = mapFixed(t, ioas, BASE_IOVA, 2 * PAGE_SIZE);
+  // Physically contiguous: the HW-queue tests use both pages as one queue (the kernel requires that).
+  const va = mapFixed(t, ioas, BASE_IOVA, 2 * PAGE_SIZE, { contiguous: true });
   const md = mockDomain(t, ioas);
   const parent = hwptAlloc(t, { devId: md.idevId, ptId: ioas, flags: NEST });
   return Object.assign(t, { ioas, va, stdev: md.stdevId, idev: md.idevId, autoHwpt: md.hwptId, parent });

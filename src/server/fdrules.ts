@@ -14,7 +14,7 @@ export type FdRuleRecord = Values<typeof RECORD.fdrule.spec>;
 export const KINDS: readonly KindRecord[] = [
   // /dev/iommu: ioctl and mmap; read/write have no file operation (EINVAL)
   { kind: KIND.IOMMUFD, ops: OPS.IOCTL | OPS.MMAP },
-  // files ioctls hand out (fault queue, vEVENTQ, selftest access): read/write
+  // files ioctls hand out (fault queue, vEVENTQ, selftest access, dma-buf): read/write
   { kind: KIND.EVENT, ops: OPS.READ | OPS.WRITE },
 ];
 
@@ -36,6 +36,12 @@ const RULES: readonly Rule[] = [
   // the selftest's in-kernel access is an fd; the access ops name it in `id`
   { ioctl: 'TEST_CMD', action: FDRULE.RETURNS, kind: KIND.EVENT, when: { field: TC.op, value: TEST_OP.CREATE_ACCESS }, field: TC.id },
   { ioctl: 'TEST_CMD', action: FDRULE.NAMES, field: TC.id },
+  // the selftest's dma-buf exporter: a new fd (7.3.4 returns 0, the fd is installed all the same)...
+  { ioctl: 'TEST_CMD', action: FDRULE.RETURNS, kind: KIND.EVENT, when: { field: TC.op, value: TEST_OP.DMABUF_GET } },
+  // ...named by REVOKE (a later rule of a request wins) and by MAP_FILE
+  { ioctl: 'TEST_CMD', action: FDRULE.NAMES, when: { field: TC.op, value: TEST_OP.DMABUF_REVOKE },
+    field: S.test_dmabuf_revoke.fields.dmabuf_fd },
+  { ioctl: 'IOAS_MAP_FILE', action: FDRULE.NAMES, field: S.iommu_ioas_map_file.fields.fd },
 ];
 
 /** The fd rules of `emu`'s profile (requests it does not have are left out). */

@@ -83,7 +83,7 @@ export class SharedObject implements FileBacking {
       for (let i = 0; i < PAGES_PER_HUGE; i++) this.pages.set(first + i, new SharedPage(base + i, true, this, first + i));
       p = this.pages.get(index)!;
     } else {
-      p = new SharedPage(this.pfns.one(), false, this, index);
+      p = new SharedPage(this.pfns.userPage(), false, this, index);
       this.pages.set(index, p);
     }
     return p;
@@ -522,7 +522,7 @@ export class ProcMemory implements UserMemory {
       }
       return this.privatePages.get(va)!;
     }
-    p = new PrivatePage(this.registry.pfns.one(), false, this, va);
+    p = new PrivatePage(this.registry.pfns.userPage(), false, this, va);
     this.privatePages.set(va, p);
     return p;
   }

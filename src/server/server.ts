@@ -20,10 +20,10 @@ import { Emulator } from '../core/emulator.js';
 import { POLLIN, type FdTable, type IommufdFile } from '../core/file.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
 import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
-import type { ProcessInfo } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { fdRules, KINDS } from './fdrules.js';
+import { ClientProcess } from './credentials.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
 import * as W from './wire.js';
@@ -54,7 +54,6 @@ function errText(neg: number): string {
   return errnoName(-neg) ?? `errno ${-neg}`;
 }
 
-const U64_MAX = (1n << 64n) - 1n;
 /** EPROTO (outside the uAPI's errno table): a shim built for another wire version. */
 const EPROTO = 71;
 
@@ -229,11 +228,15 @@ class CallFdTable implements FdTable {
     return this.server.bindingOfFd(this.st, fd);
   }
 
-  install(file: IommufdFile): number {
+  /** The installed fd is not close-on-exec (the shim clears the flag the prepared socket has). */
+  keepOnExec = false;
+
+  install(file: IommufdFile, opts?: { cloexec?: boolean }): number {
     const b = this.ev;
     if (this.installed || this.evfd < 0 || !b || b.file || b.released) fail('ENOMEM', 'no event fd prepared by the shim');
     this.server.bindFile(b, file);
     this.installed = true;
+    this.keepOnExec = opts?.cloexec === false;
     return this.evfd;
   }
 
@@ -241,6 +244,17 @@ class CallFdTable implements FdTable {
     if (this.installed && fd === this.evfd) return this.ev?.file ?? undefined;
     const b = this.bindingOf(fd);
     return b && !b.released ? b.file ?? undefined : undefined;
+  }
+
+  isOpen(fd: number): boolean {
+    if (fd < 0) return false;
+    if (this.installed && fd === this.evfd) return true;
+    try {
+      fs.lstatSync(`/proc/${this.st.pid}/fd/${fd}`);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   close(fd: number): void {
@@ -274,6 +288,7 @@ const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   MREF: (s, c, f) => s.mref(c, f),
   HOLDER: (s, c, f) => s.holderConn(c, f),
   MDUP: (s, c, f) => s.mdup(c, f),
+  PROCSTAT: (s, c, f) => s.procstat(c, f),
 };
 
 export class IommufdServer {
@@ -290,11 +305,14 @@ export class IommufdServer {
   readonly socketPath: string;
   readonly log: (msg: string) => void;
   private readonly grantCaps: readonly CapName[];
+  /** The granted capabilities as CAP bits, added to what every frame reports. */
+  private readonly grants: number;
   /** The PROVE reply's tables (kinds, fd rules), encoded once. */
   private readonly tables: { nkinds: number; nrules: number; bytes: Buffer };
 
   constructor(opts: ServerOptions) {
     this.grantCaps = opts.grantCaps ?? [];
+    this.grants = this.grantCaps.reduce((m, g) => m | CAP_BITS[g], 0);
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
     this.transport = opts.transport ?? new UnixTransport(opts.socketPath);
@@ -391,17 +409,7 @@ export class IommufdServer {
       return c.reject(`HELLO of wire version ${f.version} (this server speaks ${W.WIRE_VERSION}: rebuild the shim)`);
     }
     const pid = f.pid;
-    let caps = f.caps;
-    for (const g of this.grantCaps) caps |= CAP_BITS[g];
-    const info: ProcessInfo = {
-      pid, uid: f.uid,
-      capSysResource: !!(caps & W.CAP.SYS_RESOURCE),
-      capIpcLock: !!(caps & W.CAP.IPC_LOCK),
-      capSysRawio: !!(caps & W.CAP.SYS_RAWIO),
-      memlockLimit: f.memlock === U64_MAX ? Infinity : Number(f.memlock),
-      lockedPages: 0,
-      alive: true,
-    };
+    const info = new ClientProcess(pid, f.uid, f.caps | this.grants, f.memlock);
     let mem: ProcMemory;
     try {
       mem = new ProcMemory(info, this.registry);
@@ -612,6 +620,17 @@ export class IommufdServer {
   }
 
   /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
+  /** The VmPin/VmLck counts of a process for its /proc status (readable by whoever can open that file). */
+  procstat(c: Conn, f: W.ReqValues<'PROCSTAT'>): void {
+    this.procOf(c);
+    const p = this.procs.get(f.pid)?.mem.process as ClientProcess | undefined;
+    if (!p) return this.reply(c, W.REQ.PROCSTAT, W.REP.procstat, { status: -ERRNO.ENOENT });
+    // The kernel's counters are unsigned: a count that went below zero (a CHANGE_PROCESS of
+    // pages charged to nobody, see ioas.ts) shows wrapped, as there.
+    const u64 = (n: number): bigint => BigInt.asUintN(64, BigInt(n));
+    this.reply(c, W.REQ.PROCSTAT, W.REP.procstat, { status: 0, pinned: u64(p.pinnedPages), locked: u64(p.lockedPages) });
+  }
+
   lookup(c: Conn, f: W.ReqValues<'LOOKUP'>): void {
     const st = this.procOf(c);
     const ino = socketInode(st.pid, f.fd);
@@ -676,7 +695,8 @@ export class IommufdServer {
     if (!entry) {
       ret = -ERRNO.EBADF;
     } else {
-      st.mem.process.memlockLimit = f.memlock === U64_MAX ? Infinity : Number(f.memlock);
+      const proc = st.mem.process as ClientProcess;
+      proc.beginCall(f, this.grants);
       st.mem.setGeneration(f.mapgen);
       // The struct's first bytes came inline: reads of them are served from
       // that copy, writes to them go back with the reply (see ProcMemory).
@@ -689,6 +709,7 @@ export class IommufdServer {
           () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
+        proc.endCall();
         st.mem.flushInline(); // only if something above threw: no reply will carry the bytes
       }
     }
@@ -701,7 +722,8 @@ export class IommufdServer {
     // With the bytes the call wrote to the inline copy of the struct: the shim stores them.
     const tail = written ? written.data.subarray(written.lo, written.hi) : undefined;
     this.reply(c, W.REQ.IOCTL, W.REP.ioctl, {
-      ret: BigInt(ret), failnth: outFailnth, evused: fdt?.installed ? 1 : 0, woff: written ? written.lo : 0,
+      ret: BigInt(ret), failnth: outFailnth, woff: written ? written.lo : 0,
+      evused: fdt?.installed ? W.EVUSED.INSTALLED | (fdt.keepOnExec ? W.EVUSED.KEEP_ON_EXEC : 0) : 0,
     }, tail);
   }
 

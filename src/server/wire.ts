@@ -94,7 +94,7 @@ export const IOCTL_INLINE_MAX = 256;
 /** Largest frame a peer may announce; anything else is malformed. */
 export const MAX_FRAME = 4096;
 /** Bumped on every incompatible change; HELLO carries the shim's. */
-export const WIRE_VERSION = 2;
+export const WIRE_VERSION = 3;
 
 // ---- constants shared by both sides ---------------------------------------------
 
@@ -112,10 +112,12 @@ export const FDRULE = {
 export const CAP = { SYS_RESOURCE: 1, IPC_LOCK: 2, SYS_RAWIO: 4 } as const;
 export const REGION = { HUGE: 1 } as const;
 export const FILEOP = { READ: 0, WRITE: 1 } as const;
+/** IOCTL reply's evused: the prepared event fd was handed out; KEEP_ON_EXEC: without FD_CLOEXEC. */
+export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 
 export const CONSTANTS: Record<string, Record<string, number>> = {
   WIRE: { VERSION: WIRE_VERSION, IOCTL_INLINE_MAX, MAX_FRAME },
-  WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP,
+  WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
 };
 
 // ---- replies and records --------------------------------------------------------
@@ -138,6 +140,8 @@ export const REP = {
   lookup: reply('lookup', { kind: 'u32', pad: 'u32', token: 'u64' }, 'which emulated file the fd is (KIND.NONE: none)'),
   mmap: reply('mmap', { err: 's32', pad: 'u32', handle: 'u64' }, 'the mapping\'s handle (its references, see MREF)'),
   holder: reply('holder', { status: 's32', pad: 'u32', token: 'u64' }, 'the holder\'s token (MDUP names it)'),
+  procstat: reply('procstat', { status: 's32', pad: 'u32', pinned: 'u64', locked: 'u64' },
+    'pages the emulator pinned for the process (VmPin) and charged to it as locked (VmLck); status -ENOENT: not a client'),
 } as const;
 
 export const RECORD = {
@@ -173,8 +177,10 @@ export const REQ = {
   IOCTL: request('IOCTL', 3, CTL, REP.ioctl, {
     token: 'u64', fd: 's32', tid: 'u32', request: 'u32', failnth: 'u32', arg: 'u64',
     evfd: 's32', mapgen: 'u32', evtoken: 'u64', memlock: 'u64', hintfd: 's32', inl: 'u32', hinttoken: 'u64',
+    caps: 'u32', pad: 'u32',
   }, 'ioctl(fd, request, arg) on the file `token`; evfd/evtoken: a prepared event socket (-1: none); '
-    + 'hintfd/hinttoken: an fd the call may look up (FDRULE.NAMES); then inl bytes of our memory from arg on',
+    + 'hintfd/hinttoken: an fd the call may look up (FDRULE.NAMES); memlock, caps: the caller\'s RLIMIT_MEMLOCK '
+    + 'and effective CAP bits now (the kernel checks them at the call); then inl bytes of our memory from arg on',
   { tail: 'inl', tailMax: IOCTL_INLINE_MAX }),
   SYNC: request('SYNC', 4, CTL, REP.status, { forget: 'u64' },
     'answered once every hang-up before it was processed; forget: a file token this process no longer holds (0: none)'),
@@ -196,6 +202,8 @@ export const REQ = {
     { becomes: 'holder' }),
   MDUP: request('MDUP', 14, MAP_OWNERS, REP.mmap, { handle: 'u64', holder: 'u64', fd: 's32', pieces: 'u32' },
     'fork: the holder gets its own `pieces` references to mapping `handle` (fd: this connection\'s number in the sender)'),
+  PROCSTAT: request('PROCSTAT', 15, CTL, REP.procstat, { pid: 'u32', pad: 'u32' },
+    'pinned and locked page counts of process `pid` (the VmPin/VmLck lines of its /proc status)'),
 } as const;
 
 export type RequestName = keyof typeof REQ;

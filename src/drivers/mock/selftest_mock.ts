@@ -6,7 +6,10 @@ import type { IommufdCtx, Ucmd } from '../../core/context.js';
 import {
   deviceAttach, deviceBind, deviceDetach, deviceReplace, deviceUnbind, NO_PASID, type Device,
 } from '../../core/device.js';
+import { DmaBuf } from '../../core/dmabuf.js';
 import { reportDeviceFault } from '../../core/fault.js';
+import { installFile } from '../../core/file.js';
+import { allIopts } from '../../core/ioas.js';
 import type { HwptNested, HwptPaging } from '../../core/hwpt.js';
 import { IommufdObject, ObjType } from '../../core/object.js';
 import { registerTestOp, type TestCmd } from '../../core/selftest.js';
@@ -210,6 +213,42 @@ function pasidCheckHwpt(ucmd: Ucmd<TestCmd>): void {
   if (obj !== attached) fail('EINVAL', 'the device is not attached to hwpt_id at this PASID');
 }
 
+/**
+ * DMABUF_GET (6.19+): the selftest's dma-buf exporter. The length is rounded up to pages
+ * (0 or above 512 pages: EINVAL); the new fd is installed with open_flags. 7.3.4's mock
+ * returns 0 instead of the fd (a kernel quirk, dmabufGetReturnsZero): the fd stays open.
+ */
+const O_CLOEXEC = 0o2000000;
+
+function dmabufGet(ucmd: Ucmd<TestCmd>): number {
+  const u = ucmd.cmd.u as { length: number; open_flags: number };
+  const len = BigInt(u.length + PAGE_SIZE - 1) & ~BigInt(PAGE_SIZE - 1);
+  if (len === 0n || len > BigInt(PAGE_SIZE * 512)) fail('EINVAL', 'DMABUF_GET: length 0 or above 512 pages');
+  const emu = ucmd.emu;
+  emu.failPoint('ENOMEM'); // the exporter's private data
+  emu.failPoint('ENOMEM'); // its memory
+  emu.failPoint('ENOMEM'); // dma_buf_export
+  const buf = new DmaBuf(emu, len, () => allIopts(emu), u.open_flags);
+  let fd = -1;
+  // dma_buf_fd(): the fd is close-on-exec only when open_flags asks for it.
+  installFile(ucmd, buf, (n) => (fd = n), undefined, { cloexec: (u.open_flags & O_CLOEXEC) !== 0 });
+  return ucmd.ctx.profile.dmabufGetReturnsZero ? 0 : fd;
+}
+
+/** DMABUF_REVOKE: the selftest exporter's revoked state, then its move notification to every importer. */
+function dmabufRevoke(ucmd: Ucmd<TestCmd>): void {
+  const u = ucmd.cmd.u as { dmabuf_fd: number; revoked: number };
+  const fds = ucmd.caller.fds;
+  const file = u.dmabuf_fd >= 0 ? fds.lookup(u.dmabuf_fd) : undefined;
+  if (!file) {
+    const open = u.dmabuf_fd >= 0 && (fds.isOpen?.(u.dmabuf_fd) ?? false);
+    fail(open ? 'EINVAL' : 'EBADF', open ? 'DMABUF_REVOKE: not a dma-buf' : 'DMABUF_REVOKE: not an open fd');
+  }
+  if (!(file instanceof DmaBuf)) fail('EINVAL', 'DMABUF_REVOKE: not a dma-buf');
+  file.revoked = u.revoked !== 0;
+  file.invalidate();
+}
+
 registerTestOp(TEST_OP.MOCK_DOMAIN, mockDomain);
 registerTestOp(TEST_OP.MOCK_DOMAIN_FLAGS, mockDomain);
 registerTestOp(TEST_OP.MOCK_DOMAIN_REPLACE, mockDomainReplace);
@@ -222,4 +261,6 @@ registerTestOp(TEST_OP.PASID_ATTACH, pasidAttach);
 registerTestOp(TEST_OP.PASID_REPLACE, pasidReplace);
 registerTestOp(TEST_OP.PASID_DETACH, pasidDetach);
 registerTestOp(TEST_OP.PASID_CHECK_HWPT, pasidCheckHwpt);
+registerTestOp(TEST_OP.DMABUF_GET, dmabufGet);
+registerTestOp(TEST_OP.DMABUF_REVOKE, dmabufRevoke);
 

@@ -160,8 +160,9 @@ export function selftestData(t: T, iotlb: number = MOCK.IOTLB_DEFAULT): Uint8Arr
 }
 
 /** Map `length` bytes of fresh user memory at a fixed IOVA; returns the user address. */
-export function mapFixed(t: T, ioasId: number, iova: bigint, length: number, opts: { hugetlb?: boolean } = {}): bigint {
-  const va = t.mem.mmap(length, { hugetlb: opts.hugetlb, shared: true });
+export function mapFixed(t: T, ioasId: number, iova: bigint, length: number,
+  opts: { hugetlb?: boolean; contiguous?: boolean } = {}): bigint {
+  const va = t.mem.mmap(length, { hugetlb: opts.hugetlb, contiguous: opts.contiguous, shared: true });
   raw(t, 'IOAS_MAP', S.iommu_ioas_map, { flags: 1 | 2 | 4, ioas_id: ioasId, user_va: va, length: BigInt(length), iova });
   return va;
 }
