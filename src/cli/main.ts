@@ -6,13 +6,13 @@ import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
 import { PROFILES, type ProfileName } from '../uapi/profiles.js';
 import { ensureShim } from '../server/native.js';
-import { runProgram, shimEnv, traceWriter } from '../server/run.js';
+import { attachTrace, runProgram, shimEnv } from '../server/run.js';
 import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
-import { TracePrinter } from '../server/trace.js';
+import { TRACE_CATEGORIES } from '../server/trace.js';
 import { DEFAULT_PORT, inspectPort, serveRecording, startInspector } from '../inspect/start.js';
 import { buildDemo } from './demo.js';
 import { DEVICE_MODELS } from '../devices/models.js';
-import { DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
+import { buildMachine, DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
 const abiOption = () =>
   new Option('--abi <profile>', 'ABI profile the emulator impersonates')
@@ -27,6 +27,15 @@ const inspectOption = () =>
   new Option('--inspect [port]', `serve the live inspector on 127.0.0.1:PORT (default ${DEFAULT_PORT}; 0 = any free port)`);
 const recordOption = () =>
   new Option('--inspect-record <file>', 'record the inspector\'s stream to FILE (replay it with `iommufd-emu inspect FILE`)');
+
+/** `--machine PRESET|FILE`: which devices the emulated machine has (docs/MACHINE.md). */
+const machineOption = () =>
+  new Option('--machine <preset|file>', `machine description: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file`)
+    .default(DEFAULT_PRESET);
+
+const traceOption = () =>
+  new Option('--trace [spec]', `print one decoded line per ioctl (to stderr); SPEC: comma-separated categories ` +
+    `(${Object.entries(TRACE_CATEGORIES).map(([k, c]) => `${k}: ${c.help}`).join('; ')}) and/or a FILE to append to`);
 
 const log = (m: string): void => void process.stderr.write(`iommufd-emu: ${m}\n`);
 
@@ -50,6 +59,8 @@ interface RunCliOptions {
   inspect?: boolean | string;
   inspectRecord?: string;
   inspectWait?: boolean;
+  /** --machine: the devices and IOMMUs of the emulated machine (none when not given). */
+  machine?: string;
 }
 
 /**
@@ -59,8 +70,8 @@ interface RunCliOptions {
  */
 async function runCli(prog: string[], opts: RunCliOptions): Promise<number> {
   const emulator = new Emulator({ profile: opts.abi });
-  const write = traceWriter(opts.trace);
-  if (write) new TracePrinter(write).attach(emulator);
+  if (opts.machine) buildMachine(emulator, loadMachine(opts.machine));
+  attachTrace(emulator, opts.trace);
   const run = { profile: opts.abi, grantCaps: opts.grantCap, emulator };
   if (!opts.inspect && !opts.inspectRecord) return runProgram(prog, run);
   const ins = await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord, argv: prog }, log);
@@ -103,11 +114,12 @@ program
   .command('run')
   .description('run PROG with /dev/iommu routed to a private emulator; exits with PROG\'s status')
   .addOption(abiOption())
-  .option('--trace [file]', 'print one decoded line per ioctl (to stderr, or append to FILE)')
+  .addOption(traceOption())
   .addOption(grantOption())
   .addOption(inspectOption())
   .addOption(recordOption())
   .option('--no-inspect-wait', 'with --inspect, start the program without waiting for a page')
+  .addOption(machineOption().default(undefined))
   .argument('<prog...>', 'program and its arguments (after --)')
   .passThroughOptions()
   .action(async (prog: string[], opts: RunCliOptions) => {
@@ -120,16 +132,17 @@ program
   .description('serve /dev/iommu to every client of a socket (the shim connects via IOMMUFD_EMU_SOCKET)')
   .option('--socket <path>', 'socket path', defaultSocketPath())
   .addOption(abiOption())
-  .option('--trace [file]', 'print one decoded line per ioctl')
+  .addOption(traceOption())
   .addOption(grantOption())
   .addOption(inspectOption())
   .addOption(recordOption())
+  .addOption(machineOption().default(undefined))
   .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[];
-    inspect?: boolean | string; inspectRecord?: string }) => {
+    inspect?: boolean | string; inspectRecord?: string; machine?: string }) => {
     await loadHandlers();
-    const write = traceWriter(opts.trace);
     const emulator = new Emulator({ profile: opts.abi });
-    if (write) new TracePrinter(write).attach(emulator);
+    if (opts.machine) buildMachine(emulator, loadMachine(opts.machine));
+    attachTrace(emulator, opts.trace);
     const ins = opts.inspect || opts.inspectRecord
       ? await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord }, log) : null;
     ins?.session.setStatus('serving');
@@ -154,11 +167,6 @@ program
     }
   });
 
-/** `--machine PRESET|FILE`: which devices the emulated machine has (docs/MACHINE.md). */
-const machineOption = () =>
-  new Option('--machine <preset|file>', `machine description: a preset (${Object.keys(PRESETS).join(', ')}) or a JSON file`)
-    .default(DEFAULT_PRESET);
-
 program
   .command('devices')
   .description('print the emulated machine: IOMMUs and the PCI functions bound to vfio-pci (BDF, model, group, cdev)')
@@ -173,7 +181,10 @@ program
           process.stdout.write(`    ${k}=${o.min}..${o.max} (default ${o.default}): ${o.help}\n`);
         }
       }
-      for (const [k, t] of Object.entries(IOMMU_TYPES)) process.stdout.write(`iommu ${k}: ${t.description}\n`);
+      for (const [k, t] of Object.entries(IOMMU_TYPES)) {
+        process.stdout.write(`iommu ${k}: ${t.description}\n`);
+        for (const [o, d] of Object.entries(t.options ?? {})) process.stdout.write(`    ${o}: ${d.help}\n`);
+      }
       return;
     }
     const m = loadMachine(opts.machine);

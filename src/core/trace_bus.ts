@@ -70,23 +70,51 @@ export type TraceEvent =
 
 export type TraceListener = (e: TraceEvent) => void;
 
+export interface SubscribeOptions {
+  /**
+   * The `driver` events (hardware trace points: many per DMA) the listener
+   * wants: all (true, the default), none (false), or those of the named
+   * drivers. Drivers build a record only while some listener wants it.
+   */
+  readonly drivers?: boolean | readonly string[];
+}
+
 export class TraceBus {
   /** True while anyone listens: every emit site checks it first. */
   on = false;
-  private listeners: TraceListener[] = [];
+  /** True while some listener wants some driver's events (then ask wants()). */
+  driversOn = false;
+  /** Bumped at every subscribe/unsubscribe: drivers cache wants() against it. */
+  generation = 0;
+  private listeners: { fn: TraceListener; drivers: boolean | ReadonlySet<string> }[] = [];
 
   /** Add a listener; returns the function that removes it. */
-  subscribe(fn: TraceListener): () => void {
-    this.listeners = [...this.listeners, fn];
-    this.on = true;
+  subscribe(fn: TraceListener, opts: SubscribeOptions = {}): () => void {
+    const d = opts.drivers ?? true;
+    const entry = { fn, drivers: typeof d === 'boolean' ? d : new Set(d) };
+    this.listeners = [...this.listeners, entry];
+    this.update();
     return () => {
-      this.listeners = this.listeners.filter((l) => l !== fn);
-      this.on = this.listeners.length > 0;
+      this.listeners = this.listeners.filter((l) => l !== entry);
+      this.update();
     };
   }
 
+  private update(): void {
+    this.on = this.listeners.length > 0;
+    this.driversOn = this.listeners.some((l) => l.drivers === true || (l.drivers !== false && l.drivers.size > 0));
+    this.generation++;
+  }
+
+  /** Whether some listener wants `driver`'s events. */
+  wants(driver: string): boolean {
+    return this.listeners.some((l) => l.drivers === true || (l.drivers !== false && l.drivers.has(driver)));
+  }
+
   emit(e: TraceEvent): void {
-    for (const l of this.listeners) l(e);
+    for (const l of this.listeners) {
+      if (e.t !== 'driver' || l.drivers === true || (l.drivers !== false && l.drivers.has(e.driver))) l.fn(e);
+    }
   }
 
   /**

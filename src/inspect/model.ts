@@ -2,6 +2,7 @@
 // messages folded into steps, each with the graph in force after it; the
 // objects that block a failed DESTROY; one-line summaries of events.
 import type { HelloMessage, JsonEvent, JsonGraph, Message, StatusMessage, StepMessage } from './protocol.js';
+import { driverEventText } from '../core/driver_trace.js';
 
 type ContextG = JsonGraph['contexts'][number];
 type ObjectN = ContextG['objects'][number];
@@ -117,7 +118,7 @@ export function eventText(e: JsonEvent): string {
     case 'mmap': return `${e.op} of region ${e.offset} +${e.length} (owner ${e.owner})`;
     case 'fail': return `check failed: ${e.errno}${e.reason ? ` ${e.reason}` : ''}`;
     case 'note': return e.text;
-    case 'driver': return `${e.driver}: ${e.point}`;
+    case 'driver': return driverEventText(e);
     case 'begin': return `begin ${e.name ?? 'ioctl'}`;
     case 'ioctl': return `${e.name ?? 'ioctl'} = ${e.errno ?? e.ret}`;
   }

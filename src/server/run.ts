@@ -8,11 +8,11 @@ import { Emulator } from '../core/emulator.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { ensureShim } from './native.js';
 import { IommufdServer, type CapName } from './server.js';
-import { TracePrinter } from './trace.js';
+import { parseTraceSpec, TracePrinter } from './trace.js';
 
 export interface RunOptions {
   profile?: ProfileName;
-  /** true: trace to stderr; a string: append to that file. */
+  /** The --trace value: true = ioctls to stderr; a string = categories and/or a file (parseTraceSpec). */
   trace?: boolean | string;
   /** Extra environment for the program. */
   env?: NodeJS.ProcessEnv;
@@ -45,15 +45,20 @@ export function traceWriter(trace: boolean | string | undefined): ((line: string
   return (l) => fs.writeSync(fd, `${l}\n`);
 }
 
+/** `--trace[=SPEC]` (parseTraceSpec): print `emu`'s trace as asked; nothing when not asked. */
+export function attachTrace(emu: Emulator, trace: boolean | string | undefined): void {
+  const spec = parseTraceSpec(trace);
+  if (spec) new TracePrinter(traceWriter(spec.to)!, true, spec.categories).attach(emu);
+}
+
 export async function runProgram(argv: string[], opts: RunOptions = {}): Promise<number> {
   if (argv.length === 0) throw new Error('run: no program given (iommufd-emu run [options] -- PROG ARGS...)');
   const shim = ensureShim();
   const dir = privateDir();
   const socket = path.join(dir, 'sock');
   const debugfs = path.join(dir, 'debugfs');
-  const write = traceWriter(opts.trace);
   const emulator = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
-  if (write) new TracePrinter(write).attach(emulator);
+  attachTrace(emulator, opts.trace);
   const server = new IommufdServer({ socketPath: socket, emulator, grantCaps: opts.grantCaps });
   await server.listen();
   try {

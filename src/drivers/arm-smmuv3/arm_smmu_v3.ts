@@ -23,7 +23,6 @@ import {
 } from './profile.js';
 import { build, CD, EVT, get, getN, OP, S1DSS, STE, STE_CONFIG } from './regs.js';
 import { SmmuV3 } from './smmu.js';
-import { smmuTrace, smmuTraceOn } from './trace.js';
 import { SmmuViommuDriver, type SmmuNestedDomain } from './viommu.js';
 
 /** The software MSI window arm-smmu-v3 reports as a reserved region (MSI_IOVA_BASE/LENGTH). */
@@ -201,7 +200,7 @@ export class ArmSmmuDevice {
   readonly streams = new Map<number, SmmuMaster>();
 
   constructor(readonly driver: ArmSmmuV3Driver, readonly cfg: SmmuHwConfig) {
-    this.hw = new SmmuV3(cfg);
+    this.hw = new SmmuV3(cfg, driver.emu.bus);
     this.tableMem = new HostTableMemory(this.tables, driver.emu);
     this.hw.eventHandler = (w) => this.handleEvent(w);
   }
@@ -228,7 +227,7 @@ export class ArmSmmuDevice {
   installSte(m: SmmuMaster, ste: readonly bigint[]): void {
     for (const sid of m.sids) this.hw.writeSte(sid, ste);
     this.hw.issue(m.sids.map((sid) => cmd.make(OP.CFGI_STE, { SID: sid, CFGI_LEAF: 1 })));
-    if (smmuTraceOn) smmuTrace({ point: 'attach', smmu: this.name, sids: m.sids, ste: ste.slice(0, 4) });
+    if (this.hw.t.on) this.hw.t.emit('attach', { sids: m.sids, ste: ste.slice(0, 4) });
   }
 
   /** Write CD 0 of the master's kernel CD table and invalidate it. */

@@ -7,7 +7,7 @@
 import type { SmmuFeatures } from './config.js';
 import { leafLevels, levelShift } from './pgtable.js';
 import { CD, EVT_ID, get, getN, inPlace, paBits, STE, STE_CONFIG, TG0_SHIFT, TG1_SHIFT } from './regs.js';
-import { smmuTrace, smmuTraceOn } from './trace.js';
+import type { SmmuTracer } from './trace.js';
 import type { S1Params, S1Region, S2Params } from './walk.js';
 
 export type StreamKind = 'abort' | 'bypass' | 's1' | 's2' | 'nested';
@@ -97,10 +97,10 @@ function decodeS2(ste: readonly bigint[], f: SmmuFeatures, vmid: number): S2Para
 }
 
 /** Decode an STE the SMMU fetched for `sid`. */
-export function decodeSte(sid: number, ste: readonly bigint[] | undefined, f: SmmuFeatures, smmu: string): StreamConfig | ConfigFault {
+export function decodeSte(sid: number, ste: readonly bigint[] | undefined, f: SmmuFeatures, t: SmmuTracer): StreamConfig | ConfigFault {
   const r = decodeSteInner(sid, ste, f);
-  if (smmuTraceOn) {
-    smmuTrace({ point: 'ste', smmu, sid, ...(isFault(r) ? { fault: r.reason } : { kind: r.kind, vmid: r.vmid, s1: r.s1, s2: r.s2 && { g: r.s2.g, inBits: r.s2.inBits, startLevel: r.s2.startLevel, ttb: r.s2.ttb } }) });
+  if (t.on) {
+    t.emit('ste', { sid, ...(isFault(r) ? { fault: r.reason } : { kind: r.kind, vmid: r.vmid, s1: r.s1, s2: r.s2 && { g: r.s2.g, inBits: r.s2.inBits, startLevel: r.s2.startLevel, ttb: r.s2.ttb } }) });
   }
   return r;
 }
@@ -144,10 +144,10 @@ function decodeSteInner(sid: number, ste: readonly bigint[] | undefined, f: Smmu
 }
 
 /** Decode a CD fetched for a stream (the C_BAD_CD checks of spec 04 §5.3). */
-export function decodeCd(cd: readonly bigint[], sc: StreamConfig, f: SmmuFeatures, smmu: string, ssid: number): CdConfig | ConfigFault {
+export function decodeCd(cd: readonly bigint[], sc: StreamConfig, f: SmmuFeatures, t: SmmuTracer, ssid: number): CdConfig | ConfigFault {
   const r = decodeCdInner(cd, sc, f);
-  if (smmuTraceOn) {
-    smmuTrace({ point: 'cd', smmu, sid: sc.sid, ssid, ...(isFault(r) ? { fault: r.reason } : {
+  if (t.on) {
+    t.emit('cd', { sid: sc.sid, ssid, ...(isFault(r) ? { fault: r.reason } : {
       asid: r.asid, ipsBits: r.ipsBits, regions: r.regions.map((x) => x && { g: x.g, inBits: x.inBits, startLevel: x.startLevel, ttb: x.ttb }),
     }) });
   }
@@ -204,7 +204,7 @@ export { isFault as isConfigFault };
 /** Decoded configurations by StreamID: a bounded LRU of successful decodes. */
 export class ConfigCache {
   private readonly map = new Map<number, StreamConfig>();
-  constructor(readonly capacity: number, readonly smmu: string) {}
+  constructor(readonly capacity: number, readonly t: SmmuTracer) {}
 
   get(sid: number): StreamConfig | undefined {
     const c = this.map.get(sid);
@@ -226,14 +226,14 @@ export class ConfigCache {
     while (this.map.size >= this.capacity && this.map.size) {
       const oldest = this.map.keys().next().value as number;
       this.map.delete(oldest);
-      if (smmuTraceOn) smmuTrace({ point: 'cfgcache', smmu: this.smmu, op: 'evict', sid: oldest });
+      if (this.t.on) this.t.emit('cfgcache', { op: 'evict', sid: oldest });
     }
     if (this.capacity > 0) this.map.set(c.sid, c);
   }
 
   /** CFGI_STE: the stream's STE and every CD cached through it. */
   invSid(sid: number): void {
-    if (this.map.delete(sid) && smmuTraceOn) smmuTrace({ point: 'cfgcache', smmu: this.smmu, op: 'inv:ste', sid });
+    if (this.map.delete(sid) && this.t.on) this.t.emit('cfgcache', { op: 'inv:ste', sid });
   }
 
   /** CFGI_STE_RANGE / CFGI_ALL. */
@@ -247,7 +247,7 @@ export class ConfigCache {
     if (!c) return;
     if (ssid === undefined) c.cds.clear();
     else c.cds.delete(ssid);
-    if (smmuTraceOn) smmuTrace({ point: 'cfgcache', smmu: this.smmu, op: ssid === undefined ? 'inv:cd_all' : 'inv:cd', sid, ssid });
+    if (this.t.on) this.t.emit('cfgcache', { op: ssid === undefined ? 'inv:cd_all' : 'inv:cd', sid, ssid });
   }
 
   invAll(): void {

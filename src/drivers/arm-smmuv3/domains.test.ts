@@ -5,6 +5,8 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { deviceAttach, deviceUnbind } from '../../core/device.js';
+import { driverEventText } from '../../core/driver_trace.js';
+import type { TraceEvent } from '../../core/trace_bus.js';
 import { errOf } from '../mock/test_helpers.js';
 import { HWPT_ALLOC } from '../../uapi/enums.js';
 import { SmmuPagingDomain } from './arm_smmu_v3.js';
@@ -12,7 +14,7 @@ import { Iotlb } from './iotlb.js';
 import { D } from './mem.js';
 import { LpaeTable, PROT } from './pgtable.js';
 import { EVT_ID, getN, STE, STE_CONFIG } from './regs.js';
-import { formatSmmuTrace, onSmmuTrace, type SmmuTraceRecord } from './trace.js';
+import { formatSmmuTrace, onSmmuTrace, SmmuTracer, type SmmuTraceRecord } from './trace.js';
 import {
   assertFault, dma, faultOf, GuestRam, hwptPaging, PhysRam, physOf, rig, type Rig,
 } from './test_helpers.js';
@@ -180,7 +182,7 @@ function leafLevelOf(t: LpaeTable, va: number): number {
 
 describe('IOTLB', () => {
   test('bounded LRU: the least recently used entry goes; a hit refreshes', () => {
-    const tlb = new Iotlb(3, 't');
+    const tlb = new Iotlb(3, new SmmuTracer('t', null));
     const ins = (va: number) => tlb.insert({ vmid: 1, asid: 2, va, sizeLog2: 12, pa: va, ipa: va, s1perm: 63, s2perm: 63, level: 3, g: 12, s2level: 0, s2g: 0, s2dev: false });
     ins(0x1000);
     ins(0x2000);
@@ -210,7 +212,7 @@ describe('trace points', () => {
     const { hwpt } = withIoas(r);
     deviceAttach(r.idev, undefined, hwpt);
     const recs: SmmuTraceRecord[] = [];
-    const off = onSmmuTrace((x) => recs.push(x));
+    const off = onSmmuTrace(r.emu.bus, (x) => recs.push(x));
     try {
       physOf(dma(r, 0x20_0000n));
     } finally {
@@ -222,10 +224,72 @@ describe('trace points', () => {
     assert.match(formatSmmuTrace(recs.find((x) => x.point === 'walk')!), /^smmu0 walk stage=1 level=0 va=0x200000 descAddr=0x[0-9a-f]+ desc=0x[0-9a-f]+$/);
     // Nobody listening: nothing is built or delivered.
     let n = 0;
-    const off2 = onSmmuTrace(() => n++);
+    const off2 = onSmmuTrace(r.emu.bus, () => n++);
     off2();
     physOf(dma(r, 0x20_1000n));
     assert.equal(n, 0);
+  });
+
+  test('per emulator: records reach only the bus of the emulator the SMMU is in; a listener without driver events turns them off', () => {
+    const a = rig();
+    const b = rig();
+    deviceAttach(a.idev, undefined, withIoas(a).hwpt);
+    deviceAttach(b.idev, undefined, withIoas(b).hwpt);
+    const seenA: SmmuTraceRecord[] = [];
+    const seenB: SmmuTraceRecord[] = [];
+    const offA = onSmmuTrace(a.emu.bus, (x) => seenA.push(x));
+    const offB = onSmmuTrace(b.emu.bus, (x) => seenB.push(x));
+    try {
+      physOf(dma(a, 0x20_0000n));
+    } finally {
+      offA();
+      offB();
+    }
+    assert.ok(seenA.some((x) => x.point === 'walk'), 'the DMA of emulator A traced on A');
+    assert.deepEqual(seenB, [], 'nothing of A on B');
+    // The ioctl printer's kind of listener (drivers: false): the bus is on, the SMMU's trace points are not.
+    const events: string[] = [];
+    const off = a.emu.bus.subscribe((e) => events.push(e.t), { drivers: false });
+    try {
+      assert.equal(a.emu.bus.on, true);
+      assert.equal(a.smmu.hw.t.on, false);
+      physOf(dma(a, 0x20_3000n));
+      a.fd.ioasAlloc();
+    } finally {
+      off();
+    }
+    assert.ok(events.includes('ioctl') || events.includes('obj'), 'core events still delivered');
+    assert.ok(!events.includes('driver'), events.join(','));
+    // A listener naming other drivers only (a device model): still untraced; naming this one: traced.
+    const got: string[] = [];
+    const offDev = a.emu.bus.subscribe((e) => { if (e.t === 'driver') got.push(e.driver); }, { drivers: ['ioat'] });
+    assert.equal(a.smmu.hw.t.on, false);
+    physOf(dma(a, 0x20_4000n));
+    const offSmmu = a.emu.bus.subscribe(() => {}, { drivers: ['arm-smmu-v3'] });
+    assert.equal(a.smmu.hw.t.on, true, 'the cached answer follows the bus generation');
+    physOf(dma(a, 0x20_5000n));
+    offSmmu();
+    assert.equal(a.smmu.hw.t.on, false);
+    offDev();
+    assert.deepEqual(got, [], 'SMMU records are not delivered to a listener of other drivers');
+  });
+
+  test('a bus record is a driver event: driver arm-smmu-v3, the point, the instance in data', () => {
+    const r = rig({ smmu: { name: 'smmuX' } });
+    deviceAttach(r.idev, undefined, withIoas(r).hwpt);
+    const evs: TraceEvent[] = [];
+    const off = r.emu.bus.subscribe((e) => evs.push(e));
+    try {
+      physOf(dma(r, 0x20_0000n));
+    } finally {
+      off();
+    }
+    const walk = evs.find((e) => e.t === 'driver' && e.point === 'walk');
+    assert.ok(walk && walk.t === 'driver');
+    assert.equal(walk.driver, 'arm-smmu-v3');
+    assert.equal(walk.data.smmu, 'smmuX');
+    assert.equal(walk.data.stage, 1);
+    assert.match(driverEventText(walk), /^arm-smmu-v3 walk smmu=smmuX stage=1 level=0 va=0x200000 descAddr=0x[0-9a-f]+ desc=0x[0-9a-f]+$/);
   });
 });
 

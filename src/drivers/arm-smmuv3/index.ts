@@ -6,7 +6,7 @@ export { ArmSmmuDevice, ArmSmmuV3Driver, SmmuMaster, SmmuPagingDomain, smmuTrans
 export { smmuConfig, probe, type SmmuFeatures, type SmmuHwConfig, type SmmuOptions } from './config.js';
 export { SmmuV3, type HostEvent, type SmmuFaultDetail } from './smmu.js';
 export { SmmuNestedDomain, type Vsmmu } from './viommu.js';
-export { onSmmuTrace, formatSmmuTrace, type SmmuTraceRecord } from './trace.js';
+export { onSmmuTrace, formatSmmuTrace, smmuRecordOf, SMMU_DRIVER, SmmuTracer, type SmmuTraceRecord } from './trace.js';
 export { smmuAbi, type SmmuAbi } from './profile.js';
 
 const EXT_KEY = 'arm-smmu-v3.driver';

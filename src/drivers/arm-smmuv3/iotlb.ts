@@ -5,7 +5,7 @@
 // (ASID = NONE) serve bypass/S2 streams and the stage-2 lookups of nested
 // table walks. Entries change only through the invalidations below: a stale
 // entry stays until the command that covers it.
-import { smmuTrace, smmuTraceOn } from './trace.js';
+import type { SmmuTracer } from './trace.js';
 
 /** Entry from a nG = 0 stage-1 leaf: matches every ASID of its VMID. */
 export const ASID_GLOBAL = 0x10000;
@@ -70,7 +70,7 @@ export class Iotlb {
   hits = 0;
   misses = 0;
 
-  constructor(readonly capacity: number, readonly smmu: string) {}
+  constructor(readonly capacity: number, readonly t: SmmuTracer) {}
 
   private static ctxKey(vmid: number, asid: number): number {
     return vmid * 0x20000 + asid;
@@ -116,7 +116,7 @@ export class Iotlb {
     if (!e && asid < ASID_GLOBAL) e = this.probe(Iotlb.ctxKey(vmid, ASID_GLOBAL), va, sizes);
     if (!e) {
       this.misses++;
-      if (smmuTraceOn) smmuTrace({ point: 'iotlb', smmu: this.smmu, op: 'miss', vmid, asid: asidName(asid), va });
+      if (this.t.on) this.t.emit('iotlb', { op: 'miss', vmid, asid: asidName(asid), va });
       return undefined;
     }
     this.hits++;
@@ -124,7 +124,7 @@ export class Iotlb {
       this.unlink(e);
       this.pushFront(e);
     }
-    if (smmuTraceOn) smmuTrace({ point: 'iotlb', smmu: this.smmu, op: 'hit', vmid, asid: asidName(e.asid), va, base: e.va, size: 2 ** e.sizeLog2, pa: e.pa });
+    if (this.t.on) this.t.emit('iotlb', { op: 'hit', vmid, asid: asidName(e.asid), va, base: e.va, size: 2 ** e.sizeLog2, pa: e.pa });
     return e;
   }
 
@@ -162,7 +162,7 @@ export class Iotlb {
     m.set(pageKey, e);
     this.pushFront(e);
     this.size++;
-    if (smmuTraceOn) smmuTrace({ point: 'iotlb', smmu: this.smmu, op: 'insert', vmid: e.vmid, asid: asidName(e.asid), va: e.va, size: 2 ** e.sizeLog2, pa: e.pa });
+    if (this.t.on) this.t.emit('iotlb', { op: 'insert', vmid: e.vmid, asid: asidName(e.asid), va: e.va, size: 2 ** e.sizeLog2, pa: e.pa });
     return e;
   }
 
@@ -179,7 +179,7 @@ export class Iotlb {
     }
     this.unlink(e);
     this.size--;
-    if (smmuTraceOn) smmuTrace({ point: 'iotlb', smmu: this.smmu, op: why, vmid: e.vmid, asid: asidName(e.asid), va: e.va, size: 2 ** e.sizeLog2 });
+    if (this.t.on) this.t.emit('iotlb', { op: why, vmid: e.vmid, asid: asidName(e.asid), va: e.va, size: 2 ** e.sizeLog2 });
   }
 
   /** Remove every entry `pred` selects; returns how many went. */

@@ -17,7 +17,8 @@ import { readWords } from './mem.js';
 import {
   bytesFromWords, CMD, EVT_CLASS, EVT_ID, EVT_NAME, get, getN, L1CD, OP, OP_NAME, S1DSS,
 } from './regs.js';
-import { smmuTrace, smmuTraceOn } from './trace.js';
+import { SmmuTracer } from './trace.js';
+import type { TraceBus } from '../../core/trace_bus.js';
 import {
   needed, PERM, PERM_ALL, walkFault, walkS1, walkS2, WalkOut, type S2Params, type TableReader, type WalkFault,
 } from './walk.js';
@@ -89,11 +90,15 @@ export class SmmuV3 {
   private readonly readNested: TableReader;
   private readonly readDirect: TableReader;
 
-  constructor(readonly cfg: SmmuHwConfig) {
+  /** Trace points (to the emulator's bus; `bus` null: untraced). */
+  readonly t: SmmuTracer;
+
+  constructor(readonly cfg: SmmuHwConfig, bus: TraceBus | null = null) {
     this.name = cfg.name;
     this.features = probe(cfg);
-    this.cfgCache = new ConfigCache(cfg.configCacheEntries, cfg.name);
-    this.iotlb = new Iotlb(cfg.iotlbEntries, cfg.name);
+    this.t = new SmmuTracer(cfg.name, bus);
+    this.cfgCache = new ConfigCache(cfg.configCacheEntries, this.t);
+    this.iotlb = new Iotlb(cfg.iotlbEntries, this.t);
     this.readDirect = (addr) => {
       this.tmp.oa = addr;
       return null;
@@ -142,7 +147,7 @@ export class SmmuV3 {
     const op = getN(c, CMD.OP);
     const why = illegal(c, this.features);
     const name = OP_NAME[op] ?? `0x${op.toString(16)}`;
-    if (smmuTraceOn) smmuTrace({ point: 'cmd', smmu: this.name, op: name, dw0: c[0], dw1: c[1], ...(why ? { cerror: 'ILL', why } : {}) });
+    if (this.t.on) this.t.emit('cmd', { op: name, dw0: c[0], dw1: c[1], ...(why ? { cerror: 'ILL', why } : {}) });
     if (why) {
       // The kernel's arm_smmu_cmdq_skip_err: log, replace with CMD_SYNC, carry on.
       this.cerrorIll.push({ cmd: [...c], reason: why });
@@ -208,7 +213,7 @@ export class SmmuV3 {
     this.hostEvents.push(ev);
     if (this.hostEvents.length > this.cfg.hostEventLog) this.hostEvents.shift();
     ev.disposition = this.eventHandler ? this.eventHandler(words) : 'logged';
-    if (smmuTraceOn) smmuTrace({ point: 'event', smmu: this.name, ...ev.decoded, disposition: ev.disposition });
+    if (this.t.on) this.t.emit('event', { ...ev.decoded, disposition: ev.disposition });
     return ev.disposition;
   }
 
@@ -224,7 +229,7 @@ export class SmmuV3 {
       inputAddr: withAddr ? iova : undefined, ipa: stage === 2 ? wf.ipa : undefined, fetchAddr: wf.fetchAddr,
     });
     const disposition = record ? this.recordEvent(words) : 'not recorded';
-    if (smmuTraceOn) smmuTrace({ point: 'fault', smmu: this.name, sid, iova, id: EVT_NAME[f.id], stage, reason: f.reason, recorded: record });
+    if (this.t.on) this.t.emit('fault', { sid, iova, id: EVT_NAME[f.id], stage, reason: f.reason, recorded: record });
     const detail: SmmuFaultDetail = {
       event: bytesFromWords(words), id: f.id, name: EVT_NAME[f.id] ?? String(f.id), recorded: record, disposition,
       reason: f.reason, level: wf.level,
@@ -255,7 +260,7 @@ export class SmmuV3 {
       this.s2level = e.s2level;
       this.s2g = e.s2g;
     } else {
-      const f = walkS2(sp, ipa, this.s2out, cls, this.name);
+      const f = walkS2(sp, ipa, this.s2out, cls, this.t);
       if (f) {
         if (cls !== EVT_CLASS.IN) f.ttRead = true;
         return f;
@@ -303,11 +308,11 @@ export class SmmuV3 {
   private config(sid: number): StreamConfig | ConfigFault {
     const c = this.cfgCache.get(sid);
     if (c) {
-      if (smmuTraceOn) smmuTrace({ point: 'cfgcache', smmu: this.name, op: 'hit', sid });
+      if (this.t.on) this.t.emit('cfgcache', { op: 'hit', sid });
       return c;
     }
-    if (smmuTraceOn) smmuTrace({ point: 'cfgcache', smmu: this.name, op: 'miss', sid });
-    const r = decodeSte(sid, this.stes.get(sid), this.features, this.name);
+    if (this.t.on) this.t.emit('cfgcache', { op: 'miss', sid });
+    const r = decodeSte(sid, this.stes.get(sid), this.features, this.t);
     if (!isConfigFault(r)) this.cfgCache.set(r);
     return r;
   }
@@ -331,7 +336,7 @@ export class SmmuV3 {
     }
     const words = this.fetch(sp, cdAddr, 8);
     if (!Array.isArray(words)) return words;
-    const cd = decodeCd(words, sc, this.features, this.name, index);
+    const cd = decodeCd(words, sc, this.features, this.t, index);
     if (!isConfigFault(cd)) sc.cds.set(index, cd);
     return cd;
   }
@@ -434,7 +439,7 @@ export class SmmuV3 {
     const r = cd.regions[region]!;
     this.curS2 = nested ? sc.s2 : null;
     const out = this.out;
-    const f = walkS1(cd, r, va, out, nested ? this.readNested : this.readDirect, this.tmp, this.name);
+    const f = walkS1(cd, r, va, out, nested ? this.readNested : this.readDirect, this.tmp, this.t);
     if (f) return this.fail(sc.sid, iova, ssid, write, priv, instr, f, f.stage === 2 ? sc.s2!.record : cd.record);
     if ((out.perm & need) !== need) {
       return this.fail(sc.sid, iova, ssid, write, priv, instr, walkFault(EVT_ID.F_PERMISSION, 1, out.level, 'stage-1 permission'), cd.record);
@@ -464,7 +469,7 @@ export class SmmuV3 {
       vmid, asid: global ? ASID_GLOBAL : cd.asid, va: key, sizeLog2: size, pa: pa - off, ipa: ipa - off, s1perm, s2perm,
       level: s1level, g: r.g, s2level, s2g, s2dev: false,
     });
-    if (smmuTraceOn) smmuTrace({ point: 'translate', smmu: this.name, sid: sc.sid, iova, ipa: nested ? ipa : undefined, pa });
+    if (this.t.on) this.t.emit('translate', { sid: sc.sid, iova, ipa: nested ? ipa : undefined, pa });
     return { phys: pa };
   }
 

@@ -3,7 +3,7 @@
 // an IOAS (IPA = IOVA of the nest parent), guest tables and CDs written into
 // it, vSTE / command / event encoders.
 import assert from 'node:assert/strict';
-import { IommuFd, openIommufd } from '../../api.js';
+import { IommuFd, openIommufd, type MapArgs } from '../../api.js';
 import { deviceBind, deviceAttach, type Device } from '../../core/device.js';
 import { Emulator } from '../../core/emulator.js';
 import { HwptNested, HwptPaging } from '../../core/hwpt.js';
@@ -61,12 +61,18 @@ export function addDevice(r: Rig, sids: number[], smmu = r.smmu, canwbs?: boolea
   return { master, idev, devId: idev.id };
 }
 
+/** What GuestRam needs of its process: its memory and IOAS_MAP (an IommuFd, or a test process's iommufd). */
+export interface GuestRamHost {
+  readonly mem: SimMemory;
+  ioasMap(a: MapArgs): bigint;
+}
+
 /** Guest physical memory: user memory mapped at IPA `base` in an IOAS; a bump allocator for tables. */
 export class GuestRam implements TableMemory {
   readonly va: bigint;
   private next: number;
 
-  constructor(readonly fd: IommuFd & { readonly mem: SimMemory }, readonly ioasId: number, readonly base: number,
+  constructor(readonly fd: GuestRamHost, readonly ioasId: number, readonly base: number,
     readonly size: number, o: { readOnly?: boolean } = {}) {
     this.va = fd.mem.mmap(size, { shared: true });
     fd.ioasMap({ ioasId, userVa: this.va, length: BigInt(size), iova: BigInt(base), flags: o.readOnly ? 4 : 6 });

@@ -249,7 +249,7 @@ describe('HWPT_INVALIDATE on the vIOMMU', () => {
   test('rewriting: the vIOMMU VMID replaces the guest\'s, the vSID becomes the pSID, NSNH_ALL becomes NH_ALL', () => {
     const f = fixture('mainline', { ats: true });
     const seen: SmmuTraceRecord[] = [];
-    const off = onSmmuTrace((x) => { if (x.point === 'cmd' && 'guest' in x) seen.push(x); });
+    const off = onSmmuTrace(f.r.emu.bus, (x) => { if (x.point === 'cmd' && 'guest' in x) seen.push(x); });
     try {
       invalidate(f.r, f.n, [cmd.make(OP.TLBI_NSNH_ALL), tlbi(OP.TLBI_NH_ASID, { asid: 5, vmid: 0x1234 }),
         cmd.make(OP.CFGI_CD_ALL, { SID: 0x77 }), cmd.make(OP.ATC_INV, { SID: 0x77 })]);

@@ -11,7 +11,6 @@ import type { ArmSmmuDevice, ArmSmmuV3Driver, SmmuMaster } from './arm_smmu_v3.j
 import { SmmuPagingDomain, smmuTranslate } from './arm_smmu_v3.js';
 import { HWPT_DATA_ARM_SMMUV3, VIOMMU_INVALIDATE_DATA_ARM_SMMUV3, VIOMMU_TYPE_ARM_SMMUV3 } from './profile.js';
 import { ATC_INV_SIZE_ALL, CMD, EATS, get, getN, mask, OP, STE, STE_CONFIG, VSTE_ALLOWED, wordsFromBytes } from './regs.js';
-import { smmuTrace, smmuTraceOn } from './trace.js';
 
 /** The kernel issues guest commands in batches of CMDQ_BATCH_ENTRIES - 1 (plus a CMD_SYNC). */
 export const CMDQ_BATCH = 63;
@@ -132,7 +131,8 @@ export class SmmuViommuDriver implements ViommuDriver {
 
   /** arm_vsmmu_convert_user_cmd: check, then force the VMID or translate vSID -> pSID. */
   private convert(vsmmu: Vsmmu, c: bigint[]): void {
-    const orig = smmuTraceOn ? [...c] : null;
+    const t = vsmmu.smmu.hw.t;
+    const orig = t.on ? [...c] : null;
     if (this.drv.abi.strictCmds) validateUserCmd(vsmmu.smmu, c);
     const op = getN(c, CMD.OP);
     switch (op) {
@@ -158,7 +158,7 @@ export class SmmuViommuDriver implements ViommuDriver {
       default:
         fail('EIO', `opcode 0x${op.toString(16)} not accepted from a guest`);
     }
-    if (orig && smmuTraceOn) smmuTrace({ point: 'cmd', smmu: vsmmu.smmu.name, guest: orig, host: [...c] });
+    if (orig && t.on) t.emit('cmd', { guest: orig, host: [...c] });
   }
 }
 

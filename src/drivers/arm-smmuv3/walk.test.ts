@@ -11,7 +11,7 @@ import { onSmmuTrace, type SmmuTraceRecord } from './trace.js';
 import { build, STE, STE_CONFIG } from './regs.js';
 import {
   attach, cdWords, dma, IpaView, nestedHwpt, nestSetup, PhysRam, physOf, programSte, rig, s2SteWords, S1_LEAF, S2_LEAF,
-  SPEC_SHIFT, specMap, specStartLevel, startTableBytes, TG0_ENC, vste,
+  SPEC_SHIFT, specMap, specStartLevel, startTableBytes, TG0_ENC, vste, type Rig,
 } from './test_helpers.js';
 
 /** Stage-1 cases: granule, input bits, expected start level, leaf level. */
@@ -24,9 +24,9 @@ for (const [g, ns] of [[12, [48, 39, 30, 25]], [14, [48, 47, 36, 25]], [16, [48,
   }
 }
 
-function traceCount(fn: () => void): SmmuTraceRecord[] {
+function traceCount(r: Rig, fn: () => void): SmmuTraceRecord[] {
   const recs: SmmuTraceRecord[] = [];
-  const off = onSmmuTrace((r) => recs.push(r));
+  const off = onSmmuTrace(r.emu.bus, (x) => recs.push(x));
   try {
     fn();
   } finally {
@@ -62,14 +62,14 @@ describe('walk tables', () => {
       const ste = build(STE, 8, { V: 1, CONFIG: STE_CONFIG.S1_TRANS });
       ste[0] = ste[0]! | BigInt(cd);
       programSte(r.smmu, 0x99, ste);
-      const recs = traceCount(() => {
+      const recs = traceCount(r, () => {
         const t = r.smmu.hw.translate(0x99, BigInt(va), undefined, false, false, false);
         assert.equal(physOf(t), oa + (va % 2 ** leafShift));
       });
       const walks = recs.filter((x) => x.point === 'walk' && x.stage === 1);
       assert.deepEqual(walks.map((x) => x.level), Array.from({ length: c.leaf - c.start + 1 }, (_, i) => c.start + i));
       // The IOTLB holds it now: a second access walks nothing.
-      const again = traceCount(() => physOf(r.smmu.hw.translate(0x99, BigInt(va), undefined, false, false, false)));
+      const again = traceCount(r, () => physOf(r.smmu.hw.translate(0x99, BigInt(va), undefined, false, false, false)));
       assert.equal(again.filter((x) => x.point === 'walk').length, 0);
       assert.equal(again.filter((x) => x.point === 'iotlb' && x.op === 'hit').length, 1);
     });
@@ -97,7 +97,7 @@ describe('walk tables', () => {
       const oa = 2 ** 41 + 5 * 2 ** leafShift;
       specMap(ram, root, c.g, c.n, c.start, ipa, oa, c.leaf, S2_LEAF);
       programSte(r.smmu, 0x98, s2SteWords({ g: c.g, inBits: c.n, start: c.start, ttb: root }));
-      const recs = traceCount(() => {
+      const recs = traceCount(r, () => {
         assert.equal(physOf(r.smmu.hw.translate(0x98, BigInt(ipa), undefined, true, false, false)), oa + (ipa % 2 ** leafShift));
       });
       assert.deepEqual(recs.filter((x) => x.point === 'walk').map((x) => x.level),
@@ -133,7 +133,7 @@ describe('walk tables', () => {
         const ste = s2SteWords({ g: g2, inBits: n2, start: s2start, ttb: s2root, vmid: 4 });
         ste[0] = build(STE, 1, { V: 1, CONFIG: STE_CONFIG.NESTED })[0]! | BigInt(cd);
         programSte(r.smmu, 0x97, ste);
-        const recs = traceCount(() => {
+        const recs = traceCount(r, () => {
           const pa = physOf(r.smmu.hw.translate(0x97, BigInt(va), undefined, false, false, false));
           assert.equal(pa, ipaMem.pa(data) + (va % 2 ** g1));
         });

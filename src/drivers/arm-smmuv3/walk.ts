@@ -8,7 +8,7 @@
 import { D, readDesc } from './mem.js';
 import { levelShift } from './pgtable.js';
 import { EVT_CLASS, EVT_ID } from './regs.js';
-import { smmuTrace, smmuTraceOn } from './trace.js';
+import type { SmmuTracer } from './trace.js';
 
 const P2 = Array.from({ length: 65 }, (_, i) => 2 ** i);
 /** Low-word masks of the bits at and above `shift`. */
@@ -120,7 +120,7 @@ function stage2Leaf(p: S2Params, out: WalkOut, lo: number, hi: number): void {
  * (translation / address size / access flag; permission is the caller's, since
  * it depends on the access). `cls` is recorded in the fault.
  */
-export function walkS2(p: S2Params, ipa: number, out: WalkOut, cls: number, smmu: string): WalkFault | null {
+export function walkS2(p: S2Params, ipa: number, out: WalkOut, cls: number, t: SmmuTracer): WalkFault | null {
   const g = p.g;
   const s = g - 3;
   let level = p.startLevel;
@@ -139,7 +139,7 @@ export function walkS2(p: S2Params, ipa: number, out: WalkOut, cls: number, smmu
     }
     const lo = D.lo;
     const hi = D.hi;
-    if (smmuTraceOn) smmuTrace({ point: 'walk', smmu, stage: 2, level, ipa, descAddr, desc: (BigInt(hi) << 32n) | BigInt(lo) });
+    if (t.on) t.emit('walk', { stage: 2, level, ipa, descAddr, desc: (BigInt(hi) << 32n) | BigInt(lo) });
     if (!(lo & 1)) return walkFault(EVT_ID.F_TRANSLATION, 2, level, 'invalid stage-2 descriptor', { cls, ipa });
     if (level < 3 && (lo & 3) === 3) {
       if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 2, level, 'table address above 48 bits', { cls, ipa });
@@ -210,7 +210,7 @@ export type TableReader = (addr: number) => WalkFault | null;
  * Stage-1 faults carry stage 1; `read` supplies stage-2 faults of table
  * fetches. On success `out` holds the output (an IPA when nested).
  */
-export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read: TableReader, tmp: WalkOut, smmu: string): WalkFault | null {
+export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read: TableReader, tmp: WalkOut, t: SmmuTracer): WalkFault | null {
   const g = r.g;
   const s = g - 3;
   let level = r.startLevel;
@@ -231,7 +231,7 @@ export function walkS1(p: S1Params, r: S1Region, va: number, out: WalkOut, read:
     if (!readDesc(pa)) return walkFault(EVT_ID.F_WALK_EABT, 1, level, 'stage-1 table read failed', { fetchAddr: pa });
     const lo = D.lo;
     const hi = D.hi;
-    if (smmuTraceOn) smmuTrace({ point: 'walk', smmu, stage: 1, level, va, descAddr, desc: (BigInt(hi) << 32n) | BigInt(lo) });
+    if (t.on) t.emit('walk', { stage: 1, level, va, descAddr, desc: (BigInt(hi) << 32n) | BigInt(lo) });
     if (!(lo & 1)) return walkFault(EVT_ID.F_TRANSLATION, 1, level, 'invalid stage-1 descriptor');
     if (level < 3 && (lo & 3) === 3) {
       if (hi & 0xf0000) return walkFault(EVT_ID.F_ADDR_SIZE, 1, level, 'table address above 48 bits');
