@@ -5,6 +5,10 @@ import assert from 'node:assert/strict';
 import test from 'node:test';
 import { isErrno, type ErrnoName } from '../uapi/errno.js';
 import { MOCK, TEST_OP } from '../uapi/enums.js';
+import { IO } from '../uapi/ioctls.js';
+import { encode } from '../uapi/layout.js';
+import * as S from '../uapi/structs.js';
+import { SimpleFdTable } from './file.js';
 import { Access } from './access.js';
 import {
   checkRefs, destroy, env, ioasAlloc, iovaRanges, map, mockDomain, pins, PS, testCmd, U64_MAX, unmap,
@@ -248,6 +252,27 @@ test('ACCESS_RW after the source unmapped its memory: several pages use the ones
   assert.throws(() => accessRw(e, fd, 0x1000ffen, ubuf, 2, MOCK.ACCESS_RW_SLOW_PATH), is('EFAULT'));
   // The fast path goes through the (now unmapped) source address space.
   assert.throws(() => accessRw(e, fd, 0x1000000n, ubuf, 2), is('EFAULT'));
+  e.fds.close(fd);
+});
+
+test('ACCESS_RW of one page after the source process exited reads the pages its domain pinned (the mm is gone)', () => {
+  const e = env('6.12');
+  const id = ioasAlloc(e);
+  mockDomain(e, id);
+  const va = e.mem.mmap(0x2000, { shared: true });
+  e.mem.write(va, new Uint8Array(0x2000)); // populated before the fork, so both see the same pages
+  const fd = createAccess(e, id, 0);
+  // The child maps the shared buffer (pinned by the domain at once), then exits.
+  const child = e.mem.fork();
+  const addr = child.alloc(64);
+  child.write(addr, encode(S.iommu_ioas_map, { size: 40, flags: 7, ioas_id: id, user_va: va, length: 0x2000n, iova: 0x1000000n }));
+  e.ctx.ioctl(IO(0x85), addr, { mem: child, fds: new SimpleFdTable() });
+  child.exit();
+  // The parent writes the shared pages; a one-page read sees them through the pins.
+  e.mem.write(va + 0x10n, new Uint8Array([1, 2, 3, 4]));
+  const ubuf = e.mem.mmap(0x1000);
+  accessRw(e, fd, 0x1000010n, ubuf, 4);
+  assert.deepEqual([...e.mem.read(ubuf, 4)], [1, 2, 3, 4]);
   e.fds.close(fd);
 });
 

@@ -344,9 +344,11 @@ export class Pages {
       else data.set(mem.read(va, data.length));
       return;
     }
-    // One page (iopt_pages_rw_page): the page mapped at the VA now, whatever is pinned.
-    // Several: the pinned pages where there are some (pfn_reader), else the current ones.
-    const single = data.length > 0 && (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
+    // One page (iopt_pages_rw_page): the page mapped at the VA now, whatever is pinned —
+    // but only while the source mm lives (mmget_not_zero); once it is gone, or for several
+    // pages: the pinned pages where there are some (pfn_reader), else the current ones.
+    const single = !!mem && mem.process.alive && data.length > 0 &&
+      (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
     let done = 0;
     while (done < data.length) {
       const byte = offset + BigInt(done);
