@@ -27,6 +27,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -127,6 +128,12 @@ static int mode_sysfs(void)
 	CHECK(access("/sys/kernel/debug/iommu/intel", F_OK) < 0 && errno == ENOENT, "no intel debugfs");
 	CHECK(access("/sys/bus/pci/devices/0000:7f:1f.7/vendor", F_OK) < 0 || 1, "other paths untouched");
 	CHECK(access("/proc/self/status", R_OK) == 0, "/proc untouched");
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/subsystem", bdf());
+	char *rp = realpath(p, NULL);
+	CHECK(rp && strcmp(rp, "/sys/bus/pci") == 0, "realpath(subsystem) = %s", rp ? rp : "(null)");
+	free(rp);
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s", bdf());
+	CHECK(stat(p, &st) == 0 && S_ISDIR(st.st_mode), "stat %s: a directory", p);
 	return failures ? 1 : 0;
 }
 
@@ -281,6 +288,19 @@ static int mode_cdev(void)
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
 	CHECK(iommufd > 0 && dev_fd >= 0, "open /dev/iommu = %d, %s = %d", iommufd, cdev, dev_fd);
+	/* as QEMU's open_cdev: the fd is the character device the sysfs dev file names */
+	char p[256];
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/vfio-dev/vfio0/dev", bdf());
+	unsigned maj = 0, min = 0;
+	FILE *f = fopen(p, "r");
+	if (f) {
+		if (fscanf(f, "%u:%u", &maj, &min) != 2)
+			maj = 0;
+		fclose(f);
+	}
+	struct stat st;
+	CHECK(fstat(dev_fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(maj, min), "fstat(cdev fd): char %u:%u as sysfs says",
+	      major(st.st_rdev), minor(st.st_rdev));
 	struct vfio_device_info info = { .argsz = sizeof(info) };
 	CHECK(ioctl(dev_fd, VFIO_DEVICE_GET_INFO, &info) < 0 && errno == EINVAL, "GET_INFO before BIND: EINVAL");
 	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = -2 };
@@ -306,6 +326,10 @@ static int mode_cdev(void)
 	if (efd < 0)
 		return 1;
 	drive_ioat(efd, buf, iova, len);
+	/* the kernel cannot pin a BAR mapping (VM_IO|VM_PFNMAP): IOAS_MAP of it is EFAULT (QEMU tries it and warns) */
+	struct iommu_ioas_map bmap = { .size = sizeof(bmap), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+				       .ioas_id = alloc.out_ioas_id, .user_va = (uintptr_t)bar0, .length = 16384 };
+	CHECK(ioctl(iommufd, IOMMU_IOAS_MAP, &bmap) < 0 && errno == EFAULT, "IOAS_MAP of the BAR mapping: EFAULT (%s)", strerror(errno));
 	struct vfio_device_detach_iommufd_pt det = { .argsz = sizeof(det) };
 	CHECK(ioctl(dev_fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &det) == 0, "DETACH");
 	/* a child inherits the BAR mapping and the fd: its trapped loads work too */
