@@ -339,6 +339,22 @@ static int mode_cdev(void)
 	int ws = 0;
 	waitpid(c, &ws, 0);
 	CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "forked child reads CBVER through the inherited mapping");
+	/* dup: the same file; closing one fd leaves the other working */
+	int d2 = dup(dev_fd);
+	close(dev_fd);
+	CHECK(ioctl(d2, VFIO_DEVICE_GET_INFO, &info) == 0, "GET_INFO through a dup after closing the original");
+	dev_fd = d2;
+	/* exec: the fd is inherited (without FD_CLOEXEC) and still the bound device */
+	fcntl(dev_fd, F_SETFD, 0);
+	pid_t x = fork();
+	if (x == 0) {
+		char n[16];
+		snprintf(n, sizeof(n), "%d", dev_fd);
+		execl("/proc/self/exe", "vfio_client", "execd", n, (char *)NULL);
+		_exit(127);
+	}
+	waitpid(x, &ws, 0);
+	CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "an exec'ed child uses the inherited device fd (status %d)", WEXITSTATUS(ws));
 	/* the mapping holds the device file: closing the fd leaves the BAR working, munmap releases it */
 	close(dev_fd);
 	CHECK(rb(0x08) == 0x33, "the BAR works after close() while it is mapped");
@@ -495,6 +511,12 @@ int main(int argc, char **argv)
 		r = mode_fault();
 	else if (strcmp(mode, "bench") == 0)
 		r = mode_bench();
+	else if (strcmp(mode, "execd") == 0 && argc > 2) {
+		/* the exec'ed half of cdev mode: the inherited fd is the bound device (config reads work) */
+		dev_fd = atoi(argv[2]);
+		struct vfio_device_info info = { .argsz = sizeof(info) };
+		return ioctl(dev_fd, VFIO_DEVICE_GET_INFO, &info) == 0 && info.num_regions == 9 && cfg_read(0, 2) == 0x8086 ? 0 : 1;
+	}
 	else {
 		fprintf(stderr, "usage: %s sysfs|cdev|group|compat|fault|bench\n", argv[0]);
 		return 2;

@@ -730,14 +730,15 @@ export class IommufdServer {
    * traps (PROT_NONE pages, MMIO frames). The mapping holds the file.
    */
   private barMmap(c: Conn, st: ProcState, f: W.ReqValues<'MMAP'>): void {
-    const b = this.named(st, this.events, f.token, f.fd, 'MMAP')!;
+    const b = this.named(st, this.events, f.token, f.fd, 'MMAP');
     let handle = 0n;
     const MAP_SHARED = 0x01;
     const MAP_SHARED_VALIDATE = 0x03;
-    const type = f.flags & 0x0f;
+    const type = f.flags & 0x0f; // MAP_TYPE
     const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
       const file = b && !b.released ? b.file : null;
-      if (!file) fail('EBADF', 'the file is closed');
+      if (!b || !file) fail('EBADF', 'the file is closed');
+      // a group file has no mmap method
       if (!isVfio(file) || typeof (file as { mmap?: unknown }).mmap !== 'function') fail('ENODEV', `${file.name} has no mmap`);
       const m = (file as VfioFile & { mmap(o: bigint, l: bigint, s: boolean): BarMapping })
         .mmap(f.offset, f.length, type === MAP_SHARED || type === MAP_SHARED_VALIDATE);
