@@ -109,7 +109,7 @@ static int mode_sysfs(void)
 	n = readlink(p, l, sizeof(l) - 1);
 	l[n > 0 ? n : 0] = 0;
 	CHECK(n > 0 && strcmp(strrchr(l, '/') + 1, "vfio-pci") == 0, "driver -> %s", l);
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	CHECK(strcmp(cdev, "/dev/vfio/devices/vfio0") == 0, "vfio-dev: %s", cdev);
 	struct stat st;
@@ -283,7 +283,7 @@ static void *shared_buf(size_t len)
 
 static int mode_cdev(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
@@ -425,7 +425,7 @@ static void on_bus(int sig, siginfo_t *si, void *uc)
 /* ns per trapped BAR load and per config-space pread (for the report; nothing checked but the values). */
 static int mode_bench(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
@@ -454,7 +454,7 @@ static int mode_bench(void)
 
 static int mode_fault(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);

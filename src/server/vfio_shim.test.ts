@@ -29,6 +29,7 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   let dir: string;
   let shim: string;
   let client: string;
+  let clientO2: string;
   const logs: string[] = [];
 
   before(async () => {
@@ -38,6 +39,10 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     writeHeaders(inc, 'mainline');
     client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'vfio_client.c')], {
       includeDirs: [inc], cflags: ['-isystem', inc, '-O0'], name: 'iommufd-vfio-client',
+    });
+    // optimised and fortified: the accessors inlined with any register and displacement, the checked read/pread entries
+    clientO2 = buildProgram([path.join(PACKAGE_ROOT, 'native', 'vfio_client.c')], {
+      includeDirs: [inc], cflags: ['-isystem', inc, '-O2', '-D_FORTIFY_SOURCE=2'], name: 'iommufd-vfio-client-O2',
     });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-vfio-'));
     emu = new Emulator({ profile: 'mainline' });
@@ -51,10 +56,10 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  function run(mode: string): Promise<{ code: number | null; out: string; err: string }> {
+  function run(mode: string, exe = client): Promise<{ code: number | null; out: string; err: string }> {
     return new Promise((resolve) => {
       const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
-      const p = spawn(client, [mode], { env });
+      const p = spawn(exe, [mode], { env });
       let out = '';
       let err = '';
       p.stdout.on('data', (d) => (out += d));
@@ -63,8 +68,8 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     });
   }
 
-  async function passes(mode: string, mustSay: RegExp[]): Promise<string> {
-    const r = await run(mode);
+  async function passes(mode: string, mustSay: RegExp[], exe = client): Promise<string> {
+    const r = await run(mode, exe);
     const failed = r.out.split('\n').filter((l) => l.startsWith('FAIL'));
     assert.deepEqual(failed, [], `${mode}: ${r.out}${r.err}`);
     assert.equal(r.code, 0, `${mode}: ${r.out}${r.err}`);
@@ -84,6 +89,10 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
       /^ok IOAS_MAP of the BAR mapping: EFAULT/m]);
     // the client's exit released the device: nothing is left open
     await until(() => vfioOf(emu).devices[0]!.openCount === 0);
+  });
+
+  test('cdev, built -O2 -D_FORTIFY_SOURCE=2: the inlined MMIO accessors (other registers, displacements) trap the same', async () => {
+    await passes('cdev', [/^ok CBVER = 0x33/m, /^ok copy: data arrived$/m, /^ok MSI-X: eventfd fired once \(1\)$/m], clientO2);
   });
 
   test('group + /dev/vfio/vfio container (iommufd compat): SET_CONTAINER, GET_DEVICE_FD, MAP_DMA, the copy', async () => {
