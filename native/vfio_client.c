@@ -452,6 +452,28 @@ static int mode_bench(void)
 	return failures ? 1 : 0;
 }
 
+/* Keeps a bound device with BAR0 mapped; on a line on stdin, checks the channel was not touched. */
+static int mode_hold(void)
+{
+	char cdev[300];
+	cdev_path(cdev, sizeof(cdev));
+	int iommufd = open("/dev/iommu", O_RDWR);
+	dev_fd = open(cdev, O_RDWR);
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+	if (ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
+		return 1;
+	bar0 = mmap(NULL, 16384, PROT_READ | PROT_WRITE, MAP_SHARED, dev_fd, 0);
+	cfg_write(4, 2, 0x0002);
+	wl(CH + 0x28, 0);
+	uint8_t before = rb(CH + 0x04);
+	printf("READY pid=%d\n", getpid());
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		return 1;
+	CHECK(rb(CH + 0x04) == before && rb(0x08) == 0x33, "hold: the channel is as we left it");
+	return failures ? 1 : 0;
+}
+
 static int mode_fault(void)
 {
 	char cdev[300];
@@ -511,6 +533,8 @@ int main(int argc, char **argv)
 		r = mode_fault();
 	else if (strcmp(mode, "bench") == 0)
 		r = mode_bench();
+	else if (strcmp(mode, "hold") == 0)
+		r = mode_hold();
 	else if (strcmp(mode, "execd") == 0 && argc > 2) {
 		/* the exec'ed half of cdev mode: the inherited fd is the bound device (config reads work) */
 		dev_fd = atoi(argv[2]);

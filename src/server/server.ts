@@ -774,7 +774,7 @@ export class IommufdServer {
       status = -ERRNO.EINVAL;
     } else if (e.pid !== st.pid && !this.holds(st, e.binding, f.fd) && !descendantOf(st.pid, e.pid)) {
       // not the mapper, not a holder of the file, not a child that inherited the mapping
-      status = -ERRNO.EBADF;
+      throw new Forged(`MMIO on a BAR mapping of pid ${e.pid} that pid ${st.pid} neither holds nor inherited`);
     } else {
       const size = f.size as AccessSize;
       const r = this.emulate(0, () => `MMIO from pid ${c.pid}`, () => {

@@ -14,7 +14,7 @@ import { Emulator } from '../core/emulator.js';
 import { vfioOf } from '../core/vfio.js';
 import { buildMachine, DEFAULT_BDF, loadMachine } from '../machine/machine.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -106,6 +106,46 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   test('faults that are not BAR accesses reach the program\'s own SIGSEGV handler (installed after the shim\'s)', async () => {
     await passes('fault', [/^ok a NULL-page store reaches/m, /^ok a store to the read-only BAR mapping reaches/m,
       /^ok with memory decode off a BAR load is SIGBUS$/m]);
+  });
+
+  test('another process cannot reach a BAR mapping: an MMIO frame with the mapper\'s token and handle is refused and closed', async () => {
+    const inc = path.join(cacheDir(), 'include', 'mainline');
+    const forger = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
+      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+    });
+    const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
+    const victim = spawn(client, ['hold'], { env });
+    try {
+      let out = '';
+      const ready = new Promise<number>((resolve) => victim.stdout.on('data', (d) => {
+        out += d;
+        const m = /READY pid=(\d+)/.exec(out);
+        if (m) resolve(Number(m[1]));
+      }));
+      const vpid = await ready;
+      const bars = (server as unknown as { bars: Map<bigint, { pid: number; binding: { token: bigint } }> }).bars;
+      const [handle, bar] = [...bars.entries()].find(([, b]) => b.pid === vpid)!;
+      // no shim: a raw socket client speaking the protocol itself (async: the server runs in this process)
+      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        const f = spawn(forger, ['forge-mmio', String(bar.binding.token), String(handle)],
+          { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+        let so = '';
+        let se = '';
+        f.stdout.on('data', (d) => (so += d));
+        f.stderr.on('data', (d) => (se += d));
+        f.on('exit', (status) => resolve({ status, stdout: so, stderr: se }));
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /^REFUSED mmio-stolen-mapping$/m);
+      assert.ok(logs.some((l) => /refused: MMIO on a BAR mapping of pid \d+ that pid \d+ neither holds nor inherited/.test(l)));
+      logs.length = 0;
+      const done = new Promise<void>((resolve) => victim.on('exit', () => resolve()));
+      victim.stdin.write('go\n');
+      await done;
+      assert.match(out, /^ok hold: the channel is as we left it$/m);
+    } finally {
+      victim.kill('SIGKILL');
+    }
   });
 
   test('no emulator bug was logged', () => {
