@@ -9,6 +9,7 @@
 #   vmm-e2e: insmod <module> rc=<n>                      each module load
 #   vmm-e2e: dma <name>                                  each entry in /sys/class/dma
 #   vmm-e2e: dmesg <line>                                the kernel log lines about ioatdma
+#   vmm-e2e: waiting for the host                      error mode: the host unmaps, then writes a line
 #   vmm-e2e: done                                        the end (the guest then powers off)
 set -euo pipefail
 BB=$1 MODS=$2 OUT=$3
@@ -33,6 +34,12 @@ say "mode $mode"
 for d in /sys/bus/pci/devices/*; do
   say "pci $(basename $d) $(cat $d/vendor):$(cat $d/device) class=$(cat $d/class)"
 done
+if [ "$mode" = error ]; then
+  # The host takes the guest's memory away from the device (IOAS_UNMAP), then answers on the console.
+  say "waiting for the host"
+  read -r answer < /dev/ttyS0
+  say "host answered $answer"
+fi
 for m in dca ioatdma; do
   insmod /lib/modules/$m.ko; say "insmod $m rc=$?"
 done

@@ -241,3 +241,31 @@ test('QEMU 10 exit without unrealize: closing the fds in fd order frees the devi
   const { dev } = qemuRealize(new (p.constructor as new (e: typeof p.emu) => TestProcess)(p.emu));
   assert.ok(dev > 0);
 });
+
+test('the trace names and decodes every VFIO device ioctl QEMU makes, told apart from the container requests of the same number', async () => {
+  const { TracePrinter } = await import('../server/trace.js');
+  const { p, emu } = vfioSetup({ profile: '6.12' });
+  const lines: string[] = [];
+  const stop = emu.bus.subscribe((e) => {
+    const l = TracePrinter.line(emu, e);
+    if (l !== null) lines.push(l);
+  });
+  const { dev } = qemuRealize(p);
+  regionInfo(p, dev, 0);
+  errOf(() => structCall(p, dev, VFIO_REQ.DEVICE_GET_PCI_HOT_RESET_INFO, vfio_pci_hot_reset_info, { argsz: 12 }));
+  errOf(() => structCall(p, dev, VFIO_REQ.DEVICE_FEATURE, vfio_device_feature,
+    { argsz: 16, flags: VFIO_DEVICE_FEATURE.GET | VFIO_DEVICE_FEATURE.MIGRATION }, { tail: new Uint8Array(8) }));
+  setIrqFds(p, dev, VFIO_PCI.MSIX_IRQ_INDEX, 0, [-1]);
+  stop();
+  const find = (re: RegExp) => lines.find((l) => re.test(l));
+  assert.ok(find(/VFIO_DEVICE_BIND_IOMMUFD \{argsz=16 flags=0 iommufd=\d+\} = 0 -> \{out_devid=\d+\}/), lines.join('\n'));
+  assert.ok(find(/VFIO_DEVICE_ATTACH_IOMMUFD_PT \{argsz=12 flags=0 pt_id=\d+\} = 0/));
+  assert.ok(find(/VFIO_DEVICE_GET_INFO \{argsz=24\b.*\} = 0 -> \{.*num_regions=9 num_irqs=5/));
+  assert.ok(find(/VFIO_DEVICE_GET_REGION_INFO \{argsz=32 index=0\} = 0 -> \{argsz=40 flags=0xf .*size=0x4000/));
+  assert.ok(find(/VFIO_DEVICE_GET_PCI_HOT_RESET_INFO \{argsz=12.*\} = ENODEV/));
+  assert.ok(find(/VFIO_DEVICE_FEATURE \{argsz=16 flags=0x10001\} = ENOTTY/));
+  assert.ok(find(/VFIO_DEVICE_SET_IRQS \{argsz=24 flags=0x24 index=2 start=0 count=1\} = 0/));
+  assert.ok(find(/IOMMU_HWPT_ALLOC/) && find(/IOMMU_IOAS_MAP/));
+  if (process.env.SHOW_TRACE) console.log(lines.join("\n"));
+  assert.equal(lines.filter((l) => /VFIO_IOMMU_|ioctl\(0x/.test(l)).length, 0, 'no device request traced under a container name');
+});
