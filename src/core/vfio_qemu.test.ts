@@ -269,3 +269,105 @@ test('the trace names and decodes every VFIO device ioctl QEMU makes, told apart
   if (process.env.SHOW_TRACE) console.log(lines.join("\n"));
   assert.equal(lines.filter((l) => /VFIO_IOMMU_|ioctl\(0x/.test(l)).length, 0, 'no device request traced under a container name');
 });
+
+/**
+ * Linux 6.1's ioatdma probe on this function, as the guest does it through
+ * QEMU (config writes go through to the device, MMIO to BAR0, DMA addresses =
+ * guest-physical = IOVA): version and counts, channel reset with the 3.2-style
+ * CHANERR_INT clearing (SKX parts are driven as 3.2), interrupts, a ring of
+ * linked descriptors started with a NULL descriptor, then the 2000-byte copy
+ * self-test appended with a cumulative DMACOUNT, re-arm between interrupts,
+ * DCA control and relaxed-ordering writes, and the reset at channel release.
+ */
+function linuxIoatProbe(p: TestProcess, dev: number, ram: bigint, opts: { unmapFirst?: () => void } = {}) {
+  const CH = IOAT.CHANNEL;
+  const bar = p.mmap(dev, vfioRegionOffset(0), 16384n);
+  const cfg32 = (off: number) => le(p.pread(dev, 4, CFG + BigInt(off)));
+  const cfgW = (off: number, n: 2 | 4, v: number) => assert.equal(p.pwrite(dev, leBytes(v, n), CFG + BigInt(off)), n);
+  // pcim_enable_device + pci_set_master.
+  cfgW(PCI.COMMAND, 2, le(p.pread(dev, 2, CFG + BigInt(PCI.COMMAND))) | PCI_COMMAND.MEMORY | PCI_COMMAND.MASTER);
+  const version = Number(bar.read(IOAT.CBVER, 1));
+  assert.ok(version >= 0x30);
+  const cap = Number(bar.read(IOAT.DMACAPABILITY, 4));
+  const chancnt = Number(bar.read(IOAT.CHANCNT, 1)) & 0x1f;
+  const xfercap = Number(bar.read(IOAT.XFERCAP, 1)) & 0x1f;
+  assert.ok(chancnt >= 1 && xfercap > 0);
+  // ioat_reset_hw: CHANERR back to itself, CHANERR_INT (config) too, then CHANCMD RESET until it reads clear.
+  bar.write(CH + IOAT.CHANERR, 4, bar.read(CH + IOAT.CHANERR, 4));
+  cfgW(IOAT.PCI_CHANERR_INT, 4, cfg32(IOAT.PCI_CHANERR_INT));
+  bar.write(CH + IOAT.CHANCMD, 1, 0x20n);
+  assert.equal(Number(bar.read(CH + IOAT.CHANCMD, 1)) & 0x20, 0);
+  // ioat_dma_setup_interrupts: MSI-X, one vector per channel (QEMU: no-vector enable, then the vector), master enable.
+  const irq = p.eventfd();
+  setIrqFds(p, dev, VFIO_PCI.MSIX_IRQ_INDEX, 0, [-1]);
+  setIrqFds(p, dev, VFIO_PCI.MSIX_IRQ_INDEX, 0, [irq.fd]);
+  bar.write(IOAT.INTRCTRL, 1, bar.read(IOAT.INTRCTRL, 1) | BigInt(INTRCTRL.MASTER_INT_EN));
+  // ioat_alloc_chan_resources: CHANCTRL_RUN, completion area by two 32-bit writes, a ring of 8 descriptors.
+  const RUN = CHANCTRL.INT_REARM | CHANCTRL.ERR_INT_EN | CHANCTRL.ERR_COMPLETION_EN | CHANCTRL.ANY_ERR_ABORT_EN;
+  bar.write(CH + IOAT.CHANCTRL, 2, BigInt(RUN));
+  const compl = 0x280000n;
+  p.mem.write(ram + compl, new Uint8Array(8));
+  bar.write(CH + IOAT.CHANCMP, 4, compl & 0xffffffffn);
+  bar.write(CH + IOAT.CHANCMP + 4, 4, compl >> 32n);
+  const ring = 0x200000n;
+  const slot = (i: number) => ring + BigInt(64 * (i % 8));
+  const put = (i: number, d: { size: number; ctl: number; src: bigint; dst: bigint }) =>
+    p.mem.write(ram + slot(i), ioatDescriptor({ ...d, next: slot(i + 1) }));
+  opts.unmapFirst?.();
+  // ioat_start_null_desc: NULL + INT_EN + COMPL_WRITE, size 1, chain address by two writes, DMACOUNT 1.
+  put(0, { size: 1, ctl: DESC_CTL.NULL | DESC_CTL.INT_EN | DESC_CTL.COMPL_WRITE, src: 0n, dst: 0n });
+  bar.write(CH + IOAT.CHAINADDR, 4, slot(0) & 0xffffffffn);
+  bar.write(CH + IOAT.CHAINADDR + 4, 4, slot(0) >> 32n);
+  bar.write(CH + IOAT.DMACOUNT, 2, 1n);
+  const chansts = () => Number(bar.read(CH + IOAT.CHANSTS, 8) & CHANSTS.STATUS_MASK);
+  const started = chansts() === CHANSTS.ACTIVE || chansts() === CHANSTS.DONE;
+  if (!started) return { started, chanerr: Number(bar.read(CH + IOAT.CHANERR, 4)), irq, bar };
+  assert.equal(irq.efd.read(), 1n);
+  // The interrupt's cleanup re-arms the channel.
+  bar.write(CH + IOAT.CHANCTRL, 2, BigInt(RUN));
+  // ioat_dma_self_test: 2000 bytes, DMA_PREP_INTERRUPT, appended behind the NULL descriptor.
+  const src = 0x300000n;
+  const dst = 0x310000n;
+  p.mem.write(ram + src, Uint8Array.from({ length: 2000 }, (_, i) => (i * 7) & 0xff));
+  put(1, { size: 2000, ctl: DESC_CTL.INT_EN | DESC_CTL.COMPL_WRITE, src, dst });
+  bar.write(CH + IOAT.DMACOUNT, 2, 2n);
+  const status = new DataView(p.mem.read(ram + compl, 8).buffer).getBigUint64(0, true);
+  const copied = Buffer.compare(Buffer.from(p.mem.read(ram + dst, 2000)), Buffer.from(p.mem.read(ram + src, 2000))) === 0;
+  const irqs = irq.efd.read();
+  // ioat3_dma_probe after the self-test: DCA control per channel, relaxed ordering off in DEVCTL.
+  bar.write(CH + 0x30, 4, 0xffffn);
+  // ioat_free_chan_resources -> ioat_reset_hw.
+  bar.write(CH + IOAT.CHANCMD, 1, 0x20n);
+  return { started, status, copied, irqs, cap, version, slot, chansts: chansts(), irq, bar };
+}
+
+test('Linux ioatdma probe through QEMU: the NULL-descriptor start, the copy self-test with completion and interrupt, then reset', () => {
+  const { p, m } = vfioSetup({ profile: '6.12' });
+  const { dev, ram } = qemuRealize(p);
+  const r = linuxIoatProbe(p, dev, ram);
+  assert.ok(r.started);
+  assert.equal(r.copied, true);
+  assert.equal(r.status! & CHANSTS.STATUS_MASK, BigInt(CHANSTS.DONE));
+  assert.equal(r.status! & CHANSTS.ADDR_MASK, r.slot!(1), 'completion names the self-test descriptor');
+  assert.equal(r.irqs, 1n);
+  // No XOR/PQ: the XOR self-test is skipped, memcpy only.
+  assert.equal(r.cap! & 0x300, 0);
+  assert.equal(r.chansts, CHANSTS.HALTED, 'reset at release halts the channel');
+  assert.equal(m.devices[0]!.vfio.dma.faults.length, 0);
+});
+
+test('Linux ioatdma probe after the host removed the guest RAM mappings: the channel does not start, CHANERR says why, the IOMMU faults', () => {
+  const { p, m } = vfioSetup({ profile: '6.12' });
+  const q = qemuRealize(p);
+  const r = linuxIoatProbe(p, q.dev, q.ram, {
+    unmapFirst: () => {
+      iommufdCall(p, q.iommufd, 'IOAS_UNMAP', { ioas_id: q.ioasId, iova: 0n, length: (1n << 64n) - 1n });
+    },
+  });
+  // ioat_alloc_chan_resources: neither ACTIVE nor DONE -> "failed to start channel chanerr: ..." and the
+  // self-test gives up ("selftest cannot allocate chan resource"), so the probe fails.
+  assert.equal(r.started, false);
+  assert.notEqual(r.chanerr, 0);
+  assert.ok(m.devices[0]!.vfio.dma.faults.length >= 1);
+  assert.equal(r.irq.efd.read(), 1n, 'ERR_INT_EN: the halt interrupts');
+});
