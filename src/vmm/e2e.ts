@@ -72,7 +72,7 @@ export interface GuestReport {
   bootSeconds?: number;
 }
 
-/** What the shim not serving VFIO looks like from QEMU (the dependency, not this test, is missing). */
+/** QEMU failing to find or open the device through the shim (the shim's VFIO support, not this test, is missing). */
 const NO_VFIO_SHIM = /no such host device|failed to find vfio-dev|Failed to open \/dev\/vfio\/devices|couldn't open directory .*vfio-dev/;
 
 interface RunCtx {
@@ -202,7 +202,7 @@ async function main(argv: string[]): Promise<number> {
   const probe = await boot(a, 'probe', trace);
   const noShim = NO_VFIO_SHIM.exec(probe.qemuStderr);
   if (noShim) {
-    console.log(`vmm-e2e: SKIP: the shim does not serve VFIO devices yet (QEMU: ${probe.qemuStderr.split('\n').find((l) => NO_VFIO_SHIM.test(l))?.trim()})`);
+    console.log(`vmm-e2e: SKIP: QEMU cannot reach the VFIO device through the shim (docs/QEMU.md, Status; QEMU said: ${probe.qemuStderr.split('\n').find((l) => NO_VFIO_SHIM.test(l))?.trim()})`);
     return 0;
   }
   const faults = probe.m.devices[0]!.vfio.dma.faults.length;
