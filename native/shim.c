@@ -296,6 +296,8 @@ static uint32_t kind_ops(uint32_t kind)
 #define K_STATUS 0x101
 #define LOCAL_KIND(k) ((k) >= 0x100)
 /* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
+/* The real fstat (the exported one shows emulated device nodes as character devices). */
+static int raw_fstat(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
 struct fdent { uint32_t kind; int32_t tid; uint64_t token, ino, dev; };
 static struct fdent fdtab[FD_MAX];
 
@@ -313,7 +315,7 @@ static void set_ent_locked(int fd, uint32_t kind, uint64_t token, int32_t tid)
 		__atomic_store_n(&emu_fds_ever, 1, __ATOMIC_RELAXED);
 	struct stat st;
 	memset(&st, 0, sizeof(st));
-	fstat(fd, &st);
+	raw_fstat(fd, &st);
 	fdtab[fd] = (struct fdent){ 0, tid, token, (uint64_t)st.st_ino, (uint64_t)st.st_dev };
 	__atomic_store_n(&fdtab[fd].kind, kind, __ATOMIC_RELEASE);
 }
@@ -346,7 +348,7 @@ static int ent_get(int fd, struct fdent *out)
 	if (!kind_hint(fd))
 		return 0;
 	struct stat st;
-	int ok = fstat(fd, &st) == 0;
+	int ok = raw_fstat(fd, &st) == 0;
 	int r = 0;
 	lock(&tab_mu);
 	if (fdtab[fd].kind) {
@@ -503,7 +505,7 @@ static int claim_socket(int cloexec, uint64_t *ino)
 {
 	int s = tp_connect(cloexec);
 	struct stat st;
-	if (s >= 0 && fstat(s, &st) == 0)
+	if (s >= 0 && raw_fstat(s, &st) == 0)
 		*ino = (uint64_t)st.st_ino;
 	return s;
 }
@@ -937,6 +939,8 @@ static int is_iommu_at(int dirfd, const char *path)
 
 /* ---- open ---------------------------------------------------------------------------------- */
 /* open() of /dev/iommu (node NULL) or of a device node of the machine ("vfio/3", "vfio/devices/vfio0"). */
+static unsigned long long node_rdev_tab[FD_MAX];
+static void node_stat(struct stat *st, const char *node);
 static int emu_open_node(int flags, const char *node)
 {
 	pid_t tid = my_tid();
@@ -975,6 +979,8 @@ static int emu_open_node(int flags, const char *node)
 		return -1;
 	}
 	set_ent(s, r.kind ? r.kind : WIRE_KIND_IOMMUFD, r.token, 0);
+	if (node) { struct stat nst; memset(&nst, 0, sizeof(nst)); node_stat(&nst, node); node_rdev_tab[s] = nst.st_rdev; }
+	else node_rdev_tab[s] = 0;
 	return s;
 }
 
@@ -1852,7 +1858,7 @@ out:
 static int adopt(int fd)
 {
 	struct stat st;
-	if (fd < 0 || fd >= FD_MAX || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+	if (fd < 0 || fd >= FD_MAX || raw_fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
 		return 0;
 	struct sockaddr_un peer;
 	socklen_t len = sizeof(peer);
@@ -1954,12 +1960,12 @@ static int same_sb(int fd, int iommufd)
 	if (ent_get(fd, &e))
 		return (e.kind == WIRE_KIND_IOMMUFD) == iommufd;
 	struct stat a, b;
-	if (fstat(fd, &a) != 0)
+	if (raw_fstat(fd, &a) != 0)
 		return 0;
 	if (iommufd)
 		return stat("/dev", &b) == 0 && a.st_dev == b.st_dev;
 	int ev = (int)syscall(SYS_eventfd2, 0, O_CLOEXEC); /* an anonymous-inode file */
-	int r = ev >= 0 && fstat(ev, &b) == 0 && a.st_dev == b.st_dev;
+	int r = ev >= 0 && raw_fstat(ev, &b) == 0 && a.st_dev == b.st_dev;
 	if (ev >= 0)
 		raw_close(ev);
 	return r;
@@ -3352,4 +3358,31 @@ __attribute__((constructor)) static void shim_init(void)
 	pthread_atfork(atfork_prepare, atfork_parent, atfork_child);
 	state_pid = 0;
 	adopt_inherited();
+}
+
+/* fstat of an emulated device-node fd shows the character device (QEMU's open_cdev checks st_rdev). */
+static int fix_fstat(int fd, struct stat *st)
+{
+	int r = raw_fstat(fd, st);
+	if (r == 0 && fd >= 0 && fd < FD_MAX && fdtab[fd].kind && node_rdev_tab[fd] && (uint64_t)st->st_ino == fdtab[fd].ino) {
+		st->st_mode = S_IFCHR | 0600;
+		st->st_rdev = node_rdev_tab[fd];
+		st->st_size = 0;
+	}
+	return r;
+}
+EXPORT int fstat(int fd, struct stat *st) { return fix_fstat(fd, st); }
+EXPORT int fstat64(int fd, struct stat64 *st) { return fix_fstat(fd, (struct stat *)st); }
+/* _FORTIFY_SOURCE builds (Debian's QEMU) call the checked pread. */
+EXPORT ssize_t __pread64_chk(int fd, void *buf, size_t nbytes, off_t off, size_t buflen)
+{
+	if (nbytes > buflen)
+		abort();
+	return pread64(fd, buf, nbytes, off);
+}
+EXPORT ssize_t __pread_chk(int fd, void *buf, size_t nbytes, off_t off, size_t buflen)
+{
+	if (nbytes > buflen)
+		abort();
+	return pread(fd, buf, nbytes, off);
 }
