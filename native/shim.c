@@ -56,6 +56,8 @@
 #include <unistd.h>
 
 #include "iommufd_emu_wire.h"
+#include "mmio_decode.h"
+#include <ucontext.h>
 
 #ifndef PR_SET_PTRACER
 #define PR_SET_PTRACER 0x59616d61
@@ -80,6 +82,7 @@
 #define TLS __thread __attribute__((tls_model("initial-exec")))
 
 static void *raw_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+#define PAGE_ALIGN_(x) (((uint64_t)(x) + 4095) & ~(uint64_t)4095)
 
 /* ---- locks: held only with every signal blocked ------------------------------ */
 static TLS int sig_depth;
@@ -729,6 +732,147 @@ static const char *redirect_debugfs(const char *upath, char *buf, size_t n)
 	return buf;
 }
 
+/* ---- the machine's view: /sys/bus/pci/devices/<BDF>, /sys/kernel/iommu_groups, /dev/vfio ----
+ * The server writes the emulated machine's sysfs entries and device nodes as a real
+ * directory tree (src/server/sysfs.ts) and tells us where (MACHINE). Paths under the
+ * prefixes the tree owns (its `owned` file) are served from it, so readlink, opendir,
+ * stat and open+read are the kernel's own calls on real files; every other path is
+ * untouched. A regular file under dev/vfio is a device node: opening it is an OPEN. */
+static char machine_dir[400];
+static size_t machine_dir_len;
+#define NOWNED 128
+static char owned[NOWNED][128];
+static int nowned;
+static int machine_known; /* 1: machine_dir and owned[] are loaded (never changes after) */
+static int server_present(void);
+static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen);
+static int ctl_ensure_locked(void);
+
+/* Could `p` (absolute) be in the machine's view? (cheap, before asking the server) */
+static int machine_candidate(const char *p)
+{
+	return strncmp(p, "/dev/vfio", 9) == 0 || strncmp(p, "/sys/kernel/iommu_groups", 24) == 0 ||
+	       strncmp(p, "/sys/bus/pci/", 13) == 0 || strncmp(p, "/sys/devices/pci", 16) == 0;
+}
+
+/* Ask the server where its machine's view is (once per server; ctl_mu taken here). */
+static int machine_load(void)
+{
+	if (__atomic_load_n(&machine_known, __ATOMIC_ACQUIRE))
+		return 1;
+	if (!getenv("IOMMUFD_EMU_SOCKET") && !server_present())
+		return 0;
+	int e = errno, ok = 0;
+	lock(&ctl_mu);
+	if (machine_known) {
+		unlock(&ctl_mu);
+		return 1;
+	}
+	struct wire_req_machine q = { .len = sizeof(q), .type = WIRE_T_MACHINE };
+	struct wire_rep_machine r;
+	char dir[sizeof(machine_dir)];
+	if (ctl_ensure_locked() == 0 && tp_send(ctl_fd, &q, sizeof(q)) == 0 && tp_recv(ctl_fd, &r, sizeof(r)) == 0) {
+		if (r.type != WIRE_T_MACHINE || r.len != sizeof(r) + r.pathlen || r.pathlen >= sizeof(dir) ||
+		    tp_recv(ctl_fd, dir, r.pathlen) < 0) {
+			ctl_drop_locked();
+		} else if (r.status == 0 && r.pathlen > 0) {
+			dir[r.pathlen] = 0;
+			char p[sizeof(dir) + 16], text[NOWNED * 128];
+			snprintf(p, sizeof(p), "%s/owned", dir);
+			int fd = (int)syscall(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC);
+			ssize_t n = 0, k;
+			while (fd >= 0 && n < (ssize_t)sizeof(text) - 1 && (k = syscall(SYS_read, fd, text + n, sizeof(text) - 1 - (size_t)n)) > 0)
+				n += k;
+			if (fd >= 0)
+				raw_close(fd);
+			text[n > 0 ? n : 0] = 0;
+			nowned = 0;
+			for (char *l = text, *nl; *l && nowned < NOWNED; l = nl + 1) {
+				nl = strchr(l, '\n');
+				if (!nl)
+					break;
+				*nl = 0;
+				if (*l == '/' && strlen(l) < sizeof(owned[0]))
+					snprintf(owned[nowned++], sizeof(owned[0]), "%s", l);
+			}
+			snprintf(machine_dir, sizeof(machine_dir), "%s", dir);
+			machine_dir_len = strlen(machine_dir);
+			__atomic_store_n(&machine_known, 1, __ATOMIC_RELEASE);
+			ok = 1;
+		}
+	}
+	unlock(&ctl_mu);
+	errno = e;
+	return ok;
+}
+
+/* Is absolute `p` under a prefix the machine's view owns? */
+static int machine_owns(const char *p)
+{
+	if (!machine_candidate(p) || !machine_load())
+		return 0;
+	for (int i = 0; i < nowned; i++) {
+		size_t l = strlen(owned[i]);
+		if (strncmp(p, owned[i], l) == 0 && (p[l] == 0 || p[l] == '/'))
+			return 1;
+	}
+	return 0;
+}
+
+/* A device node of the view (a regular file under <dir>/dev/vfio): 1 and its path under /dev in `node`. */
+static int machine_node(const char *abs, const char *redirected, char *node, size_t n)
+{
+	struct stat st;
+	if (strncmp(abs, "/dev/vfio/", 10) != 0 || syscall(SYS_newfstatat, AT_FDCWD, redirected, &st, AT_SYMLINK_NOFOLLOW) != 0 ||
+	    !S_ISREG(st.st_mode) || strlen(abs + 5) >= n)
+		return 0;
+	snprintf(node, n, "%s", abs + 5);
+	return 1;
+}
+
+/* A path relative to dirfd (or the cwd) that lies inside the view: its absolute name as the program sees it. */
+static const char *machine_relative(int dirfd, const char *path, char *buf, size_t n)
+{
+	if (!path || path[0] == '/' || !__atomic_load_n(&machine_known, __ATOMIC_ACQUIRE))
+		return NULL;
+	char link[64], dir[sizeof(machine_dir) + 256];
+	if (dirfd == AT_FDCWD)
+		snprintf(link, sizeof(link), "/proc/self/cwd");
+	else
+		snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	ssize_t d = readlink(link, dir, sizeof(dir) - 1);
+	if (d <= 0 || (size_t)d < machine_dir_len || strncmp(dir, machine_dir, machine_dir_len) != 0 ||
+	    (dir[machine_dir_len] != '/' && (size_t)d != machine_dir_len))
+		return NULL;
+	dir[d] = 0;
+	if ((size_t)d - machine_dir_len + 1 + strlen(path) + 1 > n)
+		return NULL;
+	snprintf(buf, n, "%s/%s", dir + machine_dir_len, path);
+	return buf;
+}
+
+/*
+ * Where a path the program names really is: its copy in the machine's view, or
+ * the private debugfs, or itself. *node is set (to the node's path under /dev)
+ * for a device node of the view.
+ */
+static const char *redirect_path(const char *upath, char *buf, size_t n, char *node, size_t nodelen)
+{
+	char pb[SAFE_PATH_MAX];
+	const char *path = safe_path(upath, pb);
+	if (node)
+		node[0] = 0;
+	if (!path)
+		return upath;
+	if (path[0] == '/' && machine_owns(path)) {
+		snprintf(buf, n, "%s%s", machine_dir, path);
+		if (node)
+			machine_node(path, buf, node, nodelen);
+		return buf;
+	}
+	return redirect_debugfs(upath, buf, n);
+}
+
 /* ---- path classification --------------------------------------------------------------- */
 static int is_iommu(const char *p) { return p && strcmp(p, "/dev/iommu") == 0; }
 
@@ -792,7 +936,8 @@ static int is_iommu_at(int dirfd, const char *path)
 }
 
 /* ---- open ---------------------------------------------------------------------------------- */
-static int emu_open_iommu(int flags)
+/* open() of /dev/iommu (node NULL) or of a device node of the machine ("vfio/3", "vfio/devices/vfio0"). */
+static int emu_open_node(int flags, const char *node)
 {
 	pid_t tid = my_tid();
 	lock(&ctl_mu);
@@ -803,13 +948,19 @@ static int emu_open_iommu(int flags)
 		unlock(&ctl_mu);
 		return -1;
 	}
-	REQ(OPEN, open);
+	struct { struct wire_req_open q; char path[WIRE_NODE_PATH_MAX]; } __attribute__((packed)) m;
+	struct wire_req_open q = { .len = sizeof(q), .type = WIRE_T_OPEN };
 	CLAIM(q, s, ino);
 	q.tid = (uint32_t)tid;
 	q.failnth = failnth_get(tid);
-	q.node = 0; /* /dev/iommu */
+	q.node = node ? WIRE_NODE_PATH : WIRE_NODE_IOMMU;
 	q.flags = (uint32_t)flags;
-	if (tp_rpc(s, &q, sizeof(q), &r, sizeof(r)) < 0) {
+	q.pathlen = node ? (uint32_t)strnlen(node, WIRE_NODE_PATH_MAX) : 0;
+	q.len = (uint32_t)sizeof(q) + q.pathlen;
+	m.q = q;
+	if (q.pathlen)
+		memcpy(m.path, node, q.pathlen);
+	if (tp_send(s, &m, q.len) < 0 || tp_recv(s, &r, sizeof(r)) < 0 || r.len != sizeof(r) || r.type != WIRE_T_OPEN) {
 		raw_close(s);
 		unlock(&ctl_mu);
 		errno = EIO;
@@ -823,7 +974,7 @@ static int emu_open_iommu(int flags)
 		errno = r.err < 0 ? -r.err : EMFILE;
 		return -1;
 	}
-	set_ent(s, WIRE_KIND_IOMMUFD, r.token, 0);
+	set_ent(s, r.kind ? r.kind : WIRE_KIND_IOMMUFD, r.token, 0);
 	return s;
 }
 
@@ -1049,7 +1200,17 @@ static int emu_open_path(int dirfd, const char *upath, int flags)
 	if (!path)
 		return -2;
 	if (is_iommu(path) || is_iommu_at(dirfd, path))
-		return emu_open_iommu(flags);
+		return emu_open_node(flags, NULL);
+	char rb[SAFE_PATH_MAX], nb[SAFE_PATH_MAX + 400], node[WIRE_NODE_PATH_MAX];
+	const char *abs = path[0] == '/' ? path : machine_relative(dirfd, path, rb, sizeof(rb));
+	if (abs && machine_owns(abs)) {
+		snprintf(nb, sizeof(nb), "%s%s", machine_dir, abs);
+		if (machine_node(abs, nb, node, sizeof(node))) {
+			if (flags & (O_DIRECTORY | O_PATH))
+				return -2; /* the kernel answers (ENOTDIR) on the tree's file, or gives an O_PATH fd */
+			return emu_open_node(flags, node);
+		}
+	}
 	pid_t t = failnth_task(path);
 	if (t)
 		return emu_open_failnth(t, flags);
@@ -1070,9 +1231,9 @@ EXPORT int open(const char *path, int flags, ...)
 	int r = emu_open_path(AT_FDCWD, path, flags);
 	if (r != -2)
 		return r;
-	char buf[512];
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(open);
-	return real_open(redirect_debugfs(path, buf, sizeof(buf)), flags, mode);
+	return real_open(redirect_path(path, buf, sizeof(buf), NULL, 0), flags, mode);
 }
 
 EXPORT int open64(const char *path, int flags, ...)
@@ -1081,10 +1242,10 @@ EXPORT int open64(const char *path, int flags, ...)
 	int r = emu_open_path(AT_FDCWD, path, flags);
 	if (r != -2)
 		return r;
-	char buf[512];
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(open64);
 	if (!real_open64) { RESOLVE(open); real_open64 = real_open; }
-	return real_open64(redirect_debugfs(path, buf, sizeof(buf)), flags, mode);
+	return real_open64(redirect_path(path, buf, sizeof(buf), NULL, 0), flags, mode);
 }
 
 EXPORT int __open_2(const char *path, int flags)
@@ -1092,9 +1253,9 @@ EXPORT int __open_2(const char *path, int flags)
 	int r = emu_open_path(AT_FDCWD, path, flags);
 	if (r != -2)
 		return r;
-	char buf[512];
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(__open_2);
-	return real___open_2(redirect_debugfs(path, buf, sizeof(buf)), flags);
+	return real___open_2(redirect_path(path, buf, sizeof(buf), NULL, 0), flags);
 }
 
 EXPORT int __open64_2(const char *path, int flags)
@@ -1102,9 +1263,9 @@ EXPORT int __open64_2(const char *path, int flags)
 	int r = emu_open_path(AT_FDCWD, path, flags);
 	if (r != -2)
 		return r;
-	char buf[512];
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(__open64_2);
-	return real___open64_2(redirect_debugfs(path, buf, sizeof(buf)), flags);
+	return real___open64_2(redirect_path(path, buf, sizeof(buf), NULL, 0), flags);
 }
 
 static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*real)(int, const char *, int, ...))
@@ -1112,8 +1273,8 @@ static int do_openat(int dirfd, const char *path, int flags, mode_t mode, int (*
 	int r = emu_open_path(dirfd, path, flags);
 	if (r != -2)
 		return r;
-	char buf[512];
-	path = redirect_debugfs(path, buf, sizeof(buf));
+	char buf[SAFE_PATH_MAX + 400];
+	path = redirect_path(path, buf, sizeof(buf), NULL, 0);
 	return real(dirfd, path, flags, mode);
 }
 
@@ -1148,8 +1309,9 @@ static FILE *do_fopen(const char *path, const char *mode, FILE *(*real)(const ch
 {
 	char pb[SAFE_PATH_MAX];
 	const char *sp = safe_path(path, pb);
-	char sb[SAFE_PATH_MAX];
-	if (sp && (is_iommu(sp) || failnth_task(sp) || (mode[0] == 'r' && !strchr(mode, '+') && status_at(AT_FDCWD, sp, sb, sizeof(sb))))) {
+	char sb[SAFE_PATH_MAX], rb[SAFE_PATH_MAX + 400], node[WIRE_NODE_PATH_MAX];
+	redirect_path(path, rb, sizeof(rb), node, sizeof(node));
+	if (sp && (is_iommu(sp) || node[0] || failnth_task(sp) || (mode[0] == 'r' && !strchr(mode, '+') && status_at(AT_FDCWD, sp, sb, sizeof(sb))))) {
 		int flags = (strchr(mode, '+') ? O_RDWR : (mode[0] == 'r' ? O_RDONLY : O_WRONLY));
 		if (strchr(mode, 'e'))
 			flags |= O_CLOEXEC;
@@ -1161,8 +1323,8 @@ static FILE *do_fopen(const char *path, const char *mode, FILE *(*real)(const ch
 			close(fd);
 		return f;
 	}
-	char buf[512];
-	path = redirect_debugfs(path, buf, sizeof(buf));
+	char buf[SAFE_PATH_MAX + 400];
+	path = redirect_path(path, buf, sizeof(buf), NULL, 0);
 	return real(path, mode);
 }
 
@@ -1197,9 +1359,9 @@ EXPORT int fclose(FILE *f)
 
 EXPORT DIR *opendir(const char *path)
 {
-	char buf[512];
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(opendir);
-	return real_opendir(redirect_debugfs(path, buf, sizeof(buf)));
+	return real_opendir(redirect_path(path, buf, sizeof(buf), NULL, 0));
 }
 
 /* Existence checks of /dev/iommu (libvirt-style probes): true while a server answers. */
@@ -1226,16 +1388,18 @@ EXPORT int access(const char *path, int mode)
 {
 	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(access);
-	return real_access(path, mode);
+	return real_access(redirect_path(path, buf, sizeof(buf), NULL, 0), mode);
 }
 
 EXPORT int euidaccess(const char *path, int mode)
 {
 	if (is_iommu_user(path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(euidaccess);
-	return real_euidaccess(path, mode);
+	return real_euidaccess(redirect_path(path, buf, sizeof(buf), NULL, 0), mode);
 }
 
 EXPORT int eaccess(const char *path, int mode)
@@ -1247,8 +1411,102 @@ EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
 {
 	if (is_iommu_at_user(dirfd, path) && server_present())
 		return (mode & X_OK) ? (errno = EACCES, -1) : 0;
+	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(faccessat);
-	return real_faccessat(dirfd, path, mode, flags);
+	return real_faccessat(dirfd, redirect_path(path, buf, sizeof(buf), NULL, 0), mode, flags);
+}
+
+/*
+ * stat, readlink and realpath of the machine's view: the tree's files, device
+ * nodes shown as the character devices they are (VFIO group nodes and cdevs).
+ */
+#include <sys/sysmacros.h>
+static void node_stat(struct stat *st, const char *node)
+{
+	if (!node[0])
+		return;
+	st->st_mode = S_IFCHR | 0600;
+	st->st_size = 0;
+	st->st_blocks = 0;
+	unsigned minor = 0;
+	const char *d = strrchr(node, '/');
+	if (d)
+		minor = (unsigned)strtoul(d + 1 + (d[1] == 'v' ? 4 : 0), NULL, 10);
+	/* misc 10:196 (vfio container), vfio 243:N (groups), vfio-dev 511:N (cdevs) */
+	st->st_rdev = strcmp(node, "vfio/vfio") == 0 ? makedev(10, 196)
+		    : strncmp(node, "vfio/devices/", 13) == 0 ? makedev(511, minor) : makedev(243, minor);
+}
+
+#define STAT_WRAP(name, call, ...) \
+	char buf[SAFE_PATH_MAX + 400], node[WIRE_NODE_PATH_MAX]; \
+	const char *q = redirect_path(path, buf, sizeof(buf), node, sizeof(node)); \
+	static int (*real)(); \
+	if (!real) real = (int (*)())dlsym(RTLD_NEXT, name); \
+	if (!real) return errno = ENOSYS, -1; \
+	int r = call; \
+	if (r == 0) node_stat((struct stat *)st, node); \
+	return r;
+
+EXPORT int stat(const char *path, struct stat *st) { STAT_WRAP("stat", real(q, st)) }
+EXPORT int lstat(const char *path, struct stat *st) { STAT_WRAP("lstat", real(q, st)) }
+EXPORT int stat64(const char *path, struct stat64 *st) { STAT_WRAP("stat64", real(q, st)) }
+EXPORT int lstat64(const char *path, struct stat64 *st) { STAT_WRAP("lstat64", real(q, st)) }
+EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags) { STAT_WRAP("fstatat", real(dirfd, q, st, flags)) }
+EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags) { STAT_WRAP("fstatat64", real(dirfd, q, st, flags)) }
+EXPORT int __xstat(int ver, const char *path, struct stat *st) { STAT_WRAP("__xstat", real(ver, q, st)) }
+EXPORT int __lxstat(int ver, const char *path, struct stat *st) { STAT_WRAP("__lxstat", real(ver, q, st)) }
+EXPORT int __xstat64(int ver, const char *path, struct stat64 *st) { STAT_WRAP("__xstat64", real(ver, q, st)) }
+EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st) { STAT_WRAP("__lxstat64", real(ver, q, st)) }
+EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags) { STAT_WRAP("__fxstatat", real(ver, dirfd, q, st, flags)) }
+EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags) { STAT_WRAP("__fxstatat64", real(ver, dirfd, q, st, flags)) }
+
+struct statx;
+EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx)
+{
+	char buf[SAFE_PATH_MAX + 400];
+	static int (*real)(int, const char *, int, unsigned, struct statx *);
+	if (!real)
+		real = (int (*)(int, const char *, int, unsigned, struct statx *))dlsym(RTLD_NEXT, "statx");
+	if (!real)
+		return errno = ENOSYS, -1;
+	return real(dirfd, redirect_path(path, buf, sizeof(buf), NULL, 0), flags, mask, stx);
+}
+
+EXPORT ssize_t readlink(const char *path, char *out, size_t n)
+{
+	char buf[SAFE_PATH_MAX + 400];
+	return syscall(SYS_readlinkat, AT_FDCWD, redirect_path(path, buf, sizeof(buf), NULL, 0), out, n);
+}
+
+EXPORT ssize_t readlinkat(int dirfd, const char *path, char *out, size_t n)
+{
+	char buf[SAFE_PATH_MAX + 400];
+	return syscall(SYS_readlinkat, dirfd, redirect_path(path, buf, sizeof(buf), NULL, 0), out, n);
+}
+
+/* realpath of a path in the view: resolved in the tree, named as the program sees it. */
+EXPORT char *realpath(const char *path, char *resolved)
+{
+	static char *(*real)(const char *, char *);
+	if (!real)
+		real = (char *(*)(const char *, char *))dlsym(RTLD_NEXT, "realpath");
+	char buf[SAFE_PATH_MAX + 400];
+	const char *q = redirect_path(path, buf, sizeof(buf), NULL, 0);
+	if (q != buf || !machine_dir_len || strncmp(buf, machine_dir, machine_dir_len) != 0)
+		return real(path, resolved);
+	char tmp[4096];
+	if (!real(q, tmp))
+		return NULL;
+	const char *in = strncmp(tmp, machine_dir, machine_dir_len) == 0 ? tmp + machine_dir_len : tmp;
+	if (!*in)
+		in = "/";
+	if (!resolved) {
+		resolved = malloc(strlen(in) + 1);
+		if (!resolved)
+			return errno = ENOMEM, NULL;
+	}
+	strcpy(resolved, in);
+	return resolved;
 }
 
 /* ---- close / dup ----------------------------------------------------------------------- */
@@ -1423,11 +1681,11 @@ static int prepare_event_fd_locked(uint64_t *token)
 }
 
 /* What the server's fd rules say about this call (ctl_mu held: the rules are loaded). */
-struct call_fds { int returns; int32_t named; };
+struct call_fds { int returns; uint32_t kind; int32_t named; };
 
 static struct call_fds fd_rules(unsigned long req, void *arg)
 {
-	struct call_fds c = { 0, -1 };
+	struct call_fds c = { 0, WIRE_KIND_EVENT, -1 };
 	int n = __atomic_load_n(&nrules, __ATOMIC_ACQUIRE);
 	for (int i = 0; i < n; i++) {
 		const struct wire_fdrule *r = &rules[i];
@@ -1436,8 +1694,11 @@ static struct call_fds fd_rules(unsigned long req, void *arg)
 		uint32_t v;
 		if (r->when_off >= 0 && (read_self((char *)arg + r->when_off, &v, 4) < 0 || v != r->when_value))
 			continue;
-		if (r->action == WIRE_FDRULE_RETURNS)
+		if (r->action == WIRE_FDRULE_RETURNS) {
 			c.returns = 1;
+			if (r->kind)
+				c.kind = r->kind;
+		}
 		else if (r->action == WIRE_FDRULE_NAMES && r->field_off >= 0 && read_self((char *)arg + r->field_off, &v, 4) == 0)
 			c.named = (int32_t)v;
 	}
@@ -1506,6 +1767,7 @@ static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *a
 	if (ctl_ensure_pid_locked(pid) < 0)
 		goto out;
 	struct call_fds cf = fd_rules(req, arg);
+	uint32_t evkind = cf.kind;
 	if (cf.returns) {
 		uint64_t evtoken = 0;
 		q.evfd = prepare_event_fd_locked(&evtoken);
@@ -1569,7 +1831,7 @@ out:
 		if (r->evused && q.evfd < FD_MAX) {
 			if (r->evused & WIRE_EVUSED_KEEP_ON_EXEC)
 				syscall(SYS_fcntl, q.evfd, F_SETFD, 0);
-			set_ent(q.evfd, WIRE_KIND_EVENT, q.evtoken, 0);
+			set_ent(q.evfd, evkind, q.evtoken, 0);
 		} else {
 			raw_close(q.evfd);
 			emu_sync(q.evtoken);
@@ -1967,9 +2229,11 @@ static ssize_t emu_rw(int fd, const struct fdent *e, int write, void *buf, size_
 			return syscall(write ? SYS_pwrite64 : SYS_pread64, fd, buf, count, off);
 		return syscall(write ? SYS_write : SYS_read, fd, buf, count);
 	}
-	/* The fds ioctls hand out are anonymous-inode files: no positional I/O (ESPIPE,
-	 * whatever the count). /dev/iommu allows it but has no read/write method (EINVAL). */
-	if (positional && e->kind == WIRE_KIND_EVENT)
+	/* The fds iommufd hands out are anonymous-inode files: no positional I/O (ESPIPE,
+	 * whatever the count); VFIO files have it (region offsets). /dev/iommu allows it
+	 * but has no read/write method (EINVAL). */
+	uint32_t ops = kind_ops(e->kind);
+	if (positional && (ops & (WIRE_OPS_READ | WIRE_OPS_WRITE)) && !(ops & WIRE_OPS_PREAD))
 		return errno = ESPIPE, -1;
 	if (positional && off < 0)
 		return errno = EINVAL, -1;
@@ -2361,11 +2625,14 @@ static int piece_at_locked(uint64_t va)
 	return -1;
 }
 
-/* Something was unmapped over [va, va+len): shared regions and iommufd pieces (ctl_mu held). */
+static void bars_unmap_locked(uint64_t va, uint64_t len);
+
+/* Something was unmapped over [va, va+len): shared regions, iommufd pieces, BAR mappings (ctl_mu held). */
 static void unmapped_locked(uint64_t va, uint64_t len)
 {
 	notify_unmap_locked(va, len);
 	pieces_unmap_locked(va, len);
+	bars_unmap_locked(va, len);
 }
 
 static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, const struct fdent *ent, off_t off)
@@ -2424,9 +2691,289 @@ static int shared_at_locked(uint64_t va, uint64_t len)
 	return overlaps_locked(va, len);
 }
 
+/* ---- BAR mappings: PROT_NONE pages whose loads and stores are trapped ----------------------
+ * mmap of a VFIO device file (a kind with OPS_MMIO) maps anonymous PROT_NONE memory; the
+ * SIGSEGV handler decodes the faulting MOV (mmio_decode.c), sends the access to the server
+ * (MMIO), writes a load's value into the saved registers and resumes after the instruction,
+ * as the kernel's TDX/SEV MMIO emulation does for a guest. Each access reaches the device
+ * exactly once, in program order (one thread at a time, on the control connection). The
+ * server holds the device file while it is mapped (pieces counted with MREF, as iommufd
+ * mappings); forked children inherit the mapping and its handle. */
+struct bar { uint64_t va, len, base, handle, token; int fd; int prot; pid_t owner; };
+#define NBARS 256
+static struct bar bars[NBARS];
+static int nbars; /* ctl_mu; read by the handler under ctl_mu */
+
+static void bar_mref_locked(const struct bar *b, int delta)
+{
+	if (b->owner != getpid() || ctl_fd < 0 || ctl_pid != getpid())
+		return; /* a child's copy: the mapping process's pieces are what the server counts */
+	REQ(MREF, mref);
+	q.handle = b->handle;
+	q.delta = delta;
+	struct wire_rep_status st;
+	ctl_rpc_locked(&q, sizeof(q), &st, sizeof(st));
+}
+
+/* [va, va+len) was unmapped: BAR pieces trimmed, split (+1) or dropped (-1). ctl_mu held. */
+static void bars_unmap_locked(uint64_t va, uint64_t len)
+{
+	uint64_t end = va + len;
+	for (int i = 0; i < nbars; i++) {
+		struct bar *b = &bars[i];
+		uint64_t bend = b->va + b->len;
+		if (bend <= va || b->va >= end)
+			continue;
+		int head = b->va < va, tail = bend > end;
+		if (head && tail && nbars < NBARS) {
+			struct bar t = *b;
+			t.va = end;
+			t.len = bend - end;
+			b->len = va - b->va;
+			bars[nbars++] = t;
+			bar_mref_locked(&t, 1);
+		} else if (head) {
+			b->len = va - b->va;
+		} else if (tail) {
+			b->len = bend - end;
+			b->va = end;
+		} else {
+			bar_mref_locked(b, -1);
+			bars[i--] = bars[--nbars];
+		}
+	}
+}
+
+static void segv_install(void);
+
+static void *bar_mmap(void *addr, size_t len, int prot, int flags, int fd, const struct fdent *ent, off_t off)
+{
+	REQ(MMAP, mmap);
+	q.token = ent->token;
+	q.fd = fd;
+	q.prot = (uint32_t)prot;
+	q.offset = (uint64_t)off;
+	q.length = (uint64_t)len;
+	q.flags = (uint32_t)flags;
+	q.memfd = -1;
+	struct wire_rep_mmap r;
+	segv_install();
+	lock(&ctl_mu);
+	if (nbars >= NBARS) {
+		unlock(&ctl_mu);
+		return errno = ENOMEM, MAP_FAILED;
+	}
+	int rc = ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r));
+	if (rc < 0 || r.err < 0) {
+		unlock(&ctl_mu);
+		errno = rc < 0 ? EIO : -r.err;
+		return MAP_FAILED;
+	}
+	int mflags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE));
+	void *p = raw_mmap(addr, len, PROT_NONE, mflags, -1, 0);
+	int e = errno;
+	if (p == MAP_FAILED) {
+		struct bar tmp = { .handle = r.handle, .owner = getpid() };
+		bar_mref_locked(&tmp, -1);
+	} else {
+		uint64_t va = (uint64_t)(uintptr_t)p, l = PAGE_ALIGN_(len);
+		unmapped_locked(va, l); /* MAP_FIXED over whatever was there */
+		bars_unmap_locked(va, l);
+		bars[nbars++] = (struct bar){ va, l, va, r.handle, ent->token, fd, prot, getpid() };
+	}
+	unlock(&ctl_mu);
+	errno = e;
+	return p;
+}
+
+/* The program's own SIGSEGV disposition (ours is installed in its place while BARs may be mapped). */
+static struct sigaction prog_segv;
+static int segv_ours;
+
+static uint64_t *greg(ucontext_t *uc, int r)
+{
+	static const int map[16] = { REG_RAX, REG_RCX, REG_RDX, REG_RBX, REG_RSP, REG_RBP, REG_RSI, REG_RDI,
+				     REG_R8, REG_R9, REG_R10, REG_R11, REG_R12, REG_R13, REG_R14, REG_R15 };
+	return (uint64_t *)&uc->uc_mcontext.gregs[map[r]];
+}
+
+/* A fault that is not a BAR access: what the program asked for (its handler, or the default action). */
+static void segv_chain(int sig, siginfo_t *si, void *uc)
+{
+	struct sigaction a = prog_segv;
+	if (a.sa_flags & SA_SIGINFO) {
+		if (a.sa_sigaction) {
+			if (a.sa_flags & SA_RESETHAND)
+				prog_segv.sa_handler = SIG_DFL;
+			a.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (a.sa_handler != SIG_DFL && a.sa_handler != SIG_IGN) {
+		if (a.sa_flags & SA_RESETHAND)
+			prog_segv.sa_handler = SIG_DFL;
+		a.sa_handler(sig);
+		return;
+	}
+	/* default (a synchronous SIGSEGV cannot be ignored): re-fault with the default action */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	syscall(SYS_rt_sigaction, SIGSEGV, &dfl, NULL, 8);
+	__atomic_store_n(&segv_ours, 0, __ATOMIC_RELAXED);
+}
+
+/* One access of `size` bytes at offset `off` of BAR mapping b (ctl_mu held). 0 or a negative errno. */
+static int bar_access_locked(const struct bar *b, uint64_t off, uint32_t size, int write, uint64_t *value)
+{
+	REQ(MMIO, mmio);
+	q.token = b->token;
+	q.handle = b->handle;
+	q.off = off;
+	q.value = write ? *value : 0;
+	q.fd = b->fd;
+	q.size = size;
+	q.write = (uint32_t)write;
+	q.tid = (uint32_t)my_tid();
+	struct wire_rep_mmio r;
+	if (ctl_rpc_locked(&q, sizeof(q), &r, sizeof(r)) < 0)
+		return -EIO;
+	if (!write)
+		*value = r.value;
+	return r.status;
+}
+
+static void segv_handler(int sig, siginfo_t *si, void *ucv)
+{
+	ucontext_t *uc = ucv;
+	int saved = errno;
+	uint64_t fa = (uint64_t)(uintptr_t)si->si_addr;
+	if (si->si_code != SEGV_ACCERR || !__atomic_load_n(&nbars, __ATOMIC_RELAXED))
+		goto chain;
+	uint64_t rip = (uint64_t)uc->uc_mcontext.gregs[REG_RIP];
+	uint8_t code[15];
+	size_t avail = user_copy(code, (const void *)(uintptr_t)rip, sizeof(code), 0);
+	struct mmio_insn in;
+	if (mmio_decode(code, avail, &in) != MMIO_OK)
+		goto chain;
+	uint64_t regs[16];
+	for (int i = 0; i < 16; i++)
+		regs[i] = *greg(uc, i);
+	uint64_t ea = in.movdir64b ? regs[in.reg] : mmio_effective_address(&in, regs, rip);
+	lock(&ctl_mu);
+	struct bar b = { 0 };
+	int found = 0;
+	for (int i = 0; i < nbars; i++)
+		if (bars[i].va <= fa && fa < bars[i].va + bars[i].len) {
+			b = bars[i];
+			found = 1;
+			break;
+		}
+	/* the whole access inside the mapping, allowed by its protection */
+	int write = in.dir == MMIO_STORE;
+	if (!found || ea < b.va || ea + in.width > b.va + b.len || !(b.prot & (write ? PROT_WRITE : PROT_READ))) {
+		unlock(&ctl_mu);
+		goto chain;
+	}
+	int rc = 0;
+	if (in.movdir64b) {
+		/* 64 bytes from the source operand to the device: eight 8-byte stores, in order */
+		uint64_t src[8];
+		if (user_copy(src, (const void *)(uintptr_t)mmio_effective_address(&in, regs, rip), sizeof(src), 0) != sizeof(src)) {
+			unlock(&ctl_mu);
+			goto chain;
+		}
+		for (int i = 0; i < 8 && rc == 0; i++)
+			rc = bar_access_locked(&b, ea - b.base + 8 * (uint64_t)i, 8, 1, &src[i]);
+	} else {
+		uint64_t v = write ? mmio_store_value(&in, regs) : 0;
+		rc = bar_access_locked(&b, ea - b.base, in.width, write, &v);
+		if (rc == 0 && !write)
+			mmio_apply_load(&in, regs, v);
+	}
+	unlock(&ctl_mu);
+	if (rc < 0) {
+		/* the device refused the access (memory decode off, low power): SIGBUS, as a zapped BAR */
+		errno = saved;
+		raise(SIGBUS);
+		return;
+	}
+	for (int i = 0; i < 16; i++)
+		*greg(uc, i) = regs[i];
+	uc->uc_mcontext.gregs[REG_RIP] = (greg_t)(rip + in.len);
+	errno = saved;
+	return;
+chain:
+	errno = saved;
+	segv_chain(sig, si, ucv);
+}
+
+/* Put our SIGSEGV handler in place (first BAR mapping); the program's disposition is kept as prog_segv. */
+static void segv_install(void)
+{
+	if (__atomic_load_n(&segv_ours, __ATOMIC_ACQUIRE))
+		return;
+	lock(&ctl_mu);
+	if (!segv_ours) {
+		struct sigaction a, old;
+		memset(&a, 0, sizeof(a));
+		a.sa_sigaction = segv_handler;
+		a.sa_flags = SA_SIGINFO | SA_RESTART | SA_ONSTACK;
+		sigemptyset(&a.sa_mask);
+		static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+		if (!real_sigaction)
+			real_sigaction = dlsym(RTLD_NEXT, "sigaction");
+		if (real_sigaction && real_sigaction(SIGSEGV, &a, &old) == 0) {
+			prog_segv = old;
+			__atomic_store_n(&segv_ours, 1, __ATOMIC_RELEASE);
+		}
+	}
+	unlock(&ctl_mu);
+}
+
+/* sigaction/signal for SIGSEGV while ours is installed: the program's disposition is recorded, ours stays. */
+EXPORT int sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+	static int (*real)(int, const struct sigaction *, struct sigaction *);
+	if (!real)
+		real = dlsym(RTLD_NEXT, "sigaction");
+	if (sig != SIGSEGV || !__atomic_load_n(&segv_ours, __ATOMIC_ACQUIRE))
+		return real(sig, act, old);
+	if (act && (uintptr_t)act >= 4096 && !access_ok_(act, sizeof(*act)))
+		return errno = EFAULT, -1;
+	lock(&ctl_mu);
+	struct sigaction prev = prog_segv;
+	if (act)
+		prog_segv = *act;
+	unlock(&ctl_mu);
+	if (old)
+		*old = prev;
+	return 0;
+}
+
+EXPORT int __sigaction(int sig, const struct sigaction *act, struct sigaction *old)
+{
+	return sigaction(sig, act, old);
+}
+
+EXPORT sighandler_t signal(int sig, sighandler_t h)
+{
+	static sighandler_t (*real)(int, sighandler_t);
+	if (!real)
+		real = (sighandler_t (*)(int, sighandler_t))dlsym(RTLD_NEXT, "signal");
+	if (sig != SIGSEGV || !__atomic_load_n(&segv_ours, __ATOMIC_ACQUIRE))
+		return real(sig, h);
+	struct sigaction a, old;
+	memset(&a, 0, sizeof(a));
+	a.sa_handler = h;
+	a.sa_flags = SA_RESTART; /* BSD semantics, as glibc's signal() */
+	sigaction(SIGSEGV, &a, &old);
+	return old.sa_handler;
+}
+
 static int any_mappings(void)
 {
-	return __atomic_load_n(&nregions, __ATOMIC_RELAXED) || __atomic_load_n(&npieces, __ATOMIC_RELAXED);
+	return __atomic_load_n(&nregions, __ATOMIC_RELAXED) || __atomic_load_n(&npieces, __ATOMIC_RELAXED) ||
+	       __atomic_load_n(&nbars, __ATOMIC_RELAXED);
 }
 
 /*
@@ -2456,7 +3003,8 @@ EXPORT void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off
 	struct fdent e;
 	if (ent_get(fd, &e) && !LOCAL_KIND(e.kind)) {
 		sig_block();
-		void *p = iommufd_mmap(addr, len, prot, flags, fd, &e, off);
+		void *p = kind_ops(e.kind) & WIRE_OPS_MMIO ? bar_mmap(addr, len, prot, flags, fd, &e, off)
+							   : iommufd_mmap(addr, len, prot, flags, fd, &e, off);
 		int err = errno;
 		sig_unblock();
 		errno = err;
@@ -2497,6 +3045,19 @@ EXPORT int mprotect(void *addr, size_t len, int prot)
 {
 	map_changed();
 	int r = (int)syscall(SYS_mprotect, addr, len, prot);
+	if (r == 0 && __atomic_load_n(&nbars, __ATOMIC_RELAXED)) {
+		/* BAR pages stay PROT_NONE (every access trapped); the protection asked for is what the handler allows */
+		uint64_t va = (uint64_t)(uintptr_t)addr, end = va + PAGE_ALIGN_(len);
+		lock(&ctl_mu);
+		for (int i = 0; i < nbars; i++) {
+			uint64_t lo = bars[i].va > va ? bars[i].va : va, hi = bars[i].va + bars[i].len < end ? bars[i].va + bars[i].len : end;
+			if (lo < hi) {
+				syscall(SYS_mprotect, lo, hi - lo, PROT_NONE);
+				bars[i].prot = prot;
+			}
+		}
+		unlock(&ctl_mu);
+	}
 	if (r == 0 && __atomic_load_n(&npieces, __ATOMIC_RELAXED)) {
 		lock(&ctl_mu);
 		pieces_protect_locked((uint64_t)(uintptr_t)addr, (len + 4095) / 4096 * 4096, prot);
@@ -2505,7 +3066,6 @@ EXPORT int mprotect(void *addr, size_t len, int prot)
 	return r;
 }
 
-#define PAGE_ALIGN_(x) (((uint64_t)(x) + 4095) & ~(uint64_t)4095)
 
 /*
  * mremap of [old, old+old_len) inside an iommufd mapping, as the kernel does it

@@ -59,7 +59,7 @@ interface RunCliOptions {
   inspect?: boolean | string;
   inspectRecord?: string;
   inspectWait?: boolean;
-  /** --machine: the devices and IOMMUs of the emulated machine (none when not given). */
+  /** --machine: the devices and IOMMUs of the emulated machine (default: the one-IOAT preset). */
   machine?: string;
 }
 
@@ -70,9 +70,12 @@ interface RunCliOptions {
  */
 async function runCli(prog: string[], opts: RunCliOptions): Promise<number> {
   const emulator = new Emulator({ profile: opts.abi });
-  if (opts.machine) buildMachine(emulator, loadMachine(opts.machine));
+  const built = buildMachine(emulator, loadMachine(opts.machine ?? DEFAULT_PRESET));
   attachTrace(emulator, opts.trace);
-  const run = { profile: opts.abi, grantCaps: opts.grantCap, emulator };
+  // the kernel's VFIO selftests find their device here (unless the caller chose one)
+  const bdf = built.devices[0]?.desc.bdf;
+  const env = bdf && !process.env.VFIO_SELFTESTS_BDF ? { VFIO_SELFTESTS_BDF: bdf } : {};
+  const run = { profile: opts.abi, grantCaps: opts.grantCap, emulator, env };
   if (!opts.inspect && !opts.inspectRecord) return runProgram(prog, run);
   const ins = await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord, argv: prog }, log);
   const url = ins.server?.url;
@@ -119,7 +122,7 @@ program
   .addOption(inspectOption())
   .addOption(recordOption())
   .option('--no-inspect-wait', 'with --inspect, start the program without waiting for a page')
-  .addOption(machineOption().default(undefined))
+  .addOption(machineOption())
   .argument('<prog...>', 'program and its arguments (after --)')
   .passThroughOptions()
   .action(async (prog: string[], opts: RunCliOptions) => {
@@ -136,12 +139,12 @@ program
   .addOption(grantOption())
   .addOption(inspectOption())
   .addOption(recordOption())
-  .addOption(machineOption().default(undefined))
+  .addOption(machineOption())
   .action(async (opts: { socket: string; abi: ProfileName; trace?: boolean | string; grantCap?: CapName[];
-    inspect?: boolean | string; inspectRecord?: string; machine?: string }) => {
+    inspect?: boolean | string; inspectRecord?: string; machine: string }) => {
     await loadHandlers();
     const emulator = new Emulator({ profile: opts.abi });
-    if (opts.machine) buildMachine(emulator, loadMachine(opts.machine));
+    buildMachine(emulator, loadMachine(opts.machine));
     attachTrace(emulator, opts.trace);
     const ins = opts.inspect || opts.inspectRecord
       ? await startInspector(emulator, { inspect: opts.inspect, record: opts.inspectRecord }, log) : null;
@@ -159,11 +162,14 @@ program
   .command('env')
   .description('print the environment lines that route a program to a server (eval "$(iommufd-emu env)")')
   .option('--socket <path>', 'socket path', defaultSocketPath())
-  .action((opts: { socket: string }) => {
+  .addOption(machineOption().default(DEFAULT_PRESET, `${DEFAULT_PRESET}; the server's --machine, for VFIO_SELFTESTS_BDF`))
+  .action((opts: { socket: string; machine: string }) => {
     const socket = path.resolve(opts.socket);
     const env = shimEnv(ensureShim(), socket, path.join(path.dirname(socket), 'iommufd-emu-debugfs'), {});
-    for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET', 'IOMMUFD_EMU_DEBUGFS']) {
-      process.stdout.write(`export ${k}='${env[k]}'\n`);
+    const bdf = loadMachine(opts.machine).devices[0]?.bdf;
+    if (bdf) env.VFIO_SELFTESTS_BDF = bdf;
+    for (const k of ['LD_PRELOAD', 'IOMMUFD_EMU_SOCKET', 'IOMMUFD_EMU_DEBUGFS', 'VFIO_SELFTESTS_BDF']) {
+      if (env[k]) process.stdout.write(`export ${k}='${env[k]}'\n`);
     }
   });
 

@@ -32,19 +32,19 @@ export function accessOk(addr: bigint, size: bigint): boolean {
  * count is clamped to MAX_RW_COUNT. (pread on these files is ESPIPE: the shim
  * answers it, anonymous-inode files have no positional I/O.)
  */
-export function vfsRead(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+export function vfsRead(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint, pos = 0n): number {
   if (file.has.accmode === O_WRONLY) fail('EBADF', `read: ${file.name} is not open for reading`);
   if (!file.has.read) fail('EINVAL', `read: ${file.name} has no read method`);
   if (!accessOk(buf, count)) fail('EFAULT', 'read: access_ok on the buffer');
-  return file.read(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
+  return file.read(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), pos);
 }
 
 /** write(2): the same VFS checks as vfsRead. */
-export function vfsWrite(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint): number {
+export function vfsWrite(file: IommufdFile, mem: UserMemory, buf: bigint, count: bigint, pos = 0n): number {
   if (file.has.accmode === O_RDONLY) fail('EBADF', `write: ${file.name} is not open for writing`);
   if (!file.has.write) fail('EINVAL', `write: ${file.name} has no write method`);
   if (!accessOk(buf, count)) fail('EFAULT', 'write: access_ok on the buffer');
-  return file.write(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), 0n);
+  return file.write(mem, buf, count > BigInt(MAX_RW_COUNT) ? MAX_RW_COUNT : Number(count), pos);
 }
 
 /** The file's poll mask (before the caller's event mask is applied): DEFAULT_POLLMASK without a poll method. */

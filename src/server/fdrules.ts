@@ -5,6 +5,7 @@
 import type { Emulator } from '../core/emulator.js';
 import { TEST_OP } from '../uapi/enums.js';
 import * as S from '../uapi/structs.js';
+import { VFIO_REQ } from '../uapi/vfio.js';
 import { FDRULE, KIND, OPS, RECORD, type Values } from './wire.js';
 
 export type KindRecord = Values<typeof RECORD.kind.spec>;
@@ -16,10 +17,14 @@ export const KINDS: readonly KindRecord[] = [
   { kind: KIND.IOMMUFD, ops: OPS.IOCTL | OPS.MMAP },
   // files ioctls hand out (fault queue, vEVENTQ, selftest access, dma-buf): read/write
   { kind: KIND.EVENT, ops: OPS.READ | OPS.WRITE },
+  // VFIO files (device cdev, group, the device fd a group hands out): ioctl, pread/pwrite at
+  // region offsets, mmap of BARs as trapped MMIO (/dev/vfio/vfio is an iommufd: KIND.IOMMUFD)
+  { kind: KIND.VFIO, ops: OPS.IOCTL | OPS.READ | OPS.WRITE | OPS.PREAD | OPS.MMAP | OPS.MMIO },
 ];
 
 interface Rule {
-  ioctl: string;
+  /** An iommufd request by name (left out where the profile lacks it), or a VFIO request's number. */
+  ioctl: string | number;
   action: number;
   kind?: number;
   /** Only when this u32 field equals value. */
@@ -42,16 +47,19 @@ const RULES: readonly Rule[] = [
   { ioctl: 'TEST_CMD', action: FDRULE.NAMES, when: { field: TC.op, value: TEST_OP.DMABUF_REVOKE },
     field: S.test_dmabuf_revoke.fields.dmabuf_fd },
   { ioctl: 'IOAS_MAP_FILE', action: FDRULE.NAMES, field: S.iommu_ioas_map_file.fields.fd },
+  // a group hands out device fds (the return value); the fds VFIO structs carry (BIND_IOMMUFD's
+  // iommufd, SET_CONTAINER's, SET_IRQS' eventfds) the server finds through /proc/<pid>/fd
+  { ioctl: VFIO_REQ.GROUP_GET_DEVICE_FD, action: FDRULE.RETURNS, kind: KIND.VFIO },
 ];
 
 /** The fd rules of `emu`'s profile (requests it does not have are left out). */
 export function fdRules(emu: Emulator): FdRuleRecord[] {
   const out: FdRuleRecord[] = [];
   for (const r of RULES) {
-    const op = emu.byName.get(r.ioctl);
-    if (!op) continue;
+    const request = typeof r.ioctl === 'number' ? r.ioctl : emu.byName.get(r.ioctl)?.request;
+    if (request === undefined) continue;
     out.push({
-      request: op.request >>> 0, action: r.action, kind: r.kind ?? KIND.NONE,
+      request: request >>> 0, action: r.action, kind: r.kind ?? KIND.NONE,
       when_off: r.when ? r.when.field.offset : -1, when_value: r.when?.value ?? 0,
       field_off: r.field ? r.field.offset : -1,
     });

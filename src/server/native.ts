@@ -12,6 +12,8 @@ import { cHeader } from './wire.js';
 /** The package root (holds native/ and examples/), from dist/server/ or src/server/. */
 export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const SHIM_SOURCE = path.join(PACKAGE_ROOT, 'native', 'shim.c');
+/** The MOV decoder the shim's SIGSEGV handler uses for trapped BAR accesses. */
+const DECODER = ['mmio_decode.c', 'mmio_decode.h'].map((f) => path.join(PACKAGE_ROOT, 'native', f));
 
 export function cacheDir(): string {
   const base = process.env.XDG_CACHE_HOME || (os.homedir() ? path.join(os.homedir(), '.cache') : os.tmpdir());
@@ -94,11 +96,11 @@ function compile(cc: string, args: string[], out: string): void {
 export function ensureShim(): string {
   const cc = findCompiler();
   const wire = wireHeaderDir();
-  const key = digest([SHIM_SOURCE, path.join(wire, WIRE_HEADER)], cc ?? '');
+  const key = digest([SHIM_SOURCE, ...DECODER, path.join(wire, WIRE_HEADER)], cc ?? '');
   const out = path.join(cacheDir(), `libiommufd-emu-${key}.so`);
   if (fs.existsSync(out)) return out;
   if (!cc) throw new Error('no C compiler found (install gcc or set CC): the LD_PRELOAD shim is built from native/shim.c');
-  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-I', wire, SHIM_SOURCE, '-ldl', '-lpthread'], out);
+  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-I', wire, '-I', path.dirname(SHIM_SOURCE), SHIM_SOURCE, DECODER[0]!, '-ldl', '-lpthread'], out);
   return out;
 }
 

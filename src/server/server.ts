@@ -18,14 +18,21 @@ import * as path from 'node:path';
 import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
 import { POLLIN, vfsPoll, vfsRead, vfsWrite, type FdTable, type IommufdFile } from '../core/file.js';
+import { vfioOf } from '../core/vfio.js';
+import type { BarMapping } from '../core/vfio_device.js';
+import type { EventFdCtx, FdObject, FdResolver, VfioCaller, VfioFile } from '../core/vfio_file.js';
+import type { AccessSize } from '../devices/device.js';
 import { iommufdMmap, type MmapHandle } from '../core/mmap.js';
 import { PAGE_SIZE, type PhysPage } from '../core/usermem.js';
 import { errnoName, fail, isErrno, ERRNO } from '../uapi/errno.js';
 import type { ProfileName } from '../uapi/profiles.js';
 import { fdRules, KINDS } from './fdrules.js';
 import { ClientProcess } from './credentials.js';
+import { FdHelper } from './fdhelper.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
+import { writeMachineView } from './sysfs.js';
 import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
+import { vfioRequestName } from '../uapi/vfio.js';
 import * as W from './wire.js';
 
 export interface ServerOptions {
@@ -42,6 +49,11 @@ export interface ServerOptions {
   grantCaps?: readonly CapName[];
   /** How frames move (default: the Unix socket at socketPath). */
   transport?: Transport;
+  /**
+   * Where to write the machine's sysfs and /dev/vfio view (sysfs.ts) that the
+   * shim serves those paths from (default: a private directory, removed on close).
+   */
+  viewDir?: string;
 }
 
 export type CapName = 'sys_resource' | 'ipc_lock' | 'sys_rawio';
@@ -76,6 +88,31 @@ function socketInode(pid: number, fd: number): bigint | null {
   }
   const m = /^socket:\[(\d+)\]$/.exec(link);
   return m ? BigInt(m[1]!) : null;
+}
+
+/** A BAR mapping of a VFIO device file (trapped MMIO): the file stays alive while it is mapped. */
+interface BarEntry {
+  mapping: BarMapping;
+  binding: EventBinding;
+  /** VMA pieces (MREF) in the mapping process. */
+  pieces: number;
+  /** The mapping process (its children inherit the mapping). */
+  pid: number;
+}
+
+/** Is `pid` a descendant of `ancestor` (the parent chain in /proc)? */
+function descendantOf(pid: number, ancestor: number): boolean {
+  for (let p = pid, i = 0; p > 1 && i < 64; i++) {
+    let stat: string;
+    try {
+      stat = fs.readFileSync(`/proc/${p}/stat`, 'latin1');
+    } catch {
+      return false;
+    }
+    p = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (p === ancestor) return true;
+  }
+  return false;
 }
 
 interface ProcState {
@@ -140,6 +177,15 @@ interface EventBinding extends FileEntry {
   released: boolean;
   /** One readiness byte is sitting in the client's socket buffer. */
   signalled: boolean;
+  /** BAR mappings of the file (VFIO devices): its release waits for them. */
+  mapped?: number;
+  /** The fd is gone everywhere but a mapping still holds the file. */
+  releasePending?: boolean;
+}
+
+/** Is `f` a VFIO file (device, group): ioctls, positional I/O, trapped mmap. */
+function isVfio(f: IommufdFile | null): f is VfioFile {
+  return !!f && typeof (f as Partial<VfioFile>).ioctl === 'function';
 }
 
 /** Why a frame is refused: its connection is closed with this reason logged. */
@@ -212,7 +258,7 @@ class Conn implements LinkEvents {
 }
 
 /** The FdTable of one call: install() hands out the event fd the shim prepared. */
-class CallFdTable implements FdTable {
+class CallFdTable implements FdTable, FdResolver {
   installed = false;
   constructor(private readonly server: IommufdServer, private readonly st: ProcState,
     private readonly evfd: number, private readonly ev: EventBinding | undefined,
@@ -257,6 +303,30 @@ class CallFdTable implements FdTable {
     }
   }
 
+  /**
+   * What the caller's fd `fd` is, as VFIO asks (an fd number inside a struct):
+   * one of our files (its socket), an eventfd (taken through the fd helper), or other.
+   */
+  resolve(fd: number): FdObject | undefined {
+    if (fd < 0) return undefined;
+    if (this.installed && fd === this.evfd) {
+      const f = this.ev?.file ?? null;
+      return isVfio(f) ? { kind: 'vfio', file: f } : { kind: 'other' };
+    }
+    const ctx = this.server.ctxOfFd(this.st, fd);
+    if (ctx) return { kind: 'iommufd', ctx };
+    const b = this.bindingOf(fd);
+    if (b && b.file && !b.released) return isVfio(b.file) ? { kind: 'vfio', file: b.file } : { kind: 'other' };
+    let link: string;
+    try {
+      link = fs.readlinkSync(`/proc/${this.st.pid}/fd/${fd}`);
+    } catch {
+      return undefined;
+    }
+    if (link !== 'anon_inode:[eventfd]') return { kind: 'other' };
+    return { kind: 'eventfd', get: () => this.server.eventfdCtx(this.st.pid, fd) };
+  }
+
   close(fd: number): void {
     let b: EventBinding | undefined;
     if (this.installed && fd === this.evfd) {
@@ -276,7 +346,7 @@ type ReqHandler<K extends W.RequestName> = (s: IommufdServer, c: Conn, f: W.ReqV
 const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   HELLO: (s, c, f) => s.hello(c, f),
   PROVE: (s, c, f) => s.prove(c, f),
-  OPEN: (s, c, f) => s.open(c, f),
+  OPEN: (s, c, f, raw) => s.open(c, f, raw),
   EVPREP: (s, c, f) => s.evprep(c, f),
   IOCTL: (s, c, f, raw) => s.ioctl(c, f, raw),
   SYNC: (s, c, f) => s.sync(c, f),
@@ -289,6 +359,8 @@ const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   HOLDER: (s, c, f) => s.holderConn(c, f),
   MDUP: (s, c, f) => s.mdup(c, f),
   PROCSTAT: (s, c, f) => s.procstat(c, f),
+  MACHINE: (s, c) => s.machine(c),
+  MMIO: (s, c, f) => s.mmio(c, f),
 };
 
 export class IommufdServer {
@@ -309,6 +381,13 @@ export class IommufdServer {
   private readonly grants: number;
   /** The PROVE reply's tables (kinds, fd rules), encoded once. */
   private readonly tables: { nkinds: number; nrules: number; bytes: Buffer };
+  /** The machine's sysfs and /dev/vfio view (sysfs.ts); made private when not given. */
+  private viewDir: string;
+  private readonly ownView: boolean;
+  /** Eventfds of clients held for VFIO (fdhelper.ts), started on first use. */
+  private readonly fdHelper: FdHelper;
+  /** Trapped BAR mappings by handle (any process may use one its fd holder mapped; MMIO checks the file). */
+  private readonly bars = new Map<bigint, BarEntry>();
 
   constructor(opts: ServerOptions) {
     this.grantCaps = opts.grantCaps ?? [];
@@ -325,16 +404,53 @@ export class IommufdServer {
     rules.forEach((v, i) => W.encodeInto(r, v, bytes, KINDS.length * k.size + i * r.size));
     if (bytes.length > W.REP.prove.tailMax) throw new Error(`PROVE tables of ${bytes.length} bytes exceed the frame's tail`);
     this.tables = { nkinds: KINDS.length, nrules: rules.length, bytes };
+    this.ownView = !opts.viewDir;
+    this.viewDir = opts.viewDir ?? '';
+    this.fdHelper = new FdHelper(this.log);
   }
 
   /** Listen on the socket path (mode 0600; a stale socket file is replaced). */
   async listen(): Promise<void> {
+    if (this.ownView) this.viewDir = fs.mkdtempSync(path.join(path.dirname(this.socketPath), '.iommufd-emu-machine-'));
+    writeMachineView(this.viewDir, vfioOf(this.emu));
     await this.transport.listen((link) => new Conn(this, link));
   }
 
   /** Stop listening and drop every connection (contexts are torn down). */
   async close(): Promise<void> {
     await this.transport.close();
+    this.fdHelper.close();
+    if (this.ownView) fs.rmSync(this.viewDir, { recursive: true, force: true });
+  }
+
+  /** The directory the machine's view was written to (the shim's MACHINE answer). */
+  get machineView(): string {
+    return this.viewDir;
+  }
+
+  /** An eventfd reference (eventfd_ctx) on fd `fd` of process `pid`, held by the fd helper. */
+  eventfdCtx(pid: number, fd: number): EventFdCtx {
+    const id = this.fdHelper.get(pid, fd);
+    let put = false;
+    return {
+      signal: () => {
+        if (!put) this.fdHelper.signal(id);
+      },
+      put: () => {
+        if (put) return;
+        put = true;
+        this.fdHelper.put(id);
+      },
+    };
+  }
+
+  /** The context behind the client's fd `fd`, if it is one of our anchors (socket inode via /proc). */
+  ctxOfFd(st: ProcState, fd: number): IommufdCtx | undefined {
+    const ino = socketInode(st.pid, fd);
+    const a = ino === null ? undefined : this.anchorsByIno.get(ino);
+    if (!a || this.ctxs.get(a.token) !== a) return undefined;
+    st.held.add(a.token);
+    return a.ctx;
   }
 
   /** An operation on an emulated fd outside the core (open, read/write, mmap, teardown), as a trace `note`. */
@@ -451,6 +567,7 @@ export class IommufdServer {
     c.onEnd = () => {
       if (this.procs.get(pid) === st) this.procs.delete(pid);
       closeMaps(st.maps); // exit or exec: every VMA is gone
+      for (const [h, e] of this.bars) if (e.pid === pid) this.barUnref(h, e.pieces);
       mem.exit();
     };
     const t = this.tables;
@@ -466,27 +583,33 @@ export class IommufdServer {
     return st;
   }
 
-  open(c: Conn, f: W.ReqValues<'OPEN'>): void {
+  open(c: Conn, f: W.ReqValues<'OPEN'>, raw: Buffer): void {
     const req = W.REQ.OPEN;
     const { pid, fd: clientFd, ino } = f;
     const st = this.claimant(c, 'OPEN', pid, f.session, clientFd, ino);
-    if (f.node !== 0) {
+    let node = '/dev/iommu';
+    if (f.node === W.NODE.PATH) {
+      node = `/dev/${Buffer.from(raw.subarray(W.REQ.OPEN.size)).toString('latin1')}`;
+      if (node !== '/dev/vfio/vfio') return this.openVfioNode(c, f, st, node);
+    } else if (f.node !== W.NODE.IOMMU) {
       this.reply(c, req, W.REP.open, { err: -ERRNO.ENODEV, failnth: f.failnth });
       return c.reject(`OPEN of unknown node ${f.node}`);
     }
     let ctx: IommufdCtx | null = null;
+    const vfioContainer = node === '/dev/vfio/vfio';
     const r = this.emulate(f.failnth, () => `open from pid ${pid}`, () => {
-      ctx = this.emu.open(st.mem);
+      // /dev/vfio/vfio is iommufd's VFIO container (IOMMUFD_VFIO_CONTAINER)
+      ctx = vfioContainer ? vfioOf(this.emu).openContainer(st.mem) : this.emu.open(st.mem);
       return 0;
     });
     c.kind = 'anchor';
     if (!ctx) {
-      if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${errText(r.ret)}`);
+      if (this.emu.bus.on) this.note(pid, f.tid, `open("${node}") = ${errText(r.ret)}`);
       this.reply(c, req, W.REP.open, { err: r.ret, failnth: r.failnth });
       return;
     }
     const live: IommufdCtx = ctx;
-    if (this.emu.bus.on) this.note(pid, f.tid, `open("/dev/iommu") = ${clientFd}`);
+    if (this.emu.bus.on) this.note(pid, f.tid, `open("${node}") = ${clientFd}`);
     const token = newToken();
     const entry: CtxEntry = { token, ino, ctx: live, conn: c };
     this.ctxs.set(token, entry);
@@ -501,7 +624,47 @@ export class IommufdServer {
     // /dev/iommu has no poll method: the kernel reports it always readable and
     // writable. One byte left unread in the socket gives the same answer (sent
     // in the same write as the reply, so it is there when open() returns).
-    c.send(Buffer.concat([W.encodeReply(req, W.REP.open, { token, failnth: r.failnth }), Buffer.from([0])]));
+    c.send(Buffer.concat([W.encodeReply(req, W.REP.open, { token, failnth: r.failnth, kind: W.KIND.IOMMUFD }), Buffer.from([0])]));
+  }
+
+  /**
+   * open() of a VFIO node other than the container: the device cdev
+   * (/dev/vfio/devices/vfioN) or a group (/dev/vfio/<N>). The socket is the
+   * fd, like an event file's, with the file bound from the start.
+   */
+  private openVfioNode(c: Conn, f: W.ReqValues<'OPEN'>, st: ProcState, node: string): void {
+    const req = W.REQ.OPEN;
+    const vfio = vfioOf(this.emu);
+    const opened: { file: VfioFile | null } = { file: null };
+    const r = this.emulate(f.failnth, () => `open(${node}) from pid ${st.pid}`, () => {
+      const cdev = /^\/dev\/vfio\/devices\/vfio(\d+)$/.exec(node);
+      const group = /^\/dev\/vfio\/(\d+)$/.exec(node);
+      if (cdev) opened.file = vfio.openCdev(Number(cdev[1]));
+      else if (group) opened.file = vfio.openGroup(Number(group[1]));
+      else fail('ENOENT', `${node}: no such device node`);
+      return 0;
+    });
+    const file = opened.file;
+    if (this.emu.bus.on) this.note(st.pid, f.tid, `open("${node}") = ${file ? f.fd : errText(r.ret)}`);
+    if (!file) {
+      c.kind = 'anchor';
+      this.reply(c, req, W.REP.open, { err: r.ret, failnth: r.failnth });
+      return;
+    }
+    const token = newToken();
+    const b: EventBinding = { token, ino: f.ino, conn: c, pid: st.pid, file, released: false, signalled: true };
+    this.events.set(token, b);
+    this.eventsByIno.set(f.ino, b);
+    st.held.add(token);
+    c.kind = 'event';
+    c.onEnd = () => {
+      if (this.emu.bus.on) this.note(st.pid, st.pid, `${node} of open() = ${f.fd} released (last reference to its fd closed)`);
+      this.events.delete(token);
+      if (this.eventsByIno.get(f.ino) === b) this.eventsByIno.delete(f.ino);
+      this.releaseBinding(b);
+    };
+    // No poll method: always readable and writable (one byte left in the socket, as for /dev/iommu).
+    c.send(Buffer.concat([W.encodeReply(req, W.REP.open, { token, failnth: r.failnth, kind: W.KIND.VFIO }), Buffer.from([0])]));
   }
 
   evprep(c: Conn, f: W.ReqValues<'EVPREP'>): void {
@@ -527,6 +690,7 @@ export class IommufdServer {
    */
   mmap(c: Conn, f: W.ReqValues<'MMAP'>): void {
     const st = this.procOf(c);
+    if (!this.ctxs.has(f.token) && this.events.has(f.token)) return this.barMmap(c, st, f);
     const entry = this.named(st, this.ctxs, f.token, f.fd, 'MMAP');
     let handle = 0n;
     let err: number;
@@ -559,6 +723,77 @@ export class IommufdServer {
     this.reply(c, W.REQ.MMAP, W.REP.mmap, { err, handle });
   }
 
+  /**
+   * mmap of a VFIO device file: a BAR mapping whose loads and stores the shim
+   * traps (PROT_NONE pages, MMIO frames). The mapping holds the file.
+   */
+  private barMmap(c: Conn, st: ProcState, f: W.ReqValues<'MMAP'>): void {
+    const b = this.named(st, this.events, f.token, f.fd, 'MMAP')!;
+    let handle = 0n;
+    const MAP_SHARED = 0x01;
+    const MAP_SHARED_VALIDATE = 0x03;
+    const type = f.flags & 0x0f;
+    const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
+      const file = b && !b.released ? b.file : null;
+      if (!file) fail('EBADF', 'the file is closed');
+      if (!isVfio(file) || typeof (file as { mmap?: unknown }).mmap !== 'function') fail('ENODEV', `${file.name} has no mmap`);
+      const m = (file as VfioFile & { mmap(o: bigint, l: bigint, s: boolean): BarMapping })
+        .mmap(f.offset, f.length, type === MAP_SHARED || type === MAP_SHARED_VALIDATE);
+      handle = this.nextHandle++;
+      this.bars.set(handle, { mapping: m, binding: b, pieces: 1, pid: st.pid });
+      b.mapped = (b.mapped ?? 0) + 1;
+      return 0;
+    });
+    if (this.emu.bus.on) this.note(c.pid, c.pid,
+      `mmap(${b?.file?.name ?? '?'}, offset=0x${f.offset.toString(16)}, length=0x${f.length.toString(16)}) = ${r.ret ? errText(r.ret) : 'trapped BAR mapping'}`);
+    this.reply(c, W.REQ.MMAP, W.REP.mmap, { err: r.ret, handle });
+  }
+
+  /** A trapped BAR mapping lost `n` VMA pieces (or all: the process is gone). */
+  private barUnref(handle: bigint, n: number): void {
+    const e = this.bars.get(handle);
+    if (!e) return;
+    e.pieces -= n;
+    if (e.pieces > 0) return;
+    this.bars.delete(handle);
+    const b = e.binding;
+    b.mapped = (b.mapped ?? 1) - 1;
+    if (!b.mapped && b.releasePending) {
+      b.releasePending = false;
+      this.releaseBinding(b);
+    }
+  }
+
+  /** One load or store through a trapped BAR mapping (the shim decoded the faulting MOV). */
+  mmio(c: Conn, f: W.ReqValues<'MMIO'>): void {
+    const st = this.procOf(c);
+    const e = this.bars.get(f.handle);
+    let status = 0;
+    let value = 0n;
+    if (!e || e.binding.token !== f.token || (f.size !== 1 && f.size !== 2 && f.size !== 4 && f.size !== 8)) {
+      status = -ERRNO.EINVAL;
+    } else if (e.pid !== st.pid && !this.holds(st, e.binding, f.fd) && !descendantOf(st.pid, e.pid)) {
+      // not the mapper, not a holder of the file, not a child that inherited the mapping
+      status = -ERRNO.EBADF;
+    } else {
+      const size = f.size as AccessSize;
+      const r = this.emulate(0, () => `MMIO from pid ${c.pid}`, () => {
+        if (f.write) e.mapping.write(Number(f.off), size, f.value);
+        else value = e.mapping.read(Number(f.off), size);
+        return 0;
+      });
+      status = r.ret;
+      if (this.events.size) for (const b of this.events.values()) this.signal(b);
+    }
+    this.reply(c, W.REQ.MMIO, W.REP.mmio, { status, value });
+  }
+
+  /** Where the machine's view is: the shim serves /sys/bus/pci/devices/<BDF>, /dev/vfio, ... from it. */
+  machine(c: Conn): void {
+    this.procOf(c);
+    this.reply(c, W.REQ.MACHINE, W.REP.machine, { status: 0 }, Buffer.from(this.viewDir, 'utf8'));
+  }
+
   /** The mapping table of a connection that owns mappings (a process's control connection, or a holder). */
   private mapsOf(c: Conn): MapTable {
     return c.kind === 'holder' ? c.holder!.maps : this.procOf(c).maps;
@@ -566,6 +801,13 @@ export class IommufdServer {
 
   /** VMA pieces of a mapping appeared (split, move) or went (munmap): one reference each. */
   mref(c: Conn, f: W.ReqValues<'MREF'>): void {
+    const bar = this.bars.get(f.handle);
+    if (bar) {
+      const ok = f.delta !== 0 && f.delta <= MREF_MAX && -f.delta <= bar.pieces;
+      if (ok && f.delta > 0) bar.pieces += f.delta;
+      else if (ok) this.barUnref(f.handle, -f.delta);
+      return this.status(c, W.REQ.MREF, ok ? 0 : -ERRNO.EINVAL);
+    }
     const maps = this.mapsOf(c);
     const m = maps.get(f.handle);
     let status = 0;
@@ -639,7 +881,7 @@ export class IommufdServer {
       const anchor = this.anchorsByIno.get(ino);
       const ev = this.eventsByIno.get(ino);
       if (anchor && this.ctxs.get(anchor.token) === anchor) v = { kind: W.KIND.IOMMUFD, token: anchor.token };
-      else if (ev && ev.file && !ev.released) v = { kind: W.KIND.EVENT, token: ev.token };
+      else if (ev && ev.file && !ev.released) v = { kind: isVfio(ev.file) ? W.KIND.VFIO : W.KIND.EVENT, token: ev.token };
       if (v.token) st.held.add(v.token);
     }
     this.reply(c, W.REQ.LOOKUP, W.REP.lookup, v);
@@ -652,6 +894,10 @@ export class IommufdServer {
 
   releaseBinding(b: EventBinding): void {
     if (b.released) return;
+    if (b.mapped) {
+      b.releasePending = true; // a BAR mapping still holds the file
+      return;
+    }
     b.released = true;
     const f = b.file;
     if (f) {
@@ -681,7 +927,10 @@ export class IommufdServer {
     const st = this.procOf(c);
     const { request, arg, tid } = f;
     const pid = st.pid;
-    const entry = this.named(st, this.ctxs, f.token, f.fd, 'IOCTL');
+    // an iommufd (or the VFIO container), or a VFIO file (cdev, group, device fd)
+    const vfioB = this.ctxs.has(f.token) ? undefined : this.events.get(f.token);
+    const entry = vfioB ? undefined : this.named(st, this.ctxs, f.token, f.fd, 'IOCTL');
+    if (vfioB) this.named(st, this.events, f.token, f.fd, 'IOCTL');
     let ev: EventBinding | undefined;
     if (f.evfd >= 0) {
       ev = this.events.get(f.evtoken);
@@ -692,8 +941,9 @@ export class IommufdServer {
     let outFailnth = f.failnth;
     let fdt: CallFdTable | null = null;
     let written: InlineWindow | null = null;
-    if (!entry) {
-      ret = -ERRNO.EBADF;
+    const vfioFile = vfioB && !vfioB.released && isVfio(vfioB.file) ? vfioB.file : null;
+    if (!entry && !vfioFile) {
+      ret = vfioB?.file && !vfioB.released ? -ERRNO.ENOTTY : -ERRNO.EBADF;
     } else {
       const proc = st.mem.process as ClientProcess;
       proc.beginCall(f, this.grants);
@@ -705,8 +955,9 @@ export class IommufdServer {
       try {
         fdt = new CallFdTable(this, st, f.evfd, ev, f.hintfd, hint);
         const calls = fdt;
+        const caller: VfioCaller = { mem: st.mem, fds: calls, files: calls, tid };
         ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
-          () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
+          () => (vfioFile ? this.vfioIoctl(vfioFile, request, arg, caller) : entry!.ctx.ioctl(request, arg, caller))));
         written = st.mem.endInline();
       } finally {
         proc.endCall();
@@ -725,6 +976,20 @@ export class IommufdServer {
       ret: BigInt(ret), failnth: outFailnth, woff: written ? written.lo : 0,
       evused: fdt?.installed ? W.EVUSED.INSTALLED | (fdt.keepOnExec ? W.EVUSED.KEEP_ON_EXEC : 0) : 0,
     }, tail);
+  }
+
+  /** An ioctl on a VFIO file, traced as the iommufd ones are (one line: file, request, result). */
+  private vfioIoctl(file: VfioFile, request: number, arg: bigint, caller: VfioCaller): number {
+    if (!this.emu.bus.on) return file.ioctl(request, arg, caller);
+    const pid = caller.mem.process.pid;
+    try {
+      const r = file.ioctl(request, arg, caller);
+      this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${vfioRequestName(request)}) = ${r}`);
+      return r;
+    } catch (e) {
+      if (isErrno(e)) this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${vfioRequestName(request)}) = ${errnoName(e.errno) ?? e.errno} (${e.message})`);
+      throw e;
+    }
   }
 
   /**
@@ -777,13 +1042,16 @@ export class IommufdServer {
       const op = f.op;
       // The VFS's checks (method present, access_ok, count clamp) come first (src/core/file.ts);
       // positional I/O on these files is ESPIPE, answered by the shim.
+      // VFIO files have positional I/O (region index << 40 + offset); the others none
+      const pos = isVfio(file) ? f.pos : 0n;
       const r = this.emulate(f.failnth, () => `file op on ${file.name}`,
-        () => (op === W.FILEOP.WRITE ? vfsWrite(file, st.mem, f.buf, f.count)
-          : op === W.FILEOP.POLL ? vfsPoll(file) : vfsRead(file, st.mem, f.buf, f.count)));
+        () => (op === W.FILEOP.WRITE ? vfsWrite(file, st.mem, f.buf, f.count, pos)
+          : op === W.FILEOP.POLL ? vfsPoll(file) : vfsRead(file, st.mem, f.buf, f.count, pos)));
       ret = r.ret;
       failnth = r.failnth;
-      const what = op === W.FILEOP.WRITE ? 'write' : op === W.FILEOP.POLL ? 'poll' : 'read';
-      if (this.emu.bus.on) this.note(c.pid, f.tid || c.pid, `${what}(${file.name}, ${f.count}) = ${ret >= 0 ? ret : errText(ret)}`);
+      const what = (isVfio(file) ? 'p' : '') + (op === W.FILEOP.WRITE ? 'write' : op === W.FILEOP.POLL ? 'poll' : 'read');
+      const at = isVfio(file) && op !== W.FILEOP.POLL ? `, 0x${pos.toString(16)}` : '';
+      if (this.emu.bus.on) this.note(c.pid, f.tid || c.pid, `${what}(${file.name}, ${f.count}${at}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(file.poll() & POLLIN)) {
         b.signalled = false;
         drain = 1; // the client takes the readiness byte back

@@ -94,14 +94,22 @@ export const IOCTL_INLINE_MAX = 256;
 /** Largest frame a peer may announce; anything else is malformed. */
 export const MAX_FRAME = 4096;
 /** Bumped on every incompatible change; HELLO carries the shim's. */
-export const WIRE_VERSION = 3;
+export const WIRE_VERSION = 4;
 
 // ---- constants shared by both sides ---------------------------------------------
 
 /** Kinds of emulated fds (files the server owns). 0 is "not emulated". */
-export const KIND = { NONE: 0, IOMMUFD: 1, EVENT: 2 } as const;
-/** What the shim forwards for an fd of a kind (anything else is answered locally). */
-export const OPS = { IOCTL: 1, READ: 2, WRITE: 4, MMAP: 8 } as const;
+export const KIND = { NONE: 0, IOMMUFD: 1, EVENT: 2, VFIO: 3 } as const;
+/**
+ * What the shim forwards for an fd of a kind (anything else is answered locally).
+ * PREAD: positional read/write reach the file (else ESPIPE); MMIO: mmap gives a
+ * trapped mapping (PROT_NONE pages whose loads and stores become MMIO frames).
+ */
+export const OPS = { IOCTL: 1, READ: 2, WRITE: 4, MMAP: 8, PREAD: 16, MMIO: 32 } as const;
+/** OPEN's node: 0 /dev/iommu; PATH: a device node of the machine, its path (under /dev) in the tail. */
+export const NODE = { IOMMU: 0, PATH: 1 } as const;
+/** Longest node path OPEN carries. */
+export const NODE_PATH_MAX = 256;
 /** What an fd rule says about a request (see fdrules.ts). */
 export const FDRULE = {
   /** The call may hand out a new fd of `kind`: the shim prepares an event socket for it. */
@@ -119,6 +127,7 @@ export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 export const CONSTANTS: Record<string, Record<string, number>> = {
   WIRE: { VERSION: WIRE_VERSION, IOCTL_INLINE_MAX, MAX_FRAME },
   WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
+  WIRE_NODE: { ...NODE, PATH_MAX: NODE_PATH_MAX },
 };
 
 // ---- replies and records --------------------------------------------------------
@@ -130,8 +139,8 @@ export const REP = {
   prove: reply('prove', { status: 's32', nkinds: 'u32', nrules: 'u32', tablen: 'u32', session: 'u64' },
     'identity shown: the session key (OPEN and EVPREP carry it), then the tables: nkinds wire_kind, nrules wire_fdrule',
     'tablen', 1024),
-  open: reply('open', { err: 's32', failnth: 'u32', token: 'u64' },
-    'the file\'s token (followed by one readiness byte outside the frame)'),
+  open: reply('open', { err: 's32', failnth: 'u32', token: 'u64', kind: 'u32', pad: 'u32' },
+    'the file\'s token and KIND (followed by one readiness byte outside the frame)'),
   evprep: reply('evprep', { status: 's32', pad: 'u32', token: 'u64' }, 'the prepared file\'s token'),
   ioctl: reply('ioctl', { ret: 's64', failnth: 'u32', evused: 'u32', woff: 'u32', wlen: 'u32' },
     'result; then wlen bytes the call wrote at arg+woff (inside the inline copy), for the shim to store',
@@ -141,6 +150,10 @@ export const REP = {
   lookup: reply('lookup', { kind: 'u32', pad: 'u32', token: 'u64' }, 'which emulated file the fd is (KIND.NONE: none)'),
   mmap: reply('mmap', { err: 's32', pad: 'u32', handle: 'u64' }, 'the mapping\'s handle (its references, see MREF)'),
   holder: reply('holder', { status: 's32', pad: 'u32', token: 'u64' }, 'the holder\'s token (MDUP names it)'),
+  machine: reply('machine', { status: 's32', pathlen: 'u32' },
+    'the directory holding the machine\'s view (sys/..., dev/vfio/...; owned: the prefixes it replaces), its path in the tail',
+    'pathlen', 512),
+  mmio: reply('mmio', { status: 's32', pad: 'u32', value: 'u64' }, 'a load\'s value (status < 0: the access faults, SIGBUS)'),
   procstat: reply('procstat', { status: 's32', pad: 'u32', pinned: 'u64', locked: 'u64' },
     'pages the emulator pinned for the process (VmPin) and charged to it as locked (VmLck); status -ENOENT: not a client'),
 } as const;
@@ -172,7 +185,9 @@ export const REQ = {
     'where the client put the HELLO nonce in its own memory', { becomes: 'control' }),
   OPEN: request('OPEN', 2, ['new'], REP.open, {
     pid: 'u32', tid: 'u32', failnth: 'u32', fd: 's32', node: 'u32', flags: 'u32', ino: 'u64', session: 'u64',
-  }, 'this socket becomes an open() of node (0: /dev/iommu); fd: its number in the client, ino: its inode', { becomes: 'anchor' }),
+    pathlen: 'u32', pad: 'u32',
+  }, 'this socket becomes an open() of node (NODE: /dev/iommu, or the device node whose path under /dev is the tail); '
+    + 'fd: its number in the client, ino: its inode', { becomes: 'anchor', tail: 'pathlen', tailMax: NODE_PATH_MAX }),
   EVPREP: request('EVPREP', 7, ['new'], REP.evprep, { pid: 'u32', fd: 's32', ino: 'u64', session: 'u64' },
     'this socket is the fd the next call may hand out', { becomes: 'event' }),
   IOCTL: request('IOCTL', 3, CTL, REP.ioctl, {
@@ -203,6 +218,10 @@ export const REQ = {
     { becomes: 'holder' }),
   MDUP: request('MDUP', 14, MAP_OWNERS, REP.mmap, { handle: 'u64', holder: 'u64', fd: 's32', pieces: 'u32' },
     'fork: the holder gets its own `pieces` references to mapping `handle` (fd: this connection\'s number in the sender)'),
+  MACHINE: request('MACHINE', 16, CTL, REP.machine, {}, 'where the emulated machine\'s sysfs and /dev/vfio view is'),
+  MMIO: request('MMIO', 17, CTL, REP.mmio, {
+    token: 'u64', handle: 'u64', off: 'u64', value: 'u64', fd: 's32', size: 'u32', write: 'u32', tid: 'u32',
+  }, 'one load or store (size 1/2/4/8) at offset `off` of the trapped mapping `handle` of the file `token`'),
   PROCSTAT: request('PROCSTAT', 15, CTL, REP.procstat, { pid: 'u32', pad: 'u32' },
     'pinned and locked page counts of process `pid` (the VmPin/VmLck lines of its /proc status)'),
 } as const;
