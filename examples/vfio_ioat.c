@@ -278,7 +278,7 @@ int main(int argc, char **argv)
 	unsigned s = chan_run(BUF_IOVA + DESC_OFF, 1);
 	uint32_t err = REG32(CHANERR);
 	snprintf(what, sizeof(what), "CHANERR 0x%x", err);
-	check("copy from an unmapped IOVA -> HALTED, read-data error", s == STS_HALTED && (err & CHANERR_READ_DATA), what);
+	check("unmapped-IOVA copy -> HALTED, READ_DATA_ERR", s == STS_HALTED && (err & CHANERR_READ_DATA), what);
 	check("no interrupt for the failed copy", read(efd, &count, 8) < 0 && errno == EAGAIN, NULL);
 	check("channel reset after the error -> HALTED", chan_reset(), NULL);
 
