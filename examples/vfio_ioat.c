@@ -13,6 +13,8 @@
  * descriptors, interrupt on the last), check the data and the interrupt; then a
  * copy from an IOVA that is not mapped: the IOMMU refuses the read and the
  * channel halts with a read-data error; reset, unmap, close.
+ * `vfio_ioat bench [N] [BDF]` times N 4 KiB copies and N/20+1 1 MiB copies instead
+ * (one JSON line; `npm run bench` reports it).
  *
  * Built against the system's <linux/vfio.h> and the headers generated from the
  * emulator's uAPI table (`iommufd-emu headers DIR`).
@@ -28,6 +30,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 #include <linux/iommufd.h>
 #include <linux/vfio.h>
@@ -140,12 +143,64 @@ static unsigned chan_run(uint64_t chain, unsigned n)
 /* ---- the buffer: descriptors, source and destination, at fixed IOVAs ------------------ */
 
 #define BUF_IOVA 0x10000000ull
-#define BUF_SIZE (1ull << 20)
+#define BUF_SIZE (4ull << 20)
 #define DESC_OFF 0x0
 #define SRC_OFF 0x10000
 #define DST_OFF 0x80000
 #define COPY_SIZE 0x10000
+#define BIG_SRC_OFF (1ull << 20) /* bench mode: 1 MiB copies */
+#define BIG_DST_OFF (2ull << 20)
+#define BIG (1ull << 20)
 #define UNMAPPED_IOVA 0x40000000ull
+
+static uint8_t *buf;
+static uint64_t max_copy;
+
+/* Chain descriptors (at DESC_OFF) copying `size` bytes in max_copy pieces; returns how many. */
+static unsigned prepare_copy(uint64_t src_off, uint64_t dst_off, uint64_t size, int irq_on_last)
+{
+	struct ioat_desc *desc = (struct ioat_desc *)(buf + DESC_OFF);
+	unsigned n = 0;
+	for (uint64_t off = 0; off < size; off += max_copy, n++) {
+		memset(&desc[n], 0, sizeof(desc[n]));
+		desc[n].size = (uint32_t)(size - off < max_copy ? size - off : max_copy);
+		desc[n].src = BUF_IOVA + src_off + off;
+		desc[n].dst = BUF_IOVA + dst_off + off;
+		desc[n].next = BUF_IOVA + DESC_OFF + (n + 1) * sizeof(*desc);
+	}
+	if (irq_on_last)
+		desc[n - 1].ctl = DESC_INT_EN;
+	return n;
+}
+
+static double now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* `vfio_ioat bench [N]`: N copies of 4 KiB, N/20+1 of 1 MiB, one doorbell each; one JSON line. */
+static int bench(long n4)
+{
+	long n1m = n4 / 20 + 1;
+	double t0 = now();
+	for (long i = 0; i < n4; i++)
+		if (chan_run(BUF_IOVA + DESC_OFF, prepare_copy(SRC_OFF, DST_OFF, 4096, 0)) != STS_DONE) {
+			printf("vfio-ioat: bench: 4 KiB copy %ld halted, CHANERR 0x%x\n", i, REG32(CHANERR));
+			return 1;
+		}
+	double t1 = now();
+	for (long i = 0; i < n1m; i++)
+		if (chan_run(BUF_IOVA + DESC_OFF, prepare_copy(BIG_SRC_OFF, BIG_DST_OFF, BIG, 0)) != STS_DONE) {
+			printf("vfio-ioat: bench: 1 MiB copy %ld halted, CHANERR 0x%x\n", i, REG32(CHANERR));
+			return 1;
+		}
+	double t2 = now();
+	printf("{\"copies_4k\":%ld,\"s_4k\":%.6f,\"copies_1m\":%ld,\"s_1m\":%.6f,\"max_copy\":%llu}\n", n4, t1 - t0, n1m, t2 - t1,
+	       (unsigned long long)max_copy);
+	return 0;
+}
 
 static int open_cdev(const char *bdf)
 {
@@ -186,6 +241,13 @@ static unsigned long sysfs_hex(const char *bdf, const char *file)
 int main(int argc, char **argv)
 {
 	setvbuf(stdout, NULL, _IONBF, 0);
+	int bench_mode = argc > 1 && !strcmp(argv[1], "bench");
+	long bench_n = 2000;
+	if (bench_mode) {
+		argv++, argc--;
+		if (argc > 1 && argv[1][0] >= '0' && argv[1][0] <= '9')
+			bench_n = atol(argv[1]), argv++, argc--;
+	}
 	const char *bdf = argc > 1 ? argv[1] : getenv("VFIO_SELFTESTS_BDF");
 	if (!bdf)
 		bdf = "0000:00:03.0";
@@ -208,7 +270,7 @@ int main(int argc, char **argv)
 	printf("vfio-ioat: iommufd device %u attached to IOAS %u through HWPT %u\n", bind.out_devid, ioas.out_ioas_id, attach.pt_id);
 
 	/* The buffer the engine works on, mapped at BUF_IOVA. */
-	uint8_t *buf = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	buf = mmap(NULL, BUF_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (buf == MAP_FAILED)
 		bail("mmap buffer");
 	struct iommu_ioas_map map = {
@@ -219,7 +281,7 @@ int main(int argc, char **argv)
 		.length = BUF_SIZE,
 		.iova = BUF_IOVA,
 	};
-	if (!check_rc("IOMMU_IOAS_MAP (1 MiB at IOVA 0x10000000)", ioctl(iommufd, IOMMU_IOAS_MAP, &map)))
+	if (!check_rc("IOMMU_IOAS_MAP (4 MiB at IOVA 0x10000000)", ioctl(iommufd, IOMMU_IOAS_MAP, &map)))
 		return 1;
 
 	/* BAR0 and config space. */
@@ -236,7 +298,7 @@ int main(int argc, char **argv)
 	char ver[32];
 	snprintf(ver, sizeof(ver), "CBVER 0x%02x, XFERCAP %u", REG8(CBVER), REG8(XFERCAP));
 	check("BAR0 read (the engine's version)", REG8(CBVER) == 0x33 || REG8(CBVER) == 0x32, ver);
-	uint64_t max_copy = 1ull << REG8(XFERCAP);
+	max_copy = 1ull << REG8(XFERCAP);
 
 	/* MSI-X vector 0 -> an eventfd. */
 	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -251,21 +313,14 @@ int main(int argc, char **argv)
 
 	check("channel reset -> HALTED", chan_reset(), NULL);
 	REG8(INTRCTRL) = INTRCTRL_MSIX_VECTOR_CONTROL;
+	if (bench_mode)
+		return bench(bench_n);
 
 	/* 1. A 64 KiB copy in max_copy pieces, interrupt on the last descriptor. */
 	for (unsigned i = 0; i < COPY_SIZE; i++)
 		buf[SRC_OFF + i] = (uint8_t)(i * 7 + 1);
 	memset(buf + DST_OFF, 0, COPY_SIZE);
-	struct ioat_desc *desc = (struct ioat_desc *)(buf + DESC_OFF);
-	unsigned n = 0;
-	for (uint64_t off = 0; off < COPY_SIZE; off += max_copy, n++) {
-		memset(&desc[n], 0, sizeof(desc[n]));
-		desc[n].size = (uint32_t)(COPY_SIZE - off < max_copy ? COPY_SIZE - off : max_copy);
-		desc[n].src = BUF_IOVA + SRC_OFF + off;
-		desc[n].dst = BUF_IOVA + DST_OFF + off;
-		desc[n].next = BUF_IOVA + DESC_OFF + (n + 1) * sizeof(*desc);
-	}
-	desc[n - 1].ctl = DESC_INT_EN;
+	unsigned n = prepare_copy(SRC_OFF, DST_OFF, COPY_SIZE, 1);
 	char what[96];
 	snprintf(what, sizeof(what), "copy 64 KiB (%u descriptors) -> DONE", n);
 	check(what, chan_run(BUF_IOVA + DESC_OFF, n) == STS_DONE, NULL);
@@ -274,6 +329,7 @@ int main(int argc, char **argv)
 	check("one MSI-X interrupt on the eventfd", read(efd, &count, 8) == 8 && count == 1, NULL);
 
 	/* 2. A copy from an IOVA the IOAS does not map: the IOMMU refuses the read. */
+	struct ioat_desc *desc = (struct ioat_desc *)(buf + DESC_OFF);
 	desc[0] = (struct ioat_desc){ .size = 4096, .src = UNMAPPED_IOVA, .dst = BUF_IOVA + DST_OFF, .next = BUF_IOVA + DESC_OFF };
 	unsigned s = chan_run(BUF_IOVA + DESC_OFF, 1);
 	uint32_t err = REG32(CHANERR);
