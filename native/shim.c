@@ -50,6 +50,7 @@
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -125,6 +126,9 @@ static void unlock(pthread_mutex_t *m)
 }
 
 static long raw_close(int fd) { return syscall(SYS_close, fd); }
+/* The shim's own stats never go through its stat wrappers (which show device nodes as the program should see them). */
+static int raw_fstat(int fd, struct stat *st) { return (int)syscall(SYS_fstat, fd, st); }
+static int raw_stat(const char *p, struct stat *st) { return (int)syscall(SYS_newfstatat, AT_FDCWD, p, st, 0); }
 static int raw_dupfd_hi(int fd) { return (int)syscall(SYS_fcntl, fd, F_DUPFD_CLOEXEC, 900); }
 
 /* Move fd out of the way of programs that expect low fd numbers (close-on-exec). */
@@ -296,7 +300,7 @@ static uint32_t kind_ops(uint32_t kind)
 #define K_STATUS 0x101
 #define LOCAL_KIND(k) ((k) >= 0x100)
 /* ino/dev: the file behind the fd when we recorded it (stale entries are detected) */
-struct fdent { uint32_t kind; int32_t tid; uint64_t token, ino, dev; };
+struct fdent { uint32_t kind; int32_t tid; uint64_t token, ino, dev, rdev; /* rdev: a device node's (fstat shows it) */ };
 static struct fdent fdtab[FD_MAX];
 
 static uint32_t kind_hint(int fd)
@@ -313,7 +317,7 @@ static void set_ent_locked(int fd, uint32_t kind, uint64_t token, int32_t tid)
 		__atomic_store_n(&emu_fds_ever, 1, __ATOMIC_RELAXED);
 	struct stat st;
 	memset(&st, 0, sizeof(st));
-	fstat(fd, &st);
+	raw_fstat(fd, &st);
 	fdtab[fd] = (struct fdent){ 0, tid, token, (uint64_t)st.st_ino, (uint64_t)st.st_dev };
 	__atomic_store_n(&fdtab[fd].kind, kind, __ATOMIC_RELEASE);
 }
@@ -346,7 +350,7 @@ static int ent_get(int fd, struct fdent *out)
 	if (!kind_hint(fd))
 		return 0;
 	struct stat st;
-	int ok = fstat(fd, &st) == 0;
+	int ok = raw_fstat(fd, &st) == 0;
 	int r = 0;
 	lock(&tab_mu);
 	if (fdtab[fd].kind) {
@@ -503,7 +507,7 @@ static int claim_socket(int cloexec, uint64_t *ino)
 {
 	int s = tp_connect(cloexec);
 	struct stat st;
-	if (s >= 0 && fstat(s, &st) == 0)
+	if (s >= 0 && raw_fstat(s, &st) == 0)
 		*ino = (uint64_t)st.st_ino;
 	return s;
 }
@@ -819,6 +823,17 @@ static int machine_owns(const char *p)
 	return 0;
 }
 
+/* A device node's numbers: misc 10:196 (the vfio container), vfio 243:N (groups), vfio-dev 511:N (cdevs). */
+static uint64_t node_rdev(const char *node)
+{
+	unsigned minor = 0;
+	const char *d = strrchr(node, '/');
+	if (d)
+		minor = (unsigned)strtoul(d + 1 + (d[1] == 'v' ? 4 : 0), NULL, 10);
+	return strcmp(node, "vfio/vfio") == 0 ? makedev(10, 196)
+	       : strncmp(node, "vfio/devices/", 13) == 0 ? makedev(511, minor) : makedev(243, minor);
+}
+
 /* A device node of the view (a regular file under <dir>/dev/vfio): 1 and its path under /dev in `node`. */
 static int machine_node(const char *abs, const char *redirected, char *node, size_t n)
 {
@@ -975,6 +990,11 @@ static int emu_open_node(int flags, const char *node)
 		return -1;
 	}
 	set_ent(s, r.kind ? r.kind : WIRE_KIND_IOMMUFD, r.token, 0);
+	if (node) {
+		lock(&tab_mu);
+		fdtab[s].rdev = node_rdev(node);
+		unlock(&tab_mu);
+	}
 	return s;
 }
 
@@ -1368,7 +1388,7 @@ EXPORT DIR *opendir(const char *path)
 static int server_present(void)
 {
 	struct stat st;
-	return stat(socket_path(), &st) == 0 && S_ISSOCK(st.st_mode);
+	return raw_stat(socket_path(), &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
 static int is_iommu_user(const char *upath)
@@ -1420,7 +1440,6 @@ EXPORT int faccessat(int dirfd, const char *path, int mode, int flags)
  * stat, readlink and realpath of the machine's view: the tree's files, device
  * nodes shown as the character devices they are (VFIO group nodes and cdevs).
  */
-#include <sys/sysmacros.h>
 static void node_stat(struct stat *st, const char *node)
 {
 	if (!node[0])
@@ -1428,13 +1447,20 @@ static void node_stat(struct stat *st, const char *node)
 	st->st_mode = S_IFCHR | 0600;
 	st->st_size = 0;
 	st->st_blocks = 0;
-	unsigned minor = 0;
-	const char *d = strrchr(node, '/');
-	if (d)
-		minor = (unsigned)strtoul(d + 1 + (d[1] == 'v' ? 4 : 0), NULL, 10);
-	/* misc 10:196 (vfio container), vfio 243:N (groups), vfio-dev 511:N (cdevs) */
-	st->st_rdev = strcmp(node, "vfio/vfio") == 0 ? makedev(10, 196)
-		    : strncmp(node, "vfio/devices/", 13) == 0 ? makedev(511, minor) : makedev(243, minor);
+	st->st_rdev = node_rdev(node);
+}
+
+/* fstat of an fd an OPEN of a device node returned: the node, not our socket (QEMU checks st_rdev). */
+static void fd_stat(int fd, struct stat *st)
+{
+	struct fdent e;
+	if (fd < 0 || !kind_hint(fd) || !ent_get(fd, &e) || !e.rdev)
+		return;
+	st->st_mode = S_IFCHR | 0600;
+	st->st_size = 0;
+	st->st_blocks = 0;
+	st->st_blksize = 4096;
+	st->st_rdev = e.rdev;
 }
 
 #define STAT_WRAP(name, call, ...) \
@@ -1445,31 +1471,59 @@ static void node_stat(struct stat *st, const char *node)
 	if (!real) return errno = ENOSYS, -1; \
 	int r = call; \
 	if (r == 0) node_stat((struct stat *)st, node); \
+	if (r == 0 && EMPTY_AT(path, flags)) fd_stat(dirfd, (struct stat *)st); \
+	return r;
+#define EMPTY_AT(path, fl) ((fl) & AT_EMPTY_PATH && path && !path[0])
+#define FD_STAT_WRAP(name, call) \
+	static int (*real)(); \
+	if (!real) real = (int (*)())dlsym(RTLD_NEXT, name); \
+	if (!real) return errno = ENOSYS, -1; \
+	int r = call; \
+	if (r == 0) fd_stat(fd, (struct stat *)st); \
 	return r;
 
-EXPORT int stat(const char *path, struct stat *st) { STAT_WRAP("stat", real(q, st)) }
-EXPORT int lstat(const char *path, struct stat *st) { STAT_WRAP("lstat", real(q, st)) }
-EXPORT int stat64(const char *path, struct stat64 *st) { STAT_WRAP("stat64", real(q, st)) }
-EXPORT int lstat64(const char *path, struct stat64 *st) { STAT_WRAP("lstat64", real(q, st)) }
+#define NO_AT int dirfd = AT_FDCWD, flags = 0;
+EXPORT int stat(const char *path, struct stat *st) { NO_AT STAT_WRAP("stat", real(q, st)) }
+EXPORT int lstat(const char *path, struct stat *st) { NO_AT STAT_WRAP("lstat", real(q, st)) }
+EXPORT int stat64(const char *path, struct stat64 *st) { NO_AT STAT_WRAP("stat64", real(q, st)) }
+EXPORT int lstat64(const char *path, struct stat64 *st) { NO_AT STAT_WRAP("lstat64", real(q, st)) }
+EXPORT int fstat(int fd, struct stat *st) { FD_STAT_WRAP("fstat", real(fd, st)) }
+EXPORT int fstat64(int fd, struct stat64 *st) { FD_STAT_WRAP("fstat64", real(fd, st)) }
+EXPORT int __fxstat(int ver, int fd, struct stat *st) { FD_STAT_WRAP("__fxstat", real(ver, fd, st)) }
+EXPORT int __fxstat64(int ver, int fd, struct stat64 *st) { FD_STAT_WRAP("__fxstat64", real(ver, fd, st)) }
 EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags) { STAT_WRAP("fstatat", real(dirfd, q, st, flags)) }
 EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags) { STAT_WRAP("fstatat64", real(dirfd, q, st, flags)) }
-EXPORT int __xstat(int ver, const char *path, struct stat *st) { STAT_WRAP("__xstat", real(ver, q, st)) }
-EXPORT int __lxstat(int ver, const char *path, struct stat *st) { STAT_WRAP("__lxstat", real(ver, q, st)) }
-EXPORT int __xstat64(int ver, const char *path, struct stat64 *st) { STAT_WRAP("__xstat64", real(ver, q, st)) }
-EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st) { STAT_WRAP("__lxstat64", real(ver, q, st)) }
+EXPORT int __xstat(int ver, const char *path, struct stat *st) { NO_AT STAT_WRAP("__xstat", real(ver, q, st)) }
+EXPORT int __lxstat(int ver, const char *path, struct stat *st) { NO_AT STAT_WRAP("__lxstat", real(ver, q, st)) }
+EXPORT int __xstat64(int ver, const char *path, struct stat64 *st) { NO_AT STAT_WRAP("__xstat64", real(ver, q, st)) }
+EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st) { NO_AT STAT_WRAP("__lxstat64", real(ver, q, st)) }
 EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags) { STAT_WRAP("__fxstatat", real(ver, dirfd, q, st, flags)) }
 EXPORT int __fxstatat64(int ver, int dirfd, const char *path, struct stat64 *st, int flags) { STAT_WRAP("__fxstatat64", real(ver, dirfd, q, st, flags)) }
 
-struct statx;
 EXPORT int statx(int dirfd, const char *path, int flags, unsigned mask, struct statx *stx)
 {
-	char buf[SAFE_PATH_MAX + 400];
+	char buf[SAFE_PATH_MAX + 400], node[WIRE_NODE_PATH_MAX];
 	static int (*real)(int, const char *, int, unsigned, struct statx *);
 	if (!real)
 		real = (int (*)(int, const char *, int, unsigned, struct statx *))dlsym(RTLD_NEXT, "statx");
 	if (!real)
 		return errno = ENOSYS, -1;
-	return real(dirfd, redirect_path(path, buf, sizeof(buf), NULL, 0), flags, mask, stx);
+	int r = real(dirfd, redirect_path(path, buf, sizeof(buf), node, sizeof(node)), flags, mask, stx);
+	if (r != 0)
+		return r;
+	struct stat st;
+	memset(&st, 0, sizeof(st));
+	node_stat(&st, node);
+	if (EMPTY_AT(path, flags))
+		fd_stat(dirfd, &st);
+	if (st.st_rdev) {
+		stx->stx_mode = (uint16_t)st.st_mode;
+		stx->stx_size = 0;
+		stx->stx_blocks = 0;
+		stx->stx_rdev_major = major(st.st_rdev);
+		stx->stx_rdev_minor = minor(st.st_rdev);
+	}
+	return 0;
 }
 
 EXPORT ssize_t readlink(const char *path, char *out, size_t n)
@@ -1852,7 +1906,7 @@ out:
 static int adopt(int fd)
 {
 	struct stat st;
-	if (fd < 0 || fd >= FD_MAX || fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
+	if (fd < 0 || fd >= FD_MAX || raw_fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode))
 		return 0;
 	struct sockaddr_un peer;
 	socklen_t len = sizeof(peer);
@@ -1954,12 +2008,12 @@ static int same_sb(int fd, int iommufd)
 	if (ent_get(fd, &e))
 		return (e.kind == WIRE_KIND_IOMMUFD) == iommufd;
 	struct stat a, b;
-	if (fstat(fd, &a) != 0)
+	if (raw_fstat(fd, &a) != 0)
 		return 0;
 	if (iommufd)
-		return stat("/dev", &b) == 0 && a.st_dev == b.st_dev;
+		return raw_stat("/dev", &b) == 0 && a.st_dev == b.st_dev;
 	int ev = (int)syscall(SYS_eventfd2, 0, O_CLOEXEC); /* an anonymous-inode file */
-	int r = ev >= 0 && fstat(ev, &b) == 0 && a.st_dev == b.st_dev;
+	int r = ev >= 0 && raw_fstat(ev, &b) == 0 && a.st_dev == b.st_dev;
 	if (ev >= 0)
 		raw_close(ev);
 	return r;

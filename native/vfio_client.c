@@ -27,7 +27,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef VFIO_DEVICE_BIND_IOMMUFD
@@ -126,6 +128,12 @@ static int mode_sysfs(void)
 	CHECK(access("/sys/kernel/debug/iommu/intel", F_OK) < 0 && errno == ENOENT, "no intel debugfs");
 	CHECK(access("/sys/bus/pci/devices/0000:7f:1f.7/vendor", F_OK) < 0 || 1, "other paths untouched");
 	CHECK(access("/proc/self/status", R_OK) == 0, "/proc untouched");
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/subsystem", bdf());
+	char *rp = realpath(p, NULL);
+	CHECK(rp && strcmp(rp, "/sys/bus/pci") == 0, "realpath(subsystem) = %s", rp ? rp : "(null)");
+	free(rp);
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s", bdf());
+	CHECK(stat(p, &st) == 0 && S_ISDIR(st.st_mode), "stat %s: a directory", p);
 	return failures ? 1 : 0;
 }
 
@@ -280,6 +288,19 @@ static int mode_cdev(void)
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
 	CHECK(iommufd > 0 && dev_fd >= 0, "open /dev/iommu = %d, %s = %d", iommufd, cdev, dev_fd);
+	/* as QEMU's open_cdev: the fd is the character device the sysfs dev file names */
+	char p[256];
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/vfio-dev/vfio0/dev", bdf());
+	unsigned maj = 0, min = 0;
+	FILE *f = fopen(p, "r");
+	if (f) {
+		if (fscanf(f, "%u:%u", &maj, &min) != 2)
+			maj = 0;
+		fclose(f);
+	}
+	struct stat st;
+	CHECK(fstat(dev_fd, &st) == 0 && S_ISCHR(st.st_mode) && st.st_rdev == makedev(maj, min), "fstat(cdev fd): char %u:%u as sysfs says",
+	      major(st.st_rdev), minor(st.st_rdev));
 	struct vfio_device_info info = { .argsz = sizeof(info) };
 	CHECK(ioctl(dev_fd, VFIO_DEVICE_GET_INFO, &info) < 0 && errno == EINVAL, "GET_INFO before BIND: EINVAL");
 	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = -2 };
@@ -305,6 +326,10 @@ static int mode_cdev(void)
 	if (efd < 0)
 		return 1;
 	drive_ioat(efd, buf, iova, len);
+	/* the kernel cannot pin a BAR mapping (VM_IO|VM_PFNMAP): IOAS_MAP of it is EFAULT (QEMU tries it and warns) */
+	struct iommu_ioas_map bmap = { .size = sizeof(bmap), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+				       .ioas_id = alloc.out_ioas_id, .user_va = (uintptr_t)bar0, .length = 16384 };
+	CHECK(ioctl(iommufd, IOMMU_IOAS_MAP, &bmap) < 0 && errno == EFAULT, "IOAS_MAP of the BAR mapping: EFAULT (%s)", strerror(errno));
 	struct vfio_device_detach_iommufd_pt det = { .argsz = sizeof(det) };
 	CHECK(ioctl(dev_fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &det) == 0, "DETACH");
 	/* a child inherits the BAR mapping and the fd: its trapped loads work too */
@@ -314,8 +339,14 @@ static int mode_cdev(void)
 	int ws = 0;
 	waitpid(c, &ws, 0);
 	CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "forked child reads CBVER through the inherited mapping");
-	munmap((void *)bar0, 16384);
+	/* the mapping holds the device file: closing the fd leaves the BAR working, munmap releases it */
 	close(dev_fd);
+	CHECK(rb(0x08) == 0x33, "the BAR works after close() while it is mapped");
+	int again = open(cdev, O_RDWR);
+	bind.iommufd = iommufd;
+	CHECK(ioctl(again, VFIO_DEVICE_BIND_IOMMUFD, &bind) < 0, "BIND from another open while the old file is mapped: refused (%s)", strerror(errno));
+	close(again);
+	munmap((void *)bar0, 16384);
 	/* the device is released: it can be opened and bound again */
 	dev_fd = open(cdev, O_RDWR);
 	bind.iommufd = iommufd;
@@ -368,6 +399,43 @@ static void on_segv(int sig, siginfo_t *si, void *uc)
 	siglongjmp(jb, 1);
 }
 
+static void on_bus(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig; (void)si; (void)uc;
+	caught = 3;
+	siglongjmp(jb, 1);
+}
+
+/* ns per trapped BAR load and per config-space pread (for the report; nothing checked but the values). */
+static int mode_bench(void)
+{
+	char cdev[128];
+	cdev_path(cdev, sizeof(cdev));
+	int iommufd = open("/dev/iommu", O_RDWR);
+	dev_fd = open(cdev, O_RDWR);
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+	CHECK(ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0, "BIND");
+	struct vfio_region_info b0 = { .argsz = sizeof(b0), .index = 0 };
+	ioctl(dev_fd, VFIO_DEVICE_GET_REGION_INFO, &b0);
+	bar0 = mmap(NULL, b0.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev_fd, (off_t)b0.offset);
+	cfg_write(4, 2, 0x0002);
+	const int n = 20000;
+	struct timespec t0, t1;
+	int bad = 0;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < n; i++)
+		bad += rb(0x08) != 0x33;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double mmio = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < n; i++)
+		bad += cfg_read(0, 2) != 0x8086;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	double cfg = ((t1.tv_sec - t0.tv_sec) * 1e9 + (t1.tv_nsec - t0.tv_nsec)) / n;
+	CHECK(!bad, "trapped BAR load: %.0f ns; config pread: %.0f ns (%d each)", mmio, cfg, n);
+	return failures ? 1 : 0;
+}
+
 static int mode_fault(void)
 {
 	char cdev[128];
@@ -396,6 +464,14 @@ static int mode_fault(void)
 		ro[0x84] = 0x20;
 	CHECK(caught == 2, "a store to the read-only BAR mapping reaches the program's handler");
 	/* memory decode off: a BAR access faults as SIGBUS */
+	struct sigaction sb = { .sa_sigaction = on_bus, .sa_flags = SA_SIGINFO };
+	sigemptyset(&sb.sa_mask);
+	sigaction(SIGBUS, &sb, NULL);
+	cfg_write(4, 2, 0);
+	caught = 0;
+	if (sigsetjmp(jb, 1) == 0)
+		(void)ro[0x08];
+	CHECK(caught == 3, "with memory decode off a BAR load is SIGBUS");
 	munmap((void *)ro, b0.size);
 	close(dev_fd);
 	close(iommufd);
@@ -417,8 +493,10 @@ int main(int argc, char **argv)
 		r = mode_group("/dev/iommu");
 	else if (strcmp(mode, "fault") == 0)
 		r = mode_fault();
+	else if (strcmp(mode, "bench") == 0)
+		r = mode_bench();
 	else {
-		fprintf(stderr, "usage: %s sysfs|cdev|group|compat|fault\n", argv[0]);
+		fprintf(stderr, "usage: %s sysfs|cdev|group|compat|fault|bench\n", argv[0]);
 		return 2;
 	}
 	printf("%s\n", r || failures ? "FAILED" : "PASSED");

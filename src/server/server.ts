@@ -32,7 +32,9 @@ import { FdHelper } from './fdhelper.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { writeMachineView } from './sysfs.js';
 import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
-import { vfioRequestName } from '../uapi/vfio.js';
+import { vfioIoctlDef } from '../uapi/vfio.js';
+import { decode, structSize } from '../uapi/layout.js';
+import { formatStruct } from '../uapi/trace.js';
 import * as W from './wire.js';
 
 export interface ServerOptions {
@@ -783,6 +785,11 @@ export class IommufdServer {
         return 0;
       });
       status = r.ret;
+      if (this.emu.bus.on) {
+        const at = `${e.binding.file?.name ?? '?'}, BAR${e.mapping.bar}+0x${(e.mapping.start + Number(f.off)).toString(16)}`;
+        const res = status ? errText(status) : f.write ? 'ok' : `0x${value.toString(16)}`;
+        this.note(st.pid, f.tid || st.pid, `mmio(${at}, ${f.write ? `write${f.size} 0x${f.value.toString(16)}` : `read${f.size}`}) = ${res}`);
+      }
       if (this.events.size) for (const b of this.events.values()) this.signal(b);
     }
     this.reply(c, W.REQ.MMIO, W.REP.mmio, { status, value });
@@ -978,16 +985,43 @@ export class IommufdServer {
     }, tail);
   }
 
-  /** An ioctl on a VFIO file, traced as the iommufd ones are (one line: file, request, result). */
+  /**
+   * An ioctl on a VFIO file, traced like the iommufd ones: the request, its
+   * struct as passed (from the uAPI table), the result and the fields it wrote.
+   */
   private vfioIoctl(file: VfioFile, request: number, arg: bigint, caller: VfioCaller): number {
     if (!this.emu.bus.on) return file.ioctl(request, arg, caller);
     const pid = caller.mem.process.pid;
+    const def = vfioIoctlDef(request, file.name.startsWith('vfio/') ? 'group' : 'device');
+    const size = def?.struct ? structSize(def.struct, this.emu.profile.version) : 0;
+    const peek = (): Uint8Array | null => {
+      try {
+        return size ? caller.mem.read(arg, size) : null;
+      } catch {
+        return null;
+      }
+    };
+    const before = peek();
+    const name = def?.name ?? `0x${(request >>> 0).toString(16)}`;
+    const input = before && def?.struct ? ` ${formatStruct(this.emu.profile, def.struct, before)}` : '';
+    const line = (res: string): void => this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${name}${input}) = ${res}`);
     try {
       const r = file.ioctl(request, arg, caller);
-      this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${vfioRequestName(request)}) = ${r}`);
+      const after = before ? peek() : null;
+      let out = '';
+      if (after && def?.struct) {
+        const a = decode(def.struct, before!, this.emu.profile.version) as Record<string, unknown>;
+        const b = decode(def.struct, after, this.emu.profile.version) as Record<string, unknown>;
+        const changed = Object.keys(b).filter((k) => String(a[k]) !== String(b[k]));
+        if (changed.length) {
+          const all = formatStruct(this.emu.profile, def.struct, after).slice(1, -1).split(' ');
+          out = ` -> {${all.filter((p) => changed.includes(p.split('=')[0]!)).join(' ')}}`;
+        }
+      }
+      line(`${r}${out}`);
       return r;
     } catch (e) {
-      if (isErrno(e)) this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${vfioRequestName(request)}) = ${errnoName(e.errno) ?? e.errno} (${e.message})`);
+      if (isErrno(e)) line(`${errnoName(e.errno) ?? e.errno} (${e.message})`);
       throw e;
     }
   }
