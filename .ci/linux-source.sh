@@ -2,7 +2,8 @@
 # Print the path of Debian's linux-source tarball for kernel 6.12 or 7.3, fetching it
 # if needed. Progress goes to stderr; the last stdout line is the tarball's path.
 #
-#   .ci/linux-source.sh 6.12   linux-source-6.12 from the machine's own apt sources (bookworm-backports)
+#   .ci/linux-source.sh 6.12   linux-source-6.12 from the machine's own apt sources (bookworm-security),
+#                              pinned to 6.12.117-1~deb12u1 (LINUX_SOURCE_612_VERSION for another)
 #   .ci/linux-source.sh 7.3    linux-source-7.3 from trixie-backports, through a private apt
 #                              configuration (the machine's sources are not touched), pinned to
 #                              7.3.4-1~bpo13+1: the version the recorded verdicts come from
@@ -21,6 +22,43 @@ say() { echo "linux-source: $*" >&2; }
 
 case ${1:-} in
   6.12)
+    # Pinned to 6.12.117 (the recorded verdicts' kernel; 6.12.118 already changes iommufd:
+    # GET_DIRTY_BITMAP fails with EPROTO on ranges that cut a dirty IOPTE). The installed
+    # package is used when it is that version; otherwise the pinned .deb is fetched from the
+    # machine's own apt sources (bookworm-security keeps older versions) and unpacked into the
+    # cache, without installing it. Fail-over: the installed (or current) version, with a warning.
+    PIN=${LINUX_SOURCE_612_VERSION:-6.12.117-1~deb12u1}
+    inst=$(dpkg-query -W -f='${Version}' linux-source-6.12 2>/dev/null || true)
+    if [ "$inst" = "$PIN" ] && [ -f /usr/src/linux-source-6.12.tar.xz ]; then
+      say "linux-source-6.12 $inst (pinned, installed)"
+      echo /usr/src/linux-source-6.12.tar.xz
+      exit 0
+    fi
+    base=${LINUX_SOURCE_CACHE:-}
+    if [ -z "$base" ]; then
+      base=/var/cache/iommufd-emu
+      mkdir -p "$base" 2>/dev/null && [ -w "$base" ] || base=${TMPDIR:-/tmp}/iommufd-emu-cache
+    fi
+    D=$base/linux-source-6.12
+    T=$D/$PIN/usr/src/linux-source-6.12.tar.xz
+    if [ ! -f "$T" ]; then
+      mkdir -p "$D/debs"
+      deb=$D/debs/linux-source-6.12_${PIN//:/%3a}_all.deb
+      if [ ! -f "$deb" ]; then
+        apt-get update >&2 || true
+        (cd "$D/debs" && apt-get download "linux-source-6.12=$PIN" >&2) || true
+      fi
+      if [ -f "$deb" ]; then
+        mkdir -p "$D/$PIN"
+        dpkg-deb --fsys-tarfile "$deb" | tar -C "$D/$PIN" -x ./usr/src/linux-source-6.12.tar.xz
+      fi
+    fi
+    if [ -f "$T" ]; then
+      say "linux-source-6.12 $PIN (pinned)"
+      echo "$T"
+      exit 0
+    fi
+    say "WARNING: linux-source-6.12 $PIN cannot be fetched; failing over to the installed or current version: verdicts were recorded on 6.12.117"
     T=/usr/src/linux-source-6.12.tar.xz
     if [ ! -f "$T" ]; then
       apt-get update >&2

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { shimBench } from './shim.js';
 import { busBench } from './bus.js';
 import { InspectSession } from '../inspect/session.js';
-import { smmuBench, smmuDmaInProcess, smmuDmaThroughShim, type DmaRates } from './smmu.js';
+import { smmuBench, smmuDmaInProcess, smmuDmaThroughShim, vtdDmaThroughShim, type DmaRates } from './smmu.js';
 
 const PAGE = 4096n;
 
@@ -157,6 +157,13 @@ async function main(): Promise<void> {
     rows.push({ bench: 'IOAT copy 1 MiB via nested SMMUv3, through the shim', result: mb(dSh, '1m'), target: 'report' });
   } catch (e) {
     rows.push({ bench: 'IOAT copies via nested SMMUv3, through the shim', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'report' });
+  }
+  try {
+    const dV = vtdDmaThroughShim();
+    rows.push({ bench: 'IOAT copy 4 KiB via VT-d (IOAS), through the shim', result: mb(dV, '4k'), target: 'report' });
+    rows.push({ bench: 'IOAT copy 1 MiB via VT-d (IOAS), through the shim', result: mb(dV, '1m'), target: 'report' });
+  } catch (e) {
+    rows.push({ bench: 'IOAT copies via VT-d, through the shim', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'report' });
   }
 
   try {

@@ -100,21 +100,34 @@ export function smmuDmaInProcess(n4 = 2000, n1m = 40): DmaRates {
   return rates(n4, (t1 - t0) / 1000, n1m, (t2 - t1) / 1000);
 }
 
+/** A C program's `bench N` mode under `iommufd-emu run --machine MACHINE`: its one JSON line as rates. */
+function benchThroughShim(source: string[], machine: string, n4: number): DmaRates {
+  const root = fileURLToPath(new URL('../../', import.meta.url));
+  const inc = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-dma-'));
+  writeHeaders(inc, 'mainline');
+  const prog = buildProgram([path.join(root, ...source)], { includeDirs: [inc], name: path.basename(source.at(-1)!, '.c') });
+  fs.rmSync(inc, { recursive: true, force: true });
+  const r = spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'run', '--machine', machine, '--', prog, 'bench', String(n4)],
+    { encoding: 'utf8', timeout: 600_000 });
+  const line = (r.stdout ?? '').split('\n').find((l) => l.startsWith('{'));
+  if (r.status !== 0 || !line) throw new Error(`${source.at(-1)} bench exited ${r.status}: ${(r.stdout + r.stderr).trim().split('\n').pop()}`);
+  const j = JSON.parse(line) as { copies_4k: number; s_4k: number; copies_1m: number; s_1m: number };
+  return rates(j.copies_4k, j.s_4k, j.copies_1m, j.s_1m);
+}
+
 /**
  * Through the shim: native/smmu_accel.c's bench mode under `iommufd-emu run
  * --machine ioat-x2-smmu` (BAR accesses trapped and forwarded, guest RAM
  * read and written in the program's memory).
  */
 export function smmuDmaThroughShim(n4 = 2000): DmaRates {
-  const root = fileURLToPath(new URL('../../', import.meta.url));
-  const inc = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-smmu-'));
-  writeHeaders(inc, 'mainline');
-  const prog = buildProgram([path.join(root, 'native', 'smmu_accel.c')], { includeDirs: [inc], name: 'smmu_accel' });
-  fs.rmSync(inc, { recursive: true, force: true });
-  const r = spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'run', '--machine', 'ioat-x2-smmu', '--', prog, 'bench', String(n4)],
-    { encoding: 'utf8', timeout: 600_000 });
-  const line = (r.stdout ?? '').split('\n').find((l) => l.startsWith('{'));
-  if (r.status !== 0 || !line) throw new Error(`smmu_accel bench exited ${r.status}: ${(r.stdout + r.stderr).trim().split('\n').pop()}`);
-  const j = JSON.parse(line) as { copies_4k: number; s_4k: number; copies_1m: number; s_1m: number };
-  return rates(j.copies_4k, j.s_4k, j.copies_1m, j.s_1m);
+  return benchThroughShim(['native', 'smmu_accel.c'], 'ioat-x2-smmu', n4);
+}
+
+/**
+ * The same copies through a plain paging domain (the default machine: the IOAT
+ * behind VT-d, attached to an IOAS): examples/vfio_ioat.c's bench mode.
+ */
+export function vtdDmaThroughShim(n4 = 2000): DmaRates {
+  return benchThroughShim(['examples', 'vfio_ioat.c'], 'ioat', n4);
 }

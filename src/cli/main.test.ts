@@ -45,6 +45,21 @@ test('demo builds and passes under the 6.12 profile too (no vIOMMU ioctls there)
   assert.doesNotMatch(r.stdout, /VIOMMU/);
 });
 
+test('demo --example vfio-ioat: the IOAT bound through its cdev copies through the IOAS, an unmapped IOVA halts it; device events in the trace', {
+  skip: skip || (process.arch !== 'x64' ? 'BAR MMIO traps decode x86-64 instructions' : false),
+}, () => {
+  const r = cli(['demo', '--example', 'vfio-ioat']);
+  assert.equal(r.status, 0, r.stdout + r.stderr);
+  assert.doesNotMatch(r.stdout, /FAILED/);
+  assert.match(r.stdout, /vfio-ioat: copy 64 KiB \(4 descriptors\) -> DONE +ok/);
+  assert.match(r.stdout, /vfio-ioat: unmapped-IOVA copy -> HALTED, READ_DATA_ERR +ok: CHANERR 0x100/);
+  assert.match(r.stdout, /vfio-ioat: all steps ok/);
+  assert.match(r.stderr, /open\("\/dev\/vfio\/devices\/vfio0"\) = \d+/);
+  assert.match(r.stderr, /IOMMU_IOAS_MAP \{flags=FIXED_IOVA\|WRITEABLE\|READABLE .*iova=0x10000000\}/);
+  assert.match(r.stderr, /^ {4}0000:00:03\.0 ioat: done: 4 descriptor\(s\)/m);
+  assert.match(r.stderr, /^ {4}0000:00:03\.0 ioat: error 0x100 \(source read at 0x40000000: translation fault/m);
+});
+
 test('--trace=FILE appends the trace to FILE', { skip }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-cli-'));
   try {

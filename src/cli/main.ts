@@ -10,7 +10,7 @@ import { attachTrace, runProgram, shimEnv } from '../server/run.js';
 import { CAP_NAMES, defaultSocketPath, IommufdServer, loadHandlers, type CapName } from '../server/server.js';
 import { TRACE_CATEGORIES } from '../server/trace.js';
 import { DEFAULT_PORT, inspectPort, serveRecording, startInspector } from '../inspect/start.js';
-import { buildDemo } from './demo.js';
+import { buildDemo, EXAMPLES } from './demo.js';
 import { DEVICE_MODELS } from '../devices/models.js';
 import { buildMachine, DEFAULT_PRESET, describeMachine, IOMMU_TYPES, loadMachine, PRESETS } from '../machine/machine.js';
 
@@ -217,16 +217,20 @@ program
 
 program
   .command('demo')
-  .description('build examples/demo.c and run it with --trace (add --inspect to watch it in a browser)')
+  .description('build a bundled C example (examples/) and run it with --trace (add --inspect to watch it in a browser)')
+  .addOption(new Option('--example <name>', `which example: ${Object.entries(EXAMPLES).map(([k, e]) => `${k} (${e.description})`).join('; ')}`)
+    .choices(Object.keys(EXAMPLES)).default('demo'))
   .addOption(abiOption())
   .addOption(inspectOption())
   .addOption(recordOption())
   .option('--no-inspect-wait', 'with --inspect, start the demo without waiting for a page')
-  .action(async (opts: RunCliOptions) => {
+  .action(async (opts: RunCliOptions & { example: string }) => {
     await loadHandlers();
-    const exe = await buildDemo(opts.abi);
-    process.stderr.write(`iommufd-emu demo: running ${path.relative(process.cwd(), exe) || exe} (ABI ${opts.abi})\n`);
-    process.exitCode = await runCli([exe], { ...opts, trace: true });
+    const ex = EXAMPLES[opts.example]!;
+    const exe = await buildDemo(opts.abi, opts.example);
+    const on = ex.machine ? `, machine ${ex.machine}` : '';
+    process.stderr.write(`iommufd-emu demo: running ${path.relative(process.cwd(), exe) || exe} (ABI ${opts.abi}${on})\n`);
+    process.exitCode = await runCli([exe], { ...opts, trace: ex.trace, machine: ex.machine });
   });
 
 program

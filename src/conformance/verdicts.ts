@@ -17,6 +17,8 @@ export interface CaseVerdict {
 const RUN = /^#\s+RUN\s+(\S+)\s/;
 const RESULT = /^(not ok|ok) \d+ (\S+)(.*)$/;
 const CHECK = /^# ([A-Za-z0-9_.-]+\.[ch]):(\d+):/;
+// The VFIO selftests' library asserts print the source path (as compiled) and line.
+const LIB_ASSERT = /^(?:\S*\/)?([A-Za-z0-9_.-]+\.[ch]):(\d+): Assertion Failure/;
 const HARNESS = /^#\s+(\S+): Test (terminated by timeout|terminated unexpectedly|exited with error code)/;
 
 /** Parse the (stdout and stderr, interleaved) output of one harness binary. */
@@ -30,7 +32,7 @@ export function parseKselftest(log: string): Map<string, CaseVerdict> {
       reason = undefined;
       continue;
     }
-    const c = CHECK.exec(line);
+    const c = CHECK.exec(line) ?? LIB_ASSERT.exec(line);
     if (c) {
       where ??= `${c[1]}:${c[2]}`;
       continue;

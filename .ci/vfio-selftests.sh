@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Conformance run (spec 06 §1, §10, §14): the kernel's VFIO selftests
+# (tools/testing/selftests/vfio of Debian's linux-source-7.3, 7 programs), built
+# unmodified OUTSIDE the repository against `iommufd-emu headers` plus the
+# tarball's vfio.h (scripts/build-vfio-selftests.sh), each run through
+# `iommufd-emu run --machine PRESET` with VFIO_SELFTESTS_BDF naming the preset's
+# first device. The mode-parameterised programs run every iommu mode they have
+# (vfio_type1_iommu, vfio_type1v2_iommu, iommufd_compat_type1,
+# iommufd_compat_type1v2, iommufd: one fixture variant each); the others run the
+# library's default mode (iommufd). Every case is compared with
+# .ci/vfio-selftests-expected.tsv; a verdict or failing check that moves, in either
+# direction, fails the run naming the case. Per program and mode it prints
+# pass/fail/skip and the reason of every non-pass.
+#
+#   .ci/vfio-selftests.sh [--keep] [--only PROGRAM]... [--record]
+#
+# --record prints expectation lines for this run (to update the .tsv after a change
+#   that moves verdicts on purpose) instead of comparing.
+# Environment: VFIO_SELFTESTS_MACHINE (default ioat), VFIO_SELFTESTS_ABI (default 7.3,
+#   the tree's kernel), VFIO_SELFTESTS_TIMEOUT per program in seconds (default 900).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+KEEP=0
+RECORD=0
+ONLY=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --keep) KEEP=1; shift ;;
+    --record) RECORD=1; shift ;;
+    --only) ONLY+=("${2:?--only needs a program name}"); shift 2 ;;
+    *) echo "usage: $0 [--keep] [--only PROGRAM]... [--record]" >&2; exit 2 ;;
+  esac
+done
+MACHINE=${VFIO_SELFTESTS_MACHINE:-ioat}
+ABI=${VFIO_SELFTESTS_ABI:-7.3}
+PROGRAMS=(vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_device_test
+  vfio_pci_device_init_perf_test vfio_pci_driver_test vfio_pci_sriov_uapi_test)
+[ ${#ONLY[@]} -gt 0 ] && PROGRAMS=("${ONLY[@]}")
+EXPECTED=$ROOT/.ci/vfio-selftests-expected.tsv
+
+apt_updated=
+need() { # need PACKAGE...
+  if [ -z "$apt_updated" ]; then apt-get update; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y "$@"
+}
+command -v cc >/dev/null || need gcc libc6-dev
+command -v make >/dev/null || need make
+command -v xz >/dev/null || need xz-utils
+echo '#include <uuid/uuid.h>' | cc -E -x c - >/dev/null 2>&1 || need uuid-dev
+
+WORK=$(mktemp -d /tmp/iommufd-vfio-selftests.XXXXXX)
+if [ "$KEEP" = 1 ]; then echo "work dir: $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
+
+echo "== building the emulator"
+(cd "$ROOT" && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npx tsc -p . >/dev/null)
+CLI=(node "$ROOT/dist/cli/main.js")
+"${CLI[@]}" build-shim >/dev/null
+
+echo "== building the VFIO selftests (linux-source-7.3, headers of profile $ABI)"
+BIN=$WORK/bin
+WORK=$WORK/tree VFIO_SELFTESTS_ABI=$ABI bash "$ROOT/scripts/build-vfio-selftests.sh" "$BIN" >/dev/null
+
+BDF=$("${CLI[@]}" devices --machine "$MACHINE" | sed -n 's/^VFIO_SELFTESTS_BDF=//p')
+[ -n "$BDF" ] || { echo "vfio-selftests: machine '$MACHINE' has no device" >&2; exit 1; }
+echo "== machine $MACHINE, VFIO_SELFTESTS_BDF=$BDF"
+
+# Huge pages the hugetlb cases can take (they skip without, as on a real kernel).
+HAVE=()
+free2m=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
+free1g=$(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages 2>/dev/null || echo 0)
+if [ "$free2m" -lt 1 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
+  echo 8 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
+  free2m=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
+fi
+[ "$free2m" -ge 1 ] && HAVE+=(hugetlb-2mb)
+[ "$free1g" -ge 1 ] && HAVE+=(hugetlb-1gb)
+echo "== free huge pages: 2 MiB $free2m, 1 GiB $free1g"
+
+STATUS=0
+TOTAL=0; AGREE=0
+for t in "${PROGRAMS[@]}"; do
+  [ -x "$BIN/$t" ] || { echo "vfio-selftests: no program $t" >&2; STATUS=1; continue; }
+  LOG=$WORK/$t.log
+  echo "== $t through iommufd-emu run --abi $ABI --machine $MACHINE"
+  set +e
+  (cd "$BIN" && VFIO_SELFTESTS_BDF=$BDF timeout "${VFIO_SELFTESTS_TIMEOUT:-900}" \
+    "${CLI[@]}" run --abi "$ABI" --machine "$MACHINE" -- "./$t") >"$LOG" 2>&1 </dev/null
+  rc=$?
+  set -e
+  [ "$rc" = 124 ] && echo "$t: killed after ${VFIO_SELFTESTS_TIMEOUT:-900} s"
+  [ "$KEEP" = 1 ] && echo "  log: $LOG (exit $rc)"
+  if [ "$RECORD" = 1 ]; then
+    node "$ROOT/dist/conformance/vfio_selftests.js" record "$t" "$LOG" "$rc"
+    continue
+  fi
+  set +e
+  out=$(node "$ROOT/dist/conformance/vfio_selftests.js" compare "$EXPECTED" "$t" "$LOG" "$rc" "${HAVE[@]}")
+  crc=$?
+  set -e
+  echo "$out"
+  n=$(echo "$out" | sed -n 's/^.*: \([0-9]*\) of \([0-9]*\) cases as recorded$/\1 \2/p')
+  if [ -n "$n" ]; then AGREE=$((AGREE + ${n%% *})); TOTAL=$((TOTAL + ${n##* })); fi
+  [ "$crc" = 0 ] || STATUS=1
+done
+[ "$RECORD" = 1 ] && exit 0
+echo "vfio-selftests: $AGREE of $TOTAL cases as recorded in $(basename "$EXPECTED")"
+[ "$STATUS" = 0 ] || echo "vfio-selftests: FAILED: verdicts moved (see MOVED/IMPROVED above)"
+exit $STATUS
