@@ -23,7 +23,7 @@
  * and all signals are blocked while a lock is held (sig_block), so a signal
  * handler that calls an async-signal-safe function on an emulated fd (close,
  * read, write, open, dup...) never finds a lock its own thread holds. Lock
- * order: ctl_mu, then tab_mu, then failnth_mu, then debugfs_mu. Inside the
+ * order: ctl_mu, then tab_mu, then failnth_mu, then debugfs_mu, then dirs_mu. Inside the
  * shim, calls that would re-enter our wrappers use raw syscalls.
  */
 #define _GNU_SOURCE
@@ -1377,11 +1377,141 @@ EXPORT int fclose(FILE *f)
 	return r;
 }
 
+/*
+ * /sys/bus/pci/devices lists the host's functions and the machine's: the
+ * directory is not the view's (host functions stay reachable), so its
+ * listing is merged: the real entries, then the view's (a DIR of
+ * <view>/sys/bus/pci/devices read after the real one ends).
+ */
+static pthread_mutex_t dirs_mu = PTHREAD_MUTEX_INITIALIZER;
+#define NMERGED 16
+static struct { DIR *d, *ours; int phase; } merged[NMERGED];
+static int nmerged;
+
+static int merged_find_locked(DIR *d)
+{
+	for (int i = 0; i < nmerged; i++)
+		if (merged[i].d == d)
+			return i;
+	return -1;
+}
+
+static void merge_pci_devices(const char *upath, DIR *d)
+{
+	char pb[SAFE_PATH_MAX];
+	const char *p = safe_path(upath, pb);
+	if (!p || (strcmp(p, "/sys/bus/pci/devices") != 0 && strcmp(p, "/sys/bus/pci/devices/") != 0) || !machine_load())
+		return;
+	char ours[SAFE_PATH_MAX + 400];
+	snprintf(ours, sizeof(ours), "%s/sys/bus/pci/devices", machine_dir);
+	DIR *o = real_opendir(ours);
+	if (!o)
+		return;
+	lock(&dirs_mu);
+	if (nmerged < NMERGED) {
+		merged[nmerged].d = d;
+		merged[nmerged].ours = o;
+		merged[nmerged].phase = 0;
+		__atomic_store_n(&nmerged, nmerged + 1, __ATOMIC_RELAXED);
+		o = NULL;
+	}
+	unlock(&dirs_mu);
+	if (o) {
+		static int (*real_closedir)(DIR *);
+		if (!real_closedir)
+			real_closedir = (int (*)(DIR *))dlsym(RTLD_NEXT, "closedir");
+		real_closedir(o);
+	}
+}
+
 EXPORT DIR *opendir(const char *path)
 {
 	char buf[SAFE_PATH_MAX + 400];
 	RESOLVE(opendir);
-	return real_opendir(redirect_path(path, buf, sizeof(buf), NULL, 0));
+	DIR *d = real_opendir(redirect_path(path, buf, sizeof(buf), NULL, 0));
+	if (d)
+		merge_pci_devices(path, d);
+	return d;
+}
+
+/* readdir of /sys/bus/pci/devices: the host's functions, then the machine's (which replace a host one of the same BDF). */
+static struct dirent *merged_next(DIR *d, struct dirent *(*real)(DIR *))
+{
+	lock(&dirs_mu);
+	int i = merged_find_locked(d);
+	if (i < 0) {
+		unlock(&dirs_mu);
+		return real(d);
+	}
+	struct dirent *e;
+	if (!merged[i].phase) {
+		while ((e = real(d))) {
+			char p[SAFE_PATH_MAX + 400];
+			snprintf(p, sizeof(p), "%s/sys/bus/pci/devices/%s", machine_dir, e->d_name);
+			if (e->d_name[0] == '.' || syscall(SYS_newfstatat, AT_FDCWD, p, &(struct stat){ 0 }, AT_SYMLINK_NOFOLLOW) != 0)
+				break; /* a host function (or . and ..) */
+		}
+		if (e) {
+			unlock(&dirs_mu);
+			return e;
+		}
+		merged[i].phase = 1;
+	}
+	while ((e = real(merged[i].ours)) && e->d_name[0] == '.')
+		;
+	unlock(&dirs_mu);
+	return e;
+}
+
+EXPORT struct dirent *readdir(DIR *d)
+{
+	static struct dirent *(*real)(DIR *);
+	if (!real)
+		real = (struct dirent *(*)(DIR *))dlsym(RTLD_NEXT, "readdir");
+	return __atomic_load_n(&nmerged, __ATOMIC_RELAXED) ? merged_next(d, real) : real(d);
+}
+
+EXPORT struct dirent64 *readdir64(DIR *d)
+{
+	static struct dirent *(*real)(DIR *);
+	if (!real)
+		real = (struct dirent *(*)(DIR *))dlsym(RTLD_NEXT, "readdir64");
+	/* x86-64: struct dirent and struct dirent64 are the same layout */
+	return (struct dirent64 *)(__atomic_load_n(&nmerged, __ATOMIC_RELAXED) ? merged_next(d, real) : real(d));
+}
+
+EXPORT void rewinddir(DIR *d)
+{
+	static void (*real)(DIR *);
+	if (!real)
+		real = (void (*)(DIR *))dlsym(RTLD_NEXT, "rewinddir");
+	if (__atomic_load_n(&nmerged, __ATOMIC_RELAXED)) {
+		lock(&dirs_mu);
+		int i = merged_find_locked(d);
+		if (i >= 0) {
+			merged[i].phase = 0;
+			real(merged[i].ours);
+		}
+		unlock(&dirs_mu);
+	}
+	real(d);
+}
+
+EXPORT int closedir(DIR *d)
+{
+	static int (*real)(DIR *);
+	if (!real)
+		real = (int (*)(DIR *))dlsym(RTLD_NEXT, "closedir");
+	if (__atomic_load_n(&nmerged, __ATOMIC_RELAXED)) {
+		lock(&dirs_mu);
+		int i = merged_find_locked(d);
+		if (i >= 0) {
+			real(merged[i].ours);
+			merged[i] = merged[--nmerged];
+		}
+		unlock(&dirs_mu);
+	}
+	return real(d);
 }
 
 /* Existence checks of /dev/iommu (libvirt-style probes): true while a server answers. */
@@ -3311,6 +3441,7 @@ static void atfork_prepare(void)
 	lock(&tab_mu);
 	lock(&failnth_mu);
 	lock(&debugfs_mu);
+	lock(&dirs_mu);
 }
 
 static void atfork_parent(void)
@@ -3318,6 +3449,7 @@ static void atfork_parent(void)
 	if (holder_fd >= 0)
 		raw_close(holder_fd); /* the child's */
 	holder_fd = -1;
+	unlock(&dirs_mu);
 	unlock(&debugfs_mu);
 	unlock(&failnth_mu);
 	unlock(&tab_mu);
@@ -3351,6 +3483,7 @@ static void atfork_child(void)
 	}
 	holder_fd = -1;
 	children_hold = 0;
+	unlock(&dirs_mu);
 	unlock(&debugfs_mu);
 	unlock(&failnth_mu);
 	unlock(&tab_mu);

@@ -125,6 +125,17 @@ static int mode_sysfs(void)
 	if (d)
 		closedir(d);
 	CHECK(groups == 1, "/dev/vfio lists %d group node(s)", groups);
+	int listed = 0, entries = 0;
+	d = opendir("/sys/bus/pci/devices");
+	while (d && (e = readdir(d))) {
+		entries++;
+		listed += strcmp(e->d_name, bdf()) == 0;
+	}
+	if (d)
+		closedir(d);
+	CHECK(listed == 1, "/sys/bus/pci/devices lists %s once (%d entries)", bdf(), entries);
+	snprintf(p, sizeof(p), "/sys/bus/pci/devices/%s/sriov_totalvfs", bdf());
+	CHECK(access(p, F_OK) < 0 && errno == ENOENT, "no sriov_totalvfs (not a PF)");
 	CHECK(access("/sys/kernel/debug/iommu/intel", F_OK) < 0 && errno == ENOENT, "no intel debugfs");
 	CHECK(access("/sys/bus/pci/devices/0000:7f:1f.7/vendor", F_OK) < 0 || 1, "other paths untouched");
 	CHECK(access("/proc/self/status", R_OK) == 0, "/proc untouched");

@@ -64,8 +64,6 @@ export function writeMachineView(root: string, vfio: VfioSubsystem): string[] {
     put(`${dev}/revision`, `0x${(pci.configRead(0x08, 1)).toString(16).padStart(2, '0')}\n`);
     put(`${dev}/numa_node`, '-1\n');
     put(`${dev}/driver_override`, '(null)\n');
-    put(`${dev}/sriov_totalvfs`, '0\n');
-    put(`${dev}/sriov_numvfs`, '0\n');
     put(`${dev}/vfio-dev/vfio${d.index}/dev`, `${VFIO_CDEV_MAJOR}:${d.index}\n`);
     link(`${dev}/iommu_group`, `../../../kernel/iommu_groups/${group}`);
     link(`${dev}/driver`, '../../../bus/pci/drivers/vfio-pci');

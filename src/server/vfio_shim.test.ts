@@ -78,8 +78,9 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     return r.out;
   }
 
-  test('sysfs: vendor/device, iommu_group and driver links, vfio-dev, nodes as char devices, /dev/vfio listing', async () => {
-    await passes('sysfs', [/^ok iommu_group -> \.\.\/\.\.\/\.\.\/kernel\/iommu_groups\/3$/m, /^ok vfio-dev: \/dev\/vfio\/devices\/vfio0$/m]);
+  test('sysfs: vendor/device, iommu_group and driver links, vfio-dev, nodes as char devices, /dev/vfio and /sys/bus/pci/devices listings', async () => {
+    await passes('sysfs', [/^ok iommu_group -> \.\.\/\.\.\/\.\.\/kernel\/iommu_groups\/3$/m, /^ok vfio-dev: \/dev\/vfio\/devices\/vfio0$/m,
+      /^ok \/sys\/bus\/pci\/devices lists 0000:00:03\.0 once/m, /^ok realpath\(subsystem\) = \/sys\/bus\/pci$/m]);
   });
 
   test('cdev: bind, attach, BAR MMIO, IOAT copy with the MSI-X eventfd, unmapped IOVA halts the channel; fork, dup, exec, close while mapped, release', async () => {
