@@ -2937,7 +2937,7 @@ static void *bar_mmap(void *addr, size_t len, int prot, int flags, int fd, const
 	q.fd = fd;
 	q.prot = (uint32_t)prot;
 	q.offset = (uint64_t)off;
-	q.length = (uint64_t)len;
+	q.length = PAGE_ALIGN_(len); /* the VMA's size: every byte of its pages reaches the device */
 	q.flags = (uint32_t)flags;
 	q.memfd = -1;
 	struct wire_rep_mmap r;
