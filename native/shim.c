@@ -2423,7 +2423,8 @@ static ssize_t emu_rw(int fd, const struct fdent *e, int write, void *buf, size_
 		return errno = EINVAL, -1;
 	if (kind_ops(e->kind) & (write ? WIRE_OPS_WRITE : WIRE_OPS_READ)) {
 		sig_block();
-		ssize_t r = emu_fileop(fd, e, write ? WIRE_FILEOP_WRITE : WIRE_FILEOP_READ, buf, count, positional ? off : 0);
+		int op = positional ? (write ? WIRE_FILEOP_PWRITE : WIRE_FILEOP_PREAD) : (write ? WIRE_FILEOP_WRITE : WIRE_FILEOP_READ);
+		ssize_t r = emu_fileop(fd, e, op, buf, count, positional ? off : 0);
 		int err = errno;
 		sig_unblock();
 		errno = err;

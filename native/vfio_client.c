@@ -337,6 +337,12 @@ static int mode_cdev(void)
 	if (efd < 0)
 		return 1;
 	drive_ioat(efd, buf, iova, len);
+	/* read(2) without a position uses and advances the file's: BAR0 bytes 0 and 1 (the fd's position starts at 0) */
+	uint8_t b0v = 0, b1v = 0, p0 = 0, p1 = 0;
+	int rr = (int)read(dev_fd, &b0v, 1) + (int)read(dev_fd, &b1v, 1);
+	pread(dev_fd, &p0, 1, 0);
+	pread(dev_fd, &p1, 1, 1);
+	CHECK(rr == 2 && b0v == p0 && b1v == p1 && b1v == rb(0x01), "read(2) advances the file position (BAR0[0]=%u, [1]=%u)", b0v, b1v);
 	/* the kernel cannot pin a BAR mapping (VM_IO|VM_PFNMAP): IOAS_MAP of it is EFAULT (QEMU tries it and warns) */
 	struct iommu_ioas_map bmap = { .size = sizeof(bmap), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
 				       .ioas_id = alloc.out_ioas_id, .user_va = (uintptr_t)bar0, .length = 16384 };

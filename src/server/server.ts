@@ -180,6 +180,8 @@ interface EventBinding extends FileEntry {
   mapped?: number;
   /** The fd is gone everywhere but a mapping still holds the file. */
   releasePending?: boolean;
+  /** The file position (VFIO files: read/write without one use and advance it). */
+  pos?: bigint;
 }
 
 /** Is `f` a VFIO file (device, group): ioctls, positional I/O, trapped mmap. */
@@ -1030,18 +1032,22 @@ export class IommufdServer {
       ret = -ERRNO.EBADF;
     } else {
       const file = b.file;
-      const op = f.op;
-      // The VFS's checks (method present, access_ok, count clamp) come first (src/core/file.ts);
-      // positional I/O on these files is ESPIPE, answered by the shim.
-      // VFIO files have positional I/O (region index << 40 + offset); the others none
-      const pos = isVfio(file) ? f.pos : 0n;
+      const F = W.FILEOP;
+      const positional = f.op === F.PREAD || f.op === F.PWRITE;
+      const write = f.op === F.WRITE || f.op === F.PWRITE;
+      // The VFS's checks (method present, access_ok, count clamp) come first (src/core/file.ts).
+      // VFIO files have a position (region index << 40 + offset) that read/write use and advance;
+      // the others have none (the shim answers ESPIPE for their positional I/O).
+      const vfio = isVfio(file);
+      const pos = positional ? f.pos : vfio ? b.pos ?? 0n : 0n;
       const r = this.emulate(f.failnth, () => `file op on ${file.name}`,
-        () => (op === W.FILEOP.WRITE ? vfsWrite(file, st.mem, f.buf, f.count, pos)
-          : op === W.FILEOP.POLL ? vfsPoll(file) : vfsRead(file, st.mem, f.buf, f.count, pos)));
+        () => (f.op === F.POLL ? vfsPoll(file) : write ? vfsWrite(file, st.mem, f.buf, f.count, pos)
+          : vfsRead(file, st.mem, f.buf, f.count, pos)));
       ret = r.ret;
       failnth = r.failnth;
-      const what = (isVfio(file) ? 'p' : '') + (op === W.FILEOP.WRITE ? 'write' : op === W.FILEOP.POLL ? 'poll' : 'read');
-      const at = isVfio(file) && op !== W.FILEOP.POLL ? `, 0x${pos.toString(16)}` : '';
+      if (vfio && !positional && f.op !== F.POLL && ret > 0) b.pos = pos + BigInt(ret);
+      const what = (positional ? 'p' : '') + (f.op === F.POLL ? 'poll' : write ? 'write' : 'read');
+      const at = vfio && f.op !== F.POLL ? `, 0x${pos.toString(16)}` : '';
       if (this.emu.bus.on) this.note(c.pid, f.tid || c.pid, `${what}(${file.name}, ${f.count}${at}) = ${ret >= 0 ? ret : errText(ret)}`);
       if (b.signalled && !(file.poll() & POLLIN)) {
         b.signalled = false;

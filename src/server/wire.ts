@@ -119,8 +119,11 @@ export const FDRULE = {
 } as const;
 export const CAP = { SYS_RESOURCE: 1, IPC_LOCK: 2, SYS_RAWIO: 4 } as const;
 export const REGION = { HUGE: 1 } as const;
-/** POLL: the file's poll mask (the shim's poll/ppoll on an emulated event fd). */
-export const FILEOP = { READ: 0, WRITE: 1, POLL: 2 } as const;
+/**
+ * READ/WRITE: at the file's position (files with one advance it); PREAD/PWRITE: at `pos` (kinds with
+ * OPS.PREAD); POLL: the file's poll mask (the shim's poll/ppoll on an emulated event fd).
+ */
+export const FILEOP = { READ: 0, WRITE: 1, POLL: 2, PREAD: 3, PWRITE: 4 } as const;
 /** IOCTL reply's evused: the prepared event fd was handed out; KEEP_ON_EXEC: without FD_CLOEXEC. */
 export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 
