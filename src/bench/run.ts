@@ -6,7 +6,7 @@ import { MAP_FLAGS } from '../uapi/enums.js';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { shimBench } from './shim.js';
+import { mmioBench, shimBench } from './shim.js';
 import { busBench } from './bus.js';
 import { InspectSession } from '../inspect/session.js';
 import { smmuBench, smmuDmaInProcess, smmuDmaThroughShim, vtdDmaThroughShim, type DmaRates } from './smmu.js';
@@ -166,6 +166,13 @@ async function main(): Promise<void> {
     rows.push({ bench: 'IOAT copies via VT-d, through the shim', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'report' });
   }
 
+  try {
+    const m = await mmioBench();
+    rows.push({ bench: 'trapped BAR load (SIGSEGV + MMIO frame), through the shim', result: `mean ${(m.mmio_load_ns / 1000).toFixed(1)} us`, target: 'report' });
+    rows.push({ bench: 'config-space pread of the same device, through the shim', result: `mean ${(m.config_pread_ns / 1000).toFixed(1)} us`, target: 'report' });
+  } catch (e) {
+    rows.push({ bench: 'trapped BAR load, through the shim', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'report' });
+  }
   try {
     const { echo, ioas, rw } = await shimBench();
     const us = (ns: number): string => `${(ns / 1000).toFixed(1)} us`;

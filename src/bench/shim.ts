@@ -73,3 +73,22 @@ export async function shimBench(n = 20000): Promise<ShimResults> {
   const rw = lastJson(await run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, 'rw', String(n / 4)]));
   return { echo, ioas, rw };
 }
+
+export interface MmioResults { mmio_load_ns: number; config_pread_ns: number; n: number }
+
+/**
+ * A trapped BAR load (readb: SIGSEGV, decode, one MMIO frame, registers
+ * written back) against a config-space pread of the same device (one FILEOP
+ * frame): native/vfio_client.c's bench mode on the default machine, means
+ * over 20000 each.
+ */
+export async function mmioBench(): Promise<MmioResults> {
+  const inc = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-mmio-'));
+  writeHeaders(inc, 'mainline');
+  const prog = buildProgram([path.join(ROOT, 'native', 'vfio_client.c')], { includeDirs: [inc], cflags: ['-isystem', inc], name: 'iommufd-vfio-client' });
+  fs.rmSync(inc, { recursive: true, force: true });
+  const out = await run(process.execPath, [CLI, 'run', '--', prog, 'bench']);
+  const line = out.trim().split('\n').filter((l) => l.startsWith('{')).pop();
+  if (!line) throw new Error(`no result in output: ${out}`);
+  return JSON.parse(line) as MmioResults;
+}
