@@ -422,6 +422,20 @@ static int mode_group(const char *container)
 	return failures ? 1 : 0;
 }
 
+/* The cdev opened and bound to a fresh iommufd (dev_fd set); BAR0's region info in *b0. The iommufd, or -1. */
+static int open_bound(struct vfio_region_info *b0)
+{
+	char cdev[300];
+	cdev_path(cdev, sizeof(cdev));
+	int iommufd = open("/dev/iommu", O_RDWR);
+	dev_fd = open(cdev, O_RDWR);
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+	CHECK(ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0, "BIND");
+	*b0 = (struct vfio_region_info){ .argsz = sizeof(*b0), .index = 0 };
+	ioctl(dev_fd, VFIO_DEVICE_GET_REGION_INFO, b0);
+	return failures ? -1 : iommufd;
+}
+
 /* ---- faults that are not ours ---------------------------------------------------------------- */
 static sigjmp_buf jb;
 static volatile int caught;
@@ -442,14 +456,9 @@ static void on_bus(int sig, siginfo_t *si, void *uc)
 /* ns per trapped BAR load and per config-space pread (for the report; nothing checked but the values). */
 static int mode_bench(void)
 {
-	char cdev[300];
-	cdev_path(cdev, sizeof(cdev));
-	int iommufd = open("/dev/iommu", O_RDWR);
-	dev_fd = open(cdev, O_RDWR);
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
-	CHECK(ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0, "BIND");
-	struct vfio_region_info b0 = { .argsz = sizeof(b0), .index = 0 };
-	ioctl(dev_fd, VFIO_DEVICE_GET_REGION_INFO, &b0);
+	struct vfio_region_info b0;
+	if (open_bound(&b0) < 0)
+		return 1;
 	bar0 = mmap(NULL, b0.size, PROT_READ | PROT_WRITE, MAP_SHARED, dev_fd, (off_t)b0.offset);
 	cfg_write(4, 2, 0x0002);
 	const int n = 20000;
@@ -473,12 +482,8 @@ static int mode_bench(void)
 /* Keeps a bound device with BAR0 mapped; on a line on stdin, checks the channel was not touched. */
 static int mode_hold(void)
 {
-	char cdev[300];
-	cdev_path(cdev, sizeof(cdev));
-	int iommufd = open("/dev/iommu", O_RDWR);
-	dev_fd = open(cdev, O_RDWR);
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
-	if (ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
+	struct vfio_region_info b0;
+	if (open_bound(&b0) < 0)
 		return 1;
 	bar0 = mmap(NULL, 16384, PROT_READ | PROT_WRITE, MAP_SHARED, dev_fd, 0);
 	cfg_write(4, 2, 0x0002);
@@ -494,14 +499,8 @@ static int mode_hold(void)
 
 static int mode_fault(void)
 {
-	char cdev[300];
-	cdev_path(cdev, sizeof(cdev));
-	int iommufd = open("/dev/iommu", O_RDWR);
-	dev_fd = open(cdev, O_RDWR);
-	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
-	CHECK(ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0, "BIND");
-	struct vfio_region_info b0 = { .argsz = sizeof(b0), .index = 0 };
-	ioctl(dev_fd, VFIO_DEVICE_GET_REGION_INFO, &b0);
+	struct vfio_region_info b0;
+	int iommufd = open_bound(&b0);
 	/* the program installs its handler after the shim has its own (first BAR mapping) */
 	volatile uint8_t *ro = mmap(NULL, b0.size, PROT_READ, MAP_SHARED, dev_fd, (off_t)b0.offset);
 	CHECK(ro != MAP_FAILED, "mmap BAR0 read-only");
