@@ -343,6 +343,7 @@ static int mode_cdev(void)
 	pread(dev_fd, &p0, 1, 0);
 	pread(dev_fd, &p1, 1, 1);
 	CHECK(rr == 2 && b0v == p0 && b1v == p1 && b1v == rb(0x01), "read(2) advances the file position (BAR0[0]=%u, [1]=%u)", b0v, b1v);
+	CHECK(lseek(dev_fd, 0, SEEK_SET) < 0 && errno == ESPIPE, "lseek: ESPIPE (no llseek method)");
 	/* the kernel cannot pin a BAR mapping (VM_IO|VM_PFNMAP): IOAS_MAP of it is EFAULT (QEMU tries it and warns) */
 	struct iommu_ioas_map bmap = { .size = sizeof(bmap), .flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
 				       .ioas_id = alloc.out_ioas_id, .user_va = (uintptr_t)bar0, .length = 16384 };
