@@ -7,12 +7,15 @@
 # first device. The mode-parameterised programs run every iommu mode they have
 # (vfio_type1_iommu, vfio_type1v2_iommu, iommufd_compat_type1,
 # iommufd_compat_type1v2, iommufd: one fixture variant each); the others run the
-# library's default mode (iommufd). Every case is compared with
+# library's default mode (iommufd). vfio_pci_device_init_perf_test runs a second
+# time on the ioat-x2 preset with both BDFs as arguments (its threads then open two
+# devices at once on one container/iommufd); that run is recorded as
+# "vfio_pci_device_init_perf_test@ioat-x2". Every case is compared with
 # .ci/vfio-selftests-expected.tsv; a verdict or failing check that moves, in either
 # direction, fails the run naming the case. Per program and mode it prints
 # pass/fail/skip and the reason of every non-pass.
 #
-#   .ci/vfio-selftests.sh [--keep] [--only PROGRAM]... [--record]
+#   .ci/vfio-selftests.sh [--keep] [--only PROGRAM[@PRESET]]... [--record]
 #
 # --record prints expectation lines for this run (to update the .tsv after a change
 #   that moves verdicts on purpose) instead of comparing.
@@ -33,9 +36,15 @@ while [ $# -gt 0 ]; do
 done
 MACHINE=${VFIO_SELFTESTS_MACHINE:-ioat}
 ABI=${VFIO_SELFTESTS_ABI:-7.3}
-PROGRAMS=(vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_device_test
-  vfio_pci_device_init_perf_test vfio_pci_driver_test vfio_pci_sriov_uapi_test)
-[ ${#ONLY[@]} -gt 0 ] && PROGRAMS=("${ONLY[@]}")
+# Runs: "PROGRAM[@PRESET]"; without @PRESET on $MACHINE with VFIO_SELFTESTS_BDF, with it on
+# that preset with every device's BDF as the trailing arguments.
+RUNS=(vfio_dma_mapping_test vfio_dma_mapping_mmio_test vfio_iommufd_setup_test vfio_pci_device_test
+  vfio_pci_device_init_perf_test vfio_pci_device_init_perf_test@ioat-x2 vfio_pci_driver_test vfio_pci_sriov_uapi_test)
+if [ ${#ONLY[@]} -gt 0 ]; then
+  sel=()
+  for r in "${RUNS[@]}"; do for o in "${ONLY[@]}"; do [ "${r%@*}" = "$o" ] || [ "$r" = "$o" ] && sel+=("$r"); done; done
+  RUNS=("${sel[@]}")
+fi
 EXPECTED=$ROOT/.ci/vfio-selftests-expected.tsv
 
 apt_updated=
@@ -78,23 +87,30 @@ echo "== free huge pages: 2 MiB $free2m, 1 GiB $free1g"
 
 STATUS=0
 TOTAL=0; AGREE=0
-for t in "${PROGRAMS[@]}"; do
+for run in "${RUNS[@]}"; do
+  t=${run%@*}
+  m=$MACHINE; ARGS=()
+  if [ "$run" != "$t" ]; then
+    m=${run#*@}
+    # every device of that preset, as trailing BDF arguments
+    mapfile -t ARGS < <("${CLI[@]}" devices --machine "$m" | grep -oE '^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]')
+  fi
   [ -x "$BIN/$t" ] || { echo "vfio-selftests: no program $t" >&2; STATUS=1; continue; }
-  LOG=$WORK/$t.log
-  echo "== $t through iommufd-emu run --abi $ABI --machine $MACHINE"
+  LOG=$WORK/$run.log
+  echo "== $t${ARGS[*]:+ ${ARGS[*]}} through iommufd-emu run --abi $ABI --machine $m"
   set +e
   (cd "$BIN" && VFIO_SELFTESTS_BDF=$BDF timeout "${VFIO_SELFTESTS_TIMEOUT:-900}" \
-    "${CLI[@]}" run --abi "$ABI" --machine "$MACHINE" -- "./$t") >"$LOG" 2>&1 </dev/null
+    "${CLI[@]}" run --abi "$ABI" --machine "$m" -- "./$t" "${ARGS[@]}") >"$LOG" 2>&1 </dev/null
   rc=$?
   set -e
   [ "$rc" = 124 ] && echo "$t: killed after ${VFIO_SELFTESTS_TIMEOUT:-900} s"
   [ "$KEEP" = 1 ] && echo "  log: $LOG (exit $rc)"
   if [ "$RECORD" = 1 ]; then
-    node "$ROOT/dist/conformance/vfio_selftests.js" record "$t" "$LOG" "$rc"
+    node "$ROOT/dist/conformance/vfio_selftests.js" record "$run" "$LOG" "$rc"
     continue
   fi
   set +e
-  out=$(node "$ROOT/dist/conformance/vfio_selftests.js" compare "$EXPECTED" "$t" "$LOG" "$rc" "${HAVE[@]}")
+  out=$(node "$ROOT/dist/conformance/vfio_selftests.js" compare "$EXPECTED" "$run" "$LOG" "$rc" "${HAVE[@]}")
   crc=$?
   set -e
   echo "$out"
