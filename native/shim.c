@@ -3407,3 +3407,17 @@ __attribute__((constructor)) static void shim_init(void)
 	state_pid = 0;
 	adopt_inherited();
 }
+
+/* _FORTIFY_SOURCE builds (Debian's QEMU) call the checked pread. */
+EXPORT ssize_t __pread64_chk(int fd, void *buf, size_t nbytes, off_t off, size_t buflen)
+{
+	if (nbytes > buflen)
+		abort();
+	return pread64(fd, buf, nbytes, off);
+}
+EXPORT ssize_t __pread_chk(int fd, void *buf, size_t nbytes, off_t off, size_t buflen)
+{
+	if (nbytes > buflen)
+		abort();
+	return pread(fd, buf, nbytes, off);
+}

@@ -62,6 +62,8 @@ export type TraceEvent =
    * read back afterwards (null: unreadable / not a struct), the result.
    */
   | { t: 'ioctl'; ctx: number; pid: number; tid?: number; request: number; name?: string; typed: boolean;
+    /** A VFIO group or device file's ioctl (absent: an iommufd's, or the container's). */
+    file?: 'group' | 'device';
     inBytes: Uint8Array | null; outBytes: Uint8Array | null; ret?: number; errno?: ErrnoName; reason?: string }
   /** Operations outside the core seen by a front end (the server: open, read/write of event fds, mmap). */
   | { t: 'note'; pid: number; tid: number; text: string }

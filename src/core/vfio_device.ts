@@ -17,7 +17,7 @@ import { POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM } from './file.js';
 import type { UserMemory } from './usermem.js';
 import type { VfioPciDevice } from './vfio_pci.js';
 import {
-  copyFromUser, copyToUser, getUserU32, iommufdCtxFromFd, type VfioCaller, type VfioFile,
+  copyFromUser, copyToUser, getUserU32, iommufdCtxFromFd, tracedVfioIoctl, type VfioCaller, type VfioFile,
 } from './vfio_file.js';
 
 /** What the device files need of the group (vfio_group.ts). */
@@ -103,6 +103,10 @@ export class VfioDeviceFile implements VfioFile {
   // ---- ioctl (vfio_device_fops_unl_ioctl) -------------------------------------------------------------
 
   ioctl(request: number, arg: bigint, caller: VfioCaller): number {
+    return tracedVfioIoctl(this.emu, 'device', this.iommufd?.seq ?? 0, request, arg, caller, () => this.dispatch(request, arg, caller));
+  }
+
+  private dispatch(request: number, arg: bigint, caller: VfioCaller): number {
     if (this.released) fail('EBADF', 'VFIO device: the file is released');
     const req = request >>> 0;
     if (req === VFIO_REQ.DEVICE_BIND_IOMMUFD) return this.bindIommufd(arg, caller);

@@ -5,7 +5,8 @@
 // test's table, through the server by the client's real fds (phase 2: passed
 // with SCM_RIGHTS or pidfd_getfd). Plus the file interface VFIO files add to
 // the emulator's anonymous files (ioctl, mmap).
-import { fail } from '../uapi/errno.js';
+import { fail, isErrno, type IommufdError } from '../uapi/errno.js';
+import { traceSpan } from '../uapi/trace.js';
 import type { Caller, IommufdCtx } from './context.js';
 import type { Emulator } from './emulator.js';
 import type { IommufdFile } from './file.js';
@@ -54,6 +55,45 @@ export function iommufdCtxFromFd(caller: VfioCaller, fd: number): IommufdCtx {
   if (o.kind !== 'iommufd' || o.ctx.closed) fail('EBADFD', `fd ${fd} is not an iommufd`);
   o.ctx.ref();
   return o.ctx;
+}
+
+/**
+ * A VFIO group or device ioctl with an `ioctl` event on the trace bus (when
+ * anyone listens): the caller's struct before and after, as the iommufd entry
+ * emits them, tagged with the file kind (VFIO request numbers repeat across
+ * container, group and device files).
+ */
+export function tracedVfioIoctl(emu: Emulator, file: 'group' | 'device', ctx: number, request: number, arg: bigint,
+  caller: VfioCaller, run: () => number): number {
+  const bus = emu.bus;
+  if (!bus.on) return run();
+  const req = request >>> 0;
+  const span = traceSpan(emu.profile, req, tryRead(caller.mem, arg, 4), file);
+  const inBytes = span ? tryRead(caller.mem, arg, span) : null;
+  let ret: number | undefined;
+  let err: IommufdError | undefined;
+  try {
+    ret = run();
+  } catch (e) {
+    if (!isErrno(e)) throw e;
+    err = e;
+  }
+  const outBytes = inBytes ? tryRead(caller.mem, arg, inBytes.length) : null;
+  bus.emit({
+    t: 'ioctl', ctx, pid: caller.mem.process.pid, tid: caller.tid, request: req, file, typed: false, inBytes, outBytes, ret,
+    errno: err?.code, reason: err?.reason,
+  });
+  if (err) throw err;
+  return ret!;
+}
+
+function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null {
+  for (let n = len; n > 0; n = n > 8 ? Math.floor(n / 2) : 0) {
+    try {
+      return mem.read(addr, n);
+    } catch { /* shorter */ }
+  }
+  return null;
 }
 
 // ---- user copies (copy_from_user / copy_to_user and friends) --------------------------------

@@ -13,7 +13,7 @@ import type { UserMemory } from './usermem.js';
 import { VfioDeviceFile, type VfioGroupLike } from './vfio_device.js';
 import type { VfioPciDevice } from './vfio_pci.js';
 import {
-  copyFromUser, copyToUser, getUserU32, strndupUser, type VfioCaller, type VfioFile,
+  copyFromUser, copyToUser, getUserU32, strndupUser, tracedVfioIoctl, type VfioCaller, type VfioFile,
 } from './vfio_file.js';
 
 /**
@@ -89,6 +89,10 @@ export class VfioGroupFile implements VfioFile {
   }
 
   ioctl(request: number, arg: bigint, caller: VfioCaller): number {
+    return tracedVfioIoctl(this.emu, 'group', this.group.iommufd?.seq ?? 0, request, arg, caller, () => this.dispatch(request, arg, caller));
+  }
+
+  private dispatch(request: number, arg: bigint, caller: VfioCaller): number {
     if (this.closed) fail('EBADF', 'VFIO group: the file is closed');
     switch (request >>> 0) {
       case VFIO_REQ.GROUP_GET_DEVICE_FD: return this.getDeviceFd(arg, caller);

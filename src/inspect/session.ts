@@ -145,9 +145,9 @@ export class InspectSession implements MessageSource {
 
   private ioctlText(e: Extract<TraceEvent, { t: 'ioctl' }>): IoctlText {
     const res = e.errno ?? e.ret ?? 0;
-    const p = ioctlParts(this.emu.profile, e.request, e.inBytes, e.outBytes, res);
+    const p = ioctlParts(this.emu.profile, e.request, e.inBytes, e.outBytes, res, e.file);
     return {
-      line: formatIoctl(this.emu.profile, e.request, e.inBytes, e.outBytes, res),
+      line: formatIoctl(this.emu.profile, e.request, e.inBytes, e.outBytes, res, e.file),
       name: p.name, input: p.input ? [...p.input] : null, output: p.output ? [...p.output] : null, result: p.result,
     };
   }

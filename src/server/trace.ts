@@ -77,7 +77,7 @@ export class TracePrinter {
     if (e.t === 'driver') return `    ${driverEventText(e)}`;
     if (e.t !== 'ioctl') return null;
     const res: number | string = e.errno ?? e.ret ?? 0;
-    let line = `${who(e.pid, e.tid)} ${formatIoctl(emu.profile, e.request, e.inBytes, e.outBytes, res)}`;
+    let line = `${who(e.pid, e.tid)} ${formatIoctl(emu.profile, e.request, e.inBytes, e.outBytes, res, e.file)}`;
     if (reasons && e.reason) line += `  (${e.reason})`;
     return line;
   }

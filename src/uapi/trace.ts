@@ -12,6 +12,7 @@ import { ioctlTable, IOMMUFD_TYPE, VFIO, type ProfileIoctl } from './ioctls.js';
 import { decode, fieldPresent, fieldSize, structSize, type FieldDef, type StructDef } from './layout.js';
 import type { Profile } from './profiles.js';
 import * as S from './structs.js';
+import { VFIO_IOCTLS, type VfioIoctlDef } from './vfio.js';
 
 type Value = number | bigint | (number | bigint)[];
 
@@ -146,6 +147,11 @@ const VFIO_NAMES: [number, string, StructDef | undefined][] = [
   [VFIO.IOMMU_DIRTY_PAGES, 'VFIO_IOMMU_DIRTY_PAGES', undefined],
 ];
 
+/** A group or device request by number (the numbers repeat across the VFIO file kinds). */
+function vfioFileDef(request: number, file: 'group' | 'device'): VfioIoctlDef | undefined {
+  return VFIO_IOCTLS.find((d) => d.file === file && d.request === request >>> 0);
+}
+
 const tables = new WeakMap<Profile, Map<number, ProfileIoctl>>();
 function table(profile: Profile): Map<number, ProfileIoctl> {
   let t = tables.get(profile);
@@ -159,8 +165,12 @@ function table(profile: Profile): Map<number, ProfileIoctl> {
  * `size` capped to the kernel's struct, a VFIO request's struct; 0 when the
  * argument is not a struct (or the request is unknown).
  */
-export function traceSpan(profile: Profile, request: number, head: Uint8Array | null): number {
+export function traceSpan(profile: Profile, request: number, head: Uint8Array | null, file?: 'group' | 'device'): number {
   if (((request >>> 8) & 0xff) !== IOMMUFD_TYPE) return 0;
+  if (file) {
+    const st = vfioFileDef(request, file)?.struct;
+    return st ? structSize(st, profile.version) : 0;
+  }
   const nr = request & 0xff;
   if (nr >= 0x80) {
     const def = table(profile).get(nr);
@@ -198,26 +208,27 @@ export interface IoctlParts {
  * struct has none, and after a failure when the bytes did not change (no copy-back).
  */
 export function formatIoctl(profile: Profile, request: number, inBytes: Uint8Array | null,
-  outBytes: Uint8Array | null, result: number | string): string {
-  const p = ioctlParts(profile, request, inBytes, outBytes, result);
+  outBytes: Uint8Array | null, result: number | string, file?: 'group' | 'device'): string {
+  const p = ioctlParts(profile, request, inBytes, outBytes, result, file);
   return `${p.name}${p.input ? ` ${braces([...p.input])}` : ''} = ${p.result}${p.output ? ` -> ${braces([...p.output])}` : ''}`;
 }
 
 /** formatIoctl's line, taken apart (the inspector shows the fields as a table). */
 export function ioctlParts(profile: Profile, request: number, inBytes: Uint8Array | null,
-  outBytes: Uint8Array | null, result: number | string): IoctlParts {
+  outBytes: Uint8Array | null, result: number | string, file?: 'group' | 'device'): IoctlParts {
   const res = resultText(result);
+  if (file) {
+    const d = vfioFileDef(request, file);
+    if (!d) return { name: `ioctl(${hex(request >>> 0)})`, input: null, result: res, output: null };
+    return vfioParts(profile, d.name, d.struct, inBytes, outBytes, result, res);
+  }
   const nr = request & 0xff;
   const def = table(profile).get(nr);
   if (!def || def.request !== request) {
     const vfio = ((request >>> 8) & 0xff) === IOMMUFD_TYPE ? VFIO_NAMES.find(([r]) => r === request) : undefined;
     if (!vfio) return { name: `ioctl(${hex(request >>> 0)})`, input: null, result: res, output: null };
     const [, name, st] = vfio;
-    if (!st || !inBytes) return { name, input: null, result: res, output: null };
-    return {
-      name, input: fieldsText(st, inBytes, profile, { input: true }), result: res,
-      output: arrow(fieldsText(st, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result),
-    };
+    return vfioParts(profile, name, st, inBytes, outBytes, result, res);
   }
   if (!inBytes) return { name: def.cname, input: ['?'], result: res, output: null };
   const hideSize = (name: string, v: Value): boolean => name === 'size' && v === def.knownSize;
@@ -225,6 +236,16 @@ export function ioctlParts(profile: Profile, request: number, inBytes: Uint8Arra
   return {
     name: def.cname, input: fieldsText(def.struct, inBytes, profile, { input: true, hide: hideSize }), result: res,
     output: arrow(fieldsText(def.struct, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result),
+  };
+}
+
+/** A VFIO request's parts: its struct (the header of variable-size ones) when it has one. */
+function vfioParts(profile: Profile, name: string, st: StructDef | undefined, inBytes: Uint8Array | null,
+  outBytes: Uint8Array | null, result: number | string, res: string): IoctlParts {
+  if (!st || !inBytes) return { name, input: null, result: res, output: null };
+  return {
+    name, input: fieldsText(st, inBytes, profile, { input: true }), result: res,
+    output: arrow(fieldsText(st, outBytes ?? new Uint8Array(0), profile, { input: false }), inBytes, outBytes, result),
   };
 }
 
