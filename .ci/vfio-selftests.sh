@@ -58,7 +58,9 @@ command -v xz >/dev/null || need xz-utils
 echo '#include <uuid/uuid.h>' | cc -E -x c - >/dev/null 2>&1 || need uuid-dev
 
 WORK=$(mktemp -d /tmp/iommufd-vfio-selftests.XXXXXX)
-if [ "$KEEP" = 1 ]; then echo "work dir: $WORK"; else trap 'rm -rf "$WORK"' EXIT; fi
+RESTORE=()
+give_back() { :; }
+if [ "$KEEP" = 1 ]; then echo "work dir: $WORK"; trap 'give_back' EXIT; else trap 'give_back; rm -rf "$WORK"' EXIT; fi
 
 echo "== building the emulator"
 (cd "$ROOT" && { [ -d node_modules ] || npm ci --no-audit --no-fund; } && npx tsc -p . >/dev/null)
@@ -73,14 +75,27 @@ BDF=$("${CLI[@]}" devices --machine "$MACHINE" | sed -n 's/^VFIO_SELFTESTS_BDF=/
 [ -n "$BDF" ] || { echo "vfio-selftests: machine '$MACHINE' has no device" >&2; exit 1; }
 echo "== machine $MACHINE, VFIO_SELFTESTS_BDF=$BDF"
 
-# Huge pages the hugetlb cases can take (they skip without, as on a real kernel).
+# Huge pages the hugetlb cases can take (they skip without, as on a real kernel). Where
+# the pools are writable (root on a VM), reserve what is missing for the run (8 x 2 MiB,
+# 1 x 1 GiB) and give it back at the end; VFIO_SELFTESTS_RESERVE_HUGEPAGES=0 leaves the
+# pools alone.
+HP=/sys/kernel/mm/hugepages
+RESTORE=()
+reserve() { # reserve SIZE-DIR COUNT: make COUNT pages of that size free, if the pool can grow
+  local d=$HP/$1 free total
+  free=$(cat "$d/free_hugepages" 2>/dev/null || echo 0)
+  [ "$free" -ge "$2" ] && return 0
+  [ "${VFIO_SELFTESTS_RESERVE_HUGEPAGES:-1}" = 1 ] && [ -w "$d/nr_hugepages" ] || return 0
+  total=$(cat "$d/nr_hugepages")
+  RESTORE+=("$total:$d/nr_hugepages")
+  echo $((total + $2 - free)) > "$d/nr_hugepages" 2>/dev/null || true
+}
+give_back() { for r in "${RESTORE[@]}"; do echo "${r%%:*}" > "${r#*:}" 2>/dev/null || true; done; }
+reserve hugepages-2048kB 8
+reserve hugepages-1048576kB 1
 HAVE=()
-free2m=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
-free1g=$(cat /sys/kernel/mm/hugepages/hugepages-1048576kB/free_hugepages 2>/dev/null || echo 0)
-if [ "$free2m" -lt 1 ] && [ -w /proc/sys/vm/nr_hugepages ]; then
-  echo 8 > /proc/sys/vm/nr_hugepages 2>/dev/null || true
-  free2m=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
-fi
+free2m=$(cat $HP/hugepages-2048kB/free_hugepages 2>/dev/null || echo 0)
+free1g=$(cat $HP/hugepages-1048576kB/free_hugepages 2>/dev/null || echo 0)
 [ "$free2m" -ge 1 ] && HAVE+=(hugetlb-2mb)
 [ "$free1g" -ge 1 ] && HAVE+=(hugetlb-1gb)
 echo "== free huge pages: 2 MiB $free2m, 1 GiB $free1g"
