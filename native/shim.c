@@ -3408,7 +3408,13 @@ __attribute__((constructor)) static void shim_init(void)
 	adopt_inherited();
 }
 
-/* _FORTIFY_SOURCE builds (Debian's QEMU) call the checked pread. */
+/* _FORTIFY_SOURCE builds (Debian's QEMU) call the checked read and pread: the same paths, with the check. */
+EXPORT ssize_t __read_chk(int fd, void *buf, size_t nbytes, size_t buflen)
+{
+	if (nbytes > buflen)
+		abort();
+	return read(fd, buf, nbytes);
+}
 EXPORT ssize_t __pread64_chk(int fd, void *buf, size_t nbytes, off_t off, size_t buflen)
 {
 	if (nbytes > buflen)

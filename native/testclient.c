@@ -927,6 +927,20 @@ static int mode_forge(char **argv)
 	return bad;
 }
 
+/* An MMIO store into another process's BAR mapping (its file token and mapping handle): refused and closed. */
+static int mode_forge_mmio(char **argv)
+{
+	uint64_t session;
+	int bad = 0;
+	prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+	int s = handshake(&session);
+	struct wire_req_mmio q = { .len = sizeof(q), .type = WIRE_T_MMIO, .token = strtoull(argv[2], NULL, 0),
+				   .handle = strtoull(argv[3], NULL, 0), .off = 0x84, .value = 0x20, .fd = 3, .size = 1, .write = 1 };
+	report("mmio-stolen-mapping", refused(s, &q, sizeof(q)), &bad);
+	close(s);
+	return bad;
+}
+
 /* Holds a context (IOAS 1) and a fault fd; when told (a line on stdin), checks both are untouched. */
 static int mode_victim(void)
 {
@@ -1694,6 +1708,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "scm-child") && argc > 2) return mode_scm_child(argv[2]);
 	if (!strcmp(m, "exec-child") && argc > 2) return mode_exec_child(argv[2]);
 	if (!strcmp(m, "forge") && argc > 5) return mode_forge(argv);
+	if (!strcmp(m, "forge-mmio") && argc > 3) return mode_forge_mmio(argv);
 	if (!strcmp(m, "victim")) return mode_victim();
 	if (!strcmp(m, "sigclose")) return mode_sigclose();
 	if (!strcmp(m, "fileedges")) return mode_fileedges();

@@ -109,7 +109,7 @@ static int mode_sysfs(void)
 	n = readlink(p, l, sizeof(l) - 1);
 	l[n > 0 ? n : 0] = 0;
 	CHECK(n > 0 && strcmp(strrchr(l, '/') + 1, "vfio-pci") == 0, "driver -> %s", l);
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	CHECK(strcmp(cdev, "/dev/vfio/devices/vfio0") == 0, "vfio-dev: %s", cdev);
 	struct stat st;
@@ -283,7 +283,7 @@ static void *shared_buf(size_t len)
 
 static int mode_cdev(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
@@ -339,6 +339,22 @@ static int mode_cdev(void)
 	int ws = 0;
 	waitpid(c, &ws, 0);
 	CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "forked child reads CBVER through the inherited mapping");
+	/* dup: the same file; closing one fd leaves the other working */
+	int d2 = dup(dev_fd);
+	close(dev_fd);
+	CHECK(ioctl(d2, VFIO_DEVICE_GET_INFO, &info) == 0, "GET_INFO through a dup after closing the original");
+	dev_fd = d2;
+	/* exec: the fd is inherited (without FD_CLOEXEC) and still the bound device */
+	fcntl(dev_fd, F_SETFD, 0);
+	pid_t x = fork();
+	if (x == 0) {
+		char n[16];
+		snprintf(n, sizeof(n), "%d", dev_fd);
+		execl("/proc/self/exe", "vfio_client", "execd", n, (char *)NULL);
+		_exit(127);
+	}
+	waitpid(x, &ws, 0);
+	CHECK(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "an exec'ed child uses the inherited device fd (status %d)", WEXITSTATUS(ws));
 	/* the mapping holds the device file: closing the fd leaves the BAR working, munmap releases it */
 	close(dev_fd);
 	CHECK(rb(0x08) == 0x33, "the BAR works after close() while it is mapped");
@@ -409,7 +425,7 @@ static void on_bus(int sig, siginfo_t *si, void *uc)
 /* ns per trapped BAR load and per config-space pread (for the report; nothing checked but the values). */
 static int mode_bench(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
@@ -436,9 +452,31 @@ static int mode_bench(void)
 	return failures ? 1 : 0;
 }
 
+/* Keeps a bound device with BAR0 mapped; on a line on stdin, checks the channel was not touched. */
+static int mode_hold(void)
+{
+	char cdev[300];
+	cdev_path(cdev, sizeof(cdev));
+	int iommufd = open("/dev/iommu", O_RDWR);
+	dev_fd = open(cdev, O_RDWR);
+	struct vfio_device_bind_iommufd bind = { .argsz = sizeof(bind), .iommufd = iommufd };
+	if (ioctl(dev_fd, VFIO_DEVICE_BIND_IOMMUFD, &bind))
+		return 1;
+	bar0 = mmap(NULL, 16384, PROT_READ | PROT_WRITE, MAP_SHARED, dev_fd, 0);
+	cfg_write(4, 2, 0x0002);
+	wl(CH + 0x28, 0);
+	uint8_t before = rb(CH + 0x04);
+	printf("READY pid=%d\n", getpid());
+	char line[16];
+	if (!fgets(line, sizeof(line), stdin))
+		return 1;
+	CHECK(rb(CH + 0x04) == before && rb(0x08) == 0x33, "hold: the channel is as we left it");
+	return failures ? 1 : 0;
+}
+
 static int mode_fault(void)
 {
-	char cdev[128];
+	char cdev[300];
 	cdev_path(cdev, sizeof(cdev));
 	int iommufd = open("/dev/iommu", O_RDWR);
 	dev_fd = open(cdev, O_RDWR);
@@ -495,6 +533,14 @@ int main(int argc, char **argv)
 		r = mode_fault();
 	else if (strcmp(mode, "bench") == 0)
 		r = mode_bench();
+	else if (strcmp(mode, "hold") == 0)
+		r = mode_hold();
+	else if (strcmp(mode, "execd") == 0 && argc > 2) {
+		/* the exec'ed half of cdev mode: the inherited fd is the bound device (config reads work) */
+		dev_fd = atoi(argv[2]);
+		struct vfio_device_info info = { .argsz = sizeof(info) };
+		return ioctl(dev_fd, VFIO_DEVICE_GET_INFO, &info) == 0 && info.num_regions == 9 && cfg_read(0, 2) == 0x8086 ? 0 : 1;
+	}
 	else {
 		fprintf(stderr, "usage: %s sysfs|cdev|group|compat|fault|bench\n", argv[0]);
 		return 2;

@@ -32,9 +32,6 @@ import { FdHelper } from './fdhelper.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { writeMachineView } from './sysfs.js';
 import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
-import { vfioIoctlDef } from '../uapi/vfio.js';
-import { decode, structSize } from '../uapi/layout.js';
-import { formatStruct } from '../uapi/trace.js';
 import * as W from './wire.js';
 
 export interface ServerOptions {
@@ -730,14 +727,15 @@ export class IommufdServer {
    * traps (PROT_NONE pages, MMIO frames). The mapping holds the file.
    */
   private barMmap(c: Conn, st: ProcState, f: W.ReqValues<'MMAP'>): void {
-    const b = this.named(st, this.events, f.token, f.fd, 'MMAP')!;
+    const b = this.named(st, this.events, f.token, f.fd, 'MMAP');
     let handle = 0n;
     const MAP_SHARED = 0x01;
     const MAP_SHARED_VALIDATE = 0x03;
-    const type = f.flags & 0x0f;
+    const type = f.flags & 0x0f; // MAP_TYPE
     const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
       const file = b && !b.released ? b.file : null;
-      if (!file) fail('EBADF', 'the file is closed');
+      if (!b || !file) fail('EBADF', 'the file is closed');
+      // a group file has no mmap method
       if (!isVfio(file) || typeof (file as { mmap?: unknown }).mmap !== 'function') fail('ENODEV', `${file.name} has no mmap`);
       const m = (file as VfioFile & { mmap(o: bigint, l: bigint, s: boolean): BarMapping })
         .mmap(f.offset, f.length, type === MAP_SHARED || type === MAP_SHARED_VALIDATE);
@@ -776,7 +774,7 @@ export class IommufdServer {
       status = -ERRNO.EINVAL;
     } else if (e.pid !== st.pid && !this.holds(st, e.binding, f.fd) && !descendantOf(st.pid, e.pid)) {
       // not the mapper, not a holder of the file, not a child that inherited the mapping
-      status = -ERRNO.EBADF;
+      throw new Forged(`MMIO on a BAR mapping of pid ${e.pid} that pid ${st.pid} neither holds nor inherited`);
     } else {
       const size = f.size as AccessSize;
       const r = this.emulate(0, () => `MMIO from pid ${c.pid}`, () => {
@@ -964,7 +962,7 @@ export class IommufdServer {
         const calls = fdt;
         const caller: VfioCaller = { mem: st.mem, fds: calls, files: calls, tid };
         ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
-          () => (vfioFile ? this.vfioIoctl(vfioFile, request, arg, caller) : entry!.ctx.ioctl(request, arg, caller))));
+          () => (vfioFile ? vfioFile.ioctl(request, arg, caller) : entry!.ctx.ioctl(request, arg, caller))));
         written = st.mem.endInline();
       } finally {
         proc.endCall();
@@ -983,47 +981,6 @@ export class IommufdServer {
       ret: BigInt(ret), failnth: outFailnth, woff: written ? written.lo : 0,
       evused: fdt?.installed ? W.EVUSED.INSTALLED | (fdt.keepOnExec ? W.EVUSED.KEEP_ON_EXEC : 0) : 0,
     }, tail);
-  }
-
-  /**
-   * An ioctl on a VFIO file, traced like the iommufd ones: the request, its
-   * struct as passed (from the uAPI table), the result and the fields it wrote.
-   */
-  private vfioIoctl(file: VfioFile, request: number, arg: bigint, caller: VfioCaller): number {
-    if (!this.emu.bus.on) return file.ioctl(request, arg, caller);
-    const pid = caller.mem.process.pid;
-    const def = vfioIoctlDef(request, file.name.startsWith('vfio/') ? 'group' : 'device');
-    const size = def?.struct ? structSize(def.struct, this.emu.profile.version) : 0;
-    const peek = (): Uint8Array | null => {
-      try {
-        return size ? caller.mem.read(arg, size) : null;
-      } catch {
-        return null;
-      }
-    };
-    const before = peek();
-    const name = def?.name ?? `0x${(request >>> 0).toString(16)}`;
-    const input = before && def?.struct ? ` ${formatStruct(this.emu.profile, def.struct, before)}` : '';
-    const line = (res: string): void => this.note(pid, caller.tid ?? pid, `ioctl(${file.name}, ${name}${input}) = ${res}`);
-    try {
-      const r = file.ioctl(request, arg, caller);
-      const after = before ? peek() : null;
-      let out = '';
-      if (after && def?.struct) {
-        const a = decode(def.struct, before!, this.emu.profile.version) as Record<string, unknown>;
-        const b = decode(def.struct, after, this.emu.profile.version) as Record<string, unknown>;
-        const changed = Object.keys(b).filter((k) => String(a[k]) !== String(b[k]));
-        if (changed.length) {
-          const all = formatStruct(this.emu.profile, def.struct, after).slice(1, -1).split(' ');
-          out = ` -> {${all.filter((p) => changed.includes(p.split('=')[0]!)).join(' ')}}`;
-        }
-      }
-      line(`${r}${out}`);
-      return r;
-    } catch (e) {
-      if (isErrno(e)) line(`${errnoName(e.errno) ?? e.errno} (${e.message})`);
-      throw e;
-    }
   }
 
   /**

@@ -14,7 +14,7 @@ import { Emulator } from '../core/emulator.js';
 import { vfioOf } from '../core/vfio.js';
 import { buildMachine, DEFAULT_BDF, loadMachine } from '../machine/machine.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -29,6 +29,7 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   let dir: string;
   let shim: string;
   let client: string;
+  let clientO2: string;
   const logs: string[] = [];
 
   before(async () => {
@@ -38,6 +39,10 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     writeHeaders(inc, 'mainline');
     client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'vfio_client.c')], {
       includeDirs: [inc], cflags: ['-isystem', inc, '-O0'], name: 'iommufd-vfio-client',
+    });
+    // optimised and fortified: the accessors inlined with any register and displacement, the checked read/pread entries
+    clientO2 = buildProgram([path.join(PACKAGE_ROOT, 'native', 'vfio_client.c')], {
+      includeDirs: [inc], cflags: ['-isystem', inc, '-O2', '-D_FORTIFY_SOURCE=2'], name: 'iommufd-vfio-client-O2',
     });
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-vfio-'));
     emu = new Emulator({ profile: 'mainline' });
@@ -51,10 +56,10 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  function run(mode: string): Promise<{ code: number | null; out: string; err: string }> {
+  function run(mode: string, exe = client): Promise<{ code: number | null; out: string; err: string }> {
     return new Promise((resolve) => {
       const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
-      const p = spawn(client, [mode], { env });
+      const p = spawn(exe, [mode], { env });
       let out = '';
       let err = '';
       p.stdout.on('data', (d) => (out += d));
@@ -63,8 +68,8 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     });
   }
 
-  async function passes(mode: string, mustSay: RegExp[]): Promise<string> {
-    const r = await run(mode);
+  async function passes(mode: string, mustSay: RegExp[], exe = client): Promise<string> {
+    const r = await run(mode, exe);
     const failed = r.out.split('\n').filter((l) => l.startsWith('FAIL'));
     assert.deepEqual(failed, [], `${mode}: ${r.out}${r.err}`);
     assert.equal(r.code, 0, `${mode}: ${r.out}${r.err}`);
@@ -77,11 +82,17 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     await passes('sysfs', [/^ok iommu_group -> \.\.\/\.\.\/\.\.\/kernel\/iommu_groups\/3$/m, /^ok vfio-dev: \/dev\/vfio\/devices\/vfio0$/m]);
   });
 
-  test('cdev: bind, attach, BAR MMIO, IOAT copy with the MSI-X eventfd, unmapped IOVA halts the channel, release on close', async () => {
+  test('cdev: bind, attach, BAR MMIO, IOAT copy with the MSI-X eventfd, unmapped IOVA halts the channel; fork, dup, exec, close while mapped, release', async () => {
     await passes('cdev', [/^ok CBVER = 0x33/m, /^ok MSI-X: eventfd fired once \(1\)$/m, /^ok CHANERR read-data error \(0x100\)$/m,
-      /^ok forked child reads CBVER/m, /^ok reopen and BIND after close$/m]);
+      /^ok forked child reads CBVER/m, /^ok reopen and BIND after close$/m, /^ok fstat\(cdev fd\): char 511:0/m,
+      /^ok GET_INFO through a dup/m, /^ok an exec'ed child uses the inherited device fd/m, /^ok the BAR works after close\(\) while it is mapped$/m,
+      /^ok IOAS_MAP of the BAR mapping: EFAULT/m]);
     // the client's exit released the device: nothing is left open
     await until(() => vfioOf(emu).devices[0]!.openCount === 0);
+  });
+
+  test('cdev, built -O2 -D_FORTIFY_SOURCE=2: the inlined MMIO accessors (other registers, displacements) trap the same', async () => {
+    await passes('cdev', [/^ok CBVER = 0x33/m, /^ok copy: data arrived$/m, /^ok MSI-X: eventfd fired once \(1\)$/m], clientO2);
   });
 
   test('group + /dev/vfio/vfio container (iommufd compat): SET_CONTAINER, GET_DEVICE_FD, MAP_DMA, the copy', async () => {
@@ -93,7 +104,48 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   });
 
   test('faults that are not BAR accesses reach the program\'s own SIGSEGV handler (installed after the shim\'s)', async () => {
-    await passes('fault', [/^ok a NULL-page store reaches/m, /^ok a store to the read-only BAR mapping reaches/m]);
+    await passes('fault', [/^ok a NULL-page store reaches/m, /^ok a store to the read-only BAR mapping reaches/m,
+      /^ok with memory decode off a BAR load is SIGBUS$/m]);
+  });
+
+  test('another process cannot reach a BAR mapping: an MMIO frame with the mapper\'s token and handle is refused and closed', async () => {
+    const inc = path.join(cacheDir(), 'include', 'mainline');
+    const forger = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
+      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+    });
+    const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
+    const victim = spawn(client, ['hold'], { env });
+    try {
+      let out = '';
+      const ready = new Promise<number>((resolve) => victim.stdout.on('data', (d) => {
+        out += d;
+        const m = /READY pid=(\d+)/.exec(out);
+        if (m) resolve(Number(m[1]));
+      }));
+      const vpid = await ready;
+      const bars = (server as unknown as { bars: Map<bigint, { pid: number; binding: { token: bigint } }> }).bars;
+      const [handle, bar] = [...bars.entries()].find(([, b]) => b.pid === vpid)!;
+      // no shim: a raw socket client speaking the protocol itself (async: the server runs in this process)
+      const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+        const f = spawn(forger, ['forge-mmio', String(bar.binding.token), String(handle)],
+          { env: { PATH: process.env.PATH, IOMMUFD_EMU_SOCKET: server.socketPath } });
+        let so = '';
+        let se = '';
+        f.stdout.on('data', (d) => (so += d));
+        f.stderr.on('data', (d) => (se += d));
+        f.on('exit', (status) => resolve({ status, stdout: so, stderr: se }));
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /^REFUSED mmio-stolen-mapping$/m);
+      assert.ok(logs.some((l) => /refused: MMIO on a BAR mapping of pid \d+ that pid \d+ neither holds nor inherited/.test(l)));
+      logs.length = 0;
+      const done = new Promise<void>((resolve) => victim.on('exit', () => resolve()));
+      victim.stdin.write('go\n');
+      await done;
+      assert.match(out, /^ok hold: the channel is as we left it$/m);
+    } finally {
+      victim.kill('SIGKILL');
+    }
   });
 
   test('no emulator bug was logged', () => {

@@ -109,11 +109,6 @@ export const VFIO_IOCTLS: readonly VfioIoctlDef[] = [
 
 export const VFIO_IOCTL_BY_NAME = new Map(VFIO_IOCTLS.map((d) => [d.name, d]));
 
-/** A request's definition by the file it is served on (group and device numbers overlap the container's). */
-export function vfioIoctlDef(request: number, file?: VfioFileKind): VfioIoctlDef | undefined {
-  const r = request >>> 0;
-  return VFIO_IOCTLS.find((x) => x.request === r && (!file || x.file === file)) ?? VFIO_IOCTLS.find((x) => x.request === r);
-}
 
 function req(name: string): number {
   return VFIO_IOCTL_BY_NAME.get(name)!.request;
