@@ -295,10 +295,11 @@ int main(int argc, char **argv)
 		bail("mmap BAR0");
 	uint16_t command = 0x0406; /* memory space, bus master, INTx disable */
 	check("pwrite PCI_COMMAND (bus master on)", pwrite(dev, &command, 2, (off_t)cfg.offset + 4) == 2, NULL);
+	uint8_t cbver = REG8(CBVER), xfercap = REG8(XFERCAP);
 	char ver[32];
-	snprintf(ver, sizeof(ver), "CBVER 0x%02x, XFERCAP %u", REG8(CBVER), REG8(XFERCAP));
-	check("BAR0 read (the engine's version)", REG8(CBVER) == 0x33 || REG8(CBVER) == 0x32, ver);
-	max_copy = 1ull << REG8(XFERCAP);
+	snprintf(ver, sizeof(ver), "CBVER 0x%02x, XFERCAP %u", cbver, xfercap);
+	check("BAR0 read (the engine's version)", cbver == 0x33 || cbver == 0x32, ver);
+	max_copy = 1ull << xfercap;
 
 	/* MSI-X vector 0 -> an eventfd. */
 	int efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

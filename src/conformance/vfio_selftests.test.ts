@@ -78,6 +78,6 @@ test('the committed expectation covers every case of the seven 7.3.4 programs', 
   const sizes = Object.fromEntries([...e].map(([p, m]) => [p, m.size]));
   assert.deepEqual(sizes, {
     vfio_dma_mapping_test: 30, vfio_dma_mapping_mmio_test: 15, vfio_iommufd_setup_test: 6, vfio_pci_device_test: 5,
-    vfio_pci_device_init_perf_test: 5, vfio_pci_driver_test: 35, vfio_pci_sriov_uapi_test: 1,
+    vfio_pci_device_init_perf_test: 5, 'vfio_pci_device_init_perf_test@ioat-x2': 5, vfio_pci_driver_test: 35, vfio_pci_sriov_uapi_test: 1,
   });
 });
