@@ -296,7 +296,7 @@ export class IoPagetable {
   /** Reserve [start, last] for `owner`: EADDRINUSE if it intersects an area or an allowed range. */
   reserve(start: bigint, last: bigint, owner: object): void {
     if (this.areaFirst(start, last) || this.allowedHit(start, last)) fail('EADDRINUSE', 'reserved range overlaps an area or an allowed range');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     this.reserved.push({ start, last, owner });
   }
 
@@ -362,7 +362,7 @@ export class IoPagetable {
         if (start >= last) fail('EINVAL', 'allowed range start >= last');
         const p = tree.getPairOrNextLower(last);
         if (p && p[1] >= start) fail('EINVAL', 'allowed ranges overlap');
-        emu.failPoint('ENOMEM');
+        emu.allocPoint();
         tree.set(start, last);
       },
     };
@@ -414,7 +414,7 @@ export class IoPagetable {
 
   /** Attach an in-kernel access: its alignment joins the IOAS's (EADDRINUSE). */
   addAccess(access: IoptAccess): void {
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     this.accesses.add(access);
     try {
       this.recalcAlignment();
@@ -545,7 +545,7 @@ export class IoPagetable {
    * every attached domain. Returns the IOVA. On error nothing is left behind.
    */
   mapPages(segs: readonly PagesSeg[], length: bigint, iova: bigint | null, prot: number): bigint {
-    for (let i = 0; i < segs.length; i++) this.emu.failPoint('ENOMEM');
+    for (let i = 0; i < segs.length; i++) this.emu.allocPoint();
     if (length === 0n || (length & (this.align - 1n))) fail('EINVAL', 'length is 0 or not a multiple of the IOVA alignment');
     let dst: bigint;
     if (iova === null) {
@@ -689,7 +689,7 @@ export class IoPagetable {
     try {
       if (domain.apertureStart !== 0n) this.reserve(0n, domain.apertureStart - 1n, domain);
       if (domain.apertureLast !== U64_MAX) this.reserve(domain.apertureLast + 1n, U64_MAX, domain);
-      this.emu.failPoint('ENOMEM');
+      this.emu.allocPoint();
       this.fillDomain(domain);
     } catch (e) {
       this.unreserve(domain);
@@ -819,8 +819,8 @@ export class IoPagetable {
     const newStart = iova + 1n;
     const mask = this.align - 1n;
     if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL', 'the cut is not aligned to the IOVA alignment');
-    this.emu.failPoint('ENOMEM');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
+    this.emu.allocPoint();
     if (this.numAccesses(area) > 0 || this.numLocks(area) > 0) fail('EINVAL', 'the area is pinned by an in-kernel access');
     if (area.filled && !this.largePagesDisabled) fail('EINVAL', 'the area may be mapped with large pages (enable VFIO v1 / disable huge pages to cut it)');
     const lhs = new Area(area.iova, iova, area.pages, area.startByte, area.prot);
@@ -866,7 +866,7 @@ export class IoPagetable {
     if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
     const segs: PagesSeg[] = [];
     const ok = this.walkContig(iova, last, (area, from, to) => {
-      this.emu.failPoint('ENOMEM');
+      this.emu.allocPoint();
       segs.push({ pages: area.pages, startByte: area.byteAt(from), length: to - from + 1n });
     });
     if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');

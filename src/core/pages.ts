@@ -152,14 +152,14 @@ export class Pages {
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
     Pages.checkLength(length);
     if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
-    emu.failPoint('ENOMEM');
+    emu.allocPoint();
     return new Pages(mem, false, uptr, writable);
   }
 
   /** Describe `length` bytes of `file` from byte `start`. */
   static file(emu: Emulator, file: FileBacking, start: bigint, length: bigint, writable: boolean, owner: ProcessInfo): Pages {
     Pages.checkLength(length);
-    emu.failPoint('ENOMEM');
+    emu.allocPoint();
     return new Pages({ file, owner }, true, start, writable);
   }
 
@@ -194,8 +194,8 @@ export class Pages {
     owner: ProcessInfo): Pages {
     if (dmabuf.size <= start + length - 1n || length / PS >= 1n << 32n) fail('EINVAL', 'MAP_FILE: beyond the dma-buf');
     Pages.checkLength(length);
-    emu.failPoint('ENOMEM'); // iopt_pages
-    emu.failPoint('ENOMEM'); // the attachment
+    emu.allocPoint(); // iopt_pages
+    emu.allocPoint(); // the attachment
     const pages = dmabuf.attachPages();
     return new Pages({ dmabuf, pages, owner, revoked: false }, false, start, writable);
   }
@@ -242,7 +242,7 @@ export class Pages {
    * `emu` is the pinning IOAS's emulator (fault injection, per-user accounting).
    */
   pin(emu: Emulator, first: number, last: number): PhysPage[] {
-    emu.failPoint('ENOMEM');
+    emu.allocPoint();
     const slots = (this.slots ??= new Map());
     const n = last - first + 1;
     const out: PhysPage[] = new Array(n);

@@ -108,7 +108,7 @@ registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   const u = ucmd.cmd.u as { out_access_fd: number; flags: number };
   if (u.flags & ~MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) fail('EOPNOTSUPP', 'flags has bits other than NEEDS_PIN_PAGES');
   const ctx = ucmd.ctx;
-  ctx.emu.failPoint('ENOMEM');
+  ctx.emu.allocPoint();
   const file = new StaccessFile((u.flags & MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) !== 0);
   const access = Access.create(ctx, { needsPinPages: file.needsPin, unmap: (iova, len) => file.unmap(iova, len) }, file);
   try {
@@ -158,11 +158,11 @@ registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
   const access = f.access!;
   let iova = u.iova;
   if (u.flags & MOCK.FLAGS_ACCESS_SYZ) iova = syzIova(access, iova);
-  ucmd.emu.failPoint('ENOMEM');
+  ucmd.emu.allocPoint();
   const pages = access.pinPages(iova, u.length, (u.flags & MOCK.FLAGS_ACCESS_WRITE) !== 0);
   try {
     if (u.uptr) checkPages(ucmd.mem, u.uptr - (iova % PS), pages);
-    ucmd.emu.failPoint('ENOMEM');
+    ucmd.emu.allocPoint();
   } catch (e) {
     access.unpinPages(iova, u.length);
     throw e;
@@ -186,19 +186,19 @@ registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   if (u.flags & ~(MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP', 'flags has bits other than WRITE|SLOW_PATH|SYZ');
   const f = staccess(ucmd, ucmd.cmd.id);
   const access = f.access!;
-  ucmd.emu.failPoint('ENOMEM');
+  ucmd.emu.allocPoint();
   const write = (u.flags & MOCK.ACCESS_RW_WRITE) !== 0;
   const len = Number(u.length);
   let data: Uint8Array = new Uint8Array(len);
   if (write) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     data = ucmd.mem.read(u.uptr, len);
   }
   let iova = u.iova;
   if (u.flags & MOCK.FLAGS_ACCESS_SYZ) iova = syzIova(access, iova);
   access.rw(iova, data, write, { slowPath: (u.flags & MOCK.ACCESS_RW_SLOW_PATH) !== 0, caller: ucmd.mem });
   if (!write) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     ucmd.mem.write(u.uptr, data);
   }
 });

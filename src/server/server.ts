@@ -12,6 +12,7 @@
 // (opened, or verified once through /proc/<pid>/fd: inherited, dup'ed, received
 // over SCM_RIGHTS). A frame naming a file its process does not hold is refused
 // and the connection closed; the file's holders see nothing.
+import { settingsFromBits } from '../core/fault_inject.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -475,7 +476,7 @@ export class IommufdServer {
       return c.reject(`OPEN of unknown node ${f.node}`);
     }
     let ctx: IommufdCtx | null = null;
-    const r = this.emulate(f.failnth, () => `open from pid ${pid}`, () => {
+    const r = this.emulate(f.failnth, f.fault, () => `open from pid ${pid}`, () => {
       ctx = this.emu.open(st.mem);
       return 0;
     });
@@ -532,7 +533,7 @@ export class IommufdServer {
     let err: number;
     if (!entry) err = -ERRNO.EBADF;
     else {
-      const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
+      const r = this.emulate(0, 0, () => `mmap from pid ${c.pid}`, () => {
         const h = iommufdMmap(entry.ctx, f.offset, f.length, f.flags, f.prot);
         let region: RegionFd | null = null;
         try {
@@ -705,7 +706,7 @@ export class IommufdServer {
       try {
         fdt = new CallFdTable(this, st, f.evfd, ev, f.hintfd, hint);
         const calls = fdt;
-        ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
+        ({ ret, failnth: outFailnth } = this.emulate(f.failnth, f.fault, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
           () => entry.ctx.ioctl(request, arg, { mem: st.mem, fds: calls, tid })));
         written = st.mem.endInline();
       } finally {
@@ -745,10 +746,12 @@ export class IommufdServer {
     this.log(`${what}: emulator bug: ${(e as Error)?.stack ?? e}`);
   }
 
-  private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
+  private emulate(failnth: number, fault: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
     this.calls++;
     this.emu.failNth = failnth;
+    // The caller's debugfs switches (its private debugfs, read by the shim while fail-nth is armed).
+    if (failnth) this.emu.faults.settings = settingsFromBits(fault);
     try {
       ret = fn();
     } catch (e) {
@@ -777,7 +780,7 @@ export class IommufdServer {
       const op = f.op;
       // The VFS's checks (method present, access_ok, count clamp) come first (src/core/file.ts);
       // positional I/O on these files is ESPIPE, answered by the shim.
-      const r = this.emulate(f.failnth, () => `file op on ${file.name}`,
+      const r = this.emulate(f.failnth, f.fault, () => `file op on ${file.name}`,
         () => (op === W.FILEOP.WRITE ? vfsWrite(file, st.mem, f.buf, f.count)
           : op === W.FILEOP.POLL ? vfsPoll(file) : vfsRead(file, st.mem, f.buf, f.count)));
       ret = r.ret;

@@ -86,7 +86,7 @@ export class MockPagingDomain implements PagingDomain {
   }
 
   map(iova: bigint, runs: readonly PhysRun[], _prot: number): void {
-    this.driver.emu.failPoint('ENOENT'); // the mock's own map failure point
+    this.driver.emu.iommufdPoint('ENOENT'); // the mock's own map failure point (iommufd_should_fail)
     const added: number[] = [];
     let cur = iova;
     try {
@@ -236,13 +236,13 @@ export class MockDriver implements IommuDriver {
   /** mock_dev_create: unknown flags -> EINVAL. */
   createDevice(flags: number): MockDevice {
     if (flags & ~this.validDeviceFlags) fail('EINVAL', 'MOCK_DOMAIN_FLAGS: unknown device flag');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return new MockDevice(this, flags);
   }
 
   hwInfo(_dev: DriverDevice, type: number): HwInfo {
     if (type !== 0 && type !== MOCK.HW_INFO_TYPE_SELFTEST) fail('EOPNOTSUPP', 'the mock has no hw_info of this type');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return {
       type: MOCK.HW_INFO_TYPE_SELFTEST,
       data: encode(S.iommu_test_hw_info, { flags: 0, test_reg: MOCK.HW_INFO_SELFTEST_REGVAL }),
@@ -271,7 +271,7 @@ export class MockDriver implements IommuDriver {
       if (data && data.type !== MOCK.HWPT_DATA_SELFTEST && data.type !== 0) fail('EOPNOTSUPP', 'mock paging alloc: data_type is not the selftest type');
       if (data) pagetableType = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, 8)).pagetable_type;
     }
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     if (this.gen === 'A') {
       let pgsize = BigInt(MOCK_PAGE_SIZE);
       if (mdev.flags & MOCK.FLAGS_DEVICE_HUGE_IOVA) pgsize |= BigInt(MOCK_HUGE_PAGE_SIZE);
@@ -299,7 +299,7 @@ export class MockDriver implements IommuDriver {
     if (data.type !== MOCK.HWPT_DATA_SELFTEST) fail('EOPNOTSUPP', 'data_type is not IOMMU_HWPT_DATA_SELFTEST');
     const kernelLen = this.gen === 'A' ? 4 : 8;
     const cfg = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, kernelLen));
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return new MockNestedDomain(this, parent, cfg.iotlb, viommu);
   }
 
