@@ -98,6 +98,12 @@ export class Emulator {
     this.faults.alloc(gfp);
   }
 
+  /** anon_inode_getfile(): the file's dentry, then the file (get_unused_fd_flags() allocates nothing). */
+  anonFilePoints(): void {
+    this.allocPoint();
+    this.allocPoint();
+  }
+
   /** A user copy (fail_usercopy): EFAULT. */
   copyPoint(): void {
     this.faults.copy();

@@ -154,7 +154,6 @@ export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_al
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
     refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);
-    ucmd.emu.allocPoint(); // anonymous file
     installFile(ucmd, new VeventqFile(q), (fd) => {
       cmd.out_veventq_id = q.id;
       cmd.out_veventq_fd = fd;

@@ -203,7 +203,6 @@ export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>
   const { cmd, ctx } = ucmd;
   if (cmd.flags) fail('EOPNOTSUPP', 'flags must be 0');
   ctx.createObj(new FaultObj(ctx), (fault) => {
-    ucmd.emu.allocPoint(); // anonymous file
     installFile(ucmd, new FaultFile(fault), (fd) => {
       cmd.out_fault_id = fault.id;
       cmd.out_fault_fd = fd;

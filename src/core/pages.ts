@@ -7,6 +7,7 @@
 // users are counted per page inside the pages object and the pin is dropped
 // with the last one. Pinned pages are charged to the owner's memlock budget
 // (per user or per process, 05 §4) when pinned and uncharged when unpinned.
+import { XaShape } from './fault_inject.js';
 import { fail } from '../uapi/errno.js';
 import type { Emulator } from './emulator.js';
 import { PHYS } from './physmem.js';
@@ -70,9 +71,23 @@ const FILE = WRITABLE << 1;
 const DMABUF = FILE << 1;
 const ACCOUNT_SHIFT = PAGE_SHIFT + 3;
 
+/** Who pins: the pfn_reader filling a domain, or an in-kernel access. */
+export type PinHow = 'reader' | 'access';
+
+/**
+ * temp_kmalloc() without a backup buffer: iommufd's own point (ENOMEM), then a kmalloc that
+ * may fail quietly (NORETRY) and is retried with one page, whose failure is ENOMEM.
+ */
+function tempKmalloc(emu: Emulator): void {
+  emu.iommufdPoint('ENOMEM');
+  if (emu.faults.slab()) emu.allocPoint();
+}
+
 export class Pages {
   /** Pinned page slots by index; allocated on first pin. */
   private slots: Map<number, Slot> | null = null;
+  /** The kernel's pinned_pfns xarray (pages held for in-kernel accesses): its shape, users per index. */
+  private pinnedXa: { shape: XaShape; users: Map<number, number> } | null = null;
   /**
    * The user memory or the file the pages come from (the FILE bit tells
    * which). User memory pages are charged to the memory's own process, so only
@@ -241,8 +256,18 @@ export class Pages {
    * EFAULT (bad or gone source memory), EINVAL (unpinnable file), ENOMEM (memlock limit).
    * `emu` is the pinning IOAS's emulator (fault injection, per-user accounting).
    */
-  pin(emu: Emulator, first: number, last: number): PhysPage[] {
-    emu.allocPoint();
+  pin(emu: Emulator, first: number, last: number, how: PinHow = 'reader'): PhysPage[] {
+    const slots0 = this.slots;
+    const holes: [number, number][] = [];
+    for (let i = first; i <= last; i++) {
+      if (slots0?.has(i)) continue;
+      let j = i;
+      while (j < last && !slots0?.has(j + 1)) j++;
+      holes.push([i, j]);
+      i = j;
+    }
+    if (how === 'reader') this.readerPoints(emu, first, last, holes);
+    else this.accessPoints(emu, first, last, holes);
     const slots = (this.slots ??= new Map());
     const n = last - first + 1;
     const out: PhysPage[] = new Array(n);
@@ -278,7 +303,83 @@ export class Pages {
         out[start + k - first] = page;
       }
     }
+    if (how === 'access') this.accessPinned(first, last);
     return out;
+  }
+
+  /**
+   * The fault points of the kernel's pfn_reader filling a domain (iopt_area_fill_domain(s)):
+   * its batch buffer, then for the pages no one pins yet the user-pin buffer, each pin call
+   * (the buffer holds TEMP_MEMORY_LIMIT bytes of page pointers, the selftest can shrink it),
+   * and the pinned-page accounting. Each temporary buffer is a temp_kmalloc(): iommufd's own
+   * point (ENOMEM), then a kmalloc that may fail quietly (retried with one page).
+   */
+  private readerPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][]): void {
+    const limit = emu.tempMemoryLimit;
+    tempKmalloc(emu);
+    if (holes.length === 0 || this.bits & DMABUF) return;
+    tempKmalloc(emu);
+    const chunk = Math.max(1, Math.floor(Math.min((last - first + 1) * 8, limit) / 8));
+    for (const [a, b] of holes) {
+      for (let n = b - a + 1; n > 0; n -= chunk) emu.iommufdPoint('EFAULT'); // pfn_reader_user_pin()
+    }
+    emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
+  }
+
+  /**
+   * The fault points of iopt_area_add_access() (iopt_pages_fill_xarray()): the access's
+   * node, one pin call per range nobody pins yet (the caller's page array holds them all),
+   * every range stored into the pinned-pfn xarray (iommufd's point halfway, EINVAL; the
+   * xarray's nodes), then the accounting.
+   */
+  private accessPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][]): void {
+    emu.allocPoint(); // the iopt_pages_access
+    const xa = (this.pinnedXa ??= { shape: new XaShape(), users: new Map() });
+    for (let h = 0; h < holes.length; h++) emu.iommufdPoint('EFAULT'); // pfn_reader_user_pin()
+    // Spans not in the xarray yet (pinned by a domain, or just pinned) go into it; on a
+    // failure the stores are undone.
+    const stored: number[] = [];
+    try {
+      for (let i = first; i <= last; i++) {
+        if (xa.users.has(i)) continue;
+        let j = i;
+        while (j < last && !xa.users.has(j + 1)) j++;
+        const half = i + Math.floor((j - i + 1) / 2);
+        for (let k = i; k <= j; k++) {
+          if (k === half) emu.iommufdPoint('EINVAL');
+          emu.faults.xaStore(xa.shape, k);
+          stored.push(k);
+        }
+        i = j;
+      }
+      if (holes.length) emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
+    } catch (e) {
+      for (const k of stored) xa.shape.erase(k);
+      throw e;
+    }
+  }
+
+  /** An access now holds [first, last]: they are in the pinned-pfn xarray. */
+  private accessPinned(first: number, last: number): void {
+    const xa = this.pinnedXa!;
+    for (let i = first; i <= last; i++) {
+      xa.users.set(i, (xa.users.get(i) ?? 0) + 1);
+      xa.shape.store(i);
+    }
+  }
+
+  /** An access's pin of [first, last] is gone: indices no access holds leave the pinned-pfn xarray. */
+  accessUnpinned(first: number, last: number): void {
+    const xa = this.pinnedXa;
+    if (!xa) return;
+    for (let i = first; i <= last; i++) {
+      const u = (xa.users.get(i) ?? 0) - 1;
+      if (u > 0) xa.users.set(i, u);
+      else {
+        xa.users.delete(i);
+        xa.shape.erase(i);
+      }
+    }
   }
 
   /** Add one user to pages that are already pinned (never fails). */

@@ -108,7 +108,8 @@ registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   const u = ucmd.cmd.u as { out_access_fd: number; flags: number };
   if (u.flags & ~MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) fail('EOPNOTSUPP', 'flags has bits other than NEEDS_PIN_PAGES');
   const ctx = ucmd.ctx;
-  ctx.emu.allocPoint();
+  ctx.emu.allocPoint(); // the selftest's access state
+  ctx.emu.anonFilePoints();
   const file = new StaccessFile((u.flags & MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) !== 0);
   const access = Access.create(ctx, { needsPinPages: file.needsPin, unmap: (iova, len) => file.unmap(iova, len) }, file);
   try {

@@ -4,6 +4,7 @@
 // the PASID-1024 one-shot failure and a 4 x u32 per-device cache.
 // Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
 // flags, driver data and the HUGE variant; the profile picks one.
+import { XaShape } from '../../core/fault_inject.js';
 import { MockViommuDriver } from './viommu.js';
 import { amdv1MockDomain, MockAmdv1Domain } from './amdv1.js';
 import type { ViommuCore } from '../driver.js';
@@ -69,6 +70,8 @@ export class MockPagingDomain implements PagingDomain {
   readonly enforceCacheCoherency = false;
   /** slot index (iova / MOCK_PAGE_SIZE) -> entry. */
   readonly slots = new Map<number, Slot>();
+  /** The shape of the kernel mock's pfns xarray holding those slots. */
+  private readonly xa = new XaShape();
   /** Dirty tracking switched on (SET_DIRTY_TRACKING). */
   tracking = false;
   /** Supported IOPTE sizes, descending. */
@@ -102,6 +105,8 @@ export class MockPagingDomain implements PagingDomain {
             if (added.length === 0) flags |= SLOT_FLAGS.START;
             if (ri === runs.length - 1 && left - off === SLOT) flags |= SLOT_FLAGS.LAST;
             const key = Number((cur + off) / SLOT);
+            // xa_store() into the mock's pfns xarray: its node allocations are fault points.
+            this.driver.emu.faults.xaStore(this.xa, key);
             this.slots.set(key, { phys: Number(phys + off), flags });
             added.push(key);
           }
@@ -111,13 +116,20 @@ export class MockPagingDomain implements PagingDomain {
         }
       });
     } catch (e) {
-      for (const k of added) this.slots.delete(k);
+      for (const k of added) {
+        this.slots.delete(k);
+        this.xa.erase(k);
+      }
       throw e;
     }
   }
 
   unmap(iova: bigint, length: bigint): bigint {
-    for (let off = 0n; off < length; off += SLOT) this.slots.delete(Number((iova + off) / SLOT));
+    for (let off = 0n; off < length; off += SLOT) {
+      const k = Number((iova + off) / SLOT);
+      this.slots.delete(k);
+      this.xa.erase(k);
+    }
     return length;
   }
 
