@@ -955,7 +955,7 @@ export class IoPagetable {
       if (!IoPagetable.protAllows(area, write)) fail('EPERM', `the mapping's protection does not allow this access`);
       const n = Number(to - from + 1n);
       const chunk = data.subarray(pos, pos + n);
-      area.pages.rw(area.byteAt(from), chunk, write, caller, slowPath);
+      area.pages.rw(this.emu, area.byteAt(from), chunk, write, caller, slowPath);
       pos += n;
     });
     if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');

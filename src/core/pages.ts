@@ -314,7 +314,7 @@ export class Pages {
    * and the pinned-page accounting. Each temporary buffer is a temp_kmalloc(): iommufd's own
    * point (ENOMEM), then a kmalloc that may fail quietly (retried with one page).
    */
-  private readerPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][]): void {
+  private readerPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][], account = true): void {
     const limit = emu.tempMemoryLimit;
     tempKmalloc(emu);
     if (holes.length === 0 || this.bits & DMABUF) return;
@@ -323,7 +323,7 @@ export class Pages {
     for (const [a, b] of holes) {
       for (let n = b - a + 1; n > 0; n -= chunk) emu.iommufdPoint('EFAULT'); // pfn_reader_user_pin()
     }
-    emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
+    if (account) emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
   }
 
   /**
@@ -435,11 +435,12 @@ export class Pages {
    * doing the access: when it is the source process and `slowPath` is off, the
    * bytes are copied through its address space directly (as copy_to/from_user).
    */
-  rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
+  rw(emu: Emulator, offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
     if (write && !this.writable) fail('EPERM', 'write to pages mapped read-only');
     if (this.bits & DMABUF) fail('EINVAL', 'access rw: dma-buf memory');
     const mem = this.mem;
     if (mem && !slowPath && caller && caller.process === mem.process) {
+      emu.copyPoint(); // the fast path copies from/to the source VA
       const va = this.base + offset;
       if (write) mem.write(va, data);
       else data.set(mem.read(va, data.length));
@@ -450,6 +451,21 @@ export class Pages {
     // pages: the pinned pages where there are some (pfn_reader), else the current ones.
     const single = !!mem && mem.process.alive && data.length > 0 &&
       (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
+    if (single) emu.iommufdPoint('EINVAL'); // iopt_pages_rw_page()
+    else if (data.length > 0) {
+      // iopt_pages_rw_slow(): a pfn_reader over the range (its pins are dropped batch by batch).
+      const first = Number(offset / PS);
+      const last = Number((offset + BigInt(data.length) - 1n) / PS);
+      const holes: [number, number][] = [];
+      for (let i = first; i <= last; i++) {
+        if (this.pinned(i)) continue;
+        let j = i;
+        while (j < last && !this.pinned(j + 1)) j++;
+        holes.push([i, j]);
+        i = j;
+      }
+      this.readerPoints(emu, first, last, holes, false);
+    }
     let done = 0;
     while (done < data.length) {
       const byte = offset + BigInt(done);

@@ -5,6 +5,7 @@
 import { fail } from '../uapi/errno.js';
 import { MOCK, TEST_OP } from '../uapi/enums.js';
 import type { Ucmd } from './context.js';
+import type { Emulator } from './emulator.js';
 import { Access } from './access.js';
 import { fdCloseEvent, fdOpenEvent, type IommufdFile } from './file.js';
 import { U64_MAX } from './io_pagetable.js';
@@ -180,6 +181,18 @@ registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
   }
 });
 
+/**
+ * kvzalloc(): one kmalloc up to a page; above, a kmalloc that may fail quietly (NORETRY)
+ * and falls back to vmalloc (its area and page-array allocations).
+ */
+function kvzalloc(emu: Emulator, len: number): void {
+  if (len <= PAGE_SIZE) emu.allocPoint();
+  else if (emu.faults.slab()) {
+    emu.allocPoint(); // vmap_area
+    emu.allocPoint(); // vm_struct and page array
+  }
+}
+
 // ACCESS_RW (03 §4.11)
 registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   const u = ucmd.cmd.u as { iova: bigint; length: bigint; uptr: bigint; flags: number };
@@ -187,9 +200,9 @@ registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   if (u.flags & ~(MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP', 'flags has bits other than WRITE|SLOW_PATH|SYZ');
   const f = staccess(ucmd, ucmd.cmd.id);
   const access = f.access!;
-  ucmd.emu.allocPoint();
-  const write = (u.flags & MOCK.ACCESS_RW_WRITE) !== 0;
   const len = Number(u.length);
+  kvzalloc(ucmd.emu, len);
+  const write = (u.flags & MOCK.ACCESS_RW_WRITE) !== 0;
   let data: Uint8Array = new Uint8Array(len);
   if (write) {
     ucmd.emu.copyPoint();
