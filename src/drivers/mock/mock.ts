@@ -4,6 +4,7 @@
 // the PASID-1024 one-shot failure and a 4 x u32 per-device cache.
 // Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
 // flags, driver data and the HUGE variant; the profile picks one.
+import { mockDeviceAddPoints } from './device_core_points.js';
 import { XaShape } from '../../core/fault_inject.js';
 import { MockViommuDriver } from './viommu.js';
 import { amdv1MockDomain, MockAmdv1Domain } from './amdv1.js';
@@ -248,7 +249,7 @@ export class MockDriver implements IommuDriver {
   /** mock_dev_create: unknown flags -> EINVAL. */
   createDevice(flags: number): MockDevice {
     if (flags & ~this.validDeviceFlags) fail('EINVAL', 'MOCK_DOMAIN_FLAGS: unknown device flag');
-    this.emu.allocPoint();
+    mockDeviceAddPoints(this.emu);
     return new MockDevice(this, flags);
   }
 

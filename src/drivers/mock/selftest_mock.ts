@@ -2,6 +2,7 @@
 // MOCK_DOMAIN_REPLACE, MD_CHECK_MAP, MD_CHECK_IOTLB, DEV_CHECK_CACHE, DIRTY,
 // TRIGGER_IOPF and the PASID ops, plus the SELFTEST object that owns a mock
 // device bound to the context.
+import { mockDeviceDelPoints } from './device_core_points.js';
 import type { IommufdCtx, Ucmd } from '../../core/context.js';
 import {
   deviceAttach, deviceBind, deviceDetach, deviceReplace, deviceUnbind, NO_PASID, type Device,
@@ -38,6 +39,7 @@ export class SelftestObj extends IommufdObject {
       deviceUnbind(idev);
     }
     if (this.mockDev) {
+      mockDeviceDelPoints(this.ctx.emu);
       this.mockDev.destroyed = true;
       this.mockDev = null;
     }
