@@ -98,9 +98,10 @@ registerTestOp(TEST_OP.MD_CHECK_REFS, (ucmd) => {
   const { length, uptr, refs } = ucmd.cmd.u as { length: bigint; uptr: bigint; refs: number };
   // check_add_overflow(uptr, length): a range ending exactly at 2^64 overflows too.
   if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'length or uptr not page aligned, or uptr + length overflows (2^64 included)');
-  for (let off = 0n; off < length; off += PS) {
-    const [page] = getUserPages(ucmd.mem, uptr + off, 1, false);
-    if (!page!.compound && page!.pins !== refs) fail('EIO', `a page's pin count is not refs`);
+  // One lookup of the whole range (a lookup reads the process's mappings once).
+  const pages = length ? getUserPages(ucmd.mem, uptr, Number(length / PS), false) : [];
+  for (const page of pages) {
+    if (!page.compound && page.pins !== refs) fail('EIO', `a page's pin count is not refs`);
   }
 });
 
@@ -144,9 +145,9 @@ registerTestOp(TEST_OP.DESTROY_ACCESS_PAGES, (ucmd) => {
 /** The pages backing the caller's memory from `uptr` must be `pages` (EBADE), EFAULT if unmapped. */
 function checkPages(mem: UserMemory, uptr: bigint, pages: PhysPage[]): void {
   const base = uptr - (uptr % PS);
+  const now = getUserPages(mem, base, pages.length, false);
   for (let i = 0; i < pages.length; i++) {
-    const [p] = getUserPages(mem, base + BigInt(i) * PS, 1, false);
-    if (p !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
+    if (now[i] !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
   }
 }
 
