@@ -121,6 +121,7 @@ export function deviceUnbind(idev: Device): void {
 
 function enforceResvRegions(idev: Device, paging: HwptPaging): void {
   const iopt = paging.ioas.iopt;
+  idev.ctx.emu.iommufdPoint('EINVAL'); // iopt_table_enforce_dev_resv_regions()'s own point
   try {
     for (const [start, last] of idev.dev.reservedRegions()) iopt.reserve(start, last, idev);
   } catch (e) {

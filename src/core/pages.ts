@@ -395,6 +395,14 @@ export class Pages {
   unpin(emu: Emulator, first: number, last: number): void {
     const slots = this.slots;
     if (!slots) throw new Error('pages: unpin of nothing pinned');
+    // Unpinning goes through a pfn batch with a stack backup (batch_init_backup()): its
+    // kmalloc is a point whose failure is absorbed; only when something is unpinned.
+    for (let i = first; i <= last; i++) {
+      if (slots.get(i)?.users === 1) {
+        emu.faults.slab();
+        break;
+      }
+    }
     let freed = 0;
     for (let i = first; i <= last; i++) {
       const s = slots.get(i);

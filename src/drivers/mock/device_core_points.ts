@@ -22,13 +22,13 @@ interface CorePoints {
 /** 6.12.117 (also used for 6.13 to 6.17, which were not measured). */
 const V6_12: CorePoints = {
   add: 'MMMMMMMMMMMMMMMM' + 'PPPPPPPPPPPPPPPPP' + 'oo',
-  del: 'ooo',
+  del: 'oo',
 };
 
 /** 7.3.4: a software node for the PASID width, more sysfs. */
 const V7_3: CorePoints = {
   add: 'MMMMMMMMM' + 'oo' + 'MMMMM' + 'oooo' + 'MMMMMMMMMMM' + 'PPPPPPPPPPPPPPPP' + 'ooo',
-  del: 'ooo',
+  del: 'oo',
 };
 
 function pointsOf(emu: Emulator): CorePoints {
