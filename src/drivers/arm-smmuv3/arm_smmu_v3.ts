@@ -33,7 +33,11 @@ export const MSI_IOVA_LENGTH = 0x100000n;
 class HostTableMemory implements TableMemory {
   constructor(readonly tables: TableAllocator, readonly emu: Emulator) {}
   alloc(bytes: number): number {
-    this.emu.allocPoint();
+    // iommu_alloc_pages_node_sz(): a page allocation of the table's order (fail_page_alloc:
+    // by default, min-order 1, single pages are no points).
+    let order = 0;
+    while (4096 << order < bytes) order++;
+    this.emu.faults.allocPages(order);
     return this.tables.alloc(bytes);
   }
   free(addr: number): void {

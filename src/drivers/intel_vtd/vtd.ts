@@ -117,7 +117,7 @@ export class VtdPagingDomain implements PagingDomain {
     this.pgsizeBitmap = pg;
     this.sizes = [SZ_1G, SZ_2M, SZ_4K].filter((s) => pg & BigInt(s));
     this.enforceCacheCoherency = r.snoopControl;
-    this.table = new SlPageTable(() => driver.emu.allocPoint());
+    this.table = new SlPageTable(() => driver.emu.faults.allocPages(0)); // a table page (fail_page_alloc)
   }
 
   map(iova: bigint, runs: readonly PhysRun[], prot: number): void {
