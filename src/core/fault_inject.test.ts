@@ -26,6 +26,10 @@ test('xarray nodes: the first index above 0 needs a leaf, 64 more levels need mo
   assert.equal(xa.newNodes(64), 2);
   xa.erase(1);
   assert.equal(xa.newNodes(1), 1);
+  // Only index 0, kept in the head: growing to reach 200 makes its leaf, the root and 200's leaf.
+  const z = new XaShape();
+  z.store(0);
+  assert.equal(z.newNodes(200), 3);
   // 512 consecutive indices from 0: 8 leaves under one root.
   let n = 0;
   for (let i = 0; i < 512; i++) {

@@ -164,7 +164,11 @@ export class XaShape {
     const h2 = Math.max(h, xaHeight(i));
     let n = 0;
     for (let level = 1, span = XA_CHUNK; level <= h2; level++, span *= XA_CHUNK) {
-      if (level > h || !this.levels[level - 1]!.has(Math.floor(i / span))) n++;
+      const prefix = Math.floor(i / span);
+      if (level > h || !this.levels[level - 1]!.has(prefix)) n++;
+      // Growing the tree (xas_expand) stacks new nodes over the old top along index 0's
+      // path; where `i` leaves that path below the new top, those are nodes of their own.
+      if (level > h && level < h2 && prefix !== 0 && (h > 0 || this.present.has(0))) n++;
     }
     return n;
   }
