@@ -6,7 +6,9 @@
 # binaries unmodified through `iommufd-emu run --abi PROFILE` and compare every
 # case with the verdict the real kernel gave (.ci/selftests-expected/, recorded
 # with ../shared/oracle-vm): same verdict, and for a failure the same failing
-# check (file:line). Any disagreement fails the run, naming the case.
+# check (file:line). Any disagreement fails the run, naming the case. Then each
+# iommufd_fail_nth case's sweep length must be within 10% of the kernel's
+# (scripts/failnth-sweeps.sh, .ci/failnth-sweeps/KVER.tsv).
 #
 #   .ci/selftests.sh [--kernel 6.12|7.3] [--keep] [-- extra kselftest args, e.g. -r FIXTURE.VARIANT.TEST]
 #
@@ -162,4 +164,12 @@ for t in ${SELFTESTS_ONLY:-iommufd iommufd_fail_nth}; do
   [ "$crc" = 0 ] || STATUS=1
 done
 echo "selftests: $TOTAL_AGREE of $TOTAL_CASES cases agree with the real $KNAME kernel ($ENVNAME)"
+
+# Fault injection as the kernel has it: each iommufd_fail_nth case's sweep length (how many
+# failure points its calls pass) within 10% of the real kernel's (.ci/failnth-sweeps/KVER.tsv).
+if [[ " ${SELFTESTS_ONLY:-iommufd iommufd_fail_nth} " == *" iommufd_fail_nth "* ]] && [ ${#EXTRA[@]} -eq 0 ]; then
+  echo "== fail_nth sweep lengths against the real $KNAME kernel's"
+  bash "$ROOT/scripts/failnth-sweeps.sh" --abi "$ABI" --binary "$SRC/iommufd_fail_nth" \
+    --expected "$ROOT/.ci/failnth-sweeps/$KVER.tsv" || { echo "selftests: a fail_nth sweep is not within 10% of $KNAME's"; STATUS=1; }
+fi
 exit $STATUS

@@ -709,6 +709,8 @@ static const char *debugfs(void)
 			put_file(d, "failslab/verbose", "1\n");
 			put_file(d, "fail_page_alloc/ignore-gfp-wait", "Y\n");
 			put_file(d, "fail_page_alloc/ignore-gfp-highmem", "Y\n");
+			put_file(d, "failslab/cache-filter", "N\n");
+			put_file(d, "fail_page_alloc/min-order", "1\n");
 			put_file(d, "fail_page_alloc/verbose", "1\n");
 			put_file(d, "fail_iommufd/verbose", "1\n");
 			snprintf(debugfs_dir, sizeof(debugfs_dir), "%s", d);
@@ -716,6 +718,51 @@ static const char *debugfs(void)
 	}
 	unlock(&debugfs_mu);
 	return debugfs_dir[0] ? debugfs_dir : NULL;
+}
+
+/* A debugfs file's first bytes (0 if absent). */
+static int get_file(const char *dir, const char *name, char *buf, size_t n)
+{
+	char p[512];
+	snprintf(p, sizeof(p), "%s/%s", dir, name);
+	int fd = (int)syscall(SYS_openat, AT_FDCWD, p, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	ssize_t r = syscall(SYS_read, fd, buf, n - 1);
+	raw_close(fd);
+	if (r <= 0)
+		return 0;
+	buf[r] = 0;
+	return 1;
+}
+
+/* A debugfs bool as the kernel parses it (kstrtobool: y/Y/1/on true, n/N/0/off false). */
+static int get_bool(const char *dir, const char *name, int dflt)
+{
+	char b[8];
+	if (!get_file(dir, name, b, sizeof(b)))
+		return dflt;
+	if (b[0] == 'y' || b[0] == 'Y' || b[0] == '1' || (b[0] == 'o' && b[1] == 'n'))
+		return 1;
+	if (b[0] == 'n' || b[0] == 'N' || b[0] == '0' || (b[0] == 'o' && b[1] == 'f'))
+		return 0;
+	return dflt;
+}
+
+/* The fault-injection switches of our debugfs, as the wire's FAULT bits (sent with armed calls). */
+static uint32_t fault_bits(void)
+{
+	const char *d = debugfs();
+	if (!d)
+		return 0; /* the kernel's defaults */
+	char b[16];
+	unsigned order = get_file(d, "fail_page_alloc/min-order", b, sizeof(b)) ? (unsigned)atoi(b) : 1;
+	return WIRE_FAULT_PRESENT
+		| (get_bool(d, "failslab/ignore-gfp-wait", 1) ? WIRE_FAULT_SLAB_WAIT : 0)
+		| (get_bool(d, "failslab/cache-filter", 0) ? WIRE_FAULT_SLAB_CACHE : 0)
+		| (get_bool(d, "fail_page_alloc/ignore-gfp-wait", 1) ? WIRE_FAULT_PAGE_WAIT : 0)
+		| (get_bool(d, "fail_page_alloc/ignore-gfp-highmem", 1) ? WIRE_FAULT_PAGE_HIGHMEM : 0)
+		| ((order & 0xff) << WIRE_FAULT_MIN_ORDER_SHIFT);
 }
 
 /* "/sys/kernel/debug[/rest]" -> private dir; returns path to use. */
@@ -968,6 +1015,7 @@ static int emu_open_node(int flags, const char *node)
 	CLAIM(q, s, ino);
 	q.tid = (uint32_t)tid;
 	q.failnth = failnth_get(tid);
+	q.fault = q.failnth ? fault_bits() : 0;
 	q.node = node ? WIRE_NODE_PATH : WIRE_NODE_IOMMU;
 	q.flags = (uint32_t)flags;
 	q.pathlen = node ? (uint32_t)strnlen(node, WIRE_NODE_PATH_MAX) : 0;
@@ -1940,6 +1988,7 @@ static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *a
 	q.tid = (uint32_t)tid;
 	q.request = (uint32_t)req;
 	q.failnth = failnth_get(tid);
+	q.fault = q.failnth ? fault_bits() : 0;
 	q.arg = (uint64_t)(uintptr_t)arg;
 	q.evfd = -1;
 	q.memlock = memlock_limit();
@@ -2251,6 +2300,7 @@ static ssize_t emu_fileop(int fd, const struct fdent *ent, int op, void *buf, si
 	q.count = count;
 	q.pos = (uint64_t)pos;
 	q.failnth = failnth_get(tid);
+	q.fault = q.failnth ? fault_bits() : 0;
 	q.tid = (uint32_t)tid;
 	struct wire_rep_fileop r;
 	lock(&ctl_mu);

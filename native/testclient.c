@@ -302,8 +302,8 @@ static int mode_failnth_threads(void)
 	pthread_create(&t, NULL, armed_thread, &fd);
 	void *rv;
 	pthread_join(t, &rv);
-	if (rv || armed_result != ENOMEM)
-		DIE("armed thread: ioctl should fail ENOMEM, got %d", armed_result);
+	if (rv || armed_result != EFAULT) /* point 1: the command's copy-in */
+		DIE("armed thread: ioctl should fail EFAULT, got %d", armed_result);
 	if (ioas_alloc(fd) != 1) /* the failed call left nothing behind */
 		DIE("main thread affected");
 	close(fd);
@@ -559,12 +559,28 @@ static int mode_failnth(void)
 		DIE("open %s", path);
 	if (pwrite(f, "1", 1, 0) != 1)
 		DIE("arm");
+	/* By default (failslab ignore-gfp-wait Y) sleeping allocations are no points: the first is
+	 * the copy of the path */
 	int fd = open("/dev/iommu", O_RDWR);
-	if (fd != -1 || errno != ENOMEM)
-		DIE("open with fail-nth=1 should fail ENOMEM (fd %d)", fd);
+	if (fd != -1 || errno != EFAULT)
+		DIE("open with fail-nth=1 should fail EFAULT (fd %d)", fd);
 	char b[8] = { 0 };
 	if (pread(f, b, sizeof(b), 0) < 2 || strcmp(b, "0\n"))
 		DIE("fail-nth should read 0 after firing, got '%s'", b);
+	/* As the fail_nth selftest sets it: every allocation is a point, the first the path's buffer */
+	int g = open("/sys/kernel/debug/failslab/ignore-gfp-wait", O_WRONLY);
+	if (g < 0 || write(g, "N", 1) != 1)
+		DIE("failslab/ignore-gfp-wait");
+	close(g);
+	if (pwrite(f, "1", 1, 0) != 1)
+		DIE("arm");
+	fd = open("/dev/iommu", O_RDWR);
+	if (fd != -1 || errno != ENOMEM)
+		DIE("open with fail-nth=1 and ignore-gfp-wait N should fail ENOMEM (fd %d)", fd);
+	g = open("/sys/kernel/debug/failslab/ignore-gfp-wait", O_WRONLY);
+	if (g < 0 || write(g, "Y", 1) != 1)
+		DIE("failslab/ignore-gfp-wait");
+	close(g);
 	fd = xopen();
 	if (pwrite(f, "1000", 4, 0) != 4)
 		DIE("arm 1000");

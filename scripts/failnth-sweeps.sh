@@ -42,13 +42,14 @@ mkdir -p "$W/debugfs"
   IOMMUFD_EMU_DEBUGFS="$W/debugfs" "./$(basename "$BIN")" </dev/null >"$W/run.log" 2>&1) || true
 awk '/^#  RUN/ {t=$3; m=0} /^NTH/ {if ($2 > m) m = $2} /^# +(OK|FAIL)/ && t {print t "\t" m; t=""}' "$W/run.log" >"$W/emu.tsv"
 status=0
-printf '%-36s %7s %7s  %s\n' case kernel emulator within-10%
+printf '%-36s %7s %8s %7s  %s\n' case kernel emulator diff within-10%
 while IFS=$'\t' read -r name want; do
   case "$name" in ''|\#*) continue ;; esac
   got=$(awk -F'\t' -v n="$name" '$1 == n {print $2}' "$W/emu.tsv")
   ok=no
   if [ -n "$got" ] && awk -v a="$got" -v b="$want" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(d * 10 <= b)}'; then ok=yes; fi
   [ "$ok" = yes ] || status=1
-  printf '%-36s %7s %7s  %s\n' "$name" "$want" "${got:-not run}" "$ok"
+  diff=$([ -n "$got" ] && awk -v a="$got" -v b="$want" 'BEGIN {printf "%+.1f%%", (a - b) * 100 / b}' || echo -)
+  printf '%-36s %7s %8s %7s  %s\n' "$name" "$want" "${got:-not run}" "$diff" "$ok"
 done <"$EXP"
 exit $status

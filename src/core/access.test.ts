@@ -1,6 +1,7 @@
 // In-kernel accesses and the selftest ops around them (03 §4.3, §4.5,
 // §4.8-4.13), through IOMMU_TEST_CMD on the raw entry, plus the access API
 // that HW queues use (internal accesses, locked areas).
+import { FAIL_NTH_SELFTEST } from './fault_inject.js';
 import assert from 'node:assert/strict';
 import test from 'node:test';
 import { isErrno, type ErrnoName } from '../uapi/errno.js';
@@ -383,6 +384,7 @@ function failNthSweep(prep: (e: Env) => { va: bigint; fds: number[] }, armed: (e
   for (let k = 1; k < 400; k++) {
     const e = env('mainline', { capIpcLock: false, memlockLimit: Infinity, uid: 777 });
     const st = prep(e);
+    e.emu.faults.settings = { ...FAIL_NTH_SELFTEST }; // as the fail_nth selftest: every allocation
     e.emu.failNth = k;
     armed(e, st);
     const fired = e.emu.failNth === 0;

@@ -41,7 +41,9 @@ export class Ucmd<T extends object = Record<string, unknown>> {
   get emu(): Emulator {
     return this.ctx.emu;
   }
+  /** iommufd_ucmd_respond(): the copy of the struct back to user space (a fault point on either entry). */
   respond(): void {
+    this.emu.copyPoint();
     this.sink?.(this.cmd);
   }
 }
@@ -137,9 +139,11 @@ export class IommufdCtx {
 
   // ---- object helpers used by every handler module ---------------------------
 
-  /** Reserve an ID for a new object; an allocation failure point. */
+  /** Reserve an ID for a new object: the object's allocation, then xa_alloc()'s nodes (fault points). */
   allocObj<T extends IommufdObject>(obj: T): T {
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
+    const id = this.objects.peekId();
+    if (id !== undefined) this.emu.faults.xaNodes(this.objects.xa.newNodes(id));
     return this.objects.alloc(obj);
   }
 
@@ -166,6 +170,7 @@ export class IommufdCtx {
 
   /** Look an object up for the ioctl in progress (a short-term user until it returns, see traced()). */
   get<T extends IommufdObject>(id: number, type: ObjType): T {
+    this.emu.iommufdPoint('ENOENT'); // iommufd_get_object()'s own failure point
     const obj = this.objects.get(id, type) as T;
     if (this.inCall) {
       obj.shortUsers++;
@@ -196,7 +201,6 @@ export class IommufdCtx {
     return this.run(op, kbuf, caller, userSize, (cmd) => {
       encodeInto(op.struct, cmd as Record<string, unknown>, kbuf, this.profile.version);
       if (op.name === 'TEST_CMD') encodeTestUnion(cmd, kbuf);
-      this.emu.failPoint('EFAULT');
       caller.mem.write(arg, kbuf.subarray(0, Math.min(userSize, op.knownSize)));
     }, arg);
   }
@@ -270,6 +274,7 @@ export class IommufdCtx {
     sink: ((cmd: any) => void) | null, arg: bigint, typed?: object): number {
     const handler = this.emu.handlers.get(op.name);
     if (!handler) fail('ENOTTY', `${op.name} has no handler`);
+    this.emu.copyPoint(); // copy_struct_from_user() of the command, on either entry
     const cmd = (typed ?? decode(op.struct, kbuf!, this.profile.version)) as Record<string, unknown>;
     if (!typed && op.name === 'TEST_CMD') decodeTestUnion(cmd, kbuf!);
     const ucmd = new Ucmd(this, cmd as Record<string, unknown>, caller, sink, userSize, arg);

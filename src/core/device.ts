@@ -96,7 +96,7 @@ export class Device extends IommufdObject {
 export function deviceBind(ctx: IommufdCtx, dev: DriverDevice, opts: { mock?: boolean; binder?: object } = {}): Device {
   // iommufd always maps with IOMMU_CACHE.
   if (!dev.coherent) fail('EINVAL', 'the device is not cache coherent (iommufd always maps with IOMMU_CACHE)');
-  ctx.emu.failPoint('ENOMEM'); // the group state
+  ctx.emu.allocPoint(); // the group state
   const idev = ctx.allocObj(new Device(ctx, dev));
   if (!opts.mock) idev.holdCtx();
   idev.enforceCacheCoherency = dev.driver.capEnforceCacheCoherency(dev);
@@ -121,6 +121,7 @@ export function deviceUnbind(idev: Device): void {
 
 function enforceResvRegions(idev: Device, paging: HwptPaging): void {
   const iopt = paging.ioas.iopt;
+  idev.ctx.emu.iommufdPoint('EINVAL'); // iopt_table_enforce_dev_resv_regions()'s own point
   try {
     for (const [start, last] of idev.dev.reservedRegions()) iopt.reserve(start, last, idev);
   } catch (e) {
@@ -144,7 +145,7 @@ function checkPasidCompat(hwpt: Hwpt, idev: Device, pasid: number): void {
 /** The driver-level attach of `hwpt` at `pasid` (compat checks, then the driver). */
 function driverAttach(hwpt: Hwpt, idev: Device, pasid: number): AttachHandle {
   checkPasidCompat(hwpt, idev, pasid);
-  idev.ctx.emu.failPoint('ENOMEM'); // the attach handle
+  idev.ctx.emu.allocPoint(); // the attach handle
   const dev = idev.dev;
   if (pasid === NO_PASID) {
     dev.driver.attach(dev, hwpt.domain, undefined);
@@ -169,7 +170,7 @@ export function hwptAttach(hwpt: Hwpt, idev: Device, pasid: number): void {
   const paging = findHwptPaging(hwpt);
   const attachResv = !!paging && pasid === NO_PASID;
   if (idev.attachments.has(pasid)) fail('EBUSY', 'the device is already attached at this PASID');
-  idev.ctx.emu.failPoint('ENOMEM'); // the per-PASID attach state
+  idev.ctx.emu.allocPoint(); // the per-PASID attach state
   const handle = reserveAndAttach(hwpt, idev, pasid, attachResv ? paging : null, attachResv);
   refget(hwpt, idev, 'attach');
   idev.attachments.set(pasid, { hwpt, handle });
@@ -358,7 +359,7 @@ export function iommufdGetHwInfo(ucmd: Ucmd<Decoded<typeof S.iommu_hw_info>>): v
   }
   const copyLen = Math.min(cmd.data_len, data.length);
   if (copyLen) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     ucmd.mem.write(cmd.data_uptr, data.subarray(0, copyLen));
   }
   // Zero the rest of a larger user buffer page by page: a fault stops it part way, like clear_user.

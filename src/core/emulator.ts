@@ -2,6 +2,7 @@
 // the kernel keeps across contexts (pinned-page accounting, fault injection, the
 // selftest globals), and the contexts it opened.
 import { fail, type ErrnoName } from '../uapi/errno.js';
+import { FaultInjection, type Gfp } from './fault_inject.js';
 import { ioctlTable, type IoctlName, type ProfileIoctl } from '../uapi/ioctls.js';
 import { getProfile, type Profile, type ProfileName } from '../uapi/profiles.js';
 import { IommufdCtx, type Caller, type Handler } from './context.js';
@@ -53,11 +54,19 @@ export class Emulator {
   readonly contexts = new Set<IommufdCtx>();
   private ctxSeq = 0;
 
+  /** Fault injection: the calling task's fail-nth counter and the debugfs switches (fault_inject.ts). */
+  readonly faults = new FaultInjection();
+
   /**
-   * Fault injection (fail-nth): 0 = off; otherwise the N-th failure point hit
-   * during the current call fails. The server sets it per call and reads it back.
+   * The fail-nth counter: 0 = off; otherwise the N-th failure point evaluated fails. The
+   * server sets it per call and reads it back.
    */
-  failNth = 0;
+  get failNth(): number {
+    return this.faults.nth;
+  }
+  set failNth(v: number) {
+    this.faults.nth = v;
+  }
 
   constructor(opts: EmulatorOptions = {}) {
     this.profile = getProfile(opts.profile ?? 'mainline');
@@ -69,18 +78,40 @@ export class Emulator {
     this.lastNr = Math.max(...this.table.keys());
   }
 
-  /** open("/dev/iommu"): a new context owned by `owner`'s process. */
+  /**
+   * open("/dev/iommu"): a new context owned by `owner`'s process. The VFS's points come
+   * first: the path's name buffer, copying the path in, the file; then the context.
+   */
   open(owner: UserMemory): IommufdCtx {
-    this.failPoint('ENOMEM');
+    this.allocPoint(); // getname(): the names_cache buffer
+    this.copyPoint(); // strncpy_from_user() of the path
+    this.allocPoint(); // alloc_empty_file()
+    this.allocPoint(); // iommufd_fops_open(): the context
     const ctx = new IommufdCtx(this, owner, ++this.ctxSeq);
     this.contexts.add(ctx);
     if (this.bus.on) this.bus.emit({ t: 'ctx', op: 'open', ctx: ctx.seq, pid: owner.process.pid });
     return ctx;
   }
 
-  /** A numbered allocation/copy point that fault injection can make fail with `code`. */
-  failPoint(code: ErrnoName): void {
-    if (this.failNth > 0 && --this.failNth === 0) fail(code, 'fault injection');
+  /** A slab allocation (fault injection: failslab) whose failure the call returns as ENOMEM. */
+  allocPoint(gfp: Gfp = 'kernel'): void {
+    this.faults.alloc(gfp);
+  }
+
+  /** anon_inode_getfile(): the file's dentry, then the file (get_unused_fd_flags() allocates nothing). */
+  anonFilePoints(): void {
+    this.allocPoint();
+    this.allocPoint();
+  }
+
+  /** A user copy (fail_usercopy): EFAULT. */
+  copyPoint(): void {
+    this.faults.copy();
+  }
+
+  /** One of iommufd's own points (fail_iommufd, iommufd_should_fail()), failing with `code`. */
+  iommufdPoint(code: ErrnoName): void {
+    this.faults.iommufdPoint(code);
   }
 
   /** Emulator-wide state a feature module keeps under `key` (its driver, the VFIO subsystem), made on first use. */

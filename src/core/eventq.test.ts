@@ -325,17 +325,19 @@ for (const p of PROFILES) {
     assert.deepEqual(parseEvents(readFd(t, q.fd, 8)), [{ flags: LOST, seq: 1 }]);
   });
 
+  /** TRIGGER_VEVENT's fault points: the command's copy-in, the device lookup, then the record (GFP_NOWAIT). */
+  const RECORD_POINT = 3;
   test(`a record that cannot be allocated: the marker is queued and the report fails with ENOMEM (${p})`, () => {
     const t = attached(p);
     const q = veventqAlloc(t, t.viommu, { depth: 4 });
     assert.equal(trigger(t, t.idev), 0);
-    t.emu.failNth = 1;
+    t.emu.failNth = RECORD_POINT;
     assert.equal(trigger(t, t.idev), 'ENOMEM');
     t.emu.failNth = 0;
     assert.equal(trigger(t, t.idev), 0);
     assert.deepEqual(parseEvents(readFd(t, q.fd, 64)), [
       { flags: 0, seq: 0, virtId: 0x99 }, { flags: 0, seq: 2, virtId: 0x99 }]); // the marker (seq 1) was replaced
-    t.emu.failNth = 1;
+    t.emu.failNth = RECORD_POINT;
     assert.equal(trigger(t, t.idev), 'ENOMEM');
     t.emu.failNth = 0;
     assert.deepEqual(parseEvents(readFd(t, q.fd, 64)), [{ flags: LOST, seq: 3 }]);

@@ -1,5 +1,6 @@
 // vEVENTQ: per-vIOMMU event queues and their fds (02 §8), the analogue of the
 // vEVENTQ half of the kernel's eventq.c.
+import { V } from '../uapi/profiles.js';
 import { fail } from '../uapi/errno.js';
 import { VEVENTQ_FLAG_LOST_EVENTS } from '../uapi/enums.js';
 import { encode, type Decoded } from '../uapi/layout.js';
@@ -51,16 +52,23 @@ export class Veventq extends IommufdObject {
 
   /** A driver reports an event of this queue's type (02 §8.2). */
   report(payload: Uint8Array): void {
-    if (this.numEvents >= this.depth) {
+    // 7.3 allocates the record (GFP_NOWAIT) before it looks at the depth, so a full queue has
+    // the point too; older kernels check the depth first.
+    const allocFirst = this.viommu.ctx.profile.version >= V.V7_3;
+    if (!allocFirst && this.numEvents >= this.depth) {
       this.enqueue(this.lost);
       return;
     }
     // The record's allocation: on failure the marker is queued and the report fails with ENOMEM.
     try {
-      this.viommu.ctx.emu.failPoint('ENOMEM');
+      this.viommu.ctx.emu.allocPoint('nowait');
     } catch (e) {
       this.enqueue(this.lost);
       throw e;
+    }
+    if (this.numEvents >= this.depth) {
+      this.enqueue(this.lost);
+      return;
     }
     this.numEvents++;
     this.enqueue({ flags: 0, sequence: 0, payload: payload.slice() });
@@ -146,7 +154,6 @@ export function iommufdVeventqAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_veventq_al
   ctx.createObj(new Veventq(viommu, cmd.type, cmd.veventq_depth), (q) => {
     refget(viommu, q, 'viommu');
     viommu.veventqs.set(cmd.type, q);
-    ucmd.emu.failPoint('ENOMEM'); // anonymous file
     installFile(ucmd, new VeventqFile(q), (fd) => {
       cmd.out_veventq_id = q.id;
       cmd.out_veventq_fd = fd;

@@ -85,7 +85,7 @@ export class FaultObj extends IommufdObject {
         if (done === 0) fail('EINVAL', 'fault read: the first group does not fit');
         break;
       }
-      this.ctx.emu.failPoint('ENOMEM'); // the response cookie (xa_alloc)
+      this.ctx.emu.allocPoint(); // the response cookie (xa_alloc)
       const cookie = this.allocCookie();
       const bytes = new Uint8Array(group.faults.length * RECORD_SIZE);
       group.faults.forEach((f, i) => {
@@ -203,7 +203,6 @@ export function iommufdFaultAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_fault_alloc>
   const { cmd, ctx } = ucmd;
   if (cmd.flags) fail('EOPNOTSUPP', 'flags must be 0');
   ctx.createObj(new FaultObj(ctx), (fault) => {
-    ucmd.emu.failPoint('ENOMEM'); // anonymous file
     installFile(ucmd, new FaultFile(fault), (fd) => {
       cmd.out_fault_id = fault.id;
       cmd.out_fault_fd = fd;

@@ -118,7 +118,7 @@ export function installFile<T extends object>(ucmd: Ucmd<T>, file: IommufdFile, 
   obj?: IommufdObject, opts?: { cloexec?: boolean }): void {
   let fd = -1;
   try {
-    ucmd.emu.failPoint('ENOMEM'); // unused fd
+    ucmd.emu.anonFilePoints();
     fd = ucmd.caller.fds.install(file, opts);
     fdOpenEvent(ucmd.ctx, fd, file, obj);
     publish(fd);

@@ -239,6 +239,8 @@ export function iommufdHwptAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt_alloc>>)
   if (cmd.__reserved) fail('EOPNOTSUPP', '__reserved must be 0');
   if ((cmd.data_type === 0 && cmd.data_len) || (cmd.data_type !== 0 && !cmd.data_len)) fail('EINVAL', 'data_type and data_len disagree (one is 0, the other not)');
   const idev = ctx.get<Device>(cmd.dev_id, ObjType.DEVICE);
+  // iommufd_get_object() of pt_id: its own point fails the lookup, answered EINVAL as a miss is.
+  ctx.emu.iommufdPoint('EINVAL');
   const pt = ctx.objects.find(cmd.pt_id, ObjType.ANY);
   if (!pt) fail('EINVAL', 'pt_id is not an object of this context');
   const data: UserData = { type: cmd.data_type, uptr: cmd.data_uptr, len: cmd.data_len, mem: ucmd.mem };

@@ -153,9 +153,11 @@ test('Runs handed to the driver merge consecutive frames and keep the sub-page o
   const first = t.mem.getPages(huge, 1, false)[0]!;
   assert.equal(call.runs[0]!.phys, first.pfn * PAGE_SIZE + 0x800);
   assert.equal(d.iovaToPhys(0x100800n + 0x1234n), first.pfn * PAGE_SIZE + 0x800 + 0x1234);
+  // Separately faulted pages are not adjacent: one map call per page, as batch_to_domain()
+  // maps each entry of its pfn batch with its own iommu_map().
   const small = t.mem.mmap(0x3000);
   mapVa(t, small, 0x3000n, 0x200000n);
-  assert.equal(d.calls.get(0x200000n)!.runs.reduce((n, r) => n + r.length, 0), 0x3000);
+  for (const at of [0x200000n, 0x201000n, 0x202000n]) assert.equal(d.calls.get(at)!.runs.reduce((n, r) => n + r.length, 0), 0x1000);
 });
 
 test('With large pages disabled, areas go to the driver one page per call', () => {

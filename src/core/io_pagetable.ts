@@ -6,6 +6,7 @@
 // lookups, inserts and removals are O(log n). Reserved ranges may overlap each
 // other and are few (per device/domain/test); they are kept in a small array.
 // Allowed ranges never overlap and sit in their own B+ tree.
+import { XaShape } from './fault_inject.js';
 import { fail, type ErrnoName } from '../uapi/errno.js';
 import { IOMMU_READ, IOMMU_WRITE, type PagingDomain, type PhysRun } from '../drivers/driver.js';
 import { BTree } from './btree.js';
@@ -161,6 +162,9 @@ export class IoPagetable {
   readonly domains: PagingDomain[] = [];
   /** In-kernel accesses attached to this address space. */
   readonly accesses = new Set<IoptAccess>();
+  /** Their indices in the kernel's access_list xarray, and its shape. */
+  private readonly accessIdx = new Map<IoptAccess, number>();
+  private readonly accessXa = new XaShape();
   private readonly areas = new BTree<bigint, Area>(undefined, cmp, AREA_NODE_SIZE);
   private reserved: Reserved[] = [];
   private allowed = new BTree<bigint, bigint>(undefined, cmp);
@@ -296,7 +300,7 @@ export class IoPagetable {
   /** Reserve [start, last] for `owner`: EADDRINUSE if it intersects an area or an allowed range. */
   reserve(start: bigint, last: bigint, owner: object): void {
     if (this.areaFirst(start, last) || this.allowedHit(start, last)) fail('EADDRINUSE', 'reserved range overlaps an area or an allowed range');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     this.reserved.push({ start, last, owner });
   }
 
@@ -362,7 +366,7 @@ export class IoPagetable {
         if (start >= last) fail('EINVAL', 'allowed range start >= last');
         const p = tree.getPairOrNextLower(last);
         if (p && p[1] >= start) fail('EINVAL', 'allowed ranges overlap');
-        emu.failPoint('ENOMEM');
+        emu.allocPoint();
         tree.set(start, last);
       },
     };
@@ -414,17 +418,30 @@ export class IoPagetable {
 
   /** Attach an in-kernel access: its alignment joins the IOAS's (EADDRINUSE). */
   addAccess(access: IoptAccess): void {
-    this.emu.failPoint('ENOMEM');
+    // xa_alloc() of the access list (lowest free index from 0): its node allocations.
+    let idx = 0;
+    while (this.accessXa.has(idx)) idx++;
+    this.emu.faults.xaStore(this.accessXa, idx);
+    this.accessIdx.set(access, idx);
     this.accesses.add(access);
     try {
       this.recalcAlignment();
     } catch (e) {
+      this.dropAccessIdx(access);
       this.accesses.delete(access);
       throw e;
     }
   }
 
+  private dropAccessIdx(access: IoptAccess): void {
+    const idx = this.accessIdx.get(access);
+    if (idx === undefined) return;
+    this.accessXa.erase(idx);
+    this.accessIdx.delete(access);
+  }
+
   removeAccess(access: IoptAccess): void {
+    this.dropAccessIdx(access);
     this.accesses.delete(access);
     this.recalcAlignment();
   }
@@ -545,7 +562,7 @@ export class IoPagetable {
    * every attached domain. Returns the IOVA. On error nothing is left behind.
    */
   mapPages(segs: readonly PagesSeg[], length: bigint, iova: bigint | null, prot: number): bigint {
-    for (let i = 0; i < segs.length; i++) this.emu.failPoint('ENOMEM');
+    for (let i = 0; i < segs.length; i++) this.emu.allocPoint();
     if (length === 0n || (length & (this.align - 1n))) fail('EINVAL', 'length is 0 or not a multiple of the IOVA alignment');
     let dst: bigint;
     if (iova === null) {
@@ -650,12 +667,17 @@ export class IoPagetable {
 
   /** Map one (pinned) area into `d`: in one call, or page by page with huge pages disabled. */
   private mapArea(d: PagingDomain, area: Area): void {
-    if (!this.largePagesDisabled) {
-      d.map(area.iova, this.runsOf(area), area.prot);
-      return;
-    }
     let iova = area.iova;
     try {
+      // batch_to_domain(): one iommu_map() per physically contiguous run (its entry in the
+      // pfn batch), or per page with large pages disabled.
+      if (!this.largePagesDisabled) {
+        for (const run of this.runsOf(area)) {
+          d.map(iova, [run], area.prot);
+          iova += BigInt(run.length);
+        }
+        return;
+      }
       for (const run of this.runsOf(area)) {
         let phys = run.phys;
         let left = run.length;
@@ -689,7 +711,7 @@ export class IoPagetable {
     try {
       if (domain.apertureStart !== 0n) this.reserve(0n, domain.apertureStart - 1n, domain);
       if (domain.apertureLast !== U64_MAX) this.reserve(domain.apertureLast + 1n, U64_MAX, domain);
-      this.emu.failPoint('ENOMEM');
+      this.emu.allocPoint();
       this.fillDomain(domain);
     } catch (e) {
       this.unreserve(domain);
@@ -819,8 +841,8 @@ export class IoPagetable {
     const newStart = iova + 1n;
     const mask = this.align - 1n;
     if ((newStart & mask) || (area.byteAt(newStart) & mask)) fail('EINVAL', 'the cut is not aligned to the IOVA alignment');
-    this.emu.failPoint('ENOMEM');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
+    this.emu.allocPoint();
     if (this.numAccesses(area) > 0 || this.numLocks(area) > 0) fail('EINVAL', 'the area is pinned by an in-kernel access');
     if (area.filled && !this.largePagesDisabled) fail('EINVAL', 'the area may be mapped with large pages (enable VFIO v1 / disable huge pages to cut it)');
     const lhs = new Area(area.iova, iova, area.pages, area.startByte, area.prot);
@@ -866,7 +888,7 @@ export class IoPagetable {
     if (last > U64_MAX) fail('EOVERFLOW', 'iova + length wraps past 2^64');
     const segs: PagesSeg[] = [];
     const ok = this.walkContig(iova, last, (area, from, to) => {
-      this.emu.failPoint('ENOMEM');
+      this.emu.allocPoint();
       segs.push({ pages: area.pages, startByte: area.byteAt(from), length: to - from + 1n });
     });
     if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');
@@ -890,7 +912,7 @@ export class IoPagetable {
         if (area.pages.dmabuf) fail('EINVAL', 'access pin: dma-buf area');
         const first = area.indexAt(from);
         const lastIdx = area.indexAt(to);
-        for (const p of area.pages.pin(this.emu, first, lastIdx)) out.push(p);
+        for (const p of area.pages.pin(this.emu, first, lastIdx, 'access')) out.push(p);
         this.countPin(area, 1, lock);
         done.push({ area, first, lastIdx });
         if (this.emu.bus.on) this.pinEvent('pin', from, to, 'access', lock);
@@ -898,6 +920,7 @@ export class IoPagetable {
       if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');
     } catch (e) {
       for (const d of done) {
+        d.area.pages.accessUnpinned(d.first, d.lastIdx);
         d.area.pages.unpin(this.emu, d.first, d.lastIdx);
         this.countPin(d.area, -1, lock);
         if (this.emu.bus.on) this.pinEvent('unpin', d.area.iova, d.area.last, 'access', lock);
@@ -910,6 +933,7 @@ export class IoPagetable {
   /** Undo an accessPin of exactly the same range. */
   accessUnpin(iova: bigint, last: bigint, lock: boolean): void {
     const ok = this.walkContig(iova, last, (area, from, to) => {
+      area.pages.accessUnpinned(area.indexAt(from), area.indexAt(to));
       area.pages.unpin(this.emu, area.indexAt(from), area.indexAt(to));
       this.countPin(area, -1, lock);
       if (this.emu.bus.on) this.pinEvent('unpin', from, to, 'access', lock);
@@ -931,7 +955,7 @@ export class IoPagetable {
       if (!IoPagetable.protAllows(area, write)) fail('EPERM', `the mapping's protection does not allow this access`);
       const n = Number(to - from + 1n);
       const chunk = data.subarray(pos, pos + n);
-      area.pages.rw(area.byteAt(from), chunk, write, caller, slowPath);
+      area.pages.rw(this.emu, area.byteAt(from), chunk, write, caller, slowPath);
       pos += n;
     });
     if (!ok) fail('ENOENT', '[iova, iova + length) is not fully mapped');

@@ -85,7 +85,7 @@ function putU64(ucmd: Ucmd<any>, off: number, v: bigint): void {
   if (!arg) return;
   const b = new Uint8Array(8);
   new DataView(b.buffer).setBigUint64(0, v, true);
-  ucmd.emu.failPoint('EFAULT');
+  ucmd.emu.copyPoint();
   ucmd.mem.write(arg + BigInt(off), b);
 }
 
@@ -109,7 +109,7 @@ export function iommufdIoasAllowIovas(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_all
   const ioas = getIoas(ucmd.ctx, cmd.ioas_id);
   const b = IoPagetable.allowedBuilder(ucmd.emu);
   for (let i = 0; i < cmd.num_iovas; i++) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     const raw = ucmd.mem.read(cmd.allowed_iovas + 16n * BigInt(i), 16);
     const dv = new DataView(raw.buffer, raw.byteOffset, 16);
     b.add(dv.getBigUint64(0, true), dv.getBigUint64(8, true));
@@ -153,7 +153,7 @@ export function iommufdIoasIovaRanges(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_iov
       const dv = new DataView(b.buffer);
       dv.setBigUint64(0, start, true);
       dv.setBigUint64(8, last, true);
-      ucmd.emu.failPoint('EFAULT');
+      ucmd.emu.copyPoint();
       ucmd.mem.write(cmd.allowed_iovas + 16n * BigInt(cmd.num_iovas), b);
     }
     cmd.num_iovas++;
@@ -255,7 +255,7 @@ export function iommufdIoasChangeProcess(ucmd: Ucmd<Decoded<typeof S.iommu_ioas_
   const ctx = ucmd.ctx;
   const me = ucmd.mem.process;
   const ioases = ctx.objects.all().filter((o): o is Ioas => o instanceof Ioas && o.published);
-  ctx.emu.failPoint('ENOMEM');
+  ctx.emu.allocPoint();
   const pagesSet = new Set<Pages>();
   for (const ioas of ioases) {
     for (const area of ioas.iopt.allAreasIncludingBusy()) {

@@ -44,7 +44,7 @@ export class IovaBitmap {
   /** iova_bitmap_alloc: the structure and its page-pointer page are the only allocations. */
   constructor(emu: Emulator, private readonly mem: UserMemory, private readonly iova: bigint,
     private readonly length: bigint, pageSize: bigint, private readonly data: bigint) {
-    emu.failPoint('ENOMEM'); // the iova_bitmap structure
+    emu.allocPoint(); // the iova_bitmap structure
     this.pgshift = ffs(pageSize);
     this.totalIndex = (((length - 1n) & U64) >> this.pgshift) / 8n + 1n;
   }

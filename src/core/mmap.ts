@@ -22,7 +22,7 @@ function regions(ctx: IommufdCtx): Region[] {
 /** Register `pages` as a region owned by `owner`; offsets are allocated lowest-fit from PAGE_SIZE. */
 export function registerMmap(ctx: IommufdCtx, owner: IommufdObject, pages: PhysPage[]): bigint {
   if (pages.length === 0) fail('EINVAL', 'a region needs pages');
-  ctx.emu.failPoint('ENOMEM');
+  ctx.emu.allocPoint();
   const list = regions(ctx);
   const length = BigInt(pages.length * PAGE_SIZE);
   let offset = BigInt(PAGE_SIZE);

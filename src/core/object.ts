@@ -1,5 +1,6 @@
 // The object table: IDs, users (long-term references), publication, abort,
 // destroy and tombstones -- the analogue of the kernel's main.c object core.
+import { XaShape } from './fault_inject.js';
 import { BTree } from './btree.js';
 import { fail } from '../uapi/errno.js';
 import { describeHolder, type HolderDesc, type RefKind, type TraceBus } from './trace_bus.js';
@@ -59,6 +60,8 @@ export class ObjectTable {
   private readonly objs = new Map<number, IommufdObject>();
   private readonly freeIds = new BTree<number, undefined>();
   private nextId = 1;
+  /** The shape of the kernel's objects xarray (its node allocations are fault points). */
+  readonly xa = new XaShape();
 
   /** The trace bus of the owning emulator (null for a bare table). */
   readonly bus: TraceBus | null;
@@ -81,6 +84,13 @@ export class ObjectTable {
     return this.objs.size;
   }
 
+  /** The ID the next alloc() takes (the lowest free one), or undefined when none is left. */
+  peekId(): number | undefined {
+    const lowest = this.freeIds.minKey();
+    if (lowest !== undefined) return lowest;
+    return this.nextId > ID_MAX ? undefined : this.nextId;
+  }
+
   /** Reserve the lowest free ID for `obj` (not yet visible to lookups). */
   alloc<T extends IommufdObject>(obj: T): T {
     let id: number;
@@ -92,6 +102,7 @@ export class ObjectTable {
       if (this.nextId > ID_MAX) fail('ENOSPC', 'object IDs exhausted');
       id = this.nextId++;
     }
+    this.xa.store(id);
     obj.id = id;
     obj.table = this;
     this.objs.set(id, obj);
@@ -107,6 +118,7 @@ export class ObjectTable {
 
   private release(id: number): void {
     this.objs.delete(id);
+    this.xa.erase(id);
     if (id === this.nextId - 1) {
       this.nextId--;
       // Keep the invariant "every id < nextId is used or free": fold free tail ids back.

@@ -7,6 +7,7 @@
 // users are counted per page inside the pages object and the pin is dropped
 // with the last one. Pinned pages are charged to the owner's memlock budget
 // (per user or per process, 05 §4) when pinned and uncharged when unpinned.
+import { XaShape } from './fault_inject.js';
 import { fail } from '../uapi/errno.js';
 import type { Emulator } from './emulator.js';
 import { PHYS } from './physmem.js';
@@ -70,9 +71,23 @@ const FILE = WRITABLE << 1;
 const DMABUF = FILE << 1;
 const ACCOUNT_SHIFT = PAGE_SHIFT + 3;
 
+/** Who pins: the pfn_reader filling a domain, or an in-kernel access. */
+export type PinHow = 'reader' | 'access';
+
+/**
+ * temp_kmalloc() without a backup buffer: iommufd's own point (ENOMEM), then a kmalloc that
+ * may fail quietly (NORETRY) and is retried with one page, whose failure is ENOMEM.
+ */
+function tempKmalloc(emu: Emulator): void {
+  emu.iommufdPoint('ENOMEM');
+  if (emu.faults.slab()) emu.allocPoint();
+}
+
 export class Pages {
   /** Pinned page slots by index; allocated on first pin. */
   private slots: Map<number, Slot> | null = null;
+  /** The kernel's pinned_pfns xarray (pages held for in-kernel accesses): its shape, users per index. */
+  private pinnedXa: { shape: XaShape; users: Map<number, number> } | null = null;
   /**
    * The user memory or the file the pages come from (the FILE bit tells
    * which). User memory pages are charged to the memory's own process, so only
@@ -152,14 +167,14 @@ export class Pages {
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
     Pages.checkLength(length);
     if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
-    emu.failPoint('ENOMEM');
+    emu.allocPoint();
     return new Pages(mem, false, uptr, writable);
   }
 
   /** Describe `length` bytes of `file` from byte `start`. */
   static file(emu: Emulator, file: FileBacking, start: bigint, length: bigint, writable: boolean, owner: ProcessInfo): Pages {
     Pages.checkLength(length);
-    emu.failPoint('ENOMEM');
+    emu.allocPoint();
     return new Pages({ file, owner }, true, start, writable);
   }
 
@@ -194,8 +209,8 @@ export class Pages {
     owner: ProcessInfo): Pages {
     if (dmabuf.size <= start + length - 1n || length / PS >= 1n << 32n) fail('EINVAL', 'MAP_FILE: beyond the dma-buf');
     Pages.checkLength(length);
-    emu.failPoint('ENOMEM'); // iopt_pages
-    emu.failPoint('ENOMEM'); // the attachment
+    emu.allocPoint(); // iopt_pages
+    emu.allocPoint(); // the attachment
     const pages = dmabuf.attachPages();
     return new Pages({ dmabuf, pages, owner, revoked: false }, false, start, writable);
   }
@@ -241,8 +256,18 @@ export class Pages {
    * EFAULT (bad or gone source memory), EINVAL (unpinnable file), ENOMEM (memlock limit).
    * `emu` is the pinning IOAS's emulator (fault injection, per-user accounting).
    */
-  pin(emu: Emulator, first: number, last: number): PhysPage[] {
-    emu.failPoint('ENOMEM');
+  pin(emu: Emulator, first: number, last: number, how: PinHow = 'reader'): PhysPage[] {
+    const slots0 = this.slots;
+    const holes: [number, number][] = [];
+    for (let i = first; i <= last; i++) {
+      if (slots0?.has(i)) continue;
+      let j = i;
+      while (j < last && !slots0?.has(j + 1)) j++;
+      holes.push([i, j]);
+      i = j;
+    }
+    if (how === 'reader') this.readerPoints(emu, first, last, holes);
+    else this.accessPoints(emu, first, last, holes);
     const slots = (this.slots ??= new Map());
     const n = last - first + 1;
     const out: PhysPage[] = new Array(n);
@@ -278,7 +303,83 @@ export class Pages {
         out[start + k - first] = page;
       }
     }
+    if (how === 'access') this.accessPinned(first, last);
     return out;
+  }
+
+  /**
+   * The fault points of the kernel's pfn_reader filling a domain (iopt_area_fill_domain(s)):
+   * its batch buffer, then for the pages no one pins yet the user-pin buffer, each pin call
+   * (the buffer holds TEMP_MEMORY_LIMIT bytes of page pointers, the selftest can shrink it),
+   * and the pinned-page accounting. Each temporary buffer is a temp_kmalloc(): iommufd's own
+   * point (ENOMEM), then a kmalloc that may fail quietly (retried with one page).
+   */
+  private readerPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][], account = true): void {
+    const limit = emu.tempMemoryLimit;
+    tempKmalloc(emu);
+    if (holes.length === 0 || this.bits & DMABUF) return;
+    tempKmalloc(emu);
+    const chunk = Math.max(1, Math.floor(Math.min((last - first + 1) * 8, limit) / 8));
+    for (const [a, b] of holes) {
+      for (let n = b - a + 1; n > 0; n -= chunk) emu.iommufdPoint('EFAULT'); // pfn_reader_user_pin()
+    }
+    if (account) emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
+  }
+
+  /**
+   * The fault points of iopt_area_add_access() (iopt_pages_fill_xarray()): the access's
+   * node, one pin call per range nobody pins yet (the caller's page array holds them all),
+   * every range stored into the pinned-pfn xarray (iommufd's point halfway, EINVAL; the
+   * xarray's nodes), then the accounting.
+   */
+  private accessPoints(emu: Emulator, first: number, last: number, holes: readonly [number, number][]): void {
+    emu.allocPoint(); // the iopt_pages_access
+    const xa = (this.pinnedXa ??= { shape: new XaShape(), users: new Map() });
+    for (let h = 0; h < holes.length; h++) emu.iommufdPoint('EFAULT'); // pfn_reader_user_pin()
+    // Spans not in the xarray yet (pinned by a domain, or just pinned) go into it; on a
+    // failure the stores are undone.
+    const stored: number[] = [];
+    try {
+      for (let i = first; i <= last; i++) {
+        if (xa.users.has(i)) continue;
+        let j = i;
+        while (j < last && !xa.users.has(j + 1)) j++;
+        const half = i + Math.floor((j - i + 1) / 2);
+        for (let k = i; k <= j; k++) {
+          if (k === half) emu.iommufdPoint('EINVAL');
+          emu.faults.xaStore(xa.shape, k);
+          stored.push(k);
+        }
+        i = j;
+      }
+      if (holes.length) emu.iommufdPoint('ENOMEM'); // the pinned-page accounting update
+    } catch (e) {
+      for (const k of stored) xa.shape.erase(k);
+      throw e;
+    }
+  }
+
+  /** An access now holds [first, last]: they are in the pinned-pfn xarray. */
+  private accessPinned(first: number, last: number): void {
+    const xa = this.pinnedXa!;
+    for (let i = first; i <= last; i++) {
+      xa.users.set(i, (xa.users.get(i) ?? 0) + 1);
+      xa.shape.store(i);
+    }
+  }
+
+  /** An access's pin of [first, last] is gone: indices no access holds leave the pinned-pfn xarray. */
+  accessUnpinned(first: number, last: number): void {
+    const xa = this.pinnedXa;
+    if (!xa) return;
+    for (let i = first; i <= last; i++) {
+      const u = (xa.users.get(i) ?? 0) - 1;
+      if (u > 0) xa.users.set(i, u);
+      else {
+        xa.users.delete(i);
+        xa.shape.erase(i);
+      }
+    }
   }
 
   /** Add one user to pages that are already pinned (never fails). */
@@ -294,6 +395,14 @@ export class Pages {
   unpin(emu: Emulator, first: number, last: number): void {
     const slots = this.slots;
     if (!slots) throw new Error('pages: unpin of nothing pinned');
+    // Unpinning goes through a pfn batch with a stack backup (batch_init_backup()): its
+    // kmalloc is a point whose failure is absorbed; only when something is unpinned.
+    for (let i = first; i <= last; i++) {
+      if (slots.get(i)?.users === 1) {
+        emu.faults.slab();
+        break;
+      }
+    }
     let freed = 0;
     for (let i = first; i <= last; i++) {
       const s = slots.get(i);
@@ -334,11 +443,12 @@ export class Pages {
    * doing the access: when it is the source process and `slowPath` is off, the
    * bytes are copied through its address space directly (as copy_to/from_user).
    */
-  rw(offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
+  rw(emu: Emulator, offset: bigint, data: Uint8Array, write: boolean, caller: UserMemory | null, slowPath: boolean): void {
     if (write && !this.writable) fail('EPERM', 'write to pages mapped read-only');
     if (this.bits & DMABUF) fail('EINVAL', 'access rw: dma-buf memory');
     const mem = this.mem;
     if (mem && !slowPath && caller && caller.process === mem.process) {
+      emu.copyPoint(); // the fast path copies from/to the source VA
       const va = this.base + offset;
       if (write) mem.write(va, data);
       else data.set(mem.read(va, data.length));
@@ -349,6 +459,21 @@ export class Pages {
     // pages: the pinned pages where there are some (pfn_reader), else the current ones.
     const single = !!mem && mem.process.alive && data.length > 0 &&
       (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
+    if (single) emu.iommufdPoint('EINVAL'); // iopt_pages_rw_page()
+    else if (data.length > 0) {
+      // iopt_pages_rw_slow(): a pfn_reader over the range (its pins are dropped batch by batch).
+      const first = Number(offset / PS);
+      const last = Number((offset + BigInt(data.length) - 1n) / PS);
+      const holes: [number, number][] = [];
+      for (let i = first; i <= last; i++) {
+        if (this.pinned(i)) continue;
+        let j = i;
+        while (j < last && !this.pinned(j + 1)) j++;
+        holes.push([i, j]);
+        i = j;
+      }
+      this.readerPoints(emu, first, last, holes, false);
+    }
     let done = 0;
     while (done < data.length) {
       const byte = offset + BigInt(done);

@@ -5,6 +5,7 @@
 import { fail } from '../uapi/errno.js';
 import { MOCK, TEST_OP } from '../uapi/enums.js';
 import type { Ucmd } from './context.js';
+import type { Emulator } from './emulator.js';
 import { Access } from './access.js';
 import { fdCloseEvent, fdOpenEvent, type IommufdFile } from './file.js';
 import { U64_MAX } from './io_pagetable.js';
@@ -97,9 +98,10 @@ registerTestOp(TEST_OP.MD_CHECK_REFS, (ucmd) => {
   const { length, uptr, refs } = ucmd.cmd.u as { length: bigint; uptr: bigint; refs: number };
   // check_add_overflow(uptr, length): a range ending exactly at 2^64 overflows too.
   if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'length or uptr not page aligned, or uptr + length overflows (2^64 included)');
-  for (let off = 0n; off < length; off += PS) {
-    const [page] = getUserPages(ucmd.mem, uptr + off, 1, false);
-    if (!page!.compound && page!.pins !== refs) fail('EIO', `a page's pin count is not refs`);
+  // One lookup of the whole range (a lookup reads the process's mappings once).
+  const pages = length ? getUserPages(ucmd.mem, uptr, Number(length / PS), false) : [];
+  for (const page of pages) {
+    if (!page.compound && page.pins !== refs) fail('EIO', `a page's pin count is not refs`);
   }
 });
 
@@ -108,7 +110,8 @@ registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
   const u = ucmd.cmd.u as { out_access_fd: number; flags: number };
   if (u.flags & ~MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) fail('EOPNOTSUPP', 'flags has bits other than NEEDS_PIN_PAGES');
   const ctx = ucmd.ctx;
-  ctx.emu.failPoint('ENOMEM');
+  ctx.emu.allocPoint(); // the selftest's access state
+  ctx.emu.anonFilePoints();
   const file = new StaccessFile((u.flags & MOCK.FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES) !== 0);
   const access = Access.create(ctx, { needsPinPages: file.needsPin, unmap: (iova, len) => file.unmap(iova, len) }, file);
   try {
@@ -142,9 +145,9 @@ registerTestOp(TEST_OP.DESTROY_ACCESS_PAGES, (ucmd) => {
 /** The pages backing the caller's memory from `uptr` must be `pages` (EBADE), EFAULT if unmapped. */
 function checkPages(mem: UserMemory, uptr: bigint, pages: PhysPage[]): void {
   const base = uptr - (uptr % PS);
+  const now = getUserPages(mem, base, pages.length, false);
   for (let i = 0; i < pages.length; i++) {
-    const [p] = getUserPages(mem, base + BigInt(i) * PS, 1, false);
-    if (p !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
+    if (now[i] !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
   }
 }
 
@@ -158,11 +161,11 @@ registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
   const access = f.access!;
   let iova = u.iova;
   if (u.flags & MOCK.FLAGS_ACCESS_SYZ) iova = syzIova(access, iova);
-  ucmd.emu.failPoint('ENOMEM');
+  ucmd.emu.allocPoint();
   const pages = access.pinPages(iova, u.length, (u.flags & MOCK.FLAGS_ACCESS_WRITE) !== 0);
   try {
     if (u.uptr) checkPages(ucmd.mem, u.uptr - (iova % PS), pages);
-    ucmd.emu.failPoint('ENOMEM');
+    ucmd.emu.allocPoint();
   } catch (e) {
     access.unpinPages(iova, u.length);
     throw e;
@@ -179,6 +182,18 @@ registerTestOp(TEST_OP.ACCESS_PAGES, (ucmd) => {
   }
 });
 
+/**
+ * kvzalloc(): one kmalloc up to a page; above, a kmalloc that may fail quietly (NORETRY)
+ * and falls back to vmalloc (its area and page-array allocations).
+ */
+function kvzalloc(emu: Emulator, len: number): void {
+  if (len <= PAGE_SIZE) emu.allocPoint();
+  else if (emu.faults.slab()) {
+    emu.allocPoint(); // vmap_area
+    emu.allocPoint(); // vm_struct and page array
+  }
+}
+
 // ACCESS_RW (03 §4.11)
 registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   const u = ucmd.cmd.u as { iova: bigint; length: bigint; uptr: bigint; flags: number };
@@ -186,19 +201,19 @@ registerTestOp(TEST_OP.ACCESS_RW, (ucmd) => {
   if (u.flags & ~(MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH | MOCK.FLAGS_ACCESS_SYZ)) fail('EOPNOTSUPP', 'flags has bits other than WRITE|SLOW_PATH|SYZ');
   const f = staccess(ucmd, ucmd.cmd.id);
   const access = f.access!;
-  ucmd.emu.failPoint('ENOMEM');
-  const write = (u.flags & MOCK.ACCESS_RW_WRITE) !== 0;
   const len = Number(u.length);
+  kvzalloc(ucmd.emu, len);
+  const write = (u.flags & MOCK.ACCESS_RW_WRITE) !== 0;
   let data: Uint8Array = new Uint8Array(len);
   if (write) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     data = ucmd.mem.read(u.uptr, len);
   }
   let iova = u.iova;
   if (u.flags & MOCK.FLAGS_ACCESS_SYZ) iova = syzIova(access, iova);
   access.rw(iova, data, write, { slowPath: (u.flags & MOCK.ACCESS_RW_SLOW_PATH) !== 0, caller: ucmd.mem });
   if (!write) {
-    ucmd.emu.failPoint('EFAULT');
+    ucmd.emu.copyPoint();
     ucmd.mem.write(u.uptr, data);
   }
 });

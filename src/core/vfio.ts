@@ -42,7 +42,7 @@ export class VfioSubsystem {
   openCdev(index: number): VfioDeviceFile {
     const dev = this.devices[index];
     if (!dev || !dev.registered) fail('ENODEV', 'no such VFIO device');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return new VfioDeviceFile(dev, null);
   }
 

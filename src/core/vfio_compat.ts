@@ -24,7 +24,7 @@ function u64(b: Uint8Array, off: number): bigint {
 }
 
 function readUser(ctx: IommufdCtx, caller: Caller, arg: bigint, n: number): Uint8Array {
-  ctx.emu.failPoint('EFAULT');
+  ctx.emu.copyPoint();
   return caller.mem.read(arg, n);
 }
 
@@ -113,7 +113,7 @@ function unmapDma(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   // size = bytes unmapped, written back even when the walk stopped on an error.
   const out = new Uint8Array(b);
   new DataView(out.buffer).setBigUint64(16, unmapped, true);
-  ctx.emu.failPoint('EFAULT');
+  ctx.emu.copyPoint();
   caller.mem.write(arg, out);
   if (error) fail(error as 'EINVAL', 'VFIO_IOMMU_UNMAP_DMA: the range cannot be unmapped');
   return 0;
@@ -139,7 +139,7 @@ function getInfo(ctx: IommufdCtx, arg: bigint, caller: Caller): number {
   const ioas = getCompatIoas(ctx);
   const mem = caller.mem;
   const put = (off: number, bytes: Uint8Array): void => {
-    ctx.emu.failPoint('EFAULT');
+    ctx.emu.copyPoint();
     mem.write(arg + BigInt(off), bytes);
   };
   const putU32 = (off: number, v: number): void => {

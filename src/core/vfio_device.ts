@@ -134,7 +134,7 @@ export class VfioDeviceFile implements VfioFile {
     const minsz = endOf(vfio_device_bind_iommufd, 'out_devid');
     const userSize = getUserU32(emu, caller.mem, arg);
     if (userSize < minsz) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: argsz below the minimum');
-    emu.failPoint('EFAULT');
+    emu.copyPoint();
     const bind = decode(vfio_device_bind_iommufd,
       copyStructFromUser(caller.mem, arg, userSize, structSize(vfio_device_bind_iommufd, version)), version);
     if (bind.iommufd < 0 || bind.flags & ~(tokens ? VFIO_DEVICE_BIND_FLAG_TOKEN : 0)) fail('EINVAL', 'VFIO_DEVICE_BIND_IOMMUFD: iommufd < 0 or unknown flags');

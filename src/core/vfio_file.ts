@@ -99,12 +99,12 @@ function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null 
 // ---- user copies (copy_from_user / copy_to_user and friends) --------------------------------
 
 export function copyFromUser(emu: Emulator, mem: UserMemory, addr: bigint, n: number): Uint8Array {
-  emu.failPoint('EFAULT');
+  emu.copyPoint();
   return mem.read(addr, n);
 }
 
 export function copyToUser(emu: Emulator, mem: UserMemory, addr: bigint, bytes: Uint8Array): void {
-  emu.failPoint('EFAULT');
+  emu.copyPoint();
   mem.write(addr, bytes);
 }
 
@@ -115,7 +115,7 @@ export function getUserU32(emu: Emulator, mem: UserMemory, addr: bigint): number
 
 /** strndup_user(addr, PAGE_SIZE): EFAULT when unreadable, EINVAL when no NUL within the limit. */
 export function strndupUser(emu: Emulator, mem: UserMemory, addr: bigint, max = PAGE_SIZE): string {
-  emu.failPoint('EFAULT');
+  emu.copyPoint();
   const bytes: number[] = [];
   for (let i = 0; i <= max; i++) {
     // Read up to the end of the current page at once.

@@ -156,13 +156,13 @@ export class VfioGroupFile implements VfioFile {
       }
     }
     if (!device) fail('ENODEV', `no device '${buf}' in group ${this.group.id}`);
-    this.emu.failPoint('ENOMEM'); // the device file
+    this.emu.allocPoint(); // the device file
     const df = new VfioDeviceFile(device, this.group);
     this.groupOpen(df);
     this.group.holdFile();
     let fd = -1;
     try {
-      this.emu.failPoint('ENOMEM'); // unused fd
+      this.emu.allocPoint(); // unused fd
       fd = caller.fds.install(df);
     } finally {
       if (fd < 0) df.release();

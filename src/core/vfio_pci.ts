@@ -262,7 +262,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
     this.saved = this.saveState();
     // INTx masking works on these functions (PCI 2.3): start with INTx enabled.
     this.setCommand((c) => c & ~PCI_COMMAND.INTX_DISABLE);
-    this.emu.failPoint('ENOMEM'); // vconfig and the map
+    this.emu.allocPoint(); // vconfig and the map
     this.config = new VfioPciConfig(this);
     const m = pciFindCap(this.pci, PCI_CAP_ID.MSIX);
     if (m) {
@@ -457,7 +457,7 @@ export class VfioPciDevice implements VfioPciConfigHost {
     let data: Uint8Array | null = null;
     if (size) {
       if (hdr.argsz - minsz < hdr.count * size) fail('EINVAL', 'VFIO_DEVICE_SET_IRQS: argsz too small for count entries');
-      this.emu.failPoint('ENOMEM');
+      this.emu.allocPoint();
       data = copyFromUser(this.emu, caller.mem, arg + BigInt(VFIO_IRQ_SET_DATA_OFFSET), hdr.count * size);
     }
     return this.irqs.setIrqs(caller, hdr.flags, hdr.index, hdr.start, hdr.count, data);

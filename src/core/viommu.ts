@@ -205,7 +205,7 @@ export function iommufdViommuSetVdevIdV1(ucmd: Ucmd<Decoded<typeof S.iommu_viomm
   const viommu = ctx.get<Viommu>(cmd.viommu_id, ObjType.VIOMMU);
   if (hwpt.viommu !== viommu) fail('EINVAL', `the device's nested HWPT is not on this vIOMMU`);
   if (viommu.v1VdevIds.has(cmd.vdev_id)) fail('EBUSY', 'vdev_id is already set on this vIOMMU');
-  ucmd.emu.failPoint('ENOMEM');
+  ucmd.emu.allocPoint();
   viommu.v1VdevIds.set(cmd.vdev_id, idev);
 }
 

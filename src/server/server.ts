@@ -12,6 +12,7 @@
 // (opened, or verified once through /proc/<pid>/fd: inherited, dup'ed, received
 // over SCM_RIGHTS). A frame naming a file its process does not hold is refused
 // and the connection closed; the file's holders see nothing.
+import { settingsFromBits } from '../core/fault_inject.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -598,7 +599,7 @@ export class IommufdServer {
     }
     let ctx: IommufdCtx | null = null;
     const vfioContainer = node === '/dev/vfio/vfio';
-    const r = this.emulate(f.failnth, () => `open from pid ${pid}`, () => {
+    const r = this.emulate(f.failnth, f.fault, () => `open from pid ${pid}`, () => {
       // /dev/vfio/vfio is iommufd's VFIO container (IOMMUFD_VFIO_CONTAINER)
       ctx = vfioContainer ? vfioOf(this.emu).openContainer(st.mem) : this.emu.open(st.mem);
       return 0;
@@ -637,7 +638,7 @@ export class IommufdServer {
     const req = W.REQ.OPEN;
     const vfio = vfioOf(this.emu);
     const opened: { file: VfioFile | null } = { file: null };
-    const r = this.emulate(f.failnth, () => `open(${node}) from pid ${st.pid}`, () => {
+    const r = this.emulate(f.failnth, f.fault, () => `open(${node}) from pid ${st.pid}`, () => {
       const cdev = /^\/dev\/vfio\/devices\/vfio(\d+)$/.exec(node);
       const group = /^\/dev\/vfio\/(\d+)$/.exec(node);
       if (cdev) opened.file = vfio.openCdev(Number(cdev[1]));
@@ -697,7 +698,7 @@ export class IommufdServer {
     let err: number;
     if (!entry) err = -ERRNO.EBADF;
     else {
-      const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
+      const r = this.emulate(0, 0, () => `mmap from pid ${c.pid}`, () => {
         const h = iommufdMmap(entry.ctx, f.offset, f.length, f.flags, f.prot);
         let region: RegionFd | null = null;
         try {
@@ -734,7 +735,7 @@ export class IommufdServer {
     const MAP_SHARED = 0x01;
     const MAP_SHARED_VALIDATE = 0x03;
     const type = f.flags & 0x0f; // MAP_TYPE
-    const r = this.emulate(0, () => `mmap from pid ${c.pid}`, () => {
+    const r = this.emulate(0, 0, () => `mmap from pid ${c.pid}`, () => {
       const file = b && !b.released ? b.file : null;
       if (!b || !file) fail('EBADF', 'the file is closed');
       // a group file has no mmap method
@@ -779,7 +780,7 @@ export class IommufdServer {
       throw new Forged(`MMIO on a BAR mapping of pid ${e.pid} that pid ${st.pid} neither holds nor inherited`);
     } else {
       const size = f.size as AccessSize;
-      const r = this.emulate(0, () => `MMIO from pid ${c.pid}`, () => {
+      const r = this.emulate(0, 0, () => `MMIO from pid ${c.pid}`, () => {
         if (f.write) e.mapping.write(Number(f.off), size, f.value);
         else value = e.mapping.read(Number(f.off), size);
         return 0;
@@ -963,7 +964,7 @@ export class IommufdServer {
         fdt = new CallFdTable(this, st, f.evfd, ev, f.hintfd, hint);
         const calls = fdt;
         const caller: VfioCaller = { mem: st.mem, fds: calls, files: calls, tid };
-        ({ ret, failnth: outFailnth } = this.emulate(f.failnth, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
+        ({ ret, failnth: outFailnth } = this.emulate(f.failnth, f.fault, () => `ioctl 0x${request.toString(16)} from pid ${pid}`,
           () => (vfioFile ? vfioFile.ioctl(request, arg, caller) : entry!.ctx.ioctl(request, arg, caller))));
         written = st.mem.endInline();
       } finally {
@@ -1003,10 +1004,12 @@ export class IommufdServer {
     this.log(`${what}: emulator bug: ${(e as Error)?.stack ?? e}`);
   }
 
-  private emulate(failnth: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
+  private emulate(failnth: number, fault: number, what: () => string, fn: () => number): { ret: number; failnth: number } {
     let ret: number;
     this.calls++;
     this.emu.failNth = failnth;
+    // The caller's debugfs switches (its private debugfs, read by the shim while fail-nth is armed).
+    if (failnth) this.emu.faults.settings = settingsFromBits(fault);
     try {
       ret = fn();
     } catch (e) {
@@ -1040,7 +1043,7 @@ export class IommufdServer {
       // the others have none (the shim answers ESPIPE for their positional I/O).
       const vfio = isVfio(file);
       const pos = positional ? f.pos : vfio ? b.pos ?? 0n : 0n;
-      const r = this.emulate(f.failnth, () => `file op on ${file.name}`,
+      const r = this.emulate(f.failnth, f.fault, () => `file op on ${file.name}`,
         () => (f.op === F.POLL ? vfsPoll(file) : write ? vfsWrite(file, st.mem, f.buf, f.count, pos)
           : vfsRead(file, st.mem, f.buf, f.count, pos)));
       ret = r.ret;

@@ -24,6 +24,8 @@
 // and its OPS, and FDRULE rows in fdrules.ts; the shim learns both from the
 // PROVE reply's tables, never from constants of its own.
 
+import { FAULT_BITS } from '../core/fault_inject.js';
+
 export type WireType = 'u32' | 's32' | 'u64' | 's64' | `u8[${number}]`;
 export type ConnKind = 'new' | 'hello' | 'control' | 'anchor' | 'event' | 'holder';
 
@@ -94,7 +96,7 @@ export const IOCTL_INLINE_MAX = 256;
 /** Largest frame a peer may announce; anything else is malformed. */
 export const MAX_FRAME = 4096;
 /** Bumped on every incompatible change; HELLO carries the shim's. */
-export const WIRE_VERSION = 4;
+export const WIRE_VERSION = 5;
 
 // ---- constants shared by both sides ---------------------------------------------
 
@@ -129,7 +131,7 @@ export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 
 export const CONSTANTS: Record<string, Record<string, number>> = {
   WIRE: { VERSION: WIRE_VERSION, IOCTL_INLINE_MAX, MAX_FRAME },
-  WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
+  WIRE_FAULT: FAULT_BITS, WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
   WIRE_NODE: { ...NODE, PATH_MAX: NODE_PATH_MAX },
 };
 
@@ -188,16 +190,18 @@ export const REQ = {
     'where the client put the HELLO nonce in its own memory', { becomes: 'control' }),
   OPEN: request('OPEN', 2, ['new'], REP.open, {
     pid: 'u32', tid: 'u32', failnth: 'u32', fd: 's32', node: 'u32', flags: 'u32', ino: 'u64', session: 'u64',
-    pathlen: 'u32', pad: 'u32',
+    pathlen: 'u32', fault: 'u32',
   }, 'this socket becomes an open() of node (NODE: /dev/iommu, or the device node whose path under /dev is the tail); '
-    + 'fd: its number in the client, ino: its inode', { becomes: 'anchor', tail: 'pathlen', tailMax: NODE_PATH_MAX }),
+    + 'fd: its number in the client, ino: its inode; fault: the fault-injection switches (FAULT bits) with failnth armed',
+  { becomes: 'anchor', tail: 'pathlen', tailMax: NODE_PATH_MAX }),
   EVPREP: request('EVPREP', 7, ['new'], REP.evprep, { pid: 'u32', fd: 's32', ino: 'u64', session: 'u64' },
     'this socket is the fd the next call may hand out', { becomes: 'event' }),
   IOCTL: request('IOCTL', 3, CTL, REP.ioctl, {
     token: 'u64', fd: 's32', tid: 'u32', request: 'u32', failnth: 'u32', arg: 'u64',
     evfd: 's32', mapgen: 'u32', evtoken: 'u64', memlock: 'u64', hintfd: 's32', inl: 'u32', hinttoken: 'u64',
-    caps: 'u32', pad: 'u32',
+    caps: 'u32', fault: 'u32',
   }, 'ioctl(fd, request, arg) on the file `token`; evfd/evtoken: a prepared event socket (-1: none); '
+    + 'fault: the fault-injection switches (FAULT bits: the debugfs files) when failnth is armed; '
     + 'hintfd/hinttoken: an fd the call may look up (FDRULE.NAMES); memlock, caps: the caller\'s RLIMIT_MEMLOCK '
     + 'and effective CAP bits now (the kernel checks them at the call); then inl bytes of our memory from arg on',
   { tail: 'inl', tailMax: IOCTL_INLINE_MAX }),
@@ -207,8 +211,8 @@ export const REQ = {
     'a MAP_SHARED mapping of a memfd/shmem/hugetlbfs file (REGION.HUGE)'),
   UNMAP: request('UNMAP', 6, CTL, REP.status, { va: 'u64', length: 'u64' }, 'shared mappings in the range are gone'),
   FILEOP: request('FILEOP', 8, CTL, REP.fileop, {
-    token: 'u64', fd: 's32', op: 'u32', buf: 'u64', count: 'u64', pos: 'u64', failnth: 'u32', mapgen: 'u32', tid: 'u32', pad: 'u32',
-  }, 'read/write (FILEOP op) on the file `token`'),
+    token: 'u64', fd: 's32', op: 'u32', buf: 'u64', count: 'u64', pos: 'u64', failnth: 'u32', mapgen: 'u32', tid: 'u32', fault: 'u32',
+  }, 'read/write (FILEOP op) on the file `token`; fault: as IOCTL\'s'),
   LOOKUP: request('LOOKUP', 9, CTL, REP.lookup, { fd: 's32', pad: 'u32' },
     'which emulated file is our fd (inherited across exec, received over SCM_RIGHTS)'),
   MMAP: request('MMAP', 10, CTL, REP.mmap, {

@@ -33,7 +33,11 @@ export const MSI_IOVA_LENGTH = 0x100000n;
 class HostTableMemory implements TableMemory {
   constructor(readonly tables: TableAllocator, readonly emu: Emulator) {}
   alloc(bytes: number): number {
-    this.emu.failPoint('ENOMEM');
+    // iommu_alloc_pages_node_sz(): a page allocation of the table's order (fail_page_alloc:
+    // by default, min-order 1, single pages are no points).
+    let order = 0;
+    while (4096 << order < bytes) order++;
+    this.emu.faults.allocPages(order);
     return this.tables.alloc(bytes);
   }
   free(addr: number): void {
@@ -369,7 +373,7 @@ export class ArmSmmuV3Driver implements IommuDriver {
 
   private hwInfoOf(dev: DriverDevice, type: number): HwInfo {
     if (type !== 0 && type !== HW_INFO_TYPE_ARM_SMMUV3) fail('EOPNOTSUPP', 'SMMUv3 has no hw_info of this type');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     const s = (dev as SmmuMaster).smmu;
     const flags = this.abi.erratumFlag && s.cfg.erratumRepeatTlbiCfgi ? HW_INFO_ARM_SMMUV3_ERRATA_REPEAT_TLBI_CFGI : 0;
     return {
@@ -400,7 +404,7 @@ export class ArmSmmuV3Driver implements IommuDriver {
       (this.abi.pasidFlag ? HWPT_ALLOC.PASID : 0);
     if (flags & ~allowed) fail('EOPNOTSUPP', 'SMMUv3 paging alloc: unsupported flags');
     if (data) fail('EOPNOTSUPP', 'SMMUv3 paging alloc takes no driver data');
-    this.emu.failPoint('ENOMEM'); // arm_smmu_domain_alloc
+    this.emu.allocPoint(); // arm_smmu_domain_alloc
     let stage: Stage;
     let nestParent = false;
     switch (flags) {
@@ -454,10 +458,10 @@ export class ArmSmmuV3Driver implements IommuDriver {
     if (domain instanceof SmmuPagingDomain) {
       if (domain.smmu !== m.smmu) fail('EINVAL', 'SMMUv3 attach: the domain belongs to another SMMU');
       if (domain.stage === 1 && m.cdTable === null) {
-        this.emu.failPoint('ENOMEM');
+        this.emu.allocPoint();
         m.cdTable = m.smmu.tables.alloc(64);
       }
-      this.emu.failPoint('ENOMEM'); // arm_smmu_master_domain
+      this.emu.allocPoint(); // arm_smmu_master_domain
       if (domain.enforcingCoherency && !m.canwbs) fail('EINVAL', 'SMMUv3 attach: a coherency-enforcing domain on a master without CANWBS');
       m.vmaster = null;
       m.atsEnabled = this.capPciAtsSupported(m);
@@ -487,11 +491,11 @@ export class ArmSmmuV3Driver implements IommuDriver {
         // A translating vSTE needs the vSID (CD/ATC invalidations, events); abort/bypass may go without (GBPA).
         if (cfg !== STE_CONFIG.ABORT && cfg !== STE_CONFIG.BYPASS) fail('ENOENT', `SMMUv3 attach: a translating vSTE needs the device's vDEVICE (vSID)`);
       } else {
-        this.emu.failPoint('ENOMEM');
+        this.emu.allocPoint();
         vmaster = { viommu: nd.vsmmu.core, vsid };
       }
     }
-    this.emu.failPoint('ENOMEM'); // arm_smmu_master_domain
+    this.emu.allocPoint(); // arm_smmu_master_domain
     const parent = nd.vsmmu.s2Parent;
     if (parent.enforcingCoherency && !m.canwbs) fail('EINVAL', 'SMMUv3 attach: a coherency-enforcing parent on a master without CANWBS');
     // The VM owns the device's ATS state: with a translating vSTE ATS follows its EATS.

@@ -2,6 +2,7 @@
 // default for HWPT_ALLOC / IOAS attach) and stage-2 nest parents, their page
 // tables as io-pgtable writes them, the TLB maintenance on unmap, allocation
 // flags per kernel, the IOTLB bound, and the trace points.
+import { FAIL_NTH_SELFTEST } from '../../core/fault_inject.js';
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { deviceAttach, deviceUnbind } from '../../core/device.js';
@@ -113,6 +114,7 @@ describe('kernel paging domains', () => {
       const ioas = r.fd.ioasAlloc();
       const hwpt = r.fd.hwptAlloc({ devId: r.devId, ptId: ioas });
       const va = r.fd.mem.mmap(8 << 20);
+      r.emu.faults.settings = { ...FAIL_NTH_SELFTEST, pageMinOrder: 0 }; // single table pages are points too
       r.emu.failNth = nth;
       const e = errOf(() => r.fd.ioasMap({ ioasId: ioas, userVa: va, length: 8n << 20n, iova: 0x4000_0000n }));
       r.emu.failNth = 0;

@@ -103,14 +103,14 @@ export class SmmuViommuDriver implements ViommuDriver {
     if (flags) fail('EOPNOTSUPP', 'SMMUv3 nested alloc: flags must be 0');
     const bytes = copyUserData(data, HWPT_DATA_ARM_SMMUV3, 16, 16);
     const v = validateVste(wordsFromBytes(bytes, 2) as [bigint, bigint]);
-    this.drv.emu.failPoint('ENOMEM');
+    this.drv.emu.allocPoint();
     return new SmmuNestedDomain(this.drv, vsmmu, v.ste, v.enableAts);
   }
 
   /** arm_vsmmu_cache_invalidate. */
   private cacheInvalidate(vsmmu: Vsmmu, req: InvalidateArray): void {
     req.handled = 0;
-    if (req.entryNum) this.drv.emu.failPoint('ENOMEM'); // the kernel copy of the array
+    if (req.entryNum) this.drv.emu.allocPoint(); // the kernel copy of the array
     const cmds = copyFullUserArray(req);
     let cur = 0;
     let last = 0;

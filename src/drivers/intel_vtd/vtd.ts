@@ -117,7 +117,7 @@ export class VtdPagingDomain implements PagingDomain {
     this.pgsizeBitmap = pg;
     this.sizes = [SZ_1G, SZ_2M, SZ_4K].filter((s) => pg & BigInt(s));
     this.enforceCacheCoherency = r.snoopControl;
-    this.table = new SlPageTable(() => driver.emu.failPoint('ENOMEM'));
+    this.table = new SlPageTable(() => driver.emu.faults.allocPages(0)); // a table page (fail_page_alloc)
   }
 
   map(iova: bigint, runs: readonly PhysRun[], prot: number): void {
@@ -198,7 +198,7 @@ export class VtdDriver implements IommuDriver {
   hwInfo(dev: DriverDevice, type: number): HwInfo {
     if (type !== 0 && type !== HW_INFO_TYPE_INTEL_VTD) fail('EOPNOTSUPP', 'VT-d has no hw_info of this type');
     const unit = (dev as VtdDevice).unit;
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return {
       type: HW_INFO_TYPE_INTEL_VTD,
       data: encode(S.iommu_hw_info_vtd, { flags: HW_INFO_VTD_ERRATA_772415_SPR17, cap_reg: unit.cap, ecap_reg: unit.ecap }),
@@ -225,7 +225,7 @@ export class VtdDriver implements IommuDriver {
     if (flags & ~(HWPT_ALLOC.NEST_PARENT | HWPT_ALLOC.DIRTY_TRACKING | HWPT_ALLOC.PASID)) fail('EOPNOTSUPP', 'VT-d paging alloc: flags other than NEST_PARENT|DIRTY_TRACKING|PASID');
     if (flags & HWPT_ALLOC.NEST_PARENT && !unit.regs.nested) fail('EOPNOTSUPP', 'VT-d paging alloc: NEST_PARENT on a unit without nested translation');
     if (flags & HWPT_ALLOC.DIRTY_TRACKING) fail('EOPNOTSUPP', 'VT-d paging alloc: this unit has no dirty tracking');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return new VtdPagingDomain(this, unit, !!(flags & HWPT_ALLOC.NEST_PARENT));
   }
 

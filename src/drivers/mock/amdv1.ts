@@ -142,7 +142,7 @@ export class MockAmdv1Domain implements PagingDomain {
     for (let l = TOP_LEVEL - 1; l >= level; l--) {
       const key = iova & ~((1n << BigInt(itemLg2(l + 1))) - 1n);
       if (this.tables[l]!.has(key)) continue;
-      this.emu.failPoint('ENOMEM'); // a table page
+      this.emu.faults.allocPages(0); // a 4 KiB table: a page allocation (no point at min-order 1)
       this.tables[l]!.add(key);
       added.push([l, key]);
     }

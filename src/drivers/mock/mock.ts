@@ -4,6 +4,8 @@
 // the PASID-1024 one-shot failure and a 4 x u32 per-device cache.
 // Gen A (xarray mock, <= 6.18) and gen B (generic page table, 6.19+) differ in
 // flags, driver data and the HUGE variant; the profile picks one.
+import { mockDeviceAddPoints } from './device_core_points.js';
+import { XaShape } from '../../core/fault_inject.js';
 import { MockViommuDriver } from './viommu.js';
 import { amdv1MockDomain, MockAmdv1Domain } from './amdv1.js';
 import type { ViommuCore } from '../driver.js';
@@ -69,6 +71,8 @@ export class MockPagingDomain implements PagingDomain {
   readonly enforceCacheCoherency = false;
   /** slot index (iova / MOCK_PAGE_SIZE) -> entry. */
   readonly slots = new Map<number, Slot>();
+  /** The shape of the kernel mock's pfns xarray holding those slots. */
+  private readonly xa = new XaShape();
   /** Dirty tracking switched on (SET_DIRTY_TRACKING). */
   tracking = false;
   /** Supported IOPTE sizes, descending. */
@@ -86,7 +90,7 @@ export class MockPagingDomain implements PagingDomain {
   }
 
   map(iova: bigint, runs: readonly PhysRun[], _prot: number): void {
-    this.driver.emu.failPoint('ENOENT'); // the mock's own map failure point
+    this.driver.emu.iommufdPoint('ENOENT'); // the mock's own map failure point (iommufd_should_fail)
     const added: number[] = [];
     let cur = iova;
     try {
@@ -102,6 +106,8 @@ export class MockPagingDomain implements PagingDomain {
             if (added.length === 0) flags |= SLOT_FLAGS.START;
             if (ri === runs.length - 1 && left - off === SLOT) flags |= SLOT_FLAGS.LAST;
             const key = Number((cur + off) / SLOT);
+            // xa_store() into the mock's pfns xarray: its node allocations are fault points.
+            this.driver.emu.faults.xaStore(this.xa, key);
             this.slots.set(key, { phys: Number(phys + off), flags });
             added.push(key);
           }
@@ -111,13 +117,20 @@ export class MockPagingDomain implements PagingDomain {
         }
       });
     } catch (e) {
-      for (const k of added) this.slots.delete(k);
+      for (const k of added) {
+        this.slots.delete(k);
+        this.xa.erase(k);
+      }
       throw e;
     }
   }
 
   unmap(iova: bigint, length: bigint): bigint {
-    for (let off = 0n; off < length; off += SLOT) this.slots.delete(Number((iova + off) / SLOT));
+    for (let off = 0n; off < length; off += SLOT) {
+      const k = Number((iova + off) / SLOT);
+      this.slots.delete(k);
+      this.xa.erase(k);
+    }
     return length;
   }
 
@@ -236,13 +249,13 @@ export class MockDriver implements IommuDriver {
   /** mock_dev_create: unknown flags -> EINVAL. */
   createDevice(flags: number): MockDevice {
     if (flags & ~this.validDeviceFlags) fail('EINVAL', 'MOCK_DOMAIN_FLAGS: unknown device flag');
-    this.emu.failPoint('ENOMEM');
+    mockDeviceAddPoints(this.emu);
     return new MockDevice(this, flags);
   }
 
   hwInfo(_dev: DriverDevice, type: number): HwInfo {
     if (type !== 0 && type !== MOCK.HW_INFO_TYPE_SELFTEST) fail('EOPNOTSUPP', 'the mock has no hw_info of this type');
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return {
       type: MOCK.HW_INFO_TYPE_SELFTEST,
       data: encode(S.iommu_test_hw_info, { flags: 0, test_reg: MOCK.HW_INFO_SELFTEST_REGVAL }),
@@ -271,7 +284,7 @@ export class MockDriver implements IommuDriver {
       if (data && data.type !== MOCK.HWPT_DATA_SELFTEST && data.type !== 0) fail('EOPNOTSUPP', 'mock paging alloc: data_type is not the selftest type');
       if (data) pagetableType = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, 8)).pagetable_type;
     }
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     if (this.gen === 'A') {
       let pgsize = BigInt(MOCK_PAGE_SIZE);
       if (mdev.flags & MOCK.FLAGS_DEVICE_HUGE_IOVA) pgsize |= BigInt(MOCK_HUGE_PAGE_SIZE);
@@ -299,7 +312,7 @@ export class MockDriver implements IommuDriver {
     if (data.type !== MOCK.HWPT_DATA_SELFTEST) fail('EOPNOTSUPP', 'data_type is not IOMMU_HWPT_DATA_SELFTEST');
     const kernelLen = this.gen === 'A' ? 4 : 8;
     const cfg = decode(S.iommu_hwpt_selftest, copyUserData(data, MOCK.HWPT_DATA_SELFTEST, 4, kernelLen));
-    this.emu.failPoint('ENOMEM');
+    this.emu.allocPoint();
     return new MockNestedDomain(this, parent, cfg.iotlb, viommu);
   }
 

@@ -2,6 +2,7 @@
 // MOCK_DOMAIN_REPLACE, MD_CHECK_MAP, MD_CHECK_IOTLB, DEV_CHECK_CACHE, DIRTY,
 // TRIGGER_IOPF and the PASID ops, plus the SELFTEST object that owns a mock
 // device bound to the context.
+import { mockDeviceDelPoints } from './device_core_points.js';
 import type { IommufdCtx, Ucmd } from '../../core/context.js';
 import {
   deviceAttach, deviceBind, deviceDetach, deviceReplace, deviceUnbind, NO_PASID, type Device,
@@ -38,6 +39,7 @@ export class SelftestObj extends IommufdObject {
       deviceUnbind(idev);
     }
     if (this.mockDev) {
+      mockDeviceDelPoints(this.ctx.emu);
       this.mockDev.destroyed = true;
       this.mockDev = null;
     }
@@ -143,7 +145,7 @@ function dirty(ucmd: Ucmd<TestCmd>): void {
   if (max > 1n << 27n) fail('EOVERFLOW', 'more than 2^27 pages');
   const domain = getMockPaging(ctx, ucmd.cmd.id);
   if (!domain.tracking) fail('EINVAL', 'dirty tracking is off');
-  ucmd.emu.failPoint('ENOMEM');
+  ucmd.emu.allocPoint();
   const bits = ucmd.mem.read(u.uptr, Number((max + 7n) / 8n));
   const countAll = mockDriverOf(ucmd.emu).gen === 'B';
   const quirk = ucmd.ctx.profile.mockDirtyIndexQuirk;
@@ -225,9 +227,9 @@ function dmabufGet(ucmd: Ucmd<TestCmd>): number {
   const len = BigInt(u.length + PAGE_SIZE - 1) & ~BigInt(PAGE_SIZE - 1);
   if (len === 0n || len > BigInt(PAGE_SIZE * 512)) fail('EINVAL', 'DMABUF_GET: length 0 or above 512 pages');
   const emu = ucmd.emu;
-  emu.failPoint('ENOMEM'); // the exporter's private data
-  emu.failPoint('ENOMEM'); // its memory
-  emu.failPoint('ENOMEM'); // dma_buf_export
+  emu.allocPoint(); // the exporter's private data
+  emu.allocPoint(); // its memory
+  emu.allocPoint(); // dma_buf_export
   const buf = new DmaBuf(emu, len, () => allIopts(emu), u.open_flags);
   let fd = -1;
   // dma_buf_fd(): the fd is close-on-exec only when open_flags asks for it.

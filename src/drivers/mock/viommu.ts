@@ -61,7 +61,7 @@ export class MockViommuDriver implements ViommuDriver {
     const K = structSize(S.iommu_viommu_selftest);
     const buf = copyUserData(data, viommu.viommuType, 8, K);
     const d = decode(S.iommu_viommu_selftest, buf);
-    this.drv.emu.failPoint('ENOMEM');
+    this.drv.emu.allocPoint();
     const pages = [regionFrames.alloc(), regionFrames.alloc()];
     pages[0]!.write(0, encode(S.iommu_viommu_event_selftest, { virt_id: d.in_data }));
     const offset = viommu.registerMmap(pages);
@@ -88,7 +88,7 @@ export class MockViommuDriver implements ViommuDriver {
       return;
     }
     const entries: Uint8Array[] = [];
-    this.drv.emu.failPoint('ENOMEM');
+    this.drv.emu.allocPoint();
     for (let i = 0; i < req.entryNum; i++) {
       const raw = req.mem.read(req.uptr + BigInt(i) * BigInt(req.entryLen), req.entryLen);
       if (raw.length > ENTRY_LEN && raw.subarray(ENTRY_LEN).some((b) => b !== 0)) fail('E2BIG', `an entry's bytes past the kernel's struct are not zero`);
