@@ -7,7 +7,7 @@ import type { Profile } from '../uapi/profiles.js';
 import type { ProfileIoctl } from '../uapi/ioctls.js';
 import type { FdTable } from './file.js';
 import { IommufdObject, ObjectTable, ObjType } from './object.js';
-import type { UserMemory } from './usermem.js';
+import { tryRead, type UserMemory } from './usermem.js';
 import type { Emulator } from './emulator.js';
 import { decodeTestUnion, encodeTestUnion } from './selftest.js';
 
@@ -103,15 +103,6 @@ function checkZeroedUser(mem: UserMemory, from: bigint, size: number): boolean {
   return true;
 }
 
-/** `len` bytes at `addr`, or as many as can be read (halving), or null: traces never fault the caller. */
-function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null {
-  for (let n = len; n > 0; n = n > 8 ? Math.floor(n / 2) : 0) {
-    try {
-      return mem.read(addr, n);
-    } catch { /* shorter */ }
-  }
-  return null;
-}
 
 export class IommufdCtx {
   readonly objects: ObjectTable;

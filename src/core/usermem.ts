@@ -98,3 +98,13 @@ export class UserAccounting {
     else this.locked.set(uid, v);
   }
 }
+
+/** `len` bytes at `addr`, or as many as can be read (halving), or null: traces never fault the caller. */
+export function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null {
+  for (let n = len; n > 0; n = n > 8 ? Math.floor(n / 2) : 0) {
+    try {
+      return mem.read(addr, n);
+    } catch { /* shorter */ }
+  }
+  return null;
+}

@@ -10,7 +10,7 @@ import { traceSpan } from '../uapi/trace.js';
 import type { Caller, IommufdCtx } from './context.js';
 import type { Emulator } from './emulator.js';
 import type { IommufdFile } from './file.js';
-import { PAGE_SIZE, type UserMemory } from './usermem.js';
+import { PAGE_SIZE, tryRead, type UserMemory } from './usermem.js';
 
 /** A reference on an eventfd (eventfd_ctx): signal adds 1 to its counter; put drops the reference. */
 export interface EventFdCtx {
@@ -87,14 +87,6 @@ export function tracedVfioIoctl(emu: Emulator, file: 'group' | 'device', ctx: nu
   return ret!;
 }
 
-function tryRead(mem: UserMemory, addr: bigint, len: number): Uint8Array | null {
-  for (let n = len; n > 0; n = n > 8 ? Math.floor(n / 2) : 0) {
-    try {
-      return mem.read(addr, n);
-    } catch { /* shorter */ }
-  }
-  return null;
-}
 
 // ---- user copies (copy_from_user / copy_to_user and friends) --------------------------------
 
