@@ -6,7 +6,7 @@
 #
 # MODULES_DIR `-`: no modules (a guest kernel with dca and ioatdma built in, for --dmatest).
 # The mode comes from the kernel command line: vmm_e2e=probe|error|dmatest; dmatest mode also
-# reads vmm_dmatest_iterations=N (default 1000) and runs the kernel's dmatest client on
+# reads vmm_dmatest_iterations=N (the runner passes it) and runs the kernel's dmatest client on
 # dma0chan0 with one thread, through /sys/module/dmatest/parameters.
 #
 # The guest's /init prints lines starting "vmm-e2e:" (the runner parses them):
@@ -74,7 +74,7 @@ if [ "$mode" = dmatest ]; then
     echo 1 > $P/run
     cat $P/wait > /dev/null
     say "dmatest end $(cut -d' ' -f1 /proc/uptime)"
-    dmesg | grep 'dmatest' | while read -r l; do say "dmatest $l"; done
+    dmesg | grep 'dmatest: ' | while read -r l; do say "dmatest $l"; done
   else
     say "dmatest missing (no /sys/module/dmatest in this kernel)"
   fi

@@ -43,6 +43,8 @@ test('dmatest fails on failures, a short run, a bad result, faults or copies the
     [report(passing(500).filter((l) => l !== 'dma dma0chan0')), 500, engine, 0, /no dma0chan0/],
     [report([...passing(500), "dmatest [ 5.0] dmatest: dma0chan0-copy0: result #7: 'data error' with src_off=0x1 dst_off=0x2 len=0x3 (0)"]),
       500, engine, 0, /failed tests: .*data error/],
+    [report([...passing(500), 'dmatest [ 5.0] dmatest: dma0chan0-copy0: dstbuf[0x10] mismatch! Expected 41, got 00']),
+      500, engine, 0, /failed tests: .*mismatch/],
     [report(passing(500), 'qemu-system-x86_64: vfio: something broke'), 500, engine, 0, /QEMU: .*something broke/],
   ];
   for (const [r, it, e, f, want] of cases) {

@@ -299,7 +299,8 @@ export function judgeDmatest(r: GuestReport, iterations: number, engine: EngineC
     if (s.result !== 0) p.push(`dmatest thread ended with ${s.result}`);
   }
   if (sums.length !== 1) p.push(`${sums.length} dmatest summary lines (expected one thread)`);
-  const failed = r.marks.filter((l) => /^dmatest .*result #\d+: '(?!test passed)/.test(l));
+  // A failed test prints its result line, and the verify step one line per bad byte range.
+  const failed = r.marks.filter((l) => /^dmatest .*(result #\d+: '(?!test passed)|overwritten!|not copied!|was copied!|mismatch!|errors suppressed|misconfigured)/.test(l));
   if (failed.length) p.push(`failed tests: ${failed.slice(0, 5).join(' | ')}`);
   if (!engine) p.push('the guest never said "dmatest start" and "dmatest end"');
   else if (s && engine.copies !== s.tests) p.push(`the engine made ${engine.copies} copies for ${s.tests} tests`);
@@ -368,7 +369,7 @@ async function main(argv: string[]): Promise<number> {
     console.log(`vmm-e2e: SKIP: ${a.skip}`);
     return 0;
   }
-  if (argv.includes('--dmatest')) return dmatestRun(a, trace, numberArg(argv, '--iterations', 1000));
+  if (argv.includes('--dmatest')) return dmatestRun(a, trace, numberArg(argv, '--iterations', 10000));
   console.log(`vmm-e2e: ${a.qemuVersion}; guest ${a.guestKver}`);
   const probe = await boot(a, 'probe', trace);
   const noShim = NO_VFIO_SHIM.exec(probe.qemuStderr);
