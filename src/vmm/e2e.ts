@@ -87,9 +87,10 @@ export function fetchDmatestGuest(a: Assets): Assets | { skip: string } {
   return { ...a, kernel, initrd, guestKver: `${env.VMM_DMATEST_KVER!} (linux-source-6.12, dmatest built in)` };
 }
 
-/** The QEMU command line (README "Use with QEMU" shows the same). */
+/** What the guest's /init does: the driver's probe, the probe after the host unmapped, or dmatest. */
 export type Mode = 'probe' | 'error' | 'dmatest';
 
+/** The QEMU command line (README "Use with QEMU" shows the same). */
 export function qemuArgs(a: Assets, bdf: string, mode: Mode, extraAppend = ''): string[] {
   return [
     '-L', a.datadir, '-machine', 'q35', '-accel', 'tcg', '-cpu', 'max', '-m', '512', '-smp', '1',
