@@ -13,7 +13,7 @@
 # machine's installed packages (read-only), so only what is missing is fetched.
 #
 # Output: shell assignments on stdout (eval them): VMM_QEMU, VMM_QEMU_LD, VMM_QEMU_DATADIR,
-# VMM_KERNEL, VMM_INITRD, VMM_GUEST_KVER, VMM_QEMU_VERSION. Progress goes to stderr.
+# VMM_KERNEL, VMM_INITRD, VMM_GUEST_KVER, VMM_QEMU_VERSION, VMM_BUSYBOX. Progress goes to stderr.
 #
 # Environment:
 #   VMM_E2E_CACHE        where everything goes (default /var/cache/iommufd-emu/vmm-e2e, else $TMPDIR)
@@ -153,3 +153,4 @@ echo "VMM_QEMU_VERSION=$(q "$actual")"
 echo "VMM_KERNEL=$(q "$G/vmlinuz")"
 echo "VMM_INITRD=$(q "$INITRD")"
 echo "VMM_GUEST_KVER=$(q "$(cat "$G/kver")")"
+echo "VMM_BUSYBOX=$(q "$BB")"

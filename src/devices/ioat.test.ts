@@ -114,6 +114,22 @@ test('DMACOUNT runs the self-linked descriptor count times', () => {
   assert.ok(t.trace.some((l) => l.includes('done: 300 descriptor(s)')));
 });
 
+test('stats count completed descriptors, copies and bytes; a NULL descriptor and a faulting copy add no copy', () => {
+  const t = setup();
+  t.reset();
+  t.start(SRC, DST, 100, 3);
+  assert.deepEqual(t.dev.stats, { descriptors: 3, copies: 3, bytes: 300 });
+  t.reset(); // a channel reset keeps the counts
+  t.dma.write(DESC, ioatDescriptor({ size: 0, ctl: DESC_CTL.NULL, src: 0n, dst: 0n, next: DESC }));
+  t.wr(CH + IOAT.CHAINADDR, 8, DESC);
+  t.wr(CH + IOAT.DMACOUNT, 2, 1);
+  assert.deepEqual(t.dev.stats, { descriptors: 4, copies: 3, bytes: 300 });
+  t.reset();
+  t.start(0x900000n, DST, 64, 1); // unmapped source: READ_DATA_ERR
+  assert.equal(t.status(), CHANSTS.HALTED);
+  assert.deepEqual(t.dev.stats, { descriptors: 4, copies: 3, bytes: 300 });
+});
+
 test('a descriptor with int_en raises MSI-X vector 0 exactly once per arm', () => {
   const t = setup();
   t.reset();

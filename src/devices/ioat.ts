@@ -92,6 +92,8 @@ export class IoatDevice extends PciFunction {
   private processed = 0;
   private chanerr = 0;
   private cdar = 0n;
+  /** What the engine has done since it was created (a reset does not clear it): descriptors completed, copies among them, bytes copied. */
+  readonly stats = { descriptors: 0, copies: 0, bytes: 0 };
 
   constructor(barAddrs: BarAddrs, opts: IoatOptions = {}) {
     const msixVectors = opts.msixVectors ?? 1;
@@ -249,7 +251,10 @@ export class IoatDevice extends PciFunction {
         if (size > 2 ** this.xfercap) return this.error(CHANERR.LENGTH_ERR, `copy of ${size} bytes > 1 << XFERCAP`);
         const err = this.copy(src, dst, size);
         if (err) return;
+        this.stats.copies++;
+        this.stats.bytes += size;
       }
+      this.stats.descriptors++;
       this.completed = addr;
       this.processed = (this.processed + 1) & 0xffff;
       this.nextDesc = next;
