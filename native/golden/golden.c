@@ -96,25 +96,30 @@ static const struct gt_ioctl *gioctl(const char *name)
 
 /* ---- pools of what the kernel handed out ------------------------------------- */
 #define POOL_MAX 48
-struct pool { uint64_t v[POOL_MAX]; uint64_t len[POOL_MAX]; int n; };
+/* v: the ID, fd or IOVA; len, uva: for IOVAs, the length mapped there and the user address behind it. */
+struct pool { uint64_t v[POOL_MAX]; uint64_t len[POOL_MAX]; uint64_t uva[POOL_MAX]; int n; };
 static struct pool pools[GT_NPOOLS];
 
-static void pool_add(int p, uint64_t v, uint64_t len)
+static void pool_add3(int p, uint64_t v, uint64_t len, uint64_t uva)
 {
 	struct pool *q = &pools[p];
 	int i = q->n < POOL_MAX ? q->n++ : (int)below(POOL_MAX);
 	q->v[i] = v;
 	q->len[i] = len;
+	q->uva[i] = uva;
 }
-static int pool_pick(int p, uint64_t *v, uint64_t *len)
+static void pool_add(int p, uint64_t v, uint64_t len) { pool_add3(p, v, len, 0); }
+static int pool_pick3(int p, uint64_t *v, uint64_t *len, uint64_t *uva)
 {
 	struct pool *q = &pools[p];
 	if (!q->n) return 0;
 	int i = (int)below(q->n);
 	*v = q->v[i];
 	if (len) *len = q->len[i];
+	if (uva) *uva = q->uva[i];
 	return 1;
 }
+static int pool_pick(int p, uint64_t *v, uint64_t *len) { return pool_pick3(p, v, len, NULL); }
 static void pool_del(int p, uint64_t v)
 {
 	struct pool *q = &pools[p];
@@ -385,18 +390,24 @@ static void fill_struct(char *b, const struct gt_struct *st)
 	}
 	if (clean && fel) put(b, fel->offset, fel->width, gt_payloads[below(GT_N(gt_payloads))]->size);
 	/* Often aim at something already mapped: an (iova, length) the kernel reported. */
-	const struct gt_field *fi = NULL, *fl = NULL;
+	const struct gt_field *fi = NULL, *fl = NULL, *fu = NULL;
 	for (uint32_t i = 0; i < st->nfields; i++) {
 		const struct gt_field *f = &st->fields[i];
-		if (f->kind == GT_K_IOVA && !strcmp(f->name, "iova") ) fi = f;
+		if (f->kind == GT_K_IOVA && (!strcmp(f->name, "iova") || !strcmp(f->name, "src_iova"))) fi = f;
 		if (f->kind == GT_K_LEN && (!strcmp(f->name, "length") || (!strcmp(f->name, "size") && f->offset)))
 			fl = f;
+		if (!strcmp(f->name, "uptr") && strcmp(st->name, "dirty")) fu = f;
 	}
-	uint64_t iova, len;
-	if (fi && fl && chance(clean ? 70 : 40) && pool_pick(GT_P_IOVA, &iova, &len)) {
-		if (chance(25)) { uint64_t pages = len / PAGE; if (pages > 1) { iova += PAGE * below(pages); len = PAGE; } }
+	uint64_t iova, len, uva;
+	if (fi && fl && chance(clean ? 70 : 40) && pool_pick3(GT_P_IOVA, &iova, &len, &uva)) {
+		if (chance(25)) {
+			uint64_t pages = len / PAGE;
+			if (pages > 1) { uint64_t k = below(pages); iova += PAGE * k; uva += PAGE * k; len = PAGE; }
+		}
 		put(b, fi->offset, fi->width, iova);
 		put(b, fl->offset, fl->width, len & wmask(fl->width));
+		/* the user memory behind it, for the checks that compare against it */
+		if (fu && uva && chance(clean ? 85 : 50)) put(b, fu->offset, fu->width, uva);
 	}
 }
 
@@ -482,13 +493,16 @@ static void harvest(const struct gt_struct *st, char *post, const char *pre, uin
 			continue;
 		}
 		if (rc != 0) continue;
-		uint64_t len = 0;
+		uint64_t len = 0, uva = 0;
 		if (f->out_pool == GT_P_IOVA) {
-			for (uint32_t j = 0; j < st->nfields; j++)
+			for (uint32_t j = 0; j < st->nfields; j++) {
 				if (!strcmp(st->fields[j].name, "length") || (!strcmp(st->fields[j].name, "size") && st->fields[j].offset))
 					len = get(post, st->fields[j].offset, st->fields[j].width);
+				if (!strcmp(st->fields[j].name, "user_va"))
+					uva = get(post, st->fields[j].offset, st->fields[j].width);
+			}
 		}
-		pool_add(f->out_pool, v, len);
+		pool_add3(f->out_pool, v, len, uva);
 		if (!strcmp(st->name, "iommu_hwpt_alloc") && (get(post, 4, 4) & 1)) pool_add(GT_P_PARENT, v, 0);
 	}
 }
