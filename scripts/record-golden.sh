@@ -38,7 +38,11 @@ trap 'rm -rf "$T"' EXIT
 node "$HERE/dist/uapi/ctables.js" "$T/inc" "$PROFILE" >/dev/null
 ${CC:-gcc} -static -O2 -Wall -I "$T/inc" -o "$T/golden" "$HERE/native/golden/golden.c"
 echo "== running $SEEDS x $CALLS calls on the $KVER oracle" >&2
-ORACLE_KVER=$KVER ORACLE_TIMEOUT=${ORACLE_TIMEOUT:-1800} "$VM/run.sh" "$T/golden" -- -m "$CALLS" $SEEDS \
+# no5lvl: QEMU's TCG CPU (-cpu max) has 5-level paging, so user space would end at 2^56
+# and access_ok() would accept ranges that a 4-level machine (and the emulator, whose
+# TASK_SIZE_MAX is 2^47 - 4096) refuses with EFAULT.
+CMDLINE="no5lvl ${ORACLE_CMDLINE:-}"
+ORACLE_CMDLINE=$CMDLINE ORACLE_KVER=$KVER ORACLE_TIMEOUT=${ORACLE_TIMEOUT:-1800} "$VM/run.sh" "$T/golden" -- -m "$CALLS" $SEEDS \
     > "$T/out.txt" 2> "$T/err.txt" || true
 cat "$T/err.txt" >&2
 tail -1 "$T/out.txt" | grep -qx 'oracle-exit: 0' || { echo "oracle run failed: $(tail -1 "$T/out.txt")" >&2; exit 1; }
@@ -61,6 +65,7 @@ done
 PROG_SHA=$(cat "$HERE/native/golden/golden.c" "$T/inc/iommufd_uapi_tables.h" | sha256sum | cut -c1-16)
 cat > "$OUT/MANIFEST" <<M
 kernel $KREL
+cmdline $CMDLINE
 profile $PROFILE
 calls $CALLS
 seeds $SEEDS
