@@ -349,13 +349,20 @@ export class Pages {
     // pages: the pinned pages where there are some (pfn_reader), else the current ones.
     const single = !!mem && mem.process.alive && data.length > 0 &&
       (offset / PS) === ((offset + BigInt(data.length) - 1n) / PS);
-    let done = 0;
-    while (done < data.length) {
+    // Several pages (iopt_pages_rw_slow): the pfn reader fills its whole batch, pinning what is not
+    // pinned yet, before batch_rw copies a byte, so a page that cannot be had fails the call with
+    // nothing copied. (Its batch holds thousands of pages, more than a selftest access may ask for.)
+    const pages: PhysPage[] = [];
+    for (let done = 0; done < data.length;) {
       const byte = offset + BigInt(done);
       const index = Number(byte / PS);
-      const off = Number(byte % PS);
+      pages.push((single ? undefined : this.pinned(index)) ?? this.fetch(index, 1, write)[0]!);
+      done += Math.min(PAGE_SIZE - Number(byte % PS), data.length - done);
+    }
+    let done = 0;
+    for (const page of pages) {
+      const off = Number((offset + BigInt(done)) % PS);
       const n = Math.min(PAGE_SIZE - off, data.length - done);
-      const page = (single ? undefined : this.pinned(index)) ?? this.fetch(index, 1, write)[0]!;
       if (write) page.write(off, data.subarray(done, done + n));
       else data.set(page.read(off, n), done);
       done += n;
