@@ -147,11 +147,15 @@ export class Pages {
 
   /**
    * Describe `length` bytes of user memory at `uptr` (nothing is read yet):
-   * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length.
+   * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length (in the profile's order).
    */
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
+    // 6.12's iopt_alloc_pages checks the length first; iopt_alloc_user_pages (the file-mapping
+    // series) checks uptr + length before handing the length to iopt_alloc_pages.
+    const wraps = uptr + length > (1n << 64n) - 1n;
+    if (wraps && emu.profile.userRangeBeforeLength) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (before the length check)');
     Pages.checkLength(length);
-    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
+    if (wraps) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
     emu.failPoint('ENOMEM');
     return new Pages(mem, false, uptr, writable);
   }
