@@ -83,6 +83,8 @@ export interface Profile {
    * 6.12's iopt_alloc_pages checks the length first. Observed on 7.3.4 and 6.12.117.
    */
   readonly userRangeBeforeLength: boolean;
+  /** A PASID attach on a device without PASID support is EINVAL (observed on 7.3.4; not pinned to a release). */
+  readonly pasidAttachNeedsPasids: boolean;
 }
 
 const base = {
@@ -101,6 +103,7 @@ const base = {
   veventqMaxDepth: 0,
   veventqReadEinval: false,
   userRangeBeforeLength: true,
+  pasidAttachNeedsPasids: false,
 };
 
 // 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): verified against the real kernel with
@@ -108,7 +111,7 @@ const base = {
 const P7_3 = {
   ...base, version: V.V7_3, mockGen: 'B' as const, viommuTypeCheckFirst: true, vdeviceTombstone: true,
   atsNotSupportedCap: true, iommufdMmap: true, dmabufGetReturnsZero: true, veventqMaxDepth: 1 << 19,
-  veventqReadEinval: true,
+  veventqReadEinval: true, pasidAttachNeedsPasids: true,
 };
 
 export const PROFILES: Record<ProfileName, Profile> = {
