@@ -2870,8 +2870,52 @@ static void unmapped_locked(uint64_t va, uint64_t len)
 	bars_unmap_locked(va, len);
 }
 
+/*
+ * The checks the syscall and do_mmap() make before they reach the file's mmap
+ * method, in their order: an unaligned offset, a zero length, a length that
+ * wraps when rounded up to pages or exceeds the address space, an offset whose
+ * pages wrap or pass the file's limit, an unknown mapping type, MAP_SHARED_VALIDATE with a flag it does
+ * not know. 0 when the call gets as far as the file.
+ */
+#define TASK_SIZE_ ((1ULL << 47) - 4096)
+static int mm_mmap_errno(size_t len, int flags, off_t off)
+{
+	if ((uint64_t)off & 4095)
+		return EINVAL;
+	if ((flags & MAP_HUGETLB) != 0)
+		return EINVAL; /* not a hugetlbfs file */
+	if (len == 0)
+		return EINVAL;
+	uint64_t alen = ((uint64_t)len + 4095) & ~4095ULL;
+	if (alen == 0)
+		return ENOMEM;
+	uint64_t pgoff = (uint64_t)off >> 12;
+	if (pgoff + (alen >> 12) < pgoff)
+		return EOVERFLOW;
+	if (alen > TASK_SIZE_)
+		return ENOMEM;
+	/* file_mmap_ok(): an anonymous inode's files may be mapped up to ULONG_MAX */
+	if (pgoff > (UINT64_MAX - alen) >> 12)
+		return EOVERFLOW;
+	int type = flags & 0x0f; /* MAP_TYPE */
+	if (type != MAP_SHARED && type != MAP_PRIVATE && type != MAP_SHARED_VALIDATE)
+		return EINVAL;
+	/* LEGACY_MAP_MASK: what MAP_SHARED_VALIDATE accepts on a file without MAP_SYNC support */
+	const int legacy = MAP_SHARED | MAP_PRIVATE | MAP_FIXED | MAP_ANONYMOUS | MAP_DENYWRITE | MAP_EXECUTABLE |
+			   0x4000000 /* MAP_UNINITIALIZED */ | MAP_GROWSDOWN | MAP_LOCKED | MAP_NORESERVE | MAP_POPULATE |
+			   MAP_NONBLOCK | MAP_STACK | MAP_HUGETLB;
+	if (type == MAP_SHARED_VALIDATE && (flags & ~legacy))
+		return EOPNOTSUPP;
+	return 0;
+}
+
 static void *iommufd_mmap(void *addr, size_t len, int prot, int flags, int fd, const struct fdent *ent, off_t off)
 {
+	int mme = mm_mmap_errno(len, flags, off);
+	if (mme) {
+		errno = mme;
+		return MAP_FAILED;
+	}
 	if (!(kind_ops(ent->kind) & WIRE_OPS_MMAP)) {
 		errno = ENODEV;
 		return MAP_FAILED;

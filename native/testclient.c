@@ -522,6 +522,23 @@ static int mode_mmap(void)
 		DIE("VIOMMU_ALLOC");
 	if (!data.out_mmap_offset || !data.out_mmap_length)
 		DIE("no mmap region reported");
+	/* the mm's own checks come before any file's mmap method (a fault fd has none: ENODEV) */
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		DIE("FAULT_QUEUE_ALLOC");
+	static const struct { int fd_fault; size_t len; int flags; off_t off; int err; } mm[] = {
+		{ 0, 0, MAP_SHARED, 0, EINVAL }, { 1, 0, MAP_SHARED, 0, EINVAL }, { 0, 4096, MAP_SHARED, 1, EINVAL },
+		{ 1, (size_t)-1, MAP_SHARED, 0, ENOMEM }, { 1, 4096, 0, 0, EINVAL }, { 1, 8192, MAP_SHARED, -4096, EOVERFLOW },
+		{ 1, 4096, MAP_SHARED_VALIDATE | MAP_FIXED_NOREPLACE, 0, EOPNOTSUPP }, { 1, 4096, MAP_SHARED, 0, ENODEV },
+	};
+	for (unsigned i = 0; i < sizeof(mm) / sizeof(mm[0]); i++) {
+		int mfd = mm[i].fd_fault ? (int)fa.out_fault_fd : fd;
+		errno = 0;
+		if (mmap(NULL, mm[i].len, PROT_READ, mm[i].flags, mfd, mm[i].off) != MAP_FAILED || errno != mm[i].err)
+			DIE("mmap check %u: errno %d, want %d", i, errno, mm[i].err);
+	}
+	close((int)fa.out_fault_fd);
+	destroy(fd, fa.out_fault_id);
 	if (mmap(NULL, data.out_mmap_length, PROT_READ, MAP_SHARED, fd, (off_t)data.out_mmap_offset + 4096) != MAP_FAILED || errno != ENXIO)
 		DIE("mmap at a wrong offset should be ENXIO");
 	if (mmap(NULL, data.out_mmap_length, PROT_READ, MAP_PRIVATE, fd, (off_t)data.out_mmap_offset) != MAP_FAILED || errno != EINVAL)

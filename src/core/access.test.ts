@@ -256,6 +256,25 @@ test('ACCESS_RW after the source unmapped its memory: several pages use the ones
   e.fds.close(fd);
 });
 
+test('ACCESS_RW over several pages on the slow path gets every page before copying: one it cannot get fails the call with nothing written', () => {
+  // Found by the 6.12.117 golden traces (seed 34): WRITE|SLOW_PATH over pages of which one was unmapped.
+  const e = env('6.12');
+  const id = ioasAlloc(e);
+  const va = buffer(e, 0x3000);
+  e.mem.write(va, new Uint8Array(0x3000).fill(0x11));
+  map(e, id, va, 0x3000n, { iova: 0x10000n });
+  const fd = createAccess(e, id, 0);
+  e.mem.munmap(va + 0x2000n, 0x1000);
+  const ubuf = e.mem.mmap(0x3000);
+  e.mem.write(ubuf, new Uint8Array(0x3000).fill(0x22));
+  assert.throws(() => accessRw(e, fd, 0x10000n, ubuf, 0x3000, MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH), is('EFAULT'));
+  assert.deepEqual([...new Set(e.mem.read(va, 0x2000))], [0x11]);
+  // the same two pages that can be had are written
+  accessRw(e, fd, 0x10000n, ubuf, 0x2000, MOCK.ACCESS_RW_WRITE | MOCK.ACCESS_RW_SLOW_PATH);
+  assert.deepEqual([...new Set(e.mem.read(va, 0x2000))], [0x22]);
+  e.fds.close(fd);
+});
+
 test('ACCESS_RW of one page after the source process exited reads the pages its domain pinned (the mm is gone)', () => {
   const e = env('6.12');
   const id = ioasAlloc(e);

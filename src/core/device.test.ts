@@ -241,10 +241,19 @@ test('PASID attach rules: PASID-capable HWPTs, range, no IOAS', () => {
   assert.equal(pasidOp(t, TEST_OP.PASID_DETACH, s, 100).err, null);
   assert.equal(pasidOp(t, TEST_OP.PASID_DETACH, s, 100).err, null); // nothing attached: still 0
   assert.equal(check(t, s, 100, 0), null);
-  // A device without PASID support is skipped by the core's PASID validation: the attach succeeds.
+  // A device without PASID support: 7.3.4 refuses the attach (EINVAL, seen on the real kernel with its RID on a
+  // PASID-capable HWPT, or detached); 6.17's core skipped such devices in its PASID validation and succeeded.
   const plain = mockDomain(t, t.pasidHwpt);
-  assert.equal(pasidOp(t, TEST_OP.PASID_ATTACH, plain.stdevId, 1 << 20, t.pasidHwpt).err, null);
-  assert.equal(check(t, plain.stdevId, 1 << 20, t.pasidHwpt), null);
+  assert.equal(pasidOp(t, TEST_OP.PASID_ATTACH, plain.stdevId, 1, t.pasidHwpt).err?.code, 'EINVAL');
+  assert.equal(pasidOp(t, TEST_OP.PASID_DETACH, plain.stdevId, 0).err, null);
+  assert.equal(pasidOp(t, TEST_OP.PASID_ATTACH, plain.stdevId, 1, t.pasidHwpt).err?.code, 'EINVAL');
+  const t17 = setup('6.17');
+  const ioas17 = ioasAlloc(t17);
+  const dev17 = mockDomain(t17, ioas17, MOCK.FLAGS_DEVICE_PASID);
+  const hwpt17 = hwptAlloc(t17, { devId: dev17.idevId, ptId: ioas17, flags: HWPT_ALLOC.PASID });
+  const plain17 = mockDomain(t17, hwpt17);
+  assert.equal(pasidOp(t17, TEST_OP.PASID_ATTACH, plain17.stdevId, 1 << 20, hwpt17).err, null);
+  assert.equal(check(t17, plain17.stdevId, 1 << 20, hwpt17), null);
 });
 
 test('PASID 1024: the second attach fails once and the core keeps the old attachment', () => {

@@ -150,8 +150,10 @@ function driverAttach(hwpt: Hwpt, idev: Device, pasid: number): AttachHandle {
   if (pasid === NO_PASID) {
     dev.driver.attach(dev, hwpt.domain, undefined);
   } else {
-    // Devices without PASID support are skipped by the core's PASID
-    // validation and never see the PASID attach (6.15+ core behaviour).
+    // 7.3.4 refuses a PASID attach on a device without PASID support (max_pasids 0), even to a
+    // PASID-compatible HWPT with the RID attached to one (observed on the real kernel). Older
+    // profiles: such devices are skipped by the core's PASID validation and never see the attach.
+    if (dev.maxPasids === 0 && idev.ctx.profile.pasidAttachNeedsPasids) fail('EINVAL', 'the device does not support PASIDs');
     if (dev.maxPasids > 0 && pasid >= dev.maxPasids) fail('EINVAL', `pasid is beyond the device's PASID range`);
     if (dev.maxPasids > 0) dev.driver.attach(dev, hwpt.domain, pasid);
   }

@@ -48,7 +48,11 @@ for (const p of NEW) {
     // 7. page-count arithmetic overflow: the page-aligned span does not fit in 64 bits.
     assert.equal(q({ iova: 1n, length: U64_MAX }), 'ERANGE');
     assert.equal(q({ iova: 0n, length: U64_MAX }), 'ERANGE');
-    assert.equal(q({ iova: PS, length: (1n << 64n) - PS }), 'ENOENT'); // fits exactly: a pin attempt
+    // 8. the page array (kvcalloc, at most INT_MAX bytes) before any pin: ENOMEM for a queue over ~1 TiB
+    // (7.3.4 golden traces: length 2^63 at an unmapped IOVA was ENOMEM, not ENOENT).
+    assert.equal(q({ iova: PS, length: (1n << 64n) - PS }), 'ENOMEM'); // fits 64 bits exactly
+    assert.equal(q({ iova: PS, length: 268435456n * PS }), 'ENOMEM');
+    assert.equal(q({ iova: PS, length: 268435455n * PS }), 'ENOENT'); // the largest array kvmalloc may grant: a pin attempt
     // Not mapped (entirely, partly) -> ENOENT.
     assert.equal(q({ iova: BASE_IOVA + 16n * PS }), 'ENOENT');
     assert.equal(q({ iova: BASE_IOVA + PS, length: 2n * PS }), 'ENOENT');

@@ -86,6 +86,9 @@ export function iommufdHwQueueAlloc(ucmd: Ucmd<Decoded<typeof S.iommu_hw_queue_a
     const span = cmd.nesting_parent_iova - start + cmd.length + PS - 1n;
     if (span > U64_MAX) fail('ERANGE', `the queue's page span does not fit 64 bits`);
     const end = start + (span / PS) * PS;
+    // The page array is kvcalloc'ed before anything is pinned, and kvmalloc refuses more than
+    // INT_MAX bytes: a queue of over ~1 TiB is ENOMEM whatever is mapped there.
+    if ((span / PS) * 8n > 0x7fffffffn) fail('ENOMEM', 'the page array of the queue would exceed INT_MAX bytes (kvcalloc)');
     q.access = Access.createInternal(ctx, q);
     q.access.attachIoas(viommu.hwpt.ioas as Ioas);
     const pages = q.access.pinPages(start, end - start, false, { lock: true });

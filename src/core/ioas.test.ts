@@ -644,3 +644,16 @@ test('Typed API path: the same handlers answer through IommufdCtx.call (no raw c
   assert.equal(fd.ioasUnmap(id, 0n, U64_MAX), 0x2000n);
   fd.close();
 });
+
+test('IOAS_MAP of a user range that wraps with an absurd length: 6.12 says EINVAL (length first), 7.3 EOVERFLOW (range first)', () => {
+  // Found by the 7.3.4 golden traces: length 2^64 - 4096 at a user address above one page.
+  for (const [profile, want] of [['6.12', 'EINVAL'], ['7.3', 'EOVERFLOW']] as const) {
+    const e = env(profile);
+    const id = ioasAlloc(e);
+    const va = e.mem.mmap(0x1000);
+    assert.throws(() => map(e, id, va, (1n << 64n) - 4096n), is(want), profile);
+    // a length that is only absurd, or a range that only wraps, fails the same way in both
+    assert.throws(() => map(e, id, 0n, (1n << 64n) - 4096n), is('EINVAL'), profile);
+    assert.throws(() => map(e, id, (1n << 64n) - 4096n, 0x2000n), is('EOVERFLOW'), profile);
+  }
+});

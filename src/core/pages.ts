@@ -162,11 +162,15 @@ export class Pages {
 
   /**
    * Describe `length` bytes of user memory at `uptr` (nothing is read yet):
-   * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length.
+   * EOVERFLOW when uptr + length wraps, EINVAL for an empty or absurd length (in the profile's order).
    */
   static user(emu: Emulator, mem: UserMemory, uptr: bigint, length: bigint, writable: boolean): Pages {
+    // 6.12's iopt_alloc_pages checks the length first; iopt_alloc_user_pages (the file-mapping
+    // series) checks uptr + length before handing the length to iopt_alloc_pages.
+    const wraps = uptr + length > (1n << 64n) - 1n;
+    if (wraps && emu.profile.userRangeBeforeLength) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (before the length check)');
     Pages.checkLength(length);
-    if (uptr + length > (1n << 64n) - 1n) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
+    if (wraps) fail('EOVERFLOW', 'uptr + length wraps past 2^64 (after the length check)');
     emu.allocPoint();
     return new Pages(mem, false, uptr, writable);
   }
@@ -474,13 +478,20 @@ export class Pages {
       }
       this.readerPoints(emu, first, last, holes, false);
     }
-    let done = 0;
-    while (done < data.length) {
+    // Several pages (iopt_pages_rw_slow): the pfn reader fills its whole batch, pinning what is not
+    // pinned yet, before batch_rw copies a byte, so a page that cannot be had fails the call with
+    // nothing copied. (Its batch holds thousands of pages, more than a selftest access may ask for.)
+    const pages: PhysPage[] = [];
+    for (let done = 0; done < data.length;) {
       const byte = offset + BigInt(done);
       const index = Number(byte / PS);
-      const off = Number(byte % PS);
+      pages.push((single ? undefined : this.pinned(index)) ?? this.fetch(index, 1, write)[0]!);
+      done += Math.min(PAGE_SIZE - Number(byte % PS), data.length - done);
+    }
+    let done = 0;
+    for (const page of pages) {
+      const off = Number((offset + BigInt(done)) % PS);
       const n = Math.min(PAGE_SIZE - off, data.length - done);
-      const page = (single ? undefined : this.pinned(index)) ?? this.fetch(index, 1, write)[0]!;
       if (write) page.write(off, data.subarray(done, done + n));
       else data.set(page.read(off, n), done);
       done += n;
@@ -488,7 +499,6 @@ export class Pages {
   }
 }
 
-/** Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed. */
 /**
  * Charge `n` pinned pages to `owner` under `mode`: ENOMEM over RLIMIT_MEMLOCK, nothing changed.
  * The limit is the owner's at this moment (task_rlimit of the source task); CAP_IPC_LOCK

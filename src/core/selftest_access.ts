@@ -98,12 +98,28 @@ registerTestOp(TEST_OP.MD_CHECK_REFS, (ucmd) => {
   const { length, uptr, refs } = ucmd.cmd.u as { length: bigint; uptr: bigint; refs: number };
   // check_add_overflow(uptr, length): a range ending exactly at 2^64 overflows too.
   if (length % PS || uptr % PS || uptr + length > U64_MAX) fail('EINVAL', 'length or uptr not page aligned, or uptr + length overflows (2^64 included)');
-  // One lookup of the whole range (a lookup reads the process's mappings once).
-  const pages = length ? getUserPages(ucmd.mem, uptr, Number(length / PS), false) : [];
-  for (const page of pages) {
+  forEachUserPage(ucmd.mem, uptr, Number(length / PS), (page) => {
     if (!page.compound && page.pins !== refs) fail('EIO', `a page's pin count is not refs`);
-  }
+  });
 });
+
+/**
+ * The kernel's page-by-page get_user_pages loop: `check` on each page in order, a page that
+ * cannot be had fails at its turn (so a check failing on an earlier page wins over the fault).
+ * The range is looked up once (one read of the process's mappings); only when that fails are
+ * the pages looked up one by one to find which comes first.
+ */
+function forEachUserPage(mem: UserMemory, uptr: bigint, npages: number, check: (page: PhysPage, i: number) => void): void {
+  if (npages === 0) return;
+  let pages: PhysPage[];
+  try {
+    pages = getUserPages(mem, uptr, npages, false);
+  } catch (e) {
+    for (let i = 0; i < npages; i++) check(getUserPages(mem, uptr + BigInt(i) * PS, 1, false)[0]!, i);
+    throw e;
+  }
+  pages.forEach(check);
+}
 
 // CREATE_ACCESS (03 §4.8)
 registerTestOp(TEST_OP.CREATE_ACCESS, (ucmd) => {
@@ -144,11 +160,9 @@ registerTestOp(TEST_OP.DESTROY_ACCESS_PAGES, (ucmd) => {
 
 /** The pages backing the caller's memory from `uptr` must be `pages` (EBADE), EFAULT if unmapped. */
 function checkPages(mem: UserMemory, uptr: bigint, pages: PhysPage[]): void {
-  const base = uptr - (uptr % PS);
-  const now = getUserPages(mem, base, pages.length, false);
-  for (let i = 0; i < pages.length; i++) {
-    if (now[i] !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
-  }
+  forEachUserPage(mem, uptr - (uptr % PS), pages.length, (p, i) => {
+    if (p !== pages[i]) fail('EBADE', 'the pinned pages are not the ones backing uptr');
+  });
 }
 
 // ACCESS_PAGES (03 §4.9)

@@ -14,7 +14,7 @@ import { errOf, iommufdCall, structCall, vfioSetup, type TestProcess } from './v
 
 const CFG = vfioRegionOffset(VFIO_PCI.CONFIG_REGION_INDEX);
 
-function bound(profile?: 'mainline' | '6.12' | '6.15') {
+function bound(profile?: 'mainline' | '6.12' | '6.15' | '6.17') {
   const { p, m, emu } = vfioSetup({ profile });
   const iommufd = p.openIommu();
   const ioasId = iommufdCall(p, iommufd, 'IOAS_ALLOC', {}).out_ioas_id as number;
@@ -132,15 +132,24 @@ test('ATTACH_IOMMUFD_PT: unknown pt_id ENOENT, a DEVICE id EINVAL; pt_id written
   assert.equal(r2.out.pt_id, r.out.pt_id);
 });
 
-test('ATTACH with PASID: an auto domain is not PASID-capable (EINVAL); a PASID HWPT works on a device without PASIDs', () => {
-  const { p, iommufd, dev, devid, ioasId } = bound();
-  assert.equal(attach(p, dev, { pt_id: ioasId, flags: 1, pasid: 1 }), 'EINVAL');
-  const hwpt = iommufdCall(p, iommufd, 'HWPT_ALLOC', { dev_id: devid, pt_id: ioasId, flags: 8 }).out_hwpt_id;
-  assert.equal(attach(p, dev, { pt_id: hwpt }), 0);
-  // The IOAT has no PASID capability: the core skips the PASID validation, the attach succeeds.
-  assert.equal(attach(p, dev, { pt_id: hwpt, flags: 1, pasid: 5 }), 0);
-  assert.equal(detach(p, dev, { flags: 1, pasid: 5 }), 0);
-  assert.equal(attach(p, dev, { pt_id: hwpt, flags: 1, pasid: 0x80000000 }), 'ENOSPC');
+test('ATTACH with PASID: an auto domain is not PASID-capable (EINVAL); a PASID HWPT on a device without PASIDs: 6.17 attaches, 7.3 refuses (EINVAL)', () => {
+  {
+    const { p, iommufd, dev, devid, ioasId } = bound('6.17');
+    assert.equal(attach(p, dev, { pt_id: ioasId, flags: 1, pasid: 1 }), 'EINVAL');
+    const hwpt = iommufdCall(p, iommufd, 'HWPT_ALLOC', { dev_id: devid, pt_id: ioasId, flags: 8 }).out_hwpt_id;
+    assert.equal(attach(p, dev, { pt_id: hwpt }), 0);
+    // The IOAT has no PASID capability: before 7.3 the core skips the PASID validation, the attach succeeds.
+    assert.equal(attach(p, dev, { pt_id: hwpt, flags: 1, pasid: 5 }), 0);
+    assert.equal(detach(p, dev, { flags: 1, pasid: 5 }), 0);
+    assert.equal(attach(p, dev, { pt_id: hwpt, flags: 1, pasid: 0x80000000 }), 'ENOSPC');
+  }
+  {
+    // 7.3.4 (observed with the oracle, golden traces): a PASID attach needs a device with PASIDs.
+    const { p, iommufd, dev, devid, ioasId } = bound();
+    const hwpt = iommufdCall(p, iommufd, 'HWPT_ALLOC', { dev_id: devid, pt_id: ioasId, flags: 8 }).out_hwpt_id;
+    assert.equal(attach(p, dev, { pt_id: hwpt }), 0);
+    assert.equal(attach(p, dev, { pt_id: hwpt, flags: 1, pasid: 5 }), 'EINVAL');
+  }
 });
 
 test('ATTACH with PASID on a 6.12 kernel: flags must be 0 (EINVAL)', () => {

@@ -172,3 +172,15 @@ test('GET_INFO: argsz checks, layout with one mock domain (72 bytes), nothing wr
     assert.ok(b.subarray(72).every((x) => x === 0xaa));
   }
 });
+
+test('MAP_DMA without READ/WRITE: 7.3\'s generic page table refuses a mapping with neither (EINVAL), 6.12\'s xarray mock takes it', () => {
+  // Found by the 7.3.4 golden traces: VFIO_IOMMU_MAP_DMA with flags 0 into a compat IOAS with a mock domain.
+  for (const [profile, ok] of [['7.3', false], ['6.12', true]] as const) {
+    const e = env(profile);
+    compat(e, VFIO.TYPE1v2_IOMMU);
+    const va = e.mem.mmap(0x2000);
+    const r = errOf(() => mapDma(e, { flags: 0, vaddr: va, iova: 0x1000000n, size: 0x2000n }));
+    assert.equal(r, ok ? 0 : 'EINVAL', profile);
+    if (!ok) assert.equal(errOf(() => mapDma(e, { vaddr: va, iova: 0x1000000n, size: 0x2000n })), 0, 'nothing was left behind');
+  }
+});

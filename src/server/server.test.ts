@@ -445,7 +445,7 @@ describe('server and shim (C clients)', { skip }, () => {
     assert.match(r.out, /OK vevent/);
   });
 
-  test('mmap of the iommufd maps a driver region and holds its owner until munmap', async () => {
+  test('mmap of the iommufd maps a driver region and holds its owner until munmap; the mm\'s checks (length 0, offset, type) come before the file\'s', async () => {
     const r = await runClient('mmap');
     assert.equal(r.code, 0, r.out + r.err);
     assert.match(r.out, /OK mmap/);

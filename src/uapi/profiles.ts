@@ -77,6 +77,14 @@ export interface Profile {
    * normal event does not fit in, with EINVAL (7.3.4; older kernels return 0 for both).
    */
   readonly veventqReadEinval: boolean;
+  /**
+   * Mapping user memory checks that uptr + length does not wrap (EOVERFLOW) before the
+   * length itself (EINVAL): iopt_alloc_user_pages, which came with IOAS_MAP_FILE (6.13);
+   * 6.12's iopt_alloc_pages checks the length first. Observed on 7.3.4 and 6.12.117.
+   */
+  readonly userRangeBeforeLength: boolean;
+  /** A PASID attach on a device without PASID support is EINVAL (observed on 7.3.4; not pinned to a release). */
+  readonly pasidAttachNeedsPasids: boolean;
 }
 
 const base = {
@@ -94,6 +102,8 @@ const base = {
   dmabufGetReturnsZero: false,
   veventqMaxDepth: 0,
   veventqReadEinval: false,
+  userRangeBeforeLength: true,
+  pasidAttachNeedsPasids: false,
 };
 
 // 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): verified against the real kernel with
@@ -101,18 +111,19 @@ const base = {
 const P7_3 = {
   ...base, version: V.V7_3, mockGen: 'B' as const, viommuTypeCheckFirst: true, vdeviceTombstone: true,
   atsNotSupportedCap: true, iommufdMmap: true, dmabufGetReturnsZero: true, veventqMaxDepth: 1 << 19,
-  veventqReadEinval: true,
+  veventqReadEinval: true, pasidAttachNeedsPasids: true,
 };
 
 export const PROFILES: Record<ProfileName, Profile> = {
   // Verified against a real 6.12.117 kernel (oracle-vm): see .ci/selftests-expected.
   '6.12': {
     ...base, name: '6.12', version: V.V6_12, invalidateNestedLookupOnly: true, headerBackports: true,
-    pagingFaultId: false, mockDirtyIndexQuirk: true, iommufdMmap: false,
+    pagingFaultId: false, mockDirtyIndexQuirk: true, iommufdMmap: false, userRangeBeforeLength: false,
   },
   // HWPT_INVALIDATE of that series still looked up HWPT_NESTED only (vIOMMUs had their own VIOMMU_INVALIDATE).
   'viommu-v1': {
     ...base, name: 'viommu-v1', version: V.V6_12, viommuV1: true, invalidateNestedLookupOnly: true, pagingFaultId: false,
+    userRangeBeforeLength: false,
   },
   '6.13': { ...base, name: '6.13', version: V.V6_13 },
   '6.15': { ...base, name: '6.15', version: V.V6_15 },

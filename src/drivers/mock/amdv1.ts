@@ -19,7 +19,7 @@ import type { Emulator } from '../../core/emulator.js';
 import { PAGE_SIZE } from '../../core/usermem.js';
 import { fail } from '../../uapi/errno.js';
 import { MOCK } from '../../uapi/enums.js';
-import type { PagingDomain, PhysRun } from '../driver.js';
+import { IOMMU_READ, IOMMU_WRITE, type PagingDomain, type PhysRun } from '../driver.js';
 import type { MockDriver } from './mock.js';
 
 /** log2 of the item size at each level (the top level, 2, holds no leaves above 2^37). */
@@ -157,6 +157,9 @@ export class MockAmdv1Domain implements PagingDomain {
   }
 
   map(iova: bigint, runs: readonly PhysRun[], prot: number): void {
+    // The generic page table refuses (with a WARN) a mapping that is neither readable nor
+    // writable before anything else: VFIO_IOMMU_MAP_DMA without READ/WRITE flags reaches it.
+    if (!(prot & (IOMMU_READ | IOMMU_WRITE))) fail('EINVAL', 'mock map: prot has neither IOMMU_READ nor IOMMU_WRITE');
     const added: Entry[] = [];
     const tables: [number, bigint][] = [];
     const grain = 1n << BigInt(GRANULE_LG2);
