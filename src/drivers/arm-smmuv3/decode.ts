@@ -112,9 +112,9 @@ function decodeSteInner(sid: number, ste: readonly bigint[] | undefined, f: Smmu
   if (!get(ste, STE.V)) return bad(C, 'V = 0');
   const cfg = getN(ste, STE.CONFIG);
   const base = { sid, cds: new Map<number, CdConfig>(), ste };
-  if (cfg === STE_CONFIG.ABORT) return { ...base, kind: 'abort', vmid: 0, s1: null, s2: null };
+  // Config 0b001..0b011 are reserved and behave as 0b000 (abort, no event).
+  if (cfg < STE_CONFIG.BYPASS) return { ...base, kind: 'abort', vmid: 0, s1: null, s2: null };
   if (cfg === STE_CONFIG.BYPASS) return { ...base, kind: 'bypass', vmid: 0, s1: null, s2: null };
-  if (cfg < 4) return bad(C, `Config ${cfg} reserved`);
   const hasS1 = (cfg & 1) === 1;
   const hasS2 = (cfg & 2) === 2;
   if (hasS1 && !f.s1) return bad(C, 'stage 1 configured but not implemented');
@@ -131,13 +131,14 @@ function decodeSteInner(sid: number, ste: readonly bigint[] | undefined, f: Smmu
     const fmt = getN(ste, STE.S1FMT);
     const cdmax = getN(ste, STE.S1CDMAX);
     if (cdmax > f.ssidBits) return bad(C, `S1CDMax ${cdmax} > SSIDSIZE ${f.ssidBits}`);
-    if (cdmax && fmt === 3) return bad(C, 'S1Fmt = 3 reserved');
     if (cdmax && fmt !== 0 && !f.cd2l) return bad(C, `S1Fmt ${fmt} without 2-level CD tables`);
     const ctxPtr = Number(inPlace(ste, STE.S1CTXPTR));
     if (ctxPtr >= 2 ** f.oas) return bad(C, 'S1ContextPtr beyond the output address size');
-    // S1STALLD is accepted and ignored: this SMMU never stalls (STALL_MODEL = 1).
-    s1 = { fmt: cdmax ? fmt : 0, cdmax, dss: cdmax ? getN(ste, STE.S1DSS) : 0, ctxPtr };
-    if (s1.dss === 3) return bad(C, 'S1DSS = 3 reserved');
+    // The architecture makes S1STALLD = 1 ILLEGAL whenever STALL_MODEL != 0b00 (this SMMU: 0b01,
+    // no stalls); the kernel lets a guest set it in the vSTE, so the hardware check is what remains.
+    if (get(ste, STE.S1STALLD)) return bad(C, 'S1STALLD = 1 with STALL_MODEL != 0 (ILLEGAL)');
+    // Reserved encodings: S1Fmt 0b11 behaves as 0b00 (linear), S1DSS 0b11 as 0b00 (terminate).
+    s1 = { fmt: cdmax && fmt !== 3 ? fmt : 0, cdmax, dss: cdmax && getN(ste, STE.S1DSS) !== 3 ? getN(ste, STE.S1DSS) : 0, ctxPtr };
   }
   const kind = hasS1 && hasS2 ? 'nested' : hasS1 ? 's1' : 's2';
   return { ...base, kind, vmid, s1, s2 };

@@ -37,6 +37,13 @@ const CONFIG_ONLY = new Set<number>([
 
 export function buildEvent(f: EventFields): bigint[] {
   const w = build(EVT, 4, { ID: f.id, SID: f.sid >>> 0 });
+  // C_BAD_SUBSTREAMID always holds a SubstreamID (0 for traffic without one) and has no SSV bit;
+  // F_STREAM_DISABLED holds only the StreamID.
+  if (f.id === EVT_ID.C_BAD_SUBSTREAMID) {
+    set(w, EVT.SSID, f.ssid ?? 0);
+    return w;
+  }
+  if (f.id === EVT_ID.F_STREAM_DISABLED) return w;
   if (f.ssid !== undefined) {
     set(w, EVT.SSV, 1);
     set(w, EVT.SSID, f.ssid);
@@ -85,7 +92,7 @@ export function decodeEvent(w: readonly bigint[]): DecodedEvent {
   const id = getN(w, EVT.ID);
   return {
     id, name: EVT_NAME[id] ?? `0x${id.toString(16)}`, sid: getN(w, EVT.SID),
-    ssid: get(w, EVT.SSV) ? getN(w, EVT.SSID) : undefined,
+    ssid: get(w, EVT.SSV) || id === EVT_ID.C_BAD_SUBSTREAMID ? getN(w, EVT.SSID) : undefined,
     s2: !!get(w, EVT.S2), cls: getN(w, EVT.CLASS), read: !!get(w, EVT.RNW), priv: !!get(w, EVT.PNU),
     instr: !!get(w, EVT.IND), ttRead: !!get(w, EVT.TTRNW), inputAddr: get(w, EVT.INPUT_ADDR),
     ipa: get(w, EVT.IPA) << 12n, fetchAddr: get(w, EVT.FETCH_ADDR) << 3n,

@@ -255,12 +255,46 @@ describe('configuration errors', () => {
     assertFault(dma(r, 0n), EVT_ID.C_BAD_STE);
   });
 
-  test('C_BAD_SUBSTREAMID: a SubstreamID with S1CDMax = 0 (SSV and SSID in the record)', () => {
+  test('C_BAD_SUBSTREAMID: a SubstreamID with S1CDMax = 0 (the SubstreamID in the record, SSV bit RES0)', () => {
     const x = nested();
     const f = faultOf(dma(x.r, BigInt(VA), { pasid: 3 }));
     assert.equal(f.detail.id, EVT_ID.C_BAD_SUBSTREAMID);
     const e = forwardedOne(x, f.detail.event!);
     assert.equal(e.ssid, 3);
+    const w0 = wordsFromBytes(f.detail.event!)[0]!;
+    assert.equal((w0 >> 12n) & 0xfffffn, 3n);
+    assert.equal((w0 >> 11n) & 1n, 0n, 'this record has no SSV qualifier');
+  });
+
+  test('C_BAD_STE: S1STALLD = 1 is ILLEGAL on an SMMU without a configurable stall model (the kernel accepts the vSTE)', () => {
+    const x = nested({ vste: { dw1: { S1STALLD: 1 } } });
+    const f = faultOf(dma(x.r, BigInt(VA)));
+    assert.equal(f.detail.id, EVT_ID.C_BAD_STE, f.detail.reason);
+    assert.equal(forwardedOne(x, f.detail.event!).id, EVT_ID.C_BAD_STE);
+    // A bypass vSTE ignores every S1 field, S1STALLD included.
+    const r = rig();
+    const n = nestSetup(r);
+    attach(r, nestedHwpt(r, n, vste({ cfg: STE_CONFIG.BYPASS, dw1: { S1STALLD: 1 } })));
+    assert.equal(physOf(dma(r, 0x4000_1234n)), n.ram.pa(0x4000_1234));
+  });
+
+  test('reserved encodings behave as the architecture says: Config 0b001-0b011 as abort (no event), S1Fmt 0b11 as linear, S1DSS 0b11 as terminate', () => {
+    const r = rig({ smmu: { ssidBits: 4 } });
+    for (const cfg of [1, 2, 3]) {
+      programSte(r.smmu, 0x300, build(STE, 8, { V: 1, CONFIG: cfg }));
+      const f = faultOf(r.smmu.hw.translate(0x300, 0x1000n, undefined, false, false, false));
+      assert.equal(f.kind, 'blocked', `Config ${cfg}`);
+      assert.equal(f.detail.event, null);
+    }
+    const n = nestSetup(r);
+    const t = n.ram.table(12, 48);
+    const page = n.ram.alloc(4096);
+    t.map(VA, page, 4096, RW);
+    const linear = n.ram.alloc(64 * 2);
+    n.ram.writeWords(linear + 64, guestCd(t, 9));
+    attach(r, nestedHwpt(r, n, vste({ ctxPtr: linear, cdmax: 1, s1fmt: 3, dw1: { S1DSS: 3 } })));
+    assert.equal(physOf(dma(r, BigInt(VA), { pasid: 1 })), n.ram.pa(page), 'S1Fmt 0b11: CD 1 read from the linear table');
+    assertFault(dma(r, BigInt(VA)), EVT_ID.F_STREAM_DISABLED);
   });
 
   test('substreams: S1DSS terminate/bypass/SSID0, linear and 2-level CD tables, SSID range', () => {
@@ -290,7 +324,10 @@ describe('configuration errors', () => {
     assert.equal(physOf(dma(r, BigInt(pages[2]! + 8))), n.ram.pa(pages[2]!) + 8);
     run(2);
     assert.equal(physOf(dma(r, BigInt(VA))), n.ram.pa(pages[0]!));
-    assertFault(dma(r, BigInt(VA), { pasid: 0 }), EVT_ID.C_BAD_SUBSTREAMID);
+    // CD 0 is reserved for traffic without a SubstreamID: SubstreamID 0 is F_STREAM_DISABLED.
+    const sd = faultOf(dma(r, BigInt(VA), { pasid: 0 }));
+    assert.equal(sd.detail.id, EVT_ID.F_STREAM_DISABLED);
+    assert.equal(wordsFromBytes(sd.detail.event!)[0]! & 0xffffffffn, BigInt(EVT_ID.F_STREAM_DISABLED), 'StreamID only');
     // 2-level table with 4 KiB (64-CD) leaves: L1 entry 0 valid, SSID 2 through it.
     const l1 = n.ram.alloc(64);
     n.ram.write64(l1, BigInt(linear) | 1n);
@@ -300,7 +337,7 @@ describe('configuration errors', () => {
     run(2, 1, l1);
     assertFault(dma(r, BigInt(VA), { pasid: 1 }), EVT_ID.C_BAD_SUBSTREAMID);
     const ids = readEvents(r, q.veventqFd).map((e) => e.evt!.id);
-    assert.deepEqual(ids, [EVT_ID.F_STREAM_DISABLED, EVT_ID.C_BAD_SUBSTREAMID, EVT_ID.C_BAD_SUBSTREAMID, EVT_ID.C_BAD_SUBSTREAMID]);
+    assert.deepEqual(ids, [EVT_ID.F_STREAM_DISABLED, EVT_ID.C_BAD_SUBSTREAMID, EVT_ID.F_STREAM_DISABLED, EVT_ID.C_BAD_SUBSTREAMID]);
   });
 
   test('abort and invalid vSTEs terminate without any record; a bypass vSTE uses the IOVA as IPA', () => {

@@ -385,8 +385,12 @@ export class SmmuV3 {
     const s1 = sc.s1!;
     let index = 0;
     if (ssid !== undefined) {
-      if (s1.cdmax === 0 || ssid >= 2 ** s1.cdmax || (s1.dss === S1DSS.SSID0 && ssid === 0)) {
+      if (s1.cdmax === 0 || ssid >= 2 ** s1.cdmax) {
         return this.fail(sc.sid, iova, ssid, write, priv, instr, { id: EVT_ID.C_BAD_SUBSTREAMID, reason: `SubstreamID ${ssid} not valid for S1CDMax ${s1.cdmax}` }, true);
+      }
+      if (s1.dss === S1DSS.SSID0 && ssid === 0) {
+        // CD 0 is reserved for traffic without a SubstreamID.
+        return this.fail(sc.sid, iova, ssid, write, priv, instr, { id: EVT_ID.F_STREAM_DISABLED, reason: 'SubstreamID 0 with S1DSS = SSID0' }, true);
       }
       index = ssid;
     } else if (s1.cdmax > 0) {

@@ -295,6 +295,20 @@ describe('vEVENTQ', () => {
     assert.equal(readEvents(f.r, q.veventqFd)[0]!.evt!.sid, 0x77);
   });
 
+  test('a virt_id of 2^32 or more is accepted (kernel); commands never reach it (32-bit SID field), events carry its low 32 bits', () => {
+    const r = rig();
+    const n = nestSetup(r, { vsid: (1n << 32n) | 0x77n });
+    const t = n.ram.table(12, 48);
+    const cd = n.ram.alloc(64);
+    n.ram.writeWords(cd, guestCd(t, 5));
+    attach(r, nestedHwpt(r, n, vste({ ctxPtr: cd })));
+    assert.throws(() => invalidate(r, n, [cmd.make(OP.CFGI_CD_ALL, { SID: 0x77 })]),
+      (e: { code: string; handled: number }) => e.code === 'EIO' && e.handled === 0);
+    const q = r.fd.veventqAlloc(n.viommu, VEVENTQ_TYPE_ARM_SMMUV3, 8);
+    dma(r, 0x2000_0000n);
+    assert.equal(readEvents(r, q.veventqFd)[0]!.evt!.sid, 0x77);
+  });
+
   test('6.13: no forwarding at all (no vmaster), the record stays on the host', () => {
     const f = fixture('6.13');
     const t = faultOf(dma(f.r, 0x2000_0000n));
