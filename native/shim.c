@@ -668,13 +668,23 @@ static int slot_call_locked(void)
 		 * whoever else is runnable for a whole time slice (measured: worse
 		 * than sleeping); the server yields instead (transport.ts).
 		 */
-		uint64_t t0 = mono_ns();
+		uint64_t t0 = mono_ns(), seen = t0;
 		for (unsigned i = 1;; i++) {
 			if (__atomic_load_n(&slot->seq_rep, __ATOMIC_ACQUIRE) == seq)
 				return 0;
 			cpu_relax();
-			if (!(i & 31) && mono_ns() - t0 >= (uint64_t)spin_ns)
+			if (i & 31)
+				continue;
+			uint64_t t = mono_ns();
+			if (t - t0 >= (uint64_t)spin_ns)
 				break;
+			if (t - seen >= 1000000) {
+				/* a long window: notice a dead server (its end of the socket closed) once a millisecond */
+				seen = t;
+				struct pollfd p = { .fd = ctl_fd, .events = POLLRDHUP };
+				if (syscall(SYS_poll, &p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+					return -1;
+			}
 		}
 	}
 	/* Sleep. The server publishes seq_rep, then takes cli_sleep: exactly one of us sees the other. */

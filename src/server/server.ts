@@ -376,6 +376,12 @@ export class IommufdServer {
     this.emu.bus.emit({ t: 'note', pid, tid, text });
   }
 
+  /** Control connections on the fast path now, and whether the server is polling them (tests). */
+  get fastPath(): { links: number; spinning: boolean } {
+    const t = this.transport;
+    return t instanceof UnixTransport ? { links: t.fastLinks, spinning: t.fastSpinning } : { links: 0, spinning: false };
+  }
+
   /** Number of live contexts (tests). */
   get liveContexts(): number {
     return this.ctxs.size;

@@ -163,6 +163,11 @@ class SlotPoller {
     return this.slots.size;
   }
 
+  /** Polling now (false: asleep in the event loop until a doorbell). */
+  get spinning(): boolean {
+    return this.running;
+  }
+
   add(s: Slot): void {
     this.slots.add(s);
     s.setSpin(this.running);
@@ -231,6 +236,11 @@ export class UnixTransport implements Transport {
   /** Links on the fast path now (tests). */
   get fastLinks(): number {
     return this.poller?.size ?? 0;
+  }
+
+  /** The server is polling the slots now (false: asleep until a doorbell). */
+  get fastSpinning(): boolean {
+    return this.poller?.spinning ?? false;
   }
 
   /** The server's idle window in microseconds, or null without the fast path. */
