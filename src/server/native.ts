@@ -92,13 +92,18 @@ function compile(cc: string, args: string[], out: string): void {
   }
 }
 
+/** The compiler's name as the cache keys use it (no process started: only a build asks findCompiler()). */
+function compilerName(): string {
+  return process.env.CC || 'cc';
+}
+
 /** Path of the shim library, building it when missing or outdated. */
 export function ensureShim(): string {
-  const cc = findCompiler();
   const wire = wireHeaderDir();
-  const key = digest([SHIM_SOURCE, path.join(wire, WIRE_HEADER)], cc ?? '');
+  const key = digest([SHIM_SOURCE, path.join(wire, WIRE_HEADER)], compilerName());
   const out = path.join(cacheDir(), `libiommufd-emu-${key}.so`);
   if (fs.existsSync(out)) return out;
+  const cc = findCompiler();
   if (!cc) throw new Error('no C compiler found (install gcc or set CC): the LD_PRELOAD shim is built from native/shim.c');
   compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-I', wire, SHIM_SOURCE, '-ldl', '-lpthread'], out);
   return out;
@@ -125,12 +130,12 @@ export function nodeApiIncludeDir(): string | null {
  * by content; Node-API is ABI-stable across Node versions).
  */
 export function ensureFastPathAddon(): string {
-  const cc = findCompiler();
   const inc = nodeApiIncludeDir();
   if (!inc) throw new Error(`no Node-API headers (node_api.h) under ${path.resolve(path.dirname(process.execPath), '..', 'include', 'node')}`);
-  const key = digest([FASTPATH_SOURCE, path.join(inc, 'node_api.h')], cc ?? '');
+  const key = digest([FASTPATH_SOURCE, path.join(inc, 'node_api.h')], compilerName());
   const out = path.join(cacheDir(), `fastpath-${key}.node`);
   if (fs.existsSync(out)) return out;
+  const cc = findCompiler();
   if (!cc) throw new Error('no C compiler found (install gcc or set CC)');
   compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-DNODE_GYP_MODULE_NAME=iommufd_emu_fastpath', '-I', inc, FASTPATH_SOURCE], out);
   return out;
