@@ -11,6 +11,17 @@
  *   unmap(ab)                      detach the ArrayBuffer, then munmap
  *   yield()                        sched_yield(): a spinning server lets a
  *                                  client that shares its CPU run
+ *   seq(ab)                        the slot's seq_req (acquire)
+ *   spin(ab, on)                   store srv_spin (seq_cst), then return seq_req
+ *   publish(ab, seq)               store seq_rep = seq (seq_cst), then take
+ *                                  cli_sleep (exchange with 0): true if the
+ *                                  client sleeps waiting for seq (ring it)
+ *
+ * The slot's words are touched only here, with the C11 atomics the shim uses:
+ * the mapping is an ordinary (not shared) ArrayBuffer to V8, for which
+ * Atomics promises nothing across processes (it may well compile them to
+ * plain loads and stores: an exchange that is not one loses a wake-up).
+ * The word offsets come from the wire header (wire.ts RECORD.slot).
  *
  * The seals matter: a client that could shrink the file would make the
  * server's next access to the mapping a SIGBUS.
@@ -25,6 +36,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <stdint.h>
+
+#include "iommufd_emu_wire.h"
 
 #ifndef F_GET_SEALS
 #define F_GET_SEALS 1034
@@ -101,12 +115,68 @@ static napi_value yield_(napi_env env, napi_callback_info info)
 	return NULL;
 }
 
+/* The slot behind argv[0] (NULL after an exception). */
+static struct wire_slot *slot_of(napi_env env, napi_callback_info info, size_t want, napi_value *argv)
+{
+	size_t argc = want;
+	void *p = NULL;
+	size_t len = 0;
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != want ||
+	    napi_get_arraybuffer_info(env, argv[0], &p, &len) != napi_ok || !p || len < WIRE_SLOT_SIZE) {
+		napi_throw_error(env, NULL, "not a mapped slot");
+		return NULL;
+	}
+	return p;
+}
+
+static napi_value u32(napi_env env, uint32_t v)
+{
+	napi_value r;
+	napi_create_uint32(env, v, &r);
+	return r;
+}
+
+static napi_value seq(napi_env env, napi_callback_info info)
+{
+	napi_value argv[1];
+	struct wire_slot *s = slot_of(env, info, 1, argv);
+	return s ? u32(env, __atomic_load_n(&s->seq_req, __ATOMIC_ACQUIRE)) : NULL;
+}
+
+static napi_value spin(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	bool on = false;
+	struct wire_slot *s = slot_of(env, info, 2, argv);
+	if (!s || napi_get_value_bool(env, argv[1], &on) != napi_ok)
+		return NULL;
+	__atomic_store_n(&s->srv_spin, on ? 1 : 0, __ATOMIC_SEQ_CST);
+	return u32(env, __atomic_load_n(&s->seq_req, __ATOMIC_SEQ_CST));
+}
+
+static napi_value publish(napi_env env, napi_callback_info info)
+{
+	napi_value argv[2];
+	uint32_t seq = 0;
+	struct wire_slot *s = slot_of(env, info, 2, argv);
+	if (!s || napi_get_value_uint32(env, argv[1], &seq) != napi_ok)
+		return NULL;
+	__atomic_store_n(&s->seq_rep, seq, __ATOMIC_SEQ_CST);
+	uint32_t sleeper = __atomic_exchange_n(&s->cli_sleep, 0, __ATOMIC_SEQ_CST);
+	napi_value r;
+	napi_get_boolean(env, sleeper == seq && seq != 0, &r);
+	return r;
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
 	napi_property_descriptor props[] = {
 		{ "map", NULL, map, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "unmap", NULL, unmap, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "yield", NULL, yield_, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "seq", NULL, seq, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "spin", NULL, spin, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "publish", NULL, publish, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 	return exports;

@@ -560,11 +560,15 @@ static uint32_t cap_bits(void)
  * Everything here runs under ctl_mu, so one slot serves all our threads.
  */
 /*
- * Default client spin window: longer than most calls take the server when it
- * is running (~5-20 us), short enough that a call that takes longer, or a
- * server the scheduler has set aside, costs little CPU (bench/RESULTS.md).
+ * Default client spin window: 0, the client sleeps in recv at once and the
+ * server rings. Measured on these shared 2-vCPU VMs at load 6-12 (other
+ * sessions' builds): a spinning client loses its CPU to them and the call
+ * gets slower than the socket (50 us: ~3x the socket's median), while a
+ * sleeping client with a spinning server beats the socket (~0.75x). On a
+ * quiet machine a short window (IOMMUFD_EMU_SPIN_US=20..50) should also save
+ * the client's wake-up; see bench/RESULTS.md.
  */
-#define DEFAULT_SPIN_US 50
+#define DEFAULT_SPIN_US 0
 
 static struct wire_slot *slot;  /* NULL: frames go through the socket */
 static char *slot_req, *slot_rep;
@@ -582,14 +586,11 @@ static void fast_config(void)
 	fast_off = f && strcmp(f, "0") == 0;
 	const char *sp = getenv("IOMMUFD_EMU_SPIN_US");
 	long us = DEFAULT_SPIN_US;
+	cpu_set_t cs;
 	if (sp && *sp)
 		us = strtol(sp, NULL, 10);
-	else {
-		cpu_set_t cs;
-		/* one CPU: spinning only keeps the server from running */
-		if (sched_getaffinity(0, sizeof(cs), &cs) == 0 && CPU_COUNT(&cs) < 2)
-			us = 0;
-	}
+	if (sched_getaffinity(0, sizeof(cs), &cs) == 0 && CPU_COUNT(&cs) < 2)
+		us = 0; /* one CPU: spinning only keeps the server from running */
 	spin_ns = us < 0 ? 0 : us * 1000;
 }
 

@@ -132,12 +132,13 @@ export function nodeApiIncludeDir(): string | null {
 export function ensureFastPathAddon(): string {
   const inc = nodeApiIncludeDir();
   if (!inc) throw new Error(`no Node-API headers (node_api.h) under ${path.resolve(path.dirname(process.execPath), '..', 'include', 'node')}`);
-  const key = digest([FASTPATH_SOURCE, path.join(inc, 'node_api.h')], compilerName());
+  const wire = wireHeaderDir();
+  const key = digest([FASTPATH_SOURCE, path.join(inc, 'node_api.h'), path.join(wire, WIRE_HEADER)], compilerName());
   const out = path.join(cacheDir(), `fastpath-${key}.node`);
   if (fs.existsSync(out)) return out;
   const cc = findCompiler();
   if (!cc) throw new Error('no C compiler found (install gcc or set CC)');
-  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-DNODE_GYP_MODULE_NAME=iommufd_emu_fastpath', '-I', inc, FASTPATH_SOURCE], out);
+  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-DNODE_GYP_MODULE_NAME=iommufd_emu_fastpath', '-I', inc, '-I', wire, FASTPATH_SOURCE], out);
   return out;
 }
 

@@ -7,9 +7,10 @@
 // control connection can switch to (FAST): one request/reply slot in a sealed
 // memfd the client and the server both map (wire.ts SLOT). A blocking socket
 // round trip costs two wake-ups of a sleeping CPU (most of its ~60 us on an
-// idle VM); through the slot, a client spins briefly on the reply and the
-// server keeps polling its slots for a short idle window after the last
-// request, so back-to-back calls see neither sleep. Either side that stops
+// idle VM); through the slot, the server keeps polling its slots for a short
+// idle window after the last request, so back-to-back calls never wake it,
+// and a client may spin briefly on the reply (IOMMUFD_EMU_SPIN_US; off by
+// default: measured slower on a busy machine, bench/RESULTS.md). Either side that stops
 // spinning sleeps where it always did (the client in recv on its control
 // socket, the server in the event loop), and the other rings it with one
 // doorbell byte on that socket, so an idle client or server burns no CPU, and
@@ -17,7 +18,7 @@
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
-import { MAX_FRAME, RECORD, SLOT } from './wire.js';
+import { MAX_FRAME, SLOT } from './wire.js';
 
 /** One peer connection. */
 export interface Link {
@@ -57,6 +58,12 @@ export interface SlotMapper {
   unmap(ab: ArrayBuffer): void;
   /** sched_yield(): spinning, but let whoever shares this CPU (the client, often) run. */
   yield(): void;
+  /** The slot's words, with real atomics (see native/fastpath.c): seq_req now. */
+  seq(ab: ArrayBuffer): number;
+  /** Store srv_spin, then read seq_req (in that order: see SlotPoller.sleep). */
+  spin(ab: ArrayBuffer, on: boolean): number;
+  /** Store seq_rep = seq, then take cli_sleep: true if the client sleeps waiting for it. */
+  publish(ab: ArrayBuffer, seq: number): boolean;
 }
 
 export interface FastPathOptions {
@@ -85,14 +92,8 @@ const SLICE_MS = 2;
  */
 const PURE_SPIN_MS = 0.01;
 
-const W_SEQ_REQ = RECORD.slot.fields.find((f) => f.name === 'seq_req')!.offset / 4;
-const W_SEQ_REP = RECORD.slot.fields.find((f) => f.name === 'seq_rep')!.offset / 4;
-const W_SRV_SPIN = RECORD.slot.fields.find((f) => f.name === 'srv_spin')!.offset / 4;
-const W_CLI_SLEEP = RECORD.slot.fields.find((f) => f.name === 'cli_sleep')!.offset / 4;
-
 /** One client's slot, as the server sees it. Nothing in it is trusted: a frame is copied out once, then checked. */
 class Slot {
-  readonly words: Int32Array;
   private readonly req: Buffer;
   private readonly rep: Buffer;
   /** The last request number taken. */
@@ -101,22 +102,23 @@ class Slot {
   pending = false;
   dead = false;
 
-  constructor(readonly ab: ArrayBuffer, private readonly take: (frame: Buffer) => void,
+  constructor(readonly ab: ArrayBuffer, private readonly mapper: SlotMapper, private readonly take: (frame: Buffer) => void,
     private readonly refuse: (reason: string) => void, private readonly ring: () => void) {
-    this.words = new Int32Array(ab, 0, RECORD.slot.size / 4);
     this.req = Buffer.from(ab, SLOT.REQ_OFF, MAX_FRAME);
     this.rep = Buffer.from(ab, SLOT.REP_OFF, MAX_FRAME);
   }
 
-  /** Is a new request waiting? */
-  ready(): boolean {
-    return !this.pending && !this.dead && Atomics.load(this.words, W_SEQ_REQ) !== this.taken;
+  /** Is a new request waiting (seq: seq_req as just read)? */
+  ready(seq = this.dead ? this.taken : this.mapper.seq(this.ab)): boolean {
+    return !this.pending && !this.dead && seq !== this.taken;
   }
 
   /** Take and deliver the waiting request, if any; true if there was one. */
   poll(): boolean {
-    if (!this.ready()) return false;
-    this.taken = Atomics.load(this.words, W_SEQ_REQ);
+    if (this.pending || this.dead) return false;
+    const seq = this.mapper.seq(this.ab);
+    if (seq === this.taken) return false;
+    this.taken = seq;
     const len = this.req.readUInt32LE(0);
     if (len < 8 || len > MAX_FRAME) {
       this.refuse(`malformed frame: length ${len}`);
@@ -134,13 +136,13 @@ class Slot {
     if (this.dead || !this.pending || b.length > MAX_FRAME) return; // only replies travel this way
     this.rep.set(b, 0);
     this.pending = false;
-    Atomics.store(this.words, W_SEQ_REP, this.taken);
     // The client went to sleep waiting for this one: ring it (see the shim's slot_call_locked()).
-    if (Atomics.exchange(this.words, W_CLI_SLEEP, 0) === this.taken && this.taken !== 0) this.ring();
+    if (this.mapper.publish(this.ab, this.taken)) this.ring();
   }
 
-  setSpin(on: boolean): void {
-    if (!this.dead) Atomics.store(this.words, W_SRV_SPIN, on ? 1 : 0);
+  /** Store srv_spin; true if a request is waiting (read after the store). */
+  setSpin(on: boolean): boolean {
+    return this.dead ? false : this.ready(this.mapper.spin(this.ab, on));
   }
 }
 
@@ -208,13 +210,12 @@ class SlotPoller {
    * published before a client saw the flag cleared would otherwise wait).
    */
   private sleep(): boolean {
-    for (const s of this.slots) s.setSpin(false);
-    for (const s of this.slots) {
-      if (s.ready()) {
-        for (const t of this.slots) t.setSpin(true);
-        this.lastWork = performance.now();
-        return false;
-      }
+    let waiting = false;
+    for (const s of this.slots) if (s.setSpin(false)) waiting = true;
+    if (waiting) {
+      for (const t of this.slots) t.setSpin(true);
+      this.lastWork = performance.now();
+      return false;
     }
     this.running = false;
     return true;
@@ -310,7 +311,7 @@ function streamLink(socket: net.Socket, accept: (link: Link) => LinkEvents,
         return (e as Error).message;
       }
       link.send(reply);
-      slot = new Slot(ab, (f) => deliver(f), (why) => refuse(why), () => {
+      slot = new Slot(ab, fast.mapper, (f) => deliver(f), (why) => refuse(why), () => {
         if (!socket.destroyed) socket.write(DOORBELL);
       });
       fast.poller.add(slot);
