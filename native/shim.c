@@ -452,9 +452,27 @@ static int tp_connect(int cloexec)
 	return s;
 }
 
+static int ctl_fd;
+static struct wire_slot *slot;
+
+/*
+ * A frame on the control socket while the slot carries them would never be
+ * answered (the server refuses it, transport.ts): a call that tries fails
+ * (EPROTO) instead. Every control exchange goes through ctl_call_locked.
+ */
+static int behind_slot(int fd)
+{
+	if (!slot || fd != ctl_fd)
+		return 0;
+	errno = EPROTO;
+	return 1;
+}
+
 static int tp_send(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
+	if (behind_slot(fd))
+		return -1;
 	while (len) {
 		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
 		if (n < 0) {
@@ -471,6 +489,8 @@ static int tp_send(int fd, const void *buf, size_t len)
 static int tp_recv(int fd, void *buf, size_t len)
 {
 	char *p = buf;
+	if (behind_slot(fd))
+		return -1;
 	while (len) {
 		ssize_t n = recv(fd, p, len, 0);
 		if (n < 0) {
@@ -747,21 +767,39 @@ static int fast_setup_locked(int s)
 	return 0;
 }
 
-/* A request and its fixed-size reply on the control connection, whichever way it goes. */
-static int ctl_call_locked(const void *req, size_t reqlen, void *rep, size_t replen)
+/*
+ * A request and its reply on the control connection, whichever way it goes:
+ * through the slot once FAST took, else the socket. Every control exchange
+ * comes here (IOCTL's own, slot_ioctl_locked, too): a frame written to the
+ * socket behind the slot's back is one the server refuses (transport.ts), as
+ * tp_send/tp_recv do here. The reply's fixed part (replen bytes; its len and
+ * type checked) goes to rep; a reply with a variable tail (MACHINE's path)
+ * may have up to tailmax more bytes, stored at tail, their count in *taillen.
+ */
+static int ctl_call_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			   size_t *taillen)
 {
-	if (!slot)
-		return tp_rpc(ctl_fd, req, reqlen, rep, replen);
-	const uint32_t *q = req;
-	memcpy(slot_req, req, reqlen);
-	if (slot_call_locked() < 0)
-		return -1;
-	memcpy(rep, slot_rep, replen);
-	const uint32_t *r = rep;
-	if (r[0] != replen || r[1] != q[1]) {
+	const uint32_t *q = req, *r = rep;
+	if (!slot) {
+		if (tp_send(ctl_fd, req, reqlen) < 0 || tp_recv(ctl_fd, rep, replen) < 0)
+			return -1;
+	} else {
+		memcpy(slot_req, req, reqlen);
+		if (slot_call_locked() < 0)
+			return -1;
+		memcpy(rep, slot_rep, replen);
+	}
+	if (r[1] != q[1] || r[0] < replen || r[0] - replen > tailmax) {
 		errno = EPROTO;
 		return -1;
 	}
+	size_t n = r[0] - replen;
+	if (n && slot)
+		memcpy(tail, slot_rep + replen, n);
+	else if (n && tp_recv(ctl_fd, tail, n) < 0)
+		return -1;
+	if (taillen)
+		*taillen = n;
 	return 0;
 }
 
@@ -848,16 +886,23 @@ static int ctl_ensure_locked(void)
 	return ctl_ensure_pid_locked(getpid());
 }
 
-static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
+/* A control request and its reply with a variable tail (see ctl_call_locked); a broken connection is dropped (EIO). */
+static int ctl_rpc_tail_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			       size_t *taillen)
 {
 	if (ctl_ensure_locked() < 0)
 		return -1;
-	if (ctl_call_locked(req, reqlen, rep, replen) < 0) {
+	if (ctl_call_locked(req, reqlen, rep, replen, tail, tailmax, taillen) < 0) {
 		ctl_drop_locked();
 		errno = EIO;
 		return -1;
 	}
 	return 0;
+}
+
+static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
+{
+	return ctl_rpc_tail_locked(req, reqlen, rep, replen, NULL, 0, NULL);
 }
 
 /* Wait until the server has processed every hang-up so far; `forget`: a file we no longer hold. */
@@ -962,8 +1007,8 @@ static char owned[NOWNED][128];
 static int nowned;
 static int machine_known; /* 1: machine_dir and owned[] are loaded (never changes after) */
 static int server_present(void);
-static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen);
-static int ctl_ensure_locked(void);
+static int ctl_rpc_tail_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			       size_t *taillen);
 
 /* Could `p` (absolute) be in the machine's view? (cheap, before asking the server) */
 static int machine_candidate(const char *p)
@@ -988,9 +1033,9 @@ static int machine_load(void)
 	struct wire_req_machine q = { .len = sizeof(q), .type = WIRE_T_MACHINE };
 	struct wire_rep_machine r;
 	char dir[sizeof(machine_dir)];
-	if (ctl_ensure_locked() == 0 && tp_send(ctl_fd, &q, sizeof(q)) == 0 && tp_recv(ctl_fd, &r, sizeof(r)) == 0) {
-		if (r.type != WIRE_T_MACHINE || r.len != sizeof(r) + r.pathlen || r.pathlen >= sizeof(dir) ||
-		    tp_recv(ctl_fd, dir, r.pathlen) < 0) {
+	size_t n = 0;
+	if (ctl_rpc_tail_locked(&q, sizeof(q), &r, sizeof(r), dir, sizeof(dir) - 1, &n) == 0) {
+		if (n != r.pathlen) {
 			ctl_drop_locked();
 		} else if (r.status == 0 && r.pathlen > 0) {
 			dir[r.pathlen] = 0;

@@ -494,10 +494,11 @@ export class IommufdServer {
     this.emu.bus.emit({ t: 'note', pid, tid, text });
   }
 
-  /** Control connections on the fast path now, and whether the server is polling them (tests). */
-  get fastPath(): { links: number; spinning: boolean } {
+  /** Control connections on the fast path now, whether the server is polling them, frames taken from slots so far (tests). */
+  get fastPath(): { links: number; spinning: boolean; frames: number } {
     const t = this.transport;
-    return t instanceof UnixTransport ? { links: t.fastLinks, spinning: t.fastSpinning } : { links: 0, spinning: false };
+    return t instanceof UnixTransport ? { links: t.fastLinks, spinning: t.fastSpinning, frames: t.slotFrames }
+      : { links: 0, spinning: false, frames: 0 };
   }
 
   /** Number of live contexts (tests). */

@@ -155,6 +155,8 @@ class SlotPoller {
   private readonly slots = new Set<Slot>();
   private running = false;
   private lastWork = 0;
+  /** Frames taken from slots so far (tests: the slot carried a client's calls). */
+  frames = 0;
   readonly spinMs: number;
 
   constructor(spinUs: number, private readonly mapper: SlotMapper) {
@@ -192,7 +194,12 @@ class SlotPoller {
     const start = performance.now();
     for (;;) {
       let busy = false;
-      for (const s of this.slots) if (s.poll()) busy = true;
+      for (const s of this.slots) {
+        if (s.poll()) {
+          busy = true;
+          this.frames++;
+        }
+      }
       const now = performance.now();
       if (busy) this.lastWork = now;
       else if (now - this.lastWork >= this.spinMs) {
@@ -237,6 +244,11 @@ export class UnixTransport implements Transport {
   /** Links on the fast path now (tests). */
   get fastLinks(): number {
     return this.poller?.size ?? 0;
+  }
+
+  /** Frames taken from slots so far. */
+  get slotFrames(): number {
+    return this.poller?.frames ?? 0;
   }
 
   /** The server is polling the slots now (false: asleep until a doorbell). */
@@ -346,9 +358,22 @@ function streamLink(socket: net.Socket, accept: (link: Link) => LinkEvents,
     if (why) return refuse(`malformed frame: ${why}`);
     ev.frame(frame);
   }
+  /**
+   * Bytes on an upgraded link's socket: doorbells (zero bytes), or a frame the
+   * client wrote behind its slot's back. That frame would never be answered
+   * (replies go to the slot) and the client would wait for ever: refused, so it
+   * sees the connection end instead. A frame's length (8..MAX_FRAME) always has
+   * a nonzero byte among its first two, so any nonzero byte is one.
+   */
+  function doorbells(d: Buffer, from: number): void {
+    for (let i = from; i < d.length; i++) {
+      if (d[i] !== 0) return refuse('malformed frame: on the socket after FAST (frames go through the slot)');
+    }
+    if (from < d.length) fast!.poller.kick();
+  }
   socket.on('data', (d: Buffer) => {
     if (ended) return;
-    if (slot) return fast!.poller.kick(); // a doorbell: the bytes mean nothing
+    if (slot) return doorbells(d, 0);
     const buf = pending && pending.length ? Buffer.concat([pending, d]) : d;
     let off = 0;
     while (buf.length - off >= 8) {
@@ -361,11 +386,7 @@ function streamLink(socket: net.Socket, accept: (link: Link) => LinkEvents,
       off += len;
       ev.frame(frame);
       if (ended) return;
-      if (slot) {
-        // upgraded by that frame: anything after it is a doorbell
-        if (off < buf.length) fast!.poller.kick();
-        return;
-      }
+      if (slot) return doorbells(buf, off); // upgraded by that frame: anything after it is a doorbell
     }
     pending = off < buf.length ? Buffer.from(buf.subarray(off)) : null;
   });
