@@ -3,6 +3,8 @@
  *   shimbench echo SOCKET N REQ REP   bare Unix-socket round trips: REQ bytes out, REP bytes back (the floor)
  *   shimbench ioas N          IOMMU_IOAS_ALLOC + IOMMU_DESTROY through the shim, timed per ioctl
  *   shimbench rw N            IOMMU_TEST_CMD ACCESS_RW of 4 KiB through an IOAS-mapped buffer
+ *   shimbench idle S          one ioctl a second for S seconds: the CPU time the server (our parent,
+ *                             `iommufd-emu run`) used meanwhile, from /proc/<ppid>/stat
  * Each prints one JSON line: {"median_ns":…,"p99_ns":…,"n":…}. Every mode first
  * runs WARMUP untimed iterations (both ends' caches and the server's JIT settle),
  * the same for the floor and the ioctls.
@@ -153,6 +155,43 @@ static void bench_rw(int n)
 	report(t, n);
 }
 
+/* utime + stime of process pid, in clock ticks */
+static long long cpu_ticks(pid_t pid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+	FILE *f = fopen(path, "r");
+	if (!f || !fgets(buf, sizeof(buf), f))
+		die("stat");
+	fclose(f);
+	char *p = strrchr(buf, ')');
+	long long ut = 0, st = 0;
+	/* fields after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
+	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lld %lld", &ut, &st) != 2)
+		die("stat fields");
+	return ut + st;
+}
+
+static void bench_idle(int seconds)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	if (fd < 0)
+		die("open /dev/iommu");
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		die("IOAS_ALLOC");
+	sleep(1); /* the server's spin window after the set-up calls is long over */
+	pid_t server = getppid();
+	long long t0 = cpu_ticks(server);
+	for (int i = 0; i < seconds; i++) {
+		sleep(1);
+		struct iommu_destroy d = { .size = sizeof(d), .id = a.out_ioas_id };
+		ioctl(fd, IOMMU_DESTROY, &d); /* an answer of any kind: one call */
+	}
+	long long t1 = cpu_ticks(server);
+	printf("{\"server_cpu_ms\":%.1f,\"seconds\":%d,\"calls\":%d}\n", (t1 - t0) * 1000.0 / sysconf(_SC_CLK_TCK), seconds, seconds);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc == 6 && !strcmp(argv[1], "echo"))
@@ -161,8 +200,10 @@ int main(int argc, char **argv)
 		bench_ioas(atoi(argv[2]));
 	else if (argc == 3 && !strcmp(argv[1], "rw"))
 		bench_rw(atoi(argv[2]));
+	else if (argc == 3 && !strcmp(argv[1], "idle"))
+		bench_idle(atoi(argv[2]));
 	else {
-		fprintf(stderr, "usage: %s echo SOCKET N REQ REP | ioas N | rw N\n", argv[0]);
+		fprintf(stderr, "usage: %s echo SOCKET N REQ REP | ioas N | rw N | idle SECONDS\n", argv[0]);
 		return 2;
 	}
 	return 0;

@@ -36,6 +36,7 @@
 #include <linux/fs.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -54,6 +55,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "iommufd_emu_wire.h"
@@ -68,6 +70,9 @@
 #endif
 #ifndef MFD_CLOEXEC
 #define MFD_CLOEXEC 1U
+#endif
+#ifndef MFD_ALLOW_SEALING
+#define MFD_ALLOW_SEALING 2U
 #endif
 #ifndef MFD_HUGETLB
 #define MFD_HUGETLB 4U
@@ -447,9 +452,27 @@ static int tp_connect(int cloexec)
 	return s;
 }
 
+static int ctl_fd;
+static struct wire_slot *slot;
+
+/*
+ * A frame on the control socket while the slot carries them would never be
+ * answered (the server refuses it, transport.ts): a call that tries fails
+ * (EPROTO) instead. Every control exchange goes through ctl_call_locked.
+ */
+static int behind_slot(int fd)
+{
+	if (!slot || fd != ctl_fd)
+		return 0;
+	errno = EPROTO;
+	return 1;
+}
+
 static int tp_send(int fd, const void *buf, size_t len)
 {
 	const char *p = buf;
+	if (behind_slot(fd))
+		return -1;
 	while (len) {
 		ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
 		if (n < 0) {
@@ -466,6 +489,8 @@ static int tp_send(int fd, const void *buf, size_t len)
 static int tp_recv(int fd, void *buf, size_t len)
 {
 	char *p = buf;
+	if (behind_slot(fd))
+		return -1;
 	while (len) {
 		ssize_t n = recv(fd, p, len, 0);
 		if (n < 0) {
@@ -549,11 +574,233 @@ static uint32_t cap_bits(void)
 	return bits;
 }
 
+/*
+ * ---- the fast path: one request/reply slot per process image (wire.ts SLOT) ----------
+ * A sealed memfd both we and the server map. We write the request frame, then
+ * publish its number (seq_req) and ring the server's doorbell (one byte on the
+ * control socket) only if it is not polling (srv_spin). We spin on seq_rep for
+ * a short window (IOMMUFD_EMU_SPIN_US), then sleep in recv on the control
+ * socket after telling the server (cli_sleep), which then rings us. A dead
+ * server is EOF there, as before. The mapping is MADV_DONTFORK and the memfd
+ * is closed once the server has it: a child (or anything exec'ed) can never
+ * reach our slot, and makes its own with its own control connection.
+ * Everything here runs under ctl_mu, so one slot serves all our threads.
+ */
+/*
+ * Default client spin window: 0, the client sleeps in recv at once and the
+ * server rings. Measured on these shared 2-vCPU VMs at load 6-12 (other
+ * sessions' builds): a spinning client loses its CPU to them and the call
+ * gets slower than the socket (50 us: ~3x the socket's median), while a
+ * sleeping client with a spinning server beats the socket (~0.75x). On a
+ * quiet machine a short window (IOMMUFD_EMU_SPIN_US=20..50) should also save
+ * the client's wake-up; see bench/RESULTS.md.
+ */
+#define DEFAULT_SPIN_US 0
+
+static struct wire_slot *slot;  /* NULL: frames go through the socket */
+static char *slot_req, *slot_rep;
+static pid_t slot_pid;          /* the process that mapped it (a raw fork's child has no such mapping) */
+static uint32_t slot_seq;
+static long spin_ns = -1;       /* client spin window; -1: not read yet */
+static int fast_off = -1;       /* IOMMUFD_EMU_FASTPATH=0 */
+
+
+static void fast_config(void)
+{
+	if (fast_off >= 0)
+		return;
+	const char *f = getenv("IOMMUFD_EMU_FASTPATH");
+	fast_off = f && strcmp(f, "0") == 0;
+	const char *sp = getenv("IOMMUFD_EMU_SPIN_US");
+	long us = DEFAULT_SPIN_US;
+	cpu_set_t cs;
+	if (sp && *sp)
+		us = strtol(sp, NULL, 10);
+	if (sched_getaffinity(0, sizeof(cs), &cs) == 0 && CPU_COUNT(&cs) < 2)
+		us = 0; /* one CPU: spinning only keeps the server from running */
+	spin_ns = us < 0 ? 0 : us * 1000;
+}
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	__builtin_ia32_pause();
+#elif defined(__aarch64__)
+	__asm__ volatile("yield");
+#endif
+}
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static void slot_drop_locked(void)
+{
+	if (slot && slot_pid == getpid())
+		syscall(SYS_munmap, slot, (size_t)WIRE_SLOT_SIZE);
+	slot = NULL;
+}
+
 static void ctl_drop_locked(void)
 {
+	slot_drop_locked();
 	if (ctl_fd >= 0)
 		raw_close(ctl_fd);
 	__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
+}
+
+/* One byte on the control socket: wakes the other side (its content means nothing). */
+static int ring(void)
+{
+	char b = 0;
+	for (;;) {
+		ssize_t n = send(ctl_fd, &b, 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (n == 1 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)))
+			return 0; /* a full buffer is doorbells already */
+		if (n < 0 && errno == EINTR)
+			continue;
+		return -1;
+	}
+}
+
+/* Wait for one doorbell byte from the server: -1 if it is gone. */
+static int await_ring(void)
+{
+	char b;
+	for (;;) {
+		ssize_t n = recv(ctl_fd, &b, 1, 0);
+		if (n == 1)
+			return 0;
+		if (n < 0 && errno == EINTR)
+			continue;
+		return -1;
+	}
+}
+
+/* Publish the request already written at slot_req and wait for its reply at slot_rep (ctl_mu held). */
+static int slot_call_locked(void)
+{
+	uint32_t seq = slot_seq + 1;
+	if (seq == 0)
+		seq = 1; /* 0 means "nobody" in cli_sleep */
+	slot_seq = seq;
+	__atomic_store_n(&slot->seq_req, seq, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&slot->srv_spin, __ATOMIC_SEQ_CST) && ring() < 0)
+		return -1;
+	if (spin_ns > 0) {
+		/*
+		 * No sched_yield() here: on a busy machine it hands the CPU to
+		 * whoever else is runnable for a whole time slice (measured: worse
+		 * than sleeping); the server yields instead (transport.ts).
+		 */
+		uint64_t t0 = mono_ns(), seen = t0;
+		for (unsigned i = 1;; i++) {
+			if (__atomic_load_n(&slot->seq_rep, __ATOMIC_ACQUIRE) == seq)
+				return 0;
+			cpu_relax();
+			if (i & 31)
+				continue;
+			uint64_t t = mono_ns();
+			if (t - t0 >= (uint64_t)spin_ns)
+				break;
+			if (t - seen >= 1000000) {
+				/* a long window: notice a dead server (its end of the socket closed) once a millisecond */
+				seen = t;
+				struct pollfd p = { .fd = ctl_fd, .events = POLLRDHUP };
+				if (syscall(SYS_poll, &p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)))
+					return -1;
+			}
+		}
+	}
+	/* Sleep. The server publishes seq_rep, then takes cli_sleep: exactly one of us sees the other. */
+	uint32_t none = 0;
+	if (!__atomic_compare_exchange_n(&slot->cli_sleep, &none, seq, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
+		__atomic_store_n(&slot->cli_sleep, seq, __ATOMIC_SEQ_CST); /* a stale value: ours now */
+	}
+	if (__atomic_load_n(&slot->seq_rep, __ATOMIC_SEQ_CST) == seq) {
+		uint32_t mine = seq;
+		if (__atomic_compare_exchange_n(&slot->cli_sleep, &mine, 0, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
+			return 0; /* the server will not ring */
+		return await_ring(); /* it took the flag: its byte is on the way */
+	}
+	if (await_ring() < 0)
+		return -1;
+	return __atomic_load_n(&slot->seq_rep, __ATOMIC_SEQ_CST) == seq ? 0 : -1;
+}
+
+/* Move the new control connection s to the fast path (ctl_mu held); -1 only if s is broken. */
+static int fast_setup_locked(int s)
+{
+	fast_config();
+	if (fast_off)
+		return 0;
+	int fd = (int)syscall(SYS_memfd_create, "iommufd-emu-slot", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+	if (fd < 0)
+		return 0;
+	void *p = MAP_FAILED;
+	if (ftruncate(fd, WIRE_SLOT_SIZE) == 0 &&
+	    syscall(SYS_fcntl, fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0)
+		p = raw_mmap(NULL, WIRE_SLOT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	if (p == MAP_FAILED) {
+		raw_close(fd);
+		return 0;
+	}
+	syscall(SYS_madvise, p, (size_t)WIRE_SLOT_SIZE, MADV_DONTFORK);
+	REQ(FAST, fast);
+	q.memfd = fd;
+	q.size = WIRE_SLOT_SIZE;
+	struct wire_rep_status r;
+	int rc = tp_rpc(s, &q, sizeof(q), &r, sizeof(r));
+	raw_close(fd); /* the server has its own now */
+	if (rc < 0 || r.status != 0) {
+		syscall(SYS_munmap, p, (size_t)WIRE_SLOT_SIZE);
+		return rc; /* refused (an old server, no addon): the socket it is */
+	}
+	slot = p;
+	slot_req = (char *)p + WIRE_SLOT_REQ_OFF;
+	slot_rep = (char *)p + WIRE_SLOT_REP_OFF;
+	slot_pid = getpid();
+	slot_seq = 0;
+	return 0;
+}
+
+/*
+ * A request and its reply on the control connection, whichever way it goes:
+ * through the slot once FAST took, else the socket. Every control exchange
+ * comes here (IOCTL's own, slot_ioctl_locked, too): a frame written to the
+ * socket behind the slot's back is one the server refuses (transport.ts), as
+ * tp_send/tp_recv do here. The reply's fixed part (replen bytes; its len and
+ * type checked) goes to rep; a reply with a variable tail (MACHINE's path)
+ * may have up to tailmax more bytes, stored at tail, their count in *taillen.
+ */
+static int ctl_call_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			   size_t *taillen)
+{
+	const uint32_t *q = req, *r = rep;
+	if (!slot) {
+		if (tp_send(ctl_fd, req, reqlen) < 0 || tp_recv(ctl_fd, rep, replen) < 0)
+			return -1;
+	} else {
+		memcpy(slot_req, req, reqlen);
+		if (slot_call_locked() < 0)
+			return -1;
+		memcpy(rep, slot_rep, replen);
+	}
+	if (r[1] != q[1] || r[0] < replen || r[0] - replen > tailmax) {
+		errno = EPROTO;
+		return -1;
+	}
+	size_t n = r[0] - replen;
+	if (n && slot)
+		memcpy(tail, slot_rep + replen, n);
+	else if (n && tp_recv(ctl_fd, tail, n) < 0)
+		return -1;
+	if (taillen)
+		*taillen = n;
+	return 0;
 }
 
 static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen);
@@ -590,6 +837,8 @@ static int ctl_ensure_pid_locked(pid_t pid)
 {
 	if (ctl_fd >= 0 && ctl_pid == pid)
 		return 0;
+	if (slot_pid != pid)
+		slot = NULL; /* a child made without our fork handlers: that mapping is not here */
 	if (ctl_fd >= 0)
 		ctl_drop_locked(); /* inherited from the parent: not ours */
 	int s = tp_connect(1);
@@ -616,6 +865,8 @@ static int ctl_ensure_pid_locked(pid_t pid)
 	    st.tablen > sizeof(tab) || st.len != sizeof(st) + st.tablen || tp_recv(s, tab, st.tablen) < 0 || take_tables(&st, tab) < 0)
 		goto refused;
 	memset(proof, 0, sizeof(proof));
+	if (fast_setup_locked(s) < 0)
+		goto refused;
 	__atomic_store_n(&ctl_fd, s, __ATOMIC_RELAXED);
 	ctl_pid = pid;
 	state_pid = pid;
@@ -635,16 +886,23 @@ static int ctl_ensure_locked(void)
 	return ctl_ensure_pid_locked(getpid());
 }
 
-static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
+/* A control request and its reply with a variable tail (see ctl_call_locked); a broken connection is dropped (EIO). */
+static int ctl_rpc_tail_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			       size_t *taillen)
 {
 	if (ctl_ensure_locked() < 0)
 		return -1;
-	if (tp_rpc(ctl_fd, req, reqlen, rep, replen) < 0) {
+	if (ctl_call_locked(req, reqlen, rep, replen, tail, tailmax, taillen) < 0) {
 		ctl_drop_locked();
 		errno = EIO;
 		return -1;
 	}
 	return 0;
+}
+
+static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen)
+{
+	return ctl_rpc_tail_locked(req, reqlen, rep, replen, NULL, 0, NULL);
 }
 
 /* Wait until the server has processed every hang-up so far; `forget`: a file we no longer hold. */
@@ -796,8 +1054,8 @@ static char owned[NOWNED][128];
 static int nowned;
 static int machine_known; /* 1: machine_dir and owned[] are loaded (never changes after) */
 static int server_present(void);
-static int ctl_rpc_locked(const void *req, size_t reqlen, void *rep, size_t replen);
-static int ctl_ensure_locked(void);
+static int ctl_rpc_tail_locked(const void *req, size_t reqlen, void *rep, size_t replen, void *tail, size_t tailmax,
+			       size_t *taillen);
 
 /* Could `p` (absolute) be in the machine's view? (cheap, before asking the server) */
 static int machine_candidate(const char *p)
@@ -822,9 +1080,9 @@ static int machine_load(void)
 	struct wire_req_machine q = { .len = sizeof(q), .type = WIRE_T_MACHINE };
 	struct wire_rep_machine r;
 	char dir[sizeof(machine_dir)];
-	if (ctl_ensure_locked() == 0 && tp_send(ctl_fd, &q, sizeof(q)) == 0 && tp_recv(ctl_fd, &r, sizeof(r)) == 0) {
-		if (r.type != WIRE_T_MACHINE || r.len != sizeof(r) + r.pathlen || r.pathlen >= sizeof(dir) ||
-		    tp_recv(ctl_fd, dir, r.pathlen) < 0) {
+	size_t n = 0;
+	if (ctl_rpc_tail_locked(&q, sizeof(q), &r, sizeof(r), dir, sizeof(dir) - 1, &n) == 0) {
+		if (n != r.pathlen) {
 			ctl_drop_locked();
 		} else if (r.status == 0 && r.pathlen > 0) {
 			dir[r.pathlen] = 0;
@@ -1748,8 +2006,10 @@ static void ctl_forget(int fd)
 	if (fd < 0 || fd != __atomic_load_n(&ctl_fd, __ATOMIC_RELAXED))
 		return;
 	lock(&ctl_mu);
-	if (fd == ctl_fd)
+	if (fd == ctl_fd) {
+		slot_drop_locked();
 		__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
+	}
 	unlock(&ctl_mu);
 }
 
@@ -1948,7 +2208,8 @@ static int shared_at_locked(uint64_t va, uint64_t len);
  * shared memory whose copy-back must not wait for us) the server reads through
  * /proc/<pid>/mem as before, with the same EFAULT rules.
  */
-static int send_ioctl_locked(struct wire_req_ioctl *q, void *arg)
+/* How many bytes of arg go inline: at most WIRE_IOCTL_INLINE_MAX, within arg's page, none from shared memory. */
+static size_t inline_len_locked(void *arg)
 {
 	uintptr_t a = (uintptr_t)arg;
 	size_t n = 4096 - (a & 4095);
@@ -1956,6 +2217,12 @@ static int send_ioctl_locked(struct wire_req_ioctl *q, void *arg)
 		n = WIRE_IOCTL_INLINE_MAX;
 	if (!a || shared_at_locked(a, n))
 		n = 0;
+	return n;
+}
+
+static int send_ioctl_locked(struct wire_req_ioctl *q, void *arg)
+{
+	size_t n = inline_len_locked(arg);
 	for (;;) {
 		q->inl = (uint32_t)n;
 		q->len = (uint32_t)(sizeof(*q) + n);
@@ -1972,6 +2239,35 @@ static int send_ioctl_locked(struct wire_req_ioctl *q, void *arg)
 		}
 		return -1; /* a partial frame cannot be repaired */
 	}
+}
+
+/* Is the reply `r` to the request `q` well formed (its written span inside what went inline)? */
+static int ioctl_reply_ok(const struct wire_req_ioctl *q, const struct wire_rep_ioctl *r)
+{
+	return r->type == WIRE_T_IOCTL && r->len == sizeof(*r) + r->wlen && r->wlen <= q->inl && r->woff <= q->inl - r->wlen;
+}
+
+/*
+ * The IOCTL exchange through the slot: the struct is copied in and the
+ * written span back out as copy_{from,to}_user would (user_copy: EFAULT,
+ * never a signal). 0 with *wfault set if the span could not be stored.
+ */
+static int slot_ioctl_locked(struct wire_req_ioctl *q, void *arg, struct wire_rep_ioctl *r, int *wfault)
+{
+	size_t n = inline_len_locked(arg);
+	if (n && user_copy(slot_req + sizeof(*q), arg, n, 0) != n)
+		n = 0; /* not readable (here): the server finds out */
+	q->inl = (uint32_t)n;
+	q->len = (uint32_t)(sizeof(*q) + n);
+	memcpy(slot_req, q, sizeof(*q));
+	if (slot_call_locked() < 0)
+		return -1;
+	memcpy(r, slot_rep, sizeof(*r));
+	if (!ioctl_reply_ok(q, r))
+		return -1;
+	if (r->wlen && user_copy((char *)arg + r->woff, slot_rep + sizeof(*r), r->wlen, 1) != r->wlen)
+		*wfault = 1;
+	return 0;
 }
 
 static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *arg)
@@ -2018,8 +2314,9 @@ static int emu_ioctl(int fd, const struct fdent *ent, unsigned long req, void *a
 		q.hinttoken = named.token;
 	}
 	q.mapgen = map_gen_now();
-	if (send_ioctl_locked(&q, arg) == 0 && tp_recv(ctl_fd, r, sizeof(*r)) == 0 && r->type == WIRE_T_IOCTL &&
-	    r->len == sizeof(*r) + r->wlen && r->wlen <= q.inl && r->woff <= q.inl - r->wlen) {
+	if (slot) {
+		rc = slot_ioctl_locked(&q, arg, r, &wfault);
+	} else if (send_ioctl_locked(&q, arg) == 0 && tp_recv(ctl_fd, r, sizeof(*r)) == 0 && ioctl_reply_ok(&q, r)) {
 		/*
 		 * What the call wrote to our struct (the server checked that it is
 		 * writable): received straight into place, the kernel copying as
@@ -3556,6 +3853,7 @@ static void atfork_child(void)
 	if (ctl_fd >= 0)
 		raw_close(ctl_fd); /* the parent's; we make our own */
 	__atomic_store_n(&ctl_fd, -1, __ATOMIC_RELAXED);
+	slot = NULL; /* MADV_DONTFORK: the parent's slot is not mapped here */
 	memset(failnth_tab, 0, sizeof(failnth_tab));
 	/* our copies of the mappings are the holder's; the parent's holders are not ours */
 	for (int i = 0; i < npieces; i++) {

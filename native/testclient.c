@@ -196,6 +196,83 @@ static int mode_spin(void)
 	return 0;
 }
 
+/* ioctls until one fails (the server is killed meanwhile): print how it failed */
+static int mode_serverdeath(void)
+{
+	int fd = xopen();
+	printf("READY\n");
+	fflush(stdout);
+	for (;;) {
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		if (ioctl(fd, IOMMU_IOAS_ALLOC, &a)) {
+			printf("FAILED %s\n", strerror(errno));
+			return 0;
+		}
+		destroy(fd, a.out_ioas_id);
+	}
+}
+
+/*
+ * fork while another thread is in the middle of calls: the children (fork,
+ * and a raw fork that runs no fork handlers) call on the inherited fd and on
+ * a fresh one, and the parent's thread keeps going.
+ */
+static volatile int forkcall_stop;
+static void *forkcall_thread(void *p)
+{
+	int fd = *(int *)p;
+	long n = 0;
+	while (!forkcall_stop) {
+		__u32 id = ioas_alloc(fd);
+		if (destroy(fd, id))
+			DIE("DESTROY in thread");
+		n++;
+	}
+	return (void *)n;
+}
+
+static int forkcall_child(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a) || destroy(fd, a.out_ioas_id))
+		return 2;
+	int f2 = open("/dev/iommu", O_RDWR);
+	if (f2 < 0 || ioctl(f2, IOMMU_IOAS_ALLOC, &a) || a.out_ioas_id != 1)
+		return 3;
+	close(f2);
+	return 0;
+}
+
+static int mode_forkcall(void)
+{
+	static int fd;
+	fd = xopen();
+	pthread_t t;
+	pthread_create(&t, NULL, forkcall_thread, &fd);
+	for (int i = 0; i < 20; i++) {
+		pid_t pid = fork();
+		if (pid == 0)
+			_exit(forkcall_child(fd));
+		int st;
+		if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
+			DIE("fork child %d: status %d", i, st);
+	}
+	forkcall_stop = 1;
+	void *n;
+	pthread_join(t, &n);
+	/* a raw fork runs no fork handlers: the child must not use our slot (not mapped there) */
+	pid_t pid = (pid_t)syscall(SYS_fork);
+	if (pid == 0)
+		_exit(forkcall_child(fd));
+	int st;
+	if (waitpid(pid, &st, 0) != pid || !WIFEXITED(st) || WEXITSTATUS(st))
+		DIE("raw fork child: status %d", st);
+	if (destroy(fd, ioas_alloc(fd)))
+		DIE("DESTROY after forks");
+	printf("OK forkcall thread-calls=%ld\n", (long)n);
+	return 0;
+}
+
 /* round-trip latency of a minimal ioctl */
 static int mode_latency(void)
 {
@@ -1721,6 +1798,8 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "basic")) return mode_basic();
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
+	if (!strcmp(m, "serverdeath")) return mode_serverdeath();
+	if (!strcmp(m, "forkcall")) return mode_forkcall();
 	if (!strcmp(m, "paths")) return mode_paths();
 	if (!strcmp(m, "huge")) return mode_huge();
 	if (!strcmp(m, "dups")) return mode_dups();

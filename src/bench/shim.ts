@@ -16,9 +16,9 @@ const CLI = path.join(ROOT, 'dist', 'cli', 'main.js');
 
 export interface Latency { median_ns: number; p99_ns: number; n: number }
 
-function run(cmd: string, args: string[]): Promise<string> {
+function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<string> {
   return new Promise((resolve, reject) => {
-    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'] });
+    const p = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'inherit'], env });
     let out = '';
     p.stdout.on('data', (d: Buffer) => { out += d.toString(); });
     p.on('error', reject);
@@ -61,7 +61,30 @@ async function echoFloor(prog: string, n: number): Promise<Latency> {
   }
 }
 
-export interface ShimResults { echo: Latency; ioas: Latency; rw: Latency }
+export interface ShimResults {
+  echo: Latency;
+  /** Through the fast path (the default) and with it off (IOMMUFD_EMU_FASTPATH=0), same run. */
+  ioas: Latency; rw: Latency; ioasSocket: Latency; rwSocket: Latency;
+  /** The server's CPU time over `seconds` of a client making one call a second. */
+  idle: { server_cpu_ms: number; seconds: number; calls: number };
+  /** `iommufd-emu run -- /bin/true`, wall ms of each of 7 runs. */
+  startup: number[];
+}
+
+function runShimmed(prog: string, args: string[], fast: boolean): Promise<string> {
+  const env = fast ? undefined : { ...process.env, IOMMUFD_EMU_FASTPATH: '0' };
+  return run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, ...args], env);
+}
+
+async function startupTimes(runs: number): Promise<number[]> {
+  const out: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = performance.now();
+    await run(process.execPath, [CLI, 'run', '--', '/bin/true']);
+    out.push(performance.now() - t0);
+  }
+  return out;
+}
 
 export async function shimBench(n = 20000): Promise<ShimResults> {
   const inc = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-h-'));
@@ -69,9 +92,13 @@ export async function shimBench(n = 20000): Promise<ShimResults> {
   const prog = buildProgram([path.join(ROOT, 'bench', 'shimbench.c')], { includeDirs: [inc], name: 'shimbench' });
   fs.rmSync(inc, { recursive: true, force: true });
   const echo = await echoFloor(prog, n);
-  const ioas = lastJson(await run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, 'ioas', String(n / 2)]));
-  const rw = lastJson(await run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, 'rw', String(n / 4)]));
-  return { echo, ioas, rw };
+  const ioas = lastJson(await runShimmed(prog, ['ioas', String(n / 2)], true));
+  const ioasSocket = lastJson(await runShimmed(prog, ['ioas', String(n / 2)], false));
+  const rw = lastJson(await runShimmed(prog, ['rw', String(n / 4)], true));
+  const rwSocket = lastJson(await runShimmed(prog, ['rw', String(n / 4)], false));
+  const idleOut = (await runShimmed(prog, ['idle', '10'], true)).trim().split('\n').filter((l) => l.startsWith('{')).pop()!;
+  const startup = await startupTimes(7);
+  return { echo, ioas, rw, ioasSocket, rwSocket, idle: JSON.parse(idleOut) as ShimResults['idle'], startup };
 }
 
 export interface MmioResults { mmio_load_ns: number; config_pread_ns: number; n: number }

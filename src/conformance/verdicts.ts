@@ -124,4 +124,7 @@ function main(argv: string[]): number {
   return 2;
 }
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) process.exit(main(process.argv.slice(2)));
+// (the file-name check: bundled into the CLI, import.meta.url is the bundle's, which argv[1] also names)
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url) && import.meta.url.endsWith('/verdicts.js')) {
+  process.exit(main(process.argv.slice(2)));
+}

@@ -10,7 +10,8 @@ import { fileURLToPath } from 'node:url';
 import type { MessageSource } from './session.js';
 
 /** Where the built page lives (next to this module in dist/). */
-export const PAGE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), 'page');
+// From dist/inspect/ or from the CLI bundle in dist/cli/: both one level under dist/.
+export const PAGE_DIR = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'inspect', 'page');
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',

@@ -7,6 +7,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { SlotMapper } from './transport.js';
 import { cHeader } from './wire.js';
 
 /** The package root (holds native/ and examples/), from dist/server/ or src/server/. */
@@ -14,6 +15,7 @@ export const PACKAGE_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.
 export const SHIM_SOURCE = path.join(PACKAGE_ROOT, 'native', 'shim.c');
 /** The MOV decoder the shim's SIGSEGV handler uses for trapped BAR accesses. */
 const DECODER = ['mmio_decode.c', 'mmio_decode.h'].map((f) => path.join(PACKAGE_ROOT, 'native', f));
+export const FASTPATH_SOURCE = path.join(PACKAGE_ROOT, 'native', 'fastpath.c');
 
 export function cacheDir(): string {
   const base = process.env.XDG_CACHE_HOME || (os.homedir() ? path.join(os.homedir(), '.cache') : os.tmpdir());
@@ -82,9 +84,9 @@ function compile(cc: string, args: string[], out: string): void {
   fs.renameSync(tmp, out);
   // Drop older builds of the same thing (same name, other content hash).
   const dir = path.dirname(out);
-  const stem = path.basename(out).replace(/-[0-9a-f]{16}(\.so)?$/, '-');
+  const stem = path.basename(out).replace(/-[0-9a-f]{16}(\.so|\.node)?$/, '-');
   for (const f of fs.readdirSync(dir)) {
-    if (f !== path.basename(out) && f.startsWith(stem) && /^[0-9a-f]{16}(\.so)?$/.test(f.slice(stem.length))) {
+    if (f !== path.basename(out) && f.startsWith(stem) && /^[0-9a-f]{16}(\.so|\.node)?$/.test(f.slice(stem.length))) {
       try {
         fs.unlinkSync(path.join(dir, f));
       } catch { /* in use elsewhere: fine */ }
@@ -92,16 +94,65 @@ function compile(cc: string, args: string[], out: string): void {
   }
 }
 
+/** The compiler's name as the cache keys use it (no process started: only a build asks findCompiler()). */
+function compilerName(): string {
+  return process.env.CC || 'cc';
+}
+
 /** Path of the shim library, building it when missing or outdated. */
 export function ensureShim(): string {
-  const cc = findCompiler();
   const wire = wireHeaderDir();
-  const key = digest([SHIM_SOURCE, ...DECODER, path.join(wire, WIRE_HEADER)], cc ?? '');
+  const key = digest([SHIM_SOURCE, ...DECODER, path.join(wire, WIRE_HEADER)], compilerName());
   const out = path.join(cacheDir(), `libiommufd-emu-${key}.so`);
   if (fs.existsSync(out)) return out;
+  const cc = findCompiler();
   if (!cc) throw new Error('no C compiler found (install gcc or set CC): the LD_PRELOAD shim is built from native/shim.c');
   compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-I', wire, '-I', path.dirname(SHIM_SOURCE), SHIM_SOURCE, DECODER[0]!, '-ldl', '-lpthread'], out);
   return out;
+}
+
+/**
+ * The Node-API headers of the running Node (node_api.h): installed beside the
+ * binary (<prefix>/include/node) by Node's own packages and tarballs.
+ */
+export function nodeApiIncludeDir(): string | null {
+  const prefixes = [path.resolve(path.dirname(process.execPath), '..')];
+  const cfg = (process.config as { variables?: { node_prefix?: string } }).variables?.node_prefix;
+  if (cfg) prefixes.push(cfg);
+  for (const p of prefixes) {
+    const dir = path.join(p, 'include', 'node');
+    if (fs.existsSync(path.join(dir, 'node_api.h'))) return dir;
+  }
+  return null;
+}
+
+/**
+ * Path of the server's fast-path addon (native/fastpath.c: maps a client's
+ * slot), built with cc against Node's Node-API headers like the shim (cached
+ * by content; Node-API is ABI-stable across Node versions).
+ */
+export function ensureFastPathAddon(): string {
+  const inc = nodeApiIncludeDir();
+  if (!inc) throw new Error(`no Node-API headers (node_api.h) under ${path.resolve(path.dirname(process.execPath), '..', 'include', 'node')}`);
+  const wire = wireHeaderDir();
+  const key = digest([FASTPATH_SOURCE, path.join(inc, 'node_api.h'), path.join(wire, WIRE_HEADER)], compilerName());
+  const out = path.join(cacheDir(), `fastpath-${key}.node`);
+  if (fs.existsSync(out)) return out;
+  const cc = findCompiler();
+  if (!cc) throw new Error('no C compiler found (install gcc or set CC)');
+  compile(cc, ['-shared', '-fPIC', '-O2', '-Wall', '-DNODE_GYP_MODULE_NAME=iommufd_emu_fastpath', '-I', inc, '-I', wire, FASTPATH_SOURCE], out);
+  return out;
+}
+
+/** The fast path's slot mapper, or why there is none (the server then keeps to the socket). */
+export function loadSlotMapper(): SlotMapper | string {
+  try {
+    const mod = { exports: {} as SlotMapper };
+    process.dlopen(mod, ensureFastPathAddon());
+    return mod.exports;
+  } catch (e) {
+    return (e as Error).message;
+  }
 }
 
 /** Build a C program (cached by content); returns the executable's path. */

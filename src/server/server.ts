@@ -15,6 +15,7 @@
 import { settingsFromBits } from '../core/fault_inject.js';
 import { randomBytes } from 'node:crypto';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import type { IommufdCtx } from '../core/context.js';
 import { Emulator } from '../core/emulator.js';
@@ -32,7 +33,8 @@ import { ClientProcess } from './credentials.js';
 import { FdHelper } from './fdhelper.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { writeMachineView } from './sysfs.js';
-import { UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
+import { loadSlotMapper } from './native.js';
+import { DEFAULT_SERVER_SPIN_US, UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
 import * as W from './wire.js';
 
 export interface ServerOptions {
@@ -47,13 +49,43 @@ export interface ServerOptions {
    * ones (opt-in, for containers that drop them; the default is faithful).
    */
   grantCaps?: readonly CapName[];
-  /** How frames move (default: the Unix socket at socketPath). */
+  /** How frames move (default: the Unix socket at socketPath, with the fast path unless turned off). */
   transport?: Transport;
   /**
    * Where to write the machine's sysfs and /dev/vfio view (sysfs.ts) that the
    * shim serves those paths from (default: a private directory, removed on close).
    */
   viewDir?: string;
+  /**
+   * The shared-memory fast path (transport.ts). Default: on, unless the
+   * environment says IOMMUFD_EMU_FASTPATH=0 (which the shim reads too).
+   */
+  fastPath?: boolean;
+  /** The server's idle window on the fast path, microseconds (default: $IOMMUFD_EMU_SERVER_SPIN_US, else DEFAULT_SERVER_SPIN_US). */
+  spinUs?: number;
+}
+
+/** Whether the environment leaves the fast path on (IOMMUFD_EMU_FASTPATH=0 turns it off, for server and shim). */
+export function fastPathWanted(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.IOMMUFD_EMU_FASTPATH !== '0';
+}
+
+/** Reasons the fast path is off, logged once per server process. */
+let fastPathWhyLogged = false;
+
+function defaultTransport(opts: ServerOptions, log: (m: string) => void): Transport {
+  if (!(opts.fastPath ?? fastPathWanted())) return new UnixTransport(opts.socketPath);
+  const mapper = loadSlotMapper();
+  if (typeof mapper === 'string') {
+    if (!fastPathWhyLogged) log(`fast path off (Unix socket only): ${mapper}`);
+    fastPathWhyLogged = true;
+    return new UnixTransport(opts.socketPath);
+  }
+  const env = Number(process.env.IOMMUFD_EMU_SERVER_SPIN_US);
+  // One CPU: spinning would only keep the client from running.
+  const spinUs = opts.spinUs ?? (process.env.IOMMUFD_EMU_SERVER_SPIN_US && env >= 0 ? env
+    : os.availableParallelism() < 2 ? 0 : DEFAULT_SERVER_SPIN_US);
+  return new UnixTransport(opts.socketPath, { mapper, spinUs });
 }
 
 export type CapName = 'sys_resource' | 'ipc_lock' | 'sys_rawio';
@@ -68,6 +100,7 @@ function errText(neg: number): string {
 
 /** EPROTO (outside the uAPI's errno table): a shim built for another wire version. */
 const EPROTO = 71;
+
 
 /** A fresh unguessable token (never 0, which means "none" on the wire). */
 function newToken(): bigint {
@@ -363,6 +396,7 @@ const HANDLERS: { [K in W.RequestName]: ReqHandler<K> } = {
   PROCSTAT: (s, c, f) => s.procstat(c, f),
   MACHINE: (s, c) => s.machine(c),
   MMIO: (s, c, f) => s.mmio(c, f),
+  FAST: (s, c, f) => s.fast(c, f),
 };
 
 export class IommufdServer {
@@ -396,8 +430,8 @@ export class IommufdServer {
     this.grants = this.grantCaps.reduce((m, g) => m | CAP_BITS[g], 0);
     this.emu = opts.emulator ?? new Emulator({ profile: opts.profile ?? 'mainline' });
     this.socketPath = opts.socketPath;
-    this.transport = opts.transport ?? new UnixTransport(opts.socketPath);
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
+    this.transport = opts.transport ?? defaultTransport(opts, this.log);
     const rules = fdRules(this.emu);
     const k = W.RECORD.kind;
     const r = W.RECORD.fdrule;
@@ -458,6 +492,13 @@ export class IommufdServer {
   /** An operation on an emulated fd outside the core (open, read/write, mmap, teardown), as a trace `note`. */
   private note(pid: number, tid: number, text: string): void {
     this.emu.bus.emit({ t: 'note', pid, tid, text });
+  }
+
+  /** Control connections on the fast path now, whether the server is polling them, frames taken from slots so far (tests). */
+  get fastPath(): { links: number; spinning: boolean; frames: number } {
+    const t = this.transport;
+    return t instanceof UnixTransport ? { links: t.fastLinks, spinning: t.fastSpinning, frames: t.slotFrames }
+      : { links: 0, spinning: false, frames: 0 };
   }
 
   /** Number of live contexts (tests). */
@@ -869,7 +910,35 @@ export class IommufdServer {
     this.reply(c, W.REQ.MDUP, W.REP.mmap, { err, handle });
   }
 
-  /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
+  /**
+   * The control connection moves to the fast path: the slot is the
+   * process's own memfd (opened through /proc/<pid>/fd of the proven pid;
+   * sealed, checked by the mapper). Frames through it reach this same
+   * connection, so every check a frame gets is the same.
+   */
+  fast(c: Conn, f: W.ReqValues<'FAST'>): void {
+    const st = this.procOf(c);
+    const req = W.REQ.FAST;
+    if (!c.link.upgrade) return this.status(c, req, -ERRNO.EOPNOTSUPP); // no fast path here: the shim keeps to the socket
+    if (f.size !== W.SLOT.SIZE) return this.status(c, req, -ERRNO.EINVAL);
+    let fd: number;
+    try {
+      fd = fs.openSync(`/proc/${st.pid}/fd/${f.memfd}`, 'r+');
+    } catch {
+      return this.status(c, req, -ERRNO.EBADF);
+    }
+    let why: string | null;
+    try {
+      why = c.link.upgrade(fd, W.encodeReply(req, W.REP.status, { status: 0 }));
+    } finally {
+      fs.closeSync(fd);
+    }
+    if (why) {
+      this.log(`FAST from pid ${st.pid}: ${why}`);
+      this.status(c, req, -ERRNO.EINVAL);
+    }
+  }
+
   /** The VmPin/VmLck counts of a process for its /proc status (readable by whoever can open that file). */
   procstat(c: Conn, f: W.ReqValues<'PROCSTAT'>): void {
     this.procOf(c);
@@ -881,6 +950,7 @@ export class IommufdServer {
     this.reply(c, W.REQ.PROCSTAT, W.REP.procstat, { status: 0, pinned: u64(p.pinnedPages), locked: u64(p.lockedPages) });
   }
 
+  /** Which emulated file is the caller's fd: answered only if the fd really is that socket in the caller. */
   lookup(c: Conn, f: W.ReqValues<'LOOKUP'>): void {
     const st = this.procOf(c);
     const ino = socketInode(st.pid, f.fd);

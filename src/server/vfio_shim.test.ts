@@ -4,6 +4,11 @@
 // engine through trapped BAR MMIO, and checks the copy, the MSI-X eventfd and
 // the unmapped-IOVA error -- against an in-process server with the default
 // machine. The client prints one line per step; these tests require them all.
+// The server has the fast path on (when its addon builds here): every frame
+// kind the client causes (MACHINE, MMIO from the SIGSEGV handler, FILEOP of
+// the eventfds, MMAP/MREF, a forked child's own connection) goes through the
+// slot, and once more through the socket with IOMMUFD_EMU_FASTPATH=0. A
+// client that hangs is killed and the test fails naming it.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -14,7 +19,7 @@ import { Emulator } from '../core/emulator.js';
 import { vfioOf } from '../core/vfio.js';
 import { buildMachine, DEFAULT_BDF, loadMachine } from '../machine/machine.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -22,6 +27,11 @@ const cc = findCompiler();
 const skip = process.arch !== 'x64' ? 'BAR MMIO traps decode x86-64 instructions'
   : !cc ? 'no C compiler (cc) on this machine: the shim and the client cannot be built'
   : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted): the server cannot reach clients' : false;
+const mapper = skip ? 'skipped' : loadSlotMapper();
+/** Why the runs cannot use the fast path here (false: they do). */
+const noFast = typeof mapper === 'string' ? `the fast path's addon cannot be built here: ${mapper}` : false;
+/** Longest one client run may take before it counts as hung. */
+const HUNG_MS = 60_000;
 
 describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () => {
   let server: IommufdServer;
@@ -47,7 +57,7 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-vfio-'));
     emu = new Emulator({ profile: 'mainline' });
     buildMachine(emu, loadMachine());
-    server = new IommufdServer({ socketPath: path.join(dir, 'sock'), emulator: emu, log: (m) => logs.push(m) });
+    server = new IommufdServer({ socketPath: path.join(dir, 'sock'), emulator: emu, log: (m) => logs.push(m), fastPath: !noFast });
     await server.listen();
   });
 
@@ -56,20 +66,31 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
-  function run(mode: string, exe = client): Promise<{ code: number | null; out: string; err: string }> {
-    return new Promise((resolve) => {
-      const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
+  function run(mode: string, extra: NodeJS.ProcessEnv = {}, exe = client): Promise<{ code: number | null; out: string; err: string }> {
+    return new Promise((resolve, reject) => {
+      const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF, ...extra };
       const p = spawn(exe, [mode], { env });
       let out = '';
       let err = '';
+      const t = setTimeout(() => {
+        p.kill('SIGKILL');
+        reject(new Error(`${mode}: the client hung (killed after ${HUNG_MS} ms); its output:\n${out}${err}`));
+      }, HUNG_MS);
       p.stdout.on('data', (d) => (out += d));
       p.stderr.on('data', (d) => (err += d));
-      p.on('exit', (code) => resolve({ code, out, err }));
+      p.on('exit', (code) => {
+        clearTimeout(t);
+        resolve({ code, out, err });
+      });
     });
   }
 
-  async function passes(mode: string, mustSay: RegExp[], exe = client): Promise<string> {
-    const r = await run(mode, exe);
+  /** Run `mode`; its frames through the slot unless `socket` (IOMMUFD_EMU_FASTPATH=0). */
+  async function passes(mode: string, mustSay: RegExp[], socket = false, exe = client): Promise<string> {
+    const frames = server.fastPath.frames;
+    const r = await run(mode, socket ? { IOMMUFD_EMU_FASTPATH: '0' } : {}, exe);
+    if (socket || noFast) assert.equal(server.fastPath.frames, frames, `${mode}: no frame through a slot`);
+    else assert.ok(server.fastPath.frames > frames, `${mode}: its calls went through the slot`);
     const failed = r.out.split('\n').filter((l) => l.startsWith('FAIL'));
     assert.deepEqual(failed, [], `${mode}: ${r.out}${r.err}`);
     assert.equal(r.code, 0, `${mode}: ${r.out}${r.err}`);
@@ -93,7 +114,7 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   });
 
   test('cdev, built -O2 -D_FORTIFY_SOURCE=2: the inlined MMIO accessors (other registers, displacements) trap the same', async () => {
-    await passes('cdev', [/^ok CBVER = 0x33/m, /^ok copy: data arrived$/m, /^ok MSI-X: eventfd fired once \(1\)$/m], clientO2);
+    await passes('cdev', [/^ok CBVER = 0x33/m, /^ok copy: data arrived$/m, /^ok MSI-X: eventfd fired once \(1\)$/m], false, clientO2);
   });
 
   test('group + /dev/vfio/vfio container (iommufd compat): SET_CONTAINER, GET_DEVICE_FD, MAP_DMA, the copy', async () => {
@@ -149,8 +170,17 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
     }
   });
 
-  test('no emulator bug was logged', () => {
-    assert.deepEqual(logs.filter((l) => /emulator bug|refused|helper/.test(l)), []);
+  test('these runs went through the fast path', { skip: noFast }, () => {
+    assert.ok(server.fastPath.frames > 0);
+  });
+
+  test('through the socket (IOMMUFD_EMU_FASTPATH=0) as well: sysfs, cdev with its fork', async () => {
+    await passes('sysfs', [/^ok vfio-dev: \/dev\/vfio\/devices\/vfio0$/m], true);
+    await passes('cdev', [/^ok MSI-X: eventfd fired once \(1\)$/m, /^ok forked child reads CBVER/m], true);
+  });
+
+  test('no emulator bug was logged, no frame refused', () => {
+    assert.deepEqual(logs.filter((l) => /emulator bug|refused|helper|malformed/.test(l)), []);
   });
 });
 

@@ -96,7 +96,15 @@ export const IOCTL_INLINE_MAX = 256;
 /** Largest frame a peer may announce; anything else is malformed. */
 export const MAX_FRAME = 4096;
 /** Bumped on every incompatible change; HELLO carries the shim's. */
-export const WIRE_VERSION = 5;
+export const WIRE_VERSION = 6;
+
+/**
+ * The fast path (FAST): one request/reply slot per process image in a sealed
+ * memfd both sides map. Page 0 holds the `wire_slot` words, page 1 the request
+ * frame, page 2 the reply frame (each at most MAX_FRAME bytes). The control
+ * socket then only carries doorbell bytes (either side asleep, see transport.ts).
+ */
+export const SLOT = { SIZE: 3 * 4096, REQ_OFF: 4096, REP_OFF: 2 * 4096 } as const;
 
 // ---- constants shared by both sides ---------------------------------------------
 
@@ -131,6 +139,7 @@ export const EVUSED = { INSTALLED: 1, KEEP_ON_EXEC: 2 } as const;
 
 export const CONSTANTS: Record<string, Record<string, number>> = {
   WIRE: { VERSION: WIRE_VERSION, IOCTL_INLINE_MAX, MAX_FRAME },
+  WIRE_SLOT: SLOT,
   WIRE_FAULT: FAULT_BITS, WIRE_KIND: KIND, WIRE_OPS: OPS, WIRE_FDRULE: FDRULE, WIRE_CAP: CAP, WIRE_REGION: REGION, WIRE_FILEOP: FILEOP, WIRE_EVUSED: EVUSED,
   WIRE_NODE: { ...NODE, PATH_MAX: NODE_PATH_MAX },
 };
@@ -168,6 +177,10 @@ export const RECORD = {
   fdrule: layout('wire_fdrule', {
     request: 'u32', action: 'u32', kind: 'u32', when_off: 's32', when_value: 'u32', field_off: 's32',
   }, 'request: FDRULE action, when the u32 at when_off (-1: always) equals when_value; field_off: the fd field (-1: the return value)'),
+  slot: layout('wire_slot', { seq_req: 'u32', seq_rep: 'u32', srv_spin: 'u32', cli_sleep: 'u32' },
+    'the fast-path slot\'s words (page 0): seq_req: the client\'s request number, written after the request frame; '
+    + 'seq_rep: the server\'s copy of it once the reply frame is written; srv_spin: the server polls this slot '
+    + '(0: ring the doorbell); cli_sleep: the request number the client waits for asleep in recv (the server rings)'),
 } as const;
 
 // ---- requests ---------------------------------------------------------------------
@@ -231,6 +244,9 @@ export const REQ = {
   }, 'one load or store (size 1/2/4/8) at offset `off` of the trapped mapping `handle` of the file `token`'),
   PROCSTAT: request('PROCSTAT', 15, CTL, REP.procstat, { pid: 'u32', pad: 'u32' },
     'pinned and locked page counts of process `pid` (the VmPin/VmLck lines of its /proc status)'),
+  FAST: request('FAST', 18, CTL, REP.status, { memfd: 's32', size: 'u32' },
+    'from now on frames on this connection go through the slot in our memfd (sealed: shrink, grow, seal; '
+    + 'SLOT.SIZE bytes); the socket carries doorbell bytes only'),
 } as const;
 
 export type RequestName = keyof typeof REQ;

@@ -341,7 +341,8 @@ export function generateLayoutCheck(profile: Profile): string {
 
 // ---- CLI ---------------------------------------------------------------------------
 
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+// (the file-name check: bundled into the CLI, import.meta.url is the bundle's, which argv[1] also names)
+if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url) && import.meta.url.endsWith('/cheader.js')) {
   const args = process.argv.slice(2);
   const withCheck = args.includes('--check');
   const [dir, profileName = '6.12'] = args.filter((a) => a !== '--check');

@@ -1,0 +1,164 @@
+// The fast path (transport.ts, the shim's slot): C clients through the shim,
+// and its failure modes: a client killed while it spins on its slot, a server
+// killed while a client spins, fork while another thread is in a call, and
+// the server going back to sleep once its clients are quiet.
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { Emulator } from '../core/emulator.js';
+import { writeHeaders } from '../uapi/cheader.js';
+import { buildProgram, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
+import { shimEnv } from './run.js';
+import { IommufdServer, loadHandlers } from './server.js';
+
+const cc = findCompiler();
+const mapper = cc ? loadSlotMapper() : 'no C compiler';
+const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
+  : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted): the server cannot reach clients'
+    : typeof mapper === 'string' ? `the fast path's addon cannot be built here: ${mapper}` : false;
+
+let server: IommufdServer;
+let dir: string;
+let shim: string;
+let client: string;
+const logs: string[] = [];
+
+function env(extra: NodeJS.ProcessEnv = {}, socket = server.socketPath): NodeJS.ProcessEnv {
+  return shimEnv(shim, socket, path.join(dir, 'debugfs'), { ...process.env, ...extra });
+}
+
+function runClient(mode: string, extra: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(client, [mode], { env: env(extra) });
+    let out = '';
+    p.stdout.on('data', (d) => (out += d));
+    p.stderr.on('data', (d) => (out += d));
+    p.on('exit', (code) => resolve({ code, out }));
+  });
+}
+
+/** A client that prints one line when it is under way; `done` resolves with its exit and output. */
+function startClient(mode: string, extra: NodeJS.ProcessEnv = {}, socket?: string):
+  Promise<{ p: ChildProcess; done: Promise<{ code: number | null; out: string }> }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(client, [mode], { env: env(extra, socket) });
+    let out = '';
+    let ready = false;
+    const done = new Promise<{ code: number | null; out: string }>((r) => p.on('exit', (code) => r({ code, out })));
+    p.stdout!.on('data', (d) => {
+      out += d;
+      if (!ready && out.includes('\n')) {
+        ready = true;
+        resolve({ p, done });
+      }
+    });
+    p.on('exit', (code) => !ready && reject(new Error(`client exited ${code}: ${out}`)));
+  });
+}
+
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe('fast path (shared-memory slot)', { skip }, () => {
+  before(async () => {
+    assert.ok(await loadHandlers());
+    shim = ensureShim();
+    const inc = path.join(cacheDir(), 'include', 'mainline');
+    writeHeaders(inc, 'mainline');
+    client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
+      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+    });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-fast-'));
+    server = new IommufdServer({
+      socketPath: path.join(dir, 'sock'),
+      emulator: new Emulator({ profile: 'mainline' }),
+      log: (m) => logs.push(m),
+      fastPath: true,
+    });
+    await server.listen();
+  });
+
+  after(async () => {
+    await server?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test('calls of a client go through its slot; with IOMMUFD_EMU_FASTPATH=0 they keep to the socket', async () => {
+    const a = await startClient('spin');
+    await until(() => server.fastPath.links === 1);
+    a.p.kill('SIGKILL');
+    await a.done;
+    await until(() => server.fastPath.links === 0 && server.procs.size === 0);
+    const b = await startClient('spin', { IOMMUFD_EMU_FASTPATH: '0' });
+    await until(() => server.procs.size === 1);
+    const before = server.calls;
+    await until(() => server.calls > before + 100);
+    assert.equal(server.fastPath.links, 0);
+    b.p.kill('SIGKILL');
+    await b.done;
+    await until(() => server.procs.size === 0);
+  });
+
+  test('a client killed while its threads spin on the slot is torn down (slot unmapped); the server keeps serving', async () => {
+    // a long client window: a thread is spinning on the slot at any moment
+    const { p, done } = await startClient('spin', { IOMMUFD_EMU_SPIN_US: '100000' });
+    await until(() => server.fastPath.links === 1);
+    const before = server.calls;
+    await until(() => server.calls > before + 200);
+    p.kill('SIGKILL');
+    await done;
+    await until(() => server.liveContexts === 0 && server.procs.size === 0 && server.fastPath.links === 0);
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
+    assert.deepEqual(logs.filter((l) => /emulator bug/.test(l)), []);
+  });
+
+  test('fork while another thread is in calls: children (fork and a raw fork) get their own connection and slot', async () => {
+    const r = await runClient('forkcall');
+    assert.equal(r.code, 0, r.out);
+    assert.match(r.out, /OK forkcall thread-calls=\d+/);
+    await until(() => server.liveContexts === 0 && server.procs.size === 0 && server.fastPath.links === 0);
+  });
+
+  test('the server stops polling once its clients are quiet, and a doorbell wakes it', async () => {
+    const { p, done } = await startClient('hold'); // one call, then pause()
+    await until(() => server.fastPath.links === 1);
+    await until(() => !server.fastPath.spinning);
+    p.kill('SIGKILL');
+    await done;
+    const r = await runClient('basic');
+    assert.equal(r.code, 0, r.out);
+    await until(() => !server.fastPath.spinning && server.fastPath.links === 0);
+  });
+
+  test('a server killed while a client spins on its reply: the call fails with EIO, the client does not hang', async () => {
+    // The server in a process of its own, stopped while a call is under way (the client spins, with a
+    // window longer than the test), then killed: the client sees the socket's end while spinning.
+    const sock = path.join(dir, 'killed.sock');
+    const srv = spawn(process.execPath, [path.join(PACKAGE_ROOT, 'dist', 'cli', 'main.js'), 'serve', '--socket', sock],
+      { stdio: ['ignore', 'ignore', 'pipe'] });
+    try {
+      await until(() => fs.existsSync(sock), 10000);
+      const { done } = await startClient('serverdeath', { IOMMUFD_EMU_SPIN_US: '60000000' }, sock);
+      await new Promise((r) => setTimeout(r, 100));
+      srv.kill('SIGSTOP');
+      await new Promise((r) => setTimeout(r, 100));
+      srv.kill('SIGKILL');
+      const t = setTimeout(() => assert.fail('client still waiting 10 s after the server died'), 10000);
+      const r = await done;
+      clearTimeout(t);
+      assert.equal(r.code, 0, r.out);
+      assert.match(r.out, /FAILED Input\/output error/);
+    } finally {
+      srv.kill('SIGKILL');
+    }
+  });
+});
