@@ -83,8 +83,13 @@ export interface Profile {
    * 6.12's iopt_alloc_pages checks the length first. Observed on 7.3.4 and 6.12.117.
    */
   readonly userRangeBeforeLength: boolean;
-  /** A PASID attach on a device without PASID support is EINVAL (observed on 7.3.4; not pinned to a release). */
+  /** A PASID attach on a mock device without PASID support is EINVAL (observed on 7.3.4; not pinned to a release). */
   readonly pasidAttachNeedsPasids: boolean;
+  /**
+   * Replacing a fault-capable attachment auto-responds the old attachment's pending faults
+   * from the old HWPT's queue (6.12.117 and 7.3.4 sources; 7.3.4 golden traces), not the new one's.
+   */
+  readonly replaceRespondsOldQueue: boolean;
 }
 
 const base = {
@@ -104,6 +109,7 @@ const base = {
   veventqReadEinval: false,
   userRangeBeforeLength: true,
   pasidAttachNeedsPasids: false,
+  replaceRespondsOldQueue: false,
 };
 
 // 7.3.4 (Debian linux-source-7.3 7.3.4-1~bpo13+1): verified against the real kernel with
@@ -111,7 +117,7 @@ const base = {
 const P7_3 = {
   ...base, version: V.V7_3, mockGen: 'B' as const, viommuTypeCheckFirst: true, vdeviceTombstone: true,
   atsNotSupportedCap: true, iommufdMmap: true, dmabufGetReturnsZero: true, veventqMaxDepth: 1 << 19,
-  veventqReadEinval: true, pasidAttachNeedsPasids: true,
+  veventqReadEinval: true, pasidAttachNeedsPasids: true, replaceRespondsOldQueue: true,
 };
 
 export const PROFILES: Record<ProfileName, Profile> = {
@@ -119,6 +125,7 @@ export const PROFILES: Record<ProfileName, Profile> = {
   '6.12': {
     ...base, name: '6.12', version: V.V6_12, invalidateNestedLookupOnly: true, headerBackports: true,
     pagingFaultId: false, mockDirtyIndexQuirk: true, iommufdMmap: false, userRangeBeforeLength: false,
+    replaceRespondsOldQueue: true,
   },
   // HWPT_INVALIDATE of that series still looked up HWPT_NESTED only (vIOMMUs had their own VIOMMU_INVALIDATE).
   'viommu-v1': {
