@@ -9,8 +9,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
-import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
+import { buildTestClient, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -71,11 +70,7 @@ describe('fast path (shared-memory slot)', { skip }, () => {
   before(async () => {
     assert.ok(await loadHandlers());
     shim = ensureShim();
-    const inc = path.join(cacheDir(), 'include', 'mainline');
-    writeHeaders(inc, 'mainline');
-    client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
-    });
+    client = buildTestClient();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-fast-'));
     server = new IommufdServer({
       socketPath: path.join(dir, 'sock'),

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SlotMapper } from './transport.js';
+import { writeHeaders } from '../uapi/cheader.js';
 import { cHeader } from './wire.js';
 
 /** The package root (holds native/ and examples/), from dist/server/ or src/server/. */
@@ -191,4 +192,13 @@ export function procMemAccessible(): boolean {
   } finally {
     child.kill('SIGKILL');
   }
+}
+
+/** native/testclient.c (the robustness, fast-path, VFIO-isolation and soak client), built against mainline headers. */
+export function buildTestClient(): string {
+  const inc = path.join(cacheDir(), 'include', 'mainline');
+  writeHeaders(inc, 'mainline');
+  return buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
+    includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
+  });
 }

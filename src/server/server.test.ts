@@ -8,8 +8,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
-import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
+import { buildTestClient, ensureShim, findCompiler, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 import * as W from './wire.js';
@@ -159,11 +158,7 @@ describe('server and shim (C clients)', { skip }, () => {
   before(async () => {
     assert.ok(await loadHandlers());
     shim = ensureShim();
-    const inc = path.join(cacheDir(), 'include', 'mainline');
-    writeHeaders(inc, 'mainline');
-    client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
-    });
+    client = buildTestClient();
     dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-emu-test-'));
     server = new IommufdServer({
       socketPath: path.join(dir, 'sock'),

@@ -11,8 +11,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
-import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, PACKAGE_ROOT, wireHeaderDir } from './native.js';
+import { buildTestClient, ensureShim } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -44,11 +43,7 @@ function gc(): void {
 async function main(): Promise<number> {
   await loadHandlers();
   const shim = ensureShim();
-  const inc = path.join(cacheDir(), 'include', 'mainline');
-  writeHeaders(inc, 'mainline');
-  const client = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-    includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
-  });
+  const client = buildTestClient();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'iommufd-soak-'));
   const bugLines: string[] = [];
   const otherLines: { pid: number; line: string }[] = [];

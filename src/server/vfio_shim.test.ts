@@ -19,7 +19,7 @@ import { Emulator } from '../core/emulator.js';
 import { vfioOf } from '../core/vfio.js';
 import { buildMachine, DEFAULT_BDF, loadMachine } from '../machine/machine.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible, wireHeaderDir } from './native.js';
+import { buildProgram, buildTestClient, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -131,10 +131,7 @@ describe('VFIO devices through the shim (native/vfio_client.c)', { skip }, () =>
   });
 
   test('another process cannot reach a BAR mapping: an MMIO frame with the mapper\'s token and handle is refused and closed', async () => {
-    const inc = path.join(cacheDir(), 'include', 'mainline');
-    const forger = buildProgram([path.join(PACKAGE_ROOT, 'native', 'testclient.c')], {
-      includeDirs: [inc, wireHeaderDir()], cflags: ['-isystem', inc], name: 'iommufd-testclient',
-    });
+    const forger = buildTestClient();
     const env = { ...shimEnv(shim, server.socketPath, path.join(dir, 'debugfs')), VFIO_SELFTESTS_BDF: DEFAULT_BDF };
     const victim = spawn(client, ['hold'], { env });
     try {
