@@ -229,6 +229,20 @@ export class Pages {
     return this.slots?.size ?? 0;
   }
 
+  /** The runs [a, b] of indices in [first, last] nobody pins yet, ascending. */
+  private unpinnedRuns(first: number, last: number): [number, number][] {
+    const slots = this.slots;
+    const runs: [number, number][] = [];
+    for (let i = first; i <= last; i++) {
+      if (slots?.has(i)) continue;
+      let j = i;
+      while (j < last && !slots?.has(j + 1)) j++;
+      runs.push([i, j]);
+      i = j;
+    }
+    return runs;
+  }
+
   /** The page pinned at `index`, if any. */
   pinned(index: number): PhysPage | undefined {
     return this.slots?.get(index)?.page;
@@ -261,15 +275,7 @@ export class Pages {
    * `emu` is the pinning IOAS's emulator (fault injection, per-user accounting).
    */
   pin(emu: Emulator, first: number, last: number, how: PinHow = 'reader'): PhysPage[] {
-    const slots0 = this.slots;
-    const holes: [number, number][] = [];
-    for (let i = first; i <= last; i++) {
-      if (slots0?.has(i)) continue;
-      let j = i;
-      while (j < last && !slots0?.has(j + 1)) j++;
-      holes.push([i, j]);
-      i = j;
-    }
+    const holes = this.unpinnedRuns(first, last);
     if (how === 'reader') this.readerPoints(emu, first, last, holes);
     else this.accessPoints(emu, first, last, holes);
     const slots = (this.slots ??= new Map());
@@ -468,15 +474,7 @@ export class Pages {
       // iopt_pages_rw_slow(): a pfn_reader over the range (its pins are dropped batch by batch).
       const first = Number(offset / PS);
       const last = Number((offset + BigInt(data.length) - 1n) / PS);
-      const holes: [number, number][] = [];
-      for (let i = first; i <= last; i++) {
-        if (this.pinned(i)) continue;
-        let j = i;
-        while (j < last && !this.pinned(j + 1)) j++;
-        holes.push([i, j]);
-        i = j;
-      }
-      this.readerPoints(emu, first, last, holes, false);
+      this.readerPoints(emu, first, last, this.unpinnedRuns(first, last), false);
     }
     // Several pages (iopt_pages_rw_slow): the pfn reader fills its whole batch, pinning what is not
     // pinned yet, before batch_rw copies a byte, so a page that cannot be had fails the call with
