@@ -19,6 +19,16 @@
 # tests may then differ from the recorded 7.3.4 verdicts, and the comparison says where.
 set -euo pipefail
 say() { echo "linux-source: $*" >&2; }
+# Where the private apt state and unpacked packages go: $LINUX_SOURCE_CACHE, else
+# /var/cache/iommufd-emu when writable, else $TMPDIR.
+cache_base() {
+  local base=${LINUX_SOURCE_CACHE:-}
+  if [ -z "$base" ]; then
+    base=/var/cache/iommufd-emu
+    mkdir -p "$base" 2>/dev/null && [ -w "$base" ] || base=${TMPDIR:-/tmp}/iommufd-emu-cache
+  fi
+  echo "$base"
+}
 
 case ${1:-} in
   6.12)
@@ -34,11 +44,7 @@ case ${1:-} in
       echo /usr/src/linux-source-6.12.tar.xz
       exit 0
     fi
-    base=${LINUX_SOURCE_CACHE:-}
-    if [ -z "$base" ]; then
-      base=/var/cache/iommufd-emu
-      mkdir -p "$base" 2>/dev/null && [ -w "$base" ] || base=${TMPDIR:-/tmp}/iommufd-emu-cache
-    fi
+    base=$(cache_base)
     D=$base/linux-source-6.12
     T=$D/$PIN/usr/src/linux-source-6.12.tar.xz
     if [ ! -f "$T" ]; then
@@ -69,11 +75,7 @@ case ${1:-} in
     ;;
   7.3)
     PIN=${LINUX_SOURCE_73_VERSION:-7.3.4-1~bpo13+1}
-    base=${LINUX_SOURCE_CACHE:-}
-    if [ -z "$base" ]; then
-      base=/var/cache/iommufd-emu
-      mkdir -p "$base" 2>/dev/null && [ -w "$base" ] || base=${TMPDIR:-/tmp}/iommufd-emu-cache
-    fi
+    base=$(cache_base)
     D=$base/linux-source-7.3
     mkdir -p "$D"
     deb=${LINUX_SOURCE_73_DEB:-}
