@@ -16,6 +16,12 @@
  *   publish(ab, seq)               store seq_rep = seq (seq_cst), then take
  *                                  cli_sleep (exchange with 0): true if the
  *                                  client sleeps waiting for seq (ring it)
+ *   vmas(fd, start, end, out)      the VMAs from the one covering start (or the
+ *                                  next above it) up to end, by PROCMAP_QUERY on
+ *                                  fd (a /proc/<pid>/maps): 4 numbers each in the
+ *                                  Float64Array out (start, end, flags, page
+ *                                  size); their count, or -errno (-ENOTTY: the
+ *                                  kernel has no PROCMAP_QUERY, before 6.11)
  *
  * The slot's words are touched only here, with the C11 atomics the shim uses:
  * the mapping is an ordinary (not shared) ArrayBuffer to V8, for which
@@ -34,6 +40,7 @@
 #include <sched.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <stdint.h>
@@ -136,6 +143,13 @@ static napi_value u32(napi_env env, uint32_t v)
 	return r;
 }
 
+static napi_value i32(napi_env env, int32_t v)
+{
+	napi_value r;
+	napi_create_int32(env, v, &r);
+	return r;
+}
+
 static napi_value seq(napi_env env, napi_callback_info info)
 {
 	napi_value argv[1];
@@ -168,6 +182,55 @@ static napi_value publish(napi_env env, napi_callback_info info)
 	return r;
 }
 
+/*
+ * PROCMAP_QUERY (Linux 6.11, include/uapi/linux/fs.h): one VMA by address, in
+ * binary, instead of the whole of /proc/<pid>/maps as text. Declared here for
+ * C libraries whose headers predate it.
+ */
+struct emu_procmap_query {
+	uint64_t size, query_flags, query_addr;
+	uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
+	uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
+	uint64_t vma_name_addr, build_id_addr;
+};
+#define EMU_PROCMAP_QUERY _IOWR('f', 17, struct emu_procmap_query)
+#define EMU_PROCMAP_QUERY_COVERING_OR_NEXT_VMA 0x10
+
+static napi_value vmas(napi_env env, napi_callback_info info)
+{
+	size_t argc = 4;
+	napi_value argv[4];
+	int32_t fd;
+	double start, end;
+	napi_typedarray_type t;
+	size_t n = 0;
+	void *data = NULL;
+	if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc != 4 ||
+	    napi_get_value_int32(env, argv[0], &fd) != napi_ok || napi_get_value_double(env, argv[1], &start) != napi_ok ||
+	    napi_get_value_double(env, argv[2], &end) != napi_ok ||
+	    napi_get_typedarray_info(env, argv[3], &t, &n, &data, NULL, NULL) != napi_ok || t != napi_float64_array)
+		return fail(env, "vmas(fd, start, end, Float64Array)", 0);
+	double *out = data;
+	int32_t count = 0;
+	uint64_t addr = (uint64_t)start;
+	while (addr < (uint64_t)end && (size_t)(count + 1) * 4 <= n) {
+		struct emu_procmap_query q = { .size = sizeof(q), .query_flags = EMU_PROCMAP_QUERY_COVERING_OR_NEXT_VMA,
+					       .query_addr = addr };
+		if (ioctl(fd, EMU_PROCMAP_QUERY, &q) != 0) {
+			if (errno == ENOENT)
+				break; /* nothing at or above addr */
+			return i32(env, -errno);
+		}
+		out[count * 4] = (double)q.vma_start;
+		out[count * 4 + 1] = (double)q.vma_end;
+		out[count * 4 + 2] = (double)q.vma_flags;
+		out[count * 4 + 3] = (double)q.vma_page_size;
+		count++;
+		addr = q.vma_end;
+	}
+	return i32(env, count);
+}
+
 static napi_value init(napi_env env, napi_value exports)
 {
 	napi_property_descriptor props[] = {
@@ -177,6 +240,7 @@ static napi_value init(napi_env env, napi_value exports)
 		{ "seq", NULL, seq, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "spin", NULL, spin, NULL, NULL, NULL, napi_enumerable, NULL },
 		{ "publish", NULL, publish, NULL, NULL, NULL, napi_enumerable, NULL },
+		{ "vmas", NULL, vmas, NULL, NULL, NULL, napi_enumerable, NULL },
 	};
 	napi_define_properties(env, exports, sizeof(props) / sizeof(props[0]), props);
 	return exports;

@@ -587,21 +587,25 @@ static uint32_t cap_bits(void)
  * Everything here runs under ctl_mu, so one slot serves all our threads.
  */
 /*
- * Default client spin window: 0, the client sleeps in recv at once and the
- * server rings. Measured on these shared 2-vCPU VMs at load 6-12 (other
- * sessions' builds): a spinning client loses its CPU to them and the call
- * gets slower than the socket (50 us: ~3x the socket's median), while a
- * sleeping client with a spinning server beats the socket (~0.75x). On a
- * quiet machine a short window (IOMMUFD_EMU_SPIN_US=20..50) should also save
- * the client's wake-up; see bench/RESULTS.md.
+ * The client's spin window adapts to how fast replies come (like an adaptive
+ * mutex): it is twice the recent reply time (an average over about 8 calls,
+ * measured whether we spun or slept) plus 2 us, capped at IOMMUFD_EMU_SPIN_US
+ * (default 50), and 0 (sleep at once) while replies take longer than the cap.
+ * So a client spins while the server answers within a few microseconds (a quiet
+ * machine), and stops spinning when the server is slow or loses its CPU to
+ * other work (a loaded machine, where a fixed spin was slower than the socket),
+ * until replies get fast again (see spin_window); bench/RESULTS.md has the
+ * measurements.
+ * IOMMUFD_EMU_SPIN_US=0 never spins.
  */
-#define DEFAULT_SPIN_US 0
+#define DEFAULT_SPIN_US 50
 
 static struct wire_slot *slot;  /* NULL: frames go through the socket */
 static char *slot_req, *slot_rep;
 static pid_t slot_pid;          /* the process that mapped it (a raw fork's child has no such mapping) */
 static uint32_t slot_seq;
-static long spin_ns = -1;       /* client spin window; -1: not read yet */
+static long spin_ns = -1;       /* the cap of the client's spin window; -1: not read yet */
+static int64_t reply_avg_ns;    /* recent reply time (ctl_mu held) */
 static int fast_off = -1;       /* IOMMUFD_EMU_FASTPATH=0 */
 
 
@@ -619,6 +623,31 @@ static void fast_config(void)
 	if (sched_getaffinity(0, sizeof(cs), &cs) == 0 && CPU_COUNT(&cs) < 2)
 		us = 0; /* one CPU: spinning only keeps the server from running */
 	spin_ns = us < 0 ? 0 : us * 1000;
+	reply_avg_ns = spin_ns / 4; /* start out spinning */
+}
+
+/*
+ * This call's spin window (ns), from the recent reply time. While replies are
+ * slow, every 16th call still spins the whole cap: a reply time measured asleep
+ * includes our own wake-up, so without these probes a client that once stopped
+ * spinning might never see that the server got fast again.
+ */
+static uint64_t spin_window(void)
+{
+	static unsigned asleep;
+	if (spin_ns <= 0)
+		return 0;
+	if (reply_avg_ns > spin_ns)
+		return ++asleep % 16 ? 0 : (uint64_t)spin_ns;
+	uint64_t w = (uint64_t)reply_avg_ns * 2 + 2000;
+	return w < (uint64_t)spin_ns ? w : (uint64_t)spin_ns;
+}
+
+/* Fold one reply time into the average (one long call moves it by at most spin_ns/2). */
+static void reply_took(uint64_t ns)
+{
+	int64_t t = ns > (uint64_t)spin_ns * 4 ? spin_ns * 4 : (int64_t)ns;
+	reply_avg_ns += (t - reply_avg_ns) / 8;
 }
 
 static void cpu_relax(void)
@@ -680,23 +709,16 @@ static int await_ring(void)
 	}
 }
 
-/* Publish the request already written at slot_req and wait for its reply at slot_rep (ctl_mu held). */
-static int slot_call_locked(void)
+/* Wait for the reply to seq at slot_rep (ctl_mu held): spin up to window ns from t0, then sleep. */
+static int slot_wait_locked(uint32_t seq, uint64_t t0, uint64_t window)
 {
-	uint32_t seq = slot_seq + 1;
-	if (seq == 0)
-		seq = 1; /* 0 means "nobody" in cli_sleep */
-	slot_seq = seq;
-	__atomic_store_n(&slot->seq_req, seq, __ATOMIC_SEQ_CST);
-	if (!__atomic_load_n(&slot->srv_spin, __ATOMIC_SEQ_CST) && ring() < 0)
-		return -1;
-	if (spin_ns > 0) {
+	if (window) {
 		/*
 		 * No sched_yield() here: on a busy machine it hands the CPU to
 		 * whoever else is runnable for a whole time slice (measured: worse
 		 * than sleeping); the server yields instead (transport.ts).
 		 */
-		uint64_t t0 = mono_ns(), seen = t0;
+		uint64_t seen = t0;
 		for (unsigned i = 1;; i++) {
 			if (__atomic_load_n(&slot->seq_rep, __ATOMIC_ACQUIRE) == seq)
 				return 0;
@@ -704,7 +726,7 @@ static int slot_call_locked(void)
 			if (i & 31)
 				continue;
 			uint64_t t = mono_ns();
-			if (t - t0 >= (uint64_t)spin_ns)
+			if (t - t0 >= window)
 				break;
 			if (t - seen >= 1000000) {
 				/* a long window: notice a dead server (its end of the socket closed) once a millisecond */
@@ -729,6 +751,24 @@ static int slot_call_locked(void)
 	if (await_ring() < 0)
 		return -1;
 	return __atomic_load_n(&slot->seq_rep, __ATOMIC_SEQ_CST) == seq ? 0 : -1;
+}
+
+/* Publish the request already written at slot_req and wait for its reply at slot_rep (ctl_mu held). */
+static int slot_call_locked(void)
+{
+	uint32_t seq = slot_seq + 1;
+	if (seq == 0)
+		seq = 1; /* 0 means "nobody" in cli_sleep */
+	slot_seq = seq;
+	uint64_t window = spin_window();
+	uint64_t t0 = spin_ns > 0 ? mono_ns() : 0;
+	__atomic_store_n(&slot->seq_req, seq, __ATOMIC_SEQ_CST);
+	if (!__atomic_load_n(&slot->srv_spin, __ATOMIC_SEQ_CST) && ring() < 0)
+		return -1;
+	int rc = slot_wait_locked(seq, t0, window);
+	if (rc == 0 && spin_ns > 0)
+		reply_took(mono_ns() - t0);
+	return rc;
 }
 
 /* Move the new control connection s to the fast path (ctl_mu held); -1 only if s is broken. */

@@ -73,7 +73,9 @@ fi
 QEMU=$R/usr/bin/qemu-system-x86_64
 [ -x "$QEMU" ] || QEMU=$(command -v qemu-system-x86_64 || true)
 [ -x "$QEMU" ] || unavailable "qemu-system-x86_64 not found after unpacking"
-LD=$R/usr/lib/x86_64-linux-gnu
+# Some bookworm packages (libfuse3-3, libnl-3-200, libbrlapi0.8) still ship under /lib, not /usr/lib:
+# a machine that has them installed hides this, a fresh one does not.
+LD=$R/usr/lib/x86_64-linux-gnu:$R/lib/x86_64-linux-gnu
 # Firmware: the unpacked data dir; its bios symlinks point into /usr/share/seabios, so
 # give QEMU a directory where they resolve inside the unpacked tree.
 DATA=$D/qemu-data

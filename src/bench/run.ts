@@ -4,7 +4,9 @@ import { openIommufd, type IommuFd } from '../api.js';
 import { SimMemory } from '../core/simmem.js';
 import { MAP_FLAGS } from '../uapi/enums.js';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { mmioBench, shimBench } from './shim.js';
 import { busBench } from './bus.js';
@@ -84,21 +86,64 @@ function memoryChild(count: number): void {
   process.stdout.write(JSON.stringify({ rss: u.rss, heap: u.heapUsed }));
 }
 
+/** One configuration of the selftest-run rows: a build of the CLI and its environment. */
+interface SelftestConfig { name: string; cli: string; env: NodeJS.ProcessEnv; walls: number[]; verdicts: string }
+
 /**
- * Wall time of .ci/selftests.sh (both binaries), when Debian's linux-source-6.12 is installed;
- * `fast: false` runs it with the fast path off (IOMMUFD_EMU_FASTPATH=0, server and shim).
+ * The Debian 6.12 `iommufd` selftest binary (spec 05; built from linux-source-6.12
+ * against our 6.12 headers by scripts/build-selftests.sh) run whole through
+ * `iommufd-emu run --abi 6.12`: wall time with the fast path (defaults), with it off
+ * (IOMMUFD_EMU_FASTPATH=0), and the same two for the build IOMMUFD_BENCH_BASELINE
+ * names (scripts/bench-baseline.sh REF), alternating, two rounds each (best kept).
+ * Every run must give the same verdicts.
  */
-function selftestWallTime(fast: boolean): { text: string; s: number | null } {
-  if (!existsSync('/usr/src/linux-source-6.12.tar.xz')) {
-    return { text: 'skipped: linux-source-6.12 not installed (.ci/selftests.sh installs it)', s: null };
-  }
+function selftestRows(): void {
   const root = fileURLToPath(new URL('../../', import.meta.url));
-  const env = fast ? process.env : { ...process.env, IOMMUFD_EMU_FASTPATH: '0' };
-  const t0 = performance.now();
-  const r = spawnSync('bash', [`${root}.ci/selftests.sh`], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env });
-  const s = (performance.now() - t0) / 1000;
-  const totals = /selftests: (\d+) passed, (\d+) failed, (\d+) skipped/.exec(r.stdout ?? '');
-  return { text: `${s.toFixed(0)} s (${totals ? `${totals[1]} passed, ${totals[2]} failed, ${totals[3]} skipped` : `exit ${r.status}`})`, s };
+  const skip = (why: string): void => {
+    rows.push({ bench: 'kernel 6.12 iommufd selftest through the shim (wall)', result: `skipped: ${why}`, target: '<= 0.4x today' });
+  };
+  const src = spawnSync('bash', [`${root}.ci/linux-source.sh`, '6.12'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+  const tarball = src.stdout?.trim().split('\n').pop();
+  if (src.status !== 0 || !tarball) return skip(`linux-source-6.12 not available (.ci/linux-source.sh: ${src.stderr?.trim().split('\n').pop()})`);
+  const out = mkdtempSync(path.join(os.tmpdir(), 'iommufd-bench-selftests-'));
+  try {
+    const b = spawnSync('bash', [`${root}scripts/build-selftests.sh`, out], { encoding: 'utf8', env: { ...process.env, LINUX_TARBALL: tarball } });
+    if (b.status !== 0) return skip(`scripts/build-selftests.sh failed: ${b.stderr.trim().split('\n').pop()}`);
+    const socket = { ...process.env, IOMMUFD_EMU_FASTPATH: '0' };
+    const configs: SelftestConfig[] = [
+      { name: 'this tree, fast path (defaults)', cli: `${root}dist/cli/main.js`, env: process.env, walls: [], verdicts: '' },
+      { name: 'this tree, socket (IOMMUFD_EMU_FASTPATH=0)', cli: `${root}dist/cli/main.js`, env: socket, walls: [], verdicts: '' },
+    ];
+    const base = process.env.IOMMUFD_BENCH_BASELINE?.replace(/\/$/, '');
+    if (base) {
+      configs.push({ name: 'baseline build, defaults', cli: `${base}/dist/cli/main.js`, env: process.env, walls: [], verdicts: '' });
+      configs.push({ name: 'baseline build, socket', cli: `${base}/dist/cli/main.js`, env: socket, walls: [], verdicts: '' });
+    }
+    for (let round = 0; round < 2; round++) {
+      for (const c of configs) {
+        const t0 = performance.now();
+        const r = spawnSync(process.execPath, [c.cli, 'run', '--abi', '6.12', '--', `${out}/iommufd`],
+          { encoding: 'utf8', env: c.env, cwd: out, stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
+        c.walls.push((performance.now() - t0) / 1000);
+        const pass = (r.stdout.match(/^ok \d+ /gm) ?? []).length;
+        const fail = (r.stdout.match(/^not ok \d+ /gm) ?? []).length;
+        c.verdicts = `${pass} ok, ${fail} not ok`;
+      }
+    }
+    const best = (c: SelftestConfig): number => Math.min(...c.walls);
+    const today = configs.length > 2 ? configs[3]! : configs[1]!;
+    const same = configs.every((c) => c.verdicts === configs[0]!.verdicts);
+    for (const c of configs) {
+      rows.push({
+        bench: `kernel 6.12 iommufd selftest through the shim (wall), ${c.name}`,
+        result: `${best(c).toFixed(1)} s (${c.walls.map((w) => w.toFixed(1)).join(', ')}; ${c.verdicts}${same ? '' : ': VERDICTS DIFFER'}); ${x2(best(c), best(today))} of ${today.name}`,
+        target: c === configs[0] ? '<= 0.4x today (baseline socket)' : 'report',
+      });
+    }
+    if (!base) rows.push({ bench: 'kernel 6.12 iommufd selftest, baseline build', result: 'skipped: IOMMUFD_BENCH_BASELINE not set (scripts/bench-baseline.sh REF sets it)', target: 'report' });
+  } finally {
+    rmSync(out, { recursive: true, force: true });
+  }
 }
 
 const x2 = (a: number, b: number): string => `${(a / b).toFixed(2)}x`;
@@ -201,15 +246,7 @@ async function main(): Promise<void> {
     rows.push({ bench: 'shim benchmarks', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'needs cc' });
   }
 
-  if (process.env.IOMMUFD_BENCH_SELFTESTS !== '0') {
-    const on = selftestWallTime(true);
-    const off = selftestWallTime(false);
-    rows.push({ bench: 'kernel 6.12 selftests through the shim (wall, fast path)', result: on.text, target: '<= 0.4x socket' });
-    rows.push({
-      bench: 'kernel 6.12 selftests through the shim (wall, socket: fast path off)',
-      result: on.s !== null && off.s !== null ? `${off.text}; fast path ${x2(on.s, off.s)} of this` : off.text, target: 'report',
-    });
-  }
+  if (process.env.IOMMUFD_BENCH_SELFTESTS !== '0') selftestRows();
 
   const w = [Math.max(...rows.map((r) => r.bench.length)), Math.max(...rows.map((r) => r.result.length))];
   console.log(`| ${'benchmark'.padEnd(w[0]!)} | ${'result'.padEnd(w[1]!)} | target |`);

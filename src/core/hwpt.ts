@@ -327,6 +327,8 @@ export function iommufdHwptGetDirtyBitmap(ucmd: Ucmd<Decoded<typeof S.iommu_hwpt
     }
   } catch (e) {
     if (!isErrno(e)) throw e;
+  } finally {
+    bitmap.flush();
   }
 }
 

@@ -40,6 +40,8 @@ export class IovaBitmap {
   private readonly totalIndex: bigint;
   private baseIndex = 0n;
   private mapped: Mapped | null = null;
+  /** Bitmap pages with bits set and not yet stored: their bytes, and the span [lo, hi) changed. */
+  private readonly pending = new Map<bigint, { bytes: Uint8Array; lo: number; hi: number }>();
 
   /** iova_bitmap_alloc: the structure and its page-pointer page are the only allocations. */
   constructor(emu: Emulator, private readonly mem: UserMemory, private readonly iova: bigint,
@@ -81,6 +83,7 @@ export class IovaBitmap {
   private advanceTo(iova: bigint): boolean {
     const index = ((iova - this.iova) >> this.pgshift) / 8n;
     if (index >= this.totalIndex) return false;
+    this.flush(); // iova_bitmap_put of the old window
     this.baseIndex = index;
     this.mapped = null;
     return this.get();
@@ -119,17 +122,35 @@ export class IovaBitmap {
     }
   }
 
-  /** Set `nbits` bits from bit `offset` of the (pinned, writable) page at `page`. */
+  /**
+   * Set `nbits` bits from bit `offset` of the (pinned, writable) page at `page`.
+   * The kernel sets them in the pinned page itself; here each touched page is read
+   * once and written back by flush() (the caller is inside its ioctl meanwhile), not
+   * read and written again for every dirty IOPTE.
+   */
   private setBits(page: bigint, offset: bigint, nbits: bigint): void {
-    const firstByte = offset / 8n;
-    const lastByte = (offset + nbits - 1n) / 8n;
-    const n = Number(lastByte - firstByte + 1n);
-    const addr = page + firstByte;
-    const b = this.mem.read(addr, n);
-    for (let bit = offset; bit < offset + nbits; bit++) {
-      const i = Number(bit / 8n - firstByte);
-      b[i] = b[i]! | (1 << Number(bit % 8n));
+    let p = this.pending.get(page);
+    if (!p) {
+      p = { bytes: this.mem.read(page, PAGE_SIZE), lo: PAGE_SIZE, hi: 0 };
+      this.pending.set(page, p);
     }
-    this.mem.write(addr, b);
+    const first = Number(offset);
+    const end = first + Number(nbits);
+    const b = p.bytes;
+    for (let bit = first; bit < end; bit++) b[bit >> 3] = b[bit >> 3]! | (1 << (bit & 7));
+    if (first >> 3 < p.lo) p.lo = first >> 3;
+    if (((end - 1) >> 3) + 1 > p.hi) p.hi = ((end - 1) >> 3) + 1;
+  }
+
+  /** Store the bits set so far (iova_bitmap_free: the pinned pages already hold them). */
+  flush(): void {
+    for (const [page, p] of this.pending) {
+      try {
+        this.mem.write(page + BigInt(p.lo), p.bytes.subarray(p.lo, p.hi));
+      } catch (e) {
+        if (!isErrno(e)) throw e; // unmapped since it was pinned: nothing to store it in
+      }
+    }
+    this.pending.clear();
   }
 }

@@ -9,12 +9,12 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Emulator } from '../core/emulator.js';
-import { buildTestClient, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildTestClient, ensureShim, findCompiler, loadServerAddon, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
 const cc = findCompiler();
-const mapper = cc ? loadSlotMapper() : 'no C compiler';
+const mapper = cc ? loadServerAddon() : 'no C compiler';
 const skip = !cc ? 'no C compiler (cc) on this machine: the shim and the test client cannot be built'
   : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted): the server cannot reach clients'
     : typeof mapper === 'string' ? `the fast path's addon cannot be built here: ${mapper}` : false;

@@ -8,6 +8,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { SlotMapper } from './transport.js';
+import type { VmaQuery } from './procmem.js';
 import { writeHeaders } from '../uapi/cheader.js';
 import { cHeader } from './wire.js';
 
@@ -145,15 +146,22 @@ export function ensureFastPathAddon(): string {
   return out;
 }
 
-/** The fast path's slot mapper, or why there is none (the server then keeps to the socket). */
-export function loadSlotMapper(): SlotMapper | string {
-  try {
-    const mod = { exports: {} as SlotMapper };
-    process.dlopen(mod, ensureFastPathAddon());
-    return mod.exports;
-  } catch (e) {
-    return (e as Error).message;
+/** The server addon (native/fastpath.c): the fast path's slot mapper and VMA queries. */
+export type ServerAddon = SlotMapper & { vmas: VmaQuery };
+let addon: ServerAddon | string | undefined;
+
+/** The server addon, or why there is none (the server then keeps to the socket and reads maps as text); loaded once. */
+export function loadServerAddon(): ServerAddon | string {
+  if (addon === undefined) {
+    try {
+      const mod = { exports: {} as ServerAddon };
+      process.dlopen(mod, ensureFastPathAddon());
+      addon = mod.exports;
+    } catch (e) {
+      addon = (e as Error).message;
+    }
   }
+  return addon;
 }
 
 /** Build a C program (cached by content); returns the executable's path. */

@@ -168,7 +168,18 @@ interface Vma {
   e: number;
   perms: string;
   path: string;
+  /** hugetlb memory (a compound page per 2 MiB) */
+  huge: boolean;
 }
+
+/**
+ * PROCMAP_QUERY on a /proc/<pid>/maps fd (the server addon's vmas(), native/fastpath.c):
+ * the VMAs from the one covering `start` (or the next above it) up to `end`, 4 numbers
+ * each in `out` (start, end, flags: 1 read, 2 write, 4 exec, 8 shared; page size).
+ * Returns their count, or -errno (-ENOTTY: a kernel before 6.11).
+ */
+export type VmaQuery = (fd: number, start: number, end: number, out: Float64Array) => number;
+const ENOTTY = 25;
 
 /** Every shared object and private page identity the server knows. */
 export class PageRegistry {
@@ -177,6 +188,14 @@ export class PageRegistry {
   readonly procs = new Set<ProcMemory>();
   /** The process whose ioctl struct is being served from its inline copy (at most one call runs at a time). */
   inline: ProcMemory | null = null;
+  /**
+   * VMA lookups by address (set when the server addon loads). Without it every
+   * page lookup reads and parses the whole of /proc/<pid>/maps, which was 28% of
+   * the server's time in the 6.12 selftest run (bench/RESULTS.md).
+   */
+  vmaQuery: VmaQuery | null = null;
+  /** Reused by every vmaQuery call. */
+  readonly vmaOut = new Float64Array(4 * 64);
 
   /**
    * Any memory access that the inline copy does not serve goes to the real
@@ -253,9 +272,10 @@ function parseMaps(text: string): Vma[] {
     if (!line) continue;
     const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
     if (!m) continue;
+    const path = m[4] ?? '';
     out.push({
       start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), s: parseInt(m[1]!, 16), e: parseInt(m[2]!, 16),
-      perms: m[3]!, path: m[4] ?? '',
+      perms: m[3]!, path, huge: path.includes('anon_hugepage') || path.includes('hugetlb'),
     });
   }
   return out;
@@ -518,11 +538,46 @@ export class ProcMemory implements UserMemory {
     return parseMaps(Buffer.concat(chunks).toString('utf8'));
   }
 
-  getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
-    if (!this.process.alive) fail('EFAULT');
+  /**
+   * The VMAs now from the one holding [start, end)'s first byte (or the next
+   * above it) up to end: by PROCMAP_QUERY where there is one (only the VMAs
+   * asked about), else the whole maps file (which then also refreshes the
+   * access-check cache). Empty: the process image is gone (zombie or reaped).
+   */
+  private vmasNow(start: number, end: number): Vma[] {
+    const q = this.registry.vmaQuery;
+    if (q && this.mapsFd >= 0) {
+      const out = this.registry.vmaOut;
+      const vmas: Vma[] = [];
+      for (let at = start; at < end;) {
+        const n = q(this.mapsFd, at, end, out);
+        if (n === -ENOTTY) {
+          this.registry.vmaQuery = null; // an older kernel: the text it is, from now on
+          return this.vmasNow(start, end);
+        }
+        if (n <= 0) break;
+        for (let i = 0; i < n; i++) {
+          const s = out[4 * i]!, e = out[4 * i + 1]!, f = out[4 * i + 2]!;
+          vmas.push({
+            start: BigInt(s), end: BigInt(e), s, e,
+            perms: (f & 1 ? 'r' : '-') + (f & 2 ? 'w' : '-') + (f & 4 ? 'x' : '-') + (f & 8 ? 's' : 'p'),
+            path: '', huge: out[4 * i + 3]! > PAGE_SIZE,
+          });
+        }
+        at = out[4 * (n - 1) + 1]!;
+        if (n < out.length / 4) break;
+      }
+      return vmas;
+    }
     const vmas = this.maps();
     this.setVmas(vmas);
-    if (vmas.length === 0) fail('EFAULT'); // gone (zombie or reaped)
+    return vmas;
+  }
+
+  getPages(addr: bigint, npages: number, write: boolean): PhysPage[] {
+    if (!this.process.alive || addr + BigInt(npages) * PAGE > POS_MAX) fail('EFAULT');
+    const vmas = this.vmasNow(Number(addr), Number(addr) + npages * PAGE_SIZE);
+    if (vmas.length === 0) fail('EFAULT'); // gone (zombie or reaped), or nothing mapped there
     const out: PhysPage[] = [];
     let vi = 0;
     for (let i = 0; i < npages; i++) {
@@ -536,7 +591,7 @@ export class ProcMemory implements UserMemory {
         out.push(r.obj.page(Number((va - r.start + r.off) / PAGE)));
         continue;
       }
-      out.push(this.privatePage(va, v.path.includes('anon_hugepage') || v.path.includes('hugetlb')));
+      out.push(this.privatePage(va, v.huge));
     }
     return out;
   }

@@ -33,7 +33,7 @@ import { ClientProcess } from './credentials.js';
 import { FdHelper } from './fdhelper.js';
 import { PageRegistry, ProcMemory, type InlineWindow } from './procmem.js';
 import { writeMachineView } from './sysfs.js';
-import { loadSlotMapper } from './native.js';
+import { loadServerAddon } from './native.js';
 import { DEFAULT_SERVER_SPIN_US, UnixTransport, type Link, type LinkEvents, type Transport } from './transport.js';
 import * as W from './wire.js';
 
@@ -75,7 +75,7 @@ let fastPathWhyLogged = false;
 
 function defaultTransport(opts: ServerOptions, log: (m: string) => void): Transport {
   if (!(opts.fastPath ?? fastPathWanted())) return new UnixTransport(opts.socketPath);
-  const mapper = loadSlotMapper();
+  const mapper = loadServerAddon();
   if (typeof mapper === 'string') {
     if (!fastPathWhyLogged) log(`fast path off (Unix socket only): ${mapper}`);
     fastPathWhyLogged = true;
@@ -432,6 +432,9 @@ export class IommufdServer {
     this.socketPath = opts.socketPath;
     this.log = opts.log ?? ((m) => process.stderr.write(`[iommufd-emu] ${m}\n`));
     this.transport = opts.transport ?? defaultTransport(opts, this.log);
+    // VMA lookups by PROCMAP_QUERY whenever the addon is there, whichever the transport.
+    const addon = loadServerAddon();
+    if (typeof addon !== 'string') this.registry.vmaQuery = addon.vmas;
     const rules = fdRules(this.emu);
     const k = W.RECORD.kind;
     const r = W.RECORD.fdrule;

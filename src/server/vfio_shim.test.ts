@@ -19,7 +19,7 @@ import { Emulator } from '../core/emulator.js';
 import { vfioOf } from '../core/vfio.js';
 import { buildMachine, DEFAULT_BDF, loadMachine } from '../machine/machine.js';
 import { writeHeaders } from '../uapi/cheader.js';
-import { buildProgram, buildTestClient, cacheDir, ensureShim, findCompiler, loadSlotMapper, PACKAGE_ROOT, procMemAccessible } from './native.js';
+import { buildProgram, buildTestClient, cacheDir, ensureShim, findCompiler, loadServerAddon, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
 
@@ -27,7 +27,7 @@ const cc = findCompiler();
 const skip = process.arch !== 'x64' ? 'BAR MMIO traps decode x86-64 instructions'
   : !cc ? 'no C compiler (cc) on this machine: the shim and the client cannot be built'
   : !procMemAccessible() ? 'cannot open a child\'s /proc/<pid>/mem here (ptrace restricted): the server cannot reach clients' : false;
-const mapper = skip ? 'skipped' : loadSlotMapper();
+const mapper = skip ? 'skipped' : loadServerAddon();
 /** Why the runs cannot use the fast path here (false: they do). */
 const noFast = typeof mapper === 'string' ? `the fast path's addon cannot be built here: ${mapper}` : false;
 /** Longest one client run may take before it counts as hung. */
