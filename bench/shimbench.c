@@ -3,12 +3,14 @@
  *   shimbench echo SOCKET N REQ REP   bare Unix-socket round trips: REQ bytes out, REP bytes back (the floor)
  *   shimbench ioas N          IOMMU_IOAS_ALLOC + IOMMU_DESTROY through the shim, timed per ioctl
  *   shimbench rw N            IOMMU_TEST_CMD ACCESS_RW of 4 KiB through an IOAS-mapped buffer
- *   shimbench idle S          one ioctl a second for S seconds: the CPU time the server (our parent,
- *                             `iommufd-emu run`) used meanwhile, from /proc/<ppid>/stat
+ *   shimbench idle S          one ioctl a second for S seconds, then S seconds with none: the CPU time
+ *                             the server (our parent, `iommufd-emu run`, all its threads) used in each,
+ *                             from /proc/<ppid>/task/<tid>/schedstat
  * Each prints one JSON line: {"median_ns":…,"p99_ns":…,"n":…}. Every mode first
  * runs WARMUP untimed iterations (both ends' caches and the server's JIT settle),
  * the same for the floor and the ioctls.
  */
+#include <dirent.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -156,22 +158,36 @@ static void bench_rw(int n)
 }
 
 /* utime + stime of process pid, in clock ticks */
-static long long cpu_ticks(pid_t pid)
+/* CPU time (ns) of every thread of process pid so far: the sum of /proc/<pid>/task/<tid>/schedstat. */
+static long long cpu_ns(pid_t pid)
 {
-	char path[64], buf[1024];
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	FILE *f = fopen(path, "r");
-	if (!f || !fgets(buf, sizeof(buf), f))
-		die("stat");
-	fclose(f);
-	char *p = strrchr(buf, ')');
-	long long ut = 0, st = 0;
-	/* fields after the command: state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime */
-	if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lld %lld", &ut, &st) != 2)
-		die("stat fields");
-	return ut + st;
+	char path[96], buf[256];
+	snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+	DIR *d = opendir(path);
+	if (!d)
+		die("opendir task");
+	long long sum = 0;
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/schedstat", (int)pid, e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue; /* a thread that just ended */
+		long long ns = 0;
+		if (fgets(buf, sizeof(buf), f) && sscanf(buf, "%lld", &ns) == 1)
+			sum += ns;
+		fclose(f);
+	}
+	closedir(d);
+	return sum;
 }
 
+/*
+ * The server's CPU time (all its threads) over `seconds` of this client making one
+ * call a second, then over `seconds` more of it asleep with no call at all.
+ */
 static void bench_idle(int seconds)
 {
 	int fd = open("/dev/iommu", O_RDWR);
@@ -182,14 +198,17 @@ static void bench_idle(int seconds)
 		die("IOAS_ALLOC");
 	sleep(1); /* the server's spin window after the set-up calls is long over */
 	pid_t server = getppid();
-	long long t0 = cpu_ticks(server);
+	long long t0 = cpu_ns(server);
 	for (int i = 0; i < seconds; i++) {
 		sleep(1);
-		struct iommu_destroy d = { .size = sizeof(d), .id = a.out_ioas_id };
-		ioctl(fd, IOMMU_DESTROY, &d); /* an answer of any kind: one call */
+		struct iommu_destroy d = { .size = sizeof(d), .id = a.out_ioas_id + 1 };
+		ioctl(fd, IOMMU_DESTROY, &d); /* ENOENT: an answer of any kind is one call */
 	}
-	long long t1 = cpu_ticks(server);
-	printf("{\"server_cpu_ms\":%.1f,\"seconds\":%d,\"calls\":%d}\n", (t1 - t0) * 1000.0 / sysconf(_SC_CLK_TCK), seconds, seconds);
+	long long t1 = cpu_ns(server);
+	sleep(seconds);
+	long long t2 = cpu_ns(server);
+	printf("{\"server_cpu_ms\":%.2f,\"quiet_cpu_ms\":%.2f,\"seconds\":%d,\"calls\":%d}\n", (t1 - t0) / 1e6, (t2 - t1) / 1e6,
+	       seconds, seconds);
 }
 
 int main(int argc, char **argv)

@@ -595,8 +595,8 @@ static uint32_t cap_bits(void)
  * machine), and stops spinning when the server is slow or loses its CPU to
  * other work (a loaded machine, where a fixed spin was slower than the socket),
  * until replies get fast again (see spin_window); bench/RESULTS.md has the
- * measurements.
- * IOMMUFD_EMU_SPIN_US=0 never spins.
+ * measurements. IOMMUFD_EMU_SPIN_US=0 never spins; IOMMUFD_EMU_SPIN_ADAPT=0
+ * spins the whole cap on every call (for a client with a CPU of its own).
  */
 #define DEFAULT_SPIN_US 50
 
@@ -606,6 +606,7 @@ static pid_t slot_pid;          /* the process that mapped it (a raw fork's chil
 static uint32_t slot_seq;
 static long spin_ns = -1;       /* the cap of the client's spin window; -1: not read yet */
 static int64_t reply_avg_ns;    /* recent reply time (ctl_mu held) */
+static int spin_fixed;          /* IOMMUFD_EMU_SPIN_ADAPT=0 */
 static int fast_off = -1;       /* IOMMUFD_EMU_FASTPATH=0 */
 
 
@@ -624,6 +625,8 @@ static void fast_config(void)
 		us = 0; /* one CPU: spinning only keeps the server from running */
 	spin_ns = us < 0 ? 0 : us * 1000;
 	reply_avg_ns = spin_ns / 4; /* start out spinning */
+	const char *ad = getenv("IOMMUFD_EMU_SPIN_ADAPT");
+	spin_fixed = ad && strcmp(ad, "0") == 0;
 }
 
 /*
@@ -635,8 +638,8 @@ static void fast_config(void)
 static uint64_t spin_window(void)
 {
 	static unsigned asleep;
-	if (spin_ns <= 0)
-		return 0;
+	if (spin_ns <= 0 || spin_fixed)
+		return spin_ns > 0 ? (uint64_t)spin_ns : 0;
 	if (reply_avg_ns > spin_ns)
 		return ++asleep % 16 ? 0 : (uint64_t)spin_ns;
 	uint64_t w = (uint64_t)reply_avg_ns * 2 + 2000;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -193,6 +194,22 @@ static int mode_spin(void)
 	fflush(stdout);
 	for (;;)
 		pause();
+	return 0;
+}
+
+/* N IOAS_ALLOC/DESTROY pairs after one warm-up call: print this process's CPU time (user + system) over them, microseconds */
+static int mode_calls(int n)
+{
+	int fd = xopen();
+	destroy(fd, ioas_alloc(fd));
+	struct rusage a, b;
+	getrusage(RUSAGE_SELF, &a);
+	for (int i = 0; i < n; i++)
+		destroy(fd, ioas_alloc(fd));
+	getrusage(RUSAGE_SELF, &b);
+	long us = (b.ru_utime.tv_sec - a.ru_utime.tv_sec + b.ru_stime.tv_sec - a.ru_stime.tv_sec) * 1000000L +
+		  (b.ru_utime.tv_usec - a.ru_utime.tv_usec + b.ru_stime.tv_usec - a.ru_stime.tv_usec);
+	printf("CPU_US %ld\n", us);
 	return 0;
 }
 
@@ -1799,6 +1816,7 @@ int main(int argc, char **argv)
 	if (!strcmp(m, "hold")) return mode_hold();
 	if (!strcmp(m, "spin")) return mode_spin();
 	if (!strcmp(m, "serverdeath")) return mode_serverdeath();
+	if (!strcmp(m, "calls") && argc > 2) return mode_calls(atoi(argv[2]));
 	if (!strcmp(m, "forkcall")) return mode_forkcall();
 	if (!strcmp(m, "paths")) return mode_paths();
 	if (!strcmp(m, "huge")) return mode_huge();

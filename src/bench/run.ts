@@ -222,7 +222,7 @@ async function main(): Promise<void> {
     rows.push({ bench: 'trapped BAR load, through the shim', result: `skipped: ${(e as Error).message.split('\n')[0]}`, target: 'report' });
   }
   try {
-    const { echo, ioas, rw, ioasSocket, rwSocket, idle, startup } = await shimBench();
+    const { echo, ioas, rw, ioasSocket, rwSocket, idle, idleNoReducer, startup } = await shimBench();
     const us = (ns: number): string => `${(ns / 1000).toFixed(1)} us`;
     const x = (a: number, b: number): string => `${(a / b).toFixed(2)}x`;
     const lat = (l: { median_ns: number; p99_ns: number }): string =>
@@ -232,9 +232,16 @@ async function main(): Promise<void> {
     rows.push({ bench: 'shimmed IOAS_ALLOC / DESTROY, per ioctl (socket: fast path off)', result: lat(ioasSocket), target: 'report' });
     rows.push({ bench: 'shimmed TEST_CMD ACCESS_RW 4 KiB (fast path)', result: lat(rw), target: 'median <= 0.5x floor' });
     rows.push({ bench: 'shimmed TEST_CMD ACCESS_RW 4 KiB (socket: fast path off)', result: lat(rwSocket), target: 'report' });
+    const pct = (ms: number, s: number): string => `${ms.toFixed(2)} ms (${((ms / (s * 1000)) * 100).toFixed(3)}%)`;
     rows.push({
       bench: `server CPU, client calling once a second for ${idle.seconds} s`,
-      result: `${idle.server_cpu_ms.toFixed(0)} ms (${((idle.server_cpu_ms / (idle.seconds * 1000)) * 100).toFixed(2)}%)`, target: '0% (idle)',
+      result: `${pct(idle.server_cpu_ms, idle.seconds)}; with V8's memory reducer off ${pct(idleNoReducer.server_cpu_ms, idleNoReducer.seconds)}`,
+      target: 'report',
+    });
+    rows.push({
+      bench: `server CPU, client asleep (no call) for the ${idle.seconds} s after that`,
+      result: `${pct(idle.quiet_cpu_ms, idle.seconds)}; memory reducer off ${pct(idleNoReducer.quiet_cpu_ms, idleNoReducer.seconds)}`,
+      target: '0% (idle)',
     });
     const sorted = [...startup].sort((a, b) => a - b);
     rows.push({

@@ -61,19 +61,24 @@ async function echoFloor(prog: string, n: number): Promise<Latency> {
   }
 }
 
+export interface Idle { server_cpu_ms: number; quiet_cpu_ms: number; seconds: number; calls: number }
+
 export interface ShimResults {
   echo: Latency;
   /** Through the fast path (the default) and with it off (IOMMUFD_EMU_FASTPATH=0), same run. */
   ioas: Latency; rw: Latency; ioasSocket: Latency; rwSocket: Latency;
-  /** The server's CPU time over `seconds` of a client making one call a second. */
-  idle: { server_cpu_ms: number; seconds: number; calls: number };
+  /**
+   * The server's CPU time over `seconds` of a client making one call a second, then over
+   * `seconds` of it making none; `noReducer`: the same with V8's memory reducer off.
+   */
+  idle: Idle; idleNoReducer: Idle;
   /** `iommufd-emu run -- /bin/true`, wall ms of each of 7 runs. */
   startup: number[];
 }
 
-function runShimmed(prog: string, args: string[], fast: boolean): Promise<string> {
+function runShimmed(prog: string, args: string[], fast: boolean, nodeFlags: string[] = []): Promise<string> {
   const env = fast ? undefined : { ...process.env, IOMMUFD_EMU_FASTPATH: '0' };
-  return run(process.execPath, [CLI, 'run', '--abi', 'mainline', '--', prog, ...args], env);
+  return run(process.execPath, [...nodeFlags, CLI, 'run', '--abi', 'mainline', '--', prog, ...args], env);
 }
 
 async function startupTimes(runs: number): Promise<number[]> {
@@ -96,9 +101,12 @@ export async function shimBench(n = 20000): Promise<ShimResults> {
   const ioasSocket = lastJson(await runShimmed(prog, ['ioas', String(n / 2)], false));
   const rw = lastJson(await runShimmed(prog, ['rw', String(n / 4)], true));
   const rwSocket = lastJson(await runShimmed(prog, ['rw', String(n / 4)], false));
-  const idleOut = (await runShimmed(prog, ['idle', '10'], true)).trim().split('\n').filter((l) => l.startsWith('{')).pop()!;
+  const idle = async (flags: string[]): Promise<Idle> =>
+    JSON.parse((await runShimmed(prog, ['idle', '10'], true, flags)).trim().split('\n').filter((l) => l.startsWith('{')).pop()!) as Idle;
+  const idleDefault = await idle([]);
+  const idleNoReducer = await idle(['--no-memory-reducer']);
   const startup = await startupTimes(7);
-  return { echo, ioas, rw, ioasSocket, rwSocket, idle: JSON.parse(idleOut) as ShimResults['idle'], startup };
+  return { echo, ioas, rw, ioasSocket, rwSocket, idle: idleDefault, idleNoReducer, startup };
 }
 
 export interface MmioResults { mmio_load_ns: number; config_pread_ns: number; n: number }

@@ -29,9 +29,10 @@ function env(extra: NodeJS.ProcessEnv = {}, socket = server.socketPath): NodeJS.
   return shimEnv(shim, socket, path.join(dir, 'debugfs'), { ...process.env, ...extra });
 }
 
+/** Run the test client in `mode` (its arguments after a space) to its exit. */
 function runClient(mode: string, extra: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; out: string }> {
   return new Promise((resolve) => {
-    const p = spawn(client, [mode], { env: env(extra) });
+    const p = spawn(client, mode.split(' '), { env: env(extra) });
     let out = '';
     p.stdout.on('data', (d) => (out += d));
     p.stderr.on('data', (d) => (out += d));
@@ -104,7 +105,7 @@ describe('fast path (shared-memory slot)', { skip }, () => {
 
   test('a client killed while its threads spin on the slot is torn down (slot unmapped); the server keeps serving', async () => {
     // a long client window: a thread is spinning on the slot at any moment
-    const { p, done } = await startClient('spin', { IOMMUFD_EMU_SPIN_US: '100000' });
+    const { p, done } = await startClient('spin', { IOMMUFD_EMU_SPIN_US: '100000', IOMMUFD_EMU_SPIN_ADAPT: '0' });
     await until(() => server.fastPath.links === 1);
     const before = server.calls;
     await until(() => server.calls > before + 200);
@@ -134,6 +135,29 @@ describe('fast path (shared-memory slot)', { skip }, () => {
     await until(() => !server.fastPath.spinning && server.fastPath.links === 0);
   });
 
+  test('a client stops spinning while replies are slower than its spin window (and spins the whole window with IOMMUFD_EMU_SPIN_ADAPT=0)', async (t) => {
+    // Every call made 3 ms slow (a trace subscriber runs inside the handler), the spin cap 2 ms:
+    // an adaptive client sleeps after a few calls, a fixed one spins 2 ms on every call.
+    const slow = server.emu.bus.subscribe((e) => {
+      if (e.t !== 'ioctl') return;
+      const end = performance.now() + 3;
+      while (performance.now() < end) { /* busy: the reply is late */ }
+    });
+    try {
+      const cpu = async (extra: NodeJS.ProcessEnv): Promise<number> => {
+        const r = await runClient('calls 40', { IOMMUFD_EMU_SPIN_US: '2000', ...extra });
+        assert.equal(r.code, 0, r.out);
+        return Number(/CPU_US (\d+)/.exec(r.out)![1]) / 1000;
+      };
+      const fixed = await cpu({ IOMMUFD_EMU_SPIN_ADAPT: '0' });
+      const adaptive = await cpu({});
+      t.diagnostic(`client CPU over 40 calls of 3 ms: ${adaptive.toFixed(1)} ms adaptive, ${fixed.toFixed(1)} ms fixed`);
+      assert.ok(fixed > 2 * adaptive, `client CPU over 40 slow calls: ${adaptive.toFixed(1)} ms adaptive, ${fixed.toFixed(1)} ms fixed`);
+    } finally {
+      slow();
+    }
+  });
+
   test('a server killed while a client spins on its reply: the call fails with EIO, the client does not hang', async () => {
     // The server in a process of its own, stopped while a call is under way (the client spins, with a
     // window longer than the test), then killed: the client sees the socket's end while spinning.
@@ -142,7 +166,7 @@ describe('fast path (shared-memory slot)', { skip }, () => {
       { stdio: ['ignore', 'ignore', 'pipe'] });
     try {
       await until(() => fs.existsSync(sock), 10000);
-      const { done } = await startClient('serverdeath', { IOMMUFD_EMU_SPIN_US: '60000000' }, sock);
+      const { done } = await startClient('serverdeath', { IOMMUFD_EMU_SPIN_US: '60000000', IOMMUFD_EMU_SPIN_ADAPT: '0' }, sock);
       await new Promise((r) => setTimeout(r, 100));
       srv.kill('SIGSTOP');
       await new Promise((r) => setTimeout(r, 100));

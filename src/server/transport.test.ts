@@ -138,6 +138,32 @@ describe('Unix transport with the fast-path slot', () => {
     await until(() => ended === 1 && transport.fastLinks === 0);
   });
 
+  for (const len of [3, MAX_FRAME + 1, 0xffffffff]) {
+    test(`a frame in the slot whose length is ${len} is refused and the link closed, nothing handled`, async () => {
+      malformed.length = 0;
+      got.length = 0;
+      const before = ended;
+      const s = net.connect(path.join(dir, 'sock'));
+      let closed = false;
+      s.on('data', () => {});
+      s.on('close', () => (closed = true));
+      await new Promise<void>((r) => s.once('connect', () => r()));
+      s.write(frame(UPGRADE));
+      await until(() => transport.fastLinks === 1);
+      const ab = mapper.slot!;
+      const dv = new DataView(ab);
+      const forged = frame(ECHO, 1);
+      forged.writeUInt32LE(len, 0);
+      new Uint8Array(ab, SLOT.REQ_OFF, MAX_FRAME).set(forged);
+      dv.setUint32(SEQ_REQ, 1, true);
+      s.write(Buffer.from([0]));
+      await until(() => closed);
+      assert.deepEqual(malformed, [`malformed frame: length ${len}`]);
+      assert.deepEqual(got, [UPGRADE], 'the forged frame was never handled');
+      await until(() => ended === before + 1 && transport.fastLinks === 0);
+    });
+  }
+
   test('a frame right behind FAST in the same write is refused too (only doorbells may follow it)', async () => {
     malformed.length = 0;
     const s = net.connect(path.join(dir, 'sock'));

@@ -91,6 +91,14 @@ const SLICE_MS = 2;
  * one by the other) could not run at all while the server spins.
  */
 const PURE_SPIN_MS = 0.01;
+/**
+ * A doorbell this long after the poller went to sleep is a client calling rarely
+ * (an idle VMM, a program sleeping between calls): its call is answered without
+ * the idle window after it, which would only burn CPU (bench/RESULTS.md, the
+ * server's CPU over calls a second apart). The next call, if it follows soon, has
+ * the window again.
+ */
+const RARE_GAP_MS = 50;
 
 /** One client's slot, as the server sees it. Nothing in it is trusted: a frame is copied out once, then checked. */
 class Slot {
@@ -155,6 +163,10 @@ class SlotPoller {
   private readonly slots = new Set<Slot>();
   private running = false;
   private lastWork = 0;
+  /** When polling last stopped. */
+  private sleptAt = -Infinity;
+  /** This busy period's idle window: spinMs, or 0 after a long sleep (RARE_GAP_MS). */
+  private windowMs = 0;
   /** Frames taken from slots so far (tests: the slot carried a client's calls). */
   frames = 0;
   readonly spinMs: number;
@@ -185,6 +197,7 @@ class SlotPoller {
   kick(): void {
     this.lastWork = performance.now();
     if (this.running) return;
+    this.windowMs = this.lastWork - this.sleptAt > RARE_GAP_MS ? 0 : this.spinMs;
     this.running = true;
     for (const s of this.slots) s.setSpin(true);
     this.loop();
@@ -202,7 +215,7 @@ class SlotPoller {
       }
       const now = performance.now();
       if (busy) this.lastWork = now;
-      else if (now - this.lastWork >= this.spinMs) {
+      else if (now - this.lastWork >= this.windowMs) {
         if (this.sleep()) return;
       } else if (now - this.lastWork >= PURE_SPIN_MS) this.mapper.yield();
       if (now - start >= SLICE_MS) {
@@ -225,6 +238,7 @@ class SlotPoller {
       return false;
     }
     this.running = false;
+    this.sleptAt = performance.now();
     return true;
   }
 }
