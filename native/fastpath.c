@@ -14,8 +14,9 @@
  *   seq(ab)                        the slot's seq_req (acquire)
  *   spin(ab, on)                   store srv_spin (seq_cst), then return seq_req
  *   publish(ab, seq)               store seq_rep = seq (seq_cst), then take
- *                                  cli_sleep (exchange with 0): true if the
- *                                  client sleeps waiting for seq (ring it)
+ *                                  cli_sleep if it is seq (compare-exchange
+ *                                  with 0): true if the client sleeps waiting
+ *                                  for seq (ring it)
  *   vmas(fd, start, end, out)      the VMAs from the one covering start (or the
  *                                  next above it) up to end, by PROCMAP_QUERY on
  *                                  fd (a /proc/<pid>/maps): 4 numbers each in the
@@ -176,9 +177,17 @@ static napi_value publish(napi_env env, napi_callback_info info)
 	if (!s || napi_get_value_uint32(env, argv[1], &seq) != napi_ok)
 		return NULL;
 	__atomic_store_n(&s->seq_rep, seq, __ATOMIC_SEQ_CST);
-	uint32_t sleeper = __atomic_exchange_n(&s->cli_sleep, 0, __ATOMIC_SEQ_CST);
+	/*
+	 * Only our own call's flag. A client that saw seq_rep may already be in its
+	 * next call, asleep with cli_sleep = seq + 1, before we get here: an exchange
+	 * would take that flag too, and nobody would ring for seq + 1 (a client hung
+	 * in recv with seq_req == seq_rep, seen about once in ten selftest runs).
+	 */
+	uint32_t expect = seq;
+	bool sleeping = seq != 0 && __atomic_compare_exchange_n(&s->cli_sleep, &expect, 0, 0, __ATOMIC_SEQ_CST,
+								__ATOMIC_SEQ_CST);
 	napi_value r;
-	napi_get_boolean(env, sleeper == seq && seq != 0, &r);
+	napi_get_boolean(env, sleeping, &r);
 	return r;
 }
 

@@ -740,7 +740,10 @@ static int slot_wait_locked(uint32_t seq, uint64_t t0, uint64_t window)
 			}
 		}
 	}
-	/* Sleep. The server publishes seq_rep, then takes cli_sleep: exactly one of us sees the other. */
+	/*
+	 * Sleep. The server publishes seq_rep, then takes cli_sleep if it holds this
+	 * seq (a compare-exchange: never our next call's): exactly one of us sees the other.
+	 */
 	uint32_t none = 0;
 	if (!__atomic_compare_exchange_n(&slot->cli_sleep, &none, seq, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {
 		__atomic_store_n(&slot->cli_sleep, seq, __ATOMIC_SEQ_CST); /* a stale value: ours now */

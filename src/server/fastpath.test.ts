@@ -12,6 +12,7 @@ import { Emulator } from '../core/emulator.js';
 import { buildTestClient, ensureShim, findCompiler, loadServerAddon, PACKAGE_ROOT, procMemAccessible } from './native.js';
 import { shimEnv } from './run.js';
 import { IommufdServer, loadHandlers } from './server.js';
+import { RECORD, SLOT } from './wire.js';
 
 const cc = findCompiler();
 const mapper = cc ? loadServerAddon() : 'no C compiler';
@@ -133,6 +134,23 @@ describe('fast path (shared-memory slot)', { skip }, () => {
     const r = await runClient('basic');
     assert.equal(r.code, 0, r.out);
     await until(() => !server.fastPath.spinning && server.fastPath.links === 0);
+  });
+
+  test('publishing a reply takes the sleep flag of that call only, not the one of the next call the client already sleeps in', () => {
+    // The addon's words on a plain buffer. The interleaving: the client saw reply 7 (seq_rep is stored
+    // first) and went to sleep in call 8 before the server took call 7's flag. Taking any flag then
+    // left call 8 without a ring: its client waited in recv for ever.
+    const word = (name: string): number => RECORD.slot.fields.find((f) => f.name === name)!.offset;
+    const m = mapper as Exclude<typeof mapper, string>;
+    const ab = new ArrayBuffer(SLOT.SIZE);
+    const dv = new DataView(ab);
+    dv.setUint32(word('cli_sleep'), 8, true);
+    assert.equal(m.publish(ab, 7), false, 'no ring for reply 7: nobody sleeps waiting for it');
+    assert.equal(dv.getUint32(word('seq_rep'), true), 7);
+    assert.equal(dv.getUint32(word('cli_sleep'), true), 8, 'call 8 still asks to be rung');
+    assert.equal(m.publish(ab, 8), true, 'reply 8 rings its sleeping client');
+    assert.equal(dv.getUint32(word('cli_sleep'), true), 0);
+    assert.equal(m.publish(ab, 9), false);
   });
 
   test('a client stops spinning while replies are slower than its spin window (and spins the whole window with IOMMUFD_EMU_SPIN_ADAPT=0)', async (t) => {

@@ -62,7 +62,7 @@ export interface SlotMapper {
   seq(ab: ArrayBuffer): number;
   /** Store srv_spin, then read seq_req (in that order: see SlotPoller.sleep). */
   spin(ab: ArrayBuffer, on: boolean): number;
-  /** Store seq_rep = seq, then take cli_sleep: true if the client sleeps waiting for it. */
+  /** Store seq_rep = seq, then take cli_sleep if it is seq (never a later call's): true if the client sleeps waiting for it. */
   publish(ab: ArrayBuffer, seq: number): boolean;
 }
 
