@@ -26,10 +26,10 @@ function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<stri
   });
 }
 
-function lastJson(out: string): Latency {
+function lastJson<T = Latency>(out: string): T {
   const line = out.trim().split('\n').filter((l) => l.startsWith('{')).pop();
   if (!line) throw new Error(`no result in output: ${out}`);
-  return JSON.parse(line) as Latency;
+  return JSON.parse(line) as T;
 }
 
 /** The bytes a shimmed IOAS_ALLOC moves: the IOCTL frames plus the 12-byte struct inline both ways. */
@@ -101,8 +101,7 @@ export async function shimBench(n = 20000): Promise<ShimResults> {
   const ioasSocket = lastJson(await runShimmed(prog, ['ioas', String(n / 2)], false));
   const rw = lastJson(await runShimmed(prog, ['rw', String(n / 4)], true));
   const rwSocket = lastJson(await runShimmed(prog, ['rw', String(n / 4)], false));
-  const idle = async (flags: string[]): Promise<Idle> =>
-    JSON.parse((await runShimmed(prog, ['idle', '10'], true, flags)).trim().split('\n').filter((l) => l.startsWith('{')).pop()!) as Idle;
+  const idle = async (flags: string[]): Promise<Idle> => lastJson<Idle>(await runShimmed(prog, ['idle', '10'], true, flags));
   const idleDefault = await idle([]);
   const idleNoReducer = await idle(['--no-memory-reducer']);
   const startup = await startupTimes(7);
@@ -122,8 +121,5 @@ export async function mmioBench(): Promise<MmioResults> {
   writeHeaders(inc, 'mainline');
   const prog = buildProgram([path.join(ROOT, 'native', 'vfio_client.c')], { includeDirs: [inc], cflags: ['-isystem', inc], name: 'iommufd-vfio-client' });
   fs.rmSync(inc, { recursive: true, force: true });
-  const out = await run(process.execPath, [CLI, 'run', '--', prog, 'bench']);
-  const line = out.trim().split('\n').filter((l) => l.startsWith('{')).pop();
-  if (!line) throw new Error(`no result in output: ${out}`);
-  return JSON.parse(line) as MmioResults;
+  return lastJson<MmioResults>(await run(process.execPath, [CLI, 'run', '--', prog, 'bench']));
 }

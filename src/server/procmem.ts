@@ -167,7 +167,6 @@ interface Vma {
   s: number;
   e: number;
   perms: string;
-  path: string;
   /** hugetlb memory (a compound page per 2 MiB) */
   huge: boolean;
 }
@@ -275,7 +274,7 @@ function parseMaps(text: string): Vma[] {
     const path = m[4] ?? '';
     out.push({
       start: BigInt('0x' + m[1]), end: BigInt('0x' + m[2]), s: parseInt(m[1]!, 16), e: parseInt(m[2]!, 16),
-      perms: m[3]!, path, huge: path.includes('anon_hugepage') || path.includes('hugetlb'),
+      perms: m[3]!, huge: path.includes('anon_hugepage') || path.includes('hugetlb'),
     });
   }
   return out;
@@ -561,7 +560,7 @@ export class ProcMemory implements UserMemory {
           vmas.push({
             start: BigInt(s), end: BigInt(e), s, e,
             perms: (f & 1 ? 'r' : '-') + (f & 2 ? 'w' : '-') + (f & 4 ? 'x' : '-') + (f & 8 ? 's' : 'p'),
-            path: '', huge: out[4 * i + 3]! > PAGE_SIZE,
+            huge: out[4 * i + 3]! > PAGE_SIZE,
           });
         }
         at = out[4 * (n - 1) + 1]!;
